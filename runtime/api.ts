@@ -1,0 +1,39 @@
+/**
+ * The contract between the runtime's engines (WebGPU, and the CPU reference the CLI can plug in)
+ * and their users (CLI `run`/`eval`, `serve`, library callers).
+ *
+ * @module
+ */
+
+import type { ModelConfig } from "../schemas/model.ts";
+
+/** Sampling and stopping options for `generate`. */
+export interface GenerateOptions {
+  /** Tokens to generate at most (default 64). */
+  maxTokens?: number;
+  /** 0 = greedy (default). */
+  temperature?: number;
+  /** Keep the k most likely tokens (0 = off). */
+  topK?: number;
+  /** Nucleus sampling mass (1 = off). */
+  topP?: number;
+  /** RNG seed; the same seed and options give the same tokens. */
+  seed?: number;
+  /** Stop tokens (default: the model's EOS ids). The stop token itself is yielded. */
+  stopIds?: number[];
+  /** Decode steps between token readbacks (default 8). */
+  readbackEvery?: number;
+  /** Cancels generation (the iterator ends early). */
+  signal?: AbortSignal;
+}
+
+/** A loaded model ready to run. */
+export interface Engine {
+  readonly config: ModelConfig;
+  /** Logits for every position of `ids`: one Float32Array of vocabSize per position. */
+  logits(ids: number[]): Promise<Float32Array[]>;
+  /** Prefills `promptIds` then yields generated ids one by one. */
+  generate(promptIds: number[], options?: GenerateOptions): AsyncGenerator<number>;
+  /** Frees GPU memory; the engine is unusable afterwards. */
+  dispose(): void;
+}
