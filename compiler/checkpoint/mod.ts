@@ -1,0 +1,91 @@
+/**
+ * The checkpoint front end: a Hugging Face checkpoint directory (config.json + safetensors,
+ * single-file or sharded) → ModelIR with lazy tensor references.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { InputError } from "../../runtime/errors.ts";
+import type { ModelIR, TokenizerData } from "../ir.ts";
+import { buildModelIR } from "./adapters.ts";
+import { parseConfig } from "./config.ts";
+import { osError } from "./safetensors.ts";
+import { openCheckpointStore, readJsonFile } from "./store.ts";
+
+export { buildModelIR, TensorClaims } from "./adapters.ts";
+export { parseConfig, SUPPORTED_MODEL_TYPES } from "./config.ts";
+export {
+  decodeFloats,
+  DTYPE_SIZES,
+  findDuplicateKey,
+  FLOAT_DTYPES,
+  MAX_HEADER_BYTES,
+  openSafetensors,
+  type ReadOptions,
+  type SafetensorsFile,
+  type TensorInfo,
+} from "./safetensors.ts";
+export {
+  type CheckpointStore,
+  INDEX_FILE,
+  openCheckpointStore,
+  readJsonFile,
+  SINGLE_FILE,
+} from "./store.ts";
+
+/** Options for loadCheckpoint. */
+export interface LoadOptions {
+  /** Accept NaN/±Inf weights instead of failing the read with an InputError (default false). */
+  allowNonFinite?: boolean;
+}
+
+async function readOptionalBytes(path: string): Promise<Uint8Array | null> {
+  try {
+    return await Deno.readFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw osError(err, path, "read");
+  }
+}
+
+/**
+ * The chat template: `chat_template.jinja` if present, else tokenizer_config.json's
+ * `chat_template` (a string, or a list of {name, template} of which "default" or the first is used).
+ */
+async function readChatTemplate(dir: string): Promise<string | null> {
+  const jinja = await readOptionalBytes(join(dir, "chat_template.jinja"));
+  if (jinja) return new TextDecoder().decode(jinja);
+  const path = join(dir, "tokenizer_config.json");
+  if ((await readOptionalBytes(path)) === null) return null;
+  const cfg = await readJsonFile(path);
+  const t = (cfg as { chat_template?: unknown } | null)?.chat_template;
+  if (t === undefined || t === null) return null;
+  if (typeof t === "string") return t;
+  if (Array.isArray(t)) {
+    const named = t as { name?: unknown; template?: unknown }[];
+    const pick = named.find((x) => x?.name === "default") ?? named[0];
+    if (typeof pick?.template === "string") return pick.template;
+  }
+  throw new InputError('field "chat_template" is not a string or a list of templates', path);
+}
+
+/** Reads tokenizer.json (raw bytes) and the chat template, each null when absent. */
+export async function readTokenizer(dir: string): Promise<TokenizerData> {
+  return {
+    tokenizerJson: await readOptionalBytes(join(dir, "tokenizer.json")),
+    chatTemplate: await readChatTemplate(dir),
+  };
+}
+
+/**
+ * Loads a Hugging Face MoE checkpoint directory into ModelIR. Reads config.json and the
+ * safetensors headers only; tensors are read from disk when their `read()` is called.
+ */
+export async function loadCheckpoint(dir: string, opts: LoadOptions = {}): Promise<ModelIR> {
+  const configPath = join(dir, "config.json");
+  const config = parseConfig(await readJsonFile(configPath), configPath);
+  const store = await openCheckpointStore(dir);
+  const tokenizer = await readTokenizer(dir);
+  return buildModelIR(store, config, tokenizer, { allowNonFinite: opts.allowNonFinite ?? false });
+}

@@ -1,0 +1,434 @@
+/**
+ * The compiler pipeline: checkpoint IR → sensitivity passes → bit allocation → quantize → artifact.
+ *
+ * 1. **Scores** (cheap, weight-only): router-norm change Λ (needs the init checkpoint's routers,
+ *    falls back to final norms) and MaxVar of each expert's first matrix.
+ * 2. **Calibration** (optional; needed by `frequency`, `gptq`, and the output-error costs of
+ *    `budget`): the float64 reference runs a little text and records routing counts and a bounded
+ *    sample of each expert's inputs (compiler/calibration.ts).
+ * 3. **Costs** (`budget` only): each expert quantized at every candidate width, damage measured
+ *    on its calibration inputs (compiler/expert_error.ts) or, without calibration, as weight error.
+ * 4. **Allocation**: bits[layer][expert] from the chosen allocator (compiler/passes/).
+ * 5. **Emit**: tensor by tensor, quantized per the plan, streamed into the artifact.
+ *
+ * @module
+ */
+
+import { type ModelIR, type PlacedTensor } from "./ir.ts";
+import {
+  allocate,
+  type Allocation,
+  type AllocationSummary,
+  type AllocatorName,
+  maxVariance,
+  routerNorm,
+  routingFrequency,
+  type ScoreTable,
+  weightStats,
+} from "./passes/mod.ts";
+import { HessianAccumulator, quantizeMatrix, type QuantMethod } from "./quantize/mod.ts";
+import { emitArtifact, type TensorEncoding } from "./emit/mod.ts";
+import { prepareReference } from "./reference/mod.ts";
+import { calibrate, type CalibrationData } from "./calibration.ts";
+import { type ExpertWeights, outputError, squaredError } from "./expert_error.ts";
+import type { ExpertReport, FloatStorage } from "../runtime/artifact.ts";
+import { UsageError } from "../runtime/errors.ts";
+import {
+  dequantize,
+  isQuantBits,
+  packedByteSizes,
+  type QuantBits,
+  type QuantLayout,
+} from "../schemas/packing.ts";
+import { silu } from "./reference/mod.ts";
+
+/** Storage of non-expert weights: a float type or a quantized width. */
+export type DenseBits = FloatStorage | QuantBits;
+
+/** Options of {@link compileModel}. */
+export interface CompileOptions {
+  /** Target average expert bit width, or a float storage for unquantized experts. */
+  expertBits: number | FloatStorage;
+  /** Non-expert matrices (attention, lm_head, shared/dense MLPs); default 8. */
+  denseBits?: DenseBits;
+  /** Default "paper". */
+  allocator?: AllocatorName;
+  /** Expert quantizer; default "hqq" when the lowest expert width ≤ 3, else "rtn". */
+  quantizer?: QuantMethod;
+  /** Quantizer of dense matrices when `denseBits` is a width; default "rtn". */
+  denseQuantizer?: QuantMethod;
+  /** Columns per quantization group (default 64). */
+  groupSize?: number;
+  /** MaxVar reorder factor of the paper allocator (default 3). */
+  zeta?: number;
+  /** Seed of the random allocator (default 0). */
+  seed?: number;
+  /** Widths of order-based allocators (default: the two around the target). */
+  levels?: number[];
+  /** Candidate widths of the budget allocator (default [2, 3, 4]). */
+  widths?: number[];
+  /** Byte budget for all experts (budget allocator), instead of the average. */
+  maxBytes?: number;
+  /** Step-0 checkpoint of the same model (router-norm change). */
+  init?: ModelIR;
+  /** Calibration token ids (frequency, gptq, budget output-error costs). */
+  calibrationIds?: number[];
+  /** Calibration window (default: the model's max positions, at most 512). */
+  calibrationContext?: number;
+  /** Progress: phase name, done, total. */
+  onProgress?: (phase: string, done: number, total: number) => void;
+}
+
+/** Wall-clock milliseconds per phase. */
+export interface CompileTimings {
+  /** Scores + allocation (the passes proper). */
+  passes: number;
+  calibration: number;
+  /** Budget costs: quantizing every expert at every candidate width. */
+  costs: number;
+  emit: number;
+  total: number;
+}
+
+/** What {@link compileModel} produced. */
+export interface CompileResult {
+  path: string;
+  bytes: number;
+  allocation: AllocationSummary | null;
+  experts: ExpertReport[];
+  timings: CompileTimings;
+}
+
+const FLOATS: readonly string[] = ["f32", "f16", "bf16"];
+
+/** Parses "2.5" | "3" | "f16"... as an expert-bits option. */
+export function parseExpertBits(s: string): number | FloatStorage {
+  if (FLOATS.includes(s)) return s as FloatStorage;
+  const v = Number(s);
+  if (!Number.isFinite(v) || v < 2 || v > 8) {
+    throw new UsageError(`--expert-bits must be a number in [2, 8] or f32|f16|bf16 (got "${s}")`);
+  }
+  return v;
+}
+
+/** Parses "8" | "4" | "f16"... as a dense-bits option. */
+export function parseDenseBits(s: string): DenseBits {
+  if (FLOATS.includes(s)) return s as FloatStorage;
+  const v = Number(s);
+  if (!isQuantBits(v)) throw new UsageError(`--dense-bits must be 2, 3, 4, 8, f32, f16 or bf16 (got "${s}")`);
+  return v;
+}
+
+/** How each non-expert tensor is stored for a dense-bits choice (the one place this policy lives). */
+export function denseEncoding(
+  placed: PlacedTensor,
+  denseBits: DenseBits,
+  groupSize: number,
+  method: QuantMethod,
+): TensorEncoding {
+  const { role, ref } = placed;
+  if (ref.shape.length !== 2) return { storage: "f32" }; // norms and biases
+  if (role === "router" || role === "shared_expert_gate") {
+    // The router decides which experts run: at least f16, f32 when dense weights are f32.
+    return { storage: denseBits === "f32" ? "f32" : "f16" };
+  }
+  if (typeof denseBits === "string") return { storage: denseBits };
+  // Embeddings are a lookup table, not a matmul: kept f16 when dense matrices are quantized.
+  if (role === "embed") return { storage: "f16" };
+  return { storage: "q", bits: denseBits, groupSize, method };
+}
+
+interface ExpertRefs {
+  layer: number;
+  expert: number;
+  gate: PlacedTensor["ref"];
+  up: PlacedTensor["ref"];
+  down: PlacedTensor["ref"];
+}
+
+function expertsOf(ir: ModelIR): ExpertRefs[] {
+  const out: ExpertRefs[] = [];
+  for (const layer of ir.layers) {
+    if (layer.ffn.kind !== "moe") continue;
+    for (const e of layer.ffn.experts) {
+      out.push({ layer: layer.index, expert: e.index, gate: e.gate, up: e.up, down: e.down });
+    }
+  }
+  return out;
+}
+
+async function readExpert(e: ExpertRefs): Promise<ExpertWeights> {
+  const [inter, hidden] = e.gate.shape;
+  return { gate: await e.gate.read(), up: await e.up.read(), down: await e.down.read(), hidden, inter };
+}
+
+function quantizeExpert(
+  w: ExpertWeights,
+  bits: QuantBits,
+  groupSize: number,
+  method: QuantMethod,
+  hessians?: { x: Float64Array; a: Float64Array },
+): ExpertWeights {
+  const q = (m: Float32Array, rows: number, cols: number, h?: Float64Array) =>
+    dequantize(quantizeMatrix(m, rows, cols, { bits, groupSize, method, hessian: h }));
+  return {
+    gate: q(w.gate, w.inter, w.hidden, hessians?.x),
+    up: q(w.up, w.inter, w.hidden, hessians?.x),
+    down: q(w.down, w.hidden, w.inter, hessians?.a),
+    hidden: w.hidden,
+    inter: w.inter,
+  };
+}
+
+/** GPTQ Hessians of an expert from its calibration sample: inputs x, and down's inputs a. */
+function expertHessians(
+  w: ExpertWeights,
+  calib: CalibrationData,
+  layer: number,
+  expert: number,
+): { x: Float64Array; a: Float64Array } {
+  const s = calib.samples[layer][expert];
+  const hx = new HessianAccumulator(w.hidden);
+  const ha = new HessianAccumulator(w.inter);
+  const a = new Float64Array(w.inter);
+  for (let t = 0; t < s.n; t++) {
+    const x = s.inputs.subarray(t * w.hidden, (t + 1) * w.hidden);
+    hx.add(x);
+    for (let i = 0; i < w.inter; i++) {
+      let g = 0;
+      let u = 0;
+      const o = i * w.hidden;
+      for (let c = 0; c < w.hidden; c++) {
+        g += w.gate[o + c] * x[c];
+        u += w.up[o + c] * x[c];
+      }
+      a[i] = silu(g) * u;
+    }
+    ha.add(a);
+  }
+  return { x: hx.finish(), a: ha.finish() };
+}
+
+function table<T>(ir: ModelIR, fill: (layer: number, expert: number) => T): T[][] {
+  return ir.layers.map((l) =>
+    l.ffn.kind === "moe" ? l.ffn.experts.map((e) => fill(l.index, e.index)) : []
+  );
+}
+
+/**
+ * Compiles `ir` into an artifact at `dest`. Streams tensor by tensor; calibration (when asked
+ * for) holds the model in float64 for the reference forward pass.
+ */
+export async function compileModel(
+  ir: ModelIR,
+  dest: string,
+  opts: CompileOptions,
+): Promise<CompileResult> {
+  const t0 = performance.now();
+  const cfg = ir.config;
+  const groupSize = opts.groupSize ?? 64;
+  const denseBits = opts.denseBits ?? 8;
+  const denseMethod = opts.denseQuantizer ?? "rtn";
+  const allocator = opts.allocator ?? "paper";
+  const progress = opts.onProgress ?? (() => {});
+  const timings: CompileTimings = { passes: 0, calibration: 0, costs: 0, emit: 0, total: 0 };
+  const experts = expertsOf(ir);
+  const quantizedExperts = typeof opts.expertBits === "number";
+  const widths = (opts.widths ?? [2, 3, 4]).map((b) => {
+    if (!isQuantBits(b)) throw new UsageError(`--widths: ${b} is not one of 2, 3, 4, 8`);
+    return b;
+  });
+
+  // 1. Weight-only scores.
+  let t = performance.now();
+  const routers = async (m: ModelIR) =>
+    await Promise.all(m.layers.map((l) => (l.ffn.kind === "moe" ? l.ffn.router.read() : null)));
+  if (opts.init && opts.init.layers.length !== ir.layers.length) {
+    throw new UsageError(`--init has ${opts.init.layers.length} layers, the model ${ir.layers.length}`);
+  }
+  const lambda = routerNorm(
+    await routers(ir),
+    cfg.hiddenSize,
+    opts.init ? await routers(opts.init) : undefined,
+  );
+  const maxVar: ScoreTable = table(ir, () => 0);
+  for (const [i, e] of experts.entries()) {
+    const [rows, cols] = e.gate.shape;
+    maxVar[e.layer][e.expert] = maxVariance(await e.gate.read(), rows, cols, e.gate.name);
+    progress("scores", i + 1, experts.length);
+  }
+  timings.passes += performance.now() - t;
+
+  // 2. Calibration.
+  const method: QuantMethod = opts.quantizer ??
+    (Math.min(...widths, Math.floor(Number(opts.expertBits) || 8)) <= 3 ? "hqq" : "rtn");
+  const needCalib = quantizedExperts &&
+    (allocator === "frequency" || method === "gptq" || opts.calibrationIds !== undefined);
+  let calib: CalibrationData | null = null;
+  if (needCalib) {
+    if (!opts.calibrationIds) {
+      throw new UsageError(`${allocator === "frequency" ? "--allocator frequency" : "--quantizer gptq"} needs --calibration`);
+    }
+    t = performance.now();
+    const ref = await prepareReference(ir);
+    calib = await calibrate(ref, opts.calibrationIds, {
+      context: opts.calibrationContext ?? Math.min(cfg.maxPositions, 512),
+      onProgress: (d, n) => progress("calibration", d, n),
+    });
+    timings.calibration = performance.now() - t;
+  }
+  const frequency = calib ? routingFrequency(calib.counts) : undefined;
+
+  // 3. Budget costs: every expert at every candidate width.
+  const layout = (rows: number, cols: number, bits: QuantBits): QuantLayout => ({
+    rows,
+    cols,
+    bits,
+    groupSize,
+    scaleType: "f16",
+  });
+  const expertBytes = (e: ExpertRefs, bits: QuantBits) =>
+    [e.gate, e.up, e.down].reduce(
+      (s, r) => s + packedByteSizes(layout(r.shape[0], r.shape[1], bits)).total,
+      0,
+    );
+  let budget;
+  if (quantizedExperts && allocator === "budget") {
+    t = performance.now();
+    const cost = table(ir, () => [] as number[]);
+    const bytes = table(ir, () => [] as number[]);
+    for (const [i, e] of experts.entries()) {
+      const w = await readExpert(e);
+      const h = method === "gptq" && calib ? expertHessians(w, calib, e.layer, e.expert) : undefined;
+      for (const b of widths) {
+        const q = quantizeExpert(w, b, groupSize, method, h);
+        cost[e.layer][e.expert].push(
+          calib
+            ? outputError(w, q, calib.samples[e.layer][e.expert]).cost
+            : (["gate", "up", "down"] as const).reduce((s, k) => s + squaredError(w[k], q[k]).err, 0),
+        );
+        bytes[e.layer][e.expert].push(expertBytes(e, b));
+      }
+      progress("costs", i + 1, experts.length);
+    }
+    budget = { widths, cost, bytes, maxBytes: opts.maxBytes };
+    timings.costs = performance.now() - t;
+  }
+
+  // 4. Allocation.
+  t = performance.now();
+  let allocation: Allocation | null = null;
+  if (quantizedExperts) {
+    allocation = allocate(allocator, {
+      targetAverage: opts.maxBytes !== undefined && allocator === "budget"
+        ? undefined
+        : (opts.expertBits as number),
+      expertsPerLayer: ir.layers.map((l) => (l.ffn.kind === "moe" ? l.ffn.experts.length : 0)),
+      lambda: lambda.scores,
+      usedInit: lambda.usedInit,
+      maxVar,
+      frequency,
+      zeta: opts.zeta,
+      seed: opts.seed,
+      levels: opts.levels,
+      budget,
+    });
+  }
+  timings.passes += performance.now() - t;
+
+  // 5. Emit, measuring each expert's weight error and statistics as its matrices stream by.
+  t = performance.now();
+  const scoreTables: Record<string, ScoreTable> = {
+    lambda: lambda.scores,
+    maxVar,
+    ...(frequency ? { frequency } : {}),
+  };
+  const errAcc = table(ir, () => ({ err: 0, ref: 0, parts: [] as Float32Array[] }));
+  const stats = table(ir, () => ({ range: 0, kurtosis: 0 }));
+  const report = (): ExpertReport[] =>
+    experts.map((e) => {
+      const bits = allocation ? allocation.bits[e.layer][e.expert] : 0;
+      const scores: Record<string, number> = {};
+      for (const [k, v] of Object.entries(scoreTables)) scores[k] = v[e.layer][e.expert];
+      scores.range = stats[e.layer][e.expert].range;
+      scores.kurtosis = stats[e.layer][e.expert].kurtosis;
+      const acc = errAcc[e.layer][e.expert];
+      return {
+        layer: e.layer,
+        expert: e.expert,
+        bits,
+        bytes: bits ? expertBytes(e, bits as QuantBits) : 0,
+        rank: allocation ? allocation.rank[e.layer][e.expert] : -1,
+        relError: quantizedExperts && acc.ref > 0 ? Math.sqrt(acc.err / acc.ref) : -1,
+        scores,
+      };
+    });
+  const hessianCache = new Map<string, { x: Float64Array; a: Float64Array }>();
+  const written = await emitArtifact(ir, dest, {
+    encode: (p) => {
+      if (p.expert < 0 || !p.role.startsWith("expert_")) {
+        return denseEncoding(p, denseBits, groupSize, denseMethod);
+      }
+      if (!allocation) return { storage: opts.expertBits as FloatStorage };
+      const bits = allocation.bits[p.layer][p.expert];
+      const enc: TensorEncoding = { storage: "q", bits, groupSize, method };
+      if (method === "gptq" && calib) {
+        const key = `${p.layer}/${p.expert}`;
+        const which = p.role === "expert_down" ? "a" : "x";
+        enc.hessian = async () => {
+          let h = hessianCache.get(key);
+          if (!h) {
+            hessianCache.clear(); // one expert at a time: memory stays bounded
+            const e = experts.find((x) => x.layer === p.layer && x.expert === p.expert)!;
+            h = expertHessians(await readExpert(e), calib!, p.layer, p.expert);
+            hessianCache.set(key, h);
+          }
+          return h[which];
+        };
+      }
+      return enc;
+    },
+    experts: report,
+    options: {
+      expertBits: opts.expertBits,
+      denseBits,
+      allocator,
+      quantizer: method,
+      denseQuantizer: denseMethod,
+      groupSize,
+      zeta: opts.zeta ?? 3,
+      seed: opts.seed ?? 0,
+      widths,
+      maxBytes: opts.maxBytes ?? null,
+      init: opts.init ? opts.init.source : null,
+      calibrationTokens: calib?.tokens ?? 0,
+    },
+    onQuantized: (p, original, dequantized) => {
+      if (p.expert < 0 || !p.role.startsWith("expert_")) return;
+      const acc = errAcc[p.layer][p.expert];
+      const s = squaredError(original, dequantized);
+      acc.err += s.err;
+      acc.ref += s.ref;
+    },
+    onTensor: (_rec, i, n) => progress("emit", i + 1, n),
+    onValues: (p, values) => {
+      if (p.expert < 0 || !p.role.startsWith("expert_")) return;
+      const acc = errAcc[p.layer][p.expert];
+      acc.parts.push(values);
+      if (acc.parts.length === 3) {
+        const ws = weightStats(...acc.parts);
+        stats[p.layer][p.expert] = { range: ws.range, kurtosis: ws.kurtosis };
+        acc.parts = [];
+      }
+    },
+  });
+  timings.emit = performance.now() - t;
+  timings.total = performance.now() - t0;
+  return {
+    path: written.path,
+    bytes: written.bytes,
+    allocation: allocation?.summary ?? null,
+    experts: report(),
+    timings,
+  };
+}

@@ -1,0 +1,173 @@
+/**
+ * The compiler's back end: ModelIR → artifact file (schemas/ARTIFACT.md), and artifact →
+ * ModelIR for running the CPU reference on compiled models.
+ *
+ * @example
+ * ```ts
+ * const ir = await loadCheckpoint("model-dir");
+ * await emitArtifact(ir, "model.moeq", {
+ *   encode: (t) => isExpertRole(t.role)
+ *     ? { storage: "q", bits: 4, groupSize: 64, method: "hqq" }
+ *     : { storage: "f16" },
+ * });
+ * ```
+ *
+ * @module
+ */
+
+import type { PlacedTensor } from "../ir.ts";
+import { type ModelIR, tensorsOf } from "../ir.ts";
+import { quantizeMatrix, type QuantMethod } from "../quantize/mod.ts";
+import {
+  type ArtifactHeader,
+  type ExpertReport,
+  type FloatStorage,
+  summarize,
+  type TensorRecord,
+} from "../../runtime/artifact.ts";
+import { UsageError } from "../../runtime/errors.ts";
+import type { QuantBits, ScaleType } from "../../schemas/packing.ts";
+import { encodeHeader } from "./header.ts";
+import { ArtifactWriter, type TensorMeta, type WrittenArtifact } from "./writer.ts";
+
+export { encodeHeader } from "./header.ts";
+export {
+  ArtifactWriter,
+  DEFAULT_HEADER_RESERVE,
+  type FinishOptions,
+  type TensorMeta,
+  type WriterFile,
+  type WriterOptions,
+  type WrittenArtifact,
+} from "./writer.ts";
+export { artifactToIR } from "./ir.ts";
+
+/** How one tensor is stored: a float type, or quantized by a method of compiler/quantize. */
+export type TensorEncoding =
+  | { storage: FloatStorage }
+  | {
+    storage: "q";
+    bits: QuantBits;
+    groupSize: number;
+    method: QuantMethod;
+    scaleType?: ScaleType;
+    /** GPTQ's Hessian for this matrix ([cols, cols]). */
+    hessian?: Float64Array;
+  };
+
+/** Options of {@link emitArtifact}. */
+export interface EmitOptions {
+  /** Picks each tensor's storage; default: every tensor as f32. */
+  encode?: (placed: PlacedTensor) => TensorEncoding;
+  /** Compiler report rows, one per routed expert. */
+  experts?: ExpertReport[];
+  /** Compile options, stored as JSON. */
+  options?: unknown;
+  /** Writer identification (default "moeq"). */
+  generator?: string;
+  /** Called after each tensor is written (progress). */
+  onTensor?: (record: TensorRecord, index: number, total: number) => void;
+}
+
+function metaOf(p: PlacedTensor): TensorMeta {
+  return {
+    name: p.ref.name,
+    role: p.role,
+    layer: p.layer,
+    expert: p.expert,
+    shape: [...p.ref.shape],
+  };
+}
+
+const ZERO_SEGMENT = { offset: 0, length: 0, crc32c: 0 };
+
+/** A record with the right structure and zero segments: sizes the header before writing. */
+function placeholderRecord(meta: TensorMeta, enc: TensorEncoding): TensorRecord {
+  if (enc.storage !== "q") {
+    return { ...meta, storage: enc.storage, data: ZERO_SEGMENT, quant: null };
+  }
+  return {
+    ...meta,
+    storage: "q",
+    data: null,
+    quant: {
+      bits: enc.bits,
+      groupSize: enc.groupSize,
+      scaleType: enc.scaleType ?? "f16",
+      quantizer: enc.method,
+      codes: ZERO_SEGMENT,
+      scales: ZERO_SEGMENT,
+      zeros: ZERO_SEGMENT,
+    },
+  };
+}
+
+/**
+ * Writes `ir` as an artifact at `destPath`, tensor by tensor in `tensorsOf` order (memory is
+ * bounded by the largest tensor). The header region is sized exactly from a placeholder header,
+ * so the header always sits right after the preamble. On any failure the temp file is removed.
+ */
+export async function emitArtifact(
+  ir: ModelIR,
+  destPath: string,
+  opts: EmitOptions = {},
+): Promise<WrittenArtifact> {
+  const encode = opts.encode ?? (() => ({ storage: "f32" as const }));
+  const plan = [...tensorsOf(ir)].map((placed) => ({
+    placed,
+    meta: metaOf(placed),
+    enc: encode(placed),
+  }));
+  for (const { meta, enc } of plan) {
+    if (enc.storage === "q" && meta.shape.length !== 2) {
+      throw new UsageError(
+        `tensor ${
+          JSON.stringify(meta.name)
+        } is ${meta.shape.length}-D: only matrices can be quantized`,
+      );
+    }
+  }
+  const optionsJson = JSON.stringify(opts.options ?? {});
+  const experts = opts.experts ?? [];
+  const tok = ir.tokenizer;
+  const tokJson = tok.tokenizerJson && tok.tokenizerJson.length ? tok.tokenizerJson : null;
+  const placeholders = plan.map(({ meta, enc }) => placeholderRecord(meta, enc));
+  const placeholder: ArtifactHeader = {
+    generator: opts.generator ?? "moeq",
+    config: ir.config,
+    tensors: placeholders,
+    experts,
+    tokenizer: { json: tokJson ? ZERO_SEGMENT : null, chatTemplate: tok.chatTemplate },
+    optionsJson,
+    summary: summarize(placeholders),
+  };
+  const headerReserve = encodeHeader(placeholder).length;
+
+  const w = await ArtifactWriter.create(destPath, { headerReserve });
+  try {
+    for (const [i, { placed, meta, enc }] of plan.entries()) {
+      const values = await placed.ref.read();
+      let rec: TensorRecord;
+      if (enc.storage === "q") {
+        const [rows, cols] = meta.shape;
+        const q = quantizeMatrix(values, rows, cols, {
+          bits: enc.bits,
+          groupSize: enc.groupSize,
+          method: enc.method,
+          scaleType: enc.scaleType,
+          hessian: enc.hessian,
+          name: meta.name,
+        });
+        rec = await w.addQuantTensor(meta, q, enc.method);
+      } else {
+        rec = await w.addFloatTensor(meta, values, enc.storage);
+      }
+      opts.onTensor?.(rec, i, plan.length);
+    }
+    await w.setTokenizer(tokJson, tok.chatTemplate);
+    return await w.finish({ config: ir.config, experts, optionsJson, generator: opts.generator });
+  } catch (e) {
+    await w.abort();
+    throw e;
+  }
+}

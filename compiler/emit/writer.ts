@@ -1,0 +1,330 @@
+/**
+ * Streaming artifact writer. Weight segments are written to a temporary file in the destination
+ * directory as tensors arrive, so memory is bounded by the largest tensor; `finish()` writes the
+ * header and the preamble at the front and renames the temporary file over the destination.
+ *
+ * Header placement (strategy "reserve"): the header lives right after the 64-byte preamble in a
+ * region of `headerReserve` bytes; segments start at the first 256-byte boundary after it.
+ * `emitArtifact` sizes the region exactly by encoding a placeholder header up front (the encoded
+ * size does not depend on offsets or checksums, see header.ts). Should a header still outgrow
+ * its region (a caller that under-reserved), it is appended after the last segment instead and
+ * the region stays zero: the preamble's header offset says where it is, so the file is valid
+ * either way and no weight byte is ever moved.
+ *
+ * @module
+ */
+
+import { basename, dirname, join } from "node:path";
+import {
+  alignUp,
+  type ArtifactHeader,
+  encodePreamble,
+  type ExpertReport,
+  type FloatStorage,
+  FORMAT_VERSION,
+  PREAMBLE_SIZE,
+  type Segment,
+  SEGMENT_ALIGN,
+  summarize,
+  type TensorRecord,
+} from "../../runtime/artifact.ts";
+import { crc32c } from "../../runtime/crc32c.ts";
+import { InputError, IoError, MoeqError, UsageError } from "../../runtime/errors.ts";
+import type { ModelConfig } from "../../schemas/model.ts";
+import { packedByteSizes, type QuantizedTensor } from "../../schemas/packing.ts";
+import { castMatrix } from "../quantize/cast.ts";
+import { encodeHeader } from "./header.ts";
+
+/** Where a tensor sits in the model: everything in a TensorRecord except its storage. */
+export interface TensorMeta {
+  name: string;
+  /** compiler/ir.ts TensorRole. */
+  role: string;
+  layer: number;
+  expert: number;
+  shape: number[];
+}
+
+/** The minimal file interface the writer needs (a Deno.FsFile satisfies it). */
+export interface WriterFile {
+  write(p: Uint8Array): Promise<number>;
+  seek(offset: number | bigint, whence: Deno.SeekMode): Promise<number>;
+  close(): void;
+}
+
+/** Options of {@link ArtifactWriter.create}. */
+export interface WriterOptions {
+  /** Bytes reserved for the header after the preamble (default 64 KiB). */
+  headerReserve?: number;
+  /** Wraps the opened temp file (fault injection in tests). */
+  wrapFile?: (file: Deno.FsFile) => WriterFile;
+}
+
+/** What `finish` needs besides the tensors. */
+export interface FinishOptions {
+  config: ModelConfig;
+  experts?: ExpertReport[];
+  /** Compile options as JSON (default "{}"). */
+  optionsJson?: string;
+  /** Default "moeq". */
+  generator?: string;
+}
+
+/** The result of a finished write. */
+export interface WrittenArtifact {
+  path: string;
+  /** File size in bytes. */
+  bytes: number;
+  header: ArtifactHeader;
+}
+
+/** Default header region size. */
+export const DEFAULT_HEADER_RESERVE = 64 << 10;
+
+function ioError(e: unknown, what: string): MoeqError {
+  if (e instanceof MoeqError) return e;
+  return new IoError(`${what}: ${(e as Error).message}`, { cause: e });
+}
+
+/** Writes one artifact; see the module documentation for the layout strategy. */
+export class ArtifactWriter {
+  readonly destPath: string;
+  readonly tempPath: string;
+  readonly headerReserve: number;
+  readonly #file: WriterFile;
+  readonly #tensors: TensorRecord[] = [];
+  readonly #names = new Set<string>();
+  #tokenizer: ArtifactHeader["tokenizer"] = { json: null, chatTemplate: null };
+  /** Offset where the next segment goes (always 256-aligned). */
+  #pos: number;
+  /** End of the last segment written. */
+  #end = 0;
+  #state: "open" | "done" | "failed" = "open";
+
+  private constructor(destPath: string, tempPath: string, file: WriterFile, reserve: number) {
+    this.destPath = destPath;
+    this.tempPath = tempPath;
+    this.#file = file;
+    this.headerReserve = reserve;
+    this.#pos = alignUp(PREAMBLE_SIZE + reserve, SEGMENT_ALIGN);
+  }
+
+  /** Creates `<dest>.tmp-<random>` next to `destPath` and positions it after the header region. */
+  static async create(destPath: string, opts: WriterOptions = {}): Promise<ArtifactWriter> {
+    const reserve = opts.headerReserve ?? DEFAULT_HEADER_RESERVE;
+    if (!Number.isSafeInteger(reserve) || reserve < 0) {
+      throw new UsageError(`headerReserve ${reserve} is not a non-negative integer`);
+    }
+    const rand = crypto.getRandomValues(new Uint32Array(2));
+    const tempPath = join(
+      dirname(destPath),
+      `${basename(destPath)}.tmp-${rand[0].toString(36)}${rand[1].toString(36)}`,
+    );
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(tempPath, { write: true, createNew: true });
+    } catch (e) {
+      throw ioError(e, `${destPath}: cannot create ${tempPath}`);
+    }
+    return new ArtifactWriter(destPath, tempPath, opts.wrapFile?.(file) ?? file, reserve);
+  }
+
+  /** The tensors written so far. */
+  get tensors(): readonly TensorRecord[] {
+    return this.#tensors;
+  }
+
+  /** Writes one segment at the next aligned offset. */
+  async #segment(bytes: Uint8Array, what: string): Promise<Segment> {
+    const offset = this.#pos;
+    await this.#write(offset, bytes, what);
+    this.#end = offset + bytes.length;
+    this.#pos = alignUp(this.#end, SEGMENT_ALIGN);
+    return { offset, length: bytes.length, crc32c: crc32c(bytes) };
+  }
+
+  async #write(offset: number, bytes: Uint8Array, what: string): Promise<void> {
+    try {
+      await this.#file.seek(offset, Deno.SeekMode.Start);
+      let done = 0;
+      while (done < bytes.length) done += await this.#file.write(bytes.subarray(done));
+    } catch (e) {
+      throw ioError(e, `${this.tempPath}: writing ${what} failed`);
+    }
+  }
+
+  /** Runs a write step; any failure removes the temp file and leaves the writer unusable. */
+  async #guard<T>(step: () => Promise<T>): Promise<T> {
+    if (this.#state !== "open") {
+      throw new UsageError(`artifact writer for ${this.destPath} is ${this.#state}`);
+    }
+    try {
+      return await step();
+    } catch (e) {
+      await this.abort();
+      this.#state = "failed";
+      throw ioError(e, this.tempPath);
+    }
+  }
+
+  #checkMeta(meta: TensorMeta, numel: number): void {
+    if (this.#names.has(meta.name)) {
+      throw new UsageError(`tensor ${JSON.stringify(meta.name)} is written twice`);
+    }
+    if (meta.shape.length < 1 || meta.shape.some((d) => !Number.isSafeInteger(d) || d < 1)) {
+      throw new UsageError(`tensor ${JSON.stringify(meta.name)}: bad shape [${meta.shape}]`);
+    }
+    const n = meta.shape.reduce((a, b) => a * b, 1);
+    if (n !== numel) {
+      throw new InputError(
+        `tensor ${JSON.stringify(meta.name)}: ${numel} values for shape [${meta.shape}]`,
+      );
+    }
+    this.#names.add(meta.name);
+  }
+
+  /** Writes a float tensor stored as f32, f16 or bf16 (round to nearest even). */
+  addFloatTensor(
+    meta: TensorMeta,
+    data: Float32Array,
+    storage: FloatStorage,
+  ): Promise<TensorRecord> {
+    return this.#guard(async () => {
+      this.#checkMeta(meta, data.length);
+      const bytes = storage === "f32"
+        ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+        : storage === "f16" || storage === "bf16"
+        ? new Uint8Array(castMatrix(data, storage, meta.name).buffer)
+        : (() => {
+          throw new UsageError(`tensor ${JSON.stringify(meta.name)}: unknown storage ${storage}`);
+        })();
+      const rec: TensorRecord = {
+        ...meta,
+        shape: [...meta.shape],
+        storage,
+        data: await this.#segment(bytes, `tensor ${meta.name}`),
+        quant: null,
+      };
+      this.#tensors.push(rec);
+      return rec;
+    });
+  }
+
+  /** Writes a quantized matrix (codes, scales, zeros as three segments). */
+  addQuantTensor(meta: TensorMeta, q: QuantizedTensor, quantizer: string): Promise<TensorRecord> {
+    return this.#guard(async () => {
+      this.#checkMeta(meta, q.rows * q.cols);
+      if (meta.shape.length !== 2 || meta.shape[0] !== q.rows || meta.shape[1] !== q.cols) {
+        throw new InputError(
+          `tensor ${
+            JSON.stringify(meta.name)
+          }: shape [${meta.shape}] but quantized ${q.rows}x${q.cols}`,
+        );
+      }
+      const want = packedByteSizes(q);
+      const bytesOf = (a: Uint32Array | Uint16Array | Float32Array) =>
+        new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+      const parts = { codes: bytesOf(q.codes), scales: bytesOf(q.scales), zeros: bytesOf(q.zeros) };
+      for (const p of ["codes", "scales", "zeros"] as const) {
+        if (parts[p].length !== want[p]) {
+          throw new InputError(
+            `tensor ${JSON.stringify(meta.name)}: ${p} has ${parts[p].length} bytes, layout needs ${
+              want[p]
+            }`,
+          );
+        }
+      }
+      const rec: TensorRecord = {
+        ...meta,
+        shape: [...meta.shape],
+        storage: "q",
+        data: null,
+        quant: {
+          bits: q.bits,
+          groupSize: q.groupSize,
+          scaleType: q.scaleType,
+          quantizer,
+          codes: await this.#segment(parts.codes, `tensor ${meta.name} codes`),
+          scales: await this.#segment(parts.scales, `tensor ${meta.name} scales`),
+          zeros: await this.#segment(parts.zeros, `tensor ${meta.name} zeros`),
+        },
+      };
+      this.#tensors.push(rec);
+      return rec;
+    });
+  }
+
+  /** Stores tokenizer.json (as a segment; null for byte-level) and the chat template. */
+  setTokenizer(tokenizerJson: Uint8Array | null, chatTemplate: string | null): Promise<void> {
+    return this.#guard(async () => {
+      this.#tokenizer = {
+        json: tokenizerJson && tokenizerJson.length
+          ? await this.#segment(tokenizerJson, "tokenizer.json")
+          : null,
+        chatTemplate,
+      };
+    });
+  }
+
+  /** Writes header + preamble, syncs and renames the temp file over the destination. */
+  finish(opts: FinishOptions): Promise<WrittenArtifact> {
+    return this.#guard(async () => {
+      const header: ArtifactHeader = {
+        generator: opts.generator ?? "moeq",
+        config: opts.config,
+        tensors: this.#tensors,
+        experts: opts.experts ?? [],
+        tokenizer: this.#tokenizer,
+        optionsJson: opts.optionsJson ?? "{}",
+        summary: summarize(this.#tensors),
+      };
+      const headerBytes = encodeHeader(header);
+      let headerOffset = PREAMBLE_SIZE;
+      let end = this.#pos;
+      if (headerBytes.length > this.headerReserve) {
+        headerOffset = this.#pos; // outgrew its region: append it (see module docs)
+        end = headerOffset + headerBytes.length;
+      }
+      // The file ends right after the last segment (or the appended header): no trailing padding.
+      const fileLength = headerOffset === PREAMBLE_SIZE
+        ? Math.max(PREAMBLE_SIZE + headerBytes.length, this.#end)
+        : end;
+      await this.#write(headerOffset, headerBytes, "header");
+      const preamble = encodePreamble({
+        version: FORMAT_VERSION,
+        headerOffset,
+        headerLength: headerBytes.length,
+        fileLength,
+        headerCrc32c: crc32c(headerBytes),
+      });
+      await this.#write(0, preamble, "preamble");
+      try {
+        const f = this.#file as Partial<Deno.FsFile>;
+        if (typeof f.truncate === "function") await f.truncate(fileLength);
+        if (typeof f.syncData === "function") await f.syncData();
+        this.#file.close();
+        await Deno.rename(this.tempPath, this.destPath);
+      } catch (e) {
+        throw ioError(e, `${this.destPath}: finishing failed`);
+      }
+      this.#state = "done";
+      return { path: this.destPath, bytes: fileLength, header };
+    });
+  }
+
+  /** Closes and removes the temp file (idempotent; errors while cleaning up are ignored). */
+  async abort(): Promise<void> {
+    if (this.#state === "done") return;
+    this.#state = "failed";
+    try {
+      this.#file.close();
+    } catch {
+      // already closed
+    }
+    try {
+      await Deno.remove(this.tempPath);
+    } catch {
+      // already gone
+    }
+  }
+}

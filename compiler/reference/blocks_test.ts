@@ -1,0 +1,148 @@
+// Unit tests of the reference blocks against values computed by hand (in the comments).
+
+import assert from "node:assert/strict";
+import { attention, matmul, rmsNorm, rope, ropeInvFreq, route, silu, softmax } from "./forward.ts";
+import { crossEntropyBits, windows } from "./eval.ts";
+
+function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what = "") {
+  assert.equal(got.length, want.length, `${what} length`);
+  for (let i = 0; i < want.length; i++) {
+    assert.ok(
+      Math.abs(got[i] - want[i]) <= tol,
+      `${what}[${i}]: got ${got[i]}, want ${want[i]} (tol ${tol})`,
+    );
+  }
+}
+
+/** Deterministic non-zero pseudo-random values in [-1, 1) (LCG). */
+function randomArray(n: number, seed: number): Float64Array {
+  const out = new Float64Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1 || 0.5;
+  }
+  return out;
+}
+
+Deno.test("rmsNorm: x=[1,2,3,4], w=[1,1,2,0.5]: mean(x²)=7.5, out = x·w/√7.5", () => {
+  const out = new Float64Array(4);
+  rmsNorm(out, Float64Array.of(1, 2, 3, 4), Float64Array.of(1, 1, 2, 0.5), 0);
+  const r = 0.3651483716701107; // 1/√7.5
+  assertClose(out, [r, 2 * r, 6 * r, 2 * r], 1e-15, "rmsNorm");
+  // eps enters under the root: x=[3,4], w=1, eps=0.5 → 1/√(12.5+0.5)
+  rmsNorm(out.subarray(0, 2), Float64Array.of(3, 4), Float64Array.of(1, 1), 0.5);
+  assertClose(out.subarray(0, 2), [3 / Math.sqrt(13), 4 / Math.sqrt(13)], 1e-15, "eps");
+});
+
+Deno.test("matmul: [2,3]·[3] and two inputs at once", () => {
+  const w = Float64Array.of(1, 2, 3, -1, 0.5, 4); // rows [1,2,3], [-1,0.5,4]
+  const x = Float64Array.of(2, -1, 0.5, 1, 1, 1);
+  const out = new Float64Array(4);
+  matmul(out, x, w, 2, 2, 3);
+  // x0=[2,-1,.5]: 2-2+1.5=1.5, -2-0.5+2=-0.5; x1=[1,1,1]: 6, 3.5
+  assertClose(out, [1.5, -0.5, 6, 3.5], 0, "matmul");
+});
+
+Deno.test("rope: hand values at position 1, θ=10000, hd=4 (invFreq = [1, 0.01])", () => {
+  const inv = ropeInvFreq(4, 10000);
+  assertClose(inv, [1, 0.01], 1e-18, "invFreq");
+  const v = Float64Array.of(1, 2, 3, 4);
+  rope(
+    v,
+    1,
+    4,
+    Float64Array.of(Math.cos(1), Math.cos(0.01)),
+    Float64Array.of(Math.sin(1), Math.sin(0.01)),
+  );
+  // pairs (x_i, x_{i+2}): (1,3) by angle 1, (2,4) by angle 0.01
+  const c1 = 0.5403023058681398, s1 = 0.8414709848078965;
+  const c2 = 0.9999500004166653, s2 = 0.009999833334166664;
+  assertClose(v, [1 * c1 - 3 * s1, 2 * c2 - 4 * s2, 3 * c1 + 1 * s1, 4 * c2 + 2 * s2], 1e-15);
+});
+
+Deno.test("rope: q·k after rotation depends only on the position difference", () => {
+  const hd = 8;
+  const inv = ropeInvFreq(hd, 10000);
+  const at = (x: Float64Array, pos: number) => {
+    const y = x.slice();
+    rope(y, 1, hd, inv.map((f) => Math.cos(pos * f)), inv.map((f) => Math.sin(pos * f)));
+    return y;
+  };
+  const q = randomArray(hd, 1);
+  const k = randomArray(hd, 2);
+  const dot = (a: Float64Array, b: Float64Array) => a.reduce((s, ai, i) => s + ai * b[i], 0);
+  const d1 = dot(at(q, 7), at(k, 3));
+  const d2 = dot(at(q, 104), at(k, 100));
+  assert.ok(Math.abs(d1 - d2) < 1e-12, `${d1} vs ${d2}`);
+  assert.ok(Math.abs(d1 - dot(q, k)) > 1e-3, "rotation changes the dot product");
+  // norm is preserved, position 0 is the identity
+  assert.ok(Math.abs(dot(at(q, 50), at(q, 50)) - dot(q, q)) < 1e-12);
+  assertClose(at(q, 0), q, 0, "pos 0");
+});
+
+Deno.test("softmax and silu: hand values", () => {
+  const p = Float64Array.of(0, Math.log(3), 1000); // huge logit must not overflow
+  softmax(p, 2);
+  assertClose(p.subarray(0, 2), [0.25, 0.75], 1e-15, "softmax");
+  assert.ok(Math.abs(silu(1) - 0.7310585786300049) < 1e-15); // 1/(1+e^-1)
+  assert.ok(Math.abs(silu(-2) - -0.2384058440442351) < 1e-15); // -2/(1+e^2)
+});
+
+Deno.test("route: top-k, renormalisation on and off", () => {
+  // probabilities ∝ [1, 3, 2, 4] / 10
+  const logits = Float64Array.of(0, Math.log(3), Math.log(2), Math.log(4));
+  const raw = route(logits, 2, false);
+  assert.deepEqual(raw.experts, [3, 1]);
+  assertClose(raw.weights, [0.4, 0.3], 1e-15, "raw");
+  const norm = route(logits, 2, true);
+  assert.deepEqual(norm.experts, [3, 1]);
+  assertClose(norm.weights, [4 / 7, 3 / 7], 1e-15, "normTopK");
+  // does not modify its input
+  assertClose(logits, [0, Math.log(3), Math.log(2), Math.log(4)], 0, "input");
+});
+
+Deno.test("route: ties go to the lower expert index", () => {
+  const tied = route(Float64Array.of(0, 1, 1, 0), 2, false); // p ∝ [1, e, e, 1]
+  assert.deepEqual(tied.experts, [1, 2]);
+  const e = Math.E;
+  assertClose(tied.weights, [e / (2 + 2 * e), e / (2 + 2 * e)], 1e-15, "tied");
+  assert.deepEqual(route(new Float64Array(4), 3, true).experts, [0, 1, 2]);
+  assertClose(route(new Float64Array(4), 3, true).weights, [1 / 3, 1 / 3, 1 / 3], 1e-15);
+});
+
+Deno.test("attention: GQA with hand values (2 query heads share 1 kv head, hd=2)", () => {
+  // keys k0=[1,0], k1=[0,1]; values v0=[1,2], v1=[3,4]; scale 1/√2
+  const keys = Float64Array.of(1, 0, 0, 1);
+  const values = Float64Array.of(1, 2, 3, 4);
+  const q = Float64Array.of(Math.SQRT2 * Math.log(3), 0, 0, 0); // head 0 scores [ln3, 0]; head 1 [0, 0]
+  const out = new Float64Array(4);
+  attention(out, q, keys, values, 2, 2, 1, 2, new Float64Array(2));
+  // head 0: p = [3/4, 1/4] → [1.5, 2.5]; head 1: p = [1/2, 1/2] → [2, 3]
+  assertClose(out, [1.5, 2.5, 2, 3], 1e-14, "attention");
+  // causal: with one key only, the output is v0 whatever q is
+  attention(out, q, keys, values, 1, 2, 1, 2, new Float64Array(2));
+  assertClose(out, [1, 2, 1, 2], 0, "one key");
+});
+
+Deno.test("windows: plan of tiny_moe.py bpb", () => {
+  assert.deepEqual(windows(10, 4), [
+    { start: 0, length: 4 },
+    { start: 4, length: 4 },
+    { start: 8, length: 1 },
+  ]);
+  // n = 9: the window at 8 would have nothing to predict
+  assert.deepEqual(windows(9, 4), [{ start: 0, length: 4 }, { start: 4, length: 4 }]);
+  assert.deepEqual(windows(1, 4), []);
+  const plan = windows(16384, 128);
+  assert.equal(plan.length, 128);
+  assert.equal(plan.reduce((s, w) => s + w.length, 0), 16383);
+  assert.throws(() => windows(10, 0), /context/);
+});
+
+Deno.test("crossEntropyBits: uniform, hand value, large logits", () => {
+  assert.ok(Math.abs(crossEntropyBits([0, 0, 0, 0], 2) - 2) < 1e-15);
+  // p(target) = 3/4 → -log2(0.75)
+  assert.ok(Math.abs(crossEntropyBits([0, Math.log(3)], 1) - 0.41503749927884376) < 1e-15);
+  assert.ok(Math.abs(crossEntropyBits([1000, 1000], 0) - 1) < 1e-12);
+});

@@ -1,0 +1,109 @@
+/**
+ * WebGPU adapter and device acquisition.
+ *
+ * The device is requested with exactly the limits a model needs (taken from the adapter's
+ * limits, never more than it offers), so a model that cannot fit fails early with a
+ * {@link LimitError} naming the limit and both sizes. `shader-f16` is enabled when the adapter
+ * has it and the caller does not disable it; every kernel also has an f32-only path.
+ *
+ * @module
+ */
+
+import { DeviceError, LimitError } from "./errors.ts";
+
+/** What the model needs from the device; each field is a lower bound. */
+export interface DeviceNeeds {
+  /** Largest single GPU buffer, bytes. */
+  maxBufferSize?: number;
+  /** Largest storage-buffer binding, bytes. */
+  maxStorageBufferBindingSize?: number;
+  /** Storage buffers bound at once by one compute shader. */
+  maxStorageBuffersPerShaderStage?: number;
+  /** Workgroup shared memory, bytes. */
+  maxComputeWorkgroupStorageSize?: number;
+  /** Workgroups along one dispatch dimension. */
+  maxComputeWorkgroupsPerDimension?: number;
+}
+
+/** Options for {@link requestGpu}. */
+export interface DeviceOptions {
+  /** Use shader-f16 when the adapter has it (default true). `false` forces the f32 path. */
+  f16?: boolean;
+  /** Limits the model needs; checked against the adapter before the device is created. */
+  needs?: DeviceNeeds;
+}
+
+/** A device ready for moeq's kernels. */
+export interface GpuContext {
+  device: GPUDevice;
+  /** True when `shader-f16` is enabled on the device. */
+  f16: boolean;
+  /** The adapter description, for messages and benchmarks. */
+  description: string;
+}
+
+/** Default WebGPU limits: never ask for less than these. */
+const DEFAULTS: Required<DeviceNeeds> = {
+  maxBufferSize: 268435456,
+  maxStorageBufferBindingSize: 134217728,
+  maxStorageBuffersPerShaderStage: 8,
+  maxComputeWorkgroupStorageSize: 16384,
+  maxComputeWorkgroupsPerDimension: 65535,
+};
+
+/**
+ * Requests an adapter and a device with the limits in `opts.needs`.
+ *
+ * Throws {@link DeviceError} when WebGPU or an adapter is missing or device creation fails,
+ * and {@link LimitError} when a needed limit exceeds what the adapter offers.
+ */
+export async function requestGpu(opts: DeviceOptions = {}): Promise<GpuContext> {
+  const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!gpu) throw new DeviceError("WebGPU is not available (navigator.gpu is missing)");
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  } catch (e) {
+    throw new DeviceError(`requestAdapter failed: ${(e as Error).message}`, { cause: e });
+  }
+  if (!adapter) {
+    throw new DeviceError(
+      "no WebGPU adapter found (on Linux without a GPU, install mesa-vulkan-drivers and set XDG_RUNTIME_DIR)",
+    );
+  }
+  const requiredLimits = negotiateLimits(adapter.limits, opts.needs ?? {});
+  const f16 = (opts.f16 ?? true) && adapter.features.has("shader-f16");
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({
+      requiredFeatures: f16 ? ["shader-f16"] : [],
+      requiredLimits,
+    });
+  } catch (e) {
+    throw new DeviceError(`requestDevice failed: ${(e as Error).message}`, { cause: e });
+  }
+  const info = adapter.info;
+  return { device, f16, description: info.description || info.vendor || "unknown adapter" };
+}
+
+/**
+ * The limits to request: each needed value (at least the WebGPU default), checked against the
+ * adapter. Throws {@link LimitError} naming the first limit the adapter cannot meet.
+ */
+export function negotiateLimits(
+  adapterLimits: GPUSupportedLimits,
+  needs: DeviceNeeds,
+): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const name of Object.keys(DEFAULTS) as (keyof DeviceNeeds)[]) {
+    const want = Math.max(needs[name] ?? 0, DEFAULTS[name]);
+    const have = adapterLimits[name] as number;
+    if ((needs[name] ?? 0) > have) {
+      throw new LimitError(
+        `the model needs ${name} = ${needs[name]} but the adapter offers ${have}`,
+      );
+    }
+    out[name] = Math.min(want, have);
+  }
+  return out;
+}

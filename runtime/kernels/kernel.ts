@@ -1,0 +1,175 @@
+/**
+ * The small framework every moeq kernel uses: generated WGSL with named bindings, pipelines
+ * cached per device and per generated source, and bind groups built from a name → buffer map.
+ *
+ * @module
+ */
+
+import { DeviceError } from "../errors.ts";
+
+/** Generated WGSL plus the names of its bindings (binding i of group 0 is `bindings[i]`). */
+export interface KernelSource {
+  /** Short label for errors and profiling. */
+  label: string;
+  code: string;
+  /** Binding names in binding-index order; "step" is the shared uniform. */
+  bindings: string[];
+}
+
+/** A compiled kernel. */
+export interface Kernel extends KernelSource {
+  pipeline: GPUComputePipeline;
+}
+
+/**
+ * The per-forward uniform every kernel may read: number of tokens in the batch and the position
+ * of the first one (the KV-cache row it writes).
+ */
+export const STEP_WGSL = `struct Step { T: u32, pos0: u32, pad0: u32, pad1: u32 }`;
+
+/** Byte size of the Step uniform. */
+export const STEP_BYTES = 16;
+
+const caches = new WeakMap<GPUDevice, Map<string, Kernel>>();
+
+/** Compiles (or fetches from the cache) the pipeline for a generated kernel. */
+export function getKernel(device: GPUDevice, src: KernelSource): Kernel {
+  let cache = caches.get(device);
+  if (!cache) caches.set(device, cache = new Map());
+  const hit = cache.get(src.code);
+  if (hit) return hit;
+  const module = device.createShaderModule({ label: src.label, code: src.code });
+  let pipeline: GPUComputePipeline;
+  try {
+    pipeline = device.createComputePipeline({
+      label: src.label,
+      layout: "auto",
+      compute: { module, entryPoint: "main" },
+    });
+  } catch (e) {
+    throw new DeviceError(`kernel ${src.label} failed to compile: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  const k = { ...src, pipeline };
+  cache.set(src.code, k);
+  return k;
+}
+
+/** Builds a bind group binding each named buffer of the kernel. */
+export function bindKernel(
+  device: GPUDevice,
+  kernel: Kernel,
+  buffers: Record<string, GPUBuffer>,
+): GPUBindGroup {
+  const entries = kernel.bindings.map((name, binding) => {
+    const buffer = buffers[name];
+    if (!buffer) throw new DeviceError(`kernel ${kernel.label}: no buffer for binding "${name}"`);
+    return { binding, resource: { buffer } };
+  });
+  return device.createBindGroup({
+    label: kernel.label,
+    layout: kernel.pipeline.getBindGroupLayout(0),
+    entries,
+  });
+}
+
+/** One recorded dispatch: a kernel, its bind group and its workgroup counts for T tokens. */
+export interface Dispatch {
+  kernel: Kernel;
+  bindGroup: GPUBindGroup;
+  /** Workgroup counts for a batch of `T` tokens. */
+  groups(T: number): [number, number, number];
+}
+
+/** Records the dispatches into one compute pass. */
+export function encodeDispatches(pass: GPUComputePassEncoder, list: Dispatch[], T: number): void {
+  for (const d of list) {
+    const [x, y, z] = d.groups(T);
+    if (x === 0 || y === 0 || z === 0) continue;
+    pass.setPipeline(d.kernel.pipeline);
+    pass.setBindGroup(0, d.bindGroup);
+    pass.dispatchWorkgroups(x, y, z);
+  }
+}
+
+/** Creates a storage buffer of at least 4 bytes, optionally filled from `data`. */
+export function storageBuffer(
+  device: GPUDevice,
+  bytes: number,
+  label: string,
+  data?: ArrayBufferView,
+  extraUsage = 0,
+): GPUBuffer {
+  const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+  const buf = device.createBuffer({
+    label,
+    size,
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC | extraUsage,
+    mappedAtCreation: data !== undefined,
+  });
+  if (data) {
+    new Uint8Array(buf.getMappedRange()).set(
+      new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    );
+    buf.unmap();
+  }
+  return buf;
+}
+
+/** WGSL literal for an unsigned constant. */
+export function u(n: number): string {
+  return `${n >>> 0}u`;
+}
+
+/** WGSL literal for an f32 constant (always with a decimal point or exponent). */
+export function f(n: number): string {
+  const s = String(n);
+  return /[.eE]/.test(s) || !Number.isFinite(n) ? s : `${s}.0`;
+}
+
+/** Next power of two ≥ n (n ≥ 1). */
+export function nextPow2(n: number): number {
+  let p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+let mapCount = 0;
+
+/** Number of buffer readbacks (mapAsync calls) made by the runtime since the process started. */
+export function readbackCount(): number {
+  return mapCount;
+}
+
+/**
+ * Copies `bytes` bytes of `src` (from `offset`) to a staging buffer and reads them back: one
+ * mapAsync, counted by {@link readbackCount}.
+ */
+export async function readBuffer(
+  device: GPUDevice,
+  src: GPUBuffer,
+  bytes: number,
+  offset = 0,
+): Promise<Uint8Array> {
+  const size = Math.ceil(bytes / 4) * 4;
+  const staging = device.createBuffer({
+    size,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(src, offset, staging, 0, size);
+  device.queue.submit([enc.finish()]);
+  const out = await mapStaging(staging, bytes);
+  staging.destroy();
+  return out;
+}
+
+/** Maps a MAP_READ buffer and copies out its first `bytes` bytes (counted readback). */
+export async function mapStaging(staging: GPUBuffer, bytes: number): Promise<Uint8Array> {
+  mapCount++;
+  await staging.mapAsync(GPUMapMode.READ);
+  const out = new Uint8Array(staging.getMappedRange(0, Math.ceil(bytes / 4) * 4).slice(0, bytes));
+  staging.unmap();
+  return out;
+}

@@ -1,0 +1,252 @@
+import assert from "node:assert/strict";
+import { requestGpu } from "../device.ts";
+import { bf16ToF32, f16ToF32, f32ToF16 } from "../../schemas/half.ts";
+import {
+  dequantize,
+  encodeParams,
+  groupsPerRow,
+  packCodes,
+  type QuantBits,
+  type QuantizedTensor,
+  type ScaleType,
+} from "../../schemas/packing.ts";
+import { bindKernel, getKernel, readBuffer, STEP_BYTES, storageBuffer } from "./kernel.ts";
+import {
+  type HostMatrix,
+  matmulGroups,
+  type MatmulKey,
+  matmulSource,
+  uploadWeightSet,
+  type WeightFormat,
+} from "./matmul.ts";
+
+const ctx = await requestGpu();
+const device = ctx.device;
+
+/** Deterministic PRNG (mulberry32). */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A random matrix in `format`, with its exact f32 values (what the GPU must use). */
+function randomMatrix(
+  format: WeightFormat,
+  rows: number,
+  cols: number,
+  rand: () => number,
+): { host: HostMatrix; values: Float64Array } {
+  const n = rows * cols;
+  const values = new Float64Array(n);
+  if (format.kind === "q") {
+    const codes = new Uint8Array(n);
+    for (let i = 0; i < n; i++) codes[i] = Math.floor(rand() * (1 << format.bits));
+    const ng = rows * groupsPerRow(cols, format.groupSize);
+    const sc = Array.from({ length: ng }, () => 0.01 + 0.05 * rand());
+    const ze = Array.from({ length: ng }, () => rand() * ((1 << format.bits) - 1));
+    const q: QuantizedTensor = {
+      rows,
+      cols,
+      bits: format.bits,
+      groupSize: format.groupSize,
+      scaleType: format.scaleType,
+      codes: packCodes(codes, rows, cols, format.bits),
+      scales: encodeParams(sc, format.scaleType),
+      zeros: encodeParams(ze, format.scaleType),
+    };
+    dequantize(q).forEach((v, i) => values[i] = v);
+    return { host: q, values };
+  }
+  if (format.kind === "f32") {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) values[i] = a[i] = rand() * 2 - 1;
+    return { host: { raw: new Uint8Array(a.buffer) }, values };
+  }
+  const a = new Uint16Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = rand() * 2 - 1;
+    if (format.kind === "f16") {
+      a[i] = f32ToF16(v);
+      values[i] = f16ToF32(a[i]);
+    } else {
+      const f = new Float32Array([v]);
+      a[i] = new Uint32Array(f.buffer)[0] >>> 16;
+      values[i] = bf16ToF32(a[i]);
+    }
+  }
+  return { host: { raw: new Uint8Array(a.buffer) }, values };
+}
+
+function stepBuffer(T: number): GPUBuffer {
+  const b = device.createBuffer({
+    size: STEP_BYTES,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(b, 0, new Uint32Array([T, 0, 0, 0]));
+  return b;
+}
+
+async function readF32(buf: GPUBuffer, n: number): Promise<Float32Array> {
+  const b = await readBuffer(device, buf, n * 4);
+  return new Float32Array(b.buffer, b.byteOffset, n);
+}
+
+/** max |gpu − ref| / max |ref| */
+function relErr(gpu: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    num = Math.max(num, Math.abs(gpu[i] - ref[i]));
+    den = Math.max(den, Math.abs(ref[i]));
+  }
+  return num / den;
+}
+
+const FORMATS: WeightFormat[] = [
+  { kind: "f32" },
+  { kind: "f16" },
+  { kind: "bf16" },
+  ...([2, 3, 4, 8] as QuantBits[]).flatMap((bits) =>
+    (["f16", "f32"] as ScaleType[]).flatMap((scaleType) =>
+      [32, 64, 0].map((groupSize) => ({ kind: "q" as const, bits, groupSize, scaleType }))
+    )
+  ),
+];
+
+function label(f: WeightFormat): string {
+  return f.kind === "q" ? `q${f.bits} g${f.groupSize || "row"} ${f.scaleType}` : f.kind;
+}
+
+const ROWS = 37;
+const COLS = 77; // not a multiple of 2, 4 or 32
+
+for (const format0 of FORMATS) {
+  const tol = format0.kind === "f32" ? 1e-5 : 1e-3;
+  Deno.test(`matmul dense ${label(format0)}: decode and prefill with bias/residual vs f64 (rel ≤ ${tol})`, async () => {
+    const format = format0.kind === "q" && format0.groupSize === 0
+      ? { ...format0, groupSize: COLS }
+      : format0;
+    const rand = rng(7 + COLS);
+    const { host, values } = randomMatrix(format, ROWS, COLS, rand);
+    const set = uploadWeightSet(device, format, ROWS, COLS, [host]);
+    for (const [T, tokenTile] of [[1, 1], [5, 4]]) {
+      const x = Float32Array.from({ length: T * COLS }, () => rand() * 2 - 1);
+      const bias = Float32Array.from({ length: ROWS }, () => rand() - 0.5);
+      const y0 = Float32Array.from({ length: T * ROWS }, () => rand() - 0.5);
+      const key: MatmulKey = {
+        format,
+        rows: ROWS,
+        cols: COLS,
+        tokenTile,
+        mode: "dense",
+        bias: true,
+        accumulate: true,
+      };
+      const kernel = getKernel(device, matmulSource(key));
+      const bufs: Record<string, GPUBuffer> = {
+        step: stepBuffer(T),
+        x: storageBuffer(device, x.byteLength, "x", x),
+        y: storageBuffer(device, y0.byteLength, "y", y0),
+        B: storageBuffer(device, bias.byteLength, "B", bias),
+      };
+      ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, bindKernel(device, kernel, bufs));
+      pass.dispatchWorkgroups(...matmulGroups(key, T));
+      pass.end();
+      device.queue.submit([enc.finish()]);
+      const got = await readF32(bufs.y, T * ROWS);
+      const ref = new Float64Array(T * ROWS);
+      for (let t = 0; t < T; t++) {
+        for (let r = 0; r < ROWS; r++) {
+          let s = 0;
+          for (let c = 0; c < COLS; c++) s += values[r * COLS + c] * x[t * COLS + c];
+          ref[t * ROWS + r] = s + bias[r] + y0[t * ROWS + r];
+        }
+      }
+      const err = relErr(got, ref);
+      assert.ok(err <= tol, `${label(format)} T=${T}: rel err ${err}`);
+    }
+  });
+}
+
+for (const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15]]) {
+  Deno.test(`matmul expert ${label(format)}: sparse dispatch writes only selected slots`, async () => {
+    const fmt = format.kind === "q" && format.groupSize === 0
+      ? { ...format, groupSize: COLS }
+      : format;
+    const rand = rng(99);
+    const gex = [5, 2, 7]; // global expert ids of the set's matrices
+    const mats = gex.map(() => randomMatrix(fmt, ROWS, COLS, rand));
+    const set = uploadWeightSet(device, fmt, ROWS, COLS, mats.map((m) => m.host));
+    const K = 2;
+    for (const [T, tokenTile, xRows] of [[1, 1, "token"], [6, 4, "slot"]] as const) {
+      const ids = new Uint32Array(T * K);
+      for (let t = 0; t < T; t++) {
+        const pool = [2, 5, 7, 9]; // 9 is not in this set
+        for (let k = 0; k < K; k++) {
+          ids[t * K + k] = pool.splice(Math.floor(rand() * pool.length), 1)[0];
+        }
+      }
+      const xn = xRows === "slot" ? T * K : T;
+      const x = Float32Array.from({ length: xn * COLS }, () => rand() * 2 - 1);
+      const SENTINEL = 12345;
+      const y0 = new Float32Array(T * K * ROWS).fill(SENTINEL);
+      const key: MatmulKey = {
+        format: fmt,
+        rows: ROWS,
+        cols: COLS,
+        tokenTile,
+        mode: "expert",
+        xRows,
+        topK: K,
+      };
+      const kernel = getKernel(device, matmulSource(key));
+      const bufs: Record<string, GPUBuffer> = {
+        step: stepBuffer(T),
+        x: storageBuffer(device, x.byteLength, "x", x),
+        y: storageBuffer(device, y0.byteLength, "y", y0),
+        ids: storageBuffer(device, ids.byteLength, "ids", ids),
+        gex: storageBuffer(device, 12, "gex", new Uint32Array(gex)),
+      };
+      ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, bindKernel(device, kernel, bufs));
+      pass.dispatchWorkgroups(...matmulGroups(key, T, gex.length));
+      pass.end();
+      device.queue.submit([enc.finish()]);
+      const got = await readF32(bufs.y, T * K * ROWS);
+      const ref = new Float64Array(T * K * ROWS).fill(SENTINEL);
+      for (let t = 0; t < T; t++) {
+        for (let k = 0; k < K; k++) {
+          const m = gex.indexOf(ids[t * K + k]);
+          if (m < 0) continue;
+          const xr = xRows === "slot" ? t * K + k : t;
+          for (let r = 0; r < ROWS; r++) {
+            let s = 0;
+            for (let c = 0; c < COLS; c++) s += mats[m].values[r * COLS + c] * x[xr * COLS + c];
+            ref[(t * K + k) * ROWS + r] = s;
+          }
+        }
+      }
+      for (let i = 0; i < ref.length; i++) {
+        if (ref[i] === SENTINEL) assert.equal(got[i], SENTINEL, `slot ${i} written`);
+      }
+      const err = relErr(
+        got.map((v, i) => ref[i] === SENTINEL ? 0 : v),
+        ref.map((v) => v === SENTINEL ? 0 : v),
+      );
+      const tol = fmt.kind === "f32" ? 1e-5 : 1e-3;
+      assert.ok(err <= tol, `${label(fmt)} T=${T}: rel err ${err}`);
+    }
+  });
+}

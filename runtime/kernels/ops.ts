@@ -1,0 +1,390 @@
+/**
+ * The forward pass's non-matmul kernels, each a WGSL generator with its shape baked in:
+ * embedding lookup, RMSNorm, RoPE, KV-cache stores, causal GQA attention, MoE routing (softmax,
+ * top-k, renormalisation), the SwiGLU activation, and the MoE combine (+ shared expert); sampling is
+ * runtime/kernels/sample.ts. Activations are f32 row-major [tokens, width]; `step.T` tokens are in flight and the
+ * first sits at sequence position `step.pos0`.
+ *
+ * @module
+ */
+
+import { groupsPerRow, wordsPerRow } from "../../schemas/packing.ts";
+import { f, type KernelSource, STEP_WGSL, u } from "./kernel.ts";
+import type { WeightFormat } from "./matmul.ts";
+
+/** Threads per workgroup of the element-wise kernels. */
+export const EW = 64;
+
+function kernel(label: string, decls: [string, string, string?][], body: string): KernelSource {
+  const lines = decls.map(([name, type, space], i) =>
+    `@group(0) @binding(${i}) var<${space ?? "storage, read"}> ${name}: ${type};`
+  );
+  return {
+    label,
+    code: `${STEP_WGSL}\n${lines.join("\n")}\n${body}`,
+    bindings: decls.map((d) => d[0]),
+  };
+}
+
+/**
+ * WGSL `fn wAt(r: u32, c: u32) -> f32` reading element (r, c) of a [rows, cols] matrix stored as
+ * {@link uploadWeightSet} lays it out (one matrix), plus the bindings it needs.
+ */
+function elementReader(
+  format: WeightFormat,
+  cols: number,
+): { decls: [string, string][]; fn: string } {
+  switch (format.kind) {
+    case "f32":
+      return {
+        decls: [["W", "array<vec4<f32>>"]],
+        fn: `fn wAt(r: u32, c: u32) -> f32 { return W[r * ${
+          u(Math.ceil(cols / 4))
+        } + c / 4u][c % 4u]; }`,
+      };
+    case "f16":
+      return {
+        decls: [["W", "array<u32>"]],
+        fn: `fn wAt(r: u32, c: u32) -> f32 {
+  return unpack2x16float(W[r * ${u(Math.ceil(cols / 2))} + c / 2u])[c % 2u];
+}`,
+      };
+    case "bf16":
+      return {
+        decls: [["W", "array<u32>"]],
+        fn: `fn wAt(r: u32, c: u32) -> f32 {
+  let p = W[r * ${u(Math.ceil(cols / 2))} + c / 2u];
+  return bitcast<f32>(select(p << 16u, p & 0xffff0000u, (c % 2u) == 1u));
+}`,
+      };
+    case "q": {
+      const st = format.scaleType === "f16" ? "array<u32>" : "array<f32>";
+      const param = (a: string) =>
+        format.scaleType === "f16" ? `unpack2x16float(${a}[g >> 1u])[g & 1u]` : `${a}[g]`;
+      return {
+        decls: [["W", "array<u32>"], ["S", st], ["Z", st]],
+        fn: `fn wAt(r: u32, c: u32) -> f32 {
+  let bit = (c / 32u) * ${u(format.bits * 32)} + (c % 32u) * ${u(format.bits)};
+  let w = r * ${u(wordsPerRow(cols, format.bits))} + bit / 32u;
+  let sh = bit % 32u;
+  var v = W[w] >> sh;
+  if (sh + ${u(format.bits)} > 32u) { v |= W[w + 1u] << (32u - sh); }
+  let q = f32(v & ${u((1 << format.bits) - 1)});
+  let g = r * ${u(groupsPerRow(cols, format.groupSize))} + c / ${u(format.groupSize)};
+  return (q - ${param("Z")}) * ${param("S")};
+}`,
+      };
+    }
+  }
+}
+
+/**
+ * Embedding lookup: out[t, c] = E[tok[pos0 + t], c], the ids read from the GPU token buffer.
+ * Dispatch (ceil(H / 64), T).
+ */
+export function embedSource(format: WeightFormat, hidden: number): KernelSource {
+  const r = elementReader(format, hidden);
+  return kernel(
+    `embed.${format.kind}.${hidden}`,
+    [["step", "Step", "uniform"], ["tok", "array<u32>"], ...r.decls, [
+      "out",
+      "array<f32>",
+      "storage, read_write",
+    ]],
+    `${r.fn}
+@compute @workgroup_size(${EW})
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  let c = id.x;
+  let t = id.y;
+  if (c >= ${u(hidden)} || t >= step.T) { return; }
+  out[t * ${u(hidden)} + c] = wAt(tok[step.pos0 + t], c);
+}`,
+  );
+}
+
+/** Options of {@link rmsNormSource}. */
+export interface RmsNormKey {
+  /** Elements normalised together (hidden size, head_dim, or the full q/k width). */
+  width: number;
+  /** Normalised rows per token (1, or the head count for per-head q/k norms). */
+  rowsPerToken: number;
+  eps: number;
+  /** Normalise x in place (binding "x" only) instead of writing "out". */
+  inPlace: boolean;
+  /** Only the last token: reads row T − 1, writes row 0 (final norm before last-position logits). */
+  lastOnly?: boolean;
+}
+
+/** RMSNorm x · w / sqrt(mean(x²) + eps); one workgroup per row. Dispatch (rows, 1, 1). */
+export function rmsNormSource(key: RmsNormKey): KernelSource {
+  const { width, rowsPerToken } = key;
+  const decls: [string, string, string?][] = key.inPlace
+    ? [["step", "Step", "uniform"], ["x", "array<f32>", "storage, read_write"], ["w", "array<f32>"]]
+    : [["step", "Step", "uniform"], ["x", "array<f32>"], ["w", "array<f32>"], [
+      "out",
+      "array<f32>",
+      "storage, read_write",
+    ]];
+  const dst = key.inPlace ? "x" : "out";
+  return kernel(
+    `rmsnorm.${width}.${rowsPerToken}${key.inPlace ? ".inplace" : ""}${
+      key.lastOnly ? ".last" : ""
+    }`,
+    decls,
+    `
+var<workgroup> red: array<f32, ${EW}>;
+@compute @workgroup_size(${EW})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let n = ${key.lastOnly ? "1u" : `step.T * ${u(rowsPerToken)}`};
+  if (wg.x >= n) { return; }
+  let src = ${key.lastOnly ? `(step.T - 1u) * ${u(width)}` : `wg.x * ${u(width)}`};
+  let dst = wg.x * ${u(width)};
+  var s = 0.0;
+  for (var i = li; i < ${u(width)}; i += ${u(EW)}) { let v = x[src + i]; s += v * v; }
+  red[li] = s;
+  workgroupBarrier();
+  for (var h = ${u(EW / 2)}; h > 0u; h >>= 1u) {
+    if (li < h) { red[li] += red[li + h]; }
+    workgroupBarrier();
+  }
+  let inv = inverseSqrt(red[0] / ${f(width)} + ${f(key.eps)});
+  for (var i = li; i < ${u(width)}; i += ${u(EW)}) {
+    ${dst}[dst + i] = x[src + i] * inv * w[i % ${u(width)}];
+  }
+}`,
+  );
+}
+
+/**
+ * Rotate-half RoPE (Hugging Face style) on [T, heads · hd] using a precomputed table
+ * cs[pos, i] = (cos, sin) of pos · inv_freq[i]. In place, or (toCache) written to the cache row
+ * pos0 + t. Dispatch (ceil(heads · hd/2 / 64), T).
+ */
+export function ropeSource(heads: number, hd: number, toCache: boolean): KernelSource {
+  const half = hd / 2;
+  const decls: [string, string, string?][] = toCache
+    ? [["step", "Step", "uniform"], ["x", "array<f32>"], ["cs", "array<vec2<f32>>"], [
+      "out",
+      "array<f32>",
+      "storage, read_write",
+    ]]
+    : [["step", "Step", "uniform"], ["x", "array<f32>", "storage, read_write"], [
+      "cs",
+      "array<vec2<f32>>",
+    ]];
+  const W = heads * hd;
+  return kernel(
+    `rope.${heads}x${hd}${toCache ? ".cache" : ""}`,
+    decls,
+    `
+@compute @workgroup_size(${EW})
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  let t = id.y;
+  if (id.x >= ${u(heads * half)} || t >= step.T) { return; }
+  let h = id.x / ${u(half)};
+  let i = id.x % ${u(half)};
+  let pos = step.pos0 + t;
+  let a = t * ${u(W)} + h * ${u(hd)} + i;
+  let x1 = x[a];
+  let x2 = x[a + ${u(half)}];
+  let c = cs[pos * ${u(half)} + i];
+  let o = ${toCache ? `pos * ${u(W)} + h * ${u(hd)} + i` : "a"};
+  ${toCache ? "out" : "x"}[o] = x1 * c.x - x2 * c.y;
+  ${toCache ? "out" : "x"}[o + ${u(half)}] = x2 * c.x + x1 * c.y;
+}`,
+  );
+}
+
+/** Copies [T, width] rows into the cache at rows pos0 + t. Dispatch (ceil(width/64), T). */
+export function storeRowsSource(width: number): KernelSource {
+  return kernel(
+    `store.${width}`,
+    [["step", "Step", "uniform"], ["x", "array<f32>"], [
+      "out",
+      "array<f32>",
+      "storage, read_write",
+    ]],
+    `
+@compute @workgroup_size(${EW})
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  let t = id.y;
+  if (id.x >= ${u(width)} || t >= step.T) { return; }
+  out[(step.pos0 + t) * ${u(width)} + id.x] = x[t * ${u(width)} + id.x];
+}`,
+  );
+}
+
+/** Threads per attention workgroup for a head size (bounded by 16 KB of workgroup memory). */
+export function attentionThreads(hd: number): number {
+  let n = 32;
+  while (n > 1 && n * (hd + 2) * 4 > 16000) n >>= 1;
+  return n;
+}
+
+/**
+ * Causal GQA attention over the KV cache: token t (position pos0 + t) of head h attends cache
+ * rows 0..pos0 + t of kv head h / (nh / nkv), softmax(q·k / sqrt(hd)) · v. Each thread keeps an
+ * online softmax over a strided subset of positions; partials merge in workgroup memory.
+ * Dispatch (nh, T).
+ */
+export function attentionSource(nh: number, nkv: number, hd: number): KernelSource {
+  const n = attentionThreads(hd);
+  return kernel(
+    `attention.${nh}.${nkv}.${hd}`,
+    [["step", "Step", "uniform"], ["q", "array<f32>"], ["kc", "array<f32>"], ["vc", "array<f32>"], [
+      "out",
+      "array<f32>",
+      "storage, read_write",
+    ]],
+    `
+const HD = ${u(hd)};
+const N = ${u(n)};
+var<workgroup> pm: array<f32, ${n}>;
+var<workgroup> ps: array<f32, ${n}>;
+var<workgroup> pacc: array<f32, ${n * hd}>;
+@compute @workgroup_size(${n})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let t = wg.y;
+  if (t >= step.T) { return; }
+  let pos = step.pos0 + t;
+  let kvBase = (h / ${u(nh / nkv)}) * HD;
+  let qb = t * ${u(nh * hd)} + h * HD;
+  var qv: array<f32, ${hd}>;
+  for (var d = 0u; d < HD; d++) { qv[d] = q[qb + d] * ${f(1 / Math.sqrt(hd))}; }
+  var m = -3.0e38;
+  var s = 0.0;
+  var acc: array<f32, ${hd}>;
+  for (var j = li; j <= pos; j += N) {
+    let kb = j * ${u(nkv * hd)} + kvBase;
+    var sc = 0.0;
+    for (var d = 0u; d < HD; d++) { sc += qv[d] * kc[kb + d]; }
+    let mn = max(m, sc);
+    let corr = exp(m - mn);
+    let p = exp(sc - mn);
+    s = s * corr + p;
+    for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * corr + p * vc[kb + d]; }
+    m = mn;
+  }
+  pm[li] = m;
+  ps[li] = s;
+  for (var d = 0u; d < HD; d++) { pacc[li * HD + d] = acc[d]; }
+  workgroupBarrier();
+  var M = -3.0e38;
+  for (var i = 0u; i < N; i++) { M = max(M, pm[i]); }
+  var S = 0.0;
+  for (var i = 0u; i < N; i++) { S += ps[i] * exp(pm[i] - M); }
+  for (var d = li; d < HD; d += N) {
+    var o = 0.0;
+    for (var i = 0u; i < N; i++) { o += pacc[i * HD + d] * exp(pm[i] - M); }
+    out[qb + d] = o / S;
+  }
+}`,
+  );
+}
+
+/**
+ * MoE routing per token: softmax over the E router logits (f32), top-k (largest first; ties go
+ * to the lower expert index), optional renormalisation of the k weights. Writes ids[t·K + k]
+ * and wts[t·K + k]. Dispatch (ceil(T / 64)).
+ */
+export function routerSource(E: number, K: number, normTopK: boolean): KernelSource {
+  return kernel(
+    `router.${E}.${K}${normTopK ? ".norm" : ""}`,
+    [["step", "Step", "uniform"], ["logits", "array<f32>"], [
+      "ids",
+      "array<u32>",
+      "storage, read_write",
+    ], ["wts", "array<f32>", "storage, read_write"]],
+    `
+@compute @workgroup_size(${EW})
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  let t = id.x;
+  if (t >= step.T) { return; }
+  let b = t * ${u(E)};
+  var m = -3.0e38;
+  for (var e = 0u; e < ${u(E)}; e++) { m = max(m, logits[b + e]); }
+  var z = 0.0;
+  for (var e = 0u; e < ${u(E)}; e++) { z += exp(logits[b + e] - m); }
+  var taken: array<bool, ${E}>;
+  var sum = 0.0;
+  for (var k = 0u; k < ${u(K)}; k++) {
+    var best = 0u;
+    var bv = -3.4e38;
+    for (var e = 0u; e < ${u(E)}; e++) {
+      if (!taken[e] && logits[b + e] > bv) { bv = logits[b + e]; best = e; }
+    }
+    taken[best] = true;
+    let p = exp(bv - m) / z;
+    ids[t * ${u(K)} + k] = best;
+    wts[t * ${u(K)} + k] = p;
+    sum += p;
+  }
+  ${
+      normTopK
+        ? `for (var k = 0u; k < ${u(K)}; k++) { wts[t * ${u(K)} + k] = wts[t * ${
+          u(K)
+        } + k] / sum; }`
+        : ""
+    }
+}`,
+  );
+}
+
+/** SwiGLU activation in place: g = silu(g) · u over [T · rowsPerToken, width]. Dispatch (ceil(width/64), T·rowsPerToken). */
+export function swigluSource(width: number, rowsPerToken: number): KernelSource {
+  return kernel(
+    `swiglu.${width}.${rowsPerToken}`,
+    [["step", "Step", "uniform"], ["g", "array<f32>", "storage, read_write"], ["up", "array<f32>"]],
+    `
+@compute @workgroup_size(${EW})
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  if (id.x >= ${u(width)} || id.y >= step.T * ${u(rowsPerToken)}) { return; }
+  let i = id.y * ${u(width)} + id.x;
+  let a = g[i];
+  g[i] = a / (1.0 + exp(-a)) * up[i];
+}`,
+  );
+}
+
+/**
+ * MoE combine with the residual: x[t] += Σ_k wts[t,k] · ye[t·K + k] (+ shared expert output ys[t],
+ * scaled by sigmoid(sg[t]) when gated). Dispatch (ceil(H/64), T).
+ */
+export function combineSource(
+  hidden: number,
+  K: number,
+  shared: "none" | "plain" | "gated",
+): KernelSource {
+  const decls: [string, string, string?][] = [
+    ["step", "Step", "uniform"],
+    ["x", "array<f32>", "storage, read_write"],
+    ["ye", "array<f32>"],
+    ["wts", "array<f32>"],
+  ];
+  if (shared !== "none") decls.push(["ys", "array<f32>"]);
+  if (shared === "gated") decls.push(["sg", "array<f32>"]);
+  const sharedTerm = shared === "none"
+    ? ""
+    : shared === "plain"
+    ? "v += ys[t * H + c];"
+    : "v += ys[t * H + c] / (1.0 + exp(-sg[t]));";
+  return kernel(
+    `combine.${hidden}.${K}.${shared}`,
+    decls,
+    `
+const H = ${u(hidden)};
+@compute @workgroup_size(${EW})
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  let c = id.x;
+  let t = id.y;
+  if (c >= H || t >= step.T) { return; }
+  var v = 0.0;
+  for (var k = 0u; k < ${u(K)}; k++) {
+    v += wts[t * ${u(K)} + k] * ye[(t * ${u(K)} + k) * H + c];
+  }
+  ${sharedTerm}
+  x[t * H + c] += v;
+}`,
+  );
+}
