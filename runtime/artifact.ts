@@ -694,6 +694,8 @@ export interface Artifact extends ArtifactHeader {
   readonly headerLength: number;
   /** The compile options (parsed optionsJson). */
   readonly options: unknown;
+  /** The decoded header as one object (the same values as the fields above). */
+  readonly header: ArtifactHeader;
   /** Tensors by name. */
   readonly tensorsByName: ReadonlyMap<string, TensorRecord>;
   /** Reads one segment and checks its CRC32C; `what` names it in errors. */
@@ -815,6 +817,7 @@ class OpenedArtifact implements Artifact {
   readonly headerOffset: number;
   readonly headerLength: number;
   readonly tensorsByName: ReadonlyMap<string, TensorRecord>;
+  readonly header: ArtifactHeader;
 
   constructor(
     readonly src: ByteSource,
@@ -823,6 +826,7 @@ class OpenedArtifact implements Artifact {
     h: ArtifactHeader,
     readonly options: unknown,
   ) {
+    this.header = h;
     this.generator = h.generator;
     this.config = h.config;
     this.tensors = h.tensors;
@@ -859,11 +863,12 @@ class OpenedArtifact implements Artifact {
   }
 
   async readF32(t: TensorRecord): Promise<Float32Array> {
-    if (t.quant) return dequantize(await this.readQuantized(t));
-    return floatBytesToF32(
-      await this.read(t.data!, `tensor ${JSON.stringify(t.name)}`),
-      t.storage as FloatStorage,
-    );
+    const what = `tensor ${JSON.stringify(t.name)}`;
+    const parts = [];
+    for (const [i, seg] of segmentsOf(t).entries()) {
+      parts.push(await this.read(seg, t.quant ? `${what} ${QUANT_PARTS[i]}` : what));
+    }
+    return decodeTensor(t, parts);
   }
 
   async readQuantized(t: TensorRecord): Promise<QuantizedTensor> {
@@ -933,6 +938,25 @@ export function floatBytesToF32(bytes: Uint8Array, storage: FloatStorage): Float
   const conv = storage === "f16" ? f16ToF32 : bf16ToF32;
   for (let i = 0; i < h.length; i++) out[i] = conv(h[i]);
   return out;
+}
+
+const QUANT_PARTS = ["codes", "scales", "zeros"] as const;
+
+/**
+ * A tensor's values as f32 from its segments' bytes, given in `segmentsOf` order (data, or
+ * codes/scales/zeros): float storage is widened, "q" is dequantized through schemas/packing.ts.
+ */
+export function decodeTensor(t: TensorRecord, parts: Uint8Array[]): Float32Array {
+  if (t.quant) {
+    return dequantize(toQuantizedTensor(t, { codes: parts[0], scales: parts[1], zeros: parts[2] }));
+  }
+  const want = numelOf(t.shape) * FLOAT_BYTES[t.storage as FloatStorage];
+  if (parts.length !== 1 || parts[0].length !== want) {
+    throw new InputError(
+      `tensor ${JSON.stringify(t.name)}: data has ${parts[0]?.length ?? 0} bytes, expected ${want}`,
+    );
+  }
+  return floatBytesToF32(parts[0], t.storage as FloatStorage);
 }
 
 /** Builds the QuantizedTensor of a "q" record from its three segments' bytes (copied). */

@@ -2,10 +2,12 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
   decodePreamble,
+  decodeTensor,
   openArtifact,
   openArtifactBytes,
   PREAMBLE_SIZE,
   SEGMENT_ALIGN,
+  segmentsOf,
 } from "./artifact.ts";
 import { fuzzArtifact } from "./artifact_fuzz.ts";
 import { InputError, MoeqError, UnsupportedError } from "./errors.ts";
@@ -87,6 +89,16 @@ Deno.test("artifact: the tiny artifact opens, verifies and reads back its values
     assert.equal(a.summary.avgExpertBits, 3.5);
   } finally {
     a.close();
+  }
+});
+
+Deno.test("artifact: decodeTensor turns segment bytes into the same values as readF32", async () => {
+  const a = await openArtifactBytes(VALID);
+  for (const t of a.tensors) {
+    const parts = await Promise.all(segmentsOf(t).map((s) => a.read(s)));
+    assert.deepEqual(decodeTensor(t, parts), await a.readF32(t), t.name);
+    const short = parts.map((p, i) => (i === 0 ? p.subarray(4) : p));
+    assert.throws(() => decodeTensor(t, short), InputError);
   }
 });
 

@@ -40,6 +40,8 @@ export interface GpuContext {
   f16: boolean;
   /** The adapter description, for messages and benchmarks. */
   description: string;
+  /** True for a CPU (software) adapter such as lavapipe/llvmpipe. */
+  cpu: boolean;
 }
 
 /** Default WebGPU limits: never ask for less than these. */
@@ -82,8 +84,16 @@ export async function requestGpu(opts: DeviceOptions = {}): Promise<GpuContext> 
   } catch (e) {
     throw new DeviceError(`requestDevice failed: ${(e as Error).message}`, { cause: e });
   }
-  const info = adapter.info;
-  return { device, f16, description: info.description || info.vendor || "unknown adapter" };
+  return { device, f16, ...describeAdapter(adapter.info) };
+}
+
+/** Description and CPU-ness of an adapter (from `adapter.info` or `device.adapterInfo`). */
+export function describeAdapter(
+  info: GPUAdapterInfo | undefined,
+): { description: string; cpu: boolean } {
+  const desc = info?.description || info?.vendor || "unknown adapter";
+  const fallback = (info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter;
+  return { description: desc, cpu: fallback === true || /llvmpipe|lavapipe|swiftshader/i.test(desc) };
 }
 
 /**

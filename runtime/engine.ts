@@ -21,7 +21,7 @@
 
 import type { Engine, GenerateOptions } from "./api.ts";
 import { type Artifact, floatBytesToF32, type TensorRecord } from "./artifact.ts";
-import { requestGpu } from "./device.ts";
+import { describeAdapter, requestGpu } from "./device.ts";
 import { DeviceError, InputError, LimitError, UnsupportedError, UsageError } from "./errors.ts";
 import type { ModelConfig } from "../schemas/model.ts";
 import {
@@ -70,6 +70,8 @@ export interface WebGpuEngineOptions {
   prefillChunk?: number;
   /** Tokens per workgroup in prefill matmuls (default 4). */
   prefillTile?: number;
+  /** Most threads per matrix row in matmuls (default: 64 on GPUs, 4 on CPU fallback adapters). */
+  threadsPerRow?: number;
 }
 
 /** Largest weight-set binding the engine creates for grouped experts (the WebGPU default). */
@@ -178,9 +180,10 @@ export async function createWebGpuEngine(
   const wideI = Math.max(K * I, cfg.sharedIntermediateSize, cfg.denseIntermediateSize);
   maxBinding = Math.max(maxBinding, chunk * V * 4, chunk * wideI * 4, maxContext * nkv * hd * 4);
 
-  let device: GPUDevice, f16: boolean;
+  let device: GPUDevice, f16: boolean, cpu: boolean;
   if (opts.device) {
     device = opts.device;
+    cpu = describeAdapter((device as { adapterInfo?: GPUAdapterInfo }).adapterInfo).cpu;
     f16 = (opts.f16 ?? true) && device.features.has("shader-f16");
     if (device.limits.maxStorageBufferBindingSize < maxBinding) {
       throw new LimitError(
@@ -198,7 +201,9 @@ export async function createWebGpuEngine(
     });
     device = ctx.device;
     f16 = ctx.f16;
+    cpu = ctx.cpu;
   }
+  const tpr = opts.threadsPerRow ?? (cpu ? 4 : 64);
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
 
@@ -371,6 +376,7 @@ export async function createWebGpuEngine(
         tokenTile: extra.fixedT ? 1 : tt,
         mode: "dense",
         bias: bias !== undefined,
+        maxThreadsPerRow: tpr,
         ...extra,
       };
       const bufs: Record<string, GPUBuffer> = { x, y, ...weightBufs(set) };
@@ -387,6 +393,7 @@ export async function createWebGpuEngine(
           mode: "expert",
           xRows,
           topK: K,
+          maxThreadsPerRow: tpr,
         };
         list.push(
           dispatch(
@@ -666,6 +673,18 @@ export async function createWebGpuEngine(
     weightBytes,
     logits,
     generate,
+    async profile(T: number, tt: number, mode: LogitsMode) {
+      const out = new Map<string, number>();
+      for (const d of plan(tt, mode)) {
+        await device.queue.onSubmittedWorkDone();
+        const t0 = performance.now();
+        for (let r = 0; r < 5; r++) submitForward(T, 0, [d]);
+        await device.queue.onSubmittedWorkDone();
+        const key = d.kernel.label.replace(/\.\d+x\d+/, "");
+        out.set(key, (out.get(key) ?? 0) + (performance.now() - t0) / 5);
+      }
+      return out;
+    },
     dispose() {
       if (disposed) return;
       disposed = true;

@@ -33,7 +33,7 @@ export interface ServeOptions {
   modelName?: string;
   /** Requests allowed to wait behind the running one (default 16); more get 429. */
   maxQueue?: number;
-  /** Longest prompt in tokens (default: the model's maxPositions). */
+  /** Longest prompt in tokens (default: the engine's `maxContext`, else the model's maxPositions). */
   maxPromptTokens?: number;
   /** Largest accepted max_tokens (default 4096). */
   maxTokensLimit?: number;
@@ -93,7 +93,7 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
   const modelName = opts.modelName ?? "moeq";
   const maxTokensLimit = opts.maxTokensLimit ?? 4096;
   const limits = {
-    maxPromptTokens: opts.maxPromptTokens ?? engine.config.maxPositions,
+    maxPromptTokens: opts.maxPromptTokens ?? contextOf(engine),
     maxTokensLimit,
     defaultMaxTokens: opts.defaultMaxTokens ?? Math.min(256, maxTokensLimit),
     maxBodyBytes: opts.maxBodyBytes ?? 1 << 20,
@@ -354,6 +354,12 @@ async function generate(
   }
   if (text.length > emitted) onPiece(text.slice(emitted));
   return { text, reason, completionTokens };
+}
+
+/** The engine's context length: its `maxContext` when it has one (WebGPU engine), else the model's. */
+function contextOf(engine: Engine): number {
+  const maxContext = (engine as { maxContext?: unknown }).maxContext;
+  return typeof maxContext === "number" ? maxContext : engine.config.maxPositions;
 }
 
 function usage(job: Job, completionTokens: number) {

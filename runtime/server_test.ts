@@ -408,6 +408,18 @@ Deno.test("client disconnect cancels generation (streaming and queued)", async (
     assert.equal(engine.active, 0, "generation stopped");
     assert.equal(engine.aborts, 1, "the engine saw the abort");
     assert.equal(engine.calls, 1, "the queued request never reached the engine");
+    // A non-streaming request whose client leaves mid-generation.
+    const plainAbort = new AbortController();
+    const plain = post(`${url}/v1/completions`, { prompt: "p", max_tokens: 1000 }, {
+      signal: plainAbort.signal,
+    }).catch((e) => e);
+    while (engine.calls < 2) await new Promise((r) => setTimeout(r, 5));
+    plainAbort.abort();
+    assert.ok((await plain) instanceof Error);
+    while (engine.active > 0 && performance.now() - t0 < 3000) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(engine.aborts, 2, "the engine saw the second abort");
     engine.delayMs = 0;
     const ok = await post(`${url}/v1/completions`, { prompt: "p", max_tokens: 3 });
     assert.equal(ok.status, 200);

@@ -7,9 +7,13 @@
  * @module
  */
 
+// Inline versioned specifiers: runtime/ ships without the project's deno.json import map.
+// deno-lint-ignore no-import-prefix
 import { Tokenizer as HfTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
+// deno-lint-ignore no-import-prefix
 import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { InputError } from "./errors.ts";
+import type { ModelConfig } from "../schemas/model.ts";
 
 /** One chat turn. */
 export interface ChatMessage {
@@ -109,6 +113,24 @@ export function createTokenizer(
   };
 }
 
+/** The parts of an opened artifact (runtime/artifact.ts `Artifact`) a tokenizer needs. */
+export interface TokenizerSource {
+  /** Model config: BOS and EOS ids. */
+  readonly config: ModelConfig;
+  /** The artifact's tokenizer record: its chat template. */
+  readonly tokenizer: { readonly chatTemplate: string | null };
+  /** tokenizer.json bytes, or null for byte-level models. */
+  readTokenizerJson(): Promise<Uint8Array | null>;
+}
+
+/** Creates the tokenizer stored in an artifact (byte-level when it holds no tokenizer.json). */
+export async function tokenizerFromArtifact(artifact: TokenizerSource): Promise<Tokenizer> {
+  return createTokenizer(await artifact.readTokenizerJson(), artifact.tokenizer.chatTemplate, {
+    bos: artifact.config.bosTokenId,
+    eos: artifact.config.eosTokenIds,
+  });
+}
+
 /** What the two tokenizer kinds have in common. */
 interface Codec {
   vocabSize: number;
@@ -144,7 +166,10 @@ function hfCodec(bytes: Uint8Array): Codec {
   try {
     tokenizer = new HfTokenizer(json, { clean_up_tokenization_spaces: false });
   } catch (e) {
-    throw new InputError(`cannot load ${model.type} tokenizer: ${(e as Error).message}`, "tokenizer.json");
+    throw new InputError(
+      `cannot load ${model.type} tokenizer: ${(e as Error).message}`,
+      "tokenizer.json",
+    );
   }
   const vocabSize = tokenizer.get_vocab(true).size;
   return {

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
-import { createTokenizer, type Tokenizer } from "./tokenizer.ts";
+import { createTokenizer, type Tokenizer, tokenizerFromArtifact } from "./tokenizer.ts";
 import { InputError } from "./errors.ts";
 import { bytesToUnicode } from "../testdata/tokenizer/make_tokenizer.ts";
 
-const jsonBytes = Deno.readFileSync(new URL("../testdata/tokenizer/tiny-bpe.json", import.meta.url));
+const jsonBytes = Deno.readFileSync(
+  new URL("../testdata/tokenizer/tiny-bpe.json", import.meta.url),
+);
 const json = JSON.parse(new TextDecoder().decode(jsonBytes));
 const bpe = createTokenizer(jsonBytes, null, { bos: 316, eos: 317 });
 const bytes = createTokenizer(null, null, { bos: 2, eos: [3] });
@@ -30,7 +32,9 @@ function referenceEncode(text: string): number[] {
       let best = -1;
       for (let i = 0; i + 1 < symbols.length; i++) {
         const r = rank.get(symbols[i] + " " + symbols[i + 1]);
-        if (r !== undefined && (best < 0 || r < rank.get(symbols[best] + " " + symbols[best + 1])!)) {
+        if (
+          r !== undefined && (best < 0 || r < rank.get(symbols[best] + " " + symbols[best + 1])!)
+        ) {
           best = i;
         }
       }
@@ -72,7 +76,9 @@ Deno.test("BPE tokenizer.json: ids match an independent merge-by-rank encoder; r
     assert.equal(bpe.decode(ids), text);
   }
   // Merges learned from the corpus do apply.
-  assert.ok(bpe.encode(" the café 中文").length < new TextEncoder().encode(" the café 中文").length);
+  assert.ok(
+    bpe.encode(" the café 中文").length < new TextEncoder().encode(" the café 中文").length,
+  );
   // Special tokens are recognised in text and skipped on decode.
   assert.deepEqual(bpe.encode("<s>hi</s>"), [316, 104, 105, 317]);
   assert.equal(bpe.decode([316, 104, 105, 317]), "hi");
@@ -88,7 +94,18 @@ Deno.test("streaming decode holds back split UTF-8 (é, 中, emoji) and never em
     }
   }
   // Byte level: every multi-byte character is split; the pieces come out whole.
-  assert.deepEqual(streamAll(bytes, bytes.encode("é中😀")), ["", "é", "", "", "中", "", "", "", "😀", ""]);
+  assert.deepEqual(streamAll(bytes, bytes.encode("é中😀")), [
+    "",
+    "é",
+    "",
+    "",
+    "中",
+    "",
+    "",
+    "",
+    "😀",
+    "",
+  ]);
   // BPE: 🎉 is four byte tokens here (not merged by the corpus).
   const party = bpe.encode("🎉");
   assert.equal(party.length, 4);
@@ -143,4 +160,23 @@ Deno.test("bad tokenizer.json is an InputError naming the file", () => {
       (e) => e instanceof InputError && e.message.startsWith("tokenizer.json:"),
     );
   }
+});
+
+Deno.test("tokenizerFromArtifact reads tokenizer.json, template and special ids", async () => {
+  const config = { bosTokenId: 316, eosTokenIds: [317, 318] } as Parameters<
+    typeof tokenizerFromArtifact
+  >[0]["config"];
+  const fromBpe = await tokenizerFromArtifact({
+    config,
+    tokenizer: { chatTemplate: "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}" },
+    readTokenizerJson: () => Promise.resolve(jsonBytes),
+  });
+  assert.deepEqual([fromBpe.bos, fromBpe.eos], [316, [317, 318]]);
+  assert.equal(fromBpe.applyChatTemplate([{ role: "user", content: "x" }]), "<s>x</s>");
+  const fromBytes = await tokenizerFromArtifact({
+    config,
+    tokenizer: { chatTemplate: null },
+    readTokenizerJson: () => Promise.resolve(null),
+  });
+  assert.equal(fromBytes.vocabSize, 256);
 });

@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
-import { GENERATED_NAME, generate } from "./gen.ts";
+import { generate, GENERATED_NAME } from "./gen.ts";
 
 async function hasFlatc(): Promise<boolean> {
   try {
-    const r = await new Deno.Command("flatc", { args: ["--version"], stdout: "null", stderr: "null" })
+    const r = await new Deno.Command("flatc", {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    })
       .output();
     return r.success;
   } catch {

@@ -114,3 +114,104 @@ Deno.test("emit: quantized experts round trip exactly (codes, scales, zeros and 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("emit: shakespeare-moe (BF16) stored in its native dtype round trips bit-identically", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const ir = await loadCheckpoint(
+      new URL("../../testdata/shakespeare-moe", import.meta.url).pathname,
+    );
+    const dest = join(dir, "s.moeq");
+    const t0 = performance.now();
+    const written = await emitArtifact(ir, dest, {
+      encode: (t) => ({
+        storage: t.ref.dtype === "BF16" ? "bf16" : t.ref.dtype === "F16" ? "f16" : "f32",
+      }),
+    });
+    const ms = performance.now() - t0;
+    const a = await openArtifact(dest);
+    try {
+      await a.verifyAll();
+      console.log(
+        `shakespeare-moe: ${a.tensors.length} tensors, ${written.bytes} bytes, emitted in ${
+          ms.toFixed(0)
+        } ms`,
+      );
+      const back = await artifactToIR(a);
+      const src = [...tensorsOf(ir)];
+      const dst = [...tensorsOf(back)];
+      for (let i = 0; i < src.length; i++) {
+        assert.equal(dst[i].ref.dtype, src[i].ref.dtype);
+        assert.ok(sameBits(await dst[i].ref.read(), await src[i].ref.read()), src[i].ref.name);
+      }
+    } finally {
+      a.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("emit: report function, lazy GPTQ Hessian and value callbacks", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const ir = await loadCheckpoint(join(FIXTURES, fixtures[0]));
+    const dest = join(dir, "g.moeq");
+    const seen = { values: 0, quantized: 0, hessians: 0, reportCalls: 0 };
+    let maxErr = 0;
+    const experts = ir.layers.flatMap((l) => l.ffn.kind === "moe" ? l.ffn.experts : []);
+    await emitArtifact(ir, dest, {
+      encode: (t) => {
+        if (!isExpertRole(t.role)) return { storage: "f32" };
+        const cols = t.ref.shape[1];
+        return {
+          storage: "q",
+          bits: 4,
+          groupSize: 32,
+          method: "gptq",
+          hessian: () => {
+            seen.hessians++;
+            const h = new Float64Array(cols * cols);
+            for (let i = 0; i < cols; i++) h[i * cols + i] = 1 + i / cols;
+            return Promise.resolve(h);
+          },
+        };
+      },
+      experts: () => {
+        seen.reportCalls++;
+        return experts.map((e) => ({
+          layer: e.layer,
+          expert: e.index,
+          bits: 4,
+          bytes: 0,
+          rank: e.index,
+          relError: seen.reportCalls > 1 ? maxErr : 0,
+          scores: { lambda: e.index / 10 },
+        }));
+      },
+      onValues: () => void seen.values++,
+      onQuantized: (_p, original, deq) => {
+        seen.quantized++;
+        for (let i = 0; i < original.length; i++) {
+          maxErr = Math.max(maxErr, Math.abs(original[i] - deq[i]));
+        }
+      },
+    });
+    const a = await openArtifact(dest);
+    try {
+      assert.equal(a.headerOffset, PREAMBLE_SIZE, "report function sized the header exactly");
+      assert.equal(seen.reportCalls, 2);
+      assert.equal(seen.values, [...tensorsOf(ir)].length);
+      assert.equal(seen.quantized, experts.length * 3);
+      assert.equal(seen.hessians, experts.length * 3);
+      assert.ok(maxErr > 0);
+      assert.equal(a.experts.length, experts.length);
+      assert.equal(a.experts[0].relError, maxErr, "the rows stored are the final ones");
+      assert.equal(a.tensors.find((t) => t.quant)!.quant!.quantizer, "gptq");
+    } finally {
+      a.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

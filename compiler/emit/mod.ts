@@ -26,7 +26,7 @@ import {
   type TensorRecord,
 } from "../../runtime/artifact.ts";
 import { UsageError } from "../../runtime/errors.ts";
-import type { QuantBits, ScaleType } from "../../schemas/packing.ts";
+import { dequantize, type QuantBits, type ScaleType } from "../../schemas/packing.ts";
 import { encodeHeader } from "./header.ts";
 import { ArtifactWriter, type TensorMeta, type WrittenArtifact } from "./writer.ts";
 
@@ -51,20 +51,28 @@ export type TensorEncoding =
     groupSize: number;
     method: QuantMethod;
     scaleType?: ScaleType;
-    /** GPTQ's Hessian for this matrix ([cols, cols]). */
-    hessian?: Float64Array;
+    /** GPTQ's Hessian for this matrix ([cols, cols]), or a function computing it when needed. */
+    hessian?: Float64Array | (() => Promise<Float64Array>);
   };
 
 /** Options of {@link emitArtifact}. */
 export interface EmitOptions {
   /** Picks each tensor's storage; default: every tensor as f32. */
   encode?: (placed: PlacedTensor) => TensorEncoding;
-  /** Compiler report rows, one per routed expert. */
-  experts?: ExpertReport[];
+  /**
+   * Compiler report rows, one per routed expert; or a function returning them, called once before
+   * writing (to size the header: it must already return the final rows and score names, with any
+   * values) and once after the last tensor (the rows stored).
+   */
+  experts?: ExpertReport[] | (() => ExpertReport[]);
   /** Compile options, stored as JSON. */
   options?: unknown;
   /** Writer identification (default "moeq"). */
   generator?: string;
+  /** Called with each tensor's source values as they are read, before encoding. */
+  onValues?: (placed: PlacedTensor, values: Float32Array) => void;
+  /** Called for each quantized tensor with its source and dequantized values (error metrics). */
+  onQuantized?: (placed: PlacedTensor, original: Float32Array, dequantized: Float32Array) => void;
   /** Called after each tensor is written (progress). */
   onTensor?: (record: TensorRecord, index: number, total: number) => void;
 }
@@ -128,7 +136,8 @@ export async function emitArtifact(
     }
   }
   const optionsJson = JSON.stringify(opts.options ?? {});
-  const experts = opts.experts ?? [];
+  const reportRows = (): ExpertReport[] =>
+    typeof opts.experts === "function" ? opts.experts() : opts.experts ?? [];
   const tok = ir.tokenizer;
   const tokJson = tok.tokenizerJson && tok.tokenizerJson.length ? tok.tokenizerJson : null;
   const placeholders = plan.map(({ meta, enc }) => placeholderRecord(meta, enc));
@@ -136,7 +145,7 @@ export async function emitArtifact(
     generator: opts.generator ?? "moeq",
     config: ir.config,
     tensors: placeholders,
-    experts,
+    experts: reportRows(),
     tokenizer: { json: tokJson ? ZERO_SEGMENT : null, chatTemplate: tok.chatTemplate },
     optionsJson,
     summary: summarize(placeholders),
@@ -147,6 +156,7 @@ export async function emitArtifact(
   try {
     for (const [i, { placed, meta, enc }] of plan.entries()) {
       const values = await placed.ref.read();
+      opts.onValues?.(placed, values);
       let rec: TensorRecord;
       if (enc.storage === "q") {
         const [rows, cols] = meta.shape;
@@ -155,17 +165,23 @@ export async function emitArtifact(
           groupSize: enc.groupSize,
           method: enc.method,
           scaleType: enc.scaleType,
-          hessian: enc.hessian,
+          hessian: typeof enc.hessian === "function" ? await enc.hessian() : enc.hessian,
           name: meta.name,
         });
         rec = await w.addQuantTensor(meta, q, enc.method);
+        opts.onQuantized?.(placed, values, dequantize(q));
       } else {
         rec = await w.addFloatTensor(meta, values, enc.storage);
       }
       opts.onTensor?.(rec, i, plan.length);
     }
     await w.setTokenizer(tokJson, tok.chatTemplate);
-    return await w.finish({ config: ir.config, experts, optionsJson, generator: opts.generator });
+    return await w.finish({
+      config: ir.config,
+      experts: reportRows(),
+      optionsJson,
+      generator: opts.generator,
+    });
   } catch (e) {
     await w.abort();
     throw e;

@@ -44,6 +44,22 @@ Deno.test("matmul: [2,3]·[3] and two inputs at once", () => {
   assertClose(out, [1.5, -0.5, 6, 3.5], 0, "matmul");
 });
 
+Deno.test("matmul: tiled loops equal a plain per-(t, r) dot exactly, tails included", () => {
+  for (const [n, rows, cols] of [[7, 5, 9], [4, 2, 3], [1, 3, 16], [9, 8, 1]]) {
+    const x = randomArray(n * cols, n + rows);
+    const w = randomArray(rows * cols, cols);
+    const out = new Float64Array(n * rows);
+    matmul(out, x, w, n, rows, cols);
+    for (let t = 0; t < n; t++) {
+      for (let r = 0; r < rows; r++) {
+        let s = 0;
+        for (let c = 0; c < cols; c++) s += w[r * cols + c] * x[t * cols + c];
+        assert.equal(out[t * rows + r], s, `[${n},${rows},${cols}] t=${t} r=${r}`);
+      }
+    }
+  }
+});
+
 Deno.test("rope: hand values at position 1, θ=10000, hd=4 (invFreq = [1, 0.01])", () => {
   const inv = ropeInvFreq(4, 10000);
   assertClose(inv, [1, 0.01], 1e-18, "invFreq");

@@ -251,10 +251,20 @@ export function rmsNorm(
   for (let i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
 }
 
+/** Σ_c w[wo + c] · x[xo + c] over `cols` values. */
+function dot(w: Float64Array, wo: number, x: Float64Array, xo: number, cols: number): number {
+  let s = 0;
+  for (let c = 0; c < cols; c++) s += w[wo + c] * x[xo + c];
+  return s;
+}
+
 /**
  * out[t, r] = Σ_c w[r, c] · x[t, c] for n input rows x[t] (a Linear layer, weights [rows, cols]
- * out × in like torch). With n = 1 it is a matvec. Each weight row is loaded once per four inputs
- * (the sums are the same, in the same order, as one input at a time).
+ * out × in like torch). With n = 1 it is a matvec.
+ *
+ * For speed the main loop computes a 2-row × 4-input tile at once, so each weight and input value
+ * loaded serves several sums; every sum still runs over c in order, so the result is bit-identical
+ * to the plain `dot` per (t, r) that handles the leftover rows and inputs.
  */
 export function matmul(
   out: Float64Array,
@@ -264,30 +274,44 @@ export function matmul(
   rows: number,
   cols: number,
 ): void {
-  for (let r = 0; r < rows; r++) {
-    const wo = r * cols;
+  let r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    const wa = r * cols;
+    const wb = wa + cols;
     let t = 0;
     for (; t + 4 <= n; t += 4) {
       const x0 = t * cols, x1 = x0 + cols, x2 = x1 + cols, x3 = x2 + cols;
-      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      let b0 = 0, b1 = 0, b2 = 0, b3 = 0;
       for (let c = 0; c < cols; c++) {
-        const wc = w[wo + c];
-        s0 += wc * x[x0 + c];
-        s1 += wc * x[x1 + c];
-        s2 += wc * x[x2 + c];
-        s3 += wc * x[x3 + c];
+        const ua = w[wa + c];
+        const ub = w[wb + c];
+        const v0 = x[x0 + c], v1 = x[x1 + c], v2 = x[x2 + c], v3 = x[x3 + c];
+        a0 += ua * v0;
+        a1 += ua * v1;
+        a2 += ua * v2;
+        a3 += ua * v3;
+        b0 += ub * v0;
+        b1 += ub * v1;
+        b2 += ub * v2;
+        b3 += ub * v3;
       }
-      out[t * rows + r] = s0;
-      out[(t + 1) * rows + r] = s1;
-      out[(t + 2) * rows + r] = s2;
-      out[(t + 3) * rows + r] = s3;
+      out[t * rows + r] = a0;
+      out[(t + 1) * rows + r] = a1;
+      out[(t + 2) * rows + r] = a2;
+      out[(t + 3) * rows + r] = a3;
+      out[t * rows + r + 1] = b0;
+      out[(t + 1) * rows + r + 1] = b1;
+      out[(t + 2) * rows + r + 1] = b2;
+      out[(t + 3) * rows + r + 1] = b3;
     }
     for (; t < n; t++) {
-      const xo = t * cols;
-      let s = 0;
-      for (let c = 0; c < cols; c++) s += w[wo + c] * x[xo + c];
-      out[t * rows + r] = s;
+      out[t * rows + r] = dot(w, wa, x, t * cols, cols);
+      out[t * rows + r + 1] = dot(w, wb, x, t * cols, cols);
     }
+  }
+  for (; r < rows; r++) {
+    for (let t = 0; t < n; t++) out[t * rows + r] = dot(w, r * cols, x, t * cols, cols);
   }
 }
 

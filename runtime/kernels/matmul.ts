@@ -180,6 +180,11 @@ export interface MatmulKey {
   accumulate?: boolean;
   /** Use this token count instead of the Step uniform's T (e.g. 1 for last-position logits). */
   fixedT?: number;
+  /**
+   * Most threads cooperating on one row (a power of two ≤ 64, default 64). GPUs want many (wide,
+   * coalesced reads); CPU adapters (lavapipe) want few, since workgroup barriers are costly there.
+   */
+  maxThreadsPerRow?: number;
 }
 
 /** Workgroup size of the matmul kernels. */
@@ -188,7 +193,7 @@ const WG = 64;
 /** Threads per row and rows per workgroup for a key. */
 export function matmulSplit(key: MatmulKey): { tpr: number; rpw: number } {
   const units = geometry(key.format, key.rows, key.cols).units;
-  const tpr = Math.min(WG, nextPow2(units));
+  const tpr = Math.min(key.maxThreadsPerRow ?? WG, WG, nextPow2(units));
   return { tpr, rpw: WG / tpr };
 }
 

@@ -395,7 +395,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
  */
 export function createSampler(device: GPUDevice, vocabSize: number): Sampler {
   if (!Number.isInteger(vocabSize) || vocabSize < 1 || vocabSize > 2 ** 24) {
-    throw new UsageError(`createSampler: vocabSize must be an integer in [1, 2^24], got ${vocabSize}`);
+    throw new UsageError(
+      `createSampler: vocabSize must be an integer in [1, 2^24], got ${vocabSize}`,
+    );
   }
   device.pushErrorScope("validation");
   const module = device.createShaderModule({ label: "sample", code: shaderSource(vocabSize) });
@@ -459,13 +461,17 @@ export function createSampler(device: GPUDevice, vocabSize: number): Sampler {
     ready,
     encode(encoder, logits, ids, index, params) {
       if (logits.size < vocabSize * 4) {
-        throw new UsageError(`sampler: logits buffer holds ${logits.size} bytes, need ${vocabSize * 4}`);
+        throw new UsageError(
+          `sampler: logits buffer holds ${logits.size} bytes, need ${vocabSize * 4}`,
+        );
       }
       writeParams(params);
       let state: SamplerStateRef;
       if (typeof index === "number") {
         if (!Number.isInteger(index) || index < 0 || (index + 1) * 4 > ids.size) {
-          throw new UsageError(`sampler: index ${index} is outside the ids buffer (${ids.size} bytes)`);
+          throw new UsageError(
+            `sampler: index ${index} is outside the ids buffer (${ids.size} bytes)`,
+          );
         }
         const buffer = device.createBuffer({
           label: "sample.state",

@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import {
   createSampler,
   orderKey,
+  sampleCpu,
   type SamplerParams,
   samplerUniform,
-  sampleCpu,
 } from "./sample.ts";
 
 const adapter = await navigator.gpu.requestAdapter();
@@ -254,11 +254,13 @@ Deno.test("same seed gives the same ids, another seed other ids", async () => {
 
 Deno.test("large vocabulary (131072): greedy and nucleus agree with the reference", async () => {
   const logits = randomLogits(131072, 77, 8);
-  for (const params of [
-    { temperature: 0, topK: 0, topP: 1, seed: 0 },
-    { temperature: 0.9, topK: 40, topP: 0.95, seed: 5 },
-    { temperature: 1, topK: 0, topP: 0.9, seed: 6 },
-  ]) {
+  for (
+    const params of [
+      { temperature: 0, topK: 0, topP: 1, seed: 0 },
+      { temperature: 0.9, topK: 40, topP: 0.95, seed: 5 },
+      { temperature: 1, topK: 0, topP: 0.9, seed: 6 },
+    ]
+  ) {
     const t0 = performance.now();
     const { ids } = await drawMany(logits, params, 4);
     const ms = (performance.now() - t0) / 4;

@@ -1,0 +1,119 @@
+/**
+ * `moeq compile <checkpoint> -o <out.moeq>`: the compiler pipeline from the command line.
+ *
+ * @module
+ */
+
+import type { Args, CommandSpec } from "./args.ts";
+import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
+import { compileModel, parseDenseBits, parseExpertBits } from "../compiler/compile.ts";
+import { ALLOCATOR_NAMES, type AllocatorName } from "../compiler/passes/mod.ts";
+import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
+import { createTokenizer } from "../runtime/tokenizer.ts";
+import { UsageError } from "../runtime/errors.ts";
+import { progressBar } from "./progress.ts";
+import { readTextIds } from "./text.ts";
+import { formatAllocation } from "./format.ts";
+
+/** Flags of `compile`. */
+export const spec: CommandSpec = {
+  usage: "<checkpoint-dir> -o <out.moeq> [options]",
+  summary: "compile a Hugging Face checkpoint directory into a .moeq artifact",
+  positionals: [1, 1],
+  flags: {
+    out: { type: "string", short: "o", help: "output artifact path (required)" },
+    "expert-bits": {
+      type: "string",
+      help: "average expert bits (e.g. 2.5) or f32|f16|bf16",
+      default: "3",
+    },
+    "dense-bits": { type: "string", help: "non-expert matrices: 8|4|3|2|f32|f16|bf16", default: "8" },
+    allocator: { type: "string", help: ALLOCATOR_NAMES.join("|"), default: "paper" },
+    quantizer: { type: "string", help: `${QUANT_METHODS.join("|")} (default hqq ≤ 3 bits, else rtn)` },
+    "dense-quantizer": { type: "string", help: QUANT_METHODS.join("|"), default: "rtn" },
+    "group-size": { type: "string", help: "columns per quantization group", default: "64" },
+    zeta: { type: "string", help: "MaxVar reorder factor of the paper allocator", default: "3" },
+    seed: { type: "string", help: "seed of the random allocator", default: "0" },
+    levels: { type: "string", help: "bit levels of order-based allocators, e.g. 2,3 or 2,3,4" },
+    widths: { type: "string", help: "candidate widths of the budget allocator", default: "2,3,4" },
+    "max-bytes": { type: "string", help: "byte budget for all experts (budget allocator)" },
+    init: { type: "string", help: "step-0 checkpoint dir (router-norm change)" },
+    calibration: { type: "string", help: "calibration text file (frequency, budget, gptq)" },
+    "calibration-offset": { type: "string", help: "first byte of the calibration text", default: "0" },
+    "calibration-bytes": { type: "string", help: "bytes of calibration text", default: "4096" },
+    "allow-nonfinite": { type: "boolean", help: "accept NaN/Inf weights" },
+    quiet: { type: "boolean", help: "no progress bar" },
+    json: { type: "boolean", help: "print the result as JSON" },
+  },
+};
+
+/** Runs `compile`. */
+export async function run(args: Args): Promise<void> {
+  const out = args.string("out");
+  if (!out) throw new UsageError("compile: -o <out.moeq> is required");
+  const expertBits = parseExpertBits(args.string("expert-bits", "3"));
+  const denseBits = parseDenseBits(args.string("dense-bits", "8"));
+  const allocator = args.choice("allocator", ALLOCATOR_NAMES, "paper") as AllocatorName;
+  const quantizer = args.string("quantizer") === undefined
+    ? undefined
+    : args.choice("quantizer", QUANT_METHODS, "hqq") as QuantMethod;
+  const denseQuantizer = args.choice("dense-quantizer", QUANT_METHODS, "rtn") as QuantMethod;
+  if (denseQuantizer === "gptq") throw new UsageError("--dense-quantizer gptq is not supported");
+  const allowNonFinite = args.flag("allow-nonfinite");
+  const ir = await loadCheckpoint(args.positionals[0], { allowNonFinite });
+  const initDir = args.string("init");
+  const init = initDir ? await loadCheckpoint(initDir, { allowNonFinite }) : undefined;
+  const calibPath = args.string("calibration");
+  let calibrationIds: number[] | undefined;
+  if (calibPath) {
+    const tok = ir.tokenizer.tokenizerJson
+      ? createTokenizer(ir.tokenizer.tokenizerJson, ir.tokenizer.chatTemplate, {
+        bos: ir.config.bosTokenId,
+        eos: ir.config.eosTokenIds,
+      })
+      : null;
+    calibrationIds = await readTextIds(calibPath, tok, {
+      offset: args.int("calibration-offset", 0, 0),
+      maxBytes: args.int("calibration-bytes", 4096, 2),
+    });
+  }
+  const maxBytesRaw = args.string("max-bytes");
+  const bar = progressBar(args.flag("quiet") || args.flag("json"));
+  const result = await compileModel(ir, out, {
+    expertBits,
+    denseBits,
+    allocator,
+    quantizer,
+    denseQuantizer,
+    groupSize: args.int("group-size", 64, 1),
+    zeta: args.number("zeta", 3, 0),
+    seed: args.int("seed", 0),
+    levels: args.string("levels") ? args.numberList("levels", []) : undefined,
+    widths: args.numberList("widths", [2, 3, 4]),
+    maxBytes: maxBytesRaw === undefined ? undefined : args.int("max-bytes", 0, 1),
+    init,
+    calibrationIds,
+    onProgress: (phase, d, n) => bar.update(phase, d, n),
+  });
+  bar.done();
+  if (args.flag("json")) {
+    console.log(JSON.stringify({
+      path: result.path,
+      bytes: result.bytes,
+      allocation: result.allocation,
+      timings_ms: result.timings,
+      experts: result.experts,
+    }));
+    return;
+  }
+  console.log(`wrote ${result.path} (${(result.bytes / 2 ** 20).toFixed(2)} MiB)`);
+  if (result.allocation) console.log(formatAllocation(result.allocation, result.experts));
+  const t = result.timings;
+  console.log(
+    `time: ${(t.total / 1000).toFixed(2)} s (passes ${t.passes.toFixed(0)} ms = ${
+      (100 * t.passes / t.total).toFixed(2)
+    }%, calibration ${t.calibration.toFixed(0)} ms, costs ${t.costs.toFixed(0)} ms, emit ${
+      t.emit.toFixed(0)
+    } ms)`,
+  );
+}

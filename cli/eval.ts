@@ -1,0 +1,84 @@
+/**
+ * `moeq eval <artifact> --text FILE [--context N] [--max-bytes N] [--device cpu|webgpu] [--json]`.
+ *
+ * @module
+ */
+
+import type { Args, CommandSpec } from "./args.ts";
+import { type DeviceKind, isDirectory, openEngine } from "./model_source.ts";
+import { UsageError } from "../runtime/errors.ts";
+import { openArtifact } from "../runtime/artifact.ts";
+import { evaluateEngine } from "./evaluate.ts";
+import { progressBar } from "./progress.ts";
+import { readTextIds } from "./text.ts";
+
+/** Flags of `eval`. */
+export const spec: CommandSpec = {
+  usage: "<artifact | checkpoint-dir> --text FILE [options]",
+  summary: "held-out cross-entropy: bits per byte (byte-level) or per token, and perplexity",
+  positionals: [1, 1],
+  flags: {
+    text: { type: "string", help: "held-out text file (required)" },
+    context: { type: "string", help: "window length", default: "the model's max positions" },
+    "max-bytes": { type: "string", help: "evaluate only the first N bytes of the text" },
+    device: { type: "string", help: "webgpu or cpu (float64 reference)", default: "webgpu" },
+    "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
+    quiet: { type: "boolean", help: "no progress bar" },
+    json: { type: "boolean", help: "print the result as JSON" },
+  },
+};
+
+/** Runs `eval`. */
+export async function run(args: Args): Promise<void> {
+  const path = args.positionals[0];
+  const text = args.string("text");
+  if (!text) throw new UsageError("eval: --text FILE is required");
+  const dir = await isDirectory(path);
+  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
+  const { engine, tokenizer } = await openEngine(path, device, { f16: !args.flag("no-f16") });
+  try {
+    const cfg = engine.config;
+    const context = args.int("context", cfg.maxPositions, 2, cfg.maxPositions);
+    const maxBytes = args.string("max-bytes") === undefined
+      ? undefined
+      : args.int("max-bytes", 0, 2);
+    const byteLevel = cfg.vocabSize === 256 && tokenizer.vocabSize === 256;
+    const ids = await readTextIds(text, byteLevel ? null : tokenizer, { maxBytes });
+    const bar = progressBar(args.flag("quiet") || args.flag("json"));
+    const t0 = performance.now();
+    const r = await evaluateEngine(engine, ids, context, (d, n) => bar.update("eval", d, n));
+    bar.done();
+    const seconds = (performance.now() - t0) / 1000;
+    let avgExpertBits: number | null = null;
+    let bytes: number;
+    if (dir) {
+      bytes = 0;
+    } else {
+      const art = await openArtifact(path);
+      avgExpertBits = art.summary.avgExpertBits;
+      art.close();
+      bytes = (await Deno.stat(path)).size;
+    }
+    const key = byteLevel ? "bits_per_byte" : "bits_per_token";
+    if (args.flag("json")) {
+      console.log(JSON.stringify({
+        [key]: r.bitsPerToken,
+        perplexity: r.perplexity,
+        tokens: r.tokens,
+        avg_expert_bits: avgExpertBits,
+        bytes,
+        context,
+        device,
+        seconds,
+      }));
+    } else {
+      console.log(
+        `${key.replaceAll("_", " ")}: ${r.bitsPerToken.toFixed(4)}  perplexity ${
+          r.perplexity.toFixed(3)
+        }  (${r.tokens} tokens, context ${context}, ${device}, ${seconds.toFixed(1)} s)`,
+      );
+    }
+  } finally {
+    engine.dispose();
+  }
+}

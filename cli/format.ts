@@ -1,0 +1,28 @@
+/**
+ * Human-readable summaries shared by `compile`, `study` and `demo`.
+ *
+ * @module
+ */
+
+import type { AllocationSummary } from "../compiler/passes/mod.ts";
+import type { ExpertReport } from "../runtime/artifact.ts";
+
+/** A per-layer bit map plus the summary line of an allocation. */
+export function formatAllocation(a: AllocationSummary, experts: ExpertReport[]): string {
+  const layers = new Map<number, ExpertReport[]>();
+  for (const e of experts) {
+    if (!layers.has(e.layer)) layers.set(e.layer, []);
+    layers.get(e.layer)!.push(e);
+  }
+  const lines = [
+    `allocator ${a.method}: average expert bits ${a.achievedAverage.toFixed(4)}` +
+    (a.targetAverage !== null ? ` (target ${a.targetAverage}${a.exact ? ", exact" : ""})` : "") +
+    `; counts ${Object.entries(a.counts).map(([b, n]) => `${n}×${b}-bit`).join(", ")}`,
+  ];
+  for (const [layer, rows] of layers) {
+    const bits = rows.sort((x, y) => x.expert - y.expert).map((r) => r.bits).join(" ");
+    lines.push(`  layer ${String(layer).padStart(2)}: ${bits}`);
+  }
+  for (const n of a.notes) lines.push(`  note: ${n}`);
+  return lines.join("\n");
+}

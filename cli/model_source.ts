@@ -1,0 +1,104 @@
+/**
+ * Opening what the user names on the command line: a checkpoint directory or an artifact file,
+ * as a CPU reference model or a WebGPU engine.
+ *
+ * @module
+ */
+
+import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
+import { artifactToIR } from "../compiler/emit/mod.ts";
+import type { ModelIR } from "../compiler/ir.ts";
+import {
+  forward,
+  prepareReference,
+  type ReferenceModel,
+  ReferenceSession,
+} from "../compiler/reference/mod.ts";
+import type { Engine, GenerateOptions } from "../runtime/api.ts";
+import { sampleCpu } from "../runtime/kernels/sample.ts";
+import { type Artifact, openArtifact } from "../runtime/artifact.ts";
+import { InputError, UsageError } from "../runtime/errors.ts";
+import { createTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
+import type { TokenizerData } from "../compiler/ir.ts";
+import type { ModelConfig } from "../schemas/model.ts";
+
+/** Where a model runs. */
+export type DeviceKind = "cpu" | "webgpu";
+
+/** True when `path` is a directory (a checkpoint), false for a file (an artifact). */
+export async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isDirectory;
+  } catch (e) {
+    throw new InputError(`cannot open: ${(e as Error).message.split("\n")[0]}`, path);
+  }
+}
+
+/** The IR of a checkpoint directory or an artifact file. */
+export async function openIR(path: string): Promise<{ ir: ModelIR; artifact: Artifact | null }> {
+  if (await isDirectory(path)) return { ir: await loadCheckpoint(path), artifact: null };
+  const artifact = await openArtifact(path);
+  return { ir: await artifactToIR(artifact), artifact };
+}
+
+/** The tokenizer a model's material describes (byte-level when there is no tokenizer.json). */
+export function tokenizerFor(config: ModelConfig, tok: TokenizerData): Tokenizer {
+  return createTokenizer(tok.tokenizerJson, tok.chatTemplate, {
+    bos: config.bosTokenId,
+    eos: config.eosTokenIds,
+  });
+}
+
+/**
+ * Wraps the float64 reference as an Engine. Sampling uses the GPU sampler's float64 twin, so a
+ * seed picks the same tokens on both devices whenever their logits agree.
+ */
+export function referenceEngine(model: ReferenceModel): Engine {
+  return {
+    config: model.config,
+    logits(ids: number[]) {
+      return Promise.resolve(forward(model, ids).map((row) => Float32Array.from(row)));
+    },
+    async *generate(prompt: number[], opts: GenerateOptions = {}) {
+      if (prompt.length === 0) throw new UsageError("generate: the prompt is empty");
+      const session = new ReferenceSession(model);
+      const stop = new Set(opts.stopIds ?? model.config.eosTokenIds);
+      const max = opts.maxTokens ?? 64;
+      const params = {
+        temperature: opts.temperature ?? 0,
+        topK: opts.topK ?? 0,
+        topP: opts.topP ?? 1,
+        seed: opts.seed ?? 0,
+      };
+      let logits = session.feed(prompt);
+      let row = logits[logits.length - 1];
+      for (let i = 0; i < max; i++) {
+        if (opts.signal?.aborted) return;
+        const id = sampleCpu(Float32Array.from(row), params, i);
+        yield id;
+        if (stop.has(id)) return;
+        if (prompt.length + i + 1 >= model.config.maxPositions) return;
+        logits = session.feed([id]);
+        row = logits[0];
+        await Promise.resolve();
+      }
+    },
+    dispose() {},
+  };
+}
+
+/** Opens a model for running: the reference on the CPU, or the WebGPU engine (artifacts only). */
+export async function openEngine(
+  path: string,
+  device: DeviceKind,
+  opts: { f16?: boolean } = {},
+): Promise<{ engine: Engine; tokenizer: Tokenizer }> {
+  const { ir, artifact } = await openIR(path);
+  const tokenizer = tokenizerFor(ir.config, ir.tokenizer);
+  if (device === "cpu") return { engine: referenceEngine(await prepareReference(ir)), tokenizer };
+  if (!artifact) {
+    throw new UsageError(`${path}: --device webgpu runs compiled artifacts; compile it first or use --device cpu`);
+  }
+  const { createWebGpuEngine } = await import("../runtime/engine.ts");
+  return { engine: await createWebGpuEngine(artifact, opts), tokenizer };
+}
