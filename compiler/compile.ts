@@ -73,6 +73,8 @@ export interface CompileOptions {
   init?: ModelIR;
   /** Calibration token ids (frequency, gptq, budget output-error costs). */
   calibrationIds?: number[];
+  /** Calibration already collected (e.g. by a study compiling many variants); wins over ids. */
+  calibration?: CalibrationData;
   /** Calibration window (default: the model's max positions, at most 512). */
   calibrationContext?: number;
   /** Progress: phase name, done, total. */
@@ -264,8 +266,8 @@ export async function compileModel(
     (Math.min(...widths, Math.floor(Number(opts.expertBits) || 8)) <= 3 ? "hqq" : "rtn");
   const needCalib = quantizedExperts &&
     (allocator === "frequency" || method === "gptq" || opts.calibrationIds !== undefined);
-  let calib: CalibrationData | null = null;
-  if (needCalib) {
+  let calib: CalibrationData | null = opts.calibration ?? null;
+  if (needCalib && !calib) {
     if (!opts.calibrationIds) {
       throw new UsageError(`${allocator === "frequency" ? "--allocator frequency" : "--quantizer gptq"} needs --calibration`);
     }

@@ -93,7 +93,10 @@ export function describeAdapter(
 ): { description: string; cpu: boolean } {
   const desc = info?.description || info?.vendor || "unknown adapter";
   const fallback = (info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter;
-  return { description: desc, cpu: fallback === true || /llvmpipe|lavapipe|swiftshader/i.test(desc) };
+  return {
+    description: desc,
+    cpu: fallback === true || /llvmpipe|lavapipe|swiftshader/i.test(desc),
+  };
 }
 
 /**

@@ -51,9 +51,8 @@ import {
   embedSource,
   EW,
   rmsNormSource,
-  ropeSource,
+  ropeStoreSource,
   routerSource,
-  storeRowsSource,
   swigluSource,
 } from "./kernels/ops.ts";
 import { createSampler, type Sampler } from "./kernels/sample.ts";
@@ -70,7 +69,7 @@ export interface WebGpuEngineOptions {
   prefillChunk?: number;
   /** Tokens per workgroup in prefill matmuls (default 4). */
   prefillTile?: number;
-  /** Most threads per matrix row in matmuls (default: 64 on GPUs, 4 on CPU fallback adapters). */
+  /** Most threads per matrix row in matmuls (default: 64 on GPUs, 16 on CPU adapters). */
   threadsPerRow?: number;
 }
 
@@ -118,6 +117,12 @@ export interface WebGpuEngine extends Engine {
   readonly maxContext: number;
   /** Bytes of weights resident on the GPU. */
   readonly weightBytes: number;
+  /**
+   * Diagnostics: runs each dispatch of the decode plan (T = 1) or of the prefill plan (T tokens)
+   * alone, `repeats` times, and returns the mean milliseconds per kernel label (summed over
+   * layers). Includes the per-submission cost; uses onSubmittedWorkDone, not readbacks.
+   */
+  profileKernels(T: number, repeats?: number): Promise<Map<string, number>>;
 }
 
 /** The storage format of a matrix record. */
@@ -203,7 +208,7 @@ export async function createWebGpuEngine(
     f16 = ctx.f16;
     cpu = ctx.cpu;
   }
-  const tpr = opts.threadsPerRow ?? (cpu ? 4 : 64);
+  const tpr = opts.threadsPerRow ?? (cpu ? 16 : 64);
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
 
@@ -436,17 +441,11 @@ export async function createWebGpuEngine(
         norm(buf.k, L.kNorm!, null, nkv * hd, 1);
       }
       list.push(
-        dispatch(ropeSource(nh, hd, false), { x: buf.q, cs: buf.cs }, ew(nh * hd / 2, tokens)),
-      );
-      list.push(
         dispatch(
-          ropeSource(nkv, hd, true),
-          { x: buf.k, cs: buf.cs, out: L.kCache },
-          ew(nkv * hd / 2, tokens),
+          ropeStoreSource(nh, nkv, hd),
+          { q: buf.q, k: buf.k, v: buf.v, cs: buf.cs, kc: L.kCache, vc: L.vCache },
+          ew(nh * hd / 2 + nkv * hd / 2 + nkv * hd, tokens),
         ),
-      );
-      list.push(
-        dispatch(storeRowsSource(nkv * hd), { x: buf.v, out: L.vCache }, ew(nkv * hd, tokens)),
       );
       list.push(
         dispatch(
@@ -673,15 +672,16 @@ export async function createWebGpuEngine(
     weightBytes,
     logits,
     generate,
-    async profile(T: number, tt: number, mode: LogitsMode) {
+    async profileKernels(T: number, repeats = 5) {
+      if (T < 1 || T > chunk) throw new UsageError(`profileKernels: T must be in [1, ${chunk}]`);
       const out = new Map<string, number>();
-      for (const d of plan(tt, mode)) {
+      for (const d of T === 1 ? plan(1, "last") : plan(tile, "all")) {
         await device.queue.onSubmittedWorkDone();
         const t0 = performance.now();
-        for (let r = 0; r < 5; r++) submitForward(T, 0, [d]);
+        for (let r = 0; r < repeats; r++) submitForward(T, 0, [d]);
         await device.queue.onSubmittedWorkDone();
         const key = d.kernel.label.replace(/\.\d+x\d+/, "");
-        out.set(key, (out.get(key) ?? 0) + (performance.now() - t0) / 5);
+        out.set(key, (out.get(key) ?? 0) + (performance.now() - t0) / repeats);
       }
       return out;
     },

@@ -156,60 +156,55 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 
 /**
- * Rotate-half RoPE (Hugging Face style) on [T, heads · hd] using a precomputed table
- * cs[pos, i] = (cos, sin) of pos · inv_freq[i]. In place, or (toCache) written to the cache row
- * pos0 + t. Dispatch (ceil(heads · hd/2 / 64), T).
+ * Fused attention prologue: rotate-half RoPE of q in place, RoPE of k written to the K cache row
+ * pos0 + t, and v copied to the V cache row pos0 + t, in one dispatch (CPU adapters pay a
+ * fixed cost per dispatch). Uses the table cs[pos, i] = (cos, sin) of pos · inv_freq[i].
+ * Dispatch (ceil((nh·hd/2 + nkv·hd/2 + nkv·hd) / 64), T).
  */
-export function ropeSource(heads: number, hd: number, toCache: boolean): KernelSource {
+export function ropeStoreSource(nh: number, nkv: number, hd: number): KernelSource {
   const half = hd / 2;
-  const decls: [string, string, string?][] = toCache
-    ? [["step", "Step", "uniform"], ["x", "array<f32>"], ["cs", "array<vec2<f32>>"], [
-      "out",
-      "array<f32>",
-      "storage, read_write",
-    ]]
-    : [["step", "Step", "uniform"], ["x", "array<f32>", "storage, read_write"], [
-      "cs",
-      "array<vec2<f32>>",
-    ]];
-  const W = heads * hd;
+  const nq = nh * half, nk = nkv * half, nv = nkv * hd;
   return kernel(
-    `rope.${heads}x${hd}${toCache ? ".cache" : ""}`,
-    decls,
+    `rope_store.${nh}.${nkv}.${hd}`,
+    [
+      ["step", "Step", "uniform"],
+      ["q", "array<f32>", "storage, read_write"],
+      ["k", "array<f32>"],
+      ["v", "array<f32>"],
+      ["cs", "array<vec2<f32>>"],
+      ["kc", "array<f32>", "storage, read_write"],
+      ["vc", "array<f32>", "storage, read_write"],
+    ],
     `
 @compute @workgroup_size(${EW})
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let t = id.y;
-  if (id.x >= ${u(heads * half)} || t >= step.T) { return; }
-  let h = id.x / ${u(half)};
-  let i = id.x % ${u(half)};
+  if (id.x >= ${u(nq + nk + nv)} || t >= step.T) { return; }
   let pos = step.pos0 + t;
-  let a = t * ${u(W)} + h * ${u(hd)} + i;
-  let x1 = x[a];
-  let x2 = x[a + ${u(half)}];
+  if (id.x >= ${u(nq + nk)}) {
+    let j = id.x - ${u(nq + nk)};
+    vc[pos * ${u(nv)} + j] = v[t * ${u(nv)} + j];
+    return;
+  }
+  let isK = id.x >= ${u(nq)};
+  let j = select(id.x, id.x - ${u(nq)}, isK);
+  let h = j / ${u(half)};
+  let i = j % ${u(half)};
   let c = cs[pos * ${u(half)} + i];
-  let o = ${toCache ? `pos * ${u(W)} + h * ${u(hd)} + i` : "a"};
-  ${toCache ? "out" : "x"}[o] = x1 * c.x - x2 * c.y;
-  ${toCache ? "out" : "x"}[o + ${u(half)}] = x2 * c.x + x1 * c.y;
-}`,
-  );
-}
-
-/** Copies [T, width] rows into the cache at rows pos0 + t. Dispatch (ceil(width/64), T). */
-export function storeRowsSource(width: number): KernelSource {
-  return kernel(
-    `store.${width}`,
-    [["step", "Step", "uniform"], ["x", "array<f32>"], [
-      "out",
-      "array<f32>",
-      "storage, read_write",
-    ]],
-    `
-@compute @workgroup_size(${EW})
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-  let t = id.y;
-  if (id.x >= ${u(width)} || t >= step.T) { return; }
-  out[(step.pos0 + t) * ${u(width)} + id.x] = x[t * ${u(width)} + id.x];
+  if (isK) {
+    let a = t * ${u(nkv * hd)} + h * ${u(hd)} + i;
+    let o = pos * ${u(nkv * hd)} + h * ${u(hd)} + i;
+    let x1 = k[a];
+    let x2 = k[a + ${u(half)}];
+    kc[o] = x1 * c.x - x2 * c.y;
+    kc[o + ${u(half)}] = x2 * c.x + x1 * c.y;
+  } else {
+    let a = t * ${u(nh * hd)} + h * ${u(hd)} + i;
+    let x1 = q[a];
+    let x2 = q[a + ${u(half)}];
+    q[a] = x1 * c.x - x2 * c.y;
+    q[a + ${u(half)}] = x2 * c.x + x1 * c.y;
+  }
 }`,
   );
 }

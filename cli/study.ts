@@ -1,0 +1,298 @@
+/**
+ * `moeq study <checkpoint> --text FILE --bits 2.25,2.5,3`: the allocation study.
+ *
+ * Compiles the model under every allocator at each average expert bit-width (and the uniform,
+ * float and MoQE dense-vs-expert contrasts), evaluates every artifact on the same held-out
+ * bytes, and prints a markdown table (or JSON). Calibration text, when an allocator needs it, is
+ * taken from the same file right AFTER the evaluated prefix, so the two never overlap.
+ *
+ * @module
+ */
+
+import type { Args, CommandSpec } from "./args.ts";
+import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
+import type { ModelIR } from "../compiler/ir.ts";
+import { compileModel, type CompileOptions, type DenseBits } from "../compiler/compile.ts";
+import { calibrate, type CalibrationData } from "../compiler/calibration.ts";
+import { prepareReference } from "../compiler/reference/mod.ts";
+import type { AllocatorName } from "../compiler/passes/mod.ts";
+import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
+import { openArtifact } from "../runtime/artifact.ts";
+import { UsageError } from "../runtime/errors.ts";
+import { type DeviceKind, openEngine } from "./model_source.ts";
+import { evaluateEngine } from "./evaluate.ts";
+import { readTextIds } from "./text.ts";
+
+/** Flags of `study`. */
+export const spec: CommandSpec = {
+  usage: "<checkpoint-dir> --text FILE [options]",
+  summary: "compare bit allocators at equal average expert bits on held-out text",
+  positionals: [1, 1],
+  flags: {
+    text: { type: "string", help: "held-out text (required)" },
+    init: { type: "string", help: "step-0 checkpoint (router-norm change)" },
+    bits: { type: "string", help: "average expert bit-widths", default: "2.25,2.5,3" },
+    "max-bytes": { type: "string", help: "evaluate the first N bytes", default: "16384" },
+    "calibration-bytes": {
+      type: "string",
+      help: "calibration bytes taken right after the evaluated ones",
+      default: "4096",
+    },
+    context: { type: "string", help: "window length", default: "the model's max positions" },
+    quantizer: { type: "string", help: QUANT_METHODS.join("|"), default: "rtn" },
+    quantizers: {
+      type: "string",
+      help: "extra quantizers compared at uniform 3 bits and budget, e.g. hqq,gptq",
+      default: "hqq,gptq",
+    },
+    "dense-bits": { type: "string", help: "non-expert storage", default: "f32" },
+    seeds: { type: "string", help: "random-allocator seeds", default: "10" },
+    "group-size": { type: "string", help: "quantization group", default: "64" },
+    device: { type: "string", help: "evaluate on cpu (float64 reference) or webgpu", default: "cpu" },
+    only: { type: "string", help: "comma-separated run labels to keep (debugging)" },
+    json: { type: "boolean", help: "print JSON instead of markdown" },
+    quiet: { type: "boolean", help: "no per-run log on stderr" },
+  },
+};
+
+/** One compiled-and-evaluated variant. */
+export interface StudyRow {
+  label: string;
+  allocator: string;
+  quantizer: string;
+  /** Target average expert bits (null: float experts). */
+  targetBits: number | null;
+  avgExpertBits: number;
+  denseBits: string;
+  bytes: number;
+  bitsPerByte: number;
+  /** bits/byte minus the f32 model's. */
+  delta: number;
+  /** For aggregated random rows: sample standard deviation over seeds. */
+  sd?: number;
+  seeds?: number;
+}
+
+interface Run {
+  label: string;
+  opts: Omit<CompileOptions, "onProgress">;
+}
+
+function runsFor(
+  bitsList: number[],
+  quantizer: QuantMethod,
+  denseBits: DenseBits,
+  extraQuantizers: QuantMethod[],
+  seeds: number,
+  hasInit: boolean,
+): Run[] {
+  const runs: Run[] = [{ label: "f32", opts: { expertBits: "f32", denseBits: "f32" } }];
+  const q = (expertBits: number, allocator: AllocatorName, extra: Partial<CompileOptions> = {}) => ({
+    expertBits,
+    denseBits,
+    allocator,
+    quantizer,
+    ...extra,
+  });
+  for (const b of [2, 3, 4]) runs.push({ label: `uniform-${b}`, opts: q(b, "uniform") });
+  for (const target of bitsList) {
+    runs.push({ label: `paper@${target}`, opts: q(target, "paper") });
+    if (hasInit) {
+      runs.push({ label: `paper-noinit@${target}`, opts: { ...q(target, "paper"), init: undefined } });
+    }
+    runs.push({ label: `reverse-paper@${target}`, opts: q(target, "reverse-paper") });
+    for (let s = 0; s < seeds; s++) {
+      runs.push({ label: `random#${s}@${target}`, opts: q(target, "random", { seed: s }) });
+    }
+    runs.push({ label: `frequency@${target}`, opts: q(target, "frequency") });
+    runs.push({ label: `budget@${target}`, opts: q(target, "budget") });
+  }
+  // MoQE's contrast: the same low width on experts only vs on the dense (attention...) part only.
+  for (const b of [2, 3] as const) {
+    runs.push({ label: `experts-only-${b}`, opts: { expertBits: b, denseBits: "f32", allocator: "uniform", quantizer } });
+    runs.push({ label: `dense-only-${b}`, opts: { expertBits: "f32", denseBits: b, denseQuantizer: quantizer } });
+  }
+  for (const m of extraQuantizers) {
+    runs.push({ label: `uniform-3/${m}`, opts: q(3, "uniform", { quantizer: m }) });
+    runs.push({ label: `uniform-2/${m}`, opts: q(2, "uniform", { quantizer: m }) });
+    for (const target of bitsList) {
+      runs.push({ label: `budget@${target}/${m}`, opts: q(target, "budget", { quantizer: m }) });
+    }
+  }
+  return runs;
+}
+
+function allocatorOf(label: string): string {
+  return label.split(/[@#/]/)[0].replace(/-\d$/, "");
+}
+
+/** Aggregates random seeds into mean ± sd rows; other rows pass through. */
+export function aggregate(rows: StudyRow[]): StudyRow[] {
+  const out: StudyRow[] = [];
+  const groups = new Map<string, StudyRow[]>();
+  for (const r of rows) {
+    const m = r.label.match(/^random#\d+@(.+)$/);
+    if (!m) {
+      out.push(r);
+      continue;
+    }
+    const key = `random@${m[1]}`;
+    if (!groups.has(key)) {
+      groups.set(key, []);
+      out.push({ ...r, label: key });
+    }
+    groups.get(key)!.push(r);
+  }
+  return out.map((r) => {
+    const g = groups.get(r.label);
+    if (!g) return r;
+    const mean = (f: (x: StudyRow) => number) => g.reduce((s, x) => s + f(x), 0) / g.length;
+    const bpb = mean((x) => x.bitsPerByte);
+    const sd = g.length > 1
+      ? Math.sqrt(g.reduce((s, x) => s + (x.bitsPerByte - bpb) ** 2, 0) / (g.length - 1))
+      : 0;
+    return {
+      ...r,
+      bitsPerByte: bpb,
+      delta: mean((x) => x.delta),
+      bytes: Math.round(mean((x) => x.bytes)),
+      avgExpertBits: mean((x) => x.avgExpertBits),
+      sd,
+      seeds: g.length,
+    };
+  });
+}
+
+/** The study's markdown table. */
+export function studyTable(rows: StudyRow[]): string {
+  const lines = [
+    "| run | allocator | quantizer | avg expert bits | dense | artifact bytes | bits/byte | Δ vs f32 |",
+    "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |",
+  ];
+  for (const r of rows) {
+    const bpb = r.sd !== undefined
+      ? `${r.bitsPerByte.toFixed(4)} ± ${r.sd.toFixed(4)} (${r.seeds} seeds)`
+      : r.bitsPerByte.toFixed(4);
+    lines.push(
+      `| ${r.label} | ${r.allocator} | ${r.quantizer} | ${r.avgExpertBits.toFixed(3)} | ${r.denseBits} | ${r.bytes} | ${bpb} | ${
+        r.delta >= 0 ? "+" : ""
+      }${r.delta.toFixed(4)} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+/** Runs `study`. */
+export async function run(args: Args): Promise<void> {
+  const text = args.string("text");
+  if (!text) throw new UsageError("study: --text FILE is required");
+  const ir: ModelIR = await loadCheckpoint(args.positionals[0]);
+  const initDir = args.string("init");
+  const init = initDir ? await loadCheckpoint(initDir) : undefined;
+  const cfg = ir.config;
+  if (ir.tokenizer.tokenizerJson !== null) {
+    throw new UsageError("study: only byte-level models are supported for now");
+  }
+  const bitsList = args.numberList("bits", [2.25, 2.5, 3]);
+  const maxBytes = args.int("max-bytes", 16384, 2);
+  const calibBytes = args.int("calibration-bytes", 4096, 2);
+  const context = args.int("context", cfg.maxPositions, 2, cfg.maxPositions);
+  const quantizer = args.choice("quantizer", QUANT_METHODS, "rtn") as QuantMethod;
+  const extra = (args.string("quantizers", "hqq,gptq")).split(",").filter((s) => s !== "").map(
+    (s) => {
+      if (!(QUANT_METHODS as readonly string[]).includes(s)) {
+        throw new UsageError(`--quantizers: unknown quantizer "${s}"`);
+      }
+      return s as QuantMethod;
+    },
+  ).filter((m) => m !== quantizer);
+  const denseArg = args.string("dense-bits", "f32");
+  const denseBits = (["f32", "f16", "bf16"].includes(denseArg) ? denseArg : Number(denseArg)) as DenseBits;
+  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], "cpu");
+  const seeds = args.int("seeds", 10, 0, 1000);
+  const groupSize = args.int("group-size", 64, 1);
+  const only = args.string("only")?.split(",");
+  const log = args.flag("quiet") ? () => {} : (s: string) => console.error(s);
+
+  const evalIds = await readTextIds(text, null, { maxBytes });
+  const calibIds = await readTextIds(text, null, { offset: maxBytes, maxBytes: calibBytes });
+  let runs = runsFor(bitsList, quantizer, denseBits, extra, seeds, init !== undefined);
+  if (only) runs = runs.filter((r) => only.includes(r.label) || r.label === "f32");
+
+  const t0 = performance.now();
+  log(`calibrating on ${calibIds.length} tokens (bytes ${maxBytes}..${maxBytes + calibIds.length})`);
+  const calibration: CalibrationData = await calibrate(await prepareReference(ir), calibIds, {
+    context,
+  });
+  const dir = await Deno.makeTempDir({ prefix: "moeq-study-" });
+  const rows: StudyRow[] = [];
+  let f32 = NaN;
+  try {
+    for (const [i, r] of runs.entries()) {
+      const path = `${dir}/run.moeq`;
+      const tc = performance.now();
+      const compiled = await compileModel(ir, path, {
+        groupSize,
+        init,
+        calibration,
+        ...r.opts,
+      });
+      const art = await openArtifact(path);
+      const avg = art.summary.avgExpertBits;
+      art.close();
+      const te = performance.now();
+      const { engine } = await openEngine(path, device);
+      let bpb: number;
+      try {
+        bpb = (await evaluateEngine(engine, evalIds, context)).bitsPerToken;
+      } finally {
+        engine.dispose();
+      }
+      if (r.label === "f32") f32 = bpb;
+      const row: StudyRow = {
+        label: r.label,
+        allocator: typeof r.opts.expertBits === "number" ? allocatorOf(r.label) : "-",
+        quantizer: typeof r.opts.expertBits === "number"
+          ? (compiled.experts.length ? String(r.opts.quantizer ?? quantizer) : "-")
+          : (typeof r.opts.denseBits === "number" ? String(r.opts.denseQuantizer ?? "rtn") : "-"),
+        targetBits: typeof r.opts.expertBits === "number" ? r.opts.expertBits : null,
+        avgExpertBits: avg,
+        denseBits: String(r.opts.denseBits ?? denseBits),
+        bytes: compiled.bytes,
+        bitsPerByte: bpb,
+        delta: bpb - f32,
+      };
+      rows.push(row);
+      log(
+        `[${i + 1}/${runs.length}] ${r.label.padEnd(22)} bpb ${bpb.toFixed(4)}  avg bits ${
+          avg.toFixed(3)
+        }  compile ${((te - tc) / 1000).toFixed(1)} s  eval ${
+          ((performance.now() - te) / 1000).toFixed(1)
+        } s`,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  const table = aggregate(rows);
+  const seconds = (performance.now() - t0) / 1000;
+  if (args.flag("json")) {
+    console.log(JSON.stringify({
+      model: args.positionals[0],
+      eval_bytes: evalIds.length,
+      calibration_bytes: calibIds.length,
+      context,
+      device,
+      seconds,
+      rows: table,
+      runs: rows,
+    }));
+  } else {
+    console.log(studyTable(table));
+    console.log(
+      `\n${evalIds.length} held-out bytes, context ${context}, calibration ${calibIds.length} bytes after them; ${device}; ${
+        seconds.toFixed(0)
+      } s`,
+    );
+  }
+}
