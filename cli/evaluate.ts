@@ -26,7 +26,9 @@ export async function evaluateEngine(
   onProgress?: (done: number, total: number) => void,
 ): Promise<EngineEval> {
   const plan = windows(ids.length, context);
-  if (plan.length === 0) throw new UsageError(`evaluation needs at least 2 tokens, got ${ids.length}`);
+  if (plan.length === 0) {
+    throw new UsageError(`evaluation needs at least 2 tokens, got ${ids.length}`);
+  }
   let bits = 0;
   let tokens = 0;
   for (let w = 0; w < plan.length; w++) {

@@ -31,5 +31,7 @@ export async function run(args: Args): Promise<void> {
       a.close();
     }
   }
-  console.log(await inspectArtifact(path, { json: args.flag("json"), tensors: args.flag("tensors") }));
+  console.log(
+    await inspectArtifact(path, { json: args.flag("json"), tensors: args.flag("tensors") }),
+  );
 }

@@ -21,7 +21,7 @@ export const spec: CommandSpec = {
       default: "webgpu for artifacts, cpu for checkpoints",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
-    json: { type: "boolean", help: "print {\"logits\": [[...]...]}" },
+    json: { type: "boolean", help: 'print {"logits": [[...]...]}' },
   },
 };
 
@@ -36,9 +36,13 @@ export async function run(args: Args): Promise<void> {
   try {
     const vocab = engine.config.vocabSize;
     const bad = ids.find((id) => id >= vocab);
-    if (bad !== undefined) throw new UsageError(`--ids: ${bad} is outside the vocabulary (${vocab})`);
+    if (bad !== undefined) {
+      throw new UsageError(`--ids: ${bad} is outside the vocabulary (${vocab})`);
+    }
     if (ids.length > engine.config.maxPositions) {
-      throw new UsageError(`--ids: ${ids.length} ids exceed the model's ${engine.config.maxPositions} positions`);
+      throw new UsageError(
+        `--ids: ${ids.length} ids exceed the model's ${engine.config.maxPositions} positions`,
+      );
     }
     const rows = await engine.logits(ids);
     if (args.flag("json")) {

@@ -97,7 +97,9 @@ export async function openEngine(
   const tokenizer = tokenizerFor(ir.config, ir.tokenizer);
   if (device === "cpu") return { engine: referenceEngine(await prepareReference(ir)), tokenizer };
   if (!artifact) {
-    throw new UsageError(`${path}: --device webgpu runs compiled artifacts; compile it first or use --device cpu`);
+    throw new UsageError(
+      `${path}: --device webgpu runs compiled artifacts; compile it first or use --device cpu`,
+    );
   }
   const { createWebGpuEngine } = await import("../runtime/engine.ts");
   return { engine: await createWebGpuEngine(artifact, opts), tokenizer };

@@ -48,7 +48,11 @@ export const spec: CommandSpec = {
     "dense-bits": { type: "string", help: "non-expert storage", default: "f32" },
     seeds: { type: "string", help: "random-allocator seeds", default: "10" },
     "group-size": { type: "string", help: "quantization group", default: "64" },
-    device: { type: "string", help: "evaluate on cpu (float64 reference) or webgpu", default: "cpu" },
+    device: {
+      type: "string",
+      help: "evaluate on cpu (float64 reference) or webgpu",
+      default: "cpu",
+    },
     only: { type: "string", help: "comma-separated run labels to keep (debugging)" },
     json: { type: "boolean", help: "print JSON instead of markdown" },
     quiet: { type: "boolean", help: "no per-run log on stderr" },
@@ -87,7 +91,11 @@ function runsFor(
   hasInit: boolean,
 ): Run[] {
   const runs: Run[] = [{ label: "f32", opts: { expertBits: "f32", denseBits: "f32" } }];
-  const q = (expertBits: number, allocator: AllocatorName, extra: Partial<CompileOptions> = {}) => ({
+  const q = (
+    expertBits: number,
+    allocator: AllocatorName,
+    extra: Partial<CompileOptions> = {},
+  ) => ({
     expertBits,
     denseBits,
     allocator,
@@ -98,7 +106,10 @@ function runsFor(
   for (const target of bitsList) {
     runs.push({ label: `paper@${target}`, opts: q(target, "paper") });
     if (hasInit) {
-      runs.push({ label: `paper-noinit@${target}`, opts: { ...q(target, "paper"), init: undefined } });
+      runs.push({
+        label: `paper-noinit@${target}`,
+        opts: { ...q(target, "paper"), init: undefined },
+      });
     }
     runs.push({ label: `reverse-paper@${target}`, opts: q(target, "reverse-paper") });
     for (let s = 0; s < seeds; s++) {
@@ -109,8 +120,14 @@ function runsFor(
   }
   // MoQE's contrast: the same low width on experts only vs on the dense (attention...) part only.
   for (const b of [2, 3] as const) {
-    runs.push({ label: `experts-only-${b}`, opts: { expertBits: b, denseBits: "f32", allocator: "uniform", quantizer } });
-    runs.push({ label: `dense-only-${b}`, opts: { expertBits: "f32", denseBits: b, denseQuantizer: quantizer } });
+    runs.push({
+      label: `experts-only-${b}`,
+      opts: { expertBits: b, denseBits: "f32", allocator: "uniform", quantizer },
+    });
+    runs.push({
+      label: `dense-only-${b}`,
+      opts: { expertBits: "f32", denseBits: b, denseQuantizer: quantizer },
+    });
   }
   for (const m of extraQuantizers) {
     runs.push({ label: `uniform-3/${m}`, opts: q(3, "uniform", { quantizer: m }) });
@@ -174,9 +191,9 @@ export function studyTable(rows: StudyRow[]): string {
       ? `${r.bitsPerByte.toFixed(4)} ± ${r.sd.toFixed(4)} (${r.seeds} seeds)`
       : r.bitsPerByte.toFixed(4);
     lines.push(
-      `| ${r.label} | ${r.allocator} | ${r.quantizer} | ${r.avgExpertBits.toFixed(3)} | ${r.denseBits} | ${r.bytes} | ${bpb} | ${
-        r.delta >= 0 ? "+" : ""
-      }${r.delta.toFixed(4)} |`,
+      `| ${r.label} | ${r.allocator} | ${r.quantizer} | ${
+        r.avgExpertBits.toFixed(3)
+      } | ${r.denseBits} | ${r.bytes} | ${bpb} | ${r.delta >= 0 ? "+" : ""}${r.delta.toFixed(4)} |`,
     );
   }
   return lines.join("\n");
@@ -207,7 +224,8 @@ export async function run(args: Args): Promise<void> {
     },
   ).filter((m) => m !== quantizer);
   const denseArg = args.string("dense-bits", "f32");
-  const denseBits = (["f32", "f16", "bf16"].includes(denseArg) ? denseArg : Number(denseArg)) as DenseBits;
+  const denseBits =
+    (["f32", "f16", "bf16"].includes(denseArg) ? denseArg : Number(denseArg)) as DenseBits;
   const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], "cpu");
   const seeds = args.int("seeds", 10, 0, 1000);
   const groupSize = args.int("group-size", 64, 1);
@@ -220,7 +238,9 @@ export async function run(args: Args): Promise<void> {
   if (only) runs = runs.filter((r) => only.includes(r.label) || r.label === "f32");
 
   const t0 = performance.now();
-  log(`calibrating on ${calibIds.length} tokens (bytes ${maxBytes}..${maxBytes + calibIds.length})`);
+  log(
+    `calibrating on ${calibIds.length} tokens (bytes ${maxBytes}..${maxBytes + calibIds.length})`,
+  );
   const calibration: CalibrationData = await calibrate(await prepareReference(ir), calibIds, {
     context,
   });

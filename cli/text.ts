@@ -23,7 +23,9 @@ export async function readTextIds(
   if (offset < 0 || offset >= bytes.length) {
     throw new UsageError(`${path}: offset ${offset} is outside the file (${bytes.length} bytes)`);
   }
-  const end = range.maxBytes !== undefined ? Math.min(bytes.length, offset + range.maxBytes) : bytes.length;
+  const end = range.maxBytes !== undefined
+    ? Math.min(bytes.length, offset + range.maxBytes)
+    : bytes.length;
   const slice = bytes.subarray(offset, end);
   if (tokenizer === null) return Array.from(slice);
   let text: string;

@@ -117,7 +117,9 @@ export function parseExpertBits(s: string): number | FloatStorage {
 export function parseDenseBits(s: string): DenseBits {
   if (FLOATS.includes(s)) return s as FloatStorage;
   const v = Number(s);
-  if (!isQuantBits(v)) throw new UsageError(`--dense-bits must be 2, 3, 4, 8, f32, f16 or bf16 (got "${s}")`);
+  if (!isQuantBits(v)) {
+    throw new UsageError(`--dense-bits must be 2, 3, 4, 8, f32, f16 or bf16 (got "${s}")`);
+  }
   return v;
 }
 
@@ -161,7 +163,13 @@ function expertsOf(ir: ModelIR): ExpertRefs[] {
 
 async function readExpert(e: ExpertRefs): Promise<ExpertWeights> {
   const [inter, hidden] = e.gate.shape;
-  return { gate: await e.gate.read(), up: await e.up.read(), down: await e.down.read(), hidden, inter };
+  return {
+    gate: await e.gate.read(),
+    up: await e.up.read(),
+    down: await e.down.read(),
+    hidden,
+    inter,
+  };
 }
 
 function quantizeExpert(
@@ -246,7 +254,9 @@ export async function compileModel(
   const routers = async (m: ModelIR) =>
     await Promise.all(m.layers.map((l) => (l.ffn.kind === "moe" ? l.ffn.router.read() : null)));
   if (opts.init && opts.init.layers.length !== ir.layers.length) {
-    throw new UsageError(`--init has ${opts.init.layers.length} layers, the model ${ir.layers.length}`);
+    throw new UsageError(
+      `--init has ${opts.init.layers.length} layers, the model ${ir.layers.length}`,
+    );
   }
   const lambda = routerNorm(
     await routers(ir),
@@ -269,7 +279,11 @@ export async function compileModel(
   let calib: CalibrationData | null = opts.calibration ?? null;
   if (needCalib && !calib) {
     if (!opts.calibrationIds) {
-      throw new UsageError(`${allocator === "frequency" ? "--allocator frequency" : "--quantizer gptq"} needs --calibration`);
+      throw new UsageError(
+        `${
+          allocator === "frequency" ? "--allocator frequency" : "--quantizer gptq"
+        } needs --calibration`,
+      );
     }
     t = performance.now();
     const ref = await prepareReference(ir);
@@ -301,13 +315,18 @@ export async function compileModel(
     const bytes = table(ir, () => [] as number[]);
     for (const [i, e] of experts.entries()) {
       const w = await readExpert(e);
-      const h = method === "gptq" && calib ? expertHessians(w, calib, e.layer, e.expert) : undefined;
+      const h = method === "gptq" && calib
+        ? expertHessians(w, calib, e.layer, e.expert)
+        : undefined;
       for (const b of widths) {
         const q = quantizeExpert(w, b, groupSize, method, h);
         cost[e.layer][e.expert].push(
           calib
             ? outputError(w, q, calib.samples[e.layer][e.expert]).cost
-            : (["gate", "up", "down"] as const).reduce((s, k) => s + squaredError(w[k], q[k]).err, 0),
+            : (["gate", "up", "down"] as const).reduce(
+              (s, k) => s + squaredError(w[k], q[k]).err,
+              0,
+            ),
         );
         bytes[e.layer][e.expert].push(expertBytes(e, b));
       }

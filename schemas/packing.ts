@@ -75,7 +75,9 @@ export function checkGroupSize(cols: number, groupSize: number): void {
     throw new RangeError(`group size ${groupSize} is not a positive integer`);
   }
   if (groupSize % BLOCK_CODES !== 0 && groupSize !== cols) {
-    throw new RangeError(`group size ${groupSize} is not a multiple of 32 nor the row length ${cols}`);
+    throw new RangeError(
+      `group size ${groupSize} is not a multiple of 32 nor the row length ${cols}`,
+    );
   }
 }
 
@@ -150,7 +152,10 @@ export function paramAt(a: Uint16Array | Float32Array, i: number): number {
 }
 
 /** Encodes scale/zero values in the storage type. */
-export function encodeParams(values: ArrayLike<number>, type: ScaleType): Uint16Array | Float32Array {
+export function encodeParams(
+  values: ArrayLike<number>,
+  type: ScaleType,
+): Uint16Array | Float32Array {
   if (type === "f32") return Float32Array.from(values);
   const out = new Uint16Array(values.length);
   for (let i = 0; i < values.length; i++) out[i] = f32ToF16(values[i]);
