@@ -1,0 +1,45 @@
+/**
+ * `moeq bench kernels | decode <artifact> | compile`: benchmarks, printed as a table (or `--json`).
+ * Each benchmark lives in its own module; this file only dispatches.
+ *
+ * @module
+ */
+
+import type { Args, CommandSpec } from "./args.ts";
+import { UsageError } from "../runtime/errors.ts";
+
+/** Flags of `bench` (the union of every benchmark's flags; each checks its own). */
+export const spec: CommandSpec = {
+  usage: "kernels | decode <artifact> | compile [options]",
+  summary: "benchmarks: kernel bandwidth vs copy, decode vs bytes floor, compiler throughput",
+  positionals: [1, 2],
+  flags: {
+    json: { type: "boolean", help: "machine-readable output" },
+    tokens: { type: "string", help: "decode: tokens to generate", default: "64" },
+    prompt: { type: "string", help: "decode: prompt text", default: "ROMEO:" },
+    compare: { type: "string", help: "decode: a float artifact of the same model to compare" },
+    shapes: { type: "string", help: "kernels: 'model' (small) or 'large' (+ 4096x14336)", default: "all" },
+    iterations: { type: "string", help: "timed repetitions", default: "auto" },
+    "size-gb": { type: "string", help: "compile: synthetic checkpoint size in GB", default: "8" },
+    layers: { type: "string", help: "compile: synthetic layers (overrides size)" },
+    dir: { type: "string", help: "compile: where to write the synthetic checkpoint (kept)" },
+    "expert-bits": { type: "string", help: "compile: --expert-bits for the timed compile", default: "2.5" },
+    quantizer: { type: "string", help: "compile: expert quantizer", default: "rtn" },
+    workers: { type: "string", help: "compile: worker threads", default: "auto" },
+  },
+};
+
+/** Runs `bench`. */
+export async function run(args: Args): Promise<void> {
+  const [which] = args.positionals;
+  switch (which) {
+    case "kernels":
+      return (await import("./bench_kernels.ts")).benchKernels(args);
+    case "decode":
+      return (await import("./bench_decode.ts")).benchDecode(args);
+    case "compile":
+      return (await import("./bench_compile.ts")).benchCompile(args);
+    default:
+      throw new UsageError(`bench: unknown benchmark "${which}" (kernels, decode, compile)`);
+  }
+}
