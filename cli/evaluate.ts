@@ -6,8 +6,7 @@
  */
 
 import type { Engine } from "../runtime/api.ts";
-import { crossEntropyBits, windows } from "../compiler/reference/mod.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { evaluateWindows } from "../compiler/reference/mod.ts";
 
 /** What {@link evaluateEngine} measured. */
 export interface EngineEval {
@@ -25,19 +24,6 @@ export async function evaluateEngine(
   context: number,
   onProgress?: (done: number, total: number) => void,
 ): Promise<EngineEval> {
-  const plan = windows(ids.length, context);
-  if (plan.length === 0) {
-    throw new UsageError(`evaluation needs at least 2 tokens, got ${ids.length}`);
-  }
-  let bits = 0;
-  let tokens = 0;
-  for (let w = 0; w < plan.length; w++) {
-    const { start, length } = plan[w];
-    const rows = await engine.logits(ids.slice(start, start + length));
-    for (let t = 0; t < length; t++) bits += crossEntropyBits(rows[t], ids[start + t + 1]);
-    tokens += length;
-    onProgress?.(w + 1, plan.length);
-  }
-  const bitsPerToken = bits / tokens;
-  return { bitsPerToken, perplexity: 2 ** bitsPerToken, tokens };
+  const r = await evaluateWindows((w) => engine.logits(w), ids, { context, onProgress });
+  return { bitsPerToken: r.bitsPerToken, perplexity: 2 ** r.bitsPerToken, tokens: r.tokens };
 }

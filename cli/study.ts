@@ -22,6 +22,8 @@ import { UsageError } from "../runtime/errors.ts";
 import { type DeviceKind, openEngine } from "./model_source.ts";
 import { evaluateEngine } from "./evaluate.ts";
 import { readTextIds } from "./text.ts";
+import { probe, probeTables } from "./study_probe.ts";
+import { isQuantBits } from "../schemas/packing.ts";
 
 /** Flags of `study`. */
 export const spec: CommandSpec = {
@@ -54,6 +56,12 @@ export const spec: CommandSpec = {
       default: "cpu",
     },
     only: { type: "string", help: "comma-separated run labels to keep (debugging)" },
+    probe: {
+      type: "boolean",
+      help: "instead of the study: per-expert loss sensitivity vs Λ/frequency/proxy (Spearman)",
+    },
+    "probe-bytes": { type: "string", help: "evaluation bytes of --probe", default: "4096" },
+    "probe-bits": { type: "string", help: "width of --probe", default: "2" },
     json: { type: "boolean", help: "print JSON instead of markdown" },
     quiet: { type: "boolean", help: "no per-run log on stderr" },
   },
@@ -244,6 +252,21 @@ export async function run(args: Args): Promise<void> {
   const calibration: CalibrationData = await calibrate(await prepareReference(ir), calibIds, {
     context,
   });
+  if (args.flag("probe")) {
+    const probeIds = evalIds.slice(0, args.int("probe-bytes", 4096, 2));
+    const bits = args.int("probe-bits", 2, 2, 8);
+    if (!isQuantBits(bits)) throw new UsageError(`--probe-bits: ${bits} is not 2, 3, 4 or 8`);
+    const result = await probe(ir, await prepareReference(ir), calibration, probeIds, {
+      context,
+      bits,
+      groupSize,
+      method: quantizer,
+      init,
+      log,
+    });
+    console.log(args.flag("json") ? JSON.stringify(result) : probeTables(result));
+    return;
+  }
   const dir = await Deno.makeTempDir({ prefix: "moeq-study-" });
   const rows: StudyRow[] = [];
   let f32 = NaN;

@@ -172,7 +172,8 @@ async function readExpert(e: ExpertRefs): Promise<ExpertWeights> {
   };
 }
 
-function quantizeExpert(
+/** An expert quantized at `bits` and dequantized again (GPTQ needs `hessians`). */
+export function quantizeExpert(
   w: ExpertWeights,
   bits: QuantBits,
   groupSize: number,
@@ -191,7 +192,7 @@ function quantizeExpert(
 }
 
 /** GPTQ Hessians of an expert from its calibration sample: inputs x, and down's inputs a. */
-function expertHessians(
+export function expertHessians(
   w: ExpertWeights,
   calib: CalibrationData,
   layer: number,

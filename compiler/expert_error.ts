@@ -15,7 +15,8 @@
  * @module
  */
 
-import { matmul, silu } from "./reference/mod.ts";
+import { matmul, type ReferenceModel, silu } from "./reference/mod.ts";
+import { UsageError } from "../runtime/errors.ts";
 import type { ExpertSample } from "./calibration.ts";
 
 /** An expert's three matrices as f32: gate/up [I, H], down [H, I]. */
@@ -94,4 +95,77 @@ export function outputError(
     ref += r;
   }
   return { cost: (cost * sample.seen) / n, relError: ref > 0 ? Math.sqrt(err / ref) : 0 };
+}
+
+/** Expert `e` of MoE layer `layer` of a reference model, as f32 {@link ExpertWeights}. */
+export function referenceExpert(model: ReferenceModel, layer: number, e: number): ExpertWeights {
+  const f = model.layers[layer]?.ffn;
+  if (!f || f.kind !== "moe" || !f.experts[e]) {
+    throw new UsageError(`reference model has no expert ${e} in layer ${layer}`);
+  }
+  const m = f.experts[e];
+  return {
+    gate: Float32Array.from(m.gate),
+    up: Float32Array.from(m.up),
+    down: Float32Array.from(m.down),
+    hidden: model.config.hiddenSize,
+    inter: m.inter,
+  };
+}
+
+/**
+ * Replaces one expert's weights in a reference model (e.g. by its dequantized version) and
+ * returns the function that puts the original weights back.
+ */
+export function swapExpert(
+  model: ReferenceModel,
+  layer: number,
+  e: number,
+  w: ExpertWeights,
+): () => void {
+  const f = model.layers[layer]?.ffn;
+  if (!f || f.kind !== "moe" || !f.experts[e]) {
+    throw new UsageError(`reference model has no expert ${e} in layer ${layer}`);
+  }
+  const old = f.experts[e];
+  if (old.gate.length !== w.gate.length || old.down.length !== w.down.length) {
+    throw new UsageError(`swapExpert: layer ${layer} expert ${e} has another shape`);
+  }
+  f.experts[e] = {
+    gate: Float64Array.from(w.gate),
+    up: Float64Array.from(w.up),
+    down: Float64Array.from(w.down),
+    inter: old.inter,
+  };
+  return () => {
+    f.experts[e] = old;
+  };
+}
+
+/** Ranks (0-based, ties get their average rank). */
+function ranks(v: readonly number[]): number[] {
+  const idx = v.map((_, i) => i).sort((a, b) => v[a] - v[b]);
+  const r = new Array<number>(v.length);
+  for (let i = 0; i < idx.length;) {
+    let j = i;
+    while (j + 1 < idx.length && v[idx[j + 1]] === v[idx[i]]) j++;
+    for (let k = i; k <= j; k++) r[idx[k]] = (i + j) / 2;
+    i = j + 1;
+  }
+  return r;
+}
+
+/** Spearman rank correlation (Pearson on average ranks); NaN when either side is constant. */
+export function spearman(a: readonly number[], b: readonly number[]): number {
+  if (a.length !== b.length) throw new UsageError(`spearman: ${a.length} vs ${b.length} values`);
+  const ra = ranks(a), rb = ranks(b);
+  const n = a.length;
+  const ma = ra.reduce((s, x) => s + x, 0) / n, mb = rb.reduce((s, x) => s + x, 0) / n;
+  let sab = 0, saa = 0, sbb = 0;
+  for (let i = 0; i < n; i++) {
+    sab += (ra[i] - ma) * (rb[i] - mb);
+    saa += (ra[i] - ma) ** 2;
+    sbb += (rb[i] - mb) ** 2;
+  }
+  return saa > 0 && sbb > 0 ? sab / Math.sqrt(saa * sbb) : NaN;
 }

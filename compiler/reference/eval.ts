@@ -63,12 +63,18 @@ export interface EvalResult {
   nll: number;
 }
 
+/** Logits of every position of a window: a forward pass of any implementation. */
+export type WindowLogits = (
+  ids: number[],
+) => ArrayLike<number>[] | Promise<ArrayLike<number>[]>;
+
 /**
- * Evaluates `ids` with the reference forward pass over the windows of {@link windows}.
- * Throws {@link UsageError} when nothing can be scored (fewer than two tokens).
+ * Scores `ids` over the windows of {@link windows} with any forward pass (the float64 reference,
+ * the WebGPU engine...). Throws {@link UsageError} when nothing can be scored (fewer than two
+ * tokens).
  */
-export async function evaluateReference(
-  model: ReferenceModel,
+export async function evaluateWindows(
+  logitsOf: WindowLogits,
   ids: readonly number[],
   options: EvaluateOptions,
 ): Promise<EvalResult> {
@@ -80,11 +86,26 @@ export async function evaluateReference(
   let tokens = 0;
   for (let w = 0; w < plan.length; w++) {
     const { start, length } = plan[w];
-    const logits = forward(model, ids.slice(start, start + length));
+    const logits = await logitsOf(ids.slice(start, start + length));
     for (let t = 0; t < length; t++) bits += crossEntropyBits(logits[t], ids[start + t + 1]);
     tokens += length;
     options.onProgress?.(w + 1, plan.length);
-    await Promise.resolve();
   }
   return { bitsPerToken: bits / tokens, tokens, nll: bits * Math.LN2 };
+}
+
+/** {@link evaluateWindows} with the float64 reference forward pass. */
+export function evaluateReference(
+  model: ReferenceModel,
+  ids: readonly number[],
+  options: EvaluateOptions,
+): Promise<EvalResult> {
+  return evaluateWindows(
+    async (w) => {
+      await Promise.resolve(); // let progress output and timers run between windows
+      return forward(model, w);
+    },
+    ids,
+    options,
+  );
 }

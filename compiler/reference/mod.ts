@@ -39,6 +39,8 @@ export {
   type EvalResult,
   type EvaluateOptions,
   evaluateReference,
+  evaluateWindows,
   type EvalWindow,
+  type WindowLogits,
   windows,
 } from "./eval.ts";

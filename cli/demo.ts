@@ -1,0 +1,164 @@
+/**
+ * `moeq demo`: compiles the bundled trained Shakespeare MoE (`testdata/shakespeare-moe`) at 2.5
+ * average expert bits with the paper allocator, prints the allocation and the compile time, then
+ * streams generated text with the WebGPU engine (or the CPU reference when there is no adapter)
+ * and prints the decode rate.
+ *
+ * @module
+ */
+
+import type { Args, CommandSpec } from "./args.ts";
+import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
+import { compileModel } from "../compiler/compile.ts";
+import { openEngine } from "./model_source.ts";
+import { formatAllocation } from "./format.ts";
+import type { Engine, GenerateOptions } from "../runtime/api.ts";
+import { DeviceError, UsageError } from "../runtime/errors.ts";
+import type { Tokenizer } from "../runtime/tokenizer.ts";
+
+/** Where `--device auto` runs. */
+type DemoDevice = "auto" | "webgpu" | "cpu";
+
+const ROOT = new URL("../", import.meta.url);
+
+/** The bundled checkpoint and its step-0 weights (for the router-norm change Λ). */
+function bundledPaths(): { checkpoint: string; init: string; out: string } {
+  const local = ROOT.protocol === "file:";
+  const at = (p: string) => (local ? decodeURIComponent(new URL(p, ROOT).pathname) : p);
+  return {
+    checkpoint: at("testdata/shakespeare-moe"),
+    init: at("testdata/shakespeare-moe/init"),
+    out: at(".tmp/shakespeare-2.5.moeq"),
+  };
+}
+
+/** Flags of `demo`. */
+export const spec: CommandSpec = {
+  usage: "[--prompt TEXT] [--max-tokens N] [--temperature T] [--seed S] [--device D] [--out F]",
+  summary: "compile the bundled Shakespeare MoE at 2.5 bits and generate text",
+  positionals: [0, 0],
+  flags: {
+    prompt: { type: "string", help: "prompt text", default: "ROMEO:" },
+    "max-tokens": { type: "string", help: "tokens to generate", default: "200" },
+    temperature: { type: "string", help: "0 = greedy", default: "0.8" },
+    seed: { type: "string", help: "sampling seed", default: "1" },
+    device: {
+      type: "string",
+      help: "auto (WebGPU, else CPU) | webgpu | cpu (float64 reference)",
+      default: "auto",
+    },
+    out: { type: "string", help: "artifact path", default: ".tmp/shakespeare-2.5.moeq in the repo" },
+  },
+};
+
+/** Runs `demo`. */
+export async function run(args: Args): Promise<void> {
+  const paths = bundledPaths();
+  const prompt = args.string("prompt", "ROMEO:");
+  const maxTokens = args.int("max-tokens", 200, 1, 1 << 20);
+  const temperature = args.number("temperature", 0.8, 0, 100);
+  const seed = args.int("seed", 1, 0, 2 ** 32 - 1);
+  const device = args.choice<DemoDevice>("device", ["auto", "webgpu", "cpu"], "auto");
+  const out = args.string("out", paths.out);
+  const dir = out.includes("/") ? out.slice(0, out.lastIndexOf("/")) : "";
+  if (dir) await Deno.mkdir(dir, { recursive: true });
+
+  // 1. Compile.
+  const t0 = performance.now();
+  const ir = await loadCheckpoint(paths.checkpoint);
+  const init = await loadCheckpoint(paths.init);
+  const result = await compileModel(ir, out, {
+    expertBits: 2.5,
+    allocator: "paper",
+    init,
+  });
+  const compileMs = performance.now() - t0;
+  console.log(
+    `compiled ${paths.checkpoint} → ${result.path} (${(result.bytes / 2 ** 20).toFixed(2)} MiB)`,
+  );
+  if (result.allocation) console.log(formatAllocation(result.allocation, result.experts));
+  console.log(
+    `compile time: ${(compileMs / 1000).toFixed(2)} s (load + passes + quantize + emit; passes ${
+      result.timings.passes.toFixed(0)
+    } ms)`,
+  );
+
+  // 2. Open the engine, falling back to the CPU reference without a WebGPU adapter.
+  let opened: { engine: Engine; tokenizer: Tokenizer };
+  let used: "webgpu" | "cpu" = device === "cpu" ? "cpu" : "webgpu";
+  try {
+    opened = await openEngine(out, used);
+  } catch (e) {
+    if (!(device === "auto" && e instanceof DeviceError)) throw e;
+    console.error(`moeq: note: no usable WebGPU adapter (${e.message}); using --device cpu`);
+    used = "cpu";
+    opened = await openEngine(out, used);
+  }
+  const { engine, tokenizer } = opened;
+
+  // 3. Generate, streaming.
+  try {
+    const ids = tokenizer.encode(prompt);
+    if (ids.length === 0) throw new UsageError("demo: --prompt is empty");
+    console.log(`\n--- ${used}, temperature ${temperature}, seed ${seed} ---`);
+    const enc = new TextEncoder();
+    const decoder = tokenizer.createStreamDecoder();
+    await Deno.stdout.write(enc.encode(prompt));
+    const t1 = performance.now();
+    let tFirst = 0;
+    let count = 0;
+    for await (
+      const id of generateLong(engine, ids, { maxTokens, temperature, seed })
+    ) {
+      if (count === 0) tFirst = performance.now();
+      count++;
+      await Deno.stdout.write(enc.encode(decoder.push(id)));
+    }
+    const t2 = performance.now();
+    await Deno.stdout.write(enc.encode(decoder.flush() + "\n"));
+    const rate = count > 1 ? (count - 1) / ((t2 - tFirst) / 1000) : 0;
+    console.log(
+      `---\n${count} tokens, ${rate.toFixed(1)} tokens/s on ${used} (prefill + first token ${
+        (tFirst - t1).toFixed(0)
+      } ms)`,
+    );
+  } finally {
+    engine.dispose();
+  }
+}
+
+/**
+ * Generates up to `opts.maxTokens` tokens even when that is more than the model's context: when
+ * the engine stops early at its context limit (not at a stop token), generation continues from
+ * the last half-context of tokens (a re-prefilled sliding window). Engines that shift their
+ * context themselves never stop early, so this adds nothing for them.
+ */
+export async function* generateLong(
+  engine: Engine,
+  prompt: number[],
+  opts: GenerateOptions & { maxTokens: number },
+): AsyncGenerator<number> {
+  const context = (engine as { maxContext?: number }).maxContext ?? engine.config.maxPositions;
+  const stop = new Set(opts.stopIds ?? engine.config.eosTokenIds);
+  const keep = Math.max(1, Math.floor(context / 2));
+  let window = prompt.length > context - 1 ? prompt.slice(-keep) : prompt;
+  let produced = 0;
+  let round = 0;
+  while (produced < opts.maxTokens) {
+    let got = 0;
+    let last = -1;
+    const seed = (opts.seed ?? 0) + round; // a fresh sampler stream per window
+    for await (
+      const id of engine.generate(window, { ...opts, seed, maxTokens: opts.maxTokens - produced })
+    ) {
+      yield id;
+      window = [...window, id];
+      got++;
+      produced++;
+      last = id;
+    }
+    if (got === 0 || stop.has(last) || opts.signal?.aborted) return;
+    window = window.slice(-keep);
+    round++;
+  }
+}

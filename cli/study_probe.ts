@@ -1,0 +1,186 @@
+/**
+ * `moeq study --probe`: why does an allocator win or lose? Per expert it measures the loss
+ * sensitivity directly, with the float64 reference as the evaluator: Δ bits/byte on a short
+ * held-out slice when ONLY that expert is quantized to the lowest width (everything else float),
+ * and per layer the Δ when all of that layer's experts are. Those measurements are compared, by
+ * Spearman rank correlation within each layer, with the scores the allocators use: the
+ * router-norm change Λ (paper: small Λ = sensitive), routing frequency, and the budget
+ * allocator's output-error proxy.
+ *
+ * @module
+ */
+
+import type { ModelIR } from "../compiler/ir.ts";
+import type { CalibrationData } from "../compiler/calibration.ts";
+import { evaluateReference, type ReferenceModel } from "../compiler/reference/mod.ts";
+import {
+  type ExpertWeights,
+  outputError,
+  referenceExpert,
+  spearman,
+  swapExpert,
+} from "../compiler/expert_error.ts";
+import { expertHessians, quantizeExpert } from "../compiler/compile.ts";
+import type { QuantMethod } from "../compiler/quantize/mod.ts";
+import type { QuantBits } from "../schemas/packing.ts";
+import { routerNorm, routingFrequency } from "../compiler/passes/mod.ts";
+
+/** One expert's probe measurements. */
+export interface ProbeExpert {
+  layer: number;
+  expert: number;
+  /** Router-norm change (or final norm without init). */
+  lambda: number;
+  /** Routing share on the calibration text. */
+  frequency: number;
+  /** Output-error proxy at the probed width (compiler/expert_error.ts), calibration text. */
+  proxy: number;
+  /** Measured Δ bits/byte with only this expert at the probed width. */
+  delta: number;
+}
+
+/** Per-layer summary of a probe. */
+export interface ProbeLayer {
+  layer: number;
+  /** Δ bits/byte with every expert of this layer at the probed width. */
+  delta: number;
+  /** Σ of the single-expert Δs (additivity check). */
+  sumDelta: number;
+  /** Σ proxy of the layer's experts. */
+  sumProxy: number;
+  /** Spearman ρ(Λ, Δ): the paper predicts NEGATIVE (small Λ ↔ large damage). */
+  rhoLambdaDelta: number;
+  rhoLambdaFrequency: number;
+  rhoFrequencyDelta: number;
+  rhoProxyDelta: number;
+}
+
+/** Result of {@link probe}. */
+export interface ProbeResult {
+  bits: number;
+  quantizer: string;
+  evalTokens: number;
+  base: number;
+  experts: ProbeExpert[];
+  layers: ProbeLayer[];
+  /** Spearman over all experts of all layers. */
+  overall: { rhoLambdaDelta: number; rhoFrequencyDelta: number; rhoProxyDelta: number };
+}
+
+async function bpb(model: ReferenceModel, ids: readonly number[], context: number) {
+  return (await evaluateReference(model, ids, { context })).bitsPerToken;
+}
+
+/** Runs the probe (see the module doc); `ids` is the short evaluation slice. */
+export async function probe(
+  ir: ModelIR,
+  ref: ReferenceModel,
+  calib: CalibrationData,
+  ids: readonly number[],
+  opts: {
+    context: number;
+    bits: QuantBits;
+    groupSize: number;
+    method: QuantMethod;
+    init?: ModelIR;
+    log?: (s: string) => void;
+  },
+): Promise<ProbeResult> {
+  const log = opts.log ?? (() => {});
+  const routers = async (m: ModelIR) =>
+    await Promise.all(m.layers.map((l) => (l.ffn.kind === "moe" ? l.ffn.router.read() : null)));
+  const lambda = routerNorm(
+    await routers(ir),
+    ir.config.hiddenSize,
+    opts.init ? await routers(opts.init) : undefined,
+  ).scores;
+  const freq = routingFrequency(calib.counts);
+  const base = await bpb(ref, ids, opts.context);
+  const experts: ProbeExpert[] = [];
+  const quantized: ExpertWeights[][] = [];
+  for (const [l, layer] of ref.layers.entries()) {
+    quantized[l] = [];
+    if (layer.ffn.kind !== "moe") continue;
+    for (let e = 0; e < layer.ffn.experts.length; e++) {
+      const w = referenceExpert(ref, l, e);
+      const h = opts.method === "gptq" ? expertHessians(w, calib, l, e) : undefined;
+      const q = quantizeExpert(w, opts.bits, opts.groupSize, opts.method, h);
+      quantized[l][e] = q;
+      const proxy = outputError(w, q, calib.samples[l][e]).cost;
+      const restore = swapExpert(ref, l, e, q);
+      const delta = (await bpb(ref, ids, opts.context)) - base;
+      restore();
+      experts.push({ layer: l, expert: e, lambda: lambda[l][e], frequency: freq[l][e], proxy, delta });
+      log(`probe L${l} E${e}: Δ ${delta.toFixed(5)} proxy ${proxy.toExponential(3)}`);
+    }
+  }
+  const layers: ProbeLayer[] = [];
+  for (const [l, layer] of ref.layers.entries()) {
+    if (layer.ffn.kind !== "moe") continue;
+    const restores = quantized[l].map((q, e) => swapExpert(ref, l, e, q));
+    const delta = (await bpb(ref, ids, opts.context)) - base;
+    restores.forEach((r) => r());
+    const xs = experts.filter((x) => x.layer === l);
+    const col = (f: (x: ProbeExpert) => number) => xs.map(f);
+    layers.push({
+      layer: l,
+      delta,
+      sumDelta: xs.reduce((s, x) => s + x.delta, 0),
+      sumProxy: xs.reduce((s, x) => s + x.proxy, 0),
+      rhoLambdaDelta: spearman(col((x) => x.lambda), col((x) => x.delta)),
+      rhoLambdaFrequency: spearman(col((x) => x.lambda), col((x) => x.frequency)),
+      rhoFrequencyDelta: spearman(col((x) => x.frequency), col((x) => x.delta)),
+      rhoProxyDelta: spearman(col((x) => x.proxy), col((x) => x.delta)),
+    });
+    log(`probe layer ${l}: Δ ${delta.toFixed(5)}`);
+  }
+  const all = (f: (x: ProbeExpert) => number) => experts.map(f);
+  return {
+    bits: opts.bits,
+    quantizer: opts.method,
+    evalTokens: ids.length,
+    base,
+    experts,
+    layers,
+    overall: {
+      rhoLambdaDelta: spearman(all((x) => x.lambda), all((x) => x.delta)),
+      rhoFrequencyDelta: spearman(all((x) => x.frequency), all((x) => x.delta)),
+      rhoProxyDelta: spearman(all((x) => x.proxy), all((x) => x.delta)),
+    },
+  };
+}
+
+/** Markdown tables of a probe: per layer, then per expert. */
+export function probeTables(p: ProbeResult): string {
+  const f = (x: number, d = 3) => (x >= 0 ? "+" : "") + x.toFixed(d);
+  const lines = [
+    `Probe: ${p.quantizer} ${p.bits}-bit, ${p.evalTokens} eval bytes, base ${p.base.toFixed(4)} bits/byte`,
+    "",
+    "| layer | Δ layer | Σ Δ experts | ρ(Λ,Δ) | ρ(Λ,freq) | ρ(freq,Δ) | ρ(proxy,Δ) |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ];
+  for (const l of p.layers) {
+    lines.push(
+      `| ${l.layer} | ${l.delta.toFixed(4)} | ${l.sumDelta.toFixed(4)} | ${f(l.rhoLambdaDelta, 2)} | ${
+        f(l.rhoLambdaFrequency, 2)
+      } | ${f(l.rhoFrequencyDelta, 2)} | ${f(l.rhoProxyDelta, 2)} |`,
+    );
+  }
+  const o = p.overall;
+  lines.push(
+    `| all | | | ${f(o.rhoLambdaDelta, 2)} | | ${f(o.rhoFrequencyDelta, 2)} | ${
+      f(o.rhoProxyDelta, 2)
+    } |`,
+    "",
+    "| layer | expert | Λ | frequency | proxy | Δ bits/byte |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: |",
+  );
+  for (const x of p.experts) {
+    lines.push(
+      `| ${x.layer} | ${x.expert} | ${x.lambda.toFixed(4)} | ${x.frequency.toFixed(4)} | ${
+        x.proxy.toExponential(3)
+      } | ${x.delta.toFixed(5)} |`,
+    );
+  }
+  return lines.join("\n");
+}

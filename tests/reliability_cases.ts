@@ -1,0 +1,862 @@
+/**
+ * Bad-input cases run through `cli.ts` the way users run it. Each case builds its inputs in a
+ * fresh temp dir, names the CLI arguments, the exit code it must end with and the words its
+ * one-line message must contain (the file and/or field at fault). Used by the reliability tests
+ * (`tests/reliability_*_test.ts`) and by `tests/errors_doc.ts`, which prints docs/ERRORS.md from
+ * the messages these cases actually produce.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  concatBytes,
+  headerLengthBytes,
+  rawSafetensors,
+  writeSyntheticCheckpoint,
+} from "../compiler/checkpoint/testing.ts";
+import { withHeader, withHeaderBytes, withPreamble } from "../compiler/emit/testing.ts";
+import { compileModel } from "../compiler/compile.ts";
+import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
+import { decodePreamble } from "../runtime/artifact.ts";
+import { type CliResult, isOneLineError, runCli } from "./cli_helpers.ts";
+
+/** One bad-input case. */
+export interface CliCase {
+  /** Stable identifier (kebab-case). */
+  id: string;
+  /** Which table of docs/ERRORS.md it belongs to. */
+  group: "checkpoint" | "artifact" | "flags" | "io";
+  /** What is wrong with the input, in words. */
+  title: string;
+  /** Builds the inputs inside `dir` and returns the CLI arguments. */
+  setup(dir: string): Promise<string[]>;
+  /** Expected exit code. */
+  code: number;
+  /** Substrings / patterns the message must contain (the file and field at fault). */
+  mentions: (string | RegExp)[];
+  /** For compile: the destination (relative to dir) that must not exist afterwards. */
+  dest?: string;
+}
+
+/** A small Mixtral config: 2 layers, 4 experts, hidden 16; every tensor a few KiB. */
+export const SMALL_MIXTRAL: Record<string, unknown> = {
+  model_type: "mixtral",
+  architectures: ["MixtralForCausalLM"],
+  vocab_size: 32,
+  hidden_size: 16,
+  intermediate_size: 32,
+  num_hidden_layers: 2,
+  num_attention_heads: 2,
+  num_key_value_heads: 1,
+  head_dim: 8,
+  num_local_experts: 4,
+  num_experts_per_tok: 2,
+  rope_theta: 10000,
+  rms_norm_eps: 1e-5,
+  max_position_embeddings: 64,
+  tie_word_embeddings: false,
+  bos_token_id: 1,
+  eos_token_id: 2,
+};
+
+/** Writes the small valid checkpoint into `dir/ckpt` and returns that path. */
+export async function smallCheckpoint(
+  dir: string,
+  config: Record<string, unknown> = SMALL_MIXTRAL,
+  shards = 1,
+): Promise<string> {
+  const ckpt = join(dir, "ckpt");
+  await writeSyntheticCheckpoint(ckpt, config, { seed: 7, shards });
+  return ckpt;
+}
+
+/** The parsed header and the data bytes of a safetensors file. */
+interface Parsed {
+  header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  data: Uint8Array;
+}
+
+async function readParsed(path: string): Promise<Parsed> {
+  const bytes = await Deno.readFile(path);
+  const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
+  return { header, data: bytes.slice(8 + n) };
+}
+
+/**
+ * A checkpoint whose model.safetensors was rewritten: `edit` gets the parsed header and data and
+ * returns the new header text (or object) and data.
+ */
+async function editedCheckpoint(
+  dir: string,
+  edit: (p: Parsed) => { header: string | object; data?: Uint8Array },
+): Promise<string> {
+  const ckpt = await smallCheckpoint(dir);
+  const path = join(ckpt, "model.safetensors");
+  const p = await readParsed(path);
+  const r = edit(p);
+  const text = typeof r.header === "string" ? r.header : JSON.stringify(r.header);
+  await Deno.writeFile(path, rawSafetensors(text, r.data ?? p.data));
+  return ckpt;
+}
+
+const EXPERT = "model.layers.0.block_sparse_moe.experts.1.w1.weight";
+const Q_PROJ = "model.layers.1.self_attn.q_proj.weight";
+
+/** Sets element `index` of an F32 tensor to `value` in a checkpoint's data bytes. */
+function poke(p: Parsed, name: string, index: number, value: number): Uint8Array {
+  const data = p.data.slice();
+  const at = p.header[name].data_offsets[0] + 4 * index;
+  new DataView(data.buffer).setFloat32(at, value, true);
+  return data;
+}
+
+const compileArgs = (ckpt: string, dir: string, ...extra: string[]) => [
+  "compile",
+  ckpt,
+  "-o",
+  join(dir, "out.moeq"),
+  "--quiet",
+  ...extra,
+];
+
+/** Checkpoint (safetensors, index, config.json) cases through `compile` and `logits`. */
+export const CHECKPOINT_CASES: CliCase[] = [
+  {
+    id: "st-header-length-past-eof",
+    group: "checkpoint",
+    title: "safetensors header length larger than the file",
+    code: 3,
+    mentions: ["model.safetensors", /header/],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      const path = join(ckpt, "model.safetensors");
+      const bytes = await Deno.readFile(path);
+      bytes.set(headerLengthBytes(bytes.length + 100), 0);
+      await Deno.writeFile(path, bytes);
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "st-header-over-100mb",
+    group: "checkpoint",
+    title: "safetensors header length over 100 MB",
+    code: 5,
+    mentions: ["model.safetensors", /header/],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      const path = join(ckpt, "model.safetensors");
+      const bytes = await Deno.readFile(path);
+      bytes.set(headerLengthBytes(200_000_000), 0);
+      await Deno.writeFile(path, bytes);
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "st-too-small",
+    group: "checkpoint",
+    title: "safetensors file shorter than the 8-byte length field",
+    code: 3,
+    mentions: ["model.safetensors"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      await Deno.writeFile(join(ckpt, "model.safetensors"), new Uint8Array([1, 2, 3]));
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "st-header-not-utf8",
+    group: "checkpoint",
+    title: "safetensors header is not UTF-8",
+    code: 3,
+    mentions: ["model.safetensors", "UTF-8"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      const header = new Uint8Array([0x7b, 0xff, 0xfe, 0x7d, 0x20, 0x20, 0x20, 0x20]);
+      await Deno.writeFile(
+        join(ckpt, "model.safetensors"),
+        concatBytes([headerLengthBytes(header.length), header]),
+      );
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "st-header-not-json",
+    group: "checkpoint",
+    title: "safetensors header is not JSON",
+    code: 3,
+    mentions: ["model.safetensors", "JSON"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      await Deno.writeFile(join(ckpt, "model.safetensors"), rawSafetensors("{not json}      "));
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "st-duplicate-name",
+    group: "checkpoint",
+    title: "two tensors with the same name",
+    code: 3,
+    mentions: ["model.safetensors", "duplicate", "model.norm.weight"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          const norm = JSON.stringify(p.header["model.norm.weight"]);
+          const text = JSON.stringify(p.header);
+          return { header: text.slice(0, -1) + `,"model.norm.weight":${norm}}` };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-overlapping-offsets",
+    group: "checkpoint",
+    title: "two tensors' data_offsets overlap",
+    code: 3,
+    mentions: ["model.safetensors", "overlaps"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          const names = Object.keys(p.header);
+          const a = p.header[names[0]], b = p.header[names[1]];
+          // b starts 4 bytes inside a; keep b's length so dtype x shape still matches.
+          const len = b.data_offsets[1] - b.data_offsets[0];
+          b.data_offsets = [a.data_offsets[1] - 4, a.data_offsets[1] - 4 + len];
+          return { header: p.header };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-offsets-past-data",
+    group: "checkpoint",
+    title: "tensor data_offsets run past the end of the file",
+    code: 3,
+    mentions: ["model.safetensors", "model.norm.weight"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          const t = p.header["model.norm.weight"];
+          const len = t.data_offsets[1] - t.data_offsets[0];
+          t.data_offsets = [p.data.length + 64, p.data.length + 64 + len];
+          return { header: p.header };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-dtype-shape-bytes",
+    group: "checkpoint",
+    title: "dtype x shape does not match the byte length",
+    code: 3,
+    mentions: ["model.safetensors", "model.norm.weight"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          p.header["model.norm.weight"].shape = [17];
+          return { header: p.header };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-unknown-dtype",
+    group: "checkpoint",
+    title: "unknown dtype",
+    code: 3,
+    mentions: ["model.safetensors", "model.norm.weight", "F31"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          p.header["model.norm.weight"].dtype = "F31";
+          return { header: p.header };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-negative-shape",
+    group: "checkpoint",
+    title: "negative dimension in a shape",
+    code: 3,
+    mentions: ["model.safetensors", "model.norm.weight"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          p.header["model.norm.weight"].shape = [-16];
+          return { header: p.header };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-huge-shape",
+    group: "checkpoint",
+    title: "shape whose element count overflows 2^53",
+    code: 3,
+    mentions: ["model.safetensors", "model.norm.weight"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          p.header["model.norm.weight"].shape = [2 ** 40, 2 ** 40];
+          return { header: p.header };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-nan-weight",
+    group: "checkpoint",
+    title: "NaN in an expert weight",
+    code: 3,
+    mentions: ["model.safetensors", EXPERT, "NaN"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => ({ header: p.header, data: poke(p, EXPERT, 5, NaN) })),
+        dir,
+      ),
+  },
+  {
+    id: "st-inf-weight",
+    group: "checkpoint",
+    title: "+Inf in an attention weight",
+    code: 3,
+    mentions: ["model.safetensors", Q_PROJ, "Inf"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => ({
+          header: p.header,
+          data: poke(p, Q_PROJ, 3, Infinity),
+        })),
+        dir,
+      ),
+  },
+  {
+    id: "st-nan-logits",
+    group: "checkpoint",
+    title: "NaN weight through `logits --device cpu`",
+    code: 3,
+    mentions: ["model.safetensors", Q_PROJ, "NaN"],
+    setup: async (dir) => [
+      "logits",
+      await editedCheckpoint(dir, (p) => ({ header: p.header, data: poke(p, Q_PROJ, 0, NaN) })),
+      "--ids",
+      "1,2",
+      "--device",
+      "cpu",
+    ],
+  },
+  {
+    id: "st-missing-tensor",
+    group: "checkpoint",
+    title: "a required tensor is missing",
+    code: 3,
+    mentions: [Q_PROJ],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          // Drop q_proj and shift the following tensors down over its bytes.
+          const [s, e] = p.header[Q_PROJ].data_offsets;
+          delete p.header[Q_PROJ];
+          for (const t of Object.values(p.header)) {
+            if (t.data_offsets[0] >= e) {
+              t.data_offsets = [t.data_offsets[0] - (e - s), t.data_offsets[1] - (e - s)];
+            }
+          }
+          return {
+            header: p.header,
+            data: concatBytes([p.data.subarray(0, s), p.data.subarray(e)]),
+          };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-wrong-tensor-shape",
+    group: "checkpoint",
+    title: "a tensor has the wrong shape for the config",
+    code: 3,
+    mentions: [Q_PROJ],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await editedCheckpoint(dir, (p) => {
+          const t = p.header[Q_PROJ];
+          t.shape = [t.shape[1], t.shape[0]];
+          return { header: p.header };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "st-no-weights",
+    group: "checkpoint",
+    title: "no model.safetensors and no index in the directory",
+    code: 3,
+    mentions: ["model.safetensors"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      await Deno.remove(join(ckpt, "model.safetensors"));
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "index-missing-shard",
+    group: "checkpoint",
+    title: "a shard listed in the index is missing",
+    code: 3,
+    mentions: ["model.safetensors.index.json", "model-00002-of-00002.safetensors"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir, SMALL_MIXTRAL, 2);
+      await Deno.remove(join(ckpt, "model-00002-of-00002.safetensors"));
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "index-not-json",
+    group: "checkpoint",
+    title: "the shard index is not JSON",
+    code: 3,
+    mentions: ["model.safetensors.index.json", "JSON"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir, SMALL_MIXTRAL, 2);
+      await Deno.writeTextFile(join(ckpt, "model.safetensors.index.json"), '{"weight_map": ');
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "index-tensor-not-in-shard",
+    group: "checkpoint",
+    title: "the index maps a tensor to a shard that does not hold it",
+    code: 3,
+    mentions: ["model.safetensors.index.json", "model.norm.weight"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir, SMALL_MIXTRAL, 2);
+      const path = join(ckpt, "model.safetensors.index.json");
+      const index = JSON.parse(await Deno.readTextFile(path));
+      const m = index.weight_map as Record<string, string>;
+      const other = (f: string) =>
+        f.startsWith("model-00001") ? "model-00002-of-00002.safetensors" : "model-00001-of-00002" +
+          ".safetensors";
+      m["model.norm.weight"] = other(m["model.norm.weight"]);
+      await Deno.writeTextFile(path, JSON.stringify(index));
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "config-missing-key",
+    group: "checkpoint",
+    title: "config.json lacks a required key",
+    code: 3,
+    mentions: ["config.json", "hidden_size"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const { hidden_size: _, ...cfg } = SMALL_MIXTRAL;
+      const ckpt = await smallCheckpoint(dir);
+      await Deno.writeTextFile(join(ckpt, "config.json"), JSON.stringify(cfg));
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "config-bad-value",
+    group: "checkpoint",
+    title: "config.json has a non-integer where an integer is required",
+    code: 3,
+    mentions: ["config.json", "num_local_experts"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      await Deno.writeTextFile(
+        join(ckpt, "config.json"),
+        JSON.stringify({ ...SMALL_MIXTRAL, num_local_experts: "four" }),
+      );
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "config-unknown-architecture",
+    group: "checkpoint",
+    title: "config.json names an unsupported architecture",
+    code: 4,
+    mentions: ["config.json", "gpt2"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      await Deno.writeTextFile(
+        join(ckpt, "config.json"),
+        JSON.stringify({ ...SMALL_MIXTRAL, model_type: "gpt2", architectures: ["GPT2LMHeadModel"] }),
+      );
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "config-not-json",
+    group: "checkpoint",
+    title: "config.json is not JSON",
+    code: 3,
+    mentions: ["config.json", "JSON"],
+    dest: "out.moeq",
+    async setup(dir) {
+      const ckpt = await smallCheckpoint(dir);
+      await Deno.writeTextFile(join(ckpt, "config.json"), "model_type = mixtral");
+      return compileArgs(ckpt, dir);
+    },
+  },
+  {
+    id: "checkpoint-dir-missing",
+    group: "checkpoint",
+    title: "the checkpoint directory does not exist",
+    code: 3,
+    mentions: ["nope"],
+    dest: "out.moeq",
+    setup: (dir) => Promise.resolve(compileArgs(join(dir, "nope"), dir)),
+  },
+];
+
+// ---------------------------------------------------------------------------------------------
+// Artifacts
+
+let compiled: Promise<Uint8Array> | null = null;
+
+/**
+ * A small valid artifact (the mixtral-classic fixture at 3 bits), compiled once per process
+ * into a temp file and returned as bytes.
+ */
+export function smallArtifact(): Promise<Uint8Array> {
+  compiled ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "moeq-rel-art-" });
+    try {
+      const fixture = new URL("../testdata/hf-moe/mixtral-classic", import.meta.url).pathname;
+      const ir = await loadCheckpoint(fixture);
+      const out = join(dir, "a.moeq");
+      await compileModel(ir, out, { expertBits: 3, denseBits: 8 });
+      return await Deno.readFile(out);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  })();
+  return compiled;
+}
+
+/** Writes a mutated copy of the small artifact to `dir/bad.moeq` and returns its path. */
+async function badArtifact(dir: string, mutate: (b: Uint8Array) => Uint8Array): Promise<string> {
+  const path = join(dir, "bad.moeq");
+  await Deno.writeFile(path, mutate((await smallArtifact()).slice()));
+  return path;
+}
+
+/** Offset of the first weight segment of an artifact (the first tensor's first segment). */
+function firstSegment(bytes: Uint8Array): number {
+  const pre = decodePreamble(bytes, "test");
+  return Math.ceil((pre.headerOffset + pre.headerLength) / 256) * 256;
+}
+
+const HELDOUT = new URL("../testdata/shakespeare-moe/heldout.txt", import.meta.url).pathname;
+
+/** Artifact cases through `inspect`, `run` and `eval`. */
+export const ARTIFACT_CASES: CliCase[] = [
+  {
+    id: "art-wrong-magic",
+    group: "artifact",
+    title: "wrong magic bytes",
+    code: 3,
+    mentions: ["bad.moeq", "magic"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) => {
+        b.set(new TextEncoder().encode("GGUF"), 0);
+        return b;
+      }),
+    ],
+  },
+  {
+    id: "art-newer-version",
+    group: "artifact",
+    title: "format version newer than this build reads",
+    code: 3,
+    mentions: ["bad.moeq", "version"],
+    setup: async (dir) => ["inspect", await badArtifact(dir, (b) => withPreamble(b, { version: 9 }))],
+  },
+  {
+    id: "art-preamble-crc",
+    group: "artifact",
+    title: "preamble checksum mismatch",
+    code: 3,
+    mentions: ["bad.moeq", "preamble"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) => {
+        b[40] ^= 1; // a reserved byte: only the preamble CRC notices
+        return b;
+      }),
+    ],
+  },
+  {
+    id: "art-header-crc",
+    group: "artifact",
+    title: "header checksum mismatch",
+    code: 3,
+    mentions: ["bad.moeq", "header"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) => {
+        b[decodePreamble(b, "t").headerOffset + 20] ^= 0x10;
+        return b;
+      }),
+    ],
+  },
+  {
+    id: "art-header-verifier",
+    group: "artifact",
+    title: "header is not a valid FlatBuffer (checksums consistent)",
+    code: 3,
+    mentions: ["bad.moeq", "header"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) => {
+        const pre = decodePreamble(b, "t");
+        const junk = new Uint8Array(pre.headerLength).fill(0xab);
+        new DataView(junk.buffer).setUint32(0, pre.headerLength * 4, true); // root offset past end
+        return withHeaderBytes(b, junk);
+      }),
+    ],
+  },
+  {
+    id: "art-segment-past-eof",
+    group: "artifact",
+    title: "a segment offset lies past the end of the file",
+    code: 3,
+    mentions: ["bad.moeq", "segment"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) =>
+        withHeader(b, (h) => {
+          h.tensors[0].data!.offset = 1 << 30;
+        })),
+    ],
+  },
+  {
+    id: "art-unsupported-family",
+    group: "artifact",
+    title: "header config names an unknown model family",
+    code: 4,
+    mentions: ["bad.moeq", "gpt2"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) =>
+        withHeader(b, (h) => {
+          (h.config as { family: string }).family = "gpt2";
+        })),
+    ],
+  },
+  {
+    id: "art-tensor-shape",
+    group: "artifact",
+    title: "a tensor's shape does not match its segment size",
+    code: 3,
+    mentions: ["bad.moeq", /tensor/],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) =>
+        withHeader(b, (h) => {
+          h.tensors[0].shape = [h.tensors[0].shape[0] + 1, ...h.tensors[0].shape.slice(1)];
+        })),
+    ],
+  },
+  {
+    id: "art-file-length",
+    group: "artifact",
+    title: "preamble file length differs from the file size (bytes appended)",
+    code: 3,
+    mentions: ["bad.moeq"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) => concatBytes([b, new Uint8Array(100)])),
+    ],
+  },
+  {
+    id: "art-truncated",
+    group: "artifact",
+    title: "file truncated in the weights",
+    code: 3,
+    mentions: ["bad.moeq"],
+    setup: async (dir) => ["inspect", await badArtifact(dir, (b) => b.slice(0, b.length - 300))],
+  },
+  {
+    id: "art-truncated-preamble",
+    group: "artifact",
+    title: "file shorter than the preamble",
+    code: 3,
+    mentions: ["bad.moeq"],
+    setup: async (dir) => ["inspect", await badArtifact(dir, (b) => b.slice(0, 20))],
+  },
+  {
+    id: "art-empty",
+    group: "artifact",
+    title: "empty file",
+    code: 3,
+    mentions: ["bad.moeq"],
+    setup: async (dir) => ["inspect", await badArtifact(dir, () => new Uint8Array())],
+  },
+  {
+    id: "art-weight-crc-verify",
+    group: "artifact",
+    title: "a weight byte flipped, `inspect --verify`",
+    code: 3,
+    mentions: ["bad.moeq", "CRC32C"],
+    setup: async (dir) => [
+      "inspect",
+      "--verify",
+      await badArtifact(dir, (b) => {
+        b[firstSegment(b) + 5] ^= 0x04;
+        return b;
+      }),
+    ],
+  },
+  {
+    id: "art-weight-crc-run",
+    group: "artifact",
+    title: "a weight byte flipped, `run --device cpu`",
+    code: 3,
+    mentions: ["bad.moeq", "CRC32C"],
+    setup: async (dir) => [
+      "run",
+      await badArtifact(dir, (b) => {
+        b[firstSegment(b) + 5] ^= 0x04;
+        return b;
+      }),
+      "--ids",
+      "1,2",
+      "--max-tokens",
+      "2",
+      "--device",
+      "cpu",
+    ],
+  },
+  {
+    id: "art-weight-crc-eval",
+    group: "artifact",
+    title: "a weight byte flipped near the end, `eval --device cpu`",
+    code: 3,
+    mentions: ["bad.moeq", "CRC32C"],
+    setup: async (dir) => [
+      "eval",
+      await badArtifact(dir, (b) => {
+        b[b.length - 3] ^= 0x80;
+        return b;
+      }),
+      "--text",
+      HELDOUT,
+      "--max-bytes",
+      "64",
+      "--device",
+      "cpu",
+      "--quiet",
+    ],
+  },
+  {
+    id: "art-padding",
+    group: "artifact",
+    title: "a padding byte is non-zero, `inspect --verify`",
+    code: 3,
+    mentions: ["bad.moeq", "padding"],
+    setup: async (dir) => [
+      "inspect",
+      "--verify",
+      await badArtifact(dir, (b) => {
+        b[firstSegment(b) - 1] = 7;
+        return b;
+      }),
+    ],
+  },
+  {
+    id: "art-missing",
+    group: "artifact",
+    title: "the artifact file does not exist",
+    code: 3,
+    mentions: ["missing.moeq"],
+    setup: (dir) => Promise.resolve(["inspect", join(dir, "missing.moeq")]),
+  },
+  {
+    id: "art-is-directory",
+    group: "artifact",
+    title: "the artifact path is a directory",
+    code: 3,
+    mentions: ["adir"],
+    async setup(dir) {
+      await Deno.mkdir(join(dir, "adir"));
+      return ["run", join(dir, "adir"), "--ids", "1", "--device", "cpu"];
+    },
+  },
+  {
+    id: "eval-text-missing",
+    group: "artifact",
+    title: "`eval --text` file does not exist",
+    code: 3,
+    mentions: ["nothere.txt"],
+    setup: async (dir) => [
+      "eval",
+      await badArtifact(dir, (b) => b),
+      "--text",
+      join(dir, "nothere.txt"),
+      "--device",
+      "cpu",
+    ],
+  },
+];
+
+/** Runs one case in a fresh temp dir (removed afterwards) and returns the result. */
+export async function runCase(
+  c: CliCase,
+): Promise<CliResult & { dir: string; args: string[]; leftovers: string[] }> {
+  const dir = await Deno.makeTempDir({ prefix: `moeq-rel-${c.id}-` });
+  try {
+    const args = await c.setup(dir);
+    const r = await runCli(args);
+    const leftovers: string[] = [];
+    for await (const e of Deno.readDir(dir)) {
+      if (e.name.includes(".tmp-") || (c.dest !== undefined && e.name === c.dest)) {
+        leftovers.push(e.name);
+      }
+    }
+    return { ...r, dir, args, leftovers };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Runs a case and asserts everything the reliability contract promises. Returns the message. */
+export async function checkCase(c: CliCase): Promise<string> {
+  const r = await runCase(c);
+  const msg = r.stderr.trim();
+  assert.equal(r.code, c.code, `${c.id}: exit ${r.code}, want ${c.code}; stderr: ${r.stderr}`);
+  assert.ok(isOneLineError(r.stderr), `${c.id}: not one line: ${JSON.stringify(r.stderr)}`);
+  assert.ok(!/internal error/.test(msg), `${c.id}: ${msg}`);
+  for (const m of c.mentions) {
+    if (typeof m === "string") assert.ok(msg.includes(m), `${c.id}: "${msg}" lacks "${m}"`);
+    else assert.match(msg, m, c.id);
+  }
+  assert.deepEqual(r.leftovers, [], `${c.id}: left ${r.leftovers.join(", ")} behind`);
+  return msg.replaceAll(r.dir, "<tmp>");
+}
