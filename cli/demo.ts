@@ -13,7 +13,7 @@ import { compileModel } from "../compiler/compile.ts";
 import { openEngine } from "./model_source.ts";
 import { formatAllocation } from "./format.ts";
 import type { Engine, GenerateOptions } from "../runtime/api.ts";
-import { DeviceError, UsageError } from "../runtime/errors.ts";
+import { UsageError } from "../runtime/errors.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
 
 /** Where `--device auto` runs. */
@@ -21,14 +21,17 @@ type DemoDevice = "auto" | "webgpu" | "cpu";
 
 const ROOT = new URL("../", import.meta.url);
 
-/** The bundled checkpoint and its step-0 weights (for the router-norm change Λ). */
+/**
+ * The bundled checkpoint and its step-0 weights (for the router-norm change Λ), found beside this
+ * module; the default artifact path is relative to the working directory.
+ */
 function bundledPaths(): { checkpoint: string; init: string; out: string } {
   const local = ROOT.protocol === "file:";
   const at = (p: string) => (local ? decodeURIComponent(new URL(p, ROOT).pathname) : p);
   return {
     checkpoint: at("testdata/shakespeare-moe"),
     init: at("testdata/shakespeare-moe/init"),
-    out: at(".tmp/shakespeare-2.5.moeq"),
+    out: ".tmp/shakespeare-2.5.moeq",
   };
 }
 
@@ -47,7 +50,7 @@ export const spec: CommandSpec = {
       help: "auto (WebGPU, else CPU) | webgpu | cpu (float64 reference)",
       default: "auto",
     },
-    out: { type: "string", help: "artifact path", default: ".tmp/shakespeare-2.5.moeq in the repo" },
+    out: { type: "string", help: "artifact path", default: ".tmp/shakespeare-2.5.moeq" },
   },
 };
 
@@ -83,17 +86,16 @@ export async function run(args: Args): Promise<void> {
     } ms)`,
   );
 
-  // 2. Open the engine, falling back to the CPU reference without a WebGPU adapter.
-  let opened: { engine: Engine; tokenizer: Tokenizer };
+  // 2. Open the engine: WebGPU, or the CPU reference when there is no adapter.
   let used: "webgpu" | "cpu" = device === "cpu" ? "cpu" : "webgpu";
-  try {
-    opened = await openEngine(out, used);
-  } catch (e) {
-    if (!(device === "auto" && e instanceof DeviceError)) throw e;
-    console.error(`moeq: note: no usable WebGPU adapter (${e.message}); using --device cpu`);
-    used = "cpu";
-    opened = await openEngine(out, used);
+  if (device === "auto") {
+    const missing = await missingAdapter();
+    if (missing) {
+      console.error(`moeq: note: ${missing}; using --device cpu (the float64 reference)`);
+      used = "cpu";
+    }
   }
+  const opened: { engine: Engine; tokenizer: Tokenizer } = await openEngine(out, used);
   const { engine, tokenizer } = opened;
 
   // 3. Generate, streaming.
@@ -124,6 +126,17 @@ export async function run(args: Args): Promise<void> {
     );
   } finally {
     engine.dispose();
+  }
+}
+
+/** Why WebGPU cannot be used here (no navigator.gpu, no adapter), or null when an adapter exists. */
+async function missingAdapter(): Promise<string | null> {
+  const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!gpu) return "WebGPU is not available (navigator.gpu is missing)";
+  try {
+    return (await gpu.requestAdapter()) ? null : "no WebGPU adapter found";
+  } catch (e) {
+    return `requestAdapter failed: ${(e as Error).message.split("\n")[0]}`;
   }
 }
 

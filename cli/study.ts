@@ -12,15 +12,20 @@
 import type { Args, CommandSpec } from "./args.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import type { ModelIR } from "../compiler/ir.ts";
-import { compileModel, type CompileOptions, type DenseBits } from "../compiler/compile.ts";
+import {
+  compileModel,
+  type CompileOptions,
+  type DenseBits,
+  parseDenseBits,
+} from "../compiler/compile.ts";
 import { calibrate, type CalibrationData } from "../compiler/calibration.ts";
 import { prepareReference } from "../compiler/reference/mod.ts";
 import type { AllocatorName } from "../compiler/passes/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
 import { openArtifact } from "../runtime/artifact.ts";
 import { UsageError } from "../runtime/errors.ts";
-import { type DeviceKind, openEngine } from "./model_source.ts";
-import { evaluateEngine } from "./evaluate.ts";
+import type { DeviceKind } from "./model_source.ts";
+import type { EvalReply, EvalRequest } from "./study_worker.ts";
 import { readTextIds } from "./text.ts";
 import { probe, probeTables } from "./study_probe.ts";
 import { isQuantBits } from "../schemas/packing.ts";
@@ -62,6 +67,7 @@ export const spec: CommandSpec = {
     },
     "probe-bytes": { type: "string", help: "evaluation bytes of --probe", default: "4096" },
     "probe-bits": { type: "string", help: "width of --probe", default: "2" },
+    jobs: { type: "string", help: "parallel evaluation workers", default: "2" },
     json: { type: "boolean", help: "print JSON instead of markdown" },
     quiet: { type: "boolean", help: "no per-run log on stderr" },
   },
@@ -207,6 +213,66 @@ export function studyTable(rows: StudyRow[]): string {
   return lines.join("\n");
 }
 
+/** A fixed set of evaluation Workers, each taking one artifact at a time. */
+class EvalPool {
+  #workers: Worker[] = [];
+  #idle: Worker[] = [];
+  #queue: { req: EvalRequest; resolve: (v: number) => void; reject: (e: Error) => void }[] = [];
+  #waiting = new Map<number, { resolve: (v: number) => void; reject: (e: Error) => void }>();
+  #next = 0;
+  #readyWaiters: (() => void)[] = [];
+
+  constructor(size: number) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(new URL("./study_worker.ts", import.meta.url).href, { type: "module" });
+      w.onmessage = (ev: MessageEvent<EvalReply>) => {
+        const p = this.#waiting.get(ev.data.id)!;
+        this.#waiting.delete(ev.data.id);
+        if (ev.data.error !== undefined) p.reject(new Error(`evaluation: ${ev.data.error}`));
+        else p.resolve(ev.data.bitsPerToken!);
+        this.#idle.push(w);
+        this.#pump();
+      };
+      this.#workers.push(w);
+      this.#idle.push(w);
+    }
+  }
+
+  /** Evaluates an artifact in the next free worker; the file is deleted afterwards. */
+  evaluate(path: string, ids: number[], context: number, device: DeviceKind): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      const done = (f: () => void) => () => Deno.remove(path).catch(() => {}).finally(f);
+      this.#queue.push({
+        req: { id: this.#next++, path, ids, context, device },
+        resolve: (v) => done(() => resolve(v))(),
+        reject: (e) => done(() => reject(e))(),
+      });
+      this.#pump();
+    });
+  }
+
+  /** Resolves once fewer than `max` evaluations are queued or running. */
+  async ready(max: number): Promise<void> {
+    while (this.#queue.length + this.#waiting.size >= max) {
+      await new Promise<void>((resolve) => this.#readyWaiters.push(resolve));
+    }
+  }
+
+  #pump(): void {
+    while (this.#idle.length && this.#queue.length) {
+      const job = this.#queue.shift()!;
+      const w = this.#idle.shift()!;
+      this.#waiting.set(job.req.id, job);
+      w.postMessage(job.req);
+    }
+    for (const r of this.#readyWaiters.splice(0)) r();
+  }
+
+  close(): void {
+    for (const w of this.#workers) w.terminate();
+  }
+}
+
 /** Runs `study`. */
 export async function run(args: Args): Promise<void> {
   const text = args.string("text");
@@ -216,7 +282,11 @@ export async function run(args: Args): Promise<void> {
   const init = initDir ? await loadCheckpoint(initDir) : undefined;
   const cfg = ir.config;
   if (ir.tokenizer.tokenizerJson !== null) {
-    throw new UsageError("study: only byte-level models are supported for now");
+    throw new UsageError(
+      `study: only byte-level models (no tokenizer.json) are supported for now; ${
+        args.positionals[0]
+      } has a tokenizer.json`,
+    );
   }
   const bitsList = args.numberList("bits", [2.25, 2.5, 3]);
   const maxBytes = args.int("max-bytes", 16384, 2);
@@ -231,10 +301,9 @@ export async function run(args: Args): Promise<void> {
       return s as QuantMethod;
     },
   ).filter((m) => m !== quantizer);
-  const denseArg = args.string("dense-bits", "f32");
-  const denseBits =
-    (["f32", "f16", "bf16"].includes(denseArg) ? denseArg : Number(denseArg)) as DenseBits;
+  const denseBits: DenseBits = parseDenseBits(args.string("dense-bits", "f32"));
   const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], "cpu");
+  const jobs = args.int("jobs", 2, 1, 64);
   const seeds = args.int("seeds", 10, 0, 1000);
   const groupSize = args.int("group-size", 64, 1);
   const only = args.string("only")?.split(",");
@@ -242,6 +311,17 @@ export async function run(args: Args): Promise<void> {
 
   const evalIds = await readTextIds(text, null, { maxBytes });
   const calibIds = await readTextIds(text, null, { offset: maxBytes, maxBytes: calibBytes });
+  // Byte-level: every byte is a token id, so the text must stay inside the vocabulary.
+  for (const [ids, offset] of [[evalIds, 0], [calibIds, maxBytes]] as const) {
+    const i = ids.findIndex((b) => b >= cfg.vocabSize);
+    if (i >= 0) {
+      throw new UsageError(
+        `study: ${text}: byte ${ids[i]} at offset ${offset + i} is not a token of ${
+          args.positionals[0]
+        } (byte-level, vocab ${cfg.vocabSize})`,
+      );
+    }
+  }
   let runs = runsFor(bitsList, quantizer, denseBits, extra, seeds, init !== undefined);
   if (only) runs = runs.filter((r) => only.includes(r.label) || r.label === "f32");
 
@@ -268,11 +348,15 @@ export async function run(args: Args): Promise<void> {
     return;
   }
   const dir = await Deno.makeTempDir({ prefix: "moeq-study-" });
+  const pool = new EvalPool(jobs);
   const rows: StudyRow[] = [];
-  let f32 = NaN;
+  // Runs whose artifacts hold identical weights (same allocation, quantizer, dense storage) are
+  // evaluated once: e.g. paper with and without init when Λ orders agree.
+  const byKey = new Map<string, Promise<number>>();
+  const pending: Promise<void>[] = [];
   try {
     for (const [i, r] of runs.entries()) {
-      const path = `${dir}/run.moeq`;
+      const path = `${dir}/run-${i}.moeq`;
       const tc = performance.now();
       const compiled = await compileModel(ir, path, {
         groupSize,
@@ -283,40 +367,52 @@ export async function run(args: Args): Promise<void> {
       const art = await openArtifact(path);
       const avg = art.summary.avgExpertBits;
       art.close();
-      const te = performance.now();
-      const { engine } = await openEngine(path, device);
-      let bpb: number;
-      try {
-        bpb = (await evaluateEngine(engine, evalIds, context)).bitsPerToken;
-      } finally {
-        engine.dispose();
-      }
-      if (r.label === "f32") f32 = bpb;
+      const compileS = (performance.now() - tc) / 1000;
+      const method = String(r.opts.quantizer ?? quantizer);
+      const key = JSON.stringify([
+        r.opts.denseBits ?? denseBits,
+        r.opts.denseQuantizer ?? "rtn",
+        typeof r.opts.expertBits === "number" ? method : r.opts.expertBits,
+        compiled.experts.map((e) => e.bits),
+      ]);
+      let evaluation = byKey.get(key);
+      const reused = evaluation !== undefined;
+      if (!evaluation) {
+        evaluation = pool.evaluate(path, evalIds, context, device);
+        byKey.set(key, evaluation);
+      } else await Deno.remove(path);
       const row: StudyRow = {
         label: r.label,
         allocator: typeof r.opts.expertBits === "number" ? allocatorOf(r.label) : "-",
         quantizer: typeof r.opts.expertBits === "number"
-          ? (compiled.experts.length ? String(r.opts.quantizer ?? quantizer) : "-")
+          ? (compiled.experts.length ? method : "-")
           : (typeof r.opts.denseBits === "number" ? String(r.opts.denseQuantizer ?? "rtn") : "-"),
         targetBits: typeof r.opts.expertBits === "number" ? r.opts.expertBits : null,
         avgExpertBits: avg,
         denseBits: String(r.opts.denseBits ?? denseBits),
         bytes: compiled.bytes,
-        bitsPerByte: bpb,
-        delta: bpb - f32,
+        bitsPerByte: NaN,
+        delta: NaN,
       };
       rows.push(row);
-      log(
-        `[${i + 1}/${runs.length}] ${r.label.padEnd(22)} bpb ${bpb.toFixed(4)}  avg bits ${
-          avg.toFixed(3)
-        }  compile ${((te - tc) / 1000).toFixed(1)} s  eval ${
-          ((performance.now() - te) / 1000).toFixed(1)
-        } s`,
-      );
+      pending.push(evaluation.then((bpb) => {
+        row.bitsPerByte = bpb;
+        log(
+          `[${i + 1}/${runs.length}] ${r.label.padEnd(22)} bpb ${bpb.toFixed(4)}  avg bits ${
+            avg.toFixed(3)
+          }  compile ${compileS.toFixed(1)} s${reused ? "  (same weights as an earlier run)" : ""}`,
+        );
+      }));
+      // Keep at most a few compiled artifacts waiting on disk.
+      await pool.ready(jobs + 1);
     }
+    await Promise.all(pending);
   } finally {
+    pool.close();
     await Deno.remove(dir, { recursive: true });
   }
+  const f32 = rows.find((r) => r.label === "f32")?.bitsPerByte ?? NaN;
+  for (const r of rows) r.delta = r.bitsPerByte - f32;
   const table = aggregate(rows);
   const seconds = (performance.now() - t0) / 1000;
   if (args.flag("json")) {

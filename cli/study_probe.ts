@@ -110,7 +110,14 @@ export async function probe(
       const restore = swapExpert(ref, l, e, q);
       const delta = (await bpb(ref, ids, opts.context)) - base;
       restore();
-      experts.push({ layer: l, expert: e, lambda: lambda[l][e], frequency: freq[l][e], proxy, delta });
+      experts.push({
+        layer: l,
+        expert: e,
+        lambda: lambda[l][e],
+        frequency: freq[l][e],
+        proxy,
+        delta,
+      });
       log(`probe L${l} E${e}: Δ ${delta.toFixed(5)} proxy ${proxy.toExponential(3)}`);
     }
   }
@@ -154,16 +161,20 @@ export async function probe(
 export function probeTables(p: ProbeResult): string {
   const f = (x: number, d = 3) => (x >= 0 ? "+" : "") + x.toFixed(d);
   const lines = [
-    `Probe: ${p.quantizer} ${p.bits}-bit, ${p.evalTokens} eval bytes, base ${p.base.toFixed(4)} bits/byte`,
+    `Probe: ${p.quantizer} ${p.bits}-bit, ${p.evalTokens} eval bytes, base ${
+      p.base.toFixed(4)
+    } bits/byte`,
     "",
     "| layer | Δ layer | Σ Δ experts | ρ(Λ,Δ) | ρ(Λ,freq) | ρ(freq,Δ) | ρ(proxy,Δ) |",
     "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   for (const l of p.layers) {
     lines.push(
-      `| ${l.layer} | ${l.delta.toFixed(4)} | ${l.sumDelta.toFixed(4)} | ${f(l.rhoLambdaDelta, 2)} | ${
-        f(l.rhoLambdaFrequency, 2)
-      } | ${f(l.rhoFrequencyDelta, 2)} | ${f(l.rhoProxyDelta, 2)} |`,
+      `| ${l.layer} | ${l.delta.toFixed(4)} | ${l.sumDelta.toFixed(4)} | ${
+        f(l.rhoLambdaDelta, 2)
+      } | ${f(l.rhoLambdaFrequency, 2)} | ${f(l.rhoFrequencyDelta, 2)} | ${
+        f(l.rhoProxyDelta, 2)
+      } |`,
     );
   }
   const o = p.overall;

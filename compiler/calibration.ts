@@ -35,6 +35,14 @@ export interface CalibrationData {
   counts: number[][];
   /** samples[layer][expert] (empty rows for dense layers). */
   samples: ExpertSample[][];
+  /** The calibration token ids and window length (the `budget` layer probe re-runs them). */
+  ids: readonly number[];
+  context: number;
+  /**
+   * Results derived from this calibration that do not depend on the target (the budget costs
+   * per quantizer), kept so a study compiling many variants computes them once.
+   */
+  memo: Map<string, unknown>;
 }
 
 /** Options of {@link calibrate}. */
@@ -111,5 +119,5 @@ export async function calibrate(
       s.weights = s.weights.slice(0, s.n);
     }
   }
-  return { tokens, counts, samples };
+  return { tokens, counts, samples, ids: [...ids], context, memo: new Map() };
 }

@@ -7,7 +7,9 @@
  *    `budget`): the float64 reference runs a little text and records routing counts and a bounded
  *    sample of each expert's inputs (compiler/calibration.ts).
  * 3. **Costs** (`budget` only): each expert quantized at every candidate width, damage measured
- *    on its calibration inputs (compiler/expert_error.ts) or, without calibration, as weight error.
+ *    on its calibration inputs (compiler/expert_error.ts) and scaled per layer by that layer's
+ *    measured loss sensitivity on the calibration text (`budgetCost: "layer"`, docs/STUDY.md) or,
+ *    without calibration, as weight error.
  * 4. **Allocation**: bits[layer][expert] from the chosen allocator (compiler/passes/).
  * 5. **Emit**: tensor by tensor, quantized per the plan, streamed into the artifact.
  *
@@ -24,13 +26,20 @@ import {
   routerNorm,
   routingFrequency,
   type ScoreTable,
-  weightStats,
 } from "./passes/mod.ts";
 import { HessianAccumulator, quantizeMatrix, type QuantMethod } from "./quantize/mod.ts";
 import { emitArtifact, type TensorEncoding } from "./emit/mod.ts";
-import { prepareReference } from "./reference/mod.ts";
+import { MomentAccumulator } from "./emit/stats.ts";
+import { QuantizePool } from "./parallel/pool.ts";
+import { evaluateReference, prepareReference } from "./reference/mod.ts";
 import { calibrate, type CalibrationData } from "./calibration.ts";
-import { type ExpertWeights, outputError, squaredError } from "./expert_error.ts";
+import {
+  type ExpertWeights,
+  layerDelta,
+  layerScales,
+  outputError,
+  squaredError,
+} from "./expert_error.ts";
 import type { ExpertReport, FloatStorage } from "../runtime/artifact.ts";
 import { UsageError } from "../runtime/errors.ts";
 import {
@@ -67,6 +76,13 @@ export interface CompileOptions {
   levels?: number[];
   /** Candidate widths of the budget allocator (default [2, 3, 4]). */
   widths?: number[];
+  /**
+   * What the budget allocator minimises per expert and width: "layer" (default with calibration)
+   * the output error on calibration inputs scaled by the layer's measured loss sensitivity,
+   * "output" the output error alone, "weight" (default without calibration) the squared weight
+   * error.
+   */
+  budgetCost?: "layer" | "output" | "weight";
   /** Byte budget for all experts (budget allocator), instead of the average. */
   maxBytes?: number;
   /** Step-0 checkpoint of the same model (router-norm change). */
@@ -77,6 +93,8 @@ export interface CompileOptions {
   calibration?: CalibrationData;
   /** Calibration window (default: the model's max positions, at most 512). */
   calibrationContext?: number;
+  /** Worker threads quantizing RTN/HQQ matrices (0 = this thread; output is identical). */
+  workers?: number;
   /** Progress: phase name, done, total. */
   onProgress?: (phase: string, done: number, total: number) => void;
 }
@@ -310,30 +328,76 @@ export async function compileModel(
       0,
     );
   let budget;
+  const budgetNotes: string[] = [];
   if (quantizedExperts && allocator === "budget") {
     t = performance.now();
-    const cost = table(ir, () => [] as number[]);
-    const bytes = table(ir, () => [] as number[]);
-    for (const [i, e] of experts.entries()) {
-      const w = await readExpert(e);
-      const h = method === "gptq" && calib
-        ? expertHessians(w, calib, e.layer, e.expert)
-        : undefined;
-      for (const b of widths) {
-        const q = quantizeExpert(w, b, groupSize, method, h);
-        cost[e.layer][e.expert].push(
-          calib
-            ? outputError(w, q, calib.samples[e.layer][e.expert]).cost
-            : (["gate", "up", "down"] as const).reduce(
-              (s, k) => s + squaredError(w[k], q[k]).err,
-              0,
-            ),
-        );
-        bytes[e.layer][e.expert].push(expertBytes(e, b));
-      }
-      progress("costs", i + 1, experts.length);
+    const costMode = opts.budgetCost ?? (calib ? "layer" : "weight");
+    if (costMode !== "weight" && !calib) {
+      throw new UsageError(`budget cost "${costMode}" needs calibration data`);
     }
-    budget = { widths, cost, bytes, maxBytes: opts.maxBytes };
+    const memoKey = `budget|${method}|${groupSize}|${widths}|${costMode}`;
+    type Costs = { cost: number[][][]; bytes: number[][][]; notes: string[] };
+    let costs = calib?.memo.get(memoKey) as Costs | undefined;
+    if (!costs) {
+      const cost = table(ir, () => [] as number[]);
+      const bytes = table(ir, () => [] as number[]);
+      const notes: string[] = [];
+      // "layer": each layer's output-error proxies are scaled to measured bits/token (see
+      // layerScales), one layer at a time so only that layer's quantized experts are held.
+      const ref = costMode === "layer" ? await prepareReference(ir) : null;
+      const base = ref
+        ? (await evaluateReference(ref, calib!.ids, { context: calib!.context })).bitsPerToken
+        : 0;
+      const deltas = ir.layers.map(() => 0);
+      let lowest: ExpertWeights[] = [];
+      for (const [i, e] of experts.entries()) {
+        const w = await readExpert(e);
+        const h = method === "gptq" && calib
+          ? expertHessians(w, calib, e.layer, e.expert)
+          : undefined;
+        for (const b of widths) {
+          const q = quantizeExpert(w, b, groupSize, method, h);
+          if (ref && b === widths[0]) lowest[e.expert] = q;
+          cost[e.layer][e.expert].push(
+            costMode !== "weight"
+              ? outputError(w, q, calib!.samples[e.layer][e.expert]).cost
+              : (["gate", "up", "down"] as const).reduce(
+                (s, k) => s + squaredError(w[k], q[k]).err,
+                0,
+              ),
+          );
+          bytes[e.layer][e.expert].push(expertBytes(e, b));
+        }
+        const last = i + 1 === experts.length || experts[i + 1].layer !== e.layer;
+        if (ref && last) {
+          deltas[e.layer] = await layerDelta(
+            ref,
+            calib!.ids,
+            calib!.context,
+            e.layer,
+            lowest,
+            base,
+          );
+          lowest = [];
+        }
+        progress("costs", i + 1, experts.length);
+      }
+      if (ref) {
+        const scale = layerScales(
+          deltas,
+          cost.map((row) => row.reduce((s, c) => s + (c[0] ?? 0), 0)),
+        );
+        cost.forEach((row, l) => row.forEach((c) => c.forEach((_, k) => c[k] *= scale[l])));
+        notes.push(
+          `budget cost: output error × measured layer sensitivity; Δ bits/token with a layer's ` +
+            `experts at ${widths[0]} bits: ${deltas.map((d) => d.toFixed(4)).join(", ")}`,
+        );
+      } else notes.push(`budget cost: ${costMode === "output" ? "output error" : "weight error"}`);
+      costs = { cost, bytes, notes };
+      calib?.memo.set(memoKey, costs);
+    }
+    budgetNotes.push(...costs.notes);
+    budget = { widths, cost: costs.cost, bytes: costs.bytes, maxBytes: opts.maxBytes };
     timings.costs = performance.now() - t;
   }
 
@@ -356,6 +420,7 @@ export async function compileModel(
       budget,
     });
   }
+  allocation?.summary.notes.push(...budgetNotes);
   timings.passes += performance.now() - t;
 
   // 5. Emit, measuring each expert's weight error and statistics as its matrices stream by.
@@ -365,7 +430,7 @@ export async function compileModel(
     maxVar,
     ...(frequency ? { frequency } : {}),
   };
-  const errAcc = table(ir, () => ({ err: 0, ref: 0, parts: [] as Float32Array[] }));
+  const errAcc = table(ir, () => ({ err: 0, ref: 0, parts: 0, moments: new MomentAccumulator() }));
   const stats = table(ir, () => ({ range: 0, kurtosis: 0 }));
   const report = (): ExpertReport[] =>
     experts.map((e) => {
@@ -386,7 +451,9 @@ export async function compileModel(
       };
     });
   const hessianCache = new Map<string, { x: Float64Array; a: Float64Array }>();
+  const pool = opts.workers && quantizedExperts ? new QuantizePool(opts.workers) : undefined;
   const written = await emitArtifact(ir, dest, {
+    pool,
     encode: (p) => {
       if (p.expert < 0 || !p.role.startsWith("expert_")) {
         return denseEncoding(p, denseBits, groupSize, denseMethod);
@@ -425,25 +492,23 @@ export async function compileModel(
       init: opts.init ? opts.init.source : null,
       calibrationTokens: calib?.tokens ?? 0,
     },
-    onQuantized: (p, original, dequantized) => {
+    onQuantError: (p, err, ref) => {
       if (p.expert < 0 || !p.role.startsWith("expert_")) return;
       const acc = errAcc[p.layer][p.expert];
-      const s = squaredError(original, dequantized);
-      acc.err += s.err;
-      acc.ref += s.ref;
+      acc.err += err;
+      acc.ref += ref;
     },
     onTensor: (_rec, i, n) => progress("emit", i + 1, n),
     onValues: (p, values) => {
       if (p.expert < 0 || !p.role.startsWith("expert_")) return;
       const acc = errAcc[p.layer][p.expert];
-      acc.parts.push(values);
-      if (acc.parts.length === 3) {
-        const ws = weightStats(...acc.parts);
+      acc.moments.add(values, p.ref.name); // streamed: the three matrices are never held together
+      if (++acc.parts === 3) {
+        const ws = acc.moments.finish();
         stats[p.layer][p.expert] = { range: ws.range, kurtosis: ws.kurtosis };
-        acc.parts = [];
       }
     },
-  });
+  }).finally(() => pool?.close());
   timings.emit = performance.now() - t;
   timings.total = performance.now() - t0;
   return {

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { matmul, type ReferenceModel, silu } from "./reference/mod.ts";
+import { evaluateReference, matmul, type ReferenceModel, silu } from "./reference/mod.ts";
 import { UsageError } from "../runtime/errors.ts";
 import type { ExpertSample } from "./calibration.ts";
 
@@ -168,4 +168,39 @@ export function spearman(a: readonly number[], b: readonly number[]): number {
     sbb += (rb[i] - mb) ** 2;
   }
   return saa > 0 && sbb > 0 ? sab / Math.sqrt(saa * sbb) : NaN;
+}
+
+/**
+ * Measured loss sensitivity of one MoE layer: all its experts are replaced by `quantized[e]`
+ * (e.g. their lowest-width versions), the float64 reference is evaluated on `ids`, and the
+ * result is the increase in bits/token over `base` (the float model's bits/token on `ids`).
+ */
+export async function layerDelta(
+  model: ReferenceModel,
+  ids: readonly number[],
+  context: number,
+  layer: number,
+  quantized: readonly ExpertWeights[],
+  base: number,
+): Promise<number> {
+  const restores = quantized.map((q, e) => swapExpert(model, layer, e, q));
+  try {
+    return (await evaluateReference(model, ids, { context })).bitsPerToken - base;
+  } finally {
+    restores.forEach((r) => r());
+  }
+}
+
+/**
+ * Per-layer factors that turn output-error proxies into bits/token: scale_l = Δ_l / Σ_e proxy_le,
+ * where Δ_l is {@link layerDelta} at the lowest width and the sum runs over the same experts at
+ * the same width. A MoE layer whose Δ is not positive (noise on a short text) gets 0.1 × the
+ * smallest positive scale of the others, so its experts still rank among themselves; dense
+ * layers (no experts, `proxySum` 0 and Δ 0) get 0.
+ */
+export function layerScales(delta: readonly number[], proxySum: readonly number[]): number[] {
+  const raw = delta.map((d, l) => (proxySum[l] > 0 && d > 0 ? d / proxySum[l] : NaN));
+  const positive = raw.filter((x) => x > 0);
+  const floor = positive.length ? Math.min(...positive) * 0.1 : 1;
+  return raw.map((x, l) => (proxySum[l] > 0 ? (x > 0 ? x : floor) : 0));
 }

@@ -23,7 +23,7 @@ artifact.close();
 const engine = await loadModel(path);
 
 const stop = new AbortController();
-Deno.addSignalListener("SIGINT", () => stop.abort());
+for (const sig of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(sig, () => stop.abort());
 const server = serve(engine, tokenizer, { port: Number(port), signal: stop.signal });
 await server.finished;
 engine.dispose();

@@ -722,8 +722,9 @@ export async function openArtifact(path: string): Promise<Artifact> {
     throw new IoError(`${path}: cannot open: ${(e as Error).message}`, { cause: e });
   }
   try {
-    const size = (await file.stat()).size;
-    return await openSource(new FileSource(file, size, path), path);
+    const st = await file.stat();
+    if (!st.isFile) throw new InputError("not a regular file", path);
+    return await openSource(new FileSource(file, st.size, path), path);
   } catch (e) {
     file.close();
     throw e;

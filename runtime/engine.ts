@@ -29,10 +29,14 @@ import {
   type Dispatch,
   encodeDispatches,
   getKernel,
+  type KernelSource,
   mapStaging,
+  prepareKernels,
   STEP_BYTES,
   storageBuffer,
 } from "./kernels/kernel.ts";
+import { type TiledKey, tiledGroups, tiledMatmulSource } from "./kernels/tiled.ts";
+import type { QuantizedTensor } from "../schemas/packing.ts";
 import {
   formatName,
   type HostMatrix,
@@ -52,6 +56,7 @@ import {
   EW,
   rmsNormSource,
   ropeStoreSource,
+  routeListsSource,
   routerSource,
   swigluSource,
 } from "./kernels/ops.ts";
@@ -69,8 +74,16 @@ export interface WebGpuEngineOptions {
   prefillChunk?: number;
   /** Tokens per workgroup in prefill matmuls (default 4). */
   prefillTile?: number;
-  /** Most threads per matrix row in matmuls (default: 64 on GPUs, 16 on CPU adapters). */
+  /** Most threads per matrix row in classic matmuls (default: 64 on GPUs, 16 on CPU adapters). */
   threadsPerRow?: number;
+  /**
+   * Matmul kernel style: "tiled" (register-tiled, routed-token expert lists, fused gate/up and
+   * q/k/v; made for CPU adapters, see kernels/tiled.ts) or "classic" (threads cooperate on a
+   * row, coalesced reads; made for GPUs). Default: tiled on CPU adapters, classic otherwise.
+   */
+  kernels?: "tiled" | "classic";
+  /** Output rows per invocation in tiled matmuls (default 8). */
+  rowTile?: number;
 }
 
 /** Largest weight-set binding the engine creates for grouped experts (the WebGPU default). */
@@ -80,6 +93,38 @@ const EXPERT_SET_BYTES = 128 * 1024 * 1024;
 interface ExpertSet {
   set: WeightSet;
   gex: GPUBuffer;
+}
+
+/** A matrix per output part stacked row-wise ([gate; up] or [q; k; v]) when all share a format. */
+function stackHost(parts: HostMatrix[]): HostMatrix {
+  if (parts.every((p) => "raw" in p)) {
+    const raws = parts.map((p) => (p as { raw: Uint8Array }).raw);
+    const out = new Uint8Array(raws.reduce((a, r) => a + r.length, 0));
+    let o = 0;
+    for (const r of raws) {
+      out.set(r, o);
+      o += r.length;
+    }
+    return { raw: out };
+  }
+  const qs = parts as QuantizedTensor[];
+  const cat = <A extends Uint32Array | Uint16Array | Float32Array>(arrs: A[]): A => {
+    const C = arrs[0].constructor as { new (n: number): A };
+    const out = new C(arrs.reduce((a, r) => a + r.length, 0));
+    let o = 0;
+    for (const r of arrs) {
+      out.set(r as never, o);
+      o += r.length;
+    }
+    return out;
+  };
+  return {
+    ...qs[0],
+    rows: qs.reduce((a, q) => a + q.rows, 0),
+    codes: cat(qs.map((q) => q.codes)),
+    scales: cat(qs.map((q) => q.scales) as Uint16Array[]),
+    zeros: cat(qs.map((q) => q.zeros) as Uint16Array[]),
+  };
 }
 
 interface LayerWeights {
@@ -95,10 +140,14 @@ interface LayerWeights {
   qNorm?: GPUBuffer;
   kNorm?: GPUBuffer;
   kind: "moe" | "dense";
+  /** Tiled style: [q; k; v] stacked (when they share a format and there is no q/k norm). */
+  qkv?: WeightSet;
+  qkvBias?: GPUBuffer;
   router?: WeightSet;
-  experts?: { gate: ExpertSet[]; up: ExpertSet[]; down: ExpertSet[] };
-  /** Shared expert (MoE) or the dense MLP. */
-  mlp?: { gate: WeightSet; up: WeightSet; down: WeightSet };
+  /** Routed experts; tiled style with equal gate/up formats: gateUp stacked, gate/up empty. */
+  experts?: { gate: ExpertSet[]; up: ExpertSet[]; down: ExpertSet[]; gateUp?: ExpertSet[] };
+  /** Shared expert (MoE) or the dense MLP; gateUp stacked in the tiled style. */
+  mlp?: { gate?: WeightSet; up?: WeightSet; down: WeightSet; gateUp?: WeightSet };
   sharedGate?: WeightSet;
   kCache: GPUBuffer;
   vCache: GPUBuffer;
@@ -150,8 +199,13 @@ export async function createWebGpuEngine(
   }
   if (cfg.headDim % 2 !== 0) throw new UnsupportedError(`odd head_dim ${cfg.headDim}`);
   const maxContext = opts.maxContext ?? Math.min(cfg.maxPositions || 4096, 4096);
-  const chunk = Math.max(1, Math.min(opts.prefillChunk ?? 64, maxContext));
-  const tile = opts.prefillTile ?? 4;
+  // Default chunk: up to 128 tokens (fewer submissions and dispatches per prompt), fewer for
+  // large vocabularies so the logits buffer stays within 64 MiB.
+  const defaultChunk = Math.max(16, Math.min(128, Math.floor(2 ** 26 / (cfg.vocabSize * 4))));
+  const chunk = Math.max(
+    1,
+    Math.min(opts.prefillChunk ?? defaultChunk, maxContext, Math.floor(4096 / cfg.routing.topK)),
+  );
 
   // Index the tensors.
   const byKey = new Map<string, TensorRecord>();
@@ -209,6 +263,9 @@ export async function createWebGpuEngine(
     cpu = ctx.cpu;
   }
   const tpr = opts.threadsPerRow ?? (cpu ? 16 : 64);
+  const tiled = (opts.kernels ?? (cpu ? "tiled" : "classic")) === "tiled";
+  const tile = opts.prefillTile ?? (tiled ? 8 : 4);
+  const rowTile = opts.rowTile ?? 8;
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
 
@@ -238,30 +295,73 @@ export async function createWebGpuEngine(
     weightBytes += v.byteLength;
     return storageBuffer(device, v.byteLength, t.name, v);
   };
-  const expertSets = async (role: string, layer: number, shape: number[]): Promise<ExpertSet[]> => {
-    const groups = new Map<string, TensorRecord[]>();
+  /** Same storage format for every record? */
+  const sameFormat = (ts: TensorRecord[]) =>
+    ts.every((t) => formatName(formatOf(t)) === formatName(formatOf(ts[0])));
+  /**
+   * Uploads the routed experts of `roles` (one role, or several stacked row-wise per expert,
+   * e.g. [gate, up]) grouped by storage format, each group split so no binding exceeds
+   * EXPERT_SET_BYTES.
+   */
+  const expertSets = async (
+    roles: string[],
+    layer: number,
+    shape: number[],
+  ): Promise<ExpertSet[]> => {
+    const groups = new Map<string, TensorRecord[][]>();
     for (let e = 0; e < E; e++) {
-      const t = need(role, layer, e, shape);
-      const key = formatName(formatOf(t));
+      const ts = roles.map((role) => need(role, layer, e, shape));
+      const key = formatName(formatOf(ts[0]));
       if (!groups.has(key)) groups.set(key, []);
-      groups.get(key)!.push(t);
+      groups.get(key)!.push(ts);
     }
+    const rows = shape[0] * roles.length;
     const out: ExpertSet[] = [];
     for (const members of groups.values()) {
-      const fmt = formatOf(members[0]);
-      const per = matrixBytes(fmt, shape[0], shape[1]);
+      const fmt = formatOf(members[0][0]);
+      const per = matrixBytes(fmt, rows, shape[1]);
       const n = Math.max(1, Math.floor(EXPERT_SET_BYTES / per));
       for (let i = 0; i < members.length; i += n) {
         const part = members.slice(i, i + n);
         const mats = [];
-        for (const t of part) mats.push(await readHost(t));
-        const set = uploadWeightSet(device, fmt, shape[0], shape[1], mats, `${role}.${layer}`);
+        for (const ts of part) {
+          const hosts = [];
+          for (const t of ts) hosts.push(await readHost(t));
+          mats.push(hosts.length === 1 ? hosts[0] : stackHost(hosts));
+        }
+        const label = `${roles.join("+")}.${layer}`;
+        const set = uploadWeightSet(device, fmt, rows, shape[1], mats, label);
         weightBytes += set.bytes;
-        const ids = new Uint32Array(part.map((t) => t.expert));
+        const ids = new Uint32Array(part.map((ts) => ts[0].expert));
         out.push({ set, gex: storageBuffer(device, ids.byteLength, "gex", ids) });
       }
     }
     return out;
+  };
+  /** Uploads several same-format matrices stacked row-wise as one weight set. */
+  const stacked = async (ts: TensorRecord[]): Promise<WeightSet> => {
+    const hosts = [];
+    for (const t of ts) hosts.push(await readHost(t));
+    const rows = ts.reduce((a, t) => a + t.shape[0], 0);
+    const set = uploadWeightSet(
+      device,
+      formatOf(ts[0]),
+      rows,
+      ts[0].shape[1],
+      [stackHost(hosts)],
+      ts.map((t) => t.name).join("+"),
+    );
+    weightBytes += set.bytes;
+    return set;
+  };
+  /** Dense MLP (or shared expert) weights: gate/up stacked in the tiled style when possible. */
+  const mlpWeights = async (prefix: string, layer: number, I: number) => {
+    const g = need(`${prefix}_gate`, layer, -1, [I, H]);
+    const up = need(`${prefix}_up`, layer, -1, [I, H]);
+    const down = await matrix(need(`${prefix}_down`, layer, -1, [H, I]));
+    const fits = matrixBytes(formatOf(g), 2 * I, H) <= device.limits.maxStorageBufferBindingSize;
+    if (tiled && fits && sameFormat([g, up])) return { gateUp: await stacked([g, up]), down };
+    return { gate: await matrix(g), up: await matrix(up), down };
   };
 
   const embedT = need("embed", -1, -1, [V, H]);
@@ -273,12 +373,19 @@ export async function createWebGpuEngine(
   for (let l = 0; l < cfg.numLayers; l++) {
     const qn = cfg.qkNorm === "head" ? [hd] : [nh * hd];
     const kn = cfg.qkNorm === "head" ? [hd] : [nkv * hd];
+    const qT = need("attn_q", l, -1, [nh * hd, H]);
+    const kT = need("attn_k", l, -1, [nkv * hd, H]);
+    const vT = need("attn_v", l, -1, [nkv * hd, H]);
+    const bindLimit = device.limits.maxStorageBufferBindingSize;
+    const fuseQkv = tiled && cfg.qkNorm === "none" && sameFormat([qT, kT, vT]) &&
+      matrixBytes(formatOf(qT), (nh + 2 * nkv) * hd, H) <= bindLimit;
     const L: LayerWeights = {
       inputNorm: await vector(need("input_norm", l, -1, [H])),
       postNorm: await vector(need("post_attention_norm", l, -1, [H])),
-      q: await matrix(need("attn_q", l, -1, [nh * hd, H])),
-      k: await matrix(need("attn_k", l, -1, [nkv * hd, H])),
-      v: await matrix(need("attn_v", l, -1, [nkv * hd, H])),
+      qkv: fuseQkv ? await stacked([qT, kT, vT]) : undefined,
+      q: fuseQkv ? undefined! : await matrix(qT),
+      k: fuseQkv ? undefined! : await matrix(kT),
+      v: fuseQkv ? undefined! : await matrix(vT),
       o: await matrix(need("attn_o", l, -1, [H, nh * hd])),
       qBias: cfg.qkvBias ? await vector(need("attn_q_bias", l, -1, [nh * hd])) : undefined,
       kBias: cfg.qkvBias ? await vector(need("attn_k_bias", l, -1, [nkv * hd])) : undefined,
@@ -289,31 +396,52 @@ export async function createWebGpuEngine(
       kCache: storageBuffer(device, cacheBytes, `kcache.${l}`),
       vCache: storageBuffer(device, cacheBytes, `vcache.${l}`),
     };
+    if (fuseQkv && cfg.qkvBias) {
+      // One bias vector [q; k; v] for the stacked projection.
+      const all = new Float32Array((nh + 2 * nkv) * hd);
+      const parts = [["attn_q_bias", nh * hd, 0], ["attn_k_bias", nkv * hd, nh * hd], [
+        "attn_v_bias",
+        nkv * hd,
+        (nh + nkv) * hd,
+      ]] as const;
+      for (const [role, n, at] of parts) {
+        const t = need(role, l, -1, [n]);
+        if (t.storage === "q") throw new InputError(`vector ${t.name} cannot be quantized`, file);
+        all.set(floatBytesToF32(await readFloat(t), t.storage), at);
+      }
+      weightBytes += all.byteLength;
+      L.qkvBias = storageBuffer(device, all.byteLength, `qkv_bias.${l}`, all);
+    }
     if (L.kind === "moe") {
       L.router = await matrix(need("router", l, -1, [E, H]));
-      L.experts = {
-        gate: await expertSets("expert_gate", l, [I, H]),
-        up: await expertSets("expert_up", l, [I, H]),
-        down: await expertSets("expert_down", l, [H, I]),
-      };
+      let fuseGateUp = tiled;
+      for (let e = 0; e < E && fuseGateUp; e++) {
+        fuseGateUp = sameFormat([
+          need("expert_gate", l, e, [I, H]),
+          need("expert_up", l, e, [I, H]),
+        ]);
+      }
+      L.experts = fuseGateUp
+        ? {
+          gate: [],
+          up: [],
+          gateUp: await expertSets(["expert_gate", "expert_up"], l, [I, H]),
+          down: await expertSets(["expert_down"], l, [H, I]),
+        }
+        : {
+          gate: await expertSets(["expert_gate"], l, [I, H]),
+          up: await expertSets(["expert_up"], l, [I, H]),
+          down: await expertSets(["expert_down"], l, [H, I]),
+        };
       const S = cfg.sharedIntermediateSize;
       if (S > 0) {
-        L.mlp = {
-          gate: await matrix(need("shared_gate", l, -1, [S, H])),
-          up: await matrix(need("shared_up", l, -1, [S, H])),
-          down: await matrix(need("shared_down", l, -1, [H, S])),
-        };
+        L.mlp = await mlpWeights("shared", l, S);
         if (cfg.sharedExpertGated) {
           L.sharedGate = await matrix(need("shared_expert_gate", l, -1, [1, H]));
         }
       }
     } else {
-      const D = cfg.denseIntermediateSize;
-      L.mlp = {
-        gate: await matrix(need("dense_gate", l, -1, [D, H])),
-        up: await matrix(need("dense_up", l, -1, [D, H])),
-        down: await matrix(need("dense_down", l, -1, [H, D])),
-      };
+      L.mlp = await mlpWeights("dense", l, cfg.denseIntermediateSize);
     }
     layers.push(L);
   }
@@ -324,6 +452,8 @@ export async function createWebGpuEngine(
     x: act(chunk * H, "x"),
     xn: act(chunk * H, "xn"),
     q: act(chunk * nh * hd, "q"),
+    qkv: act(chunk * (nh + 2 * nkv) * hd, "qkv"),
+    route: storageBuffer(device, (E + E * chunk) * 4, "route"),
     k: act(chunk * nkv * hd, "k"),
     v: act(chunk * nkv * hd, "v"),
     att: act(chunk * nh * hd, "att"),
@@ -348,14 +478,12 @@ export async function createWebGpuEngine(
   const sampler: Sampler = createSampler(device, V);
 
   // ---- plans
-  const dispatch = (
-    src: ReturnType<typeof embedSource>,
-    bufs: Record<string, GPUBuffer>,
-    groups: (T: number) => [number, number, number],
-  ): Dispatch => {
-    const kernel = getKernel(device, src);
-    return { kernel, bindGroup: bindKernel(device, kernel, { step, ...bufs }), groups };
-  };
+  /** A dispatch before its pipeline exists: built first, compiled all at once, then bound. */
+  interface Pending {
+    src: KernelSource;
+    bufs: Record<string, GPUBuffer>;
+    groups: (T: number) => [number, number, number];
+  }
   const weightBufs = (set: WeightSet): Record<string, GPUBuffer> =>
     Object.fromEntries(weightBindings(set.format).map((n, i) => [n, set.buffers[i]]));
   const ew =
@@ -364,16 +492,39 @@ export async function createWebGpuEngine(
       rows(T),
       1,
     ];
+  const QKV = (nh + 2 * nkv) * hd;
 
-  function buildPlan(tt: number, logits: LogitsMode): Dispatch[] {
-    const list: Dispatch[] = [];
+  function buildPlan(tt: number, logits: LogitsMode): Pending[] {
+    const list: Pending[] = [];
+    const dispatch = (
+      src: KernelSource,
+      bufs: Record<string, GPUBuffer>,
+      groups: (T: number) => [number, number, number],
+    ) => list.push({ src, bufs: { step, ...bufs }, groups });
+    /** Dense matmul y = W x (+ bias) (+ y), either kernel style. */
     const mm = (
       set: WeightSet,
       x: GPUBuffer,
       y: GPUBuffer,
-      extra: Partial<MatmulKey> = {},
+      extra: { accumulate?: boolean; fixedT?: number; gateUp?: boolean } = {},
       bias?: GPUBuffer,
     ) => {
+      const bufs: Record<string, GPUBuffer> = { x, y, ...weightBufs(set) };
+      if (bias) bufs.B = bias;
+      if (tiled) {
+        const key: TiledKey = {
+          format: set.format,
+          rows: extra.gateUp ? set.rows / 2 : set.rows,
+          cols: set.cols,
+          rowTile,
+          tokenTile: extra.fixedT ? 1 : tt,
+          mode: "dense",
+          bias: bias !== undefined,
+          ...extra,
+        };
+        dispatch(tiledMatmulSource(key), bufs, (T) => tiledGroups(key, T));
+        return;
+      }
       const key: MatmulKey = {
         format: set.format,
         rows: set.rows,
@@ -382,12 +533,12 @@ export async function createWebGpuEngine(
         mode: "dense",
         bias: bias !== undefined,
         maxThreadsPerRow: tpr,
-        ...extra,
+        accumulate: extra.accumulate,
+        fixedT: extra.fixedT,
       };
-      const bufs: Record<string, GPUBuffer> = { x, y, ...weightBufs(set) };
-      if (bias) bufs.B = bias;
-      list.push(dispatch(matmulSource(key), bufs, (T) => matmulGroups(key, T)));
+      dispatch(matmulSource(key), bufs, (T) => matmulGroups(key, T));
     };
+    /** Classic style: experts select their tokens from the router ids (early-exit tiles). */
     const mmExperts = (sets: ExpertSet[], x: GPUBuffer, y: GPUBuffer, xRows: "token" | "slot") => {
       for (const { set, gex } of sets) {
         const key: MatmulKey = {
@@ -400,12 +551,39 @@ export async function createWebGpuEngine(
           topK: K,
           maxThreadsPerRow: tpr,
         };
-        list.push(
-          dispatch(
-            matmulSource(key),
-            { x, y, ids: buf.ids, gex, ...weightBufs(set) },
-            (T) => matmulGroups(key, T, set.count),
-          ),
+        dispatch(
+          matmulSource(key),
+          { x, y, ids: buf.ids, gex, ...weightBufs(set) },
+          (T) => matmulGroups(key, T, set.count),
+        );
+      }
+    };
+    /** Tiled style: experts walk their GPU-built token lists. */
+    const mmLists = (
+      sets: ExpertSet[],
+      x: GPUBuffer,
+      y: GPUBuffer,
+      xRows: "token" | "slot",
+      gateUp: boolean,
+    ) => {
+      for (const { set, gex } of sets) {
+        const key: TiledKey = {
+          format: set.format,
+          rows: gateUp ? set.rows / 2 : set.rows,
+          cols: set.cols,
+          rowTile,
+          tokenTile: tt,
+          mode: "list",
+          xRows,
+          topK: K,
+          numExperts: E,
+          capacity: chunk,
+          gateUp,
+        };
+        dispatch(
+          tiledMatmulSource(key),
+          { x, y, route: buf.route, gex, ...weightBufs(set) },
+          (T) => tiledGroups(key, T, set.count),
         );
       }
     };
@@ -417,65 +595,95 @@ export async function createWebGpuEngine(
       per: number,
     ) => {
       const src = rmsNormSource({ width, rowsPerToken: per, eps: cfg.rmsNormEps, inPlace: !out });
-      list.push(dispatch(src, out ? { x, w, out } : { x, w }, (T) => [T * per, 1, 1]));
+      dispatch(src, out ? { x, w, out } : { x, w }, (T) => [T * per, 1, 1]);
+    };
+    /** gate/up/SwiGLU of a dense MLP into buf.hg. */
+    const mlpUp = (m: NonNullable<LayerWeights["mlp"]>, width: number) => {
+      if (m.gateUp) {
+        mm(m.gateUp, buf.xn, buf.hg, { gateUp: true });
+        return;
+      }
+      mm(m.gate!, buf.xn, buf.hg);
+      mm(m.up!, buf.xn, buf.hu);
+      dispatch(swigluSource(width, 1), { g: buf.hg, up: buf.hu }, ew(width, tokens));
     };
     const tokens = (T: number) => T;
 
-    list.push(
-      dispatch(
-        embedSource(embed.format, H),
-        { tok: buf.tok, ...weightBufs(embed), out: buf.x },
-        ew(H, tokens),
-      ),
+    dispatch(
+      embedSource(embed.format, H),
+      { tok: buf.tok, ...weightBufs(embed), out: buf.x },
+      ew(H, tokens),
     );
     for (const L of layers) {
       norm(buf.x, L.inputNorm, buf.xn, H, 1);
-      mm(L.q, buf.xn, buf.q, {}, L.qBias);
-      mm(L.k, buf.xn, buf.k, {}, L.kBias);
-      mm(L.v, buf.xn, buf.v, {}, L.vBias);
-      if (cfg.qkNorm === "head") {
-        norm(buf.q, L.qNorm!, null, hd, nh);
-        norm(buf.k, L.kNorm!, null, hd, nkv);
-      } else if (cfg.qkNorm === "full") {
-        norm(buf.q, L.qNorm!, null, nh * hd, 1);
-        norm(buf.k, L.kNorm!, null, nkv * hd, 1);
-      }
-      list.push(
+      if (L.qkv) {
+        mm(L.qkv, buf.xn, buf.qkv, {}, L.qkvBias);
+        dispatch(
+          ropeStoreSource(nh, nkv, hd, true),
+          { qkv: buf.qkv, cs: buf.cs, kc: L.kCache, vc: L.vCache },
+          ew(nh * hd / 2 + nkv * hd / 2 + nkv * hd, tokens),
+        );
+        dispatch(
+          attentionSource(nh, nkv, hd, QKV),
+          { q: buf.qkv, kc: L.kCache, vc: L.vCache, out: buf.att },
+          (T) => [nh, T, 1],
+        );
+      } else {
+        mm(L.q, buf.xn, buf.q, {}, L.qBias);
+        mm(L.k, buf.xn, buf.k, {}, L.kBias);
+        mm(L.v, buf.xn, buf.v, {}, L.vBias);
+        if (cfg.qkNorm === "head") {
+          norm(buf.q, L.qNorm!, null, hd, nh);
+          norm(buf.k, L.kNorm!, null, hd, nkv);
+        } else if (cfg.qkNorm === "full") {
+          norm(buf.q, L.qNorm!, null, nh * hd, 1);
+          norm(buf.k, L.kNorm!, null, nkv * hd, 1);
+        }
         dispatch(
           ropeStoreSource(nh, nkv, hd),
           { q: buf.q, k: buf.k, v: buf.v, cs: buf.cs, kc: L.kCache, vc: L.vCache },
           ew(nh * hd / 2 + nkv * hd / 2 + nkv * hd, tokens),
-        ),
-      );
-      list.push(
+        );
         dispatch(
           attentionSource(nh, nkv, hd),
           { q: buf.q, kc: L.kCache, vc: L.vCache, out: buf.att },
           (T) => [nh, T, 1],
-        ),
-      );
+        );
+      }
       mm(L.o, buf.att, buf.x, { accumulate: true });
       norm(buf.x, L.postNorm, buf.xn, H, 1);
       if (L.kind === "moe") {
         mm(L.router!, buf.xn, buf.rlog);
-        list.push(
+        const ex = L.experts!;
+        if (tiled) {
+          dispatch(
+            routeListsSource(E, K, cfg.routing.normTopK, chunk),
+            { logits: buf.rlog, ids: buf.ids, wts: buf.wts, route: buf.route },
+            () => [1, 1, 1],
+          );
+          if (ex.gateUp) {
+            mmLists(ex.gateUp, buf.xn, buf.hg, "token", true);
+          } else {
+            mmLists(ex.gate, buf.xn, buf.hg, "token", false);
+            mmLists(ex.up, buf.xn, buf.hu, "token", false);
+            dispatch(swigluSource(I, K), { g: buf.hg, up: buf.hu }, ew(I, (T) => T * K));
+          }
+          mmLists(ex.down, buf.hg, buf.ye, "slot", false);
+        } else {
           dispatch(
             routerSource(E, K, cfg.routing.normTopK),
             { logits: buf.rlog, ids: buf.ids, wts: buf.wts },
             (T) => [Math.ceil(T / EW), 1, 1],
-          ),
-        );
-        mmExperts(L.experts!.gate, buf.xn, buf.hg, "token");
-        mmExperts(L.experts!.up, buf.xn, buf.hu, "token");
-        list.push(dispatch(swigluSource(I, K), { g: buf.hg, up: buf.hu }, ew(I, (T) => T * K)));
-        mmExperts(L.experts!.down, buf.hg, buf.ye, "slot");
+          );
+          mmExperts(ex.gate, buf.xn, buf.hg, "token");
+          mmExperts(ex.up, buf.xn, buf.hu, "token");
+          dispatch(swigluSource(I, K), { g: buf.hg, up: buf.hu }, ew(I, (T) => T * K));
+          mmExperts(ex.down, buf.hg, buf.ye, "slot");
+        }
         let shared: "none" | "plain" | "gated" = "none";
         const extra: Record<string, GPUBuffer> = {};
         if (L.mlp) {
-          const S = cfg.sharedIntermediateSize;
-          mm(L.mlp.gate, buf.xn, buf.hg);
-          mm(L.mlp.up, buf.xn, buf.hu);
-          list.push(dispatch(swigluSource(S, 1), { g: buf.hg, up: buf.hu }, ew(S, tokens)));
+          mlpUp(L.mlp, cfg.sharedIntermediateSize);
           mm(L.mlp.down, buf.hg, buf.ys);
           shared = "plain";
           extra.ys = buf.ys;
@@ -485,18 +693,13 @@ export async function createWebGpuEngine(
             extra.sg = buf.sg;
           }
         }
-        list.push(
-          dispatch(
-            combineSource(H, K, shared),
-            { x: buf.x, ye: buf.ye, wts: buf.wts, ...extra },
-            ew(H, tokens),
-          ),
+        dispatch(
+          combineSource(H, K, shared),
+          { x: buf.x, ye: buf.ye, wts: buf.wts, ...extra },
+          ew(H, tokens),
         );
       } else {
-        const D = cfg.denseIntermediateSize;
-        mm(L.mlp!.gate, buf.xn, buf.hg);
-        mm(L.mlp!.up, buf.xn, buf.hu);
-        list.push(dispatch(swigluSource(D, 1), { g: buf.hg, up: buf.hu }, ew(D, tokens)));
+        mlpUp(L.mlp!, cfg.denseIntermediateSize);
         mm(L.mlp!.down, buf.hg, buf.x, { accumulate: true });
       }
     }
@@ -511,24 +714,34 @@ export async function createWebGpuEngine(
         inPlace: false,
         lastOnly: true,
       });
-      list.push(dispatch(src, { x: buf.x, w: finalNorm, out: buf.xn }, () => [1, 1, 1]));
+      dispatch(src, { x: buf.x, w: finalNorm, out: buf.xn }, () => [1, 1, 1]);
       mm(lmHead, buf.xn, buf.logits, { fixedT: 1 });
     }
     return list;
   }
 
+  // Build every plan, compile all their pipelines in parallel, then bind: no pipeline is
+  // created at first use.
+  const modes: [number, LogitsMode][] = [[tile, "all"], [tile, "none"], [tile, "last"], [
+    1,
+    "last",
+  ]];
+  const pending = modes.map(([tt, mode]) => buildPlan(tt, mode));
+  await Promise.all([
+    prepareKernels(device, pending.flat().map((p) => p.src)),
+    sampler.ready,
+  ]);
   const plans = new Map<string, Dispatch[]>();
-  const plan = (tt: number, mode: LogitsMode) => {
-    const key = `${tt}/${mode}`;
-    if (!plans.has(key)) plans.set(key, buildPlan(tt, mode));
-    return plans.get(key)!;
-  };
-  // Compile everything now so errors surface at load time.
-  plan(tile, "all");
-  plan(tile, "none");
-  plan(tile, "last");
-  plan(1, "last");
-  await sampler.ready;
+  modes.forEach(([tt, mode], i) => {
+    plans.set(
+      `${tt}/${mode}`,
+      pending[i].map((p) => {
+        const kernel = getKernel(device, p.src);
+        return { kernel, bindGroup: bindKernel(device, kernel, p.bufs), groups: p.groups };
+      }),
+    );
+  });
+  const plan = (tt: number, mode: LogitsMode) => plans.get(`${tt}/${mode}`)!;
   const oom = await device.popErrorScope();
   const invalid = await device.popErrorScope();
   if (oom) throw new LimitError(`GPU out of memory while loading ${file}: ${oom.message}`);

@@ -13,10 +13,32 @@ export interface CliResult {
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
+/** Options of {@link runCli}. */
+export interface RunCliOptions {
+  /** Working directory of the subprocess. */
+  cwd?: string;
+  /** Extra `deno run` flags placed before cli.ts (e.g. `--preload=fault.ts`). */
+  denoArgs?: string[];
+  /**
+   * Run under `ulimit -f` (POSIX sh: 512-byte blocks; this many bytes, rounded up) with SIGXFSZ
+   * ignored, so writes past the limit fail with EFBIG the way they fail on a full disk.
+   */
+  fileSizeLimitBytes?: number;
+}
+
 /** Runs `deno run -A cli.ts ...args` and captures its output. */
-export async function runCli(args: string[], opts: { cwd?: string } = {}): Promise<CliResult> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
+export async function runCli(args: string[], opts: RunCliOptions = {}): Promise<CliResult> {
+  const deno = ["run", "-A", ...(opts.denoArgs ?? []), CLI, ...args];
+  const limited = opts.fileSizeLimitBytes !== undefined;
+  const out = await new Deno.Command(limited ? "/bin/sh" : Deno.execPath(), {
+    args: limited
+      ? [
+        "-c",
+        `trap '' XFSZ; ulimit -f ${Math.ceil(opts.fileSizeLimitBytes! / 512)}; exec "$0" "$@"`,
+        Deno.execPath(),
+        ...deno,
+      ]
+      : deno,
     cwd: opts.cwd,
     stdout: "piped",
     stderr: "piped",

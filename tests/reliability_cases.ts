@@ -20,7 +20,7 @@ import { withHeader, withHeaderBytes, withPreamble } from "../compiler/emit/test
 import { compileModel } from "../compiler/compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { decodePreamble } from "../runtime/artifact.ts";
-import { type CliResult, isOneLineError, runCli } from "./cli_helpers.ts";
+import { type CliResult, isOneLineError, runCli, type RunCliOptions } from "./cli_helpers.ts";
 
 /** One bad-input case. */
 export interface CliCase {
@@ -38,6 +38,8 @@ export interface CliCase {
   mentions: (string | RegExp)[];
   /** For compile: the destination (relative to dir) that must not exist afterwards. */
   dest?: string;
+  /** How to run the CLI (e.g. under a file-size limit). */
+  options?: RunCliOptions;
 }
 
 /** A small Mixtral config: 2 layers, 4 experts, hidden 16; every tensor a few KiB. */
@@ -104,6 +106,7 @@ async function editedCheckpoint(
 
 const EXPERT = "model.layers.0.block_sparse_moe.experts.1.w1.weight";
 const Q_PROJ = "model.layers.1.self_attn.q_proj.weight";
+const K_PROJ = "model.layers.0.self_attn.k_proj.weight";
 
 /** Sets element `index` of an F32 tensor to `value` in a checkpoint's data bytes. */
 function poke(p: Parsed, name: string, index: number, value: number): Uint8Array {
@@ -393,12 +396,12 @@ export const CHECKPOINT_CASES: CliCase[] = [
     group: "checkpoint",
     title: "a tensor has the wrong shape for the config",
     code: 3,
-    mentions: [Q_PROJ],
+    mentions: [K_PROJ, "[8, 16]"],
     dest: "out.moeq",
     setup: async (dir) =>
       compileArgs(
         await editedCheckpoint(dir, (p) => {
-          const t = p.header[Q_PROJ];
+          const t = p.header[K_PROJ];
           t.shape = [t.shape[1], t.shape[0]];
           return { header: p.header };
         }),
@@ -505,7 +508,11 @@ export const CHECKPOINT_CASES: CliCase[] = [
       const ckpt = await smallCheckpoint(dir);
       await Deno.writeTextFile(
         join(ckpt, "config.json"),
-        JSON.stringify({ ...SMALL_MIXTRAL, model_type: "gpt2", architectures: ["GPT2LMHeadModel"] }),
+        JSON.stringify({
+          ...SMALL_MIXTRAL,
+          model_type: "gpt2",
+          architectures: ["GPT2LMHeadModel"],
+        }),
       );
       return compileArgs(ckpt, dir);
     },
@@ -596,7 +603,9 @@ export const ARTIFACT_CASES: CliCase[] = [
     title: "format version newer than this build reads",
     code: 3,
     mentions: ["bad.moeq", "version"],
-    setup: async (dir) => ["inspect", await badArtifact(dir, (b) => withPreamble(b, { version: 9 }))],
+    setup: async (
+      dir,
+    ) => ["inspect", await badArtifact(dir, (b) => withPreamble(b, { version: 9 }))],
   },
   {
     id: "art-preamble-crc",
@@ -806,7 +815,7 @@ export const ARTIFACT_CASES: CliCase[] = [
     mentions: ["adir"],
     async setup(dir) {
       await Deno.mkdir(join(dir, "adir"));
-      return ["run", join(dir, "adir"), "--ids", "1", "--device", "cpu"];
+      return ["inspect", join(dir, "adir")];
     },
   },
   {
@@ -833,7 +842,7 @@ export async function runCase(
   const dir = await Deno.makeTempDir({ prefix: `moeq-rel-${c.id}-` });
   try {
     const args = await c.setup(dir);
-    const r = await runCli(args);
+    const r = await runCli(args, c.options);
     const leftovers: string[] = [];
     for await (const e of Deno.readDir(dir)) {
       if (e.name.includes(".tmp-") || (c.dest !== undefined && e.name === c.dest)) {
@@ -860,3 +869,339 @@ export async function checkCase(c: CliCase): Promise<string> {
   assert.deepEqual(r.leftovers, [], `${c.id}: left ${r.leftovers.join(", ")} behind`);
   return msg.replaceAll(r.dir, "<tmp>");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The operating system refuses a write
+
+/** Write failures at the destination: IoError, exit 7, nothing left behind. */
+export const IO_CASES: CliCase[] = [
+  {
+    id: "io-dest-dir-missing",
+    group: "io",
+    title: "compile: the destination directory does not exist",
+    code: 7,
+    mentions: ["nodir/out.moeq"],
+    setup: (dir) =>
+      Promise.resolve([
+        "compile",
+        new URL("../testdata/hf-moe/mixtral-classic", import.meta.url).pathname,
+        "-o",
+        join(dir, "nodir", "out.moeq"),
+        "--quiet",
+      ]),
+  },
+  {
+    id: "io-dest-is-directory",
+    group: "io",
+    title: "compile: the destination is a directory",
+    code: 7,
+    mentions: ["adir"],
+    async setup(dir) {
+      await Deno.mkdir(join(dir, "adir"));
+      return [
+        "compile",
+        new URL("../testdata/hf-moe/mixtral-classic", import.meta.url).pathname,
+        "-o",
+        join(dir, "adir"),
+        "--quiet",
+      ];
+    },
+  },
+  {
+    id: "io-disk-full",
+    group: "io",
+    title: "compile: the disk fills up mid-write (`ulimit -f 16 KiB`)",
+    code: 7,
+    mentions: ["out.moeq", "File too large"],
+    dest: "out.moeq",
+    options: { fileSizeLimitBytes: 16 << 10 },
+    setup: (dir) =>
+      Promise.resolve([
+        "compile",
+        new URL("../testdata/hf-moe/mixtral-classic", import.meta.url).pathname,
+        "-o",
+        join(dir, "out.moeq"),
+        "--expert-bits",
+        "f32",
+        "--quiet",
+      ]),
+  },
+  {
+    id: "io-eval-text-is-directory",
+    group: "io",
+    title: "eval: --text names a directory",
+    code: 3,
+    mentions: ["tdir"],
+    async setup(dir) {
+      await Deno.mkdir(join(dir, "tdir"));
+      const path = join(dir, "ok.moeq");
+      await Deno.writeFile(path, await smallArtifact());
+      return ["eval", path, "--text", join(dir, "tdir"), "--device", "cpu"];
+    },
+  },
+];
+
+// ---------------------------------------------------------------------------------------------
+// Command-line flags
+
+const FIXTURE = new URL("../testdata/hf-moe/mixtral-classic", import.meta.url).pathname;
+/** A byte-level checkpoint (vocab 256), as `study` needs. */
+const SHAKESPEARE = new URL("../testdata/shakespeare-moe", import.meta.url).pathname;
+
+/** Writes the small valid artifact to `dir/ok.moeq` and returns its path. */
+async function goodArtifact(dir: string): Promise<string> {
+  const path = join(dir, "ok.moeq");
+  await Deno.writeFile(path, await smallArtifact());
+  return path;
+}
+
+/** A usage case: exit 2, the message names `mention`. */
+function usage(
+  id: string,
+  title: string,
+  mention: string | RegExp,
+  setup: (dir: string) => Promise<string[]> | string[],
+  dest?: string,
+): CliCase {
+  return {
+    id,
+    group: "flags",
+    title,
+    code: 2,
+    mentions: [mention],
+    dest,
+    setup: async (dir) => await setup(dir),
+  };
+}
+
+const out = (dir: string) => ["-o", join(dir, "out.moeq"), "--quiet"];
+
+/** Bad flags for every command. */
+export const FLAG_CASES: CliCase[] = [
+  usage("flag-unknown-command", "unknown command", "frobnicate", () => ["frobnicate"]),
+  // compile
+  usage("compile-unknown-flag", "compile: unknown flag", "--bogus", (d) => [
+    "compile",
+    FIXTURE,
+    ...out(d),
+    "--bogus",
+  ], "out.moeq"),
+  usage("compile-missing-out", "compile: -o missing", "-o", () => ["compile", FIXTURE]),
+  usage("compile-missing-positional", "compile: no checkpoint given", "usage", (d) => [
+    "compile",
+    ...out(d),
+  ], "out.moeq"),
+  usage("compile-expert-bits-nan", "compile: non-numeric --expert-bits", "--expert-bits", (d) => [
+    "compile",
+    FIXTURE,
+    ...out(d),
+    "--expert-bits",
+    "lots",
+  ], "out.moeq"),
+  usage("compile-expert-bits-range", "compile: --expert-bits out of range", "--expert-bits", (
+    d,
+  ) => ["compile", FIXTURE, ...out(d), "--expert-bits", "1.5"], "out.moeq"),
+  usage("compile-dense-bits", "compile: --dense-bits not a width", "--dense-bits", (d) => [
+    "compile",
+    FIXTURE,
+    ...out(d),
+    "--dense-bits",
+    "5",
+  ], "out.moeq"),
+  usage("compile-allocator", "compile: unknown --allocator", "--allocator", (d) => [
+    "compile",
+    FIXTURE,
+    ...out(d),
+    "--allocator",
+    "greedy",
+  ], "out.moeq"),
+  usage("compile-group-size", "compile: --group-size 0", "--group-size", (d) => [
+    "compile",
+    FIXTURE,
+    ...out(d),
+    "--group-size",
+    "0",
+  ], "out.moeq"),
+  usage(
+    "compile-gptq-no-calibration",
+    "compile: --quantizer gptq without --calibration",
+    "--calibration",
+    (d) => ["compile", FIXTURE, ...out(d), "--quantizer", "gptq"],
+    "out.moeq",
+  ),
+  usage(
+    "compile-boolean-with-value",
+    "compile: boolean switch given a value",
+    "--quiet",
+    (d) => ["compile", FIXTURE, "-o", join(d, "out.moeq"), "--quiet=yes"],
+    "out.moeq",
+  ),
+  // inspect
+  usage("inspect-unknown-flag", "inspect: unknown flag", "--deep", async (d) => [
+    "inspect",
+    await goodArtifact(d),
+    "--deep",
+  ]),
+  usage("inspect-extra-positional", "inspect: two artifacts", "usage", async (d) => [
+    "inspect",
+    await goodArtifact(d),
+    "second.moeq",
+  ]),
+  // logits
+  usage("logits-missing-ids", "logits: --ids missing", "--ids", () => ["logits", FIXTURE]),
+  usage("logits-ids-nan", "logits: non-numeric --ids", "--ids", () => [
+    "logits",
+    FIXTURE,
+    "--ids",
+    "1,x",
+    "--device",
+    "cpu",
+  ]),
+  usage("logits-ids-range", "logits: token id outside the vocabulary", "--ids", () => [
+    "logits",
+    FIXTURE,
+    "--ids",
+    "1,4800",
+    "--device",
+    "cpu",
+  ]),
+  usage("logits-device", "logits: unknown --device", "--device", () => [
+    "logits",
+    FIXTURE,
+    "--ids",
+    "1",
+    "--device",
+    "tpu",
+  ]),
+  // run
+  usage("run-prompt-and-ids", "run: --prompt and --ids together", "--prompt", async (d) => [
+    "run",
+    await goodArtifact(d),
+    "--prompt",
+    "hi",
+    "--ids",
+    "1",
+  ]),
+  usage("run-no-prompt", "run: neither --prompt nor --ids", "--prompt", async (d) => [
+    "run",
+    await goodArtifact(d),
+  ]),
+  usage("run-max-tokens-zero", "run: --max-tokens 0", "--max-tokens", async (d) => [
+    "run",
+    await goodArtifact(d),
+    "--ids",
+    "1",
+    "--max-tokens",
+    "0",
+  ]),
+  usage("run-temperature-nan", "run: non-numeric --temperature", "--temperature", async (d) => [
+    "run",
+    await goodArtifact(d),
+    "--ids",
+    "1",
+    "--temperature",
+    "warm",
+  ]),
+  usage("run-top-p-range", "run: --top-p above 1", "--top-p", async (d) => [
+    "run",
+    await goodArtifact(d),
+    "--ids",
+    "1",
+    "--top-p",
+    "1.5",
+  ]),
+  usage("run-seed-fraction", "run: fractional --seed", "--seed", async (d) => [
+    "run",
+    await goodArtifact(d),
+    "--ids",
+    "1",
+    "--seed",
+    "1.5",
+  ]),
+  // eval
+  usage("eval-missing-text", "eval: --text missing", "--text", async (d) => [
+    "eval",
+    await goodArtifact(d),
+  ]),
+  usage("eval-context-range", "eval: --context 1", "--context", async (d) => [
+    "eval",
+    await goodArtifact(d),
+    "--text",
+    HELDOUT,
+    "--context",
+    "1",
+    "--device",
+    "cpu",
+  ]),
+  usage("eval-max-bytes-nan", "eval: non-numeric --max-bytes", "--max-bytes", async (d) => [
+    "eval",
+    await goodArtifact(d),
+    "--text",
+    HELDOUT,
+    "--max-bytes",
+    "all",
+    "--device",
+    "cpu",
+  ]),
+  // study
+  usage("study-missing-text", "study: --text missing", "--text", () => ["study", FIXTURE]),
+  usage("study-not-byte-level", "study: a model that is not byte-level", "vocab 48", () => [
+    "study",
+    FIXTURE,
+    "--text",
+    HELDOUT,
+  ]),
+  usage("study-bits-nan", "study: non-numeric --bits", "--bits", () => [
+    "study",
+    SHAKESPEARE,
+    "--text",
+    HELDOUT,
+    "--bits",
+    "2.5,x",
+  ]),
+  usage("study-dense-bits", "study: --dense-bits not a width", "--dense-bits", () => [
+    "study",
+    SHAKESPEARE,
+    "--text",
+    HELDOUT,
+    "--dense-bits",
+    "abc",
+  ]),
+  usage("study-quantizers", "study: unknown --quantizers entry", "--quantizers", () => [
+    "study",
+    SHAKESPEARE,
+    "--text",
+    HELDOUT,
+    "--quantizers",
+    "hqq,awq",
+  ]),
+  // serve
+  usage("serve-port-range", "serve: --port 70000", "--port", async (d) => [
+    "serve",
+    await goodArtifact(d),
+    "--port",
+    "70000",
+  ]),
+  usage("serve-port-nan", "serve: non-numeric --port", "--port", async (d) => [
+    "serve",
+    await goodArtifact(d),
+    "--port",
+    "http",
+  ]),
+  usage("serve-max-queue", "serve: negative --max-queue", "--max-queue", async (d) => [
+    "serve",
+    await goodArtifact(d),
+    "--max-queue=-1",
+  ]),
+  // bench
+  usage("bench-unknown", "bench: unknown benchmark", "frob", () => ["bench", "frob"]),
+  usage(
+    "bench-unknown-flag",
+    "bench: unknown flag",
+    "--fast",
+    () => ["bench", "kernels", "--fast"],
+  ),
+  // demo
+  usage("demo-extra-positional", "demo: positional argument", "usage", () => ["demo", "now"]),
+  usage("demo-unknown-flag", "demo: unknown flag", "--bits", () => ["demo", "--bits", "2"]),
+];

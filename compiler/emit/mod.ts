@@ -17,7 +17,9 @@
 
 import type { PlacedTensor } from "../ir.ts";
 import { type ModelIR, tensorsOf } from "../ir.ts";
-import { quantizeMatrix, type QuantMethod } from "../quantize/mod.ts";
+import { pack, quantizeUnpacked, type QuantMethod, reconstruct } from "../quantize/mod.ts";
+import { type AssembledTensor, isChunkable, quantizeChunked } from "../parallel/chunked.ts";
+import type { QuantizePool } from "../parallel/pool.ts";
 import {
   type ArtifactHeader,
   type ExpertReport,
@@ -73,6 +75,16 @@ export interface EmitOptions {
   onValues?: (placed: PlacedTensor, values: Float32Array) => void;
   /** Called for each quantized tensor with its source and dequantized values (error metrics). */
   onQuantized?: (placed: PlacedTensor, original: Float32Array, dequantized: Float32Array) => void;
+  /**
+   * Called for each quantized tensor with Σ(w − ŵ)² and Σw² (ŵ as the runtime decodes it): the
+   * cheap alternative to `onQuantized`, which needs the whole dequantized matrix.
+   */
+  onQuantError?: (placed: PlacedTensor, err: number, ref: number) => void;
+  /**
+   * Worker threads quantizing RTN/HQQ matrices block by block (compiler/parallel/). The artifact
+   * is byte-identical with or without a pool. The caller owns (and closes) the pool.
+   */
+  pool?: QuantizePool;
   /** Called after each tensor is written (progress). */
   onTensor?: (record: TensorRecord, index: number, total: number) => void;
 }
@@ -108,6 +120,18 @@ function placeholderRecord(meta: TensorMeta, enc: TensorEncoding): TensorRecord 
       zeros: ZERO_SEGMENT,
     },
   };
+}
+
+/** Σ(a − b)² and Σa², in float64. */
+function squaredSums(a: Float32Array, b: Float32Array): { err: number; ref: number } {
+  let err = 0;
+  let ref = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i] - b[i];
+    err += d * d;
+    ref += a[i] * a[i];
+  }
+  return { err, ref };
 }
 
 /**
@@ -153,26 +177,54 @@ export async function emitArtifact(
   const headerReserve = encodeHeader(placeholder).length;
 
   const w = await ArtifactWriter.create(destPath, { headerReserve });
+  let next: Promise<Float32Array> | null = null;
   try {
+    // The next tensor is read while the current one is quantized (at most two in flight).
+    next = plan.length ? plan[0].placed.ref.read() : null;
     for (const [i, { placed, meta, enc }] of plan.entries()) {
-      const values = await placed.ref.read();
+      const values = await next!;
+      next = null;
       opts.onValues?.(placed, values);
       let rec: TensorRecord;
       if (enc.storage === "q") {
         const [rows, cols] = meta.shape;
-        const q = quantizeMatrix(values, rows, cols, {
-          bits: enc.bits,
-          groupSize: enc.groupSize,
-          method: enc.method,
-          scaleType: enc.scaleType,
-          hessian: typeof enc.hessian === "function" ? await enc.hessian() : enc.hessian,
-          name: meta.name,
-        });
-        rec = await w.addQuantTensor(meta, q, enc.method);
-        opts.onQuantized?.(placed, values, dequantize(q));
+        let done: AssembledTensor;
+        if (isChunkable(enc.method)) {
+          const copts = {
+            bits: enc.bits,
+            groupSize: enc.groupSize,
+            method: enc.method,
+            scaleType: enc.scaleType,
+            name: meta.name,
+          };
+          if (opts.pool) {
+            const job = opts.pool.quantize(values, rows, cols, copts);
+            if (i + 1 < plan.length) next = plan[i + 1].placed.ref.read();
+            done = await job;
+          } else {
+            done = quantizeChunked(values, rows, cols, copts);
+          }
+          if (opts.onQuantized) opts.onQuantized(placed, values, dequantize(done.tensor));
+        } else {
+          const u = quantizeUnpacked(values, rows, cols, {
+            bits: enc.bits,
+            groupSize: enc.groupSize,
+            method: enc.method,
+            scaleType: enc.scaleType,
+            hessian: typeof enc.hessian === "function" ? await enc.hessian() : enc.hessian,
+            name: meta.name,
+          });
+          // reconstruct(u) is bit-identical to dequantize(pack(u)), and much cheaper.
+          const dq = reconstruct(u);
+          done = { tensor: pack(u), ...squaredSums(values, dq) };
+          opts.onQuantized?.(placed, values, dq);
+        }
+        opts.onQuantError?.(placed, done.err, done.ref);
+        rec = await w.addQuantTensor(meta, done.tensor, enc.method);
       } else {
         rec = await w.addFloatTensor(meta, values, enc.storage);
       }
+      if (!next && i + 1 < plan.length) next = plan[i + 1].placed.ref.read();
       opts.onTensor?.(rec, i, plan.length);
     }
     await w.setTokenizer(tokJson, tok.chatTemplate);
@@ -183,6 +235,7 @@ export async function emitArtifact(
       generator: opts.generator,
     });
   } catch (e) {
+    next?.catch(() => {}); // a read still in flight: its failure no longer matters
     await w.abort();
     throw e;
   }

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { LimitError, UsageError } from "../../runtime/errors.ts";
+import { InputError, LimitError, UsageError } from "../../runtime/errors.ts";
 import { roundF16 } from "../../schemas/half.ts";
 import {
   checkGroupSize,
@@ -75,7 +75,7 @@ export function checkMatrix(
   for (let i = 0; i < w.length; i++) {
     if (!Number.isFinite(w[i])) {
       const r = Math.floor(i / cols);
-      throw new UsageError(`${name}: non-finite weight ${w[i]} at [${r}, ${i - r * cols}]`);
+      throw new InputError(`${name}: non-finite weight ${w[i]} at [${r}, ${i - r * cols}]`);
     }
   }
   return { rows, cols, bits: opts.bits, groupSize: opts.groupSize, scaleType };

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { LimitError, UsageError } from "../../runtime/errors.ts";
+import { InputError, LimitError, UsageError } from "../../runtime/errors.ts";
 import { roundF16 } from "../../schemas/half.ts";
 import { dequantize, groupsPerRow, type QuantBits } from "../../schemas/packing.ts";
 import { minMaxParams, pack, reconstruct } from "./common.ts";
@@ -116,9 +116,14 @@ Deno.test("rtn: bad arguments are UsageErrors naming the tensor", () => {
     () => rtnAsymmetric(w, 2, 32, { bits: 5 as QuantBits, groupSize: 32, name: "t" }),
     () => rtnAsymmetric(w, 1, 64, { bits: 4, groupSize: 48, name: "t" }),
     () => rtnAsymmetric(w, 0, 64, { bits: 4, groupSize: 64, name: "t" }),
-    () => rtnAsymmetric(Float32Array.of(1, NaN), 1, 2, { bits: 4, groupSize: 2, name: "t" }),
   ];
   for (const f of bad) {
     assert.throws(f, (e: Error) => e instanceof UsageError && /^t: /.test(e.message));
   }
+  // A non-finite weight is bad input data (exit 3), not a bad argument.
+  assert.throws(
+    () => rtnAsymmetric(Float32Array.of(1, NaN), 1, 2, { bits: 4, groupSize: 2, name: "t" }),
+    (e: Error) =>
+      e instanceof InputError && /^t: non-finite weight NaN at \[0, 1\]/.test(e.message),
+  );
 });

@@ -56,6 +56,34 @@ export function getKernel(device: GPUDevice, src: KernelSource): Kernel {
   return k;
 }
 
+/**
+ * Compiles the pipelines of many kernels at once with `createComputePipelineAsync` (in parallel
+ * where the implementation allows) and caches them, so that later {@link getKernel} calls for
+ * the same sources are cache hits and no pipeline is created at first use.
+ */
+export async function prepareKernels(device: GPUDevice, sources: KernelSource[]): Promise<void> {
+  let cache = caches.get(device);
+  if (!cache) caches.set(device, cache = new Map());
+  const todo = new Map<string, KernelSource>();
+  for (const s of sources) if (!cache.has(s.code)) todo.set(s.code, s);
+  await Promise.all([...todo.values()].map(async (src) => {
+    const module = device.createShaderModule({ label: src.label, code: src.code });
+    let pipeline: GPUComputePipeline;
+    try {
+      pipeline = await device.createComputePipelineAsync({
+        label: src.label,
+        layout: "auto",
+        compute: { module, entryPoint: "main" },
+      });
+    } catch (e) {
+      throw new DeviceError(`kernel ${src.label} failed to compile: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    cache!.set(src.code, { ...src, pipeline });
+  }));
+}
+
 /** Builds a bind group binding each named buffer of the kernel. */
 export function bindKernel(
   device: GPUDevice,

@@ -159,22 +159,34 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
  * Fused attention prologue: rotate-half RoPE of q in place, RoPE of k written to the K cache row
  * pos0 + t, and v copied to the V cache row pos0 + t, in one dispatch (CPU adapters pay a
  * fixed cost per dispatch). Uses the table cs[pos, i] = (cos, sin) of pos · inv_freq[i].
- * Dispatch (ceil((nh·hd/2 + nkv·hd/2 + nkv·hd) / 64), T).
+ * `packed`: q, k and v are one buffer "qkv" of rows [q | k | v] (the stacked projection's
+ * output) instead of three. Dispatch (ceil((nh·hd/2 + nkv·hd/2 + nkv·hd) / 64), T).
  */
-export function ropeStoreSource(nh: number, nkv: number, hd: number): KernelSource {
+export function ropeStoreSource(nh: number, nkv: number, hd: number, packed = false): KernelSource {
   const half = hd / 2;
   const nq = nh * half, nk = nkv * half, nv = nkv * hd;
-  return kernel(
-    `rope_store.${nh}.${nkv}.${hd}`,
-    [
+  const row = (nh + 2 * nkv) * hd;
+  const decls: [string, string, string?][] = packed
+    ? [["step", "Step", "uniform"], ["qkv", "array<f32>", "storage, read_write"]]
+    : [
       ["step", "Step", "uniform"],
       ["q", "array<f32>", "storage, read_write"],
       ["k", "array<f32>"],
       ["v", "array<f32>"],
-      ["cs", "array<vec2<f32>>"],
-      ["kc", "array<f32>", "storage, read_write"],
-      ["vc", "array<f32>", "storage, read_write"],
-    ],
+    ];
+  decls.push(
+    ["cs", "array<vec2<f32>>"],
+    ["kc", "array<f32>", "storage, read_write"],
+    ["vc", "array<f32>", "storage, read_write"],
+  );
+  // Base offsets of token t's q, k and v rows.
+  const qb = packed ? `t * ${u(row)}` : `t * ${u(nh * hd)}`;
+  const kb = packed ? `t * ${u(row)} + ${u(nh * hd)}` : `t * ${u(nkv * hd)}`;
+  const vb = packed ? `t * ${u(row)} + ${u((nh + nkv) * hd)}` : `t * ${u(nv)}`;
+  const Q = packed ? "qkv" : "q", Kb = packed ? "qkv" : "k", Vb = packed ? "qkv" : "v";
+  return kernel(
+    `rope_store.${nh}.${nkv}.${hd}${packed ? ".packed" : ""}`,
+    decls,
     `
 @compute @workgroup_size(${EW})
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -183,7 +195,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let pos = step.pos0 + t;
   if (id.x >= ${u(nq + nk)}) {
     let j = id.x - ${u(nq + nk)};
-    vc[pos * ${u(nv)} + j] = v[t * ${u(nv)} + j];
+    vc[pos * ${u(nv)} + j] = ${Vb}[${vb} + j];
     return;
   }
   let isK = id.x >= ${u(nq)};
@@ -192,18 +204,18 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let i = j % ${u(half)};
   let c = cs[pos * ${u(half)} + i];
   if (isK) {
-    let a = t * ${u(nkv * hd)} + h * ${u(hd)} + i;
+    let a = ${kb} + h * ${u(hd)} + i;
     let o = pos * ${u(nkv * hd)} + h * ${u(hd)} + i;
-    let x1 = k[a];
-    let x2 = k[a + ${u(half)}];
+    let x1 = ${Kb}[a];
+    let x2 = ${Kb}[a + ${u(half)}];
     kc[o] = x1 * c.x - x2 * c.y;
     kc[o + ${u(half)}] = x2 * c.x + x1 * c.y;
   } else {
-    let a = t * ${u(nh * hd)} + h * ${u(hd)} + i;
-    let x1 = q[a];
-    let x2 = q[a + ${u(half)}];
-    q[a] = x1 * c.x - x2 * c.y;
-    q[a + ${u(half)}] = x2 * c.x + x1 * c.y;
+    let a = ${qb} + h * ${u(hd)} + i;
+    let x1 = ${Q}[a];
+    let x2 = ${Q}[a + ${u(half)}];
+    ${Q}[a] = x1 * c.x - x2 * c.y;
+    ${Q}[a + ${u(half)}] = x2 * c.x + x1 * c.y;
   }
 }`,
   );
@@ -218,14 +230,20 @@ export function attentionThreads(hd: number): number {
 
 /**
  * Causal GQA attention over the KV cache: token t (position pos0 + t) of head h attends cache
- * rows 0..pos0 + t of kv head h / (nh / nkv), softmax(q·k / sqrt(hd)) · v. Each thread keeps an
+ * rows 0..pos0 + t of kv head h / (nh / nkv), softmax(q·k / sqrt(hd)) · v; q rows are `qStride`
+ * floats apart (the packed [q | k | v] rows of a stacked projection). Each thread keeps an
  * online softmax over a strided subset of positions; partials merge in workgroup memory.
  * Dispatch (nh, T).
  */
-export function attentionSource(nh: number, nkv: number, hd: number): KernelSource {
+export function attentionSource(
+  nh: number,
+  nkv: number,
+  hd: number,
+  qStride = nh * hd,
+): KernelSource {
   const n = attentionThreads(hd);
   return kernel(
-    `attention.${nh}.${nkv}.${hd}`,
+    `attention.${nh}.${nkv}.${hd}${qStride !== nh * hd ? `.q${qStride}` : ""}`,
     [["step", "Step", "uniform"], ["q", "array<f32>"], ["kc", "array<f32>"], ["vc", "array<f32>"], [
       "out",
       "array<f32>",
@@ -244,7 +262,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   if (t >= step.T) { return; }
   let pos = step.pos0 + t;
   let kvBase = (h / ${u(nh / nkv)}) * HD;
-  let qb = t * ${u(nh * hd)} + h * HD;
+  let qb = t * ${u(qStride)} + h * HD;
+  let ob = t * ${u(nh * hd)} + h * HD;
   var qv: array<f32, ${hd}>;
   for (var d = 0u; d < HD; d++) { qv[d] = q[qb + d] * ${f(1 / Math.sqrt(hd))}; }
   var m = -3.0e38;
@@ -272,7 +291,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   for (var d = li; d < HD; d += N) {
     var o = 0.0;
     for (var i = 0u; i < N; i++) { o += pacc[i * HD + d] * exp(pm[i] - M); }
-    out[qb + d] = o / S;
+    out[ob + d] = o / S;
   }
 }`,
   );
@@ -380,6 +399,72 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   }
   ${sharedTerm}
   x[t * H + c] += v;
+}`,
+  );
+}
+
+/**
+ * MoE routing plus per-expert token lists, in one workgroup: for each token, softmax over the E
+ * router logits, top-k (largest first; ties go to the lower expert index) and optional
+ * renormalisation, writing ids[t·K + k] and wts[t·K + k] as {@link routerSource} does; then, for
+ * each expert e, route[e] = the number of (token, slot) rows that chose e and
+ * route[E + e·cap + j] = the j-th such row index t·K + k, in increasing order. `cap` is the most
+ * tokens a batch holds (the prefill chunk); cap · K must fit in workgroup memory
+ * (cap · K ≤ 4096). Dispatch (1, 1, 1).
+ */
+export function routeListsSource(E: number, K: number, normTopK: boolean, cap: number): KernelSource {
+  if (cap * K > 4096) throw new RangeError(`routeListsSource: cap ${cap} × top-k ${K} > 4096`);
+  return kernel(
+    `route_lists.${E}.${K}.${cap}${normTopK ? ".norm" : ""}`,
+    [
+      ["step", "Step", "uniform"],
+      ["logits", "array<f32>"],
+      ["ids", "array<u32>", "storage, read_write"],
+      ["wts", "array<f32>", "storage, read_write"],
+      ["route", "array<u32>", "storage, read_write"],
+    ],
+    `
+const E = ${u(E)};
+const K = ${u(K)};
+const CAP = ${u(cap)};
+var<workgroup> sel: array<u32, ${cap * K}>;
+@compute @workgroup_size(${EW})
+fn main(@builtin(local_invocation_index) li: u32) {
+  let T = min(step.T, CAP);
+  for (var t = li; t < T; t += ${u(EW)}) {
+    let b = t * E;
+    var m = -3.0e38;
+    for (var e = 0u; e < E; e++) { m = max(m, logits[b + e]); }
+    var z = 0.0;
+    for (var e = 0u; e < E; e++) { z += exp(logits[b + e] - m); }
+    var taken: array<bool, ${E}>;
+    var sum = 0.0;
+    var p: array<f32, ${K}>;
+    for (var k = 0u; k < K; k++) {
+      var best = 0u;
+      var bv = -3.4e38;
+      for (var e = 0u; e < E; e++) {
+        if (!taken[e] && logits[b + e] > bv) { bv = logits[b + e]; best = e; }
+      }
+      taken[best] = true;
+      p[k] = exp(bv - m) / z;
+      sum += p[k];
+      ids[t * K + k] = best;
+      sel[t * K + k] = best;
+    }
+    for (var k = 0u; k < K; k++) { wts[t * K + k] = ${normTopK ? "p[k] / sum" : "p[k]"}; }
+  }
+  workgroupBarrier();
+  for (var e = li; e < E; e += ${u(EW)}) {
+    var n = 0u;
+    for (var r = 0u; r < T * K; r++) {
+      if (sel[r] == e) {
+        route[E + e * CAP + n] = r;
+        n++;
+      }
+    }
+    route[e] = n;
+  }
 }`,
   );
 }

@@ -1,0 +1,123 @@
+/**
+ * A pool of Deno Workers quantizing one matrix at a time, block by block (see chunked.ts). The
+ * matrix is copied once into a SharedArrayBuffer the workers read from; each block's packed
+ * result comes back transferred. Output is byte-identical to {@link quantizeChunked} on one
+ * thread, whatever the number of workers. Memory: the shared copy plus the packed output.
+ *
+ * @module
+ */
+
+import {
+  type AssembledTensor,
+  assembler,
+  type ChunkOptions,
+  chunkRanges,
+  type ChunkResult,
+} from "./chunked.ts";
+import type { ChunkRequest } from "./quantize_worker.ts";
+import { LimitError, MoeqError, UsageError } from "../../runtime/errors.ts";
+
+interface Pending {
+  resolve(r: ChunkResult): void;
+  reject(e: Error): void;
+}
+
+/** Rebuilds a worker's error as the typed error it was (by name), else a plain Error. */
+function rebuild(e: { name?: string; message: string }): Error {
+  if (e.name === "LimitError") return new LimitError(e.message);
+  if (e.name === "UsageError") return new UsageError(e.message);
+  return new Error(e.message);
+}
+
+/** Quantizes matrices on `size` worker threads. Call {@link close} when done. */
+export class QuantizePool {
+  readonly size: number;
+  readonly #workers: Worker[] = [];
+  readonly #pending = new Map<number, Pending>();
+  #next = 0;
+  #shared: SharedArrayBuffer | null = null;
+
+  /** Starts `size` (≥ 1) workers. */
+  constructor(size: number) {
+    if (!Number.isInteger(size) || size < 1) {
+      throw new UsageError(`workers must be a positive integer (got ${size})`);
+    }
+    this.size = size;
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(new URL("./quantize_worker.ts", import.meta.url).href, {
+        type: "module",
+      });
+      w.onmessage = (e: MessageEvent) => {
+        const { id, result, error } = e.data;
+        const p = this.#pending.get(id);
+        if (!p) return;
+        this.#pending.delete(id);
+        if (error) p.reject(rebuild(error));
+        else p.resolve(result as ChunkResult);
+      };
+      w.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        const err = new Error(`quantize worker failed: ${e.message}`);
+        for (const p of this.#pending.values()) p.reject(err);
+        this.#pending.clear();
+      };
+      this.#workers.push(w);
+    }
+  }
+
+  /** A shared buffer of at least `bytes` bytes, reused across matrices (grown when needed). */
+  #buffer(bytes: number): SharedArrayBuffer {
+    if (!this.#shared || this.#shared.byteLength < bytes) {
+      this.#shared = null; // let the old one go before allocating
+      this.#shared = new SharedArrayBuffer(bytes);
+    }
+    return this.#shared;
+  }
+
+  /** Quantizes W [rows, cols] with the blocks spread over the workers. */
+  async quantize(
+    w: Float32Array,
+    rows: number,
+    cols: number,
+    opts: ChunkOptions,
+  ): Promise<AssembledTensor> {
+    if (w.length !== rows * cols) {
+      throw new UsageError(`${opts.name ?? "matrix"}: ${w.length} values for [${rows}, ${cols}]`);
+    }
+    const buffer = this.#buffer(w.byteLength);
+    new Float32Array(buffer, 0, w.length).set(w);
+    const out = assembler(rows, cols, opts);
+    const ranges = chunkRanges(rows);
+    // Keep every worker busy with at most two blocks queued each.
+    let k = 0;
+    const runOne = async (slot: number): Promise<void> => {
+      while (k < ranges.length) {
+        const [start, end] = ranges[k++];
+        const id = this.#next++;
+        const req: ChunkRequest = { id, buffer, cols, start, end, opts };
+        const r = await new Promise<ChunkResult>((resolve, reject) => {
+          this.#pending.set(id, { resolve, reject });
+          this.#workers[slot % this.size].postMessage(req);
+        });
+        out.put(start, r);
+      }
+    };
+    const lanes = Array.from({ length: this.size * 2 }, (_, i) => runOne(i));
+    const settled = await Promise.allSettled(lanes);
+    const failed = settled.find((s) => s.status === "rejected") as
+      | PromiseRejectedResult
+      | undefined;
+    if (failed) {
+      throw failed.reason instanceof MoeqError ? failed.reason : failed.reason as Error;
+    }
+    return out.finish();
+  }
+
+  /** Stops the workers (pending work is rejected). */
+  close(): void {
+    for (const w of this.#workers) w.terminate();
+    for (const p of this.#pending.values()) p.reject(new Error("quantize pool closed"));
+    this.#pending.clear();
+    this.#shared = null;
+  }
+}

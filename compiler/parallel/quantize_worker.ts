@@ -1,0 +1,39 @@
+/**
+ * Worker entry point of {@link QuantizePool}: quantizes blocks of rows read from a shared buffer
+ * and sends each packed block back (its buffers transferred, not copied).
+ *
+ * @module
+ */
+
+import { type ChunkOptions, quantizeChunk } from "./chunked.ts";
+
+/** A block to quantize: rows [start, end) of the matrix in `buffer`. */
+export interface ChunkRequest {
+  id: number;
+  buffer: SharedArrayBuffer;
+  cols: number;
+  start: number;
+  end: number;
+  opts: ChunkOptions;
+}
+
+const self_ = globalThis as unknown as {
+  onmessage: ((e: MessageEvent<ChunkRequest>) => void) | null;
+  postMessage(msg: unknown, transfer?: Transferable[]): void;
+};
+
+self_.onmessage = (e: MessageEvent<ChunkRequest>) => {
+  const { id, buffer, cols, start, end, opts } = e.data;
+  try {
+    const w = new Float32Array(buffer, start * cols * 4, (end - start) * cols);
+    const r = quantizeChunk(w as unknown as Float32Array, end - start, cols, opts);
+    self_.postMessage({ id, result: r }, [
+      r.codes.buffer as ArrayBuffer,
+      r.scales.buffer as ArrayBuffer,
+      r.zeros.buffer as ArrayBuffer,
+    ]);
+  } catch (err) {
+    const x = err as Error;
+    self_.postMessage({ id, error: { name: x?.name, message: x?.message ?? String(err) } });
+  }
+};
