@@ -52,7 +52,7 @@ export const spec: CommandSpec = {
       default: "0",
     },
     "calibration-bytes": { type: "string", help: "bytes of calibration text", default: "4096" },
-    "allow-nonfinite": { type: "boolean", help: "accept NaN/Inf weights" },
+    "allow-nonfinite": { type: "boolean", help: "read NaN/Inf weights as 0 instead of failing" },
     quiet: { type: "boolean", help: "no progress bar" },
     json: { type: "boolean", help: "print the result as JSON" },
   },

@@ -15,23 +15,18 @@ for (const c of CHECKPOINT_CASES) {
 }
 
 for (const id of ["st-nan-weight", "st-inf-weight"]) {
-  Deno.test(`reliability/checkpoint: ${id} with --allow-nonfinite passes the reader`, async () => {
-    // The reader accepts the value; a later compiler stage still refuses to quantize it, with a
-    // one-line InputError naming the tensor (not the safetensors file) and nothing written.
+  Deno.test(`reliability/checkpoint: ${id} with --allow-nonfinite compiles (values read as 0)`, async () => {
     const c = CHECKPOINT_CASES.find((x) => x.id === id)!;
     const dir = await Deno.makeTempDir({ prefix: "moeq-rel-nonfinite-" });
     try {
       const strict = await runCli(await c.setup(dir));
       assert.match(strict.stderr, /model\.safetensors: tensor/);
-      const r = await runCli([...(await c.setup(dir)), "--allow-nonfinite"]);
-      assert.equal(r.code, 3, r.stderr);
-      assert.ok(isOneLineError(r.stderr), r.stderr);
-      assert.doesNotMatch(r.stderr, /model\.safetensors: tensor/);
-      assert.match(r.stderr, /non-finite/);
-      assert.match(r.stderr, /model\.layers\.\d\.(block_sparse_moe|self_attn)\./);
-      const left = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n !== "ckpt");
-      assert.deepEqual(left, []);
-      assert.ok(!(await exists(join(dir, "out.moeq"))));
+      assert.ok(isOneLineError(strict.stderr), strict.stderr);
+      const args = await c.setup(dir);
+      if (args[0] !== "compile") return; // only the compile cases write an artifact
+      const r = await runCli([...args, "--allow-nonfinite", "--quiet"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(await exists(join(dir, "out.moeq")));
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -36,7 +36,7 @@ export {
 
 /** Options for loadCheckpoint. */
 export interface LoadOptions {
-  /** Accept NaN/±Inf weights instead of failing the read with an InputError (default false). */
+  /** Read NaN/±Inf weights as 0 instead of failing the read with an InputError (default false). */
   allowNonFinite?: boolean;
 }
 

@@ -58,7 +58,7 @@ export interface TensorInfo {
 
 /** Options for reading tensor values. */
 export interface ReadOptions {
-  /** Accept NaN/±Inf values instead of throwing an InputError (default false). */
+  /** Read NaN/±Inf values as 0 instead of throwing an InputError (default false). */
   allowNonFinite?: boolean;
 }
 
@@ -400,14 +400,16 @@ class SafetensorsHandle implements SafetensorsFile {
     const size = DTYPE_SIZES[t.dtype];
     const bytes = await readAt(this.path, t.begin + start * size, count * size);
     const values = decodeFloats(bytes, t.dtype);
-    if (!options.allowNonFinite) {
-      for (let i = 0; i < values.length; i++) {
-        if (!Number.isFinite(values[i])) {
-          throw new InputError(
-            `tensor "${name}" has a non-finite value (${values[i]}) at element ${start + i}`,
-            this.path,
-          );
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i])) {
+        if (options.allowNonFinite) {
+          values[i] = 0;
+          continue;
         }
+        throw new InputError(
+          `tensor "${name}" has a non-finite value (${values[i]}) at element ${start + i}`,
+          this.path,
+        );
       }
     }
     return values;

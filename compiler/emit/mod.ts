@@ -122,6 +122,9 @@ function placeholderRecord(meta: TensorMeta, enc: TensorEncoding): TensorRecord 
   };
 }
 
+/** Most elements (f32) of the tensor being quantized plus the one read ahead: 2 expert matrices. */
+const PREFETCH_ELEMENTS = 128 << 20;
+
 /** Σ(a − b)² and Σa², in float64. */
 function squaredSums(a: Float32Array, b: Float32Array): { err: number; ref: number } {
   let err = 0;
@@ -199,7 +202,11 @@ export async function emitArtifact(
           };
           if (opts.pool) {
             const job = opts.pool.quantize(values, rows, cols, copts);
-            if (i + 1 < plan.length) next = plan[i + 1].placed.ref.read();
+            // Read ahead only when both tensors are modest (an embedding-sized pair would not be).
+            const numel = (k: number) => plan[k].meta.shape.reduce((x, y) => x * y, 1);
+            if (i + 1 < plan.length && numel(i) + numel(i + 1) <= PREFETCH_ELEMENTS) {
+              next = plan[i + 1].placed.ref.read();
+            }
             done = await job;
           } else {
             done = quantizeChunked(values, rows, cols, copts);
