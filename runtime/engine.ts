@@ -475,6 +475,7 @@ export async function createWebGpuEngine(
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
   const samplerState = storageBuffer(device, 8, "sampler.state");
+  const shiftTmp = storageBuffer(device, (maxContext + 1) * 4, "shift");
   const sampler: Sampler = createSampler(device, V);
 
   // ---- plans
@@ -769,6 +770,22 @@ export async function createWebGpuEngine(
     device.queue.submit([enc.finish()]);
   }
 
+  // Warm-up: software adapters (lavapipe) JIT-compile a pipeline at its first dispatch, so run
+  // every plan once on one token now (load time) rather than at the first request.
+  {
+    for (const mode of ["all", "none", "last"] as LogitsMode[]) submitForward(1, 0, plan(tile, mode));
+    submitForward(1, 0, plan(1, "last"), (enc) => {
+      device.queue.writeBuffer(samplerState, 0, new Uint32Array([0, 1]));
+      sampler.encode(enc, buf.logits, buf.tok, { buffer: samplerState, offset: 0 }, {
+        temperature: 1,
+        topK: 0,
+        topP: 0.9,
+        seed: 0,
+      });
+    });
+    await device.queue.onSubmittedWorkDone();
+  }
+
   let busy = false;
   let disposed = false;
   const enter = () => {
@@ -819,8 +836,11 @@ export async function createWebGpuEngine(
   ): AsyncGenerator<number> {
     checkIds(promptIds, "generate");
     const n = promptIds.length;
-    const maxTokens = Math.min(options.maxTokens ?? 64, maxContext - n);
-    const every = Math.max(1, Math.floor(options.readbackEvery ?? 8));
+    const maxTokens = options.maxTokens ?? 64;
+    // Context shifting keeps the last `keep` tokens; a readback batch never exceeds it, so the
+    // tokens not yet read back always survive a shift.
+    const keep = Math.max(1, Math.floor(maxContext / 2));
+    const every = Math.max(1, Math.min(keep, Math.floor(options.readbackEvery ?? 8)));
     const stop = new Set(options.stopIds ?? cfg.eosTokenIds);
     const params = {
       temperature: options.temperature ?? 0,
@@ -846,7 +866,9 @@ export async function createWebGpuEngine(
         const last = s + T >= n;
         submitForward(T, s, plan(tile, last ? "last" : "none"), last ? sample(n, 0) : undefined);
       }
-      let produced = 1; // tokens sampled so far (tok[n .. n + produced))
+      // Absolute token a (prompt 0..n-1, then generated) lives at tok[a - base].
+      let base = 0;
+      let produced = 1; // tokens sampled so far (absolute n .. n + produced)
       let yielded = 0;
       const decode = plan(1, "last");
       while (yielded < maxTokens) {
@@ -854,13 +876,35 @@ export async function createWebGpuEngine(
         const target = Math.min(maxTokens, yielded + every);
         while (produced < target) {
           if (options.signal?.aborted) return;
-          const pos = n + produced - 1; // position of the newest token, fed now
-          submitForward(1, pos, decode, sample(pos + 1, produced));
+          const pos = n + produced - 1 - base; // position of the newest token, fed now
+          if (pos < maxContext) {
+            submitForward(1, pos, decode, sample(pos + 1, produced));
+          } else {
+            // Context shift: the KV cache is full. Move the last `keep` tokens (the newest,
+            // unfed one included) to the front of the token buffer on the GPU, re-prefill
+            // them at positions 0..keep-1 and sample the next token after them.
+            const from = n + produced - keep - base;
+            const enc = device.createCommandEncoder();
+            enc.copyBufferToBuffer(buf.tok, from * 4, shiftTmp, 0, keep * 4);
+            enc.copyBufferToBuffer(shiftTmp, 0, buf.tok, 0, keep * 4);
+            device.queue.submit([enc.finish()]);
+            base = n + produced - keep;
+            for (let s = 0; s < keep; s += chunk) {
+              const T = Math.min(chunk, keep - s);
+              const last = s + T >= keep;
+              submitForward(
+                T,
+                s,
+                plan(tile, last ? "last" : "none"),
+                last ? sample(keep, produced) : undefined,
+              );
+            }
+          }
           produced++;
         }
         const count = produced - yielded;
         const enc = device.createCommandEncoder();
-        enc.copyBufferToBuffer(buf.tok, (n + yielded) * 4, staging, 0, count * 4);
+        enc.copyBufferToBuffer(buf.tok, (n + yielded - base) * 4, staging, 0, count * 4);
         device.queue.submit([enc.finish()]);
         const bytes = await mapStaging(staging, count * 4);
         const got = new Uint32Array(bytes.buffer, bytes.byteOffset, count);

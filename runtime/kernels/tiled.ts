@@ -177,9 +177,9 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
         if (format.kind === "f32") lines.push(`let w${i} = W[${at}];`);
         else if (format.kind === "f16") lines.push(`let p${i} = unpack2x16float(W[${at}]);`);
         else {
-          lines.push(`let r${i} = W[${at}];`);
+          lines.push(`let h${i} = W[${at}];`);
           lines.push(
-            `let p${i} = vec2<f32>(bitcast<f32>(r${i} << 16u), bitcast<f32>(r${i} & 0xffff0000u));`,
+            `let p${i} = vec2<f32>(bitcast<f32>(h${i} << 16u), bitcast<f32>(h${i} & 0xffff0000u));`,
           );
         }
       }
@@ -188,7 +188,9 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
         const dot = [];
         for (let v = 0; v < BC; v += 8) {
           dot.push(
-            `(${Array.from({ length: 8 }, (_, i) => `${wAt(v + i)} * x${tt}_${v + i}`).join(" + ")})`,
+            `(${
+              Array.from({ length: 8 }, (_, i) => `${wAt(v + i)} * x${tt}_${v + i}`).join(" + ")
+            })`,
           );
         }
         lines.push(`${a}${tt} += ${dot.join(" + ")};`);

@@ -1,0 +1,348 @@
+/**
+ * Tiled matmul (dense, fused gate/up + SwiGLU, routed-token lists) and the GPU routing lists,
+ * against float64 host computations on random data.
+ */
+import assert from "node:assert/strict";
+import { requestGpu } from "../device.ts";
+import { bf16ToF32, f16ToF32, f32ToF16 } from "../../schemas/half.ts";
+import {
+  dequantize,
+  encodeParams,
+  groupsPerRow,
+  packCodes,
+  type QuantizedTensor,
+} from "../../schemas/packing.ts";
+import {
+  bindKernel,
+  getKernel,
+  type KernelSource,
+  readBuffer,
+  STEP_BYTES,
+  storageBuffer,
+} from "./kernel.ts";
+import { type HostMatrix, uploadWeightSet, type WeightFormat } from "./matmul.ts";
+import { tiledGroups, type TiledKey, tiledMatmulSource } from "./tiled.ts";
+import { routeListsSource } from "./ops.ts";
+
+const device = (await requestGpu()).device;
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A random matrix in `format` and its exact values as the GPU must see them. */
+function randomMatrix(
+  format: WeightFormat,
+  rows: number,
+  cols: number,
+  rand: () => number,
+): { host: HostMatrix; values: Float64Array } {
+  const n = rows * cols;
+  const values = new Float64Array(n);
+  if (format.kind === "q") {
+    const codes = new Uint8Array(n);
+    for (let i = 0; i < n; i++) codes[i] = Math.floor(rand() * (1 << format.bits));
+    const ng = rows * groupsPerRow(cols, format.groupSize);
+    const q: QuantizedTensor = {
+      rows,
+      cols,
+      bits: format.bits,
+      groupSize: format.groupSize,
+      scaleType: format.scaleType,
+      codes: packCodes(codes, rows, cols, format.bits),
+      scales: encodeParams(
+        Array.from({ length: ng }, () => 0.01 + 0.05 * rand()),
+        format.scaleType,
+      ),
+      zeros: encodeParams(
+        Array.from({ length: ng }, () => rand() * ((1 << format.bits) - 1)),
+        format.scaleType,
+      ),
+    };
+    dequantize(q).forEach((v, i) => values[i] = v);
+    return { host: q, values };
+  }
+  if (format.kind === "f32") {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) values[i] = a[i] = rand() * 2 - 1;
+    return { host: { raw: new Uint8Array(a.buffer) }, values };
+  }
+  const a = new Uint16Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = rand() * 2 - 1;
+    if (format.kind === "f16") {
+      a[i] = f32ToF16(v);
+      values[i] = f16ToF32(a[i]);
+    } else {
+      a[i] = new Uint32Array(new Float32Array([v]).buffer)[0] >>> 16;
+      values[i] = bf16ToF32(a[i]);
+    }
+  }
+  return { host: { raw: new Uint8Array(a.buffer) }, values };
+}
+
+/** Stacks two host matrices row-wise (what the engine does for [gate; up]). */
+function stack(a: HostMatrix, b: HostMatrix): HostMatrix {
+  if ("raw" in a && "raw" in b) {
+    const out = new Uint8Array(a.raw.length + b.raw.length);
+    out.set(a.raw);
+    out.set(b.raw, a.raw.length);
+    return { raw: out };
+  }
+  const qa = a as QuantizedTensor, qb = b as QuantizedTensor;
+  const cat = <T extends Uint32Array | Uint16Array | Float32Array>(x: T, y: T): T => {
+    const C = x.constructor as { new (n: number): T };
+    const o = new C(x.length + y.length);
+    o.set(x as never);
+    o.set(y as never, x.length);
+    return o;
+  };
+  return {
+    ...qa,
+    rows: qa.rows + qb.rows,
+    codes: cat(qa.codes, qb.codes),
+    scales: cat(qa.scales as Uint16Array, qb.scales as Uint16Array),
+    zeros: cat(qa.zeros as Uint16Array, qb.zeros as Uint16Array),
+  };
+}
+
+async function run(
+  src: KernelSource,
+  bufs: Record<string, GPUBuffer>,
+  groups: [number, number, number],
+): Promise<void> {
+  const kernel = getKernel(device, src);
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(kernel.pipeline);
+  pass.setBindGroup(0, bindKernel(device, kernel, bufs));
+  pass.dispatchWorkgroups(...groups);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  await device.queue.onSubmittedWorkDone();
+}
+
+async function readF32(buf: GPUBuffer, n: number): Promise<Float32Array> {
+  const b = await readBuffer(device, buf, n * 4);
+  return new Float32Array(b.buffer, b.byteOffset, n);
+}
+
+function stepBuffer(T: number): GPUBuffer {
+  const b = device.createBuffer({
+    size: STEP_BYTES,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(b, 0, new Uint32Array([T, 0, 0, 0]));
+  return b;
+}
+
+function relErr(gpu: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    num = Math.max(num, Math.abs(gpu[i] - ref[i]));
+    den = Math.max(den, Math.abs(ref[i]));
+  }
+  return num / den;
+}
+
+const silu = (a: number) => a / (1 + Math.exp(-a));
+const ROWS = 37, COLS = 77; // ragged: not multiples of the row tile, 2, 4 or 32
+
+const FORMATS: WeightFormat[] = [
+  { kind: "f32" },
+  { kind: "f16" },
+  { kind: "bf16" },
+  { kind: "q", bits: 2, groupSize: 32, scaleType: "f16" },
+  { kind: "q", bits: 3, groupSize: COLS, scaleType: "f32" },
+  { kind: "q", bits: 4, groupSize: 64, scaleType: "f16" },
+  { kind: "q", bits: 8, groupSize: 32, scaleType: "f32" },
+];
+const name = (f: WeightFormat) =>
+  f.kind === "q" ? `q${f.bits} g${f.groupSize} ${f.scaleType}` : f.kind;
+
+for (const format of FORMATS) {
+  const tol = format.kind === "f32" ? 1e-5 : 1e-4;
+  Deno.test(`tiled dense ${name(format)}: bias + residual, and fused gate/up SwiGLU, vs f64 (rel ≤ ${tol})`, async () => {
+    const rand = rng(11);
+    const T = 7;
+    const a = randomMatrix(format, ROWS, COLS, rand);
+    const b = randomMatrix(format, ROWS, COLS, rand);
+    const x = Float32Array.from({ length: T * COLS }, () => rand() * 2 - 1);
+    const xb = storageBuffer(device, x.byteLength, "x", x);
+    const dot = (m: Float64Array, t: number, r: number) => {
+      let s = 0;
+      for (let c = 0; c < COLS; c++) s += m[r * COLS + c] * x[t * COLS + c];
+      return s;
+    };
+    for (const [rowTile, tokenTile] of [[4, 4], [8, 1]]) {
+      // Plain: y = W x + B + y0.
+      const set = uploadWeightSet(device, format, ROWS, COLS, [a.host]);
+      const bias = Float32Array.from({ length: ROWS }, () => rand() - 0.5);
+      const y0 = Float32Array.from({ length: T * ROWS }, () => rand() - 0.5);
+      const key: TiledKey = {
+        format,
+        rows: ROWS,
+        cols: COLS,
+        rowTile,
+        tokenTile,
+        mode: "dense",
+        bias: true,
+        accumulate: true,
+      };
+      const bufs: Record<string, GPUBuffer> = {
+        step: stepBuffer(T),
+        x: xb,
+        y: storageBuffer(device, y0.byteLength, "y", y0),
+        B: storageBuffer(device, bias.byteLength, "B", bias),
+      };
+      ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
+      await run(tiledMatmulSource(key), bufs, tiledGroups(key, T));
+      const ref = new Float64Array(T * ROWS);
+      for (let t = 0; t < T; t++) {
+        for (let r = 0; r < ROWS; r++) {
+          ref[t * ROWS + r] = dot(a.values, t, r) + bias[r] + y0[t * ROWS + r];
+        }
+      }
+      const err = relErr(await readF32(bufs.y, T * ROWS), ref);
+      assert.ok(err <= tol, `plain r${rowTile}t${tokenTile}: rel err ${err}`);
+
+      // Fused: y = silu(gate x) · (up x), weights stacked [gate; up].
+      const gu = uploadWeightSet(device, format, 2 * ROWS, COLS, [stack(a.host, b.host)]);
+      const gkey: TiledKey = { ...key, bias: false, accumulate: false, gateUp: true };
+      const gbufs: Record<string, GPUBuffer> = {
+        step: bufs.step,
+        x: xb,
+        y: storageBuffer(device, T * ROWS * 4, "y"),
+      };
+      ["W", "S", "Z"].forEach((n, i) => gu.buffers[i] && (gbufs[n] = gu.buffers[i]));
+      await run(tiledMatmulSource(gkey), gbufs, tiledGroups(gkey, T));
+      const gref = new Float64Array(T * ROWS);
+      for (let t = 0; t < T; t++) {
+        for (let r = 0; r < ROWS; r++) {
+          gref[t * ROWS + r] = silu(dot(a.values, t, r)) * dot(b.values, t, r);
+        }
+      }
+      const gerr = relErr(await readF32(gbufs.y, T * ROWS), gref);
+      assert.ok(gerr <= tol, `gate/up r${rowTile}t${tokenTile}: rel err ${gerr}`);
+    }
+  });
+}
+
+Deno.test("route lists: top-k, weights and per-expert (token, slot) lists match the host", async () => {
+  const rand = rng(3);
+  const E = 6, K = 2, cap = 16, T = 13;
+  const logits = Float32Array.from({ length: T * E }, () => rand() * 4 - 2);
+  const bufs = {
+    step: stepBuffer(T),
+    logits: storageBuffer(device, logits.byteLength, "logits", logits),
+    ids: storageBuffer(device, T * K * 4, "ids"),
+    wts: storageBuffer(device, T * K * 4, "wts"),
+    route: storageBuffer(device, (E + E * cap) * 4, "route"),
+  };
+  await run(routeListsSource(E, K, true, cap), bufs, [1, 1, 1]);
+  const ids = new Uint32Array((await readBuffer(device, bufs.ids, T * K * 4)).buffer);
+  const wts = await readF32(bufs.wts, T * K);
+  const route = new Uint32Array((await readBuffer(device, bufs.route, (E + E * cap) * 4)).buffer);
+  const lists: number[][] = Array.from({ length: E }, () => []);
+  for (let t = 0; t < T; t++) {
+    const row = Array.from(logits.subarray(t * E, (t + 1) * E));
+    const order = row.map((v, e) => [v, e]).sort((p, q) => q[0] - p[0] || p[1] - q[1]);
+    const m = Math.max(...row);
+    const z = row.reduce((s, v) => s + Math.exp(v - m), 0);
+    const top = order.slice(0, K).map(([v, e]) => ({ e, p: Math.exp(v - m) / z }));
+    const sum = top.reduce((s, q) => s + q.p, 0);
+    top.forEach(({ e, p }, k) => {
+      assert.equal(ids[t * K + k], e, `token ${t} slot ${k}`);
+      assert.ok(Math.abs(wts[t * K + k] - p / sum) <= 1e-6, `weight ${t}/${k}`);
+      lists[e].push(t * K + k);
+    });
+  }
+  for (let e = 0; e < E; e++) {
+    assert.equal(route[e], lists[e].length, `count of expert ${e}`);
+    assert.deepEqual(Array.from(route.subarray(E + e * cap, E + e * cap + route[e])), lists[e]);
+  }
+});
+
+for (const format of [FORMATS[1], FORMATS[3], FORMATS[4]]) {
+  Deno.test(`tiled list ${name(format)}: experts touch only their routed rows (gate/up and down)`, async () => {
+    const rand = rng(21);
+    const E = 5, K = 2, cap = 8, T = 6;
+    const gex = [4, 1, 3]; // this set's experts; 0 and 2 live elsewhere
+    const mats = gex.map(() => ({
+      g: randomMatrix(format, ROWS, COLS, rand),
+      u: randomMatrix(format, ROWS, COLS, rand),
+    }));
+    // Random top-2 choices, then the lists the route kernel would build.
+    const ids: number[] = [];
+    for (let t = 0; t < T; t++) {
+      const pool = [0, 1, 2, 3, 4];
+      for (let k = 0; k < K; k++) ids.push(pool.splice(Math.floor(rand() * pool.length), 1)[0]);
+    }
+    const route = new Uint32Array(E + E * cap);
+    ids.forEach((e, r) => route[E + e * cap + route[e]++] = r);
+    const SENT = 777;
+    for (const [xRows, gateUp, tokenTile] of [["token", true, 4], ["slot", false, 1]] as const) {
+      const xn = xRows === "slot" ? T * K : T;
+      const x = Float32Array.from({ length: xn * COLS }, () => rand() * 2 - 1);
+      const set = uploadWeightSet(
+        device,
+        format,
+        gateUp ? 2 * ROWS : ROWS,
+        COLS,
+        mats.map((m) => gateUp ? stack(m.g.host, m.u.host) : m.g.host),
+      );
+      const key: TiledKey = {
+        format,
+        rows: ROWS,
+        cols: COLS,
+        rowTile: 4,
+        tokenTile,
+        mode: "list",
+        xRows,
+        topK: K,
+        numExperts: E,
+        capacity: cap,
+        gateUp,
+      };
+      const y0 = new Float32Array(T * K * ROWS).fill(SENT);
+      const bufs: Record<string, GPUBuffer> = {
+        x: storageBuffer(device, x.byteLength, "x", x),
+        y: storageBuffer(device, y0.byteLength, "y", y0),
+        route: storageBuffer(device, route.byteLength, "route", route),
+        gex: storageBuffer(device, 12, "gex", new Uint32Array(gex)),
+      };
+      ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
+      await run(tiledMatmulSource(key), bufs, tiledGroups(key, T, gex.length));
+      const got = await readF32(bufs.y, T * K * ROWS);
+      const ref = new Float64Array(T * K * ROWS).fill(SENT);
+      ids.forEach((e, sr) => {
+        const m = gex.indexOf(e);
+        if (m < 0) return;
+        const xr = xRows === "slot" ? sr : Math.floor(sr / K);
+        for (let r = 0; r < ROWS; r++) {
+          let g = 0, u = 0;
+          for (let c = 0; c < COLS; c++) {
+            g += mats[m].g.values[r * COLS + c] * x[xr * COLS + c];
+            u += mats[m].u.values[r * COLS + c] * x[xr * COLS + c];
+          }
+          ref[sr * ROWS + r] = gateUp ? silu(g) * u : g;
+        }
+      });
+      for (let i = 0; i < ref.length; i++) {
+        if (ref[i] === SENT) assert.equal(got[i], SENT, `row ${i} of an unrouted slot written`);
+      }
+      const err = relErr(
+        got.map((v, i) => ref[i] === SENT ? 0 : v),
+        ref.map((v) => v === SENT ? 0 : v),
+      );
+      assert.ok(err <= 1e-4, `${xRows}: rel err ${err}`);
+    }
+  });
+}
