@@ -2,7 +2,9 @@
  * The compiler pipeline: checkpoint IR → sensitivity passes → bit allocation → quantize → artifact.
  *
  * 1. **Scores** (cheap, weight-only): router-norm change Λ (needs the init checkpoint's routers,
- *    falls back to final norms) and MaxVar of each expert's first matrix.
+ *    falls back to final norms) and MaxVar of each expert's first matrix, read in 512-row
+ *    blocks whose row variances are taken on the worker pool (the allocation needs MaxVar of
+ *    every expert before the first expert is written, so this is a second read of the gates).
  * 2. **Calibration** (optional; needed by `frequency`, `gptq`, and the output-error costs of
  *    `budget`): the float64 reference runs a little text and records routing counts and a bounded
  *    sample of each expert's inputs (compiler/calibration.ts).
@@ -16,7 +18,9 @@
  * @module
  */
 
-import { type ModelIR, type PlacedTensor } from "./ir.ts";
+import { type ModelIR, type PlacedTensor, type TensorRef } from "./ir.ts";
+import { type BlockJob, type BlockRunner, inlineRunner } from "./parallel/block.ts";
+import { chunkRanges } from "./parallel/chunked.ts";
 import {
   allocate,
   type Allocation,
@@ -283,239 +287,320 @@ export async function compileModel(
     opts.init ? await routers(opts.init) : undefined,
   );
   const maxVar: ScoreTable = table(ir, () => 0);
-  for (const [i, e] of experts.entries()) {
-    const [rows, cols] = e.gate.shape;
-    maxVar[e.layer][e.expert] = maxVariance(await e.gate.read(), rows, cols, e.gate.name);
-    progress("scores", i + 1, experts.length);
+  // The pool serves the MaxVar reads here and the emit below; closed at the end either way.
+  const pool = opts.workers ? new QuantizePool(opts.workers) : undefined;
+  try {
+    return await compileWithPool();
+  } finally {
+    pool?.close();
   }
-  timings.passes += performance.now() - t;
 
-  // 2. Calibration.
-  const method: QuantMethod = opts.quantizer ??
-    (Math.min(...widths, Math.floor(Number(opts.expertBits) || 8)) <= 3 ? "hqq" : "rtn");
-  const needCalib = quantizedExperts &&
-    (allocator === "frequency" || method === "gptq" || opts.calibrationIds !== undefined);
-  let calib: CalibrationData | null = opts.calibration ?? null;
-  if (needCalib && !calib) {
-    if (!opts.calibrationIds) {
-      throw new UsageError(
-        `${
-          allocator === "frequency" ? "--allocator frequency" : "--quantizer gptq"
-        } needs --calibration`,
-      );
-    }
-    t = performance.now();
-    const ref = await prepareReference(ir);
-    calib = await calibrate(ref, opts.calibrationIds, {
-      context: opts.calibrationContext ?? Math.min(cfg.maxPositions, 512),
-      onProgress: (d, n) => progress("calibration", d, n),
-    });
-    timings.calibration = performance.now() - t;
-  }
-  const frequency = calib ? routingFrequency(calib.counts) : undefined;
-
-  // 3. Budget costs: every expert at every candidate width.
-  const layout = (rows: number, cols: number, bits: QuantBits): QuantLayout => ({
-    rows,
-    cols,
-    bits,
-    groupSize,
-    scaleType: "f16",
-  });
-  const expertBytes = (e: ExpertRefs, bits: QuantBits) =>
-    [e.gate, e.up, e.down].reduce(
-      (s, r) => s + packedByteSizes(layout(r.shape[0], r.shape[1], bits)).total,
-      0,
+  async function compileWithPool(): Promise<CompileResult> {
+    await rowVariances(
+      experts.map((e) => e.gate),
+      pool ?? inlineRunner,
+      (i, v) => {
+        const e = experts[i];
+        maxVar[e.layer][e.expert] = v;
+        progress("scores", i + 1, experts.length);
+      },
     );
-  let budget;
-  const budgetNotes: string[] = [];
-  if (quantizedExperts && allocator === "budget") {
-    t = performance.now();
-    const costMode = opts.budgetCost ?? (calib ? "layer" : "weight");
-    if (costMode !== "weight" && !calib) {
-      throw new UsageError(`budget cost "${costMode}" needs calibration data`);
-    }
-    const memoKey = `budget|${method}|${groupSize}|${widths}|${costMode}`;
-    type Costs = { cost: number[][][]; bytes: number[][][]; notes: string[] };
-    let costs = calib?.memo.get(memoKey) as Costs | undefined;
-    if (!costs) {
-      const cost = table(ir, () => [] as number[]);
-      const bytes = table(ir, () => [] as number[]);
-      const notes: string[] = [];
-      // "layer": each layer's output-error proxies are scaled to measured bits/token (see
-      // layerScales), one layer at a time so only that layer's quantized experts are held.
-      const ref = costMode === "layer" ? await prepareReference(ir) : null;
-      const base = ref
-        ? (await evaluateReference(ref, calib!.ids, { context: calib!.context })).bitsPerToken
-        : 0;
-      const deltas = ir.layers.map(() => 0);
-      let lowest: ExpertWeights[] = [];
-      for (const [i, e] of experts.entries()) {
-        const w = await readExpert(e);
-        const h = method === "gptq" && calib
-          ? expertHessians(w, calib, e.layer, e.expert)
-          : undefined;
-        for (const b of widths) {
-          const q = quantizeExpert(w, b, groupSize, method, h);
-          if (ref && b === widths[0]) lowest[e.expert] = q;
-          cost[e.layer][e.expert].push(
-            costMode !== "weight"
-              ? outputError(w, q, calib!.samples[e.layer][e.expert]).cost
-              : (["gate", "up", "down"] as const).reduce(
-                (s, k) => s + squaredError(w[k], q[k]).err,
-                0,
-              ),
-          );
-          bytes[e.layer][e.expert].push(expertBytes(e, b));
-        }
-        const last = i + 1 === experts.length || experts[i + 1].layer !== e.layer;
-        if (ref && last) {
-          deltas[e.layer] = await layerDelta(
-            ref,
-            calib!.ids,
-            calib!.context,
-            e.layer,
-            lowest,
-            base,
-          );
-          lowest = [];
-        }
-        progress("costs", i + 1, experts.length);
-      }
-      if (ref) {
-        const scale = layerScales(
-          deltas,
-          cost.map((row) => row.reduce((s, c) => s + (c[0] ?? 0), 0)),
-        );
-        cost.forEach((row, l) => row.forEach((c) => c.forEach((_, k) => c[k] *= scale[l])));
-        notes.push(
-          `budget cost: output error × measured layer sensitivity; Δ bits/token with a layer's ` +
-            `experts at ${widths[0]} bits: ${deltas.map((d) => d.toFixed(4)).join(", ")}`,
-        );
-      } else notes.push(`budget cost: ${costMode === "output" ? "output error" : "weight error"}`);
-      costs = { cost, bytes, notes };
-      calib?.memo.set(memoKey, costs);
-    }
-    budgetNotes.push(...costs.notes);
-    budget = { widths, cost: costs.cost, bytes: costs.bytes, maxBytes: opts.maxBytes };
-    timings.costs = performance.now() - t;
-  }
+    timings.passes += performance.now() - t;
 
-  // 4. Allocation.
-  t = performance.now();
-  let allocation: Allocation | null = null;
-  if (quantizedExperts) {
-    allocation = allocate(allocator, {
-      targetAverage: opts.maxBytes !== undefined && allocator === "budget"
-        ? undefined
-        : (opts.expertBits as number),
-      expertsPerLayer: ir.layers.map((l) => (l.ffn.kind === "moe" ? l.ffn.experts.length : 0)),
-      lambda: lambda.scores,
-      usedInit: lambda.usedInit,
-      maxVar,
-      frequency,
-      zeta: opts.zeta,
-      seed: opts.seed,
-      levels: opts.levels,
-      budget,
-    });
-  }
-  allocation?.summary.notes.push(...budgetNotes);
-  timings.passes += performance.now() - t;
+    // 2. Calibration.
+    const method: QuantMethod = opts.quantizer ??
+      (Math.min(...widths, Math.floor(Number(opts.expertBits) || 8)) <= 3 ? "hqq" : "rtn");
+    const needCalib = quantizedExperts &&
+      (allocator === "frequency" || method === "gptq" || opts.calibrationIds !== undefined);
+    let calib: CalibrationData | null = opts.calibration ?? null;
+    if (needCalib && !calib) {
+      if (!opts.calibrationIds) {
+        throw new UsageError(
+          `${
+            allocator === "frequency" ? "--allocator frequency" : "--quantizer gptq"
+          } needs --calibration`,
+        );
+      }
+      t = performance.now();
+      const ref = await prepareReference(ir);
+      calib = await calibrate(ref, opts.calibrationIds, {
+        context: opts.calibrationContext ?? Math.min(cfg.maxPositions, 512),
+        onProgress: (d, n) => progress("calibration", d, n),
+      });
+      timings.calibration = performance.now() - t;
+    }
+    const frequency = calib ? routingFrequency(calib.counts) : undefined;
 
-  // 5. Emit, measuring each expert's weight error and statistics as its matrices stream by.
-  t = performance.now();
-  const scoreTables: Record<string, ScoreTable> = {
-    lambda: lambda.scores,
-    maxVar,
-    ...(frequency ? { frequency } : {}),
-  };
-  const errAcc = table(ir, () => ({ err: 0, ref: 0, parts: 0, moments: new MomentAccumulator() }));
-  const stats = table(ir, () => ({ range: 0, kurtosis: 0 }));
-  const report = (): ExpertReport[] =>
-    experts.map((e) => {
-      const bits = allocation ? allocation.bits[e.layer][e.expert] : 0;
-      const scores: Record<string, number> = {};
-      for (const [k, v] of Object.entries(scoreTables)) scores[k] = v[e.layer][e.expert];
-      scores.range = stats[e.layer][e.expert].range;
-      scores.kurtosis = stats[e.layer][e.expert].kurtosis;
-      const acc = errAcc[e.layer][e.expert];
-      return {
-        layer: e.layer,
-        expert: e.expert,
-        bits,
-        bytes: bits ? expertBytes(e, bits as QuantBits) : 0,
-        rank: allocation ? allocation.rank[e.layer][e.expert] : -1,
-        relError: quantizedExperts && acc.ref > 0 ? Math.sqrt(acc.err / acc.ref) : -1,
-        scores,
-      };
-    });
-  const hessianCache = new Map<string, { x: Float64Array; a: Float64Array }>();
-  const pool = opts.workers && quantizedExperts ? new QuantizePool(opts.workers) : undefined;
-  const written = await emitArtifact(ir, dest, {
-    pool,
-    encode: (p) => {
-      if (p.expert < 0 || !p.role.startsWith("expert_")) {
-        return denseEncoding(p, denseBits, groupSize, denseMethod);
-      }
-      if (!allocation) return { storage: opts.expertBits as FloatStorage };
-      const bits = allocation.bits[p.layer][p.expert];
-      const enc: TensorEncoding = { storage: "q", bits, groupSize, method };
-      if (method === "gptq" && calib) {
-        const key = `${p.layer}/${p.expert}`;
-        const which = p.role === "expert_down" ? "a" : "x";
-        enc.hessian = async () => {
-          let h = hessianCache.get(key);
-          if (!h) {
-            hessianCache.clear(); // one expert at a time: memory stays bounded
-            const e = experts.find((x) => x.layer === p.layer && x.expert === p.expert)!;
-            h = expertHessians(await readExpert(e), calib!, p.layer, p.expert);
-            hessianCache.set(key, h);
-          }
-          return h[which];
-        };
-      }
-      return enc;
-    },
-    experts: report,
-    options: {
-      expertBits: opts.expertBits,
-      denseBits,
-      allocator,
-      quantizer: method,
-      denseQuantizer: denseMethod,
+    // 3. Budget costs: every expert at every candidate width.
+    const layout = (rows: number, cols: number, bits: QuantBits): QuantLayout => ({
+      rows,
+      cols,
+      bits,
       groupSize,
-      zeta: opts.zeta ?? 3,
-      seed: opts.seed ?? 0,
-      widths,
-      maxBytes: opts.maxBytes ?? null,
-      init: opts.init ? opts.init.source : null,
-      calibrationTokens: calib?.tokens ?? 0,
-    },
-    onQuantError: (p, err, ref) => {
-      if (p.expert < 0 || !p.role.startsWith("expert_")) return;
-      const acc = errAcc[p.layer][p.expert];
-      acc.err += err;
-      acc.ref += ref;
-    },
-    onTensor: (_rec, i, n) => progress("emit", i + 1, n),
-    onValues: (p, values) => {
-      if (p.expert < 0 || !p.role.startsWith("expert_")) return;
-      const acc = errAcc[p.layer][p.expert];
-      acc.moments.add(values, p.ref.name); // streamed: the three matrices are never held together
-      if (++acc.parts === 3) {
-        const ws = acc.moments.finish();
-        stats[p.layer][p.expert] = { range: ws.range, kurtosis: ws.kurtosis };
+      scaleType: "f16",
+    });
+    const expertBytes = (e: ExpertRefs, bits: QuantBits) =>
+      [e.gate, e.up, e.down].reduce(
+        (s, r) => s + packedByteSizes(layout(r.shape[0], r.shape[1], bits)).total,
+        0,
+      );
+    let budget;
+    const budgetNotes: string[] = [];
+    if (quantizedExperts && allocator === "budget") {
+      t = performance.now();
+      const costMode = opts.budgetCost ?? (calib ? "layer" : "weight");
+      if (costMode !== "weight" && !calib) {
+        throw new UsageError(`budget cost "${costMode}" needs calibration data`);
       }
-    },
-  }).finally(() => pool?.close());
-  timings.emit = performance.now() - t;
-  timings.total = performance.now() - t0;
-  return {
-    path: written.path,
-    bytes: written.bytes,
-    allocation: allocation?.summary ?? null,
-    experts: report(),
-    timings,
+      const memoKey = `budget|${method}|${groupSize}|${widths}|${costMode}`;
+      type Costs = { cost: number[][][]; bytes: number[][][]; notes: string[] };
+      let costs = calib?.memo.get(memoKey) as Costs | undefined;
+      if (!costs) {
+        const cost = table(ir, () => [] as number[]);
+        const bytes = table(ir, () => [] as number[]);
+        const notes: string[] = [];
+        // "layer": each layer's output-error proxies are scaled to measured bits/token (see
+        // layerScales), one layer at a time so only that layer's quantized experts are held.
+        const ref = costMode === "layer" ? await prepareReference(ir) : null;
+        const base = ref
+          ? (await evaluateReference(ref, calib!.ids, { context: calib!.context })).bitsPerToken
+          : 0;
+        const deltas = ir.layers.map(() => 0);
+        let lowest: ExpertWeights[] = [];
+        for (const [i, e] of experts.entries()) {
+          const w = await readExpert(e);
+          const h = method === "gptq" && calib
+            ? expertHessians(w, calib, e.layer, e.expert)
+            : undefined;
+          for (const b of widths) {
+            const q = quantizeExpert(w, b, groupSize, method, h);
+            if (ref && b === widths[0]) lowest[e.expert] = q;
+            cost[e.layer][e.expert].push(
+              costMode !== "weight"
+                ? outputError(w, q, calib!.samples[e.layer][e.expert]).cost
+                : (["gate", "up", "down"] as const).reduce(
+                  (s, k) => s + squaredError(w[k], q[k]).err,
+                  0,
+                ),
+            );
+            bytes[e.layer][e.expert].push(expertBytes(e, b));
+          }
+          const last = i + 1 === experts.length || experts[i + 1].layer !== e.layer;
+          if (ref && last) {
+            deltas[e.layer] = await layerDelta(
+              ref,
+              calib!.ids,
+              calib!.context,
+              e.layer,
+              lowest,
+              base,
+            );
+            lowest = [];
+          }
+          progress("costs", i + 1, experts.length);
+        }
+        if (ref) {
+          const scale = layerScales(
+            deltas,
+            cost.map((row) => row.reduce((s, c) => s + (c[0] ?? 0), 0)),
+          );
+          cost.forEach((row, l) => row.forEach((c) => c.forEach((_, k) => c[k] *= scale[l])));
+          notes.push(
+            `budget cost: output error × measured layer sensitivity; Δ bits/token with a layer's ` +
+              `experts at ${widths[0]} bits: ${deltas.map((d) => d.toFixed(4)).join(", ")}`,
+          );
+        } else {notes.push(
+            `budget cost: ${costMode === "output" ? "output error" : "weight error"}`,
+          );}
+        costs = { cost, bytes, notes };
+        calib?.memo.set(memoKey, costs);
+      }
+      budgetNotes.push(...costs.notes);
+      budget = { widths, cost: costs.cost, bytes: costs.bytes, maxBytes: opts.maxBytes };
+      timings.costs = performance.now() - t;
+    }
+
+    // 4. Allocation.
+    t = performance.now();
+    let allocation: Allocation | null = null;
+    if (quantizedExperts) {
+      allocation = allocate(allocator, {
+        targetAverage: opts.maxBytes !== undefined && allocator === "budget"
+          ? undefined
+          : (opts.expertBits as number),
+        expertsPerLayer: ir.layers.map((l) => (l.ffn.kind === "moe" ? l.ffn.experts.length : 0)),
+        lambda: lambda.scores,
+        usedInit: lambda.usedInit,
+        maxVar,
+        frequency,
+        zeta: opts.zeta,
+        seed: opts.seed,
+        levels: opts.levels,
+        budget,
+      });
+    }
+    allocation?.summary.notes.push(...budgetNotes);
+    timings.passes += performance.now() - t;
+
+    // 5. Emit, measuring each expert's weight error and statistics as its matrices stream by.
+    t = performance.now();
+    const scoreTables: Record<string, ScoreTable> = {
+      lambda: lambda.scores,
+      maxVar,
+      ...(frequency ? { frequency } : {}),
+    };
+    const errAcc = table(
+      ir,
+      () => ({ err: 0, ref: 0, parts: 0, moments: new MomentAccumulator() }),
+    );
+    const stats = table(ir, () => ({ range: 0, kurtosis: 0 }));
+    const report = (): ExpertReport[] =>
+      experts.map((e) => {
+        const bits = allocation ? allocation.bits[e.layer][e.expert] : 0;
+        const scores: Record<string, number> = {};
+        for (const [k, v] of Object.entries(scoreTables)) scores[k] = v[e.layer][e.expert];
+        scores.range = stats[e.layer][e.expert].range;
+        scores.kurtosis = stats[e.layer][e.expert].kurtosis;
+        const acc = errAcc[e.layer][e.expert];
+        return {
+          layer: e.layer,
+          expert: e.expert,
+          bits,
+          bytes: bits ? expertBytes(e, bits as QuantBits) : 0,
+          rank: allocation ? allocation.rank[e.layer][e.expert] : -1,
+          relError: quantizedExperts && acc.ref > 0 ? Math.sqrt(acc.err / acc.ref) : -1,
+          scores,
+        };
+      });
+    const hessianCache = new Map<string, { x: Float64Array; a: Float64Array }>();
+    const written = await emitArtifact(ir, dest, {
+      pool,
+      encode: (p) => {
+        if (p.expert < 0 || !p.role.startsWith("expert_")) {
+          return denseEncoding(p, denseBits, groupSize, denseMethod);
+        }
+        if (!allocation) return { storage: opts.expertBits as FloatStorage };
+        const bits = allocation.bits[p.layer][p.expert];
+        const enc: TensorEncoding = { storage: "q", bits, groupSize, method };
+        if (method === "gptq" && calib) {
+          const key = `${p.layer}/${p.expert}`;
+          const which = p.role === "expert_down" ? "a" : "x";
+          enc.hessian = async () => {
+            let h = hessianCache.get(key);
+            if (!h) {
+              hessianCache.clear(); // one expert at a time: memory stays bounded
+              const e = experts.find((x) => x.layer === p.layer && x.expert === p.expert)!;
+              h = expertHessians(await readExpert(e), calib!, p.layer, p.expert);
+              hessianCache.set(key, h);
+            }
+            return h[which];
+          };
+        }
+        return enc;
+      },
+      experts: report,
+      options: {
+        expertBits: opts.expertBits,
+        denseBits,
+        allocator,
+        quantizer: method,
+        denseQuantizer: denseMethod,
+        groupSize,
+        zeta: opts.zeta ?? 3,
+        seed: opts.seed ?? 0,
+        widths,
+        maxBytes: opts.maxBytes ?? null,
+        init: opts.init ? opts.init.source : null,
+        calibrationTokens: calib?.tokens ?? 0,
+      },
+      onQuantError: (p, err, ref) => {
+        if (p.expert < 0 || !p.role.startsWith("expert_")) return;
+        const acc = errAcc[p.layer][p.expert];
+        acc.err += err;
+        acc.ref += ref;
+      },
+      // Streamed: the moments of each block are taken where it is quantized; the three matrices
+      // are never held together.
+      moments: (p) =>
+        p.expert >= 0 && p.role.startsWith("expert_")
+          ? errAcc[p.layer][p.expert].moments
+          : undefined,
+      onTensor: (rec, i, n) => {
+        progress("emit", i + 1, n);
+        if (rec.expert < 0 || !rec.role.startsWith("expert_")) return;
+        const acc = errAcc[rec.layer][rec.expert];
+        if (++acc.parts === 3) {
+          const ws = acc.moments.finish();
+          stats[rec.layer][rec.expert] = { range: ws.range, kurtosis: ws.kurtosis };
+        }
+      },
+    });
+    timings.emit = performance.now() - t;
+    timings.total = performance.now() - t0;
+    return {
+      path: written.path,
+      bytes: written.bytes,
+      allocation: allocation?.summary ?? null,
+      experts: report(),
+      timings,
+    };
+  }
+}
+
+/**
+ * MaxVar of each matrix (the largest row variance, `maxVariance`), read in row blocks through
+ * `runner` with a few blocks in flight; `done(i, value)` is called in order. The maximum over
+ * blocks is the maximum over rows, so the values equal `maxVariance` of the whole matrices.
+ */
+export async function rowVariances(
+  refs: readonly TensorRef[],
+  runner: BlockRunner,
+  done: (i: number, value: number) => void,
+): Promise<void> {
+  const window = runner.lanes + 2;
+  const blocks: [number, number, number][] = [];
+  refs.forEach((ref, i) => {
+    if (ref.shape.length === 2 && (ref.readRawRows || ref.readRows)) {
+      for (const [a, b] of chunkRanges(ref.shape[0])) blocks.push([i, a, b]);
+    } else {
+      blocks.push([i, 0, -1]);
+    }
+  });
+  const start = async ([i, a, b]: [number, number, number]): Promise<number> => {
+    const ref = refs[i];
+    const [rows, cols] = ref.shape;
+    if (b < 0) return maxVariance(await ref.read(), rows, cols, ref.name);
+    const job: BlockJob = {
+      ...(ref.readRawRows
+        ? { raw: await ref.readRawRows(a, b - a) }
+        : { values: await ref.readRows!(a, b - a) }),
+      rows: b - a,
+      cols,
+      name: ref.name,
+      rowVariance: true,
+    };
+    return (await runner.run(job)).rowVariance!;
   };
+  const inFlight: Promise<number>[] = [];
+  let next = 0;
+  const fill = () => {
+    while (inFlight.length < window && next < blocks.length) {
+      const p = start(blocks[next++]);
+      p.catch(() => {});
+      inFlight.push(p);
+    }
+  };
+  fill();
+  let best = 0;
+  for (let k = 0; k < blocks.length; k++) {
+    const v = await inFlight.shift()!;
+    fill();
+    const [i, , b] = blocks[k];
+    if (v > best) best = v;
+    const last = b < 0 || k + 1 === blocks.length || blocks[k + 1][0] !== i;
+    if (last) {
+      done(i, best);
+      best = 0;
+    }
+  }
 }

@@ -10,6 +10,26 @@ import type { ModelConfig } from "../schemas/model.ts";
 
 export type { Family, ModelConfig, RoutingSpec } from "../schemas/model.ts";
 
+/**
+ * Raw little-endian bytes of a run of a tensor's elements as stored at the source, with what
+ * decoding them needs (`compiler/checkpoint/raw.ts` `decodeRaw`): a block can be read on one
+ * thread and decoded and checked on another.
+ */
+export interface RawElements {
+  /** The bytes, in a buffer of their own (offset 0, transferable). */
+  bytes: Uint8Array;
+  /** Source dtype: "F32" | "F16" | "BF16" | "F64". */
+  dtype: string;
+  /** Checkpoint tensor name, for messages. */
+  name: string;
+  /** File holding it, for messages. */
+  file: string;
+  /** Flat index of the first element in the tensor. */
+  start: number;
+  /** Read NaN/±Inf as 0 instead of failing (the checkpoint's read option). */
+  allowNonFinite: boolean;
+}
+
 /** A lazy 2-D (or 1-D) tensor: `read()` returns its values row-major as f32 (dequantized if needed). */
 export interface TensorRef {
   /** Where it comes from, for messages (checkpoint tensor name, with a slice when packed). */
@@ -20,6 +40,10 @@ export interface TensorRef {
   readonly dtype: string;
   /** Reads the values; each call reads again (callers cache what they need). */
   read(): Promise<Float32Array>;
+  /** Reads rows [start, start + count) of a matrix (row-major f32), when the source can. */
+  readRows?(start: number, count: number): Promise<Float32Array>;
+  /** The same rows as raw source bytes, to be decoded elsewhere (checkpoint refs only). */
+  readRawRows?(start: number, count: number): Promise<RawElements>;
 }
 
 /** A SwiGLU MLP: down(silu(gate · x) ⊙ (up · x)). gate/up are [I, H], down is [H, I]. */

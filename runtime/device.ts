@@ -31,6 +31,8 @@ export interface DeviceOptions {
   f16?: boolean;
   /** Limits the model needs; checked against the adapter before the device is created. */
   needs?: DeviceNeeds;
+  /** Optional features to enable when the adapter has them (e.g. "timestamp-query"). */
+  optionalFeatures?: GPUFeatureName[];
 }
 
 /** A device ready for moeq's kernels. */
@@ -42,6 +44,8 @@ export interface GpuContext {
   description: string;
   /** True for a CPU (software) adapter such as lavapipe/llvmpipe. */
   cpu: boolean;
+  /** Optional features that were enabled. */
+  features: GPUFeatureName[];
 }
 
 /** Default WebGPU limits: never ask for less than these. */
@@ -75,16 +79,17 @@ export async function requestGpu(opts: DeviceOptions = {}): Promise<GpuContext> 
   }
   const requiredLimits = negotiateLimits(adapter.limits, opts.needs ?? {});
   const f16 = (opts.f16 ?? true) && adapter.features.has("shader-f16");
+  const features = (opts.optionalFeatures ?? []).filter((f) => adapter.features.has(f));
   let device: GPUDevice;
   try {
     device = await adapter.requestDevice({
-      requiredFeatures: f16 ? ["shader-f16"] : [],
+      requiredFeatures: [...(f16 ? ["shader-f16" as const] : []), ...features],
       requiredLimits,
     });
   } catch (e) {
     throw new DeviceError(`requestDevice failed: ${(e as Error).message}`, { cause: e });
   }
-  return { device, f16, ...describeAdapter(adapter.info) };
+  return { device, f16, features, ...describeAdapter(adapter.info) };
 }
 
 /** Description and CPU-ness of an adapter (from `adapter.info` or `device.adapterInfo`). */

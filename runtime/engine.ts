@@ -9,8 +9,29 @@
  *
  * Routed experts of a layer are grouped per projection by storage format ("precision group"),
  * each group one weight set (split so no binding exceeds 128 MiB, the WebGPU default); one
- * dispatch per group per projection whose workgroups exit early when their expert was not
- * selected.
+ * dispatch per group per projection.
+ *
+ * Two kernel styles (option `kernels`): "classic" (kernels/matmul.ts, threads cooperate on a
+ * row; the default on GPUs) and "tiled" (kernels/tiled.ts, register tiles of rows × tokens; the
+ * default on CPU adapters, where every scalar load costs a bounds-checked lane load and every
+ * dispatch a fixed ~0.2–0.5 ms). In the tiled style the router is followed by one
+ * `route_lists` dispatch that builds, on the GPU, each expert's list of routed (token, slot)
+ * rows, and the expert matmuls walk those lists, so an expert touches only its tokens; the
+ * gate and up projections (of experts, shared experts and dense MLPs) are stacked into one
+ * matrix and fused with SwiGLU, and q/k/v are stacked into one projection when the model has no
+ * q/k norm. Classic expert matmuls instead scan the router ids and exit for tiles with no hit.
+ *
+ * Pipelines: every plan is built at load, all pipelines are created with
+ * createComputePipelineAsync in parallel, then each plan runs once on one token (software
+ * adapters compile a pipeline at its first dispatch), so no request pays for compilation.
+ *
+ * Context shifting: `generate` may run past the KV-cache capacity `maxContext`. When the next
+ * token would be fed at position maxContext, the last ⌊maxContext/2⌋ tokens (the newest one
+ * included) are copied to the front of the GPU token buffer, re-prefilled at positions
+ * 0 .. ⌊maxContext/2⌋ − 1 and the next token is sampled after them; decoding continues from
+ * there. The ids never leave the GPU for this (no readbacks beyond the batch ones; batches are
+ * capped at ⌊maxContext/2⌋ tokens so unread ids survive a shift). A generation that fits the
+ * context never shifts and is unchanged.
  *
  * Decode: the sampled id is written by the GPU sampler into the token buffer that the next
  * step's embedding lookup reads; one submission per step; ids are read back every
@@ -35,7 +56,7 @@ import {
   STEP_BYTES,
   storageBuffer,
 } from "./kernels/kernel.ts";
-import { type TiledKey, tiledGroups, tiledMatmulSource } from "./kernels/tiled.ts";
+import { tiledGroups, type TiledKey, tiledMatmulSource } from "./kernels/tiled.ts";
 import type { QuantizedTensor } from "../schemas/packing.ts";
 import {
   formatName,
@@ -172,10 +193,16 @@ export interface WebGpuEngine extends Engine {
    * layers). Includes the per-submission cost; uses onSubmittedWorkDone, not readbacks.
    */
   profileKernels(T: number, repeats?: number): Promise<Map<string, number>>;
+  /** Kernel style in use (see {@link WebGpuEngineOptions.kernels}). */
+  readonly kernels: "tiled" | "classic";
+  /** Compute dispatches per decode step (one submission each), sampler excluded. */
+  readonly dispatchesPerToken: number;
+  /** Tokens per prefill submission. */
+  readonly prefillChunk: number;
 }
 
 /** The storage format of a matrix record. */
-function formatOf(t: TensorRecord): WeightFormat {
+export function formatOf(t: TensorRecord): WeightFormat {
   if (t.storage === "q") {
     const q = t.quant!;
     return { kind: "q", bits: q.bits, groupSize: q.groupSize, scaleType: q.scaleType };
@@ -773,7 +800,9 @@ export async function createWebGpuEngine(
   // Warm-up: software adapters (lavapipe) JIT-compile a pipeline at its first dispatch, so run
   // every plan once on one token now (load time) rather than at the first request.
   {
-    for (const mode of ["all", "none", "last"] as LogitsMode[]) submitForward(1, 0, plan(tile, mode));
+    for (const mode of ["all", "none", "last"] as LogitsMode[]) {
+      submitForward(1, 0, plan(tile, mode));
+    }
     submitForward(1, 0, plan(1, "last"), (enc) => {
       device.queue.writeBuffer(samplerState, 0, new Uint32Array([0, 1]));
       sampler.encode(enc, buf.logits, buf.tok, { buffer: samplerState, offset: 0 }, {
@@ -927,6 +956,9 @@ export async function createWebGpuEngine(
     f16,
     maxContext,
     weightBytes,
+    kernels: tiled ? "tiled" : "classic",
+    dispatchesPerToken: plan(1, "last").length,
+    prefillChunk: chunk,
     logits,
     generate,
     async profileKernels(T: number, repeats = 5) {

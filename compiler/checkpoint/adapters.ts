@@ -119,11 +119,36 @@ export class TensorClaims {
   ): TensorRef {
     const store = this.store;
     const options = this.options;
+    const cols = shape.length === 2 ? shape[1] : 0;
+    const rowRange = (r0: number, n: number) => {
+      if (
+        !cols || !Number.isSafeInteger(r0) || !Number.isSafeInteger(n) || r0 < 0 || n < 0 ||
+        r0 + n > shape[0]
+      ) {
+        throw new RangeError(`rows [${r0}, ${r0 + n}) outside ${label} [${shape}]`);
+      }
+      return [start + r0 * cols, n * cols];
+    };
     return {
       name: label,
       shape,
       dtype,
       read: () => store.readElements(name, start, count, options),
+      readRows: (r0, n) => {
+        const [s, c] = rowRange(r0, n);
+        return store.readElements(name, s, c, options);
+      },
+      readRawRows: async (r0, n) => {
+        const [s, c] = rowRange(r0, n);
+        return {
+          bytes: await store.readBytes(name, s, c),
+          dtype,
+          name,
+          file: store.fileOf(name).path,
+          start: s,
+          allowNonFinite: options.allowNonFinite ?? false,
+        };
+      },
     };
   }
 

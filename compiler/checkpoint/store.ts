@@ -7,8 +7,10 @@
  */
 
 import { join } from "node:path";
-import { InputError } from "../../runtime/errors.ts";
+import { InputError, UnsupportedError } from "../../runtime/errors.ts";
 import {
+  DTYPE_SIZES,
+  FLOAT_DTYPES,
   openSafetensors,
   osError,
   type ReadOptions,
@@ -42,6 +44,39 @@ export interface CheckpointStore {
     count: number,
     options?: ReadOptions,
   ): Promise<Float32Array>;
+  /** Reads the raw bytes of `count` elements from flat index `start` of a float tensor. */
+  readBytes(name: string, start: number, count: number): Promise<Uint8Array>;
+}
+
+/** Reads exactly `length` bytes at `offset` of `path` into a fresh buffer. */
+async function readAt(path: string, offset: number, length: number): Promise<Uint8Array> {
+  const out = new Uint8Array(length);
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true });
+  } catch (err) {
+    throw osError(err, path, "open");
+  }
+  try {
+    await file.seek(offset, Deno.SeekMode.Start);
+    let got = 0;
+    while (got < length) {
+      const n = await file.read(out.subarray(got));
+      if (n === null) {
+        throw new InputError(
+          `unexpected end of file at byte ${offset + got} (wanted ${length} bytes at ${offset})`,
+          path,
+        );
+      }
+      got += n;
+    }
+  } catch (err) {
+    if (err instanceof InputError) throw err;
+    throw osError(err, path, "read");
+  } finally {
+    file.close();
+  }
+  return out;
 }
 
 /** Reads a small JSON file; InputError naming it when missing or not JSON. */
@@ -151,5 +186,22 @@ export async function openCheckpointStore(dir: string): Promise<CheckpointStore>
     fileOf,
     readElements: (name, start, count, options) =>
       fileOf(name).readElements(name, start, count, options),
+    readBytes: (name, start, count) => {
+      const file = fileOf(name);
+      const t = file.info(name);
+      if (!FLOAT_DTYPES.includes(t.dtype)) {
+        throw new UnsupportedError(
+          `${file.path}: tensor "${name}" has dtype ${t.dtype}, which cannot be read as floating point`,
+        );
+      }
+      if (
+        !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 ||
+        start + count > t.numel
+      ) {
+        throw new RangeError(`elements [${start}, ${start + count}) outside tensor "${name}"`);
+      }
+      const size = DTYPE_SIZES[t.dtype];
+      return readAt(file.path, t.begin + start * size, count * size);
+    },
   };
 }

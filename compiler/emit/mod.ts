@@ -15,10 +15,24 @@
  * @module
  */
 
-import type { PlacedTensor } from "../ir.ts";
+import type { PlacedTensor, TensorRef } from "../ir.ts";
 import { type ModelIR, tensorsOf } from "../ir.ts";
+import { decodeRaw } from "../checkpoint/raw.ts";
+import {
+  type BlockJob,
+  type BlockResult,
+  type BlockRunner,
+  inlineRunner,
+} from "../parallel/block.ts";
+import { MomentAccumulator, momentShift } from "./stats.ts";
 import { pack, quantizeUnpacked, type QuantMethod, reconstruct } from "../quantize/mod.ts";
-import { type AssembledTensor, isChunkable, quantizeChunked } from "../parallel/chunked.ts";
+import {
+  type AssembledTensor,
+  CHUNK_ROWS,
+  type ChunkOptions,
+  isChunkable,
+  quantizeChunked,
+} from "../parallel/chunked.ts";
 import type { QuantizePool } from "../parallel/pool.ts";
 import {
   type ArtifactHeader,
@@ -28,7 +42,7 @@ import {
   type TensorRecord,
 } from "../../runtime/artifact.ts";
 import { UsageError } from "../../runtime/errors.ts";
-import { dequantize, type QuantBits, type ScaleType } from "../../schemas/packing.ts";
+import { dequantize, groupsPerRow, type QuantBits, type ScaleType } from "../../schemas/packing.ts";
 import { encodeHeader } from "./header.ts";
 import { ArtifactWriter, type TensorMeta, type WrittenArtifact } from "./writer.ts";
 
@@ -71,9 +85,20 @@ export interface EmitOptions {
   options?: unknown;
   /** Writer identification (default "moeq"). */
   generator?: string;
-  /** Called with each tensor's source values as they are read, before encoding. */
+  /**
+   * Called with each tensor's source values as they are read, before encoding. Needs whole
+   * tensors: when given, nothing is streamed in row blocks (memory is then the largest tensor).
+   */
   onValues?: (placed: PlacedTensor, values: Float32Array) => void;
-  /** Called for each quantized tensor with its source and dequantized values (error metrics). */
+  /**
+   * The accumulator that should receive the moments of this tensor's values (or undefined):
+   * computed block by block where the blocks are processed, added in row order.
+   */
+  moments?: (placed: PlacedTensor) => MomentAccumulator | undefined;
+  /**
+   * Called for each quantized tensor with its source and dequantized values (error metrics).
+   * Needs whole tensors, like `onValues`.
+   */
   onQuantized?: (placed: PlacedTensor, original: Float32Array, dequantized: Float32Array) => void;
   /**
    * Called for each quantized tensor with Σ(w − ŵ)² and Σw² (ŵ as the runtime decodes it): the
@@ -81,8 +106,8 @@ export interface EmitOptions {
    */
   onQuantError?: (placed: PlacedTensor, err: number, ref: number) => void;
   /**
-   * Worker threads quantizing RTN/HQQ matrices block by block (compiler/parallel/). The artifact
-   * is byte-identical with or without a pool. The caller owns (and closes) the pool.
+   * Worker threads decoding, quantizing (RTN/HQQ) and casting row blocks (compiler/parallel/).
+   * The artifact is byte-identical with or without a pool. The caller owns (and closes) it.
    */
   pool?: QuantizePool;
   /** Called after each tensor is written (progress). */
@@ -122,8 +147,8 @@ function placeholderRecord(meta: TensorMeta, enc: TensorEncoding): TensorRecord 
   };
 }
 
-/** Most elements (f32) of the tensor being quantized plus the one read ahead: 2 expert matrices. */
-const PREFETCH_ELEMENTS = 128 << 20;
+/** Rows per streamed block: the quantization blocks of chunked.ts, so results are identical. */
+const BLOCK_ROWS = CHUNK_ROWS;
 
 /** Σ(a − b)² and Σa², in float64. */
 function squaredSums(a: Float32Array, b: Float32Array): { err: number; ref: number } {
@@ -138,8 +163,12 @@ function squaredSums(a: Float32Array, b: Float32Array): { err: number; ref: numb
 }
 
 /**
- * Writes `ir` as an artifact at `destPath`, tensor by tensor in `tensorsOf` order (memory is
- * bounded by the largest tensor). The header region is sized exactly from a placeholder header,
+ * Writes `ir` as an artifact at `destPath`, tensor by tensor in `tensorsOf` order. Matrices
+ * stored as floats or quantized by RTN/HQQ stream in 512-row blocks: each block is read raw,
+ * then decoded, quantized or cast (and its moments taken) on a worker of `pool` or on this
+ * thread, and written in order with incremental CRC32C, with a few blocks in flight. Memory is
+ * then a few blocks per worker whatever the tensor sizes. Vectors, GPTQ matrices and refs
+ * without row reads (or when `onValues`/`onQuantized` want whole matrices) are read whole. The header region is sized exactly from a placeholder header,
  * so the header always sits right after the preamble. On any failure the temp file is removed.
  */
 export async function emitArtifact(
@@ -180,58 +209,93 @@ export async function emitArtifact(
   const headerReserve = encodeHeader(placeholder).length;
 
   const w = await ArtifactWriter.create(destPath, { headerReserve });
-  let next: Promise<Float32Array> | null = null;
-  try {
-    // The next tensor is read while the current one is quantized (at most two in flight).
-    next = plan.length ? plan[0].placed.ref.read() : null;
-    for (const [i, { placed, meta, enc }] of plan.entries()) {
-      const values = await next!;
-      next = null;
-      opts.onValues?.(placed, values);
-      let rec: TensorRecord;
-      if (enc.storage === "q") {
-        const [rows, cols] = meta.shape;
-        let done: AssembledTensor;
-        if (isChunkable(enc.method)) {
-          const copts = {
-            bits: enc.bits,
-            groupSize: enc.groupSize,
-            method: enc.method,
-            scaleType: enc.scaleType,
-            name: meta.name,
-          };
-          if (opts.pool) {
-            const job = opts.pool.quantize(values, rows, cols, copts);
-            // Read ahead only when both tensors are modest (an embedding-sized pair would not be).
-            const numel = (k: number) => plan[k].meta.shape.reduce((x, y) => x * y, 1);
-            if (i + 1 < plan.length && numel(i) + numel(i + 1) <= PREFETCH_ELEMENTS) {
-              next = plan[i + 1].placed.ref.read();
-            }
-            done = await job;
-          } else {
-            done = quantizeChunked(values, rows, cols, copts);
-          }
-          if (opts.onQuantized) opts.onQuantized(placed, values, dequantize(done.tensor));
-        } else {
-          const u = quantizeUnpacked(values, rows, cols, {
-            bits: enc.bits,
-            groupSize: enc.groupSize,
-            method: enc.method,
-            scaleType: enc.scaleType,
-            hessian: typeof enc.hessian === "function" ? await enc.hessian() : enc.hessian,
-            name: meta.name,
-          });
-          // reconstruct(u) is bit-identical to dequantize(pack(u)), and much cheaper.
-          const dq = reconstruct(u);
-          done = { tensor: pack(u), ...squaredSums(values, dq) };
-          opts.onQuantized?.(placed, values, dq);
-        }
-        opts.onQuantError?.(placed, done.err, done.ref);
-        rec = await w.addQuantTensor(meta, done.tensor, enc.method);
-      } else {
-        rec = await w.addFloatTensor(meta, values, enc.storage);
+  const accs = plan.map(({ placed }) => opts.moments?.(placed));
+  const streamed = plan.map((item) => isStreamable(item, opts));
+  const runner: BlockRunner = opts.pool ?? inlineRunner;
+  // Blocks in flight (read, queued or being processed): enough to keep every lane busy while
+  // the main thread writes; memory is a few raw blocks and their results per lane.
+  const window = opts.pool ? opts.pool.lanes + 2 : 2;
+  const queue: { start: number; end: number; result: Promise<BlockResult> }[] = [];
+  const shifts = new Map<MomentAccumulator, Promise<number>>();
+  let ci = 0; // next block to submit: tensor ci, row cr
+  let cr = 0;
+
+  /** The accumulator's shift: the mean of the first ≤ 4096 values of its first tensor. */
+  const shiftOf = (acc: MomentAccumulator, ref: TensorRef, cols: number): Promise<number> => {
+    if (!Number.isNaN(acc.shift)) return Promise.resolve(acc.shift);
+    let p = shifts.get(acc);
+    if (!p) {
+      const n = Math.min(ref.shape[0], Math.ceil(4096 / cols));
+      p = readBlockValues(ref, 0, n).then((v) => {
+        acc.setShift(momentShift(v));
+        return acc.shift;
+      });
+      shifts.set(acc, p);
+    }
+    return p;
+  };
+
+  const submit = async (i: number, start: number, end: number): Promise<BlockResult> => {
+    const { placed, meta, enc } = plan[i];
+    const ref = placed.ref;
+    const cols = meta.shape[1];
+    const acc = accs[i];
+    const shift = acc ? shiftOf(acc, ref, cols) : undefined;
+    const job: BlockJob = {
+      ...(ref.readRawRows
+        ? { raw: await ref.readRawRows(start, end - start) }
+        : { values: await ref.readRows!(start, end - start) }),
+      rows: end - start,
+      cols,
+      name: meta.name,
+      offset: start * cols,
+    };
+    if (enc.storage === "q") {
+      job.quant = {
+        bits: enc.bits,
+        groupSize: enc.groupSize,
+        method: enc.method as ChunkOptions["method"],
+        scaleType: enc.scaleType,
+      };
+    } else job.cast = enc.storage;
+    if (shift) job.momentShift = await shift;
+    return runner.run(job);
+  };
+
+  /** Tops the queue up, in plan order, stopping at a tensor that is not streamed. */
+  const fill = () => {
+    while (queue.length < window && ci < plan.length && streamed[ci]) {
+      const rows = plan[ci].meta.shape[0];
+      const end = Math.min(rows, cr + BLOCK_ROWS);
+      const result = submit(ci, cr, end);
+      result.catch(() => {}); // handled when consumed (or irrelevant after a failure)
+      queue.push({ start: cr, end, result });
+      cr = end;
+      if (cr >= rows) {
+        ci++;
+        cr = 0;
       }
-      if (!next && i + 1 < plan.length) next = plan[i + 1].placed.ref.read();
+    }
+  };
+
+  try {
+    fill();
+    for (const [i, { placed, meta, enc }] of plan.entries()) {
+      let rec: TensorRecord;
+      if (streamed[i]) {
+        rec = await streamTensor(w, placed, meta, enc, accs[i], async () => {
+          const head = queue.shift();
+          if (!head) throw new Error(`internal: no block queued for ${meta.name}`);
+          const r = await head.result;
+          fill();
+          return { start: head.start, end: head.end, r };
+        }, opts);
+      } else {
+        rec = await wholeTensor(w, placed, meta, enc, accs[i], opts);
+        ci = i + 1;
+        cr = 0;
+        fill();
+      }
       opts.onTensor?.(rec, i, plan.length);
     }
     await w.setTokenizer(tokJson, tok.chatTemplate);
@@ -242,8 +306,123 @@ export async function emitArtifact(
       generator: opts.generator,
     });
   } catch (e) {
-    next?.catch(() => {}); // a read still in flight: its failure no longer matters
     await w.abort();
     throw e;
   }
+}
+
+/** Rows of `ref` as f32 (decoded here). */
+async function readBlockValues(
+  ref: TensorRef,
+  start: number,
+  count: number,
+): Promise<Float32Array> {
+  if (ref.readRows) return await ref.readRows(start, count);
+  return decodeRaw(await ref.readRawRows!(start, count));
+}
+
+/** True when the tensor goes through the row-block pipeline (else it is read whole). */
+function isStreamable(
+  item: { placed: PlacedTensor; meta: TensorMeta; enc: TensorEncoding },
+  opts: EmitOptions,
+): boolean {
+  if (opts.onValues || opts.onQuantized) return false; // these hooks want whole matrices
+  const ref = item.placed.ref;
+  if (item.meta.shape.length !== 2 || !(ref.readRawRows || ref.readRows)) return false;
+  return item.enc.storage !== "q" || isChunkable(item.enc.method);
+}
+
+/** Writes a streamed tensor from its blocks (taken in row order from `next`). */
+async function streamTensor(
+  w: ArtifactWriter,
+  placed: PlacedTensor,
+  meta: TensorMeta,
+  enc: TensorEncoding,
+  acc: MomentAccumulator | undefined,
+  next: () => Promise<{ start: number; end: number; r: BlockResult }>,
+  opts: EmitOptions,
+): Promise<TensorRecord> {
+  const [rows, cols] = meta.shape;
+  if (enc.storage !== "q") {
+    const s = w.beginFloatTensor(meta, enc.storage);
+    for (let done = 0; done < rows;) {
+      const { end, r } = await next();
+      if (acc) acc.addSums(r.moments!);
+      await s.append(r.bytes!);
+      done = end;
+    }
+    return await s.finish();
+  }
+  const scaleType = enc.scaleType ?? "f16";
+  const gpr = groupsPerRow(cols, enc.groupSize);
+  const s = w.beginQuantTensor(
+    meta,
+    { rows, cols, bits: enc.bits, groupSize: enc.groupSize, scaleType },
+    enc.method,
+  );
+  const Params = scaleType === "f32" ? Float32Array : Uint16Array;
+  const scales = new Params(rows * gpr);
+  const zeros = new Params(rows * gpr);
+  // Summed per block, then over the blocks in order: the figures of quantizeChunked.
+  let err = 0;
+  let ref = 0;
+  for (let done = 0; done < rows;) {
+    const { start, end, r } = await next();
+    const q = r.quant!;
+    if (acc) acc.addSums(r.moments!);
+    await s.appendCodes(q.codes);
+    scales.set(q.scales, start * gpr);
+    zeros.set(q.zeros, start * gpr);
+    err += q.err;
+    ref += q.ref;
+    done = end;
+  }
+  const rec = await s.finish(scales, zeros);
+  opts.onQuantError?.(placed, err, ref);
+  return rec;
+}
+
+/** Reads, encodes and writes a tensor in one piece (vectors, GPTQ, whole-matrix hooks). */
+async function wholeTensor(
+  w: ArtifactWriter,
+  placed: PlacedTensor,
+  meta: TensorMeta,
+  enc: TensorEncoding,
+  acc: MomentAccumulator | undefined,
+  opts: EmitOptions,
+): Promise<TensorRecord> {
+  const values = await placed.ref.read();
+  opts.onValues?.(placed, values);
+  acc?.add(values, placed.ref.name);
+  if (enc.storage !== "q") return await w.addFloatTensor(meta, values, enc.storage);
+  const [rows, cols] = meta.shape;
+  let done: AssembledTensor;
+  if (isChunkable(enc.method)) {
+    const copts = {
+      bits: enc.bits,
+      groupSize: enc.groupSize,
+      method: enc.method,
+      scaleType: enc.scaleType,
+      name: meta.name,
+    };
+    done = opts.pool
+      ? await opts.pool.quantize(values, rows, cols, copts)
+      : quantizeChunked(values, rows, cols, copts);
+    if (opts.onQuantized) opts.onQuantized(placed, values, dequantize(done.tensor));
+  } else {
+    const u = quantizeUnpacked(values, rows, cols, {
+      bits: enc.bits,
+      groupSize: enc.groupSize,
+      method: enc.method,
+      scaleType: enc.scaleType,
+      hessian: typeof enc.hessian === "function" ? await enc.hessian() : enc.hessian,
+      name: meta.name,
+    });
+    // reconstruct(u) is bit-identical to dequantize(pack(u)), and much cheaper.
+    const dq = reconstruct(u);
+    done = { tensor: pack(u), ...squaredSums(values, dq) };
+    opts.onQuantized?.(placed, values, dq);
+  }
+  opts.onQuantError?.(placed, done.err, done.ref);
+  return await w.addQuantTensor(meta, done.tensor, enc.method);
 }

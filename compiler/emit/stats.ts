@@ -21,6 +21,51 @@ export interface StreamStats {
   count: number;
 }
 
+/** Power sums of one array about a shift: what {@link MomentAccumulator} adds per array. */
+export interface MomentSums {
+  n: number;
+  s1: number;
+  s2: number;
+  s3: number;
+  s4: number;
+  min: number;
+  max: number;
+}
+
+/** The shift {@link MomentAccumulator} uses: the mean of the first ≤ 4096 values it sees. */
+export function momentShift(a: Float32Array): number {
+  const m = Math.min(a.length, 4096);
+  let s = 0;
+  for (let i = 0; i < m; i++) s += a[i];
+  return m ? s / m : 0;
+}
+
+/**
+ * Σ(x − shift)^k for k = 1..4, min and max of `a`, each power sum started from 0 (the terms
+ * {@link MomentAccumulator.add} sums); a non-finite value is an InputError naming `name`.
+ */
+export function momentSums(a: Float32Array, shift: number, name = "weights"): MomentSums {
+  const k = shift;
+  let s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+  let lo = Infinity, hi = -Infinity;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i];
+    if (x < lo) lo = x;
+    if (x > hi) hi = x;
+    const y = x - k;
+    const y2 = y * y;
+    s1 += y;
+    s2 += y2;
+    s3 += y2 * y;
+    s4 += y2 * y2;
+  }
+  if (!Number.isFinite(s4) || !Number.isFinite(s1)) {
+    const i = a.findIndex((x) => !Number.isFinite(x));
+    throw new InputError(`${name}: non-finite value at index ${i}`);
+  }
+  return { n: a.length, s1, s2, s3, s4, min: lo, max: hi };
+}
+
 /** Accumulates moments of the values of several arrays without keeping them. */
 export class MomentAccumulator {
   #n = 0;
@@ -34,37 +79,38 @@ export class MomentAccumulator {
 
   /** Adds every value of `a`; a non-finite value is an InputError naming `name`. */
   add(a: Float32Array, name = "weights"): void {
-    if (Number.isNaN(this.#shift)) {
-      const m = Math.min(a.length, 4096);
-      let s = 0;
-      for (let i = 0; i < m; i++) s += a[i];
-      this.#shift = m ? s / m : 0;
-    }
-    const k = this.#shift;
-    let s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-    let lo = this.#min, hi = this.#max;
-    for (let i = 0; i < a.length; i++) {
-      const x = a[i];
-      if (x < lo) lo = x;
-      if (x > hi) hi = x;
-      const y = x - k;
-      const y2 = y * y;
-      s1 += y;
-      s2 += y2;
-      s3 += y2 * y;
-      s4 += y2 * y2;
-    }
-    if (!Number.isFinite(s4) || !Number.isFinite(s1)) {
-      const i = a.findIndex((x) => !Number.isFinite(x));
-      throw new InputError(`${name}: non-finite value at index ${i}`);
-    }
-    this.#s1 += s1;
-    this.#s2 += s2;
-    this.#s3 += s3;
-    this.#s4 += s4;
-    this.#min = lo;
-    this.#max = hi;
-    this.#n += a.length;
+    if (Number.isNaN(this.#shift)) this.#shift = momentShift(a);
+    this.addSums(momentSums(a, this.#shift, name));
+  }
+
+  /** The shift (NaN until the first array or {@link setShift}). */
+  get shift(): number {
+    return this.#shift;
+  }
+
+  /** Sets the shift before anything is added (e.g. from `momentShift` of the first values). */
+  setShift(shift: number): void {
+    if (!Number.isNaN(this.#shift)) throw new Error("internal: moment shift set twice");
+    this.#shift = shift;
+  }
+
+  /** Values added so far. */
+  get count(): number {
+    return this.#n;
+  }
+
+  /**
+   * Adds sums computed elsewhere (a worker) with {@link momentSums} about this accumulator's
+   * shift. Adding an array's blocks in order equals `add` of each block.
+   */
+  addSums(p: MomentSums): void {
+    this.#s1 += p.s1;
+    this.#s2 += p.s2;
+    this.#s3 += p.s3;
+    this.#s4 += p.s4;
+    if (p.min < this.#min) this.#min = p.min;
+    if (p.max > this.#max) this.#max = p.max;
+    this.#n += p.n;
   }
 
   /** The statistics so far; InputError when nothing was added. */

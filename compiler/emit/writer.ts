@@ -28,10 +28,15 @@ import {
   summarize,
   type TensorRecord,
 } from "../../runtime/artifact.ts";
-import { crc32c } from "../../runtime/crc32c.ts";
+import { crc32c, crc32cUpdate } from "../../runtime/crc32c.ts";
 import { InputError, IoError, MoeqError, UsageError } from "../../runtime/errors.ts";
 import type { ModelConfig } from "../../schemas/model.ts";
-import { packedByteSizes, type QuantizedTensor } from "../../schemas/packing.ts";
+import {
+  packedByteSizes,
+  type QuantizedTensor,
+  type QuantLayout,
+  wordsPerRow,
+} from "../../schemas/packing.ts";
 import { castMatrix } from "../quantize/cast.ts";
 import { encodeHeader } from "./header.ts";
 
@@ -78,6 +83,25 @@ export interface WrittenArtifact {
   header: ArtifactHeader;
 }
 
+/** A float tensor written in pieces (see {@link ArtifactWriter.beginFloatTensor}). */
+export interface FloatTensorStream {
+  /** Appends the next rows, already in the storage type's bytes (f32, f16 or bf16 patterns). */
+  append(bytes: Uint8Array): Promise<void>;
+  /** Checks that every byte arrived and records the tensor. */
+  finish(): Promise<TensorRecord>;
+}
+
+/** A quantized matrix written in pieces (see {@link ArtifactWriter.beginQuantTensor}). */
+export interface QuantTensorStream {
+  /** Appends the packed code words of the next rows. */
+  appendCodes(words: Uint32Array): Promise<void>;
+  /** Writes the scales and zeros of all rows (after every code) and records the tensor. */
+  finish(
+    scales: Uint16Array | Float32Array,
+    zeros: Uint16Array | Float32Array,
+  ): Promise<TensorRecord>;
+}
+
 /** Default header region size. */
 export const DEFAULT_HEADER_RESERVE = 64 << 10;
 
@@ -100,6 +124,10 @@ export class ArtifactWriter {
   /** End of the last segment written. */
   #end = 0;
   #state: "open" | "done" | "failed" = "open";
+  /** The file position (where the next write lands without a seek); -1 when unknown. */
+  #filePos = -1;
+  /** What is being streamed right now (a segment opened in pieces), or null. */
+  #streaming: string | null = null;
 
   private constructor(destPath: string, tempPath: string, file: WriterFile, reserve: number) {
     this.destPath = destPath;
@@ -136,6 +164,7 @@ export class ArtifactWriter {
 
   /** Writes one segment at the next aligned offset. */
   async #segment(bytes: Uint8Array, what: string): Promise<Segment> {
+    this.#checkIdle(what);
     const offset = this.#pos;
     await this.#write(offset, bytes, what);
     this.#end = offset + bytes.length;
@@ -145,9 +174,15 @@ export class ArtifactWriter {
 
   async #write(offset: number, bytes: Uint8Array, what: string): Promise<void> {
     try {
-      await this.#file.seek(offset, Deno.SeekMode.Start);
+      // Segments are mostly written back to back: seek only when the file is elsewhere.
+      if (offset !== this.#filePos) {
+        this.#filePos = -1;
+        await this.#file.seek(offset, Deno.SeekMode.Start);
+      }
+      this.#filePos = -1;
       let done = 0;
       while (done < bytes.length) done += await this.#file.write(bytes.subarray(done));
+      this.#filePos = offset + bytes.length;
     } catch (e) {
       throw ioError(e, `${this.tempPath}: writing ${what} failed`);
     }
@@ -254,6 +289,143 @@ export class ArtifactWriter {
     });
   }
 
+  /**
+   * Opens a segment of exactly `length` bytes written in pieces, its CRC32C computed as they
+   * arrive. Nothing else may be written until `close` returns the segment.
+   */
+  #openSegment(length: number, what: string) {
+    const offset = this.#pos;
+    let done = 0;
+    let crc = 0;
+    this.#streaming = what;
+    return {
+      append: async (bytes: Uint8Array) => {
+        if (done + bytes.length > length) {
+          throw new UsageError(
+            `${what}: ${done + bytes.length} bytes for a ${length}-byte segment`,
+          );
+        }
+        await this.#write(offset + done, bytes, what);
+        crc = crc32cUpdate(crc, bytes);
+        done += bytes.length;
+      },
+      close: (): Segment => {
+        if (done !== length) {
+          throw new UsageError(`${what}: ${done} of ${length} bytes written`);
+        }
+        this.#streaming = null;
+        this.#end = offset + length;
+        this.#pos = alignUp(this.#end, SEGMENT_ALIGN);
+        return { offset, length, crc32c: crc };
+      },
+    };
+  }
+
+  /** Runs a step of an open stream; failures abort the writer like any other write. */
+  #streamStep<T>(step: () => Promise<T> | T): Promise<T> {
+    if (this.#state !== "open") {
+      return Promise.reject(
+        new UsageError(`artifact writer for ${this.destPath} is ${this.#state}`),
+      );
+    }
+    return this.#guard(async () => await step());
+  }
+
+  #checkIdle(name: string): void {
+    if (this.#streaming !== null) {
+      throw new UsageError(
+        `tensor ${JSON.stringify(name)}: ${this.#streaming} is still being written`,
+      );
+    }
+  }
+
+  /**
+   * Starts a float tensor whose bytes arrive in pieces (row blocks, in order): the segment
+   * and its CRC32C are produced without ever holding the whole tensor. The result is byte for
+   * byte what {@link addFloatTensor} writes for the concatenated data.
+   */
+  beginFloatTensor(meta: TensorMeta, storage: FloatStorage): FloatTensorStream {
+    this.#checkIdle(meta.name);
+    const size = storage === "f32" ? 4 : storage === "f16" || storage === "bf16" ? 2 : 0;
+    if (!size) {
+      throw new UsageError(`tensor ${JSON.stringify(meta.name)}: unknown storage ${storage}`);
+    }
+    const numel = meta.shape.reduce((a, b) => a * b, 1);
+    this.#checkMeta(meta, numel);
+    const seg = this.#openSegment(numel * size, `tensor ${meta.name}`);
+    return {
+      append: (bytes) => this.#streamStep(() => seg.append(bytes)),
+      finish: () =>
+        this.#streamStep(() => {
+          const rec: TensorRecord = {
+            ...meta,
+            shape: [...meta.shape],
+            storage,
+            data: seg.close(),
+            quant: null,
+          };
+          this.#tensors.push(rec);
+          return rec;
+        }),
+    };
+  }
+
+  /**
+   * Starts a quantized matrix whose packed codes arrive in row blocks (in order); the scales and
+   * zeros (small) come at the end. Byte for byte what {@link addQuantTensor} writes.
+   */
+  beginQuantTensor(meta: TensorMeta, layout: QuantLayout, quantizer: string): QuantTensorStream {
+    this.#checkIdle(meta.name);
+    const { rows, cols } = layout;
+    this.#checkMeta(meta, rows * cols);
+    if (meta.shape.length !== 2 || meta.shape[0] !== rows || meta.shape[1] !== cols) {
+      throw new InputError(
+        `tensor ${JSON.stringify(meta.name)}: shape [${meta.shape}] but quantized ${rows}x${cols}`,
+      );
+    }
+    const want = packedByteSizes(layout);
+    if (want.codes !== rows * wordsPerRow(cols, layout.bits) * 4) {
+      throw new Error(`internal: code layout of ${meta.name}`);
+    }
+    const codes = this.#openSegment(want.codes, `tensor ${meta.name} codes`);
+    const bytesOf = (a: Uint32Array | Uint16Array | Float32Array) =>
+      new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+    return {
+      appendCodes: (words) => this.#streamStep(() => codes.append(bytesOf(words))),
+      finish: (scales, zeros) =>
+        this.#streamStep(async () => {
+          const parts = { scales: bytesOf(scales), zeros: bytesOf(zeros) };
+          for (const p of ["scales", "zeros"] as const) {
+            if (parts[p].length !== want[p]) {
+              throw new InputError(
+                `tensor ${JSON.stringify(meta.name)}: ${p} has ${
+                  parts[p].length
+                } bytes, layout needs ${want[p]}`,
+              );
+            }
+          }
+          const codeSeg = codes.close();
+          const rec: TensorRecord = {
+            ...meta,
+            shape: [...meta.shape],
+            storage: "q",
+            data: null,
+            quant: {
+              bits: layout.bits,
+              groupSize: layout.groupSize,
+              scaleType: layout.scaleType,
+              quantizer,
+              codes: codeSeg,
+              scales: await this.#segment(parts.scales, `tensor ${meta.name} scales`),
+              zeros: await this.#segment(parts.zeros, `tensor ${meta.name} zeros`),
+            },
+          };
+          this.#tensors.push(rec);
+          return rec;
+        }),
+    };
+  }
+
   /** Stores tokenizer.json (as a segment; null for byte-level) and the chat template. */
   setTokenizer(tokenizerJson: Uint8Array | null, chatTemplate: string | null): Promise<void> {
     return this.#guard(async () => {
@@ -269,6 +441,7 @@ export class ArtifactWriter {
   /** Writes header + preamble, syncs and renames the temp file over the destination. */
   finish(opts: FinishOptions): Promise<WrittenArtifact> {
     return this.#guard(async () => {
+      this.#checkIdle("header");
       const header: ArtifactHeader = {
         generator: opts.generator ?? "moeq",
         config: opts.config,

@@ -15,24 +15,39 @@ import {
   type ChunkResult,
 } from "./chunked.ts";
 import type { ChunkRequest } from "./quantize_worker.ts";
-import { LimitError, MoeqError, UsageError } from "../../runtime/errors.ts";
+import { type BlockJob, type BlockResult, type BlockRunner, jobTransfers } from "./block.ts";
+import {
+  InputError,
+  LimitError,
+  MoeqError,
+  UnsupportedError,
+  UsageError,
+} from "../../runtime/errors.ts";
 
 interface Pending {
-  resolve(r: ChunkResult): void;
+  // deno-lint-ignore no-explicit-any
+  resolve(r: any): void;
   reject(e: Error): void;
+  worker: number;
 }
 
 /** Rebuilds a worker's error as the typed error it was (by name), else a plain Error. */
 function rebuild(e: { name?: string; message: string }): Error {
   if (e.name === "LimitError") return new LimitError(e.message);
   if (e.name === "UsageError") return new UsageError(e.message);
+  if (e.name === "InputError") return new InputError(e.message); // message has the file
+  if (e.name === "UnsupportedError") return new UnsupportedError(e.message);
   return new Error(e.message);
 }
 
-/** Quantizes matrices on `size` worker threads. Call {@link close} when done. */
-export class QuantizePool {
+/**
+ * Quantizes matrices, and runs row-block jobs (block.ts), on `size` worker threads. Call
+ * {@link close} when done.
+ */
+export class QuantizePool implements BlockRunner {
   readonly size: number;
   readonly #workers: Worker[] = [];
+  readonly #busy: number[] = [];
   readonly #pending = new Map<number, Pending>();
   #next = 0;
   #shared: SharedArrayBuffer | null = null;
@@ -52,6 +67,7 @@ export class QuantizePool {
         const p = this.#pending.get(id);
         if (!p) return;
         this.#pending.delete(id);
+        this.#busy[p.worker]--;
         if (error) p.reject(rebuild(error));
         else p.resolve(result as ChunkResult);
       };
@@ -62,7 +78,29 @@ export class QuantizePool {
         this.#pending.clear();
       };
       this.#workers.push(w);
+      this.#busy.push(0);
     }
+  }
+
+  /** Jobs worth keeping in flight: two per worker. */
+  get lanes(): number {
+    return 2 * this.size;
+  }
+
+  #post(worker: number, msg: unknown, transfer: ArrayBuffer[] = []): Promise<unknown> {
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, worker });
+      this.#busy[worker]++;
+      this.#workers[worker].postMessage({ ...msg as object, id }, transfer);
+    });
+  }
+
+  /** Runs one block job on the least busy worker; its input buffer is moved when it owns it. */
+  run(job: BlockJob): Promise<BlockResult> {
+    let w = 0;
+    for (let i = 1; i < this.size; i++) if (this.#busy[i] < this.#busy[w]) w = i;
+    return this.#post(w, { kind: "block", job }, jobTransfers(job)) as Promise<BlockResult>;
   }
 
   /** A shared buffer of at least `bytes` bytes, reused across matrices (grown when needed). */
@@ -93,12 +131,8 @@ export class QuantizePool {
     const runOne = async (slot: number): Promise<void> => {
       while (k < ranges.length) {
         const [start, end] = ranges[k++];
-        const id = this.#next++;
-        const req: ChunkRequest = { id, buffer, cols, start, end, opts };
-        const r = await new Promise<ChunkResult>((resolve, reject) => {
-          this.#pending.set(id, { resolve, reject });
-          this.#workers[slot % this.size].postMessage(req);
-        });
+        const req: Omit<ChunkRequest, "id"> = { kind: "chunk", buffer, cols, start, end, opts };
+        const r = await this.#post(slot % this.size, req) as ChunkResult;
         out.put(start, r);
       }
     };

@@ -6,9 +6,11 @@
  */
 
 import { type ChunkOptions, quantizeChunk } from "./chunked.ts";
+import { type BlockJob, resultTransfers, runBlock } from "./block.ts";
 
 /** A block to quantize: rows [start, end) of the matrix in `buffer`. */
 export interface ChunkRequest {
+  kind: "chunk";
   id: number;
   buffer: SharedArrayBuffer;
   cols: number;
@@ -18,11 +20,29 @@ export interface ChunkRequest {
 }
 
 const self_ = globalThis as unknown as {
-  onmessage: ((e: MessageEvent<ChunkRequest>) => void) | null;
+  onmessage: ((e: MessageEvent<ChunkRequest | BlockRequest>) => void) | null;
   postMessage(msg: unknown, transfer?: Transferable[]): void;
 };
 
-self_.onmessage = (e: MessageEvent<ChunkRequest>) => {
+/** A row-block job (block.ts). */
+export interface BlockRequest {
+  kind: "block";
+  id: number;
+  job: BlockJob;
+}
+
+self_.onmessage = (e: MessageEvent<ChunkRequest | BlockRequest>) => {
+  if (e.data.kind === "block") {
+    const { id, job } = e.data;
+    try {
+      const result = runBlock(job);
+      self_.postMessage({ id, result }, resultTransfers(result));
+    } catch (err) {
+      const x = err as Error;
+      self_.postMessage({ id, error: { name: x?.name, message: x?.message ?? String(err) } });
+    }
+    return;
+  }
   const { id, buffer, cols, start, end, opts } = e.data;
   try {
     const w = new Float32Array(buffer, start * cols * 4, (end - start) * cols);

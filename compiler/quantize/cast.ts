@@ -25,18 +25,31 @@ export function f32ToBf16(value: number): number {
 
 /**
  * Casts f32 values to f16 or bf16 bit patterns. A finite value that overflows f16 (|x| ≥ 65520)
- * is a LimitError naming `name`; non-finite values are kept as they are.
+ * is a LimitError naming `name` and the index (plus `offset`, where `w` is a block of a larger
+ * tensor); non-finite values are kept as they are.
  */
-export function castMatrix(w: Float32Array, type: HalfType, name = "matrix"): Uint16Array {
+export function castMatrix(
+  w: Float32Array,
+  type: HalfType,
+  name = "matrix",
+  offset = 0,
+): Uint16Array {
   const out = new Uint16Array(w.length);
   if (type === "bf16") {
-    for (let i = 0; i < w.length; i++) out[i] = f32ToBf16(w[i]);
+    // f32 bit patterns, rounded to nearest even in integer arithmetic (same as f32ToBf16).
+    const bits = new Uint32Array(w.buffer, w.byteOffset, w.length);
+    for (let i = 0; i < w.length; i++) {
+      const x = bits[i];
+      out[i] = (x & 0x7fffffff) > 0x7f800000
+        ? ((x >>> 16) | 0x40) & 0xffff
+        : ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+    }
   } else if (type === "f16") {
     for (let i = 0; i < w.length; i++) {
       const h = f32ToF16(w[i]);
       if ((h & 0x7fff) === 0x7c00 && Number.isFinite(w[i])) {
         throw new LimitError(
-          `${name}: value ${w[i]} at index ${i} overflows f16; store it as bf16`,
+          `${name}: value ${w[i]} at index ${offset + i} overflows f16; store it as bf16`,
         );
       }
       out[i] = h;

@@ -56,7 +56,12 @@ export function rtnAsymmetric(
       u.scales[r * gpr + g] = scale;
       u.zeros[r * gpr + g] = zero;
       const inv = inverseScale(scale);
-      for (let i = start; i < end; i++) u.codes[i] = codeOf(w[i], inv, zero, qmax);
+      const codes = u.codes;
+      for (let i = start; i < end; i++) {
+        // codeOf, inlined (the hot loop of RTN)
+        const q = Math.round(w[i] * inv + zero);
+        codes[i] = q < 0 ? 0 : q > qmax ? qmax : q;
+      }
     }
   }
   return u;

@@ -9,3 +9,4 @@ export * from "./kernel.ts";
 export * from "./matmul.ts";
 export * from "./ops.ts";
 export { createSampler, type Sampler, type SamplerParams } from "./sample.ts";
+export * from "./tiled.ts";

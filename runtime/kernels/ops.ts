@@ -412,7 +412,12 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
  * tokens a batch holds (the prefill chunk); cap · K must fit in workgroup memory
  * (cap · K ≤ 4096). Dispatch (1, 1, 1).
  */
-export function routeListsSource(E: number, K: number, normTopK: boolean, cap: number): KernelSource {
+export function routeListsSource(
+  E: number,
+  K: number,
+  normTopK: boolean,
+  cap: number,
+): KernelSource {
   if (cap * K > 4096) throw new RangeError(`routeListsSource: cap ${cap} × top-k ${K} > 4096`);
   return kernel(
     `route_lists.${E}.${K}.${cap}${normTopK ? ".norm" : ""}`,
@@ -437,7 +442,9 @@ fn main(@builtin(local_invocation_index) li: u32) {
     for (var e = 0u; e < E; e++) { m = max(m, logits[b + e]); }
     var z = 0.0;
     for (var e = 0u; e < E; e++) { z += exp(logits[b + e] - m); }
+    // Explicit reset: a var declared in a loop body is not reliably re-zeroed per iteration.
     var taken: array<bool, ${E}>;
+    for (var e = 0u; e < E; e++) { taken[e] = false; }
     var sum = 0.0;
     var p: array<f32, ${K}>;
     for (var k = 0u; k < K; k++) {

@@ -237,7 +237,8 @@ for (const format of FORMATS) {
 
 Deno.test("route lists: top-k, weights and per-expert (token, slot) lists match the host", async () => {
   const rand = rng(3);
-  const E = 6, K = 2, cap = 16, T = 13;
+  // T > 64: threads route several tokens each (regression: stale per-iteration state).
+  const E = 6, K = 2, cap = 72, T = 70;
   const logits = Float32Array.from({ length: T * E }, () => rand() * 4 - 2);
   const bufs = {
     step: stepBuffer(T),
