@@ -12,7 +12,7 @@ import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { compileModel } from "../compiler/compile.ts";
 import { openEngine } from "./model_source.ts";
 import { formatAllocation } from "./format.ts";
-import type { Engine, GenerateOptions } from "../runtime/api.ts";
+import type { Engine } from "../runtime/api.ts";
 import { UsageError } from "../runtime/errors.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
 
@@ -110,7 +110,7 @@ export async function run(args: Args): Promise<void> {
     let tFirst = 0;
     let count = 0;
     for await (
-      const id of generateLong(engine, ids, { maxTokens, temperature, seed })
+      const id of engine.generate(ids, { maxTokens, temperature, seed })
     ) {
       if (count === 0) tFirst = performance.now();
       count++;
@@ -137,41 +137,5 @@ async function missingAdapter(): Promise<string | null> {
     return (await gpu.requestAdapter()) ? null : "no WebGPU adapter found";
   } catch (e) {
     return `requestAdapter failed: ${(e as Error).message.split("\n")[0]}`;
-  }
-}
-
-/**
- * Generates up to `opts.maxTokens` tokens even when that is more than the model's context: when
- * the engine stops early at its context limit (not at a stop token), generation continues from
- * the last half-context of tokens (a re-prefilled sliding window). Engines that shift their
- * context themselves never stop early, so this adds nothing for them.
- */
-export async function* generateLong(
-  engine: Engine,
-  prompt: number[],
-  opts: GenerateOptions & { maxTokens: number },
-): AsyncGenerator<number> {
-  const context = (engine as { maxContext?: number }).maxContext ?? engine.config.maxPositions;
-  const stop = new Set(opts.stopIds ?? engine.config.eosTokenIds);
-  const keep = Math.max(1, Math.floor(context / 2));
-  let window = prompt.length > context - 1 ? prompt.slice(-keep) : prompt;
-  let produced = 0;
-  let round = 0;
-  while (produced < opts.maxTokens) {
-    let got = 0;
-    let last = -1;
-    const seed = (opts.seed ?? 0) + round; // a fresh sampler stream per window
-    for await (
-      const id of engine.generate(window, { ...opts, seed, maxTokens: opts.maxTokens - produced })
-    ) {
-      yield id;
-      window = [...window, id];
-      got++;
-      produced++;
-      last = id;
-    }
-    if (got === 0 || stop.has(last) || opts.signal?.aborted) return;
-    window = window.slice(-keep);
-    round++;
   }
 }

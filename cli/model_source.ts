@@ -60,7 +60,13 @@ export function referenceEngine(model: ReferenceModel): Engine {
       return Promise.resolve(forward(model, ids).map((row) => Float32Array.from(row)));
     },
     async *generate(prompt: number[], opts: GenerateOptions = {}) {
+      const context = model.config.maxPositions;
       if (prompt.length === 0) throw new UsageError("generate: the prompt is empty");
+      if (prompt.length > context) {
+        throw new UsageError(
+          `generate: the prompt has ${prompt.length} tokens, the context ${context}`,
+        );
+      }
       const session = new ReferenceSession(model);
       const stop = new Set(opts.stopIds ?? model.config.eosTokenIds);
       const max = opts.maxTokens ?? 64;
@@ -70,6 +76,11 @@ export function referenceEngine(model: ReferenceModel): Engine {
         topP: opts.topP ?? 1,
         seed: opts.seed ?? 0,
       };
+      // Context shifting, the same rule as the WebGPU engine (runtime/engine.ts): when the next
+      // token would be fed at position `context`, the last ⌊context/2⌋ tokens are re-prefilled
+      // from position 0 and decoding continues after them.
+      const keep = Math.max(1, Math.floor(context / 2));
+      const history = [...prompt];
       let logits = session.feed(prompt);
       let row = logits[logits.length - 1];
       for (let i = 0; i < max; i++) {
@@ -77,9 +88,14 @@ export function referenceEngine(model: ReferenceModel): Engine {
         const id = sampleCpu(Float32Array.from(row), params, i);
         yield id;
         if (stop.has(id)) return;
-        if (prompt.length + i + 1 >= model.config.maxPositions) return;
-        logits = session.feed([id]);
-        row = logits[0];
+        history.push(id);
+        if (session.position >= context) {
+          session.reset();
+          logits = session.feed(history.slice(-keep));
+          row = logits[logits.length - 1];
+        } else {
+          row = session.step(id);
+        }
         await Promise.resolve();
       }
     },
