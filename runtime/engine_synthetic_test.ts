@@ -3,23 +3,13 @@
  * CPU reference forward: per-head ("head", Qwen3) and full-width ("full", OLMoE) q/k norms,
  * dense layers, an ungated shared expert, GQA with 4:1 grouping, odd widths.
  */
+import { mulberry32 as rng } from "../compiler/passes/prng.ts";
 import assert from "node:assert/strict";
 import { emitArtifact } from "../compiler/emit/mod.ts";
 import type { LayerIR, ModelIR, TensorRef } from "../compiler/ir.ts";
 import { forward, prepareReference } from "../compiler/reference/forward.ts";
 import type { ModelConfig } from "../schemas/model.ts";
 import { loadModel } from "./mod.ts";
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function syntheticModel(cfg: ModelConfig, seed: number): ModelIR {
   const rand = rng(seed);

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { mulberry32 } from "../passes/prng.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { MoeqError } from "../../runtime/errors.ts";
@@ -106,17 +107,8 @@ export async function writeSafetensors(
   await Deno.writeFile(path, encodeSafetensors(tensors, metadata));
 }
 
-/** A small seeded PRNG (mulberry32) returning floats in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small seeded PRNG (mulberry32, compiler/passes/prng.ts) returning floats in [0, 1). */
+export const seededRandom: (seed: number) => () => number = mulberry32;
 
 /** `n` random non-zero values in ±[0.05, 0.55). */
 export function randomValues(rand: () => number, n: number): Float32Array {

@@ -4,21 +4,13 @@
  * @module
  */
 
+import { mulberry32 } from "../passes/prng.ts";
 import assert from "node:assert/strict";
 import { groupsPerRow } from "../../schemas/packing.ts";
 import type { UnpackedQuant } from "./common.ts";
 
-/** A seeded uniform generator on [0, 1) (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded uniform generator on [0, 1) (mulberry32, compiler/passes/prng.ts). */
+export const rng: (seed: number) => () => number = mulberry32;
 
 /** A standard normal sampler (Box-Muller) driven by `u`. */
 export function normal(u: () => number): () => number {

@@ -1,3 +1,4 @@
+import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
 import { bf16ToF32, f16ToF32, f32ToF16 } from "../../schemas/half.ts";
@@ -22,18 +23,6 @@ import {
 
 const ctx = await requestGpu();
 const device = ctx.device;
-
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A random matrix in `format`, with its exact f32 values (what the GPU must use). */
 function randomMatrix(

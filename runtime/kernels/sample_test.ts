@@ -1,3 +1,4 @@
+import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
 import assert from "node:assert/strict";
 import {
   createSampler,
@@ -10,18 +11,6 @@ import {
 const adapter = await navigator.gpu.requestAdapter();
 if (!adapter) throw new Error("no WebGPU adapter (set XDG_RUNTIME_DIR=/tmp)");
 const device = await adapter.requestDevice();
-
-/** Deterministic random numbers for test data (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomLogits(n: number, seed: number, scale = 3): Float32Array<ArrayBuffer> {
   const r = rng(seed);

@@ -2,6 +2,7 @@
  * Tiled matmul (dense, fused gate/up + SwiGLU, routed-token lists) and the GPU routing lists,
  * against float64 host computations on random data.
  */
+import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
 import { bf16ToF32, f16ToF32, f32ToF16 } from "../../schemas/half.ts";
@@ -25,17 +26,6 @@ import { tiledGroups, type TiledKey, tiledMatmulSource } from "./tiled.ts";
 import { routeListsSource } from "./ops.ts";
 
 const device = (await requestGpu()).device;
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A random matrix in `format` and its exact values as the GPU must see them. */
 function randomMatrix(
