@@ -16,6 +16,27 @@ export interface KernelSource {
   bindings: string[];
 }
 
+/**
+ * A kernel's bindings in binding-index order (all in group 0), rendering their WGSL
+ * declarations: the one place binding indices are assigned.
+ */
+export class BindingList {
+  /** Binding names; binding i is `names[i]`. */
+  readonly names: string[] = [];
+  readonly #decls: string[] = [];
+
+  /** Appends a binding: `var<space> name: type` (default space: read-only storage). */
+  add(name: string, type: string, space = "storage, read"): void {
+    this.#decls.push(`@group(0) @binding(${this.names.length}) var<${space}> ${name}: ${type};`);
+    this.names.push(name);
+  }
+
+  /** The WGSL declarations, one per line. */
+  get wgsl(): string {
+    return this.#decls.join("\n");
+  }
+}
+
 /** A compiled kernel. */
 export interface Kernel extends KernelSource {
   pipeline: GPUComputePipeline;

@@ -25,7 +25,7 @@ import {
   type ScaleType,
   wordsPerRow,
 } from "../../schemas/packing.ts";
-import { type KernelSource, nextPow2, STEP_WGSL, storageBuffer, u } from "./kernel.ts";
+import { BindingList, type KernelSource, nextPow2, STEP_WGSL, storageBuffer, u } from "./kernel.ts";
 
 /** How a weight matrix is stored on the GPU. */
 export type WeightFormat =
@@ -228,12 +228,8 @@ export function matmulSource(key: MatmulKey): KernelSource {
   const K = key.topK ?? 1;
   const slotX = expert && key.xRows === "slot";
   const useStep = key.fixedT === undefined;
-  const bindings: string[] = [];
-  const decl: string[] = [];
-  const add = (name: string, type: string, space = "storage, read") => {
-    decl.push(`@group(0) @binding(${bindings.length}) var<${space}> ${name}: ${type};`);
-    bindings.push(name);
-  };
+  const binds = new BindingList();
+  const add = (name: string, type: string, space?: string) => binds.add(name, type, space);
   if (useStep) add("step", "Step", "uniform");
   add("x", "array<f32>");
   add("y", "array<f32>", "storage, read_write");
@@ -362,7 +358,7 @@ export function matmulSource(key: MatmulKey): KernelSource {
   }`;
 
   const code = `${useStep ? STEP_WGSL : ""}
-${decl.join("\n")}
+${binds.wgsl}
 const ROWS = ${u(rows)};
 const COLS = ${u(cols)};
 const RS = ${u(g.rowStride)};
@@ -414,6 +410,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   return {
     label: `matmul.${formatName(format)}.${rows}x${cols}.${key.mode}.t${TT}`,
     code,
-    bindings,
+    bindings: binds.names,
   };
 }

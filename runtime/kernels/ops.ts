@@ -9,21 +9,16 @@
  */
 
 import { groupsPerRow, wordsPerRow } from "../../schemas/packing.ts";
-import { f, type KernelSource, STEP_WGSL, u } from "./kernel.ts";
+import { BindingList, f, type KernelSource, STEP_WGSL, u } from "./kernel.ts";
 import type { WeightFormat } from "./matmul.ts";
 
 /** Threads per workgroup of the element-wise kernels. */
 export const EW = 64;
 
 function kernel(label: string, decls: [string, string, string?][], body: string): KernelSource {
-  const lines = decls.map(([name, type, space], i) =>
-    `@group(0) @binding(${i}) var<${space ?? "storage, read"}> ${name}: ${type};`
-  );
-  return {
-    label,
-    code: `${STEP_WGSL}\n${lines.join("\n")}\n${body}`,
-    bindings: decls.map((d) => d[0]),
-  };
+  const list = new BindingList();
+  for (const [name, type, space] of decls) list.add(name, type, space);
+  return { label, code: `${STEP_WGSL}\n${list.wgsl}\n${body}`, bindings: list.names };
 }
 
 /**

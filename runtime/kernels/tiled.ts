@@ -27,7 +27,7 @@
  */
 
 import { BLOCK_CODES, groupsPerRow, wordsPerRow } from "../../schemas/packing.ts";
-import { type KernelSource, nextPow2, STEP_WGSL, u } from "./kernel.ts";
+import { BindingList, type KernelSource, nextPow2, STEP_WGSL, u } from "./kernel.ts";
 import { formatName, type WeightFormat } from "./matmul.ts";
 
 /** Parameters that select one generated tiled matmul. */
@@ -87,12 +87,8 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   const useStep = key.fixedT === undefined && !list;
   const WG = tiledWorkgroup(key);
   const nmat = key.gateUp ? 2 : 1;
-  const bindings: string[] = [];
-  const decl: string[] = [];
-  const add = (name: string, type: string, space = "storage, read") => {
-    decl.push(`@group(0) @binding(${bindings.length}) var<${space}> ${name}: ${type};`);
-    bindings.push(name);
-  };
+  const binds = new BindingList();
+  const add = (name: string, type: string, space?: string) => binds.add(name, type, space);
   if (useStep) add("step", "Step", "uniform");
   add("x", "array<f32>");
   add("y", "array<f32>", "storage, read_write");
@@ -257,7 +253,7 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   }
 
   const code = `${useStep ? STEP_WGSL : ""}
-${decl.join("\n")}
+${binds.wgsl}
 const ROWS = ${u(rows)};
 const COLS = ${u(cols)};
 const RS = ${u(rowStride)};
@@ -292,7 +288,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
       key.gateUp ? ".gateup" : ""
     }.r${RT}t${TT}`,
     code,
-    bindings,
+    bindings: binds.names,
   };
 }
 
