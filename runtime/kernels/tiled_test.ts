@@ -2,17 +2,10 @@
  * Tiled matmul (dense, fused gate/up + SwiGLU, routed-token lists) and the GPU routing lists,
  * against float64 host computations on random data.
  */
+import { randomMatrix } from "./testing.ts";
 import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
-import { bf16ToF32, f16ToF32, f32ToF16 } from "../../schemas/half.ts";
-import {
-  dequantize,
-  encodeParams,
-  groupsPerRow,
-  packCodes,
-  type QuantizedTensor,
-} from "../../schemas/packing.ts";
 import {
   bindKernel,
   getKernel,
@@ -22,61 +15,11 @@ import {
   storageBuffer,
 } from "./kernel.ts";
 import { type HostMatrix, uploadWeightSet, type WeightFormat } from "./matmul.ts";
+import type { QuantizedTensor } from "../../schemas/packing.ts";
 import { tiledGroups, type TiledKey, tiledMatmulSource } from "./tiled.ts";
 import { routeListsSource } from "./ops.ts";
 
 const device = (await requestGpu()).device;
-
-/** A random matrix in `format` and its exact values as the GPU must see them. */
-function randomMatrix(
-  format: WeightFormat,
-  rows: number,
-  cols: number,
-  rand: () => number,
-): { host: HostMatrix; values: Float64Array } {
-  const n = rows * cols;
-  const values = new Float64Array(n);
-  if (format.kind === "q") {
-    const codes = new Uint8Array(n);
-    for (let i = 0; i < n; i++) codes[i] = Math.floor(rand() * (1 << format.bits));
-    const ng = rows * groupsPerRow(cols, format.groupSize);
-    const q: QuantizedTensor = {
-      rows,
-      cols,
-      bits: format.bits,
-      groupSize: format.groupSize,
-      scaleType: format.scaleType,
-      codes: packCodes(codes, rows, cols, format.bits),
-      scales: encodeParams(
-        Array.from({ length: ng }, () => 0.01 + 0.05 * rand()),
-        format.scaleType,
-      ),
-      zeros: encodeParams(
-        Array.from({ length: ng }, () => rand() * ((1 << format.bits) - 1)),
-        format.scaleType,
-      ),
-    };
-    dequantize(q).forEach((v, i) => values[i] = v);
-    return { host: q, values };
-  }
-  if (format.kind === "f32") {
-    const a = new Float32Array(n);
-    for (let i = 0; i < n; i++) values[i] = a[i] = rand() * 2 - 1;
-    return { host: { raw: new Uint8Array(a.buffer) }, values };
-  }
-  const a = new Uint16Array(n);
-  for (let i = 0; i < n; i++) {
-    const v = rand() * 2 - 1;
-    if (format.kind === "f16") {
-      a[i] = f32ToF16(v);
-      values[i] = f16ToF32(a[i]);
-    } else {
-      a[i] = new Uint32Array(new Float32Array([v]).buffer)[0] >>> 16;
-      values[i] = bf16ToF32(a[i]);
-    }
-  }
-  return { host: { raw: new Uint8Array(a.buffer) }, values };
-}
 
 /** Stacks two host matrices row-wise (what the engine does for [gate; up]). */
 function stack(a: HostMatrix, b: HostMatrix): HostMatrix {
