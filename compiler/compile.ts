@@ -287,6 +287,10 @@ export async function compileModel(
     opts.init ? await routers(opts.init) : undefined,
   );
   const maxVar: ScoreTable = table(ir, () => 0);
+  // MaxVar needs a read of every expert's first matrix. Only the paper's orderings need it
+  // before allocation; otherwise it is taken while the matrices stream through the emit below.
+  const maxVarFirst = quantizedExperts &&
+    (allocator === "paper" || allocator === "reverse-paper");
   // The pool serves the MaxVar reads here and the emit below; closed at the end either way.
   const pool = opts.workers ? new QuantizePool(opts.workers) : undefined;
   try {
@@ -296,15 +300,17 @@ export async function compileModel(
   }
 
   async function compileWithPool(): Promise<CompileResult> {
-    await rowVariances(
-      experts.map((e) => e.gate),
-      pool ?? inlineRunner,
-      (i, v) => {
-        const e = experts[i];
-        maxVar[e.layer][e.expert] = v;
-        progress("scores", i + 1, experts.length);
-      },
-    );
+    if (maxVarFirst) {
+      await rowVariances(
+        experts.map((e) => e.gate),
+        pool ?? inlineRunner,
+        (i, v) => {
+          const e = experts[i];
+          maxVar[e.layer][e.expert] = v;
+          progress("scores", i + 1, experts.length);
+        },
+      );
+    }
     timings.passes += performance.now() - t;
 
     // 2. Calibration.
@@ -525,6 +531,8 @@ export async function compileModel(
         p.expert >= 0 && p.role.startsWith("expert_")
           ? errAcc[p.layer][p.expert].moments
           : undefined,
+      rowVariance: (p) =>
+        !maxVarFirst && p.role === "expert_gate" ? (v) => maxVar[p.layer][p.expert] = v : undefined,
       onTensor: (rec, i, n) => {
         progress("emit", i + 1, n);
         if (rec.expert < 0 || !rec.role.startsWith("expert_")) return;

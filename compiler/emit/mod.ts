@@ -15,6 +15,7 @@
  * @module
  */
 
+import { maxVariance } from "../passes/sensitivity.ts";
 import type { PlacedTensor, TensorRef } from "../ir.ts";
 import { type ModelIR, tensorsOf } from "../ir.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
@@ -95,6 +96,11 @@ export interface EmitOptions {
    * computed block by block where the blocks are processed, added in row order.
    */
   moments?: (placed: PlacedTensor) => MomentAccumulator | undefined;
+  /**
+   * Where this matrix's MaxVar (largest row variance) should go, or undefined: taken block by
+   * block where the blocks are processed, so a score nothing else needs costs no extra read.
+   */
+  rowVariance?: (placed: PlacedTensor) => ((maxVar: number) => void) | undefined;
   /**
    * Called for each quantized tensor with its source and dequantized values (error metrics).
    * Needs whole tensors, like `onValues`.
@@ -210,6 +216,7 @@ export async function emitArtifact(
 
   const w = await ArtifactWriter.create(destPath, { headerReserve });
   const accs = plan.map(({ placed }) => opts.moments?.(placed));
+  const rvs = plan.map(({ placed }) => opts.rowVariance?.(placed));
   const streamed = plan.map((item) => isStreamable(item, opts));
   const runner: BlockRunner = opts.pool ?? inlineRunner;
   // Blocks in flight (read, queued or being processed): enough to keep every lane busy while
@@ -259,6 +266,7 @@ export async function emitArtifact(
       };
     } else job.cast = enc.storage;
     if (shift) job.momentShift = await shift;
+    if (rvs[i]) job.rowVariance = true;
     return runner.run(job);
   };
 
@@ -283,15 +291,18 @@ export async function emitArtifact(
     for (const [i, { placed, meta, enc }] of plan.entries()) {
       let rec: TensorRecord;
       if (streamed[i]) {
+        let maxVar = 0;
         rec = await streamTensor(w, placed, meta, enc, accs[i], async () => {
           const head = queue.shift();
           if (!head) throw new Error(`internal: no block queued for ${meta.name}`);
           const r = await head.result;
+          if (r.rowVariance !== undefined && r.rowVariance > maxVar) maxVar = r.rowVariance;
           fill();
           return { start: head.start, end: head.end, r };
         }, opts);
+        rvs[i]?.(maxVar);
       } else {
-        rec = await wholeTensor(w, placed, meta, enc, accs[i], opts);
+        rec = await wholeTensor(w, placed, meta, enc, accs[i], rvs[i], opts);
         ci = i + 1;
         cr = 0;
         fill();
@@ -389,11 +400,13 @@ async function wholeTensor(
   meta: TensorMeta,
   enc: TensorEncoding,
   acc: MomentAccumulator | undefined,
+  rv: ((maxVar: number) => void) | undefined,
   opts: EmitOptions,
 ): Promise<TensorRecord> {
   const values = await placed.ref.read();
   opts.onValues?.(placed, values);
   acc?.add(values, placed.ref.name);
+  if (rv) rv(maxVariance(values, meta.shape[0], meta.shape[1], meta.name));
   if (enc.storage !== "q") return await w.addFloatTensor(meta, values, enc.storage);
   const [rows, cols] = meta.shape;
   let done: AssembledTensor;
