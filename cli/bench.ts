@@ -33,6 +33,7 @@ export const spec: CommandSpec = {
       default: "2.5",
     },
     quantizer: { type: "string", help: "compile: expert quantizer", default: "rtn" },
+    allocator: { type: "string", help: "compile: paper | uniform | random", default: "paper" },
     workers: { type: "string", help: "compile: worker threads", default: "auto" },
   },
 };

@@ -13,6 +13,7 @@
  * @module
  */
 
+import type { AllocatorName } from "../compiler/passes/mod.ts";
 import { join } from "node:path";
 import type { Args } from "./args.ts";
 import { compileModel, parseExpertBits } from "../compiler/compile.ts";
@@ -305,7 +306,13 @@ export interface CompileBenchResult {
 export async function timeCompile(
   dir: string,
   out: string,
-  o: { expertBits: string; quantizer: QuantMethod; workers: number; bytes: number },
+  o: {
+    expertBits: string;
+    quantizer: QuantMethod;
+    workers: number;
+    bytes: number;
+    allocator?: AllocatorName;
+  },
 ): Promise<CompileBenchResult> {
   const ir = await loadCheckpoint(dir);
   const peakReset = resetPeak();
@@ -320,6 +327,7 @@ export async function timeCompile(
       expertBits: parseExpertBits(o.expertBits),
       quantizer: o.quantizer,
       workers: o.workers,
+      allocator: o.allocator ?? "paper",
     });
   } finally {
     clearInterval(timer);
@@ -369,6 +377,7 @@ export async function benchCompile(args: Args): Promise<void> {
   });
   const expertBits = args.string("expert-bits", "2.5");
   parseExpertBits(expertBits);
+  const allocator = args.choice("allocator", ["paper", "uniform", "random"] as const, "paper");
   const auto = navigator.hardwareConcurrency ?? 2;
   const workerList = args.string("workers", "auto").split(",").map((w) => {
     if (w === "auto") return auto;
@@ -399,9 +408,15 @@ export async function benchCompile(args: Args): Promise<void> {
   try {
     for (const quantizer of quantizers) {
       for (const workers of workerList) {
-        log(`compile: ${quantizer}, ${expertBits} bits, ${workers} workers ...`);
+        log(`compile: ${quantizer}, ${expertBits} bits (${allocator}), ${workers} workers ...`);
         const out = join(outDir, `bench-${quantizer}-${workers}.moeq`);
-        const r = await timeCompile(dir, out, { expertBits, quantizer, workers, bytes: gen.bytes });
+        const r = await timeCompile(dir, out, {
+          expertBits,
+          quantizer,
+          workers,
+          bytes: gen.bytes,
+          allocator,
+        });
         await Deno.remove(out);
         results.push(r);
         log(`  ${r.seconds.toFixed(1)} s, ${r.mbPerSecond.toFixed(1)} MB/s`);
