@@ -15,6 +15,7 @@
  * @module
  */
 
+import { squaredError } from "./quantize/mod.ts";
 import { evaluateReference, matmul, type ReferenceModel, silu } from "./reference/mod.ts";
 import { UsageError } from "../runtime/errors.ts";
 import type { ExpertSample } from "./calibration.ts";
@@ -28,17 +29,7 @@ export interface ExpertWeights {
   inter: number;
 }
 
-/** Squared Frobenius norm of a − b (and of a), in float64. */
-export function squaredError(a: Float32Array, b: Float32Array): { err: number; ref: number } {
-  let err = 0;
-  let ref = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = a[i] - b[i];
-    err += d * d;
-    ref += a[i] * a[i];
-  }
-  return { err, ref };
-}
+export { squaredError };
 
 /** ‖W − Ŵ‖_F / ‖W‖_F over an expert's three matrices together. */
 export function weightRelError(w: ExpertWeights, q: ExpertWeights): number {

@@ -159,7 +159,7 @@ export function osError(err: unknown, path: string, action: string): Error {
 }
 
 /** Reads exactly `length` bytes at absolute `offset`; InputError if the file ends early. */
-async function readAt(path: string, offset: number, length: number): Promise<Uint8Array> {
+export async function readAt(path: string, offset: number, length: number): Promise<Uint8Array> {
   const out = new Uint8Array(length);
   let file: Deno.FsFile;
   try {

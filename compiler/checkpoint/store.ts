@@ -13,6 +13,7 @@ import {
   FLOAT_DTYPES,
   openSafetensors,
   osError,
+  readAt,
   type ReadOptions,
   type SafetensorsFile,
   type TensorInfo,
@@ -46,37 +47,6 @@ export interface CheckpointStore {
   ): Promise<Float32Array>;
   /** Reads the raw bytes of `count` elements from flat index `start` of a float tensor. */
   readBytes(name: string, start: number, count: number): Promise<Uint8Array>;
-}
-
-/** Reads exactly `length` bytes at `offset` of `path` into a fresh buffer. */
-async function readAt(path: string, offset: number, length: number): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (err) {
-    throw osError(err, path, "open");
-  }
-  try {
-    await file.seek(offset, Deno.SeekMode.Start);
-    let got = 0;
-    while (got < length) {
-      const n = await file.read(out.subarray(got));
-      if (n === null) {
-        throw new InputError(
-          `unexpected end of file at byte ${offset + got} (wanted ${length} bytes at ${offset})`,
-          path,
-        );
-      }
-      got += n;
-    }
-  } catch (err) {
-    if (err instanceof InputError) throw err;
-    throw osError(err, path, "read");
-  } finally {
-    file.close();
-  }
-  return out;
 }
 
 /** Reads a small JSON file; InputError naming it when missing or not JSON. */

@@ -26,7 +26,13 @@ import {
   inlineRunner,
 } from "../parallel/block.ts";
 import { MomentAccumulator, momentShift } from "./stats.ts";
-import { pack, quantizeUnpacked, type QuantMethod, reconstruct } from "../quantize/mod.ts";
+import {
+  pack,
+  quantizeUnpacked,
+  type QuantMethod,
+  reconstruct,
+  squaredError,
+} from "../quantize/mod.ts";
 import {
   type AssembledTensor,
   CHUNK_ROWS,
@@ -155,18 +161,6 @@ function placeholderRecord(meta: TensorMeta, enc: TensorEncoding): TensorRecord 
 
 /** Rows per streamed block: the quantization blocks of chunked.ts, so results are identical. */
 const BLOCK_ROWS = CHUNK_ROWS;
-
-/** Σ(a − b)² and Σa², in float64. */
-function squaredSums(a: Float32Array, b: Float32Array): { err: number; ref: number } {
-  let err = 0;
-  let ref = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = a[i] - b[i];
-    err += d * d;
-    ref += a[i] * a[i];
-  }
-  return { err, ref };
-}
 
 /**
  * Writes `ir` as an artifact at `destPath`, tensor by tensor in `tensorsOf` order. Matrices
@@ -433,7 +427,7 @@ async function wholeTensor(
     });
     // reconstruct(u) is bit-identical to dequantize(pack(u)), and much cheaper.
     const dq = reconstruct(u);
-    done = { tensor: pack(u), ...squaredSums(values, dq) };
+    done = { tensor: pack(u), ...squaredError(values, dq) };
     opts.onQuantized?.(placed, values, dq);
   }
   opts.onQuantError?.(placed, done.err, done.ref);

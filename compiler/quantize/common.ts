@@ -244,18 +244,27 @@ function pack3(codes: Uint8Array, rows: number, cols: number): Uint32Array {
   return out;
 }
 
-/** Relative Frobenius error ‖W − Ŵ‖_F / ‖W‖_F, in float64 (0 when both are zero). */
+/** Σ(a − b)² and Σa² in float64: the parts of every reconstruction-error figure. */
+export function squaredError(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+): { err: number; ref: number } {
+  if (a.length !== b.length) {
+    throw new UsageError(`squaredError: lengths differ (${a.length} vs ${b.length})`);
+  }
+  let err = 0;
+  let ref = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i] - b[i];
+    err += d * d;
+    ref += a[i] * a[i];
+  }
+  return { err, ref };
+}
+
+/** ‖W − Ŵ‖_F / ‖W‖_F (0 for an exact reconstruction of zeros, Infinity when W = 0 ≠ Ŵ). */
 export function relativeError(w: ArrayLike<number>, wHat: ArrayLike<number>): number {
-  if (w.length !== wHat.length) {
-    throw new UsageError(`relativeError: lengths differ (${w.length} vs ${wHat.length})`);
-  }
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < w.length; i++) {
-    const d = w[i] - wHat[i];
-    num += d * d;
-    den += w[i] * w[i];
-  }
-  if (den === 0) return num === 0 ? 0 : Infinity;
-  return Math.sqrt(num / den);
+  const { err, ref } = squaredError(w, wHat);
+  if (ref === 0) return err === 0 ? 0 : Infinity;
+  return Math.sqrt(err / ref);
 }

@@ -29,6 +29,7 @@ export {
   reconstruct,
   relativeError,
   roundToStorage,
+  squaredError,
   type UnpackedQuant,
 } from "./common.ts";
 export { rtnAsymmetric, rtnSymmetric } from "./rtn.ts";
