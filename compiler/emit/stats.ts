@@ -9,17 +9,10 @@
  */
 
 import { InputError } from "../../runtime/errors.ts";
+import type { WeightStats } from "../passes/sensitivity.ts";
 
-/** Range, mean, std and kurtosis of all values added so far. */
-export interface StreamStats {
-  min: number;
-  max: number;
-  range: number;
-  mean: number;
-  std: number;
-  kurtosis: number;
-  count: number;
-}
+/** Range, mean, std and kurtosis of all values added so far (the fields of `weightStats`). */
+export type StreamStats = WeightStats;
 
 /** Power sums of one array about a shift: what {@link MomentAccumulator} adds per array. */
 export interface MomentSums {
