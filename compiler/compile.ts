@@ -2,9 +2,10 @@
  * The compiler pipeline: checkpoint IR → sensitivity passes → bit allocation → quantize → artifact.
  *
  * 1. **Scores** (cheap, weight-only): router-norm change Λ (needs the init checkpoint's routers,
- *    falls back to final norms) and MaxVar of each expert's first matrix, read in 512-row
- *    blocks whose row variances are taken on the worker pool (the allocation needs MaxVar of
- *    every expert before the first expert is written, so this is a second read of the gates).
+ *    falls back to final norms) and MaxVar of each expert's first matrix. The paper's orderings
+ *    need MaxVar before the first expert is written, so for them the gates are read first in
+ *    512-row blocks (row variances on the worker pool); every other allocator gets MaxVar from
+ *    the same blocks while they stream through the emit (no extra read).
  * 2. **Calibration** (optional; needed by `frequency`, `gptq`, and the output-error costs of
  *    `budget`): the float64 reference runs a little text and records routing counts and a bounded
  *    sample of each expert's inputs (compiler/calibration.ts).
