@@ -71,10 +71,13 @@ import {
   type WeightSet,
 } from "./kernels/matmul.ts";
 import {
+  attentionPrefillSource,
   attentionSource,
   combineSource,
   embedSource,
   EW,
+  prefillGroups,
+  prefillTile,
   rmsNormSource,
   ropeStoreSource,
   routeListsSource,
@@ -522,7 +525,8 @@ export async function createWebGpuEngine(
     ];
   const QKV = (nh + 2 * nkv) * hd;
 
-  function buildPlan(tt: number, logits: LogitsMode): Pending[] {
+  /** `prefill`: the plan may run T > 1 tokens (false for the one-token decode plan). */
+  function buildPlan(tt: number, logits: LogitsMode, prefill: boolean): Pending[] {
     const list: Pending[] = [];
     const dispatch = (
       src: KernelSource,
@@ -636,6 +640,26 @@ export async function createWebGpuEngine(
       dispatch(swigluSource(width, 1), { g: buf.hg, up: buf.hu }, ew(width, tokens));
     };
     const tokens = (T: number) => T;
+    /**
+     * Attention over the KV cache: one token (decode) splits the keys over lanes; more tokens
+     * (prefill) use the query-tiled kernel, which loads each key/value once per query tile.
+     * Both are recorded; the one that does not apply gets zero workgroups.
+     */
+    const attention = (q: GPUBuffer, L: LayerWeights, qStride: number) => {
+      const bufs = { q, kc: L.kCache, vc: L.vCache, out: buf.att };
+      const none: [number, number, number] = [0, 0, 0];
+      if (!prefill) {
+        dispatch(attentionSource(nh, nkv, hd, qStride), bufs, (T) => [nh, T, 1]);
+        return;
+      }
+      dispatch(attentionSource(nh, nkv, hd, qStride), bufs, (T) => T === 1 ? [nh, 1, 1] : none);
+      const pt = prefillTile(nh, nkv, hd);
+      dispatch(
+        attentionPrefillSource(nh, nkv, hd, qStride, pt),
+        bufs,
+        (T) => T > 1 ? prefillGroups(nh, nkv, pt, T) : none,
+      );
+    };
 
     dispatch(
       embedSource(embed.format, H),
@@ -651,11 +675,7 @@ export async function createWebGpuEngine(
           { qkv: buf.qkv, cs: buf.cs, kc: L.kCache, vc: L.vCache },
           ew(nh * hd / 2 + nkv * hd / 2 + nkv * hd, tokens),
         );
-        dispatch(
-          attentionSource(nh, nkv, hd, QKV),
-          { q: buf.qkv, kc: L.kCache, vc: L.vCache, out: buf.att },
-          (T) => [nh, T, 1],
-        );
+        attention(buf.qkv, L, QKV);
       } else {
         mm(L.q, buf.xn, buf.q, {}, L.qBias);
         mm(L.k, buf.xn, buf.k, {}, L.kBias);
@@ -672,11 +692,7 @@ export async function createWebGpuEngine(
           { q: buf.q, k: buf.k, v: buf.v, cs: buf.cs, kc: L.kCache, vc: L.vCache },
           ew(nh * hd / 2 + nkv * hd / 2 + nkv * hd, tokens),
         );
-        dispatch(
-          attentionSource(nh, nkv, hd),
-          { q: buf.q, kc: L.kCache, vc: L.vCache, out: buf.att },
-          (T) => [nh, T, 1],
-        );
+        attention(buf.q, L, nh * hd);
       }
       mm(L.o, buf.att, buf.x, { accumulate: true });
       norm(buf.x, L.postNorm, buf.xn, H, 1);
@@ -754,7 +770,7 @@ export async function createWebGpuEngine(
     1,
     "last",
   ]];
-  const pending = modes.map(([tt, mode]) => buildPlan(tt, mode));
+  const pending = modes.map(([tt, mode], i) => buildPlan(tt, mode, i < 3));
   await Promise.all([
     prepareKernels(device, pending.flat().map((p) => p.src)),
     sampler.ready,
@@ -798,10 +814,11 @@ export async function createWebGpuEngine(
   }
 
   // Warm-up: software adapters (lavapipe) JIT-compile a pipeline at its first dispatch, so run
-  // every plan once on one token now (load time) rather than at the first request.
+  // every plan once now (load time) rather than at the first request: the prefill plans on two
+  // tokens so that their T > 1 kernels (prefill attention) run too.
   {
     for (const mode of ["all", "none", "last"] as LogitsMode[]) {
-      submitForward(1, 0, plan(tile, mode));
+      submitForward(Math.min(2, chunk), 0, plan(tile, mode));
     }
     submitForward(1, 0, plan(1, "last"), (enc) => {
       device.queue.writeBuffer(samplerState, 0, new Uint32Array([0, 1]));

@@ -8,8 +8,8 @@
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
-/** Decodes one IEEE binary16 bit pattern to a number. */
-export function f16ToF32(h: number): number {
+/** The arithmetic decode of {@link f16ToF32}, used once per pattern to fill its table. */
+function f16ToF32Slow(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
   const exp = (h >> 10) & 0x1f;
   const frac = h & 0x3ff;
@@ -18,37 +18,46 @@ export function f16ToF32(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
+/** Every f16 pattern's value (each exactly representable in f32; NaN patterns read as NaN). */
+const F16_VALUES = new Float32Array(65536);
+for (let h = 0; h < 65536; h++) F16_VALUES[h] = f16ToF32Slow(h);
+
+/** Decodes one IEEE binary16 bit pattern to a number (bits above the low 16 are ignored). */
+export function f16ToF32(h: number): number {
+  return F16_VALUES[h & 0xffff];
+}
+
 /** Encodes a number as an IEEE binary16 bit pattern (round to nearest even; overflow → ±Inf). */
 export function f32ToF16(value: number): number {
   f32[0] = value;
-  const x = u32[0];
+  return f32BitsToF16(u32[0]);
+}
+
+/**
+ * {@link f32ToF16} of the f32 with bit pattern `x` (an unsigned or signed 32-bit integer): for
+ * casting whole f32 arrays through a Uint32Array view without a scratch round trip.
+ */
+export function f32BitsToF16(x: number): number {
   const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    let r = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1);
-    if (rem > half || (rem === half && (r & 1))) r++;
-    return sign | r;
+  const a = x & 0x7fffffff;
+  if (a >= 0x38800000) {
+    // |x| ≥ 2^-14: an f16 normal, or beyond.
+    if (a >= 0x47800000) return a > 0x7f800000 ? sign | 0x7e00 : sign | 0x7c00; // NaN, or ±Inf
+    // Rebias the exponent (127 → 15) and round the mantissa to 10 bits, ties to even; a carry
+    // out of the mantissa bumps the exponent, up to 0x7c00 (= Inf) from the largest binade.
+    const r = a - 0x38000000;
+    return sign | ((r + 0xfff + ((r >>> 13) & 1)) >>> 13);
   }
-  let r = mant >>> 13;
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (r & 1))) {
-    r++;
-    if (r === 0x400) {
-      r = 0;
-      e++;
-      if (e >= 31) return sign | 0x7c00;
-    }
-  }
-  return sign | (e << 10) | r;
+  // f16 subnormals and zeros.
+  const e = (a >>> 23) - 112;
+  if (e < -10) return sign;
+  const mant = (a & 0x7fffff) | 0x800000;
+  const shift = 14 - e;
+  const half = 1 << (shift - 1);
+  let r = mant >>> shift;
+  const rem = mant & ((1 << shift) - 1);
+  if (rem > half || (rem === half && (r & 1))) r++;
+  return sign | r;
 }
 
 /** Decodes one bfloat16 bit pattern to a number. */

@@ -21,6 +21,7 @@ import {
   wordsPerRow,
 } from "../../schemas/packing.ts";
 import type { HqqParams } from "../quantize/hqq.ts";
+import { rtnAsymmetricWithError } from "../quantize/rtn.ts";
 
 /** Rows per block: fixed, so results never depend on the number of workers. */
 export const CHUNK_ROWS = 512;
@@ -65,6 +66,17 @@ export function quantizeChunk(
   cols: number,
   opts: ChunkOptions,
 ): ChunkResult {
+  if (opts.method === "rtn") {
+    // RTN computes the same sums while it rounds (one pass fewer over the block).
+    const f = rtnAsymmetricWithError(w, rows, cols, {
+      bits: opts.bits,
+      groupSize: opts.groupSize,
+      scaleType: opts.scaleType,
+      name: opts.name,
+    });
+    const q = pack(f.u);
+    return { codes: q.codes, scales: q.scales, zeros: q.zeros, err: f.err, ref: f.ref };
+  }
   const u = quantizeUnpacked(w, rows, cols, opts as QuantizeMatrixOptions);
   // Error of the decoded values, f32 as the runtime computes them: (f32(q − zero)) · scale.
   const gpr = groupsPerRow(cols, u.groupSize);

@@ -6,7 +6,7 @@
  */
 
 import { LimitError, UsageError } from "../../runtime/errors.ts";
-import { bf16ToF32, f16ToF32, f32ToF16 } from "../../schemas/half.ts";
+import { bf16ToF32, f16ToF32, f32BitsToF16 } from "../../schemas/half.ts";
 
 /** A 16-bit float storage type. */
 export type HalfType = "f16" | "bf16";
@@ -45,9 +45,12 @@ export function castMatrix(
         : ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
     }
   } else if (type === "f16") {
+    // From the f32 bit patterns, as f32ToF16 would after its own f32 round trip.
+    const bits = new Uint32Array(w.buffer, w.byteOffset, w.length);
     for (let i = 0; i < w.length; i++) {
-      const h = f32ToF16(w[i]);
-      if ((h & 0x7fff) === 0x7c00 && Number.isFinite(w[i])) {
+      const x = bits[i];
+      const h = f32BitsToF16(x);
+      if ((h & 0x7fff) === 0x7c00 && (x & 0x7f800000) !== 0x7f800000) {
         throw new LimitError(
           `${name}: value ${w[i]} at index ${offset + i} overflows f16; store it as bf16`,
         );

@@ -47,12 +47,17 @@ export interface UnpackedQuant extends QuantLayout {
   zeros: Float32Array;
 }
 
-/** Validates a weight matrix and options, returning the full layout (scaleType defaulted). */
+/**
+ * Validates a weight matrix and options, returning the full layout (scaleType defaulted).
+ * `finite` = false skips the finiteness check, for callers that make it themselves (with
+ * {@link checkFinite}) while reading the values anyway.
+ */
 export function checkMatrix(
   w: Float32Array,
   rows: number,
   cols: number,
   opts: QuantOptions,
+  finite = true,
 ): QuantLayout {
   const name = opts.name ?? "matrix";
   if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows <= 0 || cols <= 0) {
@@ -73,16 +78,23 @@ export function checkMatrix(
   if (scaleType !== "f16" && scaleType !== "f32") {
     throw new UsageError(`${name}: unknown scale type ${scaleType}`);
   }
-  // One fast pass (x − x is 0 for finite x, NaN otherwise), the slow one only to name the value.
-  let probe = 0;
-  for (let i = 0; i < w.length; i++) probe += w[i] - w[i];
-  for (let i = 0; probe !== 0 && i < w.length; i++) {
+  if (finite) {
+    // One fast pass (x − x is 0 for finite x, NaN otherwise), the slow one only to name the value.
+    let probe = 0;
+    for (let i = 0; i < w.length; i++) probe += w[i] - w[i];
+    if (probe !== 0) checkFinite(w, cols, name);
+  }
+  return { rows, cols, bits: opts.bits, groupSize: opts.groupSize, scaleType };
+}
+
+/** Throws an InputError naming the first non-finite weight of `w` ([·, cols]), if any. */
+export function checkFinite(w: Float32Array, cols: number, name = "matrix"): void {
+  for (let i = 0; i < w.length; i++) {
     if (!Number.isFinite(w[i])) {
       const r = Math.floor(i / cols);
       throw new InputError(`${name}: non-finite weight ${w[i]} at [${r}, ${i - r * cols}]`);
     }
   }
-  return { rows, cols, bits: opts.bits, groupSize: opts.groupSize, scaleType };
 }
 
 /** Rounds a value to the nearest value of the storage type (f16 ties-to-even, or f32). */

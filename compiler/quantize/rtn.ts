@@ -17,6 +17,7 @@ import { LimitError } from "../../runtime/errors.ts";
 import { groupsPerRow } from "../../schemas/packing.ts";
 import {
   allocUnpacked,
+  checkFinite,
   checkMatrix,
   codeOf,
   inverseScale,
@@ -33,38 +34,98 @@ export function rtnAsymmetric(
   cols: number,
   opts: QuantOptions,
 ): UnpackedQuant {
-  const layout = checkMatrix(w, rows, cols, opts);
+  return rtnAsymmetricFused(w, rows, cols, opts, false).u;
+}
+
+/**
+ * {@link rtnAsymmetric} plus the reconstruction error sums of the result, in one pass per group:
+ * `err` = Σ (w − ŵ)² with ŵ decoded in f32 exactly as the runtime does ((f32(q − zero)) · scale),
+ * `ref` = Σ w², both summed in float64 in row-major element order (the order of a separate pass).
+ */
+export function rtnAsymmetricWithError(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  opts: QuantOptions,
+): { u: UnpackedQuant; err: number; ref: number } {
+  return rtnAsymmetricFused(w, rows, cols, opts, true);
+}
+
+/** 1.5 · 2^52: (v + it) − it is v rounded to an integer, ties to even, for |v| < 2^51. */
+const ROUND_MAGIC = 6755399441055744;
+
+function rtnAsymmetricFused(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  opts: QuantOptions,
+  sums: boolean,
+): { u: UnpackedQuant; err: number; ref: number } {
+  const layout = checkMatrix(w, rows, cols, opts, false);
   const u = allocUnpacked(layout);
   const { groupSize, scaleType } = layout;
   const qmax = (1 << layout.bits) - 1;
   const gpr = groupsPerRow(cols, groupSize);
   const params = new Float64Array(2);
-  for (let r = 0; r < rows; r++) {
-    for (let g = 0; g < gpr; g++) {
-      const start = r * cols + g * groupSize;
-      const end = r * cols + Math.min((g + 1) * groupSize, cols);
-      let lo = Infinity;
-      let hi = -Infinity;
-      for (let i = start; i < end; i++) {
-        const x = w[i];
-        if (x < lo) lo = x;
-        if (x > hi) hi = x;
-      }
-      minMaxParams(lo, hi, qmax, scaleType, params, opts.name);
-      const scale = params[0];
-      const zero = params[1];
-      u.scales[r * gpr + g] = scale;
-      u.zeros[r * gpr + g] = zero;
-      const inv = inverseScale(scale);
-      const codes = u.codes;
-      for (let i = start; i < end; i++) {
-        // codeOf, inlined (the hot loop of RTN)
-        const q = Math.round(w[i] * inv + zero);
-        codes[i] = q < 0 ? 0 : q > qmax ? qmax : q;
+  const decoded = new Float64Array(qmax + 1);
+  const codes = u.codes;
+  const scales = u.scales;
+  const zeros = u.zeros;
+  let err = 0;
+  let ref = 0;
+  try {
+    for (let r = 0; r < rows; r++) {
+      for (let g = 0; g < gpr; g++) {
+        const start = r * cols + g * groupSize;
+        const end = r * cols + Math.min((g + 1) * groupSize, cols);
+        let lo = Infinity;
+        let hi = -Infinity;
+        let probe = 0; // x − x: 0 for finite x, NaN otherwise (the finiteness check, fused)
+        for (let i = start; i < end; i++) {
+          const x = w[i];
+          probe += x - x;
+          if (x < lo) lo = x;
+          if (x > hi) hi = x;
+        }
+        if (probe !== 0) checkFinite(w, cols, opts.name); // throws naming the first bad value
+        minMaxParams(lo, hi, qmax, scaleType, params, opts.name);
+        const scale = params[0];
+        const zero = params[1];
+        scales[r * gpr + g] = scale;
+        zeros[r * gpr + g] = zero;
+        const inv = inverseScale(scale);
+        if (sums) {
+          // The decoded value of each code, as the runtime computes it: f32(f32(q − zero) · scale).
+          for (let q = 0; q <= qmax; q++) decoded[q] = Math.fround(Math.fround(q - zero) * scale);
+          for (let i = start; i < end; i++) {
+            const x = w[i];
+            const v = x * inv + zero;
+            // Math.round(v), exactly: round half to even by the 1.5·2^52 trick, then a tie that
+            // went down goes up (|v| ≥ 2^51 is far outside [0, qmax] either way, so clamps alike).
+            let t = (v + ROUND_MAGIC) - ROUND_MAGIC;
+            if (v - t === 0.5) t += 1;
+            const q = t < 0 ? 0 : t > qmax ? qmax : t;
+            codes[i] = q;
+            const d = x - decoded[q];
+            err += d * d;
+            ref += x * x;
+          }
+        } else {
+          for (let i = start; i < end; i++) {
+            const v = w[i] * inv + zero;
+            let t = (v + ROUND_MAGIC) - ROUND_MAGIC; // Math.round(v), as above
+            if (v - t === 0.5) t += 1;
+            codes[i] = t < 0 ? 0 : t > qmax ? qmax : t;
+          }
+        }
       }
     }
+  } catch (e) {
+    // A non-finite weight anywhere is reported before a range error in an earlier group.
+    checkFinite(w, cols, opts.name);
+    throw e;
   }
-  return u;
+  return { u, err, ref };
 }
 
 /** Symmetric round-to-nearest with zero = 2^(bits−1) (see the module doc for the convention). */

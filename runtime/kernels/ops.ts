@@ -292,6 +292,132 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   );
 }
 
+/** How {@link attentionPrefillSource} tiles the work: query positions × heads per invocation. */
+export interface PrefillTile {
+  /** Query positions per invocation. */
+  qt: number;
+  /** Heads of one KV group per invocation (divides nh / nkv). */
+  rh: number;
+}
+
+/**
+ * The default prefill tile: about 256 / hd (query, head) pairs per invocation, all heads of a KV
+ * group when they fit. More pairs load less but JIT-compile much longer on lavapipe (hd 32, R 2:
+ * 8 pairs ≈ 2 s, 16 pairs ≈ 6 s) for little gain (5.8 → 5.0 ms per layer at T = 128).
+ */
+export function prefillTile(nh: number, nkv: number, hd: number): PrefillTile {
+  const R = nh / nkv;
+  const pairs = Math.max(1, Math.floor(256 / hd));
+  let rh = Math.min(R, pairs);
+  while (R % rh !== 0) rh--;
+  return { qt: Math.max(1, Math.floor(pairs / rh)), rh };
+}
+
+/** Workgroups of {@link attentionPrefillSource} for T tokens. */
+export function prefillGroups(
+  nh: number,
+  nkv: number,
+  tile: PrefillTile,
+  T: number,
+): [number, number, number] {
+  return [nkv * (nh / nkv / tile.rh), Math.ceil(T / tile.qt), 1];
+}
+
+/**
+ * Causal GQA attention for prefill, same contract as {@link attentionSource}. CPU adapters pay
+ * per lane for every storage load, so the work is shaped to load each key/value element once for
+ * many queries: one invocation owns `rh` heads of one KV group and a tile of `qt` consecutive
+ * query positions, walks cache rows 0..pos0 + t_last once, and keeps an online softmax per (query,
+ * head) pair, masking row j for query t unless j ≤ pos0 + t. Everything is unrolled into named
+ * variables (no private arrays). Dispatch {@link prefillGroups}.
+ */
+export function attentionPrefillSource(
+  nh: number,
+  nkv: number,
+  hd: number,
+  qStride = nh * hd,
+  tile: PrefillTile = prefillTile(nh, nkv, hd),
+): KernelSource {
+  const R = nh / nkv, { qt, rh } = tile;
+  if (!Number.isInteger(R) || R % rh !== 0 || qt < 1) {
+    throw new RangeError(
+      `attentionPrefillSource: bad tile ${JSON.stringify(tile)} for ${nh}/${nkv}`,
+    );
+  }
+  // vec4 path when every row start is 16-byte aligned.
+  const v4 = hd % 4 === 0 && qStride % 4 === 0;
+  const W = v4 ? 4 : 1, n = hd / W;
+  const T = v4 ? "vec4<f32>" : "f32";
+  const zero = v4 ? "vec4<f32>(0.0)" : "0.0";
+  const ds = Array.from({ length: n }, (_, d) => d);
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < qt; i++) for (let r = 0; r < rh; r++) pairs.push([i, r]);
+  const each = (fn: (i: number, r: number, c: number) => string) =>
+    pairs.map(([i, r], c) => fn(i, r, c)).join("\n");
+  const perD = (fn: (d: number) => string, sep = "\n") => ds.map(fn).join(sep);
+  const dot = (c: number) =>
+    perD((d) => v4 ? `dot(q${c}_${d}, k${d})` : `q${c}_${d} * k${d}`, " + ");
+  return kernel(
+    `attention_prefill.${nh}.${nkv}.${hd}.t${qt}.r${rh}${
+      qStride !== nh * hd ? `.q${qStride}` : ""
+    }`,
+    [
+      ["step", "Step", "uniform"],
+      ["q", `array<${T}>`],
+      ["kc", `array<${T}>`],
+      ["vc", `array<${T}>`],
+      ["out", `array<${T}>`, "storage, read_write"],
+    ],
+    `
+@compute @workgroup_size(1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>) {
+  let g = wg.x / ${u(R / rh)};
+  let h0 = wg.x * ${u(rh)};
+  let t0 = wg.y * ${u(qt)};
+  if (t0 >= step.T) { return; }
+  let tl = min(t0 + ${u(qt - 1)}, step.T - 1u);
+  let jEnd = step.pos0 + tl;
+${
+      each((i, r, c) => {
+        const qb = `min(t0 + ${u(i)}, tl) * ${u(qStride / W)} + (h0 + ${u(r)}) * ${u(n)}`;
+        return `  let qb${c} = ${qb};
+${perD((d) => `  let q${c}_${d} = q[qb${c} + ${u(d)}] * ${f(1 / Math.sqrt(hd))};`)}
+  var m${c} = -3.0e38;
+  var s${c} = 0.0;
+${perD((d) => `  var a${c}_${d} = ${zero};`)}`;
+      })
+    }
+  for (var j = 0u; j <= jEnd; j++) {
+    let kb = j * ${u(nkv * n)} + g * ${u(n)};
+${perD((d) => `    let k${d} = kc[kb + ${u(d)}];`)}
+${perD((d) => `    let v${d} = vc[kb + ${u(d)}];`)}
+${
+      each((i, _r, c) =>
+        `    {
+      let sc = ${dot(c)};
+      let ok = j <= step.pos0 + t0 + ${u(i)};
+      let mn = select(m${c}, max(m${c}, sc), ok);
+      let corr = exp(m${c} - mn);
+      let p = select(0.0, exp(sc - mn), ok);
+      s${c} = s${c} * corr + p;
+${perD((d) => `      a${c}_${d} = a${c}_${d} * corr + p * v${d};`)}
+      m${c} = mn;
+    }`
+      )
+    }
+  }
+${
+      each((i, r, c) =>
+        `  if (t0 + ${u(i)} < step.T) {
+    let ob = (t0 + ${u(i)}) * ${u(nh * n)} + (h0 + ${u(r)}) * ${u(n)};
+${perD((d) => `    out[ob + ${u(d)}] = a${c}_${d} / s${c};`)}
+  }`
+      )
+    }
+}`,
+  );
+}
+
 /**
  * MoE routing per token: softmax over the E router logits (f32), top-k (largest first; ties go
  * to the lower expert index), optional renormalisation of the k weights. Writes ids[t·K + k]

@@ -1,0 +1,176 @@
+/**
+ * Causal GQA attention kernels (the strided decode kernel and the query-tiled prefill kernel)
+ * against a float64 host computation on random data: odd head counts, GQA ratios 1, 2 and 4,
+ * T not a multiple of the query tile, a non-zero start position and packed [q | k | v] rows.
+ */
+import assert from "node:assert/strict";
+import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
+import { requestGpu } from "../device.ts";
+import {
+  bindKernel,
+  getKernel,
+  type KernelSource,
+  readBuffer,
+  STEP_BYTES,
+  storageBuffer,
+} from "./kernel.ts";
+import {
+  attentionPrefillSource,
+  attentionSource,
+  prefillGroups,
+  type PrefillTile,
+  prefillTile,
+} from "./ops.ts";
+
+const device = (await requestGpu()).device;
+
+interface Case {
+  nh: number;
+  nkv: number;
+  hd: number;
+  T: number;
+  pos0: number;
+  /** Extra floats per q row beyond nh·hd (a packed [q | k | v] row). */
+  pad: number;
+}
+
+/** float64 reference: out[t, h] = softmax_j≤pos0+t(q·k_j / sqrt(hd)) · v_j, kv head h / (nh/nkv). */
+function reference(c: Case, q: Float32Array, kc: Float32Array, vc: Float32Array): Float64Array {
+  const { nh, nkv, hd, T, pos0 } = c;
+  const qs = nh * hd + c.pad, R = nh / nkv;
+  const out = new Float64Array(T * nh * hd);
+  for (let t = 0; t < T; t++) {
+    for (let h = 0; h < nh; h++) {
+      const g = Math.floor(h / R);
+      const sc: number[] = [];
+      for (let j = 0; j <= pos0 + t; j++) {
+        let d = 0;
+        for (let i = 0; i < hd; i++) d += q[t * qs + h * hd + i] * kc[(j * nkv + g) * hd + i];
+        sc.push(d / Math.sqrt(hd));
+      }
+      const m = Math.max(...sc);
+      const p = sc.map((x) => Math.exp(x - m));
+      const z = p.reduce((a, b) => a + b, 0);
+      for (let i = 0; i < hd; i++) {
+        let o = 0;
+        for (let j = 0; j < p.length; j++) o += p[j] * vc[(j * nkv + g) * hd + i];
+        out[(t * nh + h) * hd + i] = o / z;
+      }
+    }
+  }
+  return out;
+}
+
+async function runKernel(
+  src: KernelSource,
+  c: Case,
+  q: Float32Array,
+  kc: Float32Array,
+  vc: Float32Array,
+  groups: [number, number, number],
+): Promise<Float32Array> {
+  const step = device.createBuffer({
+    size: STEP_BYTES,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(step, 0, new Uint32Array([c.T, c.pos0, 0, 0]));
+  const n = c.T * c.nh * c.hd;
+  // Poison the output so a row the kernel fails to write cannot pass.
+  const out = storageBuffer(device, n * 4, "out", new Float32Array(n).fill(NaN));
+  const bufs = {
+    step,
+    q: storageBuffer(device, q.byteLength, "q", q),
+    kc: storageBuffer(device, kc.byteLength, "kc", kc),
+    vc: storageBuffer(device, vc.byteLength, "vc", vc),
+    out,
+  };
+  const kernel = getKernel(device, src);
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(kernel.pipeline);
+  pass.setBindGroup(0, bindKernel(device, kernel, bufs));
+  pass.dispatchWorkgroups(...groups);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  const bytes = await readBuffer(device, out, n * 4);
+  for (const b of Object.values(bufs)) b.destroy();
+  return new Float32Array(bytes.buffer, bytes.byteOffset, n).slice();
+}
+
+function inputs(c: Case, seed: number) {
+  const r = rng(seed);
+  const fill = (n: number, s: number) => Float32Array.from({ length: n }, () => (r() * 2 - 1) * s);
+  const ctx = c.pos0 + c.T;
+  // Scale q so the softmax is far from uniform (a wrong mask or merge shows up).
+  return {
+    q: fill(c.T * (c.nh * c.hd + c.pad), 3),
+    kc: fill(ctx * c.nkv * c.hd, 1),
+    vc: fill(ctx * c.nkv * c.hd, 1),
+  };
+}
+
+function maxAbsErr(gpu: Float32Array, ref: Float64Array): number {
+  let e = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const d = Math.abs(gpu[i] - ref[i]);
+    e = Number.isNaN(d) ? Infinity : Math.max(e, d);
+  }
+  return e;
+}
+
+const CASES: Case[] = [
+  { nh: 3, nkv: 3, hd: 16, T: 7, pos0: 0, pad: 0 }, // GQA 1, odd heads
+  { nh: 6, nkv: 3, hd: 32, T: 19, pos0: 5, pad: 0 }, // GQA 2, T not a multiple of the tile
+  { nh: 4, nkv: 2, hd: 32, T: 40, pos0: 0, pad: 4 * 32 }, // the Shakespeare shape, packed qkv
+  { nh: 12, nkv: 3, hd: 8, T: 11, pos0: 37, pad: 6 * 8 }, // GQA 4, pos0 > 0, packed
+  { nh: 5, nkv: 1, hd: 24, T: 1, pos0: 9, pad: 0 }, // one token (decode shape) through both
+];
+
+// |error| ≤ 2e-5: f32 accumulation over ≤ 48 keys of values in [-1, 1] (outputs are convex
+// combinations of v, so |out| ≤ 1); measured errors are ~1e-6.
+const TOL = 2e-5;
+
+Deno.test("prefill attention (query tile × GQA group) matches float64", async () => {
+  for (const [i, c] of CASES.entries()) {
+    const { q, kc, vc } = inputs(c, 100 + i);
+    const ref = reference(c, q, kc, vc);
+    const tile = prefillTile(c.nh, c.nkv, c.hd);
+    const src = attentionPrefillSource(c.nh, c.nkv, c.hd, c.nh * c.hd + c.pad, tile);
+    const gpu = await runKernel(src, c, q, kc, vc, prefillGroups(c.nh, c.nkv, tile, c.T));
+    const e = maxAbsErr(gpu, ref);
+    assert.ok(e <= TOL, `case ${JSON.stringify(c)} tile ${JSON.stringify(tile)}: max |err| ${e}`);
+  }
+});
+
+Deno.test("prefill attention: explicit tiles (heads split, scalar and vec4) match float64", async () => {
+  // hd 6 with an odd q stride takes the scalar path; hd 16 the vec4 path.
+  const cases: [Case, PrefillTile[]][] = [
+    [{ nh: 8, nkv: 2, hd: 16, T: 13, pos0: 4, pad: 0 }, [{ qt: 1, rh: 1 }, { qt: 3, rh: 2 }, {
+      qt: 5,
+      rh: 4,
+    }]],
+    [{ nh: 6, nkv: 3, hd: 6, T: 9, pos0: 2, pad: 3 }, [{ qt: 2, rh: 1 }, { qt: 4, rh: 2 }]],
+  ];
+  for (const [c, tiles] of cases) {
+    const { q, kc, vc } = inputs(c, 7);
+    const ref = reference(c, q, kc, vc);
+    for (const tile of tiles) {
+      const src = attentionPrefillSource(c.nh, c.nkv, c.hd, c.nh * c.hd + c.pad, tile);
+      const gpu = await runKernel(src, c, q, kc, vc, prefillGroups(c.nh, c.nkv, tile, c.T));
+      const e = maxAbsErr(gpu, ref);
+      assert.ok(e <= TOL, `case ${JSON.stringify(c)} tile ${JSON.stringify(tile)}: max |err| ${e}`);
+    }
+  }
+  assert.throws(() => attentionPrefillSource(8, 2, 16, 128, { qt: 2, rh: 3 }), RangeError);
+});
+
+Deno.test("decode attention (keys strided over lanes) matches float64", async () => {
+  for (const [i, c] of CASES.entries()) {
+    const { q, kc, vc } = inputs(c, 200 + i);
+    const ref = reference(c, q, kc, vc);
+    const src = attentionSource(c.nh, c.nkv, c.hd, c.nh * c.hd + c.pad);
+    const gpu = await runKernel(src, c, q, kc, vc, [c.nh, c.T, 1]);
+    const e = maxAbsErr(gpu, ref);
+    assert.ok(e <= TOL, `case ${JSON.stringify(c)}: max |err| ${e}`);
+  }
+});
