@@ -78,6 +78,8 @@ export interface SafetensorsFile {
   info(name: string): TensorInfo;
   /** Reads a whole tensor as f32, row-major. */
   read(name: string, options?: ReadOptions): Promise<Float32Array>;
+  /** The raw bytes of `count` elements from flat element index `start` of a float tensor. */
+  readBytes(name: string, start: number, count: number): Promise<Uint8Array>;
   /** Reads `count` elements starting at flat element index `start` as f32. */
   readElements(
     name: string,
@@ -379,12 +381,7 @@ class SafetensorsHandle implements SafetensorsFile {
     return this.readElements(name, 0, this.info(name).numel, options);
   }
 
-  async readElements(
-    name: string,
-    start: number,
-    count: number,
-    options: ReadOptions = {},
-  ): Promise<Float32Array> {
+  readBytes(name: string, start: number, count: number): Promise<Uint8Array> {
     const t = this.info(name);
     if (!FLOAT_DTYPES.includes(t.dtype)) {
       throw new UnsupportedError(
@@ -398,7 +395,17 @@ class SafetensorsHandle implements SafetensorsFile {
       throw new RangeError(`elements [${start}, ${start + count}) outside tensor "${name}"`);
     }
     const size = DTYPE_SIZES[t.dtype];
-    const bytes = await readAt(this.path, t.begin + start * size, count * size);
+    return readAt(this.path, t.begin + start * size, count * size);
+  }
+
+  async readElements(
+    name: string,
+    start: number,
+    count: number,
+    options: ReadOptions = {},
+  ): Promise<Float32Array> {
+    const t = this.info(name);
+    const bytes = await this.readBytes(name, start, count);
     const values = decodeFloats(bytes, t.dtype);
     for (let i = 0; i < values.length; i++) {
       if (!Number.isFinite(values[i])) {

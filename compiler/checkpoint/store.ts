@@ -156,22 +156,6 @@ export async function openCheckpointStore(dir: string): Promise<CheckpointStore>
     fileOf,
     readElements: (name, start, count, options) =>
       fileOf(name).readElements(name, start, count, options),
-    readBytes: (name, start, count) => {
-      const file = fileOf(name);
-      const t = file.info(name);
-      if (!FLOAT_DTYPES.includes(t.dtype)) {
-        throw new UnsupportedError(
-          `${file.path}: tensor "${name}" has dtype ${t.dtype}, which cannot be read as floating point`,
-        );
-      }
-      if (
-        !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 ||
-        start + count > t.numel
-      ) {
-        throw new RangeError(`elements [${start}, ${start + count}) outside tensor "${name}"`);
-      }
-      const size = DTYPE_SIZES[t.dtype];
-      return readAt(file.path, t.begin + start * size, count * size);
-    },
+    readBytes: (name, start, count) => fileOf(name).readBytes(name, start, count),
   };
 }
