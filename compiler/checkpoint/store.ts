@@ -7,13 +7,10 @@
  */
 
 import { join } from "node:path";
-import { InputError, UnsupportedError } from "../../runtime/errors.ts";
+import { InputError } from "../../runtime/errors.ts";
 import {
-  DTYPE_SIZES,
-  FLOAT_DTYPES,
   openSafetensors,
   osError,
-  readAt,
   type ReadOptions,
   type SafetensorsFile,
   type TensorInfo,
