@@ -3,17 +3,11 @@
  * against a float64 host computation on random data: odd head counts, GQA ratios 1, 2 and 4,
  * T not a multiple of the query tile, a non-zero start position and packed [q | k | v] rows.
  */
+import { dispatchOnce, readF32, stepBuffer } from "./testing.ts";
 import assert from "node:assert/strict";
 import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
 import { requestGpu } from "../device.ts";
-import {
-  bindKernel,
-  getKernel,
-  type KernelSource,
-  readBuffer,
-  STEP_BYTES,
-  storageBuffer,
-} from "./kernel.ts";
+import { type KernelSource, storageBuffer } from "./kernel.ts";
 import {
   attentionPrefillSource,
   attentionSource,
@@ -69,11 +63,7 @@ async function runKernel(
   vc: Float32Array,
   groups: [number, number, number],
 ): Promise<Float32Array> {
-  const step = device.createBuffer({
-    size: STEP_BYTES,
-    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  });
-  device.queue.writeBuffer(step, 0, new Uint32Array([c.T, c.pos0, 0, 0]));
+  const step = stepBuffer(device, c.T, c.pos0);
   const n = c.T * c.nh * c.hd;
   // Poison the output so a row the kernel fails to write cannot pass.
   const out = storageBuffer(device, n * 4, "out", new Float32Array(n).fill(NaN));
@@ -84,17 +74,10 @@ async function runKernel(
     vc: storageBuffer(device, vc.byteLength, "vc", vc),
     out,
   };
-  const kernel = getKernel(device, src);
-  const enc = device.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  pass.setPipeline(kernel.pipeline);
-  pass.setBindGroup(0, bindKernel(device, kernel, bufs));
-  pass.dispatchWorkgroups(...groups);
-  pass.end();
-  device.queue.submit([enc.finish()]);
-  const bytes = await readBuffer(device, out, n * 4);
+  dispatchOnce(device, src, bufs, groups);
+  const values = await readF32(device, out, n);
   for (const b of Object.values(bufs)) b.destroy();
-  return new Float32Array(bytes.buffer, bytes.byteOffset, n).slice();
+  return values;
 }
 
 function inputs(c: Case, seed: number) {

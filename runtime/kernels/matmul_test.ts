@@ -1,9 +1,9 @@
-import { randomMatrix } from "./testing.ts";
+import { randomMatrix, readF32, stepBuffer } from "./testing.ts";
 import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
 import type { QuantBits, ScaleType } from "../../schemas/packing.ts";
-import { bindKernel, getKernel, readBuffer, STEP_BYTES, storageBuffer } from "./kernel.ts";
+import { bindKernel, getKernel, storageBuffer } from "./kernel.ts";
 import {
   matmulGroups,
   type MatmulKey,
@@ -14,20 +14,6 @@ import {
 
 const ctx = await requestGpu();
 const device = ctx.device;
-
-function stepBuffer(T: number): GPUBuffer {
-  const b = device.createBuffer({
-    size: STEP_BYTES,
-    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  });
-  device.queue.writeBuffer(b, 0, new Uint32Array([T, 0, 0, 0]));
-  return b;
-}
-
-async function readF32(buf: GPUBuffer, n: number): Promise<Float32Array> {
-  const b = await readBuffer(device, buf, n * 4);
-  return new Float32Array(b.buffer, b.byteOffset, n);
-}
 
 /** max |gpu − ref| / max |ref| */
 function relErr(gpu: ArrayLike<number>, ref: ArrayLike<number>): number {
@@ -81,7 +67,7 @@ for (const format0 of FORMATS) {
       };
       const kernel = getKernel(device, matmulSource(key));
       const bufs: Record<string, GPUBuffer> = {
-        step: stepBuffer(T),
+        step: stepBuffer(device, T),
         x: storageBuffer(device, x.byteLength, "x", x),
         y: storageBuffer(device, y0.byteLength, "y", y0),
         B: storageBuffer(device, bias.byteLength, "B", bias),
@@ -94,7 +80,7 @@ for (const format0 of FORMATS) {
       pass.dispatchWorkgroups(...matmulGroups(key, T));
       pass.end();
       device.queue.submit([enc.finish()]);
-      const got = await readF32(bufs.y, T * ROWS);
+      const got = await readF32(device, bufs.y, T * ROWS);
       const ref = new Float64Array(T * ROWS);
       for (let t = 0; t < T; t++) {
         for (let r = 0; r < ROWS; r++) {
@@ -142,7 +128,7 @@ for (const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15
       };
       const kernel = getKernel(device, matmulSource(key));
       const bufs: Record<string, GPUBuffer> = {
-        step: stepBuffer(T),
+        step: stepBuffer(device, T),
         x: storageBuffer(device, x.byteLength, "x", x),
         y: storageBuffer(device, y0.byteLength, "y", y0),
         ids: storageBuffer(device, ids.byteLength, "ids", ids),
@@ -156,7 +142,7 @@ for (const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15
       pass.dispatchWorkgroups(...matmulGroups(key, T, gex.length));
       pass.end();
       device.queue.submit([enc.finish()]);
-      const got = await readF32(bufs.y, T * K * ROWS);
+      const got = await readF32(device, bufs.y, T * K * ROWS);
       const ref = new Float64Array(T * K * ROWS).fill(SENTINEL);
       for (let t = 0; t < T; t++) {
         for (let k = 0; k < K; k++) {

@@ -14,6 +14,7 @@ import {
   type QuantizedTensor,
 } from "../../schemas/packing.ts";
 import type { HostMatrix, WeightFormat } from "./matmul.ts";
+import { bindKernel, getKernel, type KernelSource, readBuffer, STEP_BYTES } from "./kernel.ts";
 
 /** A random matrix in `format`, with its exact f32 values (what the GPU must use). */
 export function randomMatrix(
@@ -61,4 +62,37 @@ export function randomMatrix(
     }
   }
   return { host: { raw: new Uint8Array(a.buffer) }, values };
+}
+
+/** A Step uniform holding `T` tokens starting at position `pos0`. */
+export function stepBuffer(device: GPUDevice, T: number, pos0 = 0): GPUBuffer {
+  const b = device.createBuffer({
+    size: STEP_BYTES,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(b, 0, new Uint32Array([T, pos0, 0, 0]));
+  return b;
+}
+
+/** Reads the first `n` f32 values of a buffer back to the host. */
+export async function readF32(device: GPUDevice, buf: GPUBuffer, n: number): Promise<Float32Array> {
+  const b = await readBuffer(device, buf, n * 4);
+  return new Float32Array(b.buffer, b.byteOffset, n).slice();
+}
+
+/** Dispatches one kernel once with the named buffers and submits it. */
+export function dispatchOnce(
+  device: GPUDevice,
+  src: KernelSource,
+  bufs: Record<string, GPUBuffer>,
+  groups: [number, number, number],
+): void {
+  const kernel = getKernel(device, src);
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(kernel.pipeline);
+  pass.setBindGroup(0, bindKernel(device, kernel, bufs));
+  pass.dispatchWorkgroups(...groups);
+  pass.end();
+  device.queue.submit([enc.finish()]);
 }

@@ -2,18 +2,11 @@
  * Tiled matmul (dense, fused gate/up + SwiGLU, routed-token lists) and the GPU routing lists,
  * against float64 host computations on random data.
  */
-import { randomMatrix } from "./testing.ts";
+import { dispatchOnce, randomMatrix, readF32, stepBuffer } from "./testing.ts";
 import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
-import {
-  bindKernel,
-  getKernel,
-  type KernelSource,
-  readBuffer,
-  STEP_BYTES,
-  storageBuffer,
-} from "./kernel.ts";
+import { type KernelSource, readBuffer, storageBuffer } from "./kernel.ts";
 import { type HostMatrix, uploadWeightSet, type WeightFormat } from "./matmul.ts";
 import type { QuantizedTensor } from "../../schemas/packing.ts";
 import { tiledGroups, type TiledKey, tiledMatmulSource } from "./tiled.ts";
@@ -51,29 +44,8 @@ async function run(
   bufs: Record<string, GPUBuffer>,
   groups: [number, number, number],
 ): Promise<void> {
-  const kernel = getKernel(device, src);
-  const enc = device.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  pass.setPipeline(kernel.pipeline);
-  pass.setBindGroup(0, bindKernel(device, kernel, bufs));
-  pass.dispatchWorkgroups(...groups);
-  pass.end();
-  device.queue.submit([enc.finish()]);
+  dispatchOnce(device, src, bufs, groups);
   await device.queue.onSubmittedWorkDone();
-}
-
-async function readF32(buf: GPUBuffer, n: number): Promise<Float32Array> {
-  const b = await readBuffer(device, buf, n * 4);
-  return new Float32Array(b.buffer, b.byteOffset, n);
-}
-
-function stepBuffer(T: number): GPUBuffer {
-  const b = device.createBuffer({
-    size: STEP_BYTES,
-    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  });
-  device.queue.writeBuffer(b, 0, new Uint32Array([T, 0, 0, 0]));
-  return b;
 }
 
 function relErr(gpu: ArrayLike<number>, ref: ArrayLike<number>): number {
@@ -130,7 +102,7 @@ for (const format of FORMATS) {
         accumulate: true,
       };
       const bufs: Record<string, GPUBuffer> = {
-        step: stepBuffer(T),
+        step: stepBuffer(device, T),
         x: xb,
         y: storageBuffer(device, y0.byteLength, "y", y0),
         B: storageBuffer(device, bias.byteLength, "B", bias),
@@ -143,7 +115,7 @@ for (const format of FORMATS) {
           ref[t * ROWS + r] = dot(a.values, t, r) + bias[r] + y0[t * ROWS + r];
         }
       }
-      const err = relErr(await readF32(bufs.y, T * ROWS), ref);
+      const err = relErr(await readF32(device, bufs.y, T * ROWS), ref);
       assert.ok(err <= tol, `plain r${rowTile}t${tokenTile}: rel err ${err}`);
 
       // Fused: y = silu(gate x) · (up x), weights stacked [gate; up].
@@ -162,7 +134,7 @@ for (const format of FORMATS) {
           gref[t * ROWS + r] = silu(dot(a.values, t, r)) * dot(b.values, t, r);
         }
       }
-      const gerr = relErr(await readF32(gbufs.y, T * ROWS), gref);
+      const gerr = relErr(await readF32(device, gbufs.y, T * ROWS), gref);
       assert.ok(gerr <= tol, `gate/up r${rowTile}t${tokenTile}: rel err ${gerr}`);
     }
   });
@@ -174,7 +146,7 @@ Deno.test("route lists: top-k, weights and per-expert (token, slot) lists match 
   const E = 6, K = 2, cap = 72, T = 70;
   const logits = Float32Array.from({ length: T * E }, () => rand() * 4 - 2);
   const bufs = {
-    step: stepBuffer(T),
+    step: stepBuffer(device, T),
     logits: storageBuffer(device, logits.byteLength, "logits", logits),
     ids: storageBuffer(device, T * K * 4, "ids"),
     wts: storageBuffer(device, T * K * 4, "wts"),
@@ -182,7 +154,7 @@ Deno.test("route lists: top-k, weights and per-expert (token, slot) lists match 
   };
   await run(routeListsSource(E, K, true, cap), bufs, [1, 1, 1]);
   const ids = new Uint32Array((await readBuffer(device, bufs.ids, T * K * 4)).buffer);
-  const wts = await readF32(bufs.wts, T * K);
+  const wts = await readF32(device, bufs.wts, T * K);
   const route = new Uint32Array((await readBuffer(device, bufs.route, (E + E * cap) * 4)).buffer);
   const lists: number[][] = Array.from({ length: E }, () => []);
   for (let t = 0; t < T; t++) {
@@ -254,7 +226,7 @@ for (const format of [FORMATS[1], FORMATS[3], FORMATS[4]]) {
       };
       ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
       await run(tiledMatmulSource(key), bufs, tiledGroups(key, T, gex.length));
-      const got = await readF32(bufs.y, T * K * ROWS);
+      const got = await readF32(device, bufs.y, T * K * ROWS);
       const ref = new Float64Array(T * K * ROWS).fill(SENT);
       ids.forEach((e, sr) => {
         const m = gex.indexOf(e);
