@@ -229,20 +229,11 @@ export function matmulSource(key: MatmulKey): KernelSource {
   const slotX = expert && key.xRows === "slot";
   const useStep = key.fixedT === undefined;
   const binds = new BindingList();
-  const add = (name: string, type: string, space?: string) => binds.add(name, type, space);
-  if (useStep) add("step", "Step", "uniform");
-  add("x", "array<f32>");
-  add("y", "array<f32>", "storage, read_write");
-  add("W", format.kind === "f32" ? "array<vec4<f32>>" : "array<u32>");
-  if (format.kind === "q") {
-    const st = format.scaleType === "f16" ? "array<u32>" : "array<f32>";
-    add("S", st);
-    add("Z", st);
-  }
-  if (key.bias) add("B", "array<f32>");
+  if (useStep) binds.add("step", "Step", "uniform");
+  addLinearBindings(binds, format, { f32Type: "array<vec4<f32>>", bias: key.bias === true });
   if (expert) {
-    add("ids", "array<u32>");
-    add("gex", "array<u32>");
+    binds.add("ids", "array<u32>");
+    binds.add("gex", "array<u32>");
   }
 
   const guard = cols % g.unitCols !== 0;
@@ -412,4 +403,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     code,
     bindings: binds.names,
   };
+}
+
+/**
+ * Binds what every matmul kernel reads and writes, in this order: activations `x`, output `y`,
+ * the weight words `W` (f32 weights as `f32Type`), for quantized weights scales `S` and zeros `Z`
+ * (u32-packed f16 pairs or f32), and the bias `B` when there is one.
+ */
+export function addLinearBindings(
+  binds: BindingList,
+  format: WeightFormat,
+  opts: { f32Type: string; bias: boolean },
+): void {
+  binds.add("x", "array<f32>");
+  binds.add("y", "array<f32>", "storage, read_write");
+  binds.add("W", format.kind === "f32" ? opts.f32Type : "array<u32>");
+  if (format.kind === "q") {
+    const st = format.scaleType === "f16" ? "array<u32>" : "array<f32>";
+    binds.add("S", st);
+    binds.add("Z", st);
+  }
+  if (opts.bias) binds.add("B", "array<f32>");
 }

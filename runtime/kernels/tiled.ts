@@ -28,7 +28,7 @@
 
 import { BLOCK_CODES, groupsPerRow, wordsPerRow } from "../../schemas/packing.ts";
 import { BindingList, type KernelSource, nextPow2, STEP_WGSL, u } from "./kernel.ts";
-import { formatName, type WeightFormat } from "./matmul.ts";
+import { addLinearBindings, formatName, type WeightFormat } from "./matmul.ts";
 
 /** Parameters that select one generated tiled matmul. */
 export interface TiledKey {
@@ -88,20 +88,11 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   const WG = tiledWorkgroup(key);
   const nmat = key.gateUp ? 2 : 1;
   const binds = new BindingList();
-  const add = (name: string, type: string, space?: string) => binds.add(name, type, space);
-  if (useStep) add("step", "Step", "uniform");
-  add("x", "array<f32>");
-  add("y", "array<f32>", "storage, read_write");
-  add("W", format.kind === "f32" ? "array<f32>" : "array<u32>");
-  if (format.kind === "q") {
-    const st = format.scaleType === "f16" ? "array<u32>" : "array<f32>";
-    add("S", st);
-    add("Z", st);
-  }
-  if (key.bias) add("B", "array<f32>");
+  if (useStep) binds.add("step", "Step", "uniform");
+  addLinearBindings(binds, format, { f32Type: "array<f32>", bias: key.bias === true });
   if (list) {
-    add("route", "array<u32>");
-    add("gex", "array<u32>");
+    binds.add("route", "array<u32>");
+    binds.add("gex", "array<u32>");
   }
 
   // Weight rows of one stored matrix, row stride, per-matrix strides.
