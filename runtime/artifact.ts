@@ -223,6 +223,17 @@ export interface ArtifactHeader {
   summary: ArtifactSummary;
 }
 
+/** Byte sizes of a quantized tensor's codes, scales and zeros per the packing spec. */
+function quantSizes(rows: number, cols: number, q: QuantRecord) {
+  return packedByteSizes({
+    rows,
+    cols,
+    bits: q.bits,
+    groupSize: q.groupSize,
+    scaleType: q.scaleType,
+  });
+}
+
 /** True for the roles of routed-expert matrices (mirrors compiler/ir.ts isExpertRole). */
 export function isExpertTensorRole(role: string): boolean {
   return role === "expert_gate" || role === "expert_up" || role === "expert_down";
@@ -535,13 +546,7 @@ export function validateHeader(h: ArtifactHeader, file: string, fileLength: numb
       } catch (e) {
         bad(`${where}: ${(e as Error).message}`);
       }
-      const want = packedByteSizes({
-        rows,
-        cols,
-        bits: q.bits,
-        groupSize: q.groupSize,
-        scaleType: q.scaleType,
-      });
+      const want = quantSizes(rows, cols, q);
       for (const part of ["codes", "scales", "zeros"] as const) {
         if (q[part].length !== want[part]) {
           bad(
@@ -968,13 +973,7 @@ export function toQuantizedTensor(
   const q = t.quant;
   if (!q) throw new InputError(`tensor ${JSON.stringify(t.name)} is ${t.storage}, not quantized`);
   const [rows, cols] = t.shape;
-  const want = packedByteSizes({
-    rows,
-    cols,
-    bits: q.bits,
-    groupSize: q.groupSize,
-    scaleType: q.scaleType,
-  });
+  const want = quantSizes(rows, cols, q);
   for (const part of ["codes", "scales", "zeros"] as const) {
     if (parts[part].length !== want[part]) {
       throw new InputError(
