@@ -13,6 +13,7 @@
  * @module
  */
 
+import { mulberry32 } from "../compiler/passes/prng.ts";
 import type { AllocatorName } from "../compiler/passes/mod.ts";
 import { join } from "node:path";
 import type { Args } from "./args.ts";
@@ -105,22 +106,9 @@ function configJson(d: SyntheticDims): Record<string, unknown> {
 
 const BLOCK = (1 << 20) + 7; // odd: rows of any width start at different block offsets
 
-/** A small PRNG (xorshift32) for the value block. */
-function xorshift(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 32;
-  };
-}
-
 /** Three bf16 blocks of N(0, σ²) values, σ = 0.01, 0.02, 0.04 (exact bf16 patterns). */
 function valueBlocks(seed: number): Uint16Array[] {
-  const r = xorshift(seed);
+  const r = mulberry32(seed);
   const f = new Float32Array(BLOCK);
   for (let i = 0; i < BLOCK; i += 2) {
     const u = Math.max(r(), 1e-12), v = r();
