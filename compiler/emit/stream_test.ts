@@ -119,7 +119,10 @@ Deno.test("emit: row-block streaming (0 and 2 workers) = whole-tensor path byte 
       // Whole arrays vs 512-row blocks: the same terms, float64 sums regrouped.
       assert.equal(s.count, whole.stats[i].count);
       assert.equal(s.range, whole.stats[i].range);
-      assert.ok(Math.abs(s.kurtosis - whole.stats[i].kurtosis) <= 1e-12 * s.kurtosis);
+      // Regrouping n float64 terms moves a sum by at most ~n·2⁻⁵³ relative (n ≈ 10⁵–10⁶ here), and
+      // kurtosis is a ratio of such sums: 1e-10 bounds it (measured: 1.5e-12 on this data).
+      const dk = Math.abs(s.kurtosis - whole.stats[i].kurtosis) / s.kurtosis;
+      assert.ok(dk <= 1e-10, `kurtosis ${i}: relative difference ${dk}`);
     }
 
     // MaxVar by row blocks equals maxVariance of the whole matrices exactly.
