@@ -7,7 +7,7 @@
  * @module
  */
 
-import { MoeqError, UsageError } from "./runtime/errors.ts";
+import { MoeqError, UsageError } from "./schemas/errors.ts";
 import { commandHelp, type CommandSpec, parseCommand } from "./cli/args.ts";
 
 /** A command module: its flag declarations and its action. */

@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { UsageError } from "../runtime/errors.ts";
+import { UsageError } from "../schemas/errors.ts";
 
 /** One declared flag: a string-valued option or a boolean switch. */
 export interface FlagSpec {

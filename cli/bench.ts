@@ -6,7 +6,7 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { UsageError } from "../schemas/errors.ts";
 
 /** Flags of `bench` (the union of every benchmark's flags; each checks its own). */
 export const spec: CommandSpec = {

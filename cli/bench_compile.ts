@@ -13,16 +13,16 @@
  * @module
  */
 
-import { mulberry32 } from "../compiler/passes/prng.ts";
+import { mulberry32 } from "../schemas/prng.ts";
 import type { AllocatorName } from "../compiler/passes/mod.ts";
 import { join } from "node:path";
 import type { Args } from "./args.ts";
 import { compileModel, parseExpertBits } from "../compiler/compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
-import { decodePreamble, PREAMBLE_SIZE } from "../runtime/artifact.ts";
-import { UsageError } from "../runtime/errors.ts";
-import { tensorsOf } from "../compiler/ir.ts";
+import { decodePreamble, PREAMBLE_SIZE } from "../schemas/artifact.ts";
+import { UsageError } from "../schemas/errors.ts";
+import { tensorsOf } from "../compiler/ir_legacy.ts";
 
 /** Dimensions of the synthetic checkpoint (Mixtral-8x7B by default). */
 export interface SyntheticDims {

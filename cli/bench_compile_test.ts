@@ -10,7 +10,7 @@ import {
 } from "./bench_compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { compileModel } from "../compiler/compile.ts";
-import { openArtifact } from "../runtime/artifact.ts";
+import { openArtifact } from "../schemas/artifact.ts";
 
 const TINY: SyntheticDims = {
   layers: 6,

@@ -14,8 +14,8 @@
  */
 
 import type { Args } from "./args.ts";
-import { UsageError } from "../runtime/errors.ts";
-import { openArtifact } from "../runtime/artifact.ts";
+import { UsageError } from "../schemas/errors.ts";
+import { openArtifact } from "../schemas/artifact.ts";
 import { createWebGpuEngine, formatOf, type WebGpuEngine } from "../runtime/engine.ts";
 import { matrixBytes } from "../runtime/kernels/matmul.ts";
 import { copyBandwidth, dispatchOverhead } from "../runtime/bench/measure.ts";

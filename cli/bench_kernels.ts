@@ -11,7 +11,7 @@
  */
 
 import type { Args } from "./args.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { UsageError } from "../schemas/errors.ts";
 import { requestGpu } from "../runtime/device.ts";
 import { storageBuffer } from "../runtime/kernels/kernel.ts";
 import {

@@ -10,7 +10,7 @@ import { compileModel, parseDenseBits, parseExpertBits } from "../compiler/compi
 import { ALLOCATOR_NAMES, type AllocatorName } from "../compiler/passes/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
 import { createTokenizer } from "../runtime/tokenizer.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { UsageError } from "../schemas/errors.ts";
 import { progressBar } from "./progress.ts";
 import { readTextIds } from "./text.ts";
 import { formatAllocation } from "./format.ts";

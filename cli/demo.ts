@@ -13,7 +13,7 @@ import { compileModel } from "../compiler/compile.ts";
 import { openEngine } from "./model_source.ts";
 import { formatAllocation } from "./format.ts";
 import type { Engine } from "../runtime/api.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { UsageError } from "../schemas/errors.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
 
 /** Where `--device auto` runs. */

@@ -6,8 +6,8 @@
 
 import type { Args, CommandSpec } from "./args.ts";
 import { type DeviceKind, isDirectory, openEngine } from "./model_source.ts";
-import { UsageError } from "../runtime/errors.ts";
-import { openArtifact } from "../runtime/artifact.ts";
+import { UsageError } from "../schemas/errors.ts";
+import { openArtifact } from "../schemas/artifact.ts";
 import { evaluateEngine } from "./evaluate.ts";
 import { progressBar } from "./progress.ts";
 import { readTextIds } from "./text.ts";

@@ -5,7 +5,7 @@
  */
 
 import type { AllocationSummary } from "../compiler/passes/mod.ts";
-import type { ExpertReport } from "../runtime/artifact.ts";
+import type { ExpertReport } from "../schemas/artifact.ts";
 
 /** A per-layer bit map plus the summary line of an allocation. */
 export function formatAllocation(a: AllocationSummary, experts: ExpertReport[]): string {

@@ -12,7 +12,7 @@ import {
   segmentsOf,
   storageBits,
   type TensorRecord,
-} from "../runtime/artifact.ts";
+} from "../schemas/artifact.ts";
 
 /** Options of {@link inspectArtifact}. */
 export interface InspectOptions {

@@ -6,7 +6,7 @@
 
 import type { Args, CommandSpec } from "./args.ts";
 import { inspectArtifact } from "./inspect.ts";
-import { openArtifact } from "../runtime/artifact.ts";
+import { openArtifact } from "../schemas/artifact.ts";
 
 /** Flags of `inspect`. */
 export const spec: CommandSpec = {

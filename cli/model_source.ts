@@ -7,7 +7,7 @@
 
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { artifactToIR } from "../compiler/emit/mod.ts";
-import type { ModelIR } from "../compiler/ir.ts";
+import type { ModelIR } from "../compiler/ir_legacy.ts";
 import {
   forward,
   prepareReference,
@@ -16,11 +16,11 @@ import {
 } from "../compiler/reference/mod.ts";
 import type { Engine, GenerateOptions } from "../runtime/api.ts";
 import { sampleCpu } from "../runtime/kernels/sample.ts";
-import { type Artifact, openArtifact } from "../runtime/artifact.ts";
-import { InputError, UsageError } from "../runtime/errors.ts";
+import { type Artifact, openArtifact } from "../schemas/artifact.ts";
+import { InputError, UsageError } from "../schemas/errors.ts";
 import { createTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
-import type { TokenizerData } from "../compiler/ir.ts";
-import type { ModelConfig } from "../schemas/model.ts";
+import type { TokenizerData } from "../compiler/ir_legacy.ts";
+import type { ModelConfig } from "../schemas/model_legacy.ts";
 
 /** Where a model runs. */
 export type DeviceKind = "cpu" | "webgpu";

@@ -6,7 +6,7 @@
 
 import type { Args, CommandSpec } from "./args.ts";
 import { type DeviceKind, openEngine } from "./model_source.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { UsageError } from "../schemas/errors.ts";
 
 /** Flags of `run`. */
 export const spec: CommandSpec = {

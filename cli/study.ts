@@ -11,7 +11,7 @@
 
 import type { Args, CommandSpec } from "./args.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
-import type { ModelIR } from "../compiler/ir.ts";
+import type { ModelIR } from "../compiler/ir_legacy.ts";
 import {
   compileModel,
   type CompileOptions,
@@ -22,8 +22,8 @@ import { calibrate, type CalibrationData } from "../compiler/calibration.ts";
 import { prepareReference } from "../compiler/reference/mod.ts";
 import type { AllocatorName } from "../compiler/passes/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
-import { openArtifact } from "../runtime/artifact.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { openArtifact } from "../schemas/artifact.ts";
+import { UsageError } from "../schemas/errors.ts";
 import type { DeviceKind } from "./model_source.ts";
 import type { EvalReply, EvalRequest } from "./study_worker.ts";
 import { readTextIds } from "./text.ts";

@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { ModelIR } from "../compiler/ir.ts";
+import type { ModelIR } from "../compiler/ir_legacy.ts";
 import type { CalibrationData } from "../compiler/calibration.ts";
 import { evaluateReference, type ReferenceModel } from "../compiler/reference/mod.ts";
 import {

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { InputError, UsageError } from "../runtime/errors.ts";
+import { InputError, UsageError } from "../schemas/errors.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
 
 /** Reads a file (or a byte range of it) and tokenizes it; byte-level models get the raw bytes. */

@@ -12,8 +12,8 @@
 
 import { forward, type ReferenceModel } from "./reference/mod.ts";
 import { windows } from "./reference/eval.ts";
-import { mulberry32 } from "./passes/prng.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { mulberry32 } from "../schemas/prng.ts";
+import { UsageError } from "../schemas/errors.ts";
 
 /** A bounded sample of the inputs routed to one expert. */
 export interface ExpertSample {

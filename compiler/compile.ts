@@ -19,7 +19,7 @@
  * @module
  */
 
-import { type ModelIR, type PlacedTensor, type TensorRef } from "./ir.ts";
+import { type ModelIR, type PlacedTensor, type TensorRef } from "./ir_legacy.ts";
 import { type BlockJob, type BlockRunner, inlineRunner } from "./parallel/block.ts";
 import { chunkRanges } from "./parallel/chunked.ts";
 import {
@@ -45,8 +45,8 @@ import {
   outputError,
   squaredError,
 } from "./expert_error.ts";
-import type { ExpertReport, FloatStorage } from "../runtime/artifact.ts";
-import { UsageError } from "../runtime/errors.ts";
+import type { ExpertReport, FloatStorage } from "../schemas/artifact.ts";
+import { UsageError } from "../schemas/errors.ts";
 import {
   dequantize,
   isQuantBits,

@@ -17,7 +17,7 @@
 
 import { squaredError } from "./quantize/mod.ts";
 import { evaluateReference, matmul, type ReferenceModel, silu } from "./reference/mod.ts";
-import { UsageError } from "../runtime/errors.ts";
+import { UsageError } from "../schemas/errors.ts";
 import type { ExpertSample } from "./calibration.ts";
 
 /** An expert's three matrices as f32: gate/up [I, H], down [H, I]. */

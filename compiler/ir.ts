@@ -1,14 +1,22 @@
 /**
- * The compiler's intermediate representation: a model as layers, attention, routers and
- * per-layer expert groups whose tensors are lazy references into the checkpoint (or artifact).
+ * The compiler's intermediate representation: a model description (schemas/model.ts) plus every
+ * tensor it implies (schemas/tensors.ts), each a lazy reference into the checkpoint (or artifact).
  * Nothing is read until a pass asks for it, so the IR of a 100 GB model costs kilobytes.
  *
  * @module
  */
 
-import type { ModelConfig } from "../schemas/model.ts";
+import {
+  type ActivationSpec,
+  type MatrixName,
+  mlpMatrices,
+  type ModelSpec,
+  type MoeFfnSpec,
+  type StackName,
+} from "../schemas/model.ts";
+import { keyString, type TensorKey } from "../schemas/tensors.ts";
 
-export type { Family, ModelConfig, RoutingSpec } from "../schemas/model.ts";
+export type { ModelSpec, StackName, TensorKey };
 
 /**
  * Raw little-endian bytes of a run of a tensor's elements as stored at the source, with what
@@ -46,59 +54,9 @@ export interface TensorRef {
   readRawRows?(start: number, count: number): Promise<RawElements>;
 }
 
-/** A SwiGLU MLP: down(silu(gate · x) ⊙ (up · x)). gate/up are [I, H], down is [H, I]. */
-export interface MlpIR {
-  gate: TensorRef;
-  up: TensorRef;
-  down: TensorRef;
-}
-
-/** One routed expert, addressable by (layer, index). gate = w1, up = w3, down = w2 in Mixtral. */
-export interface ExpertIR extends MlpIR {
-  layer: number;
-  index: number;
-}
-
-/** Self-attention weights. q: [nh·hd, H], k/v: [nkv·hd, H], o: [H, nh·hd]. */
-export interface AttentionIR {
-  q: TensorRef;
-  k: TensorRef;
-  v: TensorRef;
-  o: TensorRef;
-  qBias?: TensorRef;
-  kBias?: TensorRef;
-  vBias?: TensorRef;
-  /** [hd] for per-head norms (Qwen3), [nh·hd] for full-width norms (OLMoE). */
-  qNorm?: TensorRef;
-  /** [hd] for per-head norms (Qwen3), [nkv·hd] for full-width norms (OLMoE). */
-  kNorm?: TensorRef;
-}
-
-/** A sparse MoE feed-forward block. */
-export interface MoeIR {
-  kind: "moe";
-  /** [E, H]: row s is expert s's router vector w_s. */
-  router: TensorRef;
-  experts: ExpertIR[];
-  /** Always-on shared expert (Qwen2-MoE). */
-  shared?: MlpIR;
-  /** [1, H] sigmoid gate on the shared expert's output (Qwen2-MoE). */
-  sharedGate?: TensorRef;
-}
-
-/** A dense feed-forward block (Qwen2-MoE `mlp_only_layers`). */
-export interface DenseFfnIR {
-  kind: "dense";
-  mlp: MlpIR;
-}
-
-/** One decoder layer: x += attn(norm(x)); x += ffn(norm(x)). */
-export interface LayerIR {
-  index: number;
-  inputNorm: TensorRef;
-  attention: AttentionIR;
-  postAttentionNorm: TensorRef;
-  ffn: MoeIR | DenseFfnIR;
+/** A tensor with its place in the model. */
+export interface PlacedTensor extends TensorKey {
+  ref: TensorRef;
 }
 
 /** Tokenizer material carried through to the artifact. */
@@ -109,110 +67,96 @@ export interface TokenizerData {
   chatTemplate: string | null;
 }
 
-/** A whole causal LM. */
+/** A whole model: its description and its tensors. */
 export interface ModelIR {
-  config: ModelConfig;
-  /** [V, H] */
-  embed: TensorRef;
-  layers: LayerIR[];
-  /** [H] */
-  finalNorm: TensorRef;
-  /** [V, H]; the same ref as `embed` when tied. */
-  lmHead: TensorRef;
+  spec: ModelSpec;
+  /** Every tensor `expectedTensors(spec)` lists, in that order, each once. */
+  tensors: PlacedTensor[];
   tokenizer: TokenizerData;
   /** The directory or file it was read from. */
   source: string;
 }
 
-/** What a tensor is in the model; stored in the artifact for every tensor. */
-export type TensorRole =
-  | "embed"
-  | "lm_head"
-  | "final_norm"
-  | "input_norm"
-  | "post_attention_norm"
-  | "attn_q"
-  | "attn_k"
-  | "attn_v"
-  | "attn_o"
-  | "attn_q_bias"
-  | "attn_k_bias"
-  | "attn_v_bias"
-  | "attn_q_norm"
-  | "attn_k_norm"
-  | "router"
-  | "expert_gate"
-  | "expert_up"
-  | "expert_down"
-  | "shared_gate"
-  | "shared_up"
-  | "shared_down"
-  | "shared_expert_gate"
-  | "dense_gate"
-  | "dense_up"
-  | "dense_down";
-
-/** A tensor with its place in the model. layer/expert are -1 where not applicable. */
-export interface PlacedTensor {
-  role: TensorRole;
-  layer: number;
-  expert: number;
-  ref: TensorRef;
+/** One matrix of an MLP, with its bias when the MLP has biases. */
+export interface NamedMatrix {
+  name: MatrixName;
+  weight: TensorRef;
+  bias?: TensorRef;
 }
 
-/**
- * Every tensor of the model once, in a fixed order (globals, then per layer: norms, attention,
- * router, experts in index order, shared/dense MLP). The single place that enumerates a model;
- * the artifact writer, the passes and `inspect` all walk this.
- */
-export function* tensorsOf(ir: ModelIR): Generator<PlacedTensor> {
-  const g = (role: TensorRole, ref: TensorRef): PlacedTensor => ({
-    role,
-    layer: -1,
-    expert: -1,
-    ref,
-  });
-  yield g("embed", ir.embed);
-  if (!ir.config.tieWordEmbeddings) yield g("lm_head", ir.lmHead);
-  yield g("final_norm", ir.finalNorm);
-  for (const layer of ir.layers) {
-    const l = (role: TensorRole, ref: TensorRef | undefined, expert = -1) =>
-      ref ? [{ role, layer: layer.index, expert, ref }] : [];
-    const a = layer.attention;
-    yield* l("input_norm", layer.inputNorm);
-    yield* l("post_attention_norm", layer.postAttentionNorm);
-    yield* l("attn_q", a.q);
-    yield* l("attn_k", a.k);
-    yield* l("attn_v", a.v);
-    yield* l("attn_o", a.o);
-    yield* l("attn_q_bias", a.qBias);
-    yield* l("attn_k_bias", a.kBias);
-    yield* l("attn_v_bias", a.vBias);
-    yield* l("attn_q_norm", a.qNorm);
-    yield* l("attn_k_norm", a.kNorm);
-    const f = layer.ffn;
-    if (f.kind === "moe") {
-      yield* l("router", f.router);
-      for (const e of f.experts) {
-        yield* l("expert_gate", e.gate, e.index);
-        yield* l("expert_up", e.up, e.index);
-        yield* l("expert_down", e.down, e.index);
-      }
-      if (f.shared) {
-        yield* l("shared_gate", f.shared.gate);
-        yield* l("shared_up", f.shared.up);
-        yield* l("shared_down", f.shared.down);
-      }
-      yield* l("shared_expert_gate", f.sharedGate);
-    } else {
-      yield* l("dense_gate", f.mlp.gate);
-      yield* l("dense_up", f.mlp.up);
-      yield* l("dense_down", f.mlp.down);
-    }
+/** A routed expert: a list of named matrices (input side first) and its activation. */
+export interface ExpertIR {
+  stack: StackName;
+  layer: number;
+  index: number;
+  activation: ActivationSpec;
+  matrices: NamedMatrix[];
+}
+
+/** A MoE block of one layer: its description, router rows [E, H] and experts. */
+export interface MoeLayerIR {
+  stack: StackName;
+  layer: number;
+  spec: MoeFfnSpec;
+  router: TensorRef;
+  experts: ExpertIR[];
+}
+
+/** Looks tensors up by key; `need` throws a plain Error (an IR is complete by construction). */
+export class TensorIndex {
+  readonly #byKey = new Map<string, TensorRef>();
+
+  constructor(tensors: readonly PlacedTensor[]) {
+    for (const t of tensors) this.#byKey.set(keyString(t), t.ref);
+  }
+
+  /** The tensor at `key`, if the model has it. */
+  find(key: TensorKey): TensorRef | undefined {
+    return this.#byKey.get(keyString(key));
+  }
+
+  /** The tensor at `key`. */
+  need(key: TensorKey): TensorRef {
+    const ref = this.find(key);
+    if (!ref) throw new Error(`IR has no tensor ${keyString(key)}`);
+    return ref;
   }
 }
 
-/** True for the roles of routed-expert matrices (the ones the allocator assigns bits to). */
-export function isExpertRole(role: TensorRole): boolean {
-  return role === "expert_gate" || role === "expert_up" || role === "expert_down";
+/**
+ * Every MoE block of the model in stack order (encoder first), with its router and experts.
+ * The allocator's "MoE layer index" is the position in this list.
+ */
+export function moeLayers(ir: ModelIR): MoeLayerIR[] {
+  const index = new TensorIndex(ir.tensors);
+  const out: MoeLayerIR[] = [];
+  const stacks: [StackName, ModelSpec["decoder"] | null][] = [
+    ["encoder", ir.spec.encoder],
+    ["decoder", ir.spec.decoder],
+  ];
+  for (const [stack, s] of stacks) {
+    s?.layers.forEach((layer, l) => {
+      for (const block of layer.blocks) {
+        if (block.kind !== "ffn" || block.ffn.kind !== "moe") continue;
+        const spec = block.ffn;
+        const key = (role: string, expert = -1): TensorKey => ({ stack, layer: l, expert, role });
+        const experts: ExpertIR[] = [];
+        for (let e = 0; e < spec.numExperts; e++) {
+          experts.push({
+            stack,
+            layer: l,
+            index: e,
+            activation: spec.expert.activation,
+            matrices: mlpMatrices(spec.expert.activation).map((name) => ({
+              name,
+              weight: index.need(key(`expert_${name}`, e)),
+              bias: spec.expert.bias ? index.need(key(`expert_${name}_bias`, e)) : undefined,
+            })),
+          });
+        }
+        out.push({ stack, layer: l, spec, router: index.need(key("router")), experts });
+      }
+    });
+  }
+  return out;
 }

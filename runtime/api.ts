@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ModelConfig } from "../schemas/model.ts";
+import type { ModelConfig } from "../schemas/model_legacy.ts";
 
 /** Sampling and stopping options for `generate`. */
 export interface GenerateOptions {

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { DeviceError, LimitError } from "./errors.ts";
+import { DeviceError, LimitError } from "../schemas/errors.ts";
 
 /** What the model needs from the device; each field is a lower bound. */
 export interface DeviceNeeds {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describeAdapter, negotiateLimits, requestGpu } from "./device.ts";
-import { LimitError } from "./errors.ts";
+import { LimitError } from "../schemas/errors.ts";
 
 const limits = {
   maxBufferSize: 1 << 30,

@@ -41,10 +41,10 @@
  */
 
 import type { Engine, GenerateOptions } from "./api.ts";
-import { type Artifact, floatBytesToF32, type TensorRecord } from "./artifact.ts";
+import { type Artifact, floatBytesToF32, type TensorRecord } from "../schemas/artifact.ts";
 import { describeAdapter, requestGpu } from "./device.ts";
-import { DeviceError, InputError, LimitError, UnsupportedError, UsageError } from "./errors.ts";
-import type { ModelConfig } from "../schemas/model.ts";
+import { DeviceError, InputError, LimitError, UnsupportedError, UsageError } from "../schemas/errors.ts";
+import type { ModelConfig } from "../schemas/model_legacy.ts";
 import {
   bindKernel,
   type Dispatch,

@@ -3,12 +3,12 @@
  * CPU reference forward: per-head ("head", Qwen3) and full-width ("full", OLMoE) q/k norms,
  * dense layers, an ungated shared expert, GQA with 4:1 grouping, odd widths.
  */
-import { mulberry32 as rng } from "../compiler/passes/prng.ts";
+import { mulberry32 as rng } from "../schemas/prng.ts";
 import assert from "node:assert/strict";
 import { emitArtifact } from "../compiler/emit/mod.ts";
-import type { LayerIR, ModelIR, TensorRef } from "../compiler/ir.ts";
+import type { LayerIR, ModelIR, TensorRef } from "../compiler/ir_legacy.ts";
 import { forward, prepareReference } from "../compiler/reference/forward.ts";
-import type { ModelConfig } from "../schemas/model.ts";
+import type { ModelConfig } from "../schemas/model_legacy.ts";
 import { loadModel } from "./mod.ts";
 
 function syntheticModel(cfg: ModelConfig, seed: number): ModelIR {

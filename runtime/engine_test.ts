@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { artifactToIR, emitArtifact, type TensorEncoding } from "../compiler/emit/mod.ts";
-import { isExpertRole, type PlacedTensor } from "../compiler/ir.ts";
+import { isExpertRole, type PlacedTensor } from "../compiler/ir_legacy.ts";
 import { forward, prepareReference, ReferenceSession } from "../compiler/reference/forward.ts";
 import type { QuantBits } from "../schemas/packing.ts";
 import { createWebGpuEngine, loadModel, openArtifact, readbackCount } from "./mod.ts";

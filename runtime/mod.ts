@@ -12,17 +12,17 @@
  * @module
  */
 
-import { type Artifact, openArtifact, openArtifactBytes } from "./artifact.ts";
+import { type Artifact, openArtifact, openArtifactBytes } from "../schemas/artifact.ts";
 import { createWebGpuEngine, type WebGpuEngine, type WebGpuEngineOptions } from "./engine.ts";
 
 export type { Engine, GenerateOptions } from "./api.ts";
-export { type Artifact, openArtifact, openArtifactBytes } from "./artifact.ts";
+export { type Artifact, openArtifact, openArtifactBytes } from "../schemas/artifact.ts";
 export { requestGpu } from "./device.ts";
 export type { DeviceNeeds, DeviceOptions, GpuContext } from "./device.ts";
 export { createWebGpuEngine } from "./engine.ts";
 export type { WebGpuEngine, WebGpuEngineOptions } from "./engine.ts";
 export { readbackCount } from "./kernels/kernel.ts";
-export * from "./errors.ts";
+export * from "../schemas/errors.ts";
 
 /**
  * Opens an artifact (a path, or its bytes) and creates a WebGPU engine for it. The artifact file

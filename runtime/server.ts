@@ -20,7 +20,7 @@
  */
 
 import type { Engine, GenerateOptions } from "./api.ts";
-import { MoeqError } from "./errors.ts";
+import { MoeqError } from "../schemas/errors.ts";
 import type { ChatMessage, Tokenizer } from "./tokenizer.ts";
 
 /** Options for {@link serve}. */

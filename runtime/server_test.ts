@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { Engine, GenerateOptions } from "./api.ts";
-import type { ModelConfig } from "../schemas/model.ts";
+import type { ModelConfig } from "../schemas/model_legacy.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import { createTokenizer } from "./tokenizer.ts";
 

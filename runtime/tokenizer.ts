@@ -12,8 +12,8 @@
 import { Tokenizer as HfTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 // deno-lint-ignore no-import-prefix
 import { Template } from "npm:@huggingface/jinja@0.5.11";
-import { InputError } from "./errors.ts";
-import type { ModelConfig } from "../schemas/model.ts";
+import { InputError } from "../schemas/errors.ts";
+import type { ModelConfig } from "../schemas/model_legacy.ts";
 
 /** One chat turn. */
 export interface ChatMessage {
@@ -113,7 +113,7 @@ export function createTokenizer(
   };
 }
 
-/** The parts of an opened artifact (runtime/artifact.ts `Artifact`) a tokenizer needs. */
+/** The parts of an opened artifact (schemas/artifact.ts `Artifact`) a tokenizer needs. */
 export interface TokenizerSource {
   /** Model config: BOS and EOS ids. */
   readonly config: ModelConfig;

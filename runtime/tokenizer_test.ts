@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createTokenizer, type Tokenizer, tokenizerFromArtifact } from "./tokenizer.ts";
-import { InputError } from "./errors.ts";
+import { InputError } from "../schemas/errors.ts";
 import { bytesToUnicode } from "../testdata/tokenizer/make_tokenizer.ts";
 
 const jsonBytes = Deno.readFileSync(

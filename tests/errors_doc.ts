@@ -16,7 +16,7 @@ import {
   FLAG_CASES,
   IO_CASES,
 } from "./reliability_cases.ts";
-import { EXIT_CODES } from "../runtime/errors.ts";
+import { EXIT_CODES } from "../schemas/errors.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 

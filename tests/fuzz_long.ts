@@ -12,7 +12,7 @@
 import { join } from "node:path";
 import { fuzzConfig, fuzzSafetensors } from "../compiler/checkpoint/fuzz.ts";
 import { writeTinyArtifact } from "../compiler/emit/testing.ts";
-import { fuzzArtifact } from "../runtime/artifact_fuzz.ts";
+import { fuzzArtifact } from "../schemas/artifact_fuzz.ts";
 import { SMALL_MIXTRAL, smallArtifact } from "./reliability_cases.ts";
 
 /** One fuzzer's tally. */

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ARTIFACT_CASES, checkCase, smallArtifact } from "./reliability_cases.ts";
 import { isOneLineError, runCli } from "./cli_helpers.ts";
-import { decodePreamble } from "../runtime/artifact.ts";
+import { decodePreamble } from "../schemas/artifact.ts";
 
 for (const c of ARTIFACT_CASES) {
   Deno.test(`reliability/artifact: ${c.id} (${c.title}) -> exit ${c.code}`, async () => {

@@ -19,7 +19,7 @@ import {
 import { withHeader, withHeaderBytes, withPreamble } from "../compiler/emit/testing.ts";
 import { compileModel } from "../compiler/compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
-import { decodePreamble } from "../runtime/artifact.ts";
+import { decodePreamble } from "../schemas/artifact.ts";
 import { type CliResult, isOneLineError, runCli, type RunCliOptions } from "./cli_helpers.ts";
 
 /** One bad-input case. */

@@ -20,7 +20,7 @@ import {
 import { quantizeExpert } from "../compiler/compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { evaluateReference, prepareReference } from "../compiler/reference/mod.ts";
-import { mulberry32 } from "../compiler/passes/prng.ts";
+import { mulberry32 } from "../schemas/prng.ts";
 import { allocateBudget } from "../compiler/passes/budget.ts";
 
 const FIXTURE = new URL("../testdata/hf-moe/mixtral-classic", import.meta.url).pathname;

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { InputError, UnsupportedError } from "../../runtime/errors.ts";
+import { InputError, UnsupportedError } from "../../schemas/errors.ts";
 import type {
   AttentionIR,
   DenseFfnIR,
@@ -22,8 +22,8 @@ import type {
   MoeIR,
   TensorRef,
   TokenizerData,
-} from "../ir.ts";
-import type { ModelConfig } from "../../schemas/model.ts";
+} from "../ir_legacy.ts";
+import type { ModelConfig } from "../../schemas/model_legacy.ts";
 import { FLOAT_DTYPES, type ReadOptions } from "./safetensors.ts";
 import type { CheckpointStore } from "./store.ts";
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { InputError, UnsupportedError } from "../../runtime/errors.ts";
-import { type ModelIR, tensorsOf } from "../ir.ts";
+import { InputError, UnsupportedError } from "../../schemas/errors.ts";
+import { type ModelIR, tensorsOf } from "../ir_legacy.ts";
 import { loadCheckpoint, openSafetensors, parseConfig } from "./mod.ts";
 import {
   assertFails,

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { InputError, UnsupportedError } from "../../runtime/errors.ts";
-import type { Family, ModelConfig } from "../../schemas/model.ts";
+import { InputError, UnsupportedError } from "../../schemas/errors.ts";
+import type { Family, ModelConfig } from "../../schemas/model_legacy.ts";
 
 /** The `model_type` values the adapters understand. */
 export const SUPPORTED_MODEL_TYPES: readonly Family[] = [

@@ -8,7 +8,7 @@
  */
 
 import { join } from "node:path";
-import { MoeqError } from "../../runtime/errors.ts";
+import { MoeqError } from "../../schemas/errors.ts";
 import { parseConfig } from "./config.ts";
 import { FLOAT_DTYPES, openSafetensors } from "./safetensors.ts";
 import { encodeSafetensors, randomValues, seededRandom } from "./testing.ts";

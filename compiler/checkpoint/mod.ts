@@ -6,8 +6,8 @@
  */
 
 import { join } from "node:path";
-import { InputError } from "../../runtime/errors.ts";
-import type { ModelIR, TokenizerData } from "../ir.ts";
+import { InputError } from "../../schemas/errors.ts";
+import type { ModelIR, TokenizerData } from "../ir_legacy.ts";
 import { buildModelIR } from "./adapters.ts";
 import { parseConfig } from "./config.ts";
 import { osError } from "./safetensors.ts";

@@ -6,8 +6,8 @@
  * @module
  */
 
-import { InputError } from "../../runtime/errors.ts";
-import type { RawElements } from "../ir.ts";
+import { InputError } from "../../schemas/errors.ts";
+import type { RawElements } from "../ir_legacy.ts";
 import { decodeFloats } from "./safetensors.ts";
 
 /**

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { InputError, IoError, LimitError, UnsupportedError } from "../../runtime/errors.ts";
+import { InputError, IoError, LimitError, UnsupportedError } from "../../schemas/errors.ts";
 import { f16ToF32 } from "../../schemas/half.ts";
 
 /** Largest header we accept (the reference implementation's limit too). */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { InputError, LimitError, UnsupportedError } from "../../runtime/errors.ts";
+import { InputError, LimitError, UnsupportedError } from "../../schemas/errors.ts";
 import { findDuplicateKey, openSafetensors } from "./safetensors.ts";
 import { openCheckpointStore } from "./store.ts";
 import {

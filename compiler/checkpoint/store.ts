@@ -7,7 +7,7 @@
  */
 
 import { join } from "node:path";
-import { InputError } from "../../runtime/errors.ts";
+import { InputError } from "../../schemas/errors.ts";
 import {
   openSafetensors,
   osError,

@@ -5,10 +5,10 @@
  * @module
  */
 
-import { mulberry32 } from "../passes/prng.ts";
+import { mulberry32 } from "../../schemas/prng.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import type { MoeqError } from "../../runtime/errors.ts";
+import type { MoeqError } from "../../schemas/errors.ts";
 import { f32ToF16 } from "../../schemas/half.ts";
 
 /** One tensor to write. `data` gives values (converted to `dtype`) or raw little-endian bytes. */
@@ -107,7 +107,7 @@ export async function writeSafetensors(
   await Deno.writeFile(path, encodeSafetensors(tensors, metadata));
 }
 
-/** A small seeded PRNG (mulberry32, compiler/passes/prng.ts) returning floats in [0, 1). */
+/** A small seeded PRNG (mulberry32, schemas/prng.ts) returning floats in [0, 1). */
 export const seededRandom: (seed: number) => () => number = mulberry32;
 
 /** `n` random non-zero values in ±[0.05, 0.55). */

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
-import { isExpertRole, tensorsOf } from "../ir.ts";
+import { isExpertRole, tensorsOf } from "../ir_legacy.ts";
 import { quantizeMatrix } from "../quantize/mod.ts";
 import { forward, prepareReference } from "../reference/mod.ts";
-import { openArtifact, PREAMBLE_SIZE } from "../../runtime/artifact.ts";
+import { openArtifact, PREAMBLE_SIZE } from "../../schemas/artifact.ts";
 import { dequantize } from "../../schemas/packing.ts";
 import { artifactToIR, emitArtifact } from "./mod.ts";
 

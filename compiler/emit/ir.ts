@@ -13,9 +13,9 @@ import type {
   ModelIR,
   TensorRef,
   TensorRole,
-} from "../ir.ts";
-import type { Artifact, TensorRecord } from "../../runtime/artifact.ts";
-import { InputError } from "../../runtime/errors.ts";
+} from "../ir_legacy.ts";
+import type { Artifact, TensorRecord } from "../../schemas/artifact.ts";
+import { InputError } from "../../schemas/errors.ts";
 
 /** The TensorRef dtype string of a record ("F32", "F16", "BF16", "Q4", ...). */
 function dtypeOf(t: TensorRecord): string {

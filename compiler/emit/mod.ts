@@ -16,8 +16,8 @@
  */
 
 import { maxVariance } from "../passes/sensitivity.ts";
-import type { PlacedTensor, TensorRef } from "../ir.ts";
-import { type ModelIR, tensorsOf } from "../ir.ts";
+import type { PlacedTensor, TensorRef } from "../ir_legacy.ts";
+import { type ModelIR, tensorsOf } from "../ir_legacy.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import {
   type BlockJob,
@@ -47,13 +47,13 @@ import {
   type FloatStorage,
   summarize,
   type TensorRecord,
-} from "../../runtime/artifact.ts";
-import { UsageError } from "../../runtime/errors.ts";
+} from "../../schemas/artifact.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import { dequantize, groupsPerRow, type QuantBits, type ScaleType } from "../../schemas/packing.ts";
-import { encodeHeader } from "./header.ts";
+import { encodeHeader } from "../../schemas/header.ts";
 import { ArtifactWriter, type TensorMeta, type WrittenArtifact } from "./writer.ts";
 
-export { encodeHeader } from "./header.ts";
+export { encodeHeader } from "../../schemas/header.ts";
 export {
   ArtifactWriter,
   DEFAULT_HEADER_RESERVE,

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { InputError } from "../../runtime/errors.ts";
+import { InputError } from "../../schemas/errors.ts";
 import type { WeightStats } from "../passes/sensitivity.ts";
 
 /** Range, mean, std and kurtosis of all values added so far (the fields of `weightStats`). */

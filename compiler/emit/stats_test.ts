@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { MomentAccumulator } from "./stats.ts";
 import { weightStats } from "../passes/mod.ts";
-import { InputError } from "../../runtime/errors.ts";
+import { InputError } from "../../schemas/errors.ts";
 
 function lcg(seed: number): () => number {
   let s = seed >>> 0;

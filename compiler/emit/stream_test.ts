@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import { castMatrix } from "../quantize/cast.ts";
 import { quantizeMatrix } from "../quantize/mod.ts";
 import { ArtifactWriter } from "./writer.ts";
@@ -8,7 +8,7 @@ import { emitArtifact, type TensorEncoding } from "./mod.ts";
 import { seededValues, TINY_CONFIG } from "./testing.ts";
 import { writeSyntheticMixtral } from "../../cli/bench_compile.ts";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
-import { isExpertRole, type PlacedTensor } from "../ir.ts";
+import { isExpertRole, type PlacedTensor } from "../ir_legacy.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import { MomentAccumulator } from "./stats.ts";
 import { compileModel, rowVariances } from "../compile.ts";

@@ -12,11 +12,11 @@ import {
   decodePreamble,
   encodePreamble,
   type Preamble,
-} from "../../runtime/artifact.ts";
-import { crc32c } from "../../runtime/crc32c.ts";
-import type { ModelConfig } from "../../schemas/model.ts";
+} from "../../schemas/artifact.ts";
+import { crc32c } from "../../schemas/crc32c.ts";
+import type { ModelConfig } from "../../schemas/model_legacy.ts";
 import { quantizeMatrix } from "../quantize/mod.ts";
-import { encodeHeader } from "./header.ts";
+import { encodeHeader } from "../../schemas/header.ts";
 import { ArtifactWriter } from "./writer.ts";
 
 /** The config of the tiny artifact. */

@@ -27,10 +27,10 @@ import {
   SEGMENT_ALIGN,
   summarize,
   type TensorRecord,
-} from "../../runtime/artifact.ts";
-import { crc32c, crc32cUpdate } from "../../runtime/crc32c.ts";
-import { InputError, IoError, MoeqError, UsageError } from "../../runtime/errors.ts";
-import type { ModelConfig } from "../../schemas/model.ts";
+} from "../../schemas/artifact.ts";
+import { crc32c, crc32cUpdate } from "../../schemas/crc32c.ts";
+import { InputError, IoError, MoeqError, UsageError } from "../../schemas/errors.ts";
+import type { ModelConfig } from "../../schemas/model_legacy.ts";
 import {
   packedByteSizes,
   type QuantizedTensor,
@@ -38,7 +38,7 @@ import {
   wordsPerRow,
 } from "../../schemas/packing.ts";
 import { castMatrix } from "../quantize/cast.ts";
-import { encodeHeader } from "./header.ts";
+import { encodeHeader } from "../../schemas/header.ts";
 
 /** Where a tensor sits in the model: everything in a TensorRecord except its storage. */
 export interface TensorMeta {

@@ -6,10 +6,10 @@ import {
   openArtifact,
   PREAMBLE_SIZE,
   type TensorRecord,
-} from "../../runtime/artifact.ts";
-import { crc32c } from "../../runtime/crc32c.ts";
-import { IoError, UsageError } from "../../runtime/errors.ts";
-import { encodeHeader } from "./header.ts";
+} from "../../schemas/artifact.ts";
+import { crc32c } from "../../schemas/crc32c.ts";
+import { IoError, UsageError } from "../../schemas/errors.ts";
+import { encodeHeader } from "../../schemas/header.ts";
 import { ArtifactWriter, type WriterFile } from "./writer.ts";
 import { headerOf, seededValues, TINY_CONFIG, writeTinyArtifact } from "./testing.ts";
 

@@ -8,9 +8,9 @@
  * @module
  */
 
-import type { RawElements } from "../ir.ts";
-import type { FloatStorage } from "../../runtime/artifact.ts";
-import { UsageError } from "../../runtime/errors.ts";
+import type { RawElements } from "../ir_legacy.ts";
+import type { FloatStorage } from "../../schemas/artifact.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import { type MomentSums, momentSums } from "../emit/stats.ts";
 import { maxVariance } from "../passes/sensitivity.ts";

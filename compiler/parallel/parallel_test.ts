@@ -4,7 +4,7 @@ import { QuantizePool } from "./pool.ts";
 import { quantizeMatrix } from "../quantize/mod.ts";
 import { gaussianMatrix } from "../quantize/test_util.ts";
 import { dequantize, type QuantizedTensor } from "../../schemas/packing.ts";
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 
 const ROWS = CHUNK_ROWS * 2 + 37; // three blocks, the last one short
 const COLS = 96;

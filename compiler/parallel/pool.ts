@@ -22,7 +22,7 @@ import {
   MoeqError,
   UnsupportedError,
   UsageError,
-} from "../../runtime/errors.ts";
+} from "../../schemas/errors.ts";
 
 interface Pending {
   // deno-lint-ignore no-explicit-any

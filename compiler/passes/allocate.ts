@@ -28,11 +28,11 @@
  * @module
  */
 
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import { isQuantBits, QUANT_BITS, type QuantBits } from "../../schemas/packing.ts";
 import { type Allocation, type AllocatorName, type BitsTable, summarize } from "./allocation.ts";
 import { allocateBudget, type BudgetProblem } from "./budget.ts";
-import { mulberry32 } from "./prng.ts";
+import { mulberry32 } from "../../schemas/prng.ts";
 import { DEFAULT_ZETA, frequencyOrder, paperOrder, randomOrder, ranksOf } from "./ranking.ts";
 import { checkScoreTable, type ScoreTable, tableShape } from "./scores.ts";
 

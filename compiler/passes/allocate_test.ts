@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import {
   allocate,
   allocateFrequency,

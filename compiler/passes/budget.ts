@@ -35,7 +35,7 @@
  * @module
  */
 
-import { InputError, LimitError, UsageError } from "../../runtime/errors.ts";
+import { InputError, LimitError, UsageError } from "../../schemas/errors.ts";
 import { isQuantBits, type QuantBits } from "../../schemas/packing.ts";
 import { type Allocation, type BitsTable, summarize } from "./allocation.ts";
 

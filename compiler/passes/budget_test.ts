@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { InputError, LimitError, UsageError } from "../../runtime/errors.ts";
+import { InputError, LimitError, UsageError } from "../../schemas/errors.ts";
 import { allocatePaper, allocateRandom } from "./allocate.ts";
 import { allocateBudget, type BudgetProblem } from "./budget.ts";
-import { mulberry32 } from "./prng.ts";
+import { mulberry32 } from "../../schemas/prng.ts";
 
 type Cost = number[][][];
 

@@ -8,8 +8,8 @@
  * @module
  */
 
-import { InputError } from "../../runtime/errors.ts";
-import type { ModelIR } from "../ir.ts";
+import { InputError } from "../../schemas/errors.ts";
+import type { ModelIR } from "../ir_legacy.ts";
 import type { ScoreTable } from "./scores.ts";
 import { maxVariance, routerNorm, weightStats } from "./sensitivity.ts";
 

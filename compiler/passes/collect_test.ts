@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { InputError } from "../../runtime/errors.ts";
-import type { ExpertIR, LayerIR, ModelIR, TensorRef } from "../ir.ts";
+import { InputError } from "../../schemas/errors.ts";
+import type { ExpertIR, LayerIR, ModelIR, TensorRef } from "../ir_legacy.ts";
 import { expertScores } from "./collect.ts";
-import { mulberry32 } from "./prng.ts";
+import { mulberry32 } from "../../schemas/prng.ts";
 
 function ref(name: string, rows: number, cols: number, seed: number): TensorRef {
   const rng = mulberry32(seed);

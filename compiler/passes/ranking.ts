@@ -6,8 +6,8 @@
  * @module
  */
 
-import { UsageError } from "../../runtime/errors.ts";
-import { randomInt } from "./prng.ts";
+import { UsageError } from "../../schemas/errors.ts";
+import { randomInt } from "../../schemas/prng.ts";
 
 /** Expert indices sorted by ascending value, ties by index. */
 export function ascendingOrder(values: readonly number[]): number[] {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { UsageError } from "../../runtime/errors.ts";
-import { mulberry32 } from "./prng.ts";
+import { UsageError } from "../../schemas/errors.ts";
+import { mulberry32 } from "../../schemas/prng.ts";
 import { ascendingOrder, descendingOrder, paperOrder, randomOrder, ranksOf } from "./ranking.ts";
 
 Deno.test("orders break ties by expert index", () => {

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { InputError } from "../../runtime/errors.ts";
+import { InputError } from "../../schemas/errors.ts";
 
 /** Per-expert scores: `table[layer][expert]`; dense layers have an empty row. */
 export type ScoreTable = number[][];

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { InputError } from "../../runtime/errors.ts";
+import { InputError } from "../../schemas/errors.ts";
 import type { ScoreTable } from "./scores.ts";
 
 /** Result of {@link routerNorm}. */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { InputError } from "../../runtime/errors.ts";
-import { mulberry32 } from "./prng.ts";
+import { InputError } from "../../schemas/errors.ts";
+import { mulberry32 } from "../../schemas/prng.ts";
 import { maxVariance, routerNorm, routingFrequency, weightStats } from "./sensitivity.ts";
 
 /** Random non-zero values in [-1, -0.01] ∪ [0.01, 1]. */

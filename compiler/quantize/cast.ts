@@ -5,7 +5,7 @@
  * @module
  */
 
-import { LimitError, UsageError } from "../../runtime/errors.ts";
+import { LimitError, UsageError } from "../../schemas/errors.ts";
 import { bf16ToF32, f16ToF32, f32BitsToF16 } from "../../schemas/half.ts";
 
 /** A 16-bit float storage type. */

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { LimitError } from "../../runtime/errors.ts";
+import { LimitError } from "../../schemas/errors.ts";
 import { bf16ToF32, f16ToF32 } from "../../schemas/half.ts";
 import { castMatrix, decodeMatrix, f32ToBf16 } from "./cast.ts";
 import { heavyTailedMatrix } from "./test_util.ts";

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { InputError, LimitError, UsageError } from "../../runtime/errors.ts";
+import { InputError, LimitError, UsageError } from "../../schemas/errors.ts";
 import { roundF16 } from "../../schemas/half.ts";
 import {
   checkGroupSize,

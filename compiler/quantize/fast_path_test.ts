@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { InputError } from "../../runtime/errors.ts";
+import { InputError } from "../../schemas/errors.ts";
 import { f32BitsToF16, f32ToF16 } from "../../schemas/half.ts";
 import { groupsPerRow } from "../../schemas/packing.ts";
 import { castMatrix } from "./cast.ts";

@@ -22,7 +22,7 @@
  * @module
  */
 
-import { InputError, UsageError } from "../../runtime/errors.ts";
+import { InputError, UsageError } from "../../schemas/errors.ts";
 import { groupsPerRow } from "../../schemas/packing.ts";
 import {
   allocUnpacked,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import { dequantize, type QuantBits } from "../../schemas/packing.ts";
 import { pack, reconstruct } from "./common.ts";
 import { choleskyLower, gptq, HessianAccumulator, upperCholeskyOfInverse } from "./gptq.ts";

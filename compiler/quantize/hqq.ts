@@ -19,7 +19,7 @@
  * @module
  */
 
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import { groupsPerRow } from "../../schemas/packing.ts";
 import {
   codeOf,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import { roundF16 } from "../../schemas/half.ts";
 import { dequantize, groupsPerRow, type QuantBits } from "../../schemas/packing.ts";
 import { pack, reconstruct, relativeError } from "./common.ts";

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import type { QuantBits, QuantizedTensor, ScaleType } from "../../schemas/packing.ts";
 import { pack, type UnpackedQuant } from "./common.ts";
 import { gptq } from "./gptq.ts";

@@ -13,7 +13,7 @@
  * @module
  */
 
-import { LimitError } from "../../runtime/errors.ts";
+import { LimitError } from "../../schemas/errors.ts";
 import { groupsPerRow } from "../../schemas/packing.ts";
 import {
   allocUnpacked,

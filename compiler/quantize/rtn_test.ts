@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { InputError, LimitError, UsageError } from "../../runtime/errors.ts";
+import { InputError, LimitError, UsageError } from "../../schemas/errors.ts";
 import { roundF16 } from "../../schemas/half.ts";
 import { dequantize, groupsPerRow, type QuantBits } from "../../schemas/packing.ts";
 import { minMaxParams, pack, reconstruct } from "./common.ts";

@@ -4,12 +4,12 @@
  * @module
  */
 
-import { mulberry32 } from "../passes/prng.ts";
+import { mulberry32 } from "../../schemas/prng.ts";
 import assert from "node:assert/strict";
 import { groupsPerRow } from "../../schemas/packing.ts";
 import type { UnpackedQuant } from "./common.ts";
 
-/** A seeded uniform generator on [0, 1) (mulberry32, compiler/passes/prng.ts). */
+/** A seeded uniform generator on [0, 1) (mulberry32, schemas/prng.ts). */
 export const rng: (seed: number) => () => number = mulberry32;
 
 /** A standard normal sampler (Box-Muller) driven by `u`. */

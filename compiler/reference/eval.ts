@@ -10,7 +10,7 @@
  * @module
  */
 
-import { UsageError } from "../../runtime/errors.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import { forward, type ReferenceModel } from "./forward.ts";
 
 /** One evaluation window: feeds ids[start .. start+length), scores ids[start+1 .. start+length]. */

@@ -22,8 +22,8 @@
  * @module
  */
 
-import type { LayerIR, MlpIR, ModelConfig, ModelIR, TensorRef } from "../ir.ts";
-import { InputError, UsageError } from "../../runtime/errors.ts";
+import type { LayerIR, MlpIR, ModelConfig, ModelIR, TensorRef } from "../ir_legacy.ts";
+import { InputError, UsageError } from "../../schemas/errors.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The model, read once into float64

@@ -4,7 +4,7 @@
 // independent PyTorch implementation: testdata/reference/make_synthetic.py → synthetic.json.
 
 import assert from "node:assert/strict";
-import type { MlpIR, ModelConfig, ModelIR, TensorRef } from "../ir.ts";
+import type { MlpIR, ModelConfig, ModelIR, TensorRef } from "../ir_legacy.ts";
 import { forward, prepareReference, ReferenceSession } from "./forward.ts";
 
 const FIXTURE = new URL("../../testdata/reference/synthetic.json", import.meta.url);

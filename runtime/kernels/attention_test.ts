@@ -5,7 +5,7 @@
  */
 import { dispatchOnce, readF32, stepBuffer } from "./testing.ts";
 import assert from "node:assert/strict";
-import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
+import { mulberry32 as rng } from "../../schemas/prng.ts";
 import { requestGpu } from "../device.ts";
 import { type KernelSource, storageBuffer } from "./kernel.ts";
 import {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { DeviceError } from "../errors.ts";
+import { DeviceError } from "../../schemas/errors.ts";
 
 /** Generated WGSL plus the names of its bindings (binding i of group 0 is `bindings[i]`). */
 export interface KernelSource {

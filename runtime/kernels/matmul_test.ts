@@ -1,5 +1,5 @@
 import { randomMatrix, readF32, stepBuffer } from "./testing.ts";
-import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
+import { mulberry32 as rng } from "../../schemas/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
 import type { QuantBits, ScaleType } from "../../schemas/packing.ts";

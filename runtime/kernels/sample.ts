@@ -41,7 +41,7 @@
  * @module
  */
 
-import { DeviceError, UsageError } from "../errors.ts";
+import { DeviceError, UsageError } from "../../schemas/errors.ts";
 
 /** Sampling parameters (see {@link GenerateOptions} in runtime/api.ts). */
 export interface SamplerParams {

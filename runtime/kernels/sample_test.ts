@@ -1,4 +1,4 @@
-import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
+import { mulberry32 as rng } from "../../schemas/prng.ts";
 import assert from "node:assert/strict";
 import {
   createSampler,

@@ -3,7 +3,7 @@
  * against float64 host computations on random data.
  */
 import { dispatchOnce, randomMatrix, readF32, stepBuffer } from "./testing.ts";
-import { mulberry32 as rng } from "../../compiler/passes/prng.ts";
+import { mulberry32 as rng } from "../../schemas/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
 import { type KernelSource, readBuffer, storageBuffer } from "./kernel.ts";

@@ -1,5 +1,5 @@
 /**
- * Encodes an artifact header (plain objects, runtime/artifact.ts ArtifactHeader) as the
+ * Encodes an artifact header (plain objects, schemas/artifact.ts ArtifactHeader) as the
  * FlatBuffers buffer described by schemas/artifact.fbs.
  *
  * Every scalar is written even when it equals its default (`forceDefaults`), so the encoded size
@@ -11,9 +11,9 @@
  */
 
 import * as flatbuffers from "flatbuffers";
-import * as fb from "../../schemas/generated/artifact_generated.ts";
-import type { ArtifactHeader, Segment, TensorRecord } from "../../runtime/artifact.ts";
-import type { ModelConfig } from "../../schemas/model.ts";
+import * as fb from "./generated/artifact_generated.ts";
+import type { ArtifactHeader, Segment, TensorRecord } from "./artifact.ts";
+import type { ModelConfig } from "./model_legacy.ts";
 
 type Builder = flatbuffers.Builder;
 

@@ -21,8 +21,8 @@
  */
 
 import * as flatbuffers from "flatbuffers";
-import * as fb from "../schemas/generated/artifact_generated.ts";
-import type { Family, ModelConfig } from "../schemas/model.ts";
+import * as fb from "./generated/artifact_generated.ts";
+import type { Family, ModelConfig } from "./model_legacy.ts";
 import {
   checkGroupSize,
   dequantize,
@@ -31,8 +31,8 @@ import {
   type QuantBits,
   type QuantizedTensor,
   type ScaleType,
-} from "../schemas/packing.ts";
-import { bf16ToF32, f16ToF32 } from "../schemas/half.ts";
+} from "./packing.ts";
+import { bf16ToF32, f16ToF32 } from "./half.ts";
 import { crc32c, crc32cUpdate } from "./crc32c.ts";
 import { InputError, IoError, LimitError, MoeqError, UnsupportedError } from "./errors.ts";
 import { verifyHeaderBuffer } from "./artifact_verify.ts";

@@ -21,8 +21,8 @@ import {
   writeTinyArtifact,
 } from "../compiler/emit/testing.ts";
 import { quantizeMatrix } from "../compiler/quantize/mod.ts";
-import { dequantize } from "../schemas/packing.ts";
-import { roundF16 } from "../schemas/half.ts";
+import { dequantize } from "./packing.ts";
+import { roundF16 } from "./half.ts";
 
 const dir = await Deno.makeTempDir();
 const VALID = await writeTinyArtifact(join(dir, "tiny.moeq"));
