@@ -1,28 +1,21 @@
 /**
  * The one representation of per-expert scores used by every sensitivity pass and allocator.
  *
- * A {@link ScoreTable} is `table[layer][expert]`, indexed by the model's layer index. A dense
- * layer (Qwen2-MoE `mlp_only_layers`) has an empty row, so `table.length === numLayers` and
- * indices never need remapping.
+ * A {@link ScoreTable} is `table[moeLayer][expert]`: the first index is the position of the MoE
+ * block in `moeLayers(ir)` (compiler/ir.ts: the encoder's MoE layers first, then the decoder's),
+ * so dense layers have no row and every row is one MoE block's experts.
  *
  * @module
  */
 
 import { InputError } from "../../schemas/errors.ts";
 
-/** Per-expert scores: `table[layer][expert]`; dense layers have an empty row. */
+/** Per-expert scores: `table[moeLayer][expert]` (see the module doc). */
 export type ScoreTable = number[][];
 
-/** Experts per layer of a table (0 for dense layers). */
+/** Experts per MoE layer of a table. */
 export function tableShape(table: ScoreTable): number[] {
   return table.map((row) => row.length);
-}
-
-/** Total number of experts in a table. */
-export function expertCount(table: ScoreTable): number {
-  let n = 0;
-  for (const row of table) n += row.length;
-  return n;
 }
 
 /**
@@ -32,7 +25,7 @@ export function expertCount(table: ScoreTable): number {
 export function checkScoreTable(table: ScoreTable, name: string, shape?: readonly number[]): void {
   if (!Array.isArray(table)) throw new InputError(`${name}: not a [layer][expert] table`);
   if (shape && table.length !== shape.length) {
-    throw new InputError(`${name}: ${table.length} layers, expected ${shape.length}`);
+    throw new InputError(`${name}: ${table.length} MoE layers, expected ${shape.length}`);
   }
   for (let l = 0; l < table.length; l++) {
     const row = table[l];
@@ -46,12 +39,4 @@ export function checkScoreTable(table: ScoreTable, name: string, shape?: readonl
       }
     }
   }
-}
-
-/** A table of the given shape filled by `f(layer, expert)`. */
-export function makeTable(
-  shape: readonly number[],
-  f: (layer: number, expert: number) => number,
-): ScoreTable {
-  return shape.map((n, l) => Array.from({ length: n }, (_, e) => f(l, e)));
 }

@@ -4,10 +4,13 @@
  *
  * - {@link routerNorm}: Λ_s = ‖w_s(final)‖₂ − ‖w_s(init)‖₂ per router row (arXiv 2604.06515);
  *   without an init checkpoint, ‖w_s(final)‖₂ and `usedInit: false`.
- * - {@link maxVariance}: max over the rows (neurons) of w1 = gate_proj [I, H] of the variance of
- *   that row over the input dimension.
+ * - {@link maxVariance}: max over the rows (neurons) of an expert's FIRST matrix [I, H] (the
+ *   input side: gate for SwiGLU/GeGLU, up for two-matrix ReLU experts; `mlpMatrices` order) of the
+ *   variance of that row over the input dimension.
  * - {@link routingFrequency}: share of the routing assignments each expert received.
  * - {@link weightStats}: range and kurtosis of an expert's weights (MoQE-style extra columns).
+ *
+ * Tables are `[moeLayer][expert]` (see `scores.ts`).
  *
  * @module
  */
@@ -37,28 +40,24 @@ function checkFinite(a: Float32Array, what: string): void {
 }
 
 /**
- * Router-norm change per expert. `finalRouters[l]` is layer l's router [E, H] row-major (null for
- * a dense layer, giving an empty row); `initRouters`, when given, must have the same shapes.
+ * Router-norm change per expert. `finalRouters[m]` is MoE layer m's router [E, H] row-major;
+ * `initRouters`, when given, must have the same shapes.
  */
 export function routerNorm(
-  finalRouters: readonly (Float32Array | null)[],
+  finalRouters: readonly Float32Array[],
   hiddenSize: number,
-  initRouters?: readonly (Float32Array | null)[],
+  initRouters?: readonly Float32Array[],
 ): RouterNormResult {
   if (!Number.isInteger(hiddenSize) || hiddenSize <= 0) {
     throw new InputError(`router: hidden size ${hiddenSize} is not a positive integer`);
   }
   if (initRouters && initRouters.length !== finalRouters.length) {
     throw new InputError(
-      `init router: ${initRouters.length} layers, final checkpoint has ${finalRouters.length}`,
+      `init router: ${initRouters.length} MoE layers, final checkpoint has ${finalRouters.length}`,
     );
   }
   const scores = finalRouters.map((fin, l) => {
     const init = initRouters?.[l] ?? null;
-    if (fin === null) {
-      if (init !== null) throw new InputError(`init router layer ${l}: layer is dense in final`);
-      return [];
-    }
     if (fin.length % hiddenSize !== 0) {
       throw new InputError(
         `router layer ${l}: ${fin.length} values is not a multiple of hidden size ${hiddenSize}`,
@@ -83,8 +82,8 @@ export function routerNorm(
 }
 
 /**
- * MaxVar of one expert: max over the `rows` neurons of w1 [rows, cols] of the population
- * variance (divide by `cols`) of that row's weights. Two-pass, float64.
+ * MaxVar of one expert: max over the `rows` neurons of its first matrix w1 [rows, cols] of the
+ * population variance (divide by `cols`) of that row's weights. Two-pass, float64.
  */
 export function maxVariance(w1: Float32Array, rows: number, cols: number, name = "w1"): number {
   if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows <= 0 || cols <= 0) {
@@ -114,9 +113,9 @@ export function maxVariance(w1: Float32Array, rows: number, cols: number, name =
 }
 
 /**
- * Routing frequency: `counts[l][e]` (how many token→expert assignments went to expert e in a
- * calibration forward; with top-k each token counts k times) normalised per layer so each
- * non-empty row sums to 1. Counts must be finite and non-negative; a MoE layer with no
+ * Routing frequency: `counts[m][e]` (how many token→expert assignments went to expert e of MoE
+ * layer m in a calibration forward; with top-k each token counts k times) normalised per layer so
+ * each non-empty row sums to 1. Counts must be finite and non-negative; a MoE layer with no
  * assignments at all is an error (the calibration run is broken).
  */
 export function routingFrequency(counts: readonly (readonly number[])[]): ScoreTable {
@@ -151,7 +150,7 @@ export interface WeightStats {
   count: number;
 }
 
-/** Statistics over all values of the given arrays taken together (e.g. an expert's w1, w3, w2). */
+/** Statistics over all values of the given arrays taken together (e.g. all of an expert's matrices). */
 export function weightStats(...arrays: Float32Array[]): WeightStats {
   let n = 0, sum = 0, min = Infinity, max = -Infinity;
   for (const a of arrays) {

@@ -12,15 +12,15 @@ function randomNonZero(n: number, seed: number): Float32Array {
   });
 }
 
-Deno.test("routerNorm: hand-computed change, fallback and dense layer", () => {
-  const fin = [Float32Array.of(3, 4, 0, 1), null];
-  const init = [Float32Array.of(0, 1, 1, 0), null];
+Deno.test("routerNorm: hand-computed change and fallback, one row per MoE layer", () => {
+  const fin = [Float32Array.of(3, 4, 0, 1), Float32Array.of(0, 2)];
+  const init = [Float32Array.of(0, 1, 1, 0), Float32Array.of(1, 0)];
   const withInit = routerNorm(fin, 2, init);
   assert.equal(withInit.usedInit, true);
-  assert.deepEqual(withInit.scores, [[5 - 1, 1 - 1], []]);
+  assert.deepEqual(withInit.scores, [[5 - 1, 1 - 1], [2 - 1]]);
   const fallback = routerNorm(fin, 2);
   assert.equal(fallback.usedInit, false);
-  assert.deepEqual(fallback.scores, [[5, 1], []]);
+  assert.deepEqual(fallback.scores, [[5, 1], [2]]);
 });
 
 Deno.test("routerNorm: random data against a float64 reference (rel 1e-12)", () => {

@@ -37,17 +37,17 @@
 
 import { InputError, LimitError, UsageError } from "../../schemas/errors.ts";
 import { isQuantBits, type QuantBits } from "../../schemas/packing.ts";
-import { type Allocation, type BitsTable, summarize } from "./allocation.ts";
+import { type Allocation, type BitsTable, summarize } from "./allocation_result.ts";
 
 /** Input of {@link allocateBudget}. Exactly one of `targetAverage` and `maxBytes`. */
 export interface BudgetProblem {
   /** Candidate widths, strictly ascending (e.g. [2, 3, 4]). */
   widths: readonly number[];
-  /** cost[layer][expert][widthIndex]: estimated loss increase of that expert at that width. */
+  /** cost[moeLayer][expert][widthIndex]: estimated loss increase of that expert at that width. */
   cost: readonly (readonly (readonly number[])[])[];
-  /** params[layer][expert]: parameter count (positive integer); default 1 for every expert. */
+  /** params[moeLayer][expert]: parameter count (positive integer); default 1 for every expert. */
   params?: readonly (readonly number[])[];
-  /** bytes[layer][expert][widthIndex]: stored size; required with `maxBytes`. */
+  /** bytes[moeLayer][expert][widthIndex]: stored size; required with `maxBytes`. */
   bytes?: readonly (readonly (readonly number[])[])[];
   /** Exact average bit width to meet, weighted by params. */
   targetAverage?: number;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { InputError, LimitError, UsageError } from "../../schemas/errors.ts";
-import { allocatePaper, allocateRandom } from "./allocate.ts";
-import { allocateBudget, type BudgetProblem } from "./budget.ts";
+import { allocatePaper, allocateRandom } from "./order_allocators.ts";
+import { allocateBudget, type BudgetProblem } from "./budget_allocator.ts";
 import { mulberry32 } from "../../schemas/prng.ts";
 
 type Cost = number[][][];

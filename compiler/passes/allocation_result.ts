@@ -1,13 +1,13 @@
 /**
- * The result type shared by every allocator (order-based ones in `allocate.ts`, the knapsack in
- * `budget.ts`) and the summary helpers that fill it.
+ * What every allocator returns (order-based ones in `order_allocators.ts`, the knapsack in
+ * `budget_allocator.ts`), the allocator names, and the summary helpers that fill it.
  *
  * @module
  */
 
 import type { QuantBits } from "../../schemas/packing.ts";
 
-/** bits[layer][expert]; dense layers have an empty row. */
+/** bits[moeLayer][expert] (see scores.ts: one row per MoE layer). */
 export type BitsTable = QuantBits[][];
 
 /** The allocators moeq offers. */
