@@ -11,7 +11,6 @@ import {
   levelFractions,
   roundTies,
 } from "./order_allocators.ts";
-import type { BitsTable } from "./allocation_result.ts";
 
 /** Experts per width in one layer, highest width first, for the given widths. */
 function perWidth(row: readonly number[], widths: number[]): number[] {
