@@ -17,12 +17,12 @@ import { mulberry32 } from "../schemas/prng.ts";
 import type { AllocatorName } from "../compiler/passes/mod.ts";
 import { join } from "node:path";
 import type { Args } from "./args.ts";
-import { compileModel, parseExpertBits } from "../compiler/compile.ts";
+import { compileModel } from "../compiler/compile.ts";
+import { parseExpertStorage } from "./compile_flags.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
 import { decodePreamble, PREAMBLE_SIZE } from "../schemas/artifact.ts";
 import { UsageError } from "../schemas/errors.ts";
-import { tensorsOf } from "../compiler/ir_legacy.ts";
 
 /** Dimensions of the synthetic checkpoint (Mixtral-8x7B by default). */
 export interface SyntheticDims {
@@ -312,7 +312,7 @@ export async function timeCompile(
   let res;
   try {
     res = await compileModel(ir, out, {
-      expertBits: parseExpertBits(o.expertBits),
+      expertStorage: parseExpertStorage(o.expertBits),
       quantizer: o.quantizer,
       workers: o.workers,
       allocator: o.allocator ?? "paper",
@@ -332,7 +332,7 @@ export async function timeCompile(
     f.close();
   }
   const p = decodePreamble(pre, out);
-  const tensors = [...tensorsOf(ir)].length;
+  const tensors = ir.tensors.length;
   return {
     quantizer: o.quantizer,
     expertBits: o.expertBits,
@@ -364,7 +364,7 @@ export async function benchCompile(args: Args): Promise<void> {
     return q as QuantMethod;
   });
   const expertBits = args.string("expert-bits", "2.5");
-  parseExpertBits(expertBits);
+  parseExpertStorage(expertBits);
   const allocator = args.choice("allocator", ["paper", "uniform", "random"] as const, "paper");
   const auto = navigator.hardwareConcurrency ?? 2;
   const workerList = args.string("workers", "auto").split(",").map((w) => {

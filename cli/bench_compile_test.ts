@@ -69,7 +69,11 @@ Deno.test("compile with 2 workers = single thread byte for byte; header of 1197 
     const files: Uint8Array[] = [];
     for (const workers of [0, 2]) {
       const out = join(dir, `w${workers}.moeq`);
-      await compileModel(ir, out, { expertBits: 2.5, quantizer: "hqq", workers });
+      await compileModel(ir, out, {
+        expertStorage: { kind: "bits", average: 2.5 },
+        quantizer: "hqq",
+        workers,
+      });
       files.push(await Deno.readFile(out));
     }
     assert.deepEqual(files[0], files[1]);

@@ -6,7 +6,7 @@
 
 import type { Args, CommandSpec } from "./args.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
-import { compileModel, parseDenseBits, parseExpertBits } from "../compiler/compile.ts";
+import { compileModel } from "../compiler/compile.ts";
 import { ALLOCATOR_NAMES, type AllocatorName } from "../compiler/passes/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
 import { createTokenizer } from "../runtime/tokenizer.ts";
@@ -14,6 +14,7 @@ import { UsageError } from "../schemas/errors.ts";
 import { progressBar } from "./progress.ts";
 import { readTextIds } from "./text.ts";
 import { formatAllocation } from "./format.ts";
+import { parseDenseStorage, parseExpertStorage, parseWidths } from "./compile_flags.ts";
 
 /** Flags of `compile`. */
 export const spec: CommandSpec = {
@@ -62,8 +63,8 @@ export const spec: CommandSpec = {
 export async function run(args: Args): Promise<void> {
   const out = args.string("out");
   if (!out) throw new UsageError("compile: -o <out.moeq> is required");
-  const expertBits = parseExpertBits(args.string("expert-bits", "3"));
-  const denseBits = parseDenseBits(args.string("dense-bits", "8"));
+  const expertStorage = parseExpertStorage(args.string("expert-bits", "3"));
+  const denseStorage = parseDenseStorage(args.string("dense-bits", "8"));
   const allocator = args.choice("allocator", ALLOCATOR_NAMES, "paper") as AllocatorName;
   const quantizer = args.string("quantizer") === undefined
     ? undefined
@@ -79,8 +80,8 @@ export async function run(args: Args): Promise<void> {
   if (calibPath) {
     const tok = ir.tokenizer.tokenizerJson
       ? createTokenizer(ir.tokenizer.tokenizerJson, ir.tokenizer.chatTemplate, {
-        bos: ir.config.bosTokenId,
-        eos: ir.config.eosTokenIds,
+        bos: ir.spec.bosTokenId,
+        eos: ir.spec.eosTokenIds,
       })
       : null;
     calibrationIds = await readTextIds(calibPath, tok, {
@@ -91,8 +92,8 @@ export async function run(args: Args): Promise<void> {
   const maxBytesRaw = args.string("max-bytes");
   const bar = progressBar(args.flag("quiet") || args.flag("json"));
   const result = await compileModel(ir, out, {
-    expertBits,
-    denseBits,
+    expertStorage,
+    denseStorage,
     allocator,
     quantizer,
     denseQuantizer,
@@ -100,7 +101,7 @@ export async function run(args: Args): Promise<void> {
     zeta: args.number("zeta", 3, 0),
     seed: args.int("seed", 0),
     levels: args.string("levels") ? args.numberList("levels", []) : undefined,
-    widths: args.numberList("widths", [2, 3, 4]),
+    widths: parseWidths(args.numberList("widths", [2, 3, 4])),
     maxBytes: maxBytesRaw === undefined ? undefined : args.int("max-bytes", 0, 1),
     init,
     calibrationIds,

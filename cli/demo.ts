@@ -71,7 +71,7 @@ export async function run(args: Args): Promise<void> {
   const ir = await loadCheckpoint(paths.checkpoint);
   const init = await loadCheckpoint(paths.init);
   const result = await compileModel(ir, out, {
-    expertBits: 2.5,
+    expertStorage: { kind: "bits", average: 2.5 },
     allocator: "paper",
     init,
   });

@@ -8,7 +8,7 @@ import type { Args, CommandSpec } from "./args.ts";
 import { type DeviceKind, isDirectory, openEngine } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { openArtifact } from "../schemas/artifact.ts";
-import { evaluateEngine } from "./evaluate.ts";
+import { evaluateEngine } from "./evaluate_engine.ts";
 import { progressBar } from "./progress.ts";
 import { readTextIds } from "./text.ts";
 

@@ -11,13 +11,14 @@
 
 import type { Args, CommandSpec } from "./args.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
-import type { ModelIR } from "../compiler/ir_legacy.ts";
+import type { ModelIR } from "../compiler/ir.ts";
 import {
   compileModel,
   type CompileOptions,
-  type DenseBits,
-  parseDenseBits,
+  type DenseStorage,
+  type ExpertStorage,
 } from "../compiler/compile.ts";
+import { storageJson } from "../compiler/stages/plan.ts";
 import { calibrate, type CalibrationData } from "../compiler/calibration.ts";
 import { prepareReference } from "../compiler/reference/mod.ts";
 import type { AllocatorName } from "../compiler/passes/mod.ts";
@@ -28,7 +29,8 @@ import type { DeviceKind } from "./model_source.ts";
 import type { EvalReply, EvalRequest } from "./study_worker.ts";
 import { readTextIds } from "./text.ts";
 import { probe, probeTables } from "./study_probe.ts";
-import { isQuantBits } from "../schemas/packing.ts";
+import { isQuantBits, type QuantBits } from "../schemas/packing.ts";
+import { parseDenseStorage } from "./compile_flags.ts";
 
 /** Flags of `study`. */
 export const spec: CommandSpec = {
@@ -96,22 +98,26 @@ interface Run {
   opts: Omit<CompileOptions, "onProgress">;
 }
 
+const F32: { kind: "float"; storage: "f32" } = { kind: "float", storage: "f32" };
+const bits = (average: number): ExpertStorage => ({ kind: "bits", average });
+const denseAt = (b: QuantBits): DenseStorage => ({ kind: "bits", bits: b });
+
 function runsFor(
   bitsList: number[],
   quantizer: QuantMethod,
-  denseBits: DenseBits,
+  denseStorage: DenseStorage,
   extraQuantizers: QuantMethod[],
   seeds: number,
   hasInit: boolean,
 ): Run[] {
-  const runs: Run[] = [{ label: "f32", opts: { expertBits: "f32", denseBits: "f32" } }];
+  const runs: Run[] = [{ label: "f32", opts: { expertStorage: F32, denseStorage: F32 } }];
   const q = (
-    expertBits: number,
+    average: number,
     allocator: AllocatorName,
     extra: Partial<CompileOptions> = {},
   ) => ({
-    expertBits,
-    denseBits,
+    expertStorage: bits(average),
+    denseStorage,
     allocator,
     quantizer,
     ...extra,
@@ -136,11 +142,11 @@ function runsFor(
   for (const b of [2, 3] as const) {
     runs.push({
       label: `experts-only-${b}`,
-      opts: { expertBits: b, denseBits: "f32", allocator: "uniform", quantizer },
+      opts: { expertStorage: bits(b), denseStorage: F32, allocator: "uniform", quantizer },
     });
     runs.push({
       label: `dense-only-${b}`,
-      opts: { expertBits: "f32", denseBits: b, denseQuantizer: quantizer },
+      opts: { expertStorage: F32, denseStorage: denseAt(b), denseQuantizer: quantizer },
     });
   }
   for (const m of extraQuantizers) {
@@ -280,7 +286,7 @@ export async function run(args: Args): Promise<void> {
   const ir: ModelIR = await loadCheckpoint(args.positionals[0]);
   const initDir = args.string("init");
   const init = initDir ? await loadCheckpoint(initDir) : undefined;
-  const cfg = ir.config;
+  const spec = ir.spec;
   if (ir.tokenizer.tokenizerJson !== null) {
     throw new UsageError(
       `study: only byte-level models (no tokenizer.json) are supported for now; ${
@@ -291,7 +297,7 @@ export async function run(args: Args): Promise<void> {
   const bitsList = args.numberList("bits", [2.25, 2.5, 3]);
   const maxBytes = args.int("max-bytes", 16384, 2);
   const calibBytes = args.int("calibration-bytes", 4096, 2);
-  const context = args.int("context", cfg.maxPositions, 2, cfg.maxPositions);
+  const context = args.int("context", spec.maxPositions, 2, spec.maxPositions);
   const quantizer = args.choice("quantizer", QUANT_METHODS, "rtn") as QuantMethod;
   const extra = (args.string("quantizers", "hqq,gptq")).split(",").filter((s) => s !== "").map(
     (s) => {
@@ -301,7 +307,7 @@ export async function run(args: Args): Promise<void> {
       return s as QuantMethod;
     },
   ).filter((m) => m !== quantizer);
-  const denseBits: DenseBits = parseDenseBits(args.string("dense-bits", "f32"));
+  const denseStorage = parseDenseStorage(args.string("dense-bits", "f32"));
   const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], "cpu");
   const jobs = args.int("jobs", 2, 1, 64);
   const seeds = args.int("seeds", 10, 0, 1000);
@@ -313,16 +319,16 @@ export async function run(args: Args): Promise<void> {
   const calibIds = await readTextIds(text, null, { offset: maxBytes, maxBytes: calibBytes });
   // Byte-level: every byte is a token id, so the text must stay inside the vocabulary.
   for (const [ids, offset] of [[evalIds, 0], [calibIds, maxBytes]] as const) {
-    const i = ids.findIndex((b) => b >= cfg.vocabSize);
+    const i = ids.findIndex((b) => b >= spec.vocabSize);
     if (i >= 0) {
       throw new UsageError(
         `study: ${text}: byte ${ids[i]} at offset ${offset + i} is not a token of ${
           args.positionals[0]
-        } (byte-level, vocab ${cfg.vocabSize})`,
+        } (byte-level, vocab ${spec.vocabSize})`,
       );
     }
   }
-  let runs = runsFor(bitsList, quantizer, denseBits, extra, seeds, init !== undefined);
+  let runs = runsFor(bitsList, quantizer, denseStorage, extra, seeds, init !== undefined);
   if (only) runs = runs.filter((r) => only.includes(r.label) || r.label === "f32");
 
   const t0 = performance.now();
@@ -369,10 +375,12 @@ export async function run(args: Args): Promise<void> {
       art.close();
       const compileS = (performance.now() - tc) / 1000;
       const method = String(r.opts.quantizer ?? quantizer);
+      const experts = r.opts.expertStorage;
+      const dense = r.opts.denseStorage ?? denseStorage;
       const key = JSON.stringify([
-        r.opts.denseBits ?? denseBits,
+        storageJson(dense),
         r.opts.denseQuantizer ?? "rtn",
-        typeof r.opts.expertBits === "number" ? method : r.opts.expertBits,
+        experts.kind === "bits" ? method : experts.storage,
         compiled.experts.map((e) => e.bits),
       ]);
       let evaluation = byKey.get(key);
@@ -383,13 +391,13 @@ export async function run(args: Args): Promise<void> {
       } else await Deno.remove(path);
       const row: StudyRow = {
         label: r.label,
-        allocator: typeof r.opts.expertBits === "number" ? allocatorOf(r.label) : "-",
-        quantizer: typeof r.opts.expertBits === "number"
+        allocator: experts.kind === "bits" ? allocatorOf(r.label) : "-",
+        quantizer: experts.kind === "bits"
           ? (compiled.experts.length ? method : "-")
-          : (typeof r.opts.denseBits === "number" ? String(r.opts.denseQuantizer ?? "rtn") : "-"),
-        targetBits: typeof r.opts.expertBits === "number" ? r.opts.expertBits : null,
+          : (dense.kind === "bits" ? String(r.opts.denseQuantizer ?? "rtn") : "-"),
+        targetBits: experts.kind === "bits" ? experts.average : null,
         avgExpertBits: avg,
-        denseBits: String(r.opts.denseBits ?? denseBits),
+        denseBits: String(storageJson(dense)),
         bytes: compiled.bytes,
         bitsPerByte: NaN,
         delta: NaN,

@@ -10,23 +10,26 @@
  * @module
  */
 
-import type { ModelIR } from "../compiler/ir_legacy.ts";
+import { type ModelIR, moeLayers } from "../compiler/ir.ts";
 import type { CalibrationData } from "../compiler/calibration.ts";
 import { evaluateReference, type ReferenceModel } from "../compiler/reference/mod.ts";
+import { outputError, spearman } from "../compiler/expert_error.ts";
 import {
+  expertHessians,
   type ExpertWeights,
-  outputError,
+  quantizeExpert,
   referenceExpert,
-  spearman,
   swapExpert,
-} from "../compiler/expert_error.ts";
-import { expertHessians, quantizeExpert } from "../compiler/compile.ts";
+} from "../compiler/expert_weights.ts";
 import type { QuantMethod } from "../compiler/quantize/mod.ts";
+import type { StackName } from "../schemas/model.ts";
 import type { QuantBits } from "../schemas/packing.ts";
 import { routerNorm, routingFrequency } from "../compiler/passes/mod.ts";
 
 /** One expert's probe measurements. */
 export interface ProbeExpert {
+  stack: StackName;
+  /** The layer's index within its stack. */
   layer: number;
   expert: number;
   /** Router-norm change (or final norm without init). */
@@ -39,8 +42,10 @@ export interface ProbeExpert {
   delta: number;
 }
 
-/** Per-layer summary of a probe. */
+/** Per-layer summary of a probe (one per MoE layer). */
 export interface ProbeLayer {
+  stack: StackName;
+  /** The layer's index within its stack. */
   layer: number;
   /** Δ bits/byte with every expert of this layer at the probed width. */
   delta: number;
@@ -87,50 +92,53 @@ export async function probe(
   },
 ): Promise<ProbeResult> {
   const log = opts.log ?? (() => {});
-  const routers = async (m: ModelIR) =>
-    await Promise.all(m.layers.map((l) => (l.ffn.kind === "moe" ? l.ffn.router.read() : null)));
+  const routers = (m: ModelIR) => Promise.all(moeLayers(m).map((l) => l.router.read()));
   const lambda = routerNorm(
     await routers(ir),
-    ir.config.hiddenSize,
+    ir.spec.hiddenSize,
     opts.init ? await routers(opts.init) : undefined,
   ).scores;
   const freq = routingFrequency(calib.counts);
   const base = await bpb(ref, ids, opts.context);
-  const experts: ProbeExpert[] = [];
+  // Indexed by MoE layer m (the position in ref.moe and in the calibration tables).
+  const experts: ProbeExpert[][] = [];
   const quantized: ExpertWeights[][] = [];
-  for (const [l, layer] of ref.layers.entries()) {
-    quantized[l] = [];
-    if (layer.ffn.kind !== "moe") continue;
-    for (let e = 0; e < layer.ffn.experts.length; e++) {
-      const w = referenceExpert(ref, l, e);
-      const h = opts.method === "gptq" ? expertHessians(w, calib, l, e) : undefined;
+  for (const [m, layer] of ref.moe.entries()) {
+    const { stack, layer: l } = layer;
+    experts[m] = [];
+    quantized[m] = [];
+    for (let e = 0; e < layer.experts.length; e++) {
+      const w = referenceExpert(ref, m, e);
+      const sample = calib.samples[m][e];
+      const h = opts.method === "gptq" ? expertHessians(w, sample) : undefined;
       const q = quantizeExpert(w, opts.bits, opts.groupSize, opts.method, h);
-      quantized[l][e] = q;
-      const proxy = outputError(w, q, calib.samples[l][e]).cost;
-      const restore = swapExpert(ref, l, e, q);
+      quantized[m][e] = q;
+      const proxy = outputError(w, q, sample).cost;
+      const restore = swapExpert(ref, m, e, q);
       const delta = (await bpb(ref, ids, opts.context)) - base;
       restore();
-      experts.push({
+      experts[m].push({
+        stack,
         layer: l,
         expert: e,
-        lambda: lambda[l][e],
-        frequency: freq[l][e],
+        lambda: lambda[m][e],
+        frequency: freq[m][e],
         proxy,
         delta,
       });
-      log(`probe L${l} E${e}: Δ ${delta.toFixed(5)} proxy ${proxy.toExponential(3)}`);
+      log(`probe ${stack} L${l} E${e}: Δ ${delta.toFixed(5)} proxy ${proxy.toExponential(3)}`);
     }
   }
   const layers: ProbeLayer[] = [];
-  for (const [l, layer] of ref.layers.entries()) {
-    if (layer.ffn.kind !== "moe") continue;
-    const restores = quantized[l].map((q, e) => swapExpert(ref, l, e, q));
+  for (const [m, layer] of ref.moe.entries()) {
+    const restores = quantized[m].map((q, e) => swapExpert(ref, m, e, q));
     const delta = (await bpb(ref, ids, opts.context)) - base;
     restores.forEach((r) => r());
-    const xs = experts.filter((x) => x.layer === l);
+    const xs = experts[m];
     const col = (f: (x: ProbeExpert) => number) => xs.map(f);
     layers.push({
-      layer: l,
+      stack: layer.stack,
+      layer: layer.layer,
       delta,
       sumDelta: xs.reduce((s, x) => s + x.delta, 0),
       sumProxy: xs.reduce((s, x) => s + x.proxy, 0),
@@ -139,15 +147,15 @@ export async function probe(
       rhoFrequencyDelta: spearman(col((x) => x.frequency), col((x) => x.delta)),
       rhoProxyDelta: spearman(col((x) => x.proxy), col((x) => x.delta)),
     });
-    log(`probe layer ${l}: Δ ${delta.toFixed(5)}`);
+    log(`probe ${layer.stack} layer ${layer.layer}: Δ ${delta.toFixed(5)}`);
   }
-  const all = (f: (x: ProbeExpert) => number) => experts.map(f);
+  const all = (f: (x: ProbeExpert) => number) => experts.flat().map(f);
   return {
     bits: opts.bits,
     quantizer: opts.method,
     evalTokens: ids.length,
     base,
-    experts,
+    experts: experts.flat(),
     layers,
     overall: {
       rhoLambdaDelta: spearman(all((x) => x.lambda), all((x) => x.delta)),
@@ -160,6 +168,9 @@ export async function probe(
 /** Markdown tables of a probe: per layer, then per expert. */
 export function probeTables(p: ProbeResult): string {
   const f = (x: number, d = 3) => (x >= 0 ? "+" : "") + x.toFixed(d);
+  /** "3" for a decoder layer, "encoder 3" for an encoder one. */
+  const where = (x: { stack: StackName; layer: number }) =>
+    x.stack === "decoder" ? `${x.layer}` : `${x.stack} ${x.layer}`;
   const lines = [
     `Probe: ${p.quantizer} ${p.bits}-bit, ${p.evalTokens} eval bytes, base ${
       p.base.toFixed(4)
@@ -170,7 +181,7 @@ export function probeTables(p: ProbeResult): string {
   ];
   for (const l of p.layers) {
     lines.push(
-      `| ${l.layer} | ${l.delta.toFixed(4)} | ${l.sumDelta.toFixed(4)} | ${
+      `| ${where(l)} | ${l.delta.toFixed(4)} | ${l.sumDelta.toFixed(4)} | ${
         f(l.rhoLambdaDelta, 2)
       } | ${f(l.rhoLambdaFrequency, 2)} | ${f(l.rhoFrequencyDelta, 2)} | ${
         f(l.rhoProxyDelta, 2)
@@ -188,7 +199,7 @@ export function probeTables(p: ProbeResult): string {
   );
   for (const x of p.experts) {
     lines.push(
-      `| ${x.layer} | ${x.expert} | ${x.lambda.toFixed(4)} | ${x.frequency.toFixed(4)} | ${
+      `| ${where(x)} | ${x.expert} | ${x.lambda.toFixed(4)} | ${x.frequency.toFixed(4)} | ${
         x.proxy.toExponential(3)
       } | ${x.delta.toFixed(5)} |`,
     );

@@ -7,7 +7,7 @@
  */
 
 import { openEngine } from "./model_source.ts";
-import { evaluateEngine } from "./evaluate.ts";
+import { evaluateEngine } from "./evaluate_engine.ts";
 
 /** A request to the worker. */
 export interface EvalRequest {

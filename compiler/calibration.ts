@@ -1,16 +1,18 @@
 /**
  * Calibration: run the float64 reference forward pass over a little text and record, per routed
- * expert, how often it is chosen and a bounded sample of the hidden states routed to it (with
- * their mixing weights). The frequency pass, the `budget` allocator's output-error costs and GPTQ
+ * expert of every MoE layer, how often it is chosen and a bounded sample of the hidden states
+ * routed to it (with their mixing weights). The frequency pass, the `budget` allocator's output-error costs and GPTQ
  * all read this one record, so calibration data is collected once.
  *
  * Memory is bounded: at most `maxSamplesPerExpert` input rows are kept per expert (reservoir
  * sampling, seeded, so compiles are reproducible).
  *
+ * Tables are indexed by MoE layer (the position in `moeLayers(ir)` and `ReferenceModel.moe`).
+ *
  * @module
  */
 
-import { forward, type ReferenceModel } from "./reference/mod.ts";
+import { forward, type MoeObserver, type ReferenceModel } from "./reference/mod.ts";
 import { windows } from "./reference/eval.ts";
 import { mulberry32 } from "../schemas/prng.ts";
 import { UsageError } from "../schemas/errors.ts";
@@ -31,9 +33,9 @@ export interface ExpertSample {
 export interface CalibrationData {
   /** Tokens run through the model. */
   tokens: number;
-  /** counts[layer][expert]: tokens routed to that expert (empty rows for dense layers). */
+  /** counts[moeLayer][expert]: tokens routed to that expert. */
   counts: number[][];
-  /** samples[layer][expert] (empty rows for dense layers). */
+  /** samples[moeLayer][expert]. */
   samples: ExpertSample[][];
   /** The calibration token ids and window length (the `budget` layer probe re-runs them). */
   ids: readonly number[];
@@ -63,36 +65,26 @@ export async function calibrate(
   ids: readonly number[],
   opts: CalibrateOptions = {},
 ): Promise<CalibrationData> {
-  const cfg = model.config;
-  const context = opts.context ?? cfg.maxPositions;
+  const spec = model.spec;
+  const context = opts.context ?? spec.maxPositions;
   const cap = opts.maxSamplesPerExpert ?? 512;
   if (ids.length < 2) throw new UsageError("calibration text needs at least 2 tokens");
-  const H = cfg.hiddenSize;
-  const moe = cfg.layerKinds.map((k) => k === "moe");
-  const E = cfg.routing.numExperts;
-  const counts = moe.map((m) => (m ? new Array<number>(E).fill(0) : []));
-  const samples: ExpertSample[][] = moe.map((m) =>
-    m
-      ? Array.from({ length: E }, () => ({
-        n: 0,
-        seen: 0,
-        inputs: new Float32Array(cap * H),
-        weights: new Float32Array(cap),
-      }))
-      : []
+  const H = spec.hiddenSize;
+  const counts = model.moe.map((m) => new Array<number>(m.experts.length).fill(0));
+  const samples: ExpertSample[][] = model.moe.map((m) =>
+    m.experts.map(() => ({
+      n: 0,
+      seen: 0,
+      inputs: new Float32Array(cap * H),
+      weights: new Float32Array(cap),
+    }))
   );
   const rng = mulberry32(opts.seed ?? 0);
-  const observer = (
-    layer: number,
-    _pos: number,
-    h: Float64Array,
-    experts: readonly number[],
-    weights: readonly number[],
-  ) => {
+  const observer: MoeObserver = (moeLayer, _pos, h, experts, weights) => {
     for (let j = 0; j < experts.length; j++) {
       const e = experts[j];
-      counts[layer][e]++;
-      const s = samples[layer][e];
+      counts[moeLayer][e]++;
+      const s = samples[moeLayer][e];
       s.seen++;
       let slot = s.n < cap ? s.n++ : Math.floor(rng() * s.seen);
       if (slot >= cap) slot = -1;

@@ -7,54 +7,33 @@
  *
  *   cost = (seen / n) · Σ_t w_t² · ‖E_q(x_t) − E(x_t)‖²
  *
- * where E(x) = down · (silu(gate · x) ⊙ (up · x)) and E_q uses the dequantized matrices; it grows
- * with how often the expert is routed (seen), how much weight the router gives it, and how badly
- * quantization distorts what it actually computes on real inputs. Without calibration, the
- * data-free proxy is the squared Frobenius error of the three matrices.
+ * where E(x) is the expert's MLP (any activation: the reference's `mlp`) and E_q the same with the
+ * dequantized matrices; it grows with how often the expert is routed (seen), how much weight the
+ * router gives it, and how badly quantization distorts what it actually computes on real inputs.
+ * Without calibration, the data-free proxy is the squared Frobenius error of its matrices.
+ *
+ * Layers are MoE layers: `moeLayer` is the index in `moeLayers(ir)` and in `ReferenceModel.moe`.
  *
  * @module
  */
 
-import { squaredError } from "./quantize/mod.ts";
-import { evaluateReference, matmul, type ReferenceModel, silu } from "./reference/mod.ts";
+import { evaluateReference, type ReferenceModel } from "./reference/mod.ts";
 import { UsageError } from "../schemas/errors.ts";
 import type { ExpertSample } from "./calibration.ts";
+import { squaredError } from "./quantize/mod.ts";
+import {
+  expertOutputs,
+  type ExpertWeights,
+  matrixNames,
+  matrixOf,
+  swapExpert,
+} from "./expert_weights.ts";
 
-/** An expert's three matrices as f32: gate/up [I, H], down [H, I]. */
-export interface ExpertWeights {
-  gate: Float32Array;
-  up: Float32Array;
-  down: Float32Array;
-  hidden: number;
-  inter: number;
-}
-
-export { squaredError };
-
-/** ‖W − Ŵ‖_F / ‖W‖_F over an expert's three matrices together. */
-export function weightRelError(w: ExpertWeights, q: ExpertWeights): number {
+/** Σ over the expert's matrices of ‖W − Ŵ‖²_F: the data-free cost. */
+export function weightError(w: ExpertWeights, q: ExpertWeights): number {
   let err = 0;
-  let ref = 0;
-  for (const k of ["gate", "up", "down"] as const) {
-    const s = squaredError(w[k], q[k]);
-    err += s.err;
-    ref += s.ref;
-  }
-  return ref > 0 ? Math.sqrt(err / ref) : 0;
-}
-
-/** Expert outputs [n, H] for n inputs [n, H], in float64. */
-export function expertOutputs(w: ExpertWeights, inputs: Float32Array, n: number): Float64Array {
-  const { hidden: H, inter: I } = w;
-  const x = Float64Array.from(inputs.subarray(0, n * H));
-  const g = new Float64Array(n * I);
-  const u = new Float64Array(n * I);
-  matmul(g, x, Float64Array.from(w.gate), n, I, H);
-  matmul(u, x, Float64Array.from(w.up), n, I, H);
-  for (let i = 0; i < g.length; i++) g[i] = silu(g[i]) * u[i];
-  const y = new Float64Array(n * H);
-  matmul(y, g, Float64Array.from(w.down), n, H, I);
-  return y;
+  for (const name of matrixNames(w)) err += squaredError(matrixOf(w, name), matrixOf(q, name)).err;
+  return err;
 }
 
 /** Output damage of a quantized expert on its calibration sample (see the module doc). */
@@ -88,51 +67,6 @@ export function outputError(
   return { cost: (cost * sample.seen) / n, relError: ref > 0 ? Math.sqrt(err / ref) : 0 };
 }
 
-/** Expert `e` of MoE layer `layer` of a reference model, as f32 {@link ExpertWeights}. */
-export function referenceExpert(model: ReferenceModel, layer: number, e: number): ExpertWeights {
-  const f = model.layers[layer]?.ffn;
-  if (!f || f.kind !== "moe" || !f.experts[e]) {
-    throw new UsageError(`reference model has no expert ${e} in layer ${layer}`);
-  }
-  const m = f.experts[e];
-  return {
-    gate: Float32Array.from(m.gate),
-    up: Float32Array.from(m.up),
-    down: Float32Array.from(m.down),
-    hidden: model.config.hiddenSize,
-    inter: m.inter,
-  };
-}
-
-/**
- * Replaces one expert's weights in a reference model (e.g. by its dequantized version) and
- * returns the function that puts the original weights back.
- */
-export function swapExpert(
-  model: ReferenceModel,
-  layer: number,
-  e: number,
-  w: ExpertWeights,
-): () => void {
-  const f = model.layers[layer]?.ffn;
-  if (!f || f.kind !== "moe" || !f.experts[e]) {
-    throw new UsageError(`reference model has no expert ${e} in layer ${layer}`);
-  }
-  const old = f.experts[e];
-  if (old.gate.length !== w.gate.length || old.down.length !== w.down.length) {
-    throw new UsageError(`swapExpert: layer ${layer} expert ${e} has another shape`);
-  }
-  f.experts[e] = {
-    gate: Float64Array.from(w.gate),
-    up: Float64Array.from(w.up),
-    down: Float64Array.from(w.down),
-    inter: old.inter,
-  };
-  return () => {
-    f.experts[e] = old;
-  };
-}
-
 /** Ranks (0-based, ties get their average rank). */
 function ranks(v: readonly number[]): number[] {
   const idx = v.map((_, i) => i).sort((a, b) => v[a] - v[b]);
@@ -162,7 +96,8 @@ export function spearman(a: readonly number[], b: readonly number[]): number {
 }
 
 /**
- * Measured loss sensitivity of one MoE layer: all its experts are replaced by `quantized[e]`
+ * Measured loss sensitivity of one MoE layer (its index in `model.moe`): all its experts are
+ * replaced by `quantized[e]`
  * (e.g. their lowest-width versions), the float64 reference is evaluated on `ids`, and the
  * result is the increase in bits/token over `base` (the float model's bits/token on `ids`).
  */
@@ -170,11 +105,11 @@ export async function layerDelta(
   model: ReferenceModel,
   ids: readonly number[],
   context: number,
-  layer: number,
+  moeLayer: number,
   quantized: readonly ExpertWeights[],
   base: number,
 ): Promise<number> {
-  const restores = quantized.map((q, e) => swapExpert(model, layer, e, q));
+  const restores = quantized.map((q, e) => swapExpert(model, moeLayer, e, q));
   try {
     return (await evaluateReference(model, ids, { context })).bitsPerToken - base;
   } finally {
@@ -186,8 +121,8 @@ export async function layerDelta(
  * Per-layer factors that turn output-error proxies into bits/token: scale_l = Δ_l / Σ_e proxy_le,
  * where Δ_l is {@link layerDelta} at the lowest width and the sum runs over the same experts at
  * the same width. A MoE layer whose Δ is not positive (noise on a short text) gets 0.1 × the
- * smallest positive scale of the others, so its experts still rank among themselves; dense
- * layers (no experts, `proxySum` 0 and Δ 0) get 0.
+ * smallest positive scale of the others, so its experts still rank among themselves; a layer
+ * whose proxies sum to 0 (nothing measurable) gets 0.
  */
 export function layerScales(delta: readonly number[], proxySum: readonly number[]): number[] {
   const raw = delta.map((d, l) => (proxySum[l] > 0 && d > 0 ? d / proxySum[l] : NaN));

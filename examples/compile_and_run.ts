@@ -17,7 +17,11 @@ const out = await Deno.makeTempFile({ suffix: ".moeq" });
 
 const ir = await loadCheckpoint(dir);
 const init = await loadCheckpoint(`${dir}/init`).catch(() => undefined); // optional step-0 weights
-const result = await compileModel(ir, out, { expertBits: 2.5, allocator: "paper", init });
+const result = await compileModel(ir, out, {
+  expertStorage: { kind: "bits", average: 2.5 },
+  allocator: "paper",
+  init,
+});
 console.log(`${out}: ${result.bytes} bytes, ${result.allocation?.achievedAverage} expert bits`);
 
 const artifact = await openArtifact(out);

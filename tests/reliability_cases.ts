@@ -557,7 +557,10 @@ export function smallArtifact(): Promise<Uint8Array> {
       const fixture = new URL("../testdata/hf-moe/mixtral-classic", import.meta.url).pathname;
       const ir = await loadCheckpoint(fixture);
       const out = join(dir, "a.moeq");
-      await compileModel(ir, out, { expertBits: 3, denseBits: 8 });
+      await compileModel(ir, out, {
+        expertStorage: { kind: "bits", average: 3 },
+        denseStorage: { kind: "bits", bits: 8 },
+      });
       return await Deno.readFile(out);
     } finally {
       await Deno.remove(dir, { recursive: true });

@@ -8,20 +8,19 @@
 import assert from "node:assert/strict";
 import { runCli } from "./cli_helpers.ts";
 import { aggregate, type StudyRow, studyTable } from "../cli/study.ts";
+import { layerDelta, layerScales, outputError, spearman } from "../compiler/expert_error.ts";
 import {
   type ExpertWeights,
-  layerDelta,
-  layerScales,
-  outputError,
+  matrixNames,
+  outputMatrix,
+  quantizeExpert,
   referenceExpert,
-  spearman,
   swapExpert,
-} from "../compiler/expert_error.ts";
-import { quantizeExpert } from "../compiler/compile.ts";
+} from "../compiler/expert_weights.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { evaluateReference, prepareReference } from "../compiler/reference/mod.ts";
 import { mulberry32 } from "../schemas/prng.ts";
-import { allocateBudget } from "../compiler/passes/budget.ts";
+import { allocateBudget } from "../compiler/passes/budget_allocator.ts";
 
 const FIXTURE = new URL("../testdata/hf-moe/mixtral-classic", import.meta.url).pathname;
 
@@ -125,18 +124,16 @@ Deno.test("budget cost: a damaged expert costs more and gets more bits", async (
   const ir = await loadCheckpoint(FIXTURE);
   const ref = await prepareReference(ir);
   const w = referenceExpert(ref, 0, 0);
-  // Damage: one large outlier per 32-column group of gate/up rows widens the min-max range, so
-  // 2-bit RTN rounds the rest of those groups far more coarsely.
-  const damaged: ExpertWeights = {
-    ...w,
-    gate: w.gate.slice(),
-    up: w.up.slice(),
-    down: w.down.slice(),
-  };
-  for (let r = 0; r < w.inter; r++) {
-    damaged.gate[r * w.hidden] = 0.5;
-    damaged.up[r * w.hidden] = -0.5;
-  }
+  // Damage: one large outlier per 32-column group of the input-side matrices' rows (gate and up
+  // here) widens the min-max range, so 2-bit RTN rounds the rest of those groups far more
+  // coarsely.
+  const damaged: ExpertWeights = { ...w, matrices: {} };
+  const inputSide = matrixNames(w).filter((name) => name !== outputMatrix(w.activation));
+  assert.equal(inputSide.length, 2);
+  for (const name of matrixNames(w)) damaged.matrices[name] = w.matrices[name]!.slice();
+  inputSide.forEach((name, i) => {
+    for (let r = 0; r < w.inter; r++) damaged.matrices[name]![r * w.hidden] = i ? -0.5 : 0.5;
+  });
   const rng = mulberry32(3);
   const n = 64;
   const inputs = Float32Array.from({ length: n * w.hidden }, () => rng() * 2 - 1);
@@ -160,11 +157,11 @@ Deno.test("layer sensitivity: identical swap gives Δ = 0, quantized layer costs
   const same = [0, 1, 2, 3].map((e) => referenceExpert(ref, 1, e));
   assert.equal(await layerDelta(ref, ids, 32, 1, same, base), 0);
   const q2 = same.map((w) => quantizeExpert(w, 2, 32, "rtn"));
-  const before = ref.layers[1].ffn.kind === "moe" ? ref.layers[1].ffn.experts[2] : null;
+  const before = ref.moe[1].experts[2];
   const d = await layerDelta(ref, ids, 32, 1, q2, base);
   assert.ok(Number.isFinite(d) && d !== 0, `Δ ${d}`);
   // Weights are restored afterwards, and swapExpert's own restore works.
-  assert.equal(ref.layers[1].ffn.kind === "moe" ? ref.layers[1].ffn.experts[2] : null, before);
+  assert.equal(ref.moe[1].experts[2], before);
   const restore = swapExpert(ref, 1, 2, q2[2]);
   restore();
   assert.equal((await evaluateReference(ref, ids, { context: 32 })).bitsPerToken, base);

@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { RawElements } from "../ir_legacy.ts";
+import type { RawElements } from "../ir.ts";
 import type { FloatStorage } from "../../schemas/artifact.ts";
 import { UsageError } from "../../schemas/errors.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
