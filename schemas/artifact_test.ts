@@ -3,6 +3,9 @@ import { join } from "node:path";
 import {
   decodePreamble,
   decodeTensor,
+  encodeHeader,
+  encodePreamble,
+  FORMAT_VERSION,
   openArtifact,
   openArtifactBytes,
   PREAMBLE_SIZE,
@@ -10,6 +13,7 @@ import {
   segmentsOf,
 } from "./artifact.ts";
 import { fuzzArtifact } from "./artifact_fuzz.ts";
+import { crc32c } from "./crc32c.ts";
 import { InputError, MoeqError, UnsupportedError } from "./errors.ts";
 import { TINY_MODEL } from "./example_specs.ts";
 import { keyString } from "./tensors.ts";
@@ -402,6 +406,52 @@ Deno.test("artifact: summary that disagrees with the tensors", async () => {
     }),
     /summary.totalBytes is \d+, the tensors give \d+/,
   );
+});
+
+Deno.test("artifact: segment offsets beyond 4 GiB read back exactly (sparse file)", async () => {
+  // The tiny artifact's segments moved 4.75 GiB further into a sparse file.
+  const shift = 2 ** 32 + 3 * 2 ** 28;
+  const h = headerOf(VALID);
+  const moves: [number, number, number][] = []; // [old offset, new offset, length]
+  const move = (s: { offset: number; length: number }) => {
+    moves.push([s.offset, s.offset + shift, s.length]);
+    s.offset += shift;
+  };
+  for (const t of h.tensors) segmentsOf(t).forEach(move);
+  move(h.tokenizer.json!);
+  const header = encodeHeader(h);
+  const last = moves.at(-1)!;
+  const fileLength = last[1] + last[2];
+  const path = join(dir, "big.moeq");
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  try {
+    await f.write(encodePreamble({
+      version: FORMAT_VERSION,
+      headerOffset: PREAMBLE_SIZE,
+      headerLength: header.length,
+      fileLength,
+      headerCrc32c: crc32c(header),
+    }));
+    await f.write(header);
+    for (const [from, to, length] of moves) {
+      await f.seek(to, Deno.SeekMode.Start);
+      await f.write(VALID.subarray(from, from + length));
+    }
+  } finally {
+    f.close();
+  }
+  const small = await openArtifactBytes(VALID);
+  const a = await openArtifact(path);
+  try {
+    assert.equal(a.fileLength, fileLength);
+    assert.equal(a.tensors[0].data!.offset, small.tensors[0].data!.offset + shift);
+    for (const [i, t] of a.tensors.entries()) {
+      assert.deepEqual(await a.readF32(t), await small.readF32(small.tensors[i]));
+    }
+  } finally {
+    a.close();
+    await Deno.remove(path);
+  }
 });
 
 Deno.test("artifact: missing file is an InputError naming it", async () => {
