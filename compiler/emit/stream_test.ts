@@ -137,8 +137,9 @@ Deno.test("emit: row-block streaming (0 and 2 workers) = whole-tensor path byte 
     assert.deepEqual(got, want);
 
     // compileModel: 0 and 2 workers give the same file.
-    await compileModel(ir, join(dir, "c0.moeq"), { expertBits: 2.5, quantizer: "rtn" });
-    await compileModel(ir, join(dir, "c2.moeq"), { expertBits: 2.5, quantizer: "rtn", workers: 2 });
+    const compile = { expertStorage: { kind: "bits", average: 2.5 }, quantizer: "rtn" } as const;
+    await compileModel(ir, join(dir, "c0.moeq"), compile);
+    await compileModel(ir, join(dir, "c2.moeq"), { ...compile, workers: 2 });
     assert.deepEqual(
       await Deno.readFile(join(dir, "c2.moeq")),
       await Deno.readFile(join(dir, "c0.moeq")),
