@@ -23,7 +23,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandMod
   },
   inspect: {
     summary: "show an artifact's architecture, tensors and per-expert bits",
-    load: () => import("./cli/inspect_cmd.ts"),
+    load: () => import("./cli/inspect.ts"),
   },
   logits: {
     summary: "print logits for token ids (checkpoint or artifact; cpu or webgpu)",

@@ -1,7 +1,9 @@
 /**
  * A seeded, bounded fuzz loop for the artifact reader: mutates a valid artifact (bit flips,
  * byte overwrites, truncations, header edits with recomputed checksums so they reach the
- * verifier and the semantic checks, preamble field edits) and asserts that opening it, verifying
+ * verifier and the semantic checks, a value of the model description replaced so that it reaches
+ * parseModelSpec and the record checks as valid JSON, preamble field edits) and asserts that
+ * opening it, verifying
  * it and reading every tensor either succeeds or throws a MoeqError, never anything else, and
  * that each case finishes within a time bound.
  *
@@ -11,6 +13,9 @@
 import { decodePreamble, encodePreamble, openArtifactBytes, PREAMBLE_SIZE } from "./artifact.ts";
 import { crc32c } from "./crc32c.ts";
 import { MoeqError } from "./errors.ts";
+import { type ArtifactHeader, encodeHeader } from "./header.ts";
+import { mulberry32, randomInt } from "./prng.ts";
+import { headerOf, withHeaderBytes } from "./testing.ts";
 
 /** Options of {@link fuzzArtifact}. */
 export interface FuzzOptions {
@@ -33,22 +38,55 @@ export interface FuzzResult {
   maxMs: number;
 }
 
-/** xorshift32: a tiny deterministic PRNG. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
+/** Values a model description field is set to: edges, wrong types, other variants' tags. */
+const ODD_VALUES: unknown[] = [
+  0,
+  -1,
+  1,
+  2,
+  3,
+  0.5,
+  1e308,
+  2 ** 53,
+  2 ** 31,
+  null,
+  true,
+  "",
+  "rope",
+  "moe",
+  "relu",
+  "capacity",
+  "encoder",
+  [],
+  {},
+  { kind: "none" },
+];
+
+/**
+ * `model` with one value replaced: a random leaf (or an object or array) anywhere in it set to
+ * one of {@link ODD_VALUES}, or a field removed.
+ */
+function mutateModel(model: unknown, pick: (n: number) => number): unknown {
+  const copy = structuredClone(model);
+  const slots: [Record<string, unknown> | unknown[], string | number][] = [];
+  const walk = (v: unknown) => {
+    if (Array.isArray(v)) v.forEach((e, i) => (slots.push([v, i]), walk(e)));
+    else if (v && typeof v === "object") {
+      for (const [k, e] of Object.entries(v)) {
+        slots.push([v as Record<string, unknown>, k]), walk(e);
+      }
+    }
   };
+  walk(copy);
+  const [owner, key] = slots[pick(slots.length)];
+  if (pick(8) === 0 && !Array.isArray(owner)) delete owner[key as string];
+  else (owner as Record<string | number, unknown>)[key] = ODD_VALUES[pick(ODD_VALUES.length)];
+  return copy;
 }
 
-/** Applies one random mutation to a copy of `valid`. */
-function mutate(valid: Uint8Array, next: () => number): Uint8Array {
-  const pick = (n: number) => next() % n;
+/** Applies one random mutation to a copy of `valid` (whose decoded header is `header`). */
+function mutate(valid: Uint8Array, header: ArtifactHeader, rng: () => number): Uint8Array {
+  const pick = (n: number) => randomInt(rng, n);
   const pre = decodePreamble(valid, "fuzz");
   const hStart = pre.headerOffset, hEnd = pre.headerOffset + pre.headerLength;
   const out = valid.slice();
@@ -58,7 +96,7 @@ function mutate(valid: Uint8Array, next: () => number): Uint8Array {
     bytes.set(encodePreamble({ ...p, headerCrc32c: crc32c(header) }), 0);
     return bytes;
   };
-  switch (pick(6)) {
+  switch (pick(7)) {
     case 0: { // flip 1-4 random bits anywhere
       for (let k = 1 + pick(4); k > 0; k--) out[pick(out.length)] ^= 1 << pick(8);
       return out;
@@ -89,6 +127,10 @@ function mutate(valid: Uint8Array, next: () => number): Uint8Array {
       else p.version = pick(4);
       out.set(encodePreamble(p), 0);
       return out;
+    }
+    case 6: { // a value of the model description replaced, header re-encoded with checksums
+      const model = mutateModel(header.model, pick) as ArtifactHeader["model"];
+      return withHeaderBytes(valid, encodeHeader({ ...header, model }));
     }
     default: { // bytes appended or a segment byte changed
       if (pick(2) === 0) {
@@ -139,10 +181,11 @@ export async function fuzzArtifact(valid: Uint8Array, opts: FuzzOptions = {}): P
   const seed = opts.seed ?? 1;
   const maxMsPerCase = opts.maxMsPerCase ?? 2000;
   await exercise(valid);
-  const next = prng(seed);
+  const rng = mulberry32(seed);
+  const header = headerOf(valid);
   const result: FuzzResult = { iterations, rejected: {}, accepted: 0, maxMs: 0 };
   for (let i = 0; i < iterations; i++) {
-    const bytes = mutate(valid, next);
+    const bytes = mutate(valid, header, rng);
     const t0 = performance.now();
     try {
       await exercise(bytes);

@@ -8,7 +8,7 @@
  * Every variant is a tagged union member with its parameters, so a new family is an adapter that
  * fills these records, plus at most one new variant.
  *
- * Tensors belong to blocks by role (see {@link TensorRole} and `schemas/roles.ts`): the record
+ * Tensors belong to blocks by role (schemas/tensors.ts lists the roles and shapes): the record
  * (stack, layer, expert, role) names one tensor. The description says which optional tensors
  * exist (biases, norms, sinks...), so a reader knows what to expect without a family switch.
  *

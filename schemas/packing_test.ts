@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { rng } from "../compiler/quantize/test_util.ts";
+import { mulberry32 as rng } from "./prng.ts";
 import { f16ToF32, f32ToF16 } from "./half.ts";
 import {
   checkGroupSize,

@@ -16,10 +16,10 @@ import {
   rawSafetensors,
   writeSyntheticCheckpoint,
 } from "../compiler/checkpoint/testing.ts";
-import { withHeader, withHeaderBytes, withPreamble } from "../compiler/emit/testing.ts";
+import { withHeader, withHeaderBytes, withPreamble } from "../schemas/testing.ts";
 import { compileModel } from "../compiler/compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
-import { decodePreamble } from "../schemas/artifact.ts";
+import { decodePreamble, summarize } from "../schemas/artifact.ts";
 import { type CliResult, isOneLineError, runCli, type RunCliOptions } from "./cli_helpers.ts";
 
 /** One bad-input case. */
@@ -611,6 +611,16 @@ export const ARTIFACT_CASES: CliCase[] = [
     ) => ["inspect", await badArtifact(dir, (b) => withPreamble(b, { version: 9 }))],
   },
   {
+    id: "art-version-1",
+    group: "artifact",
+    title: "format version 1 (before model descriptions)",
+    code: 3,
+    mentions: ["bad.moeq", "version 1", "recompile"],
+    setup: async (
+      dir,
+    ) => ["inspect", await badArtifact(dir, (b) => withPreamble(b, { version: 1 }))],
+  },
+  {
     id: "art-preamble-crc",
     group: "artifact",
     title: "preamble checksum mismatch",
@@ -669,16 +679,45 @@ export const ARTIFACT_CASES: CliCase[] = [
     ],
   },
   {
-    id: "art-unsupported-family",
+    id: "art-unsupported-block",
     group: "artifact",
-    title: "header config names an unknown model family",
+    title: "the model description names a block variant this moeq does not know",
     code: 4,
-    mentions: ["bad.moeq", "gpt2"],
+    mentions: ["bad.moeq", "model.decoder.layers[0].blocks[1].kind", "mamba"],
     setup: async (dir) => [
       "inspect",
       await badArtifact(dir, (b) =>
         withHeader(b, (h) => {
-          (h.config as { family: string }).family = "gpt2";
+          (h.model.decoder.layers[0].blocks[1] as { kind: string }).kind = "mamba";
+        })),
+    ],
+  },
+  {
+    id: "art-model-field",
+    group: "artifact",
+    title: "a field of the model description is out of range",
+    code: 3,
+    mentions: ["bad.moeq", "model.decoder.layers[1].blocks[1].ffn.topK is 0"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) =>
+        withHeader(b, (h) => {
+          (h.model.decoder.layers[1].blocks[1] as { ffn: { topK: number } }).ffn.topK = 0;
+        })),
+    ],
+  },
+  {
+    id: "art-tensor-missing",
+    group: "artifact",
+    title: "a tensor the model description implies is missing",
+    code: 3,
+    mentions: ["bad.moeq", "layer 1 router", "lacks"],
+    setup: async (dir) => [
+      "inspect",
+      await badArtifact(dir, (b) =>
+        withHeader(b, (h) => {
+          h.tensors = h.tensors.filter((t) => !(t.layer === 1 && t.role === "router"));
+          h.summary = summarize(h.tensors);
         })),
     ],
   },

@@ -66,7 +66,7 @@ Deno.test("reliability/flags: an internal error says so, exit 1; --debug shows i
     const d = await runCli(["inspect", art, "--debug"], { denoArgs: [`--preload=${fault}`] });
     assert.equal(d.code, 1);
     assert.match(d.stderr, /TypeError: injected fault\n\s+at /);
-    assert.match(d.stderr, /cli\/inspect_cmd\.ts:\d+/);
+    assert.match(d.stderr, /cli\/inspect\.ts:\d+/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
