@@ -9,6 +9,7 @@ import {
   writeSyntheticMixtral,
 } from "./bench_compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
+import { moeLayers } from "../compiler/ir.ts";
 import { compileModel } from "../compiler/compile.ts";
 import { openArtifact } from "../schemas/artifact.ts";
 
@@ -42,12 +43,11 @@ Deno.test("writeSyntheticMixtral: a loadable sharded BF16 checkpoint, reused whe
     const shards = new Set(Object.values(index.weight_map));
     assert.ok(shards.size > 1, `${shards.size} shards`);
     const ir = await loadCheckpoint(dir);
-    assert.equal(ir.layers.length, TINY.layers);
-    const moe = ir.layers[2].ffn;
-    assert.equal(moe.kind, "moe");
-    if (moe.kind !== "moe") return;
-    const a = await moe.experts[3].gate.read();
-    const b = await moe.experts[4].gate.read();
+    assert.equal(ir.spec.decoder.layers.length, TINY.layers);
+    const moe = moeLayers(ir)[2];
+    assert.equal(moe.layer, 2);
+    const a = await moe.experts[3].matrices[0].weight.read();
+    const b = await moe.experts[4].matrices[0].weight.read();
     assert.equal(a.length, TINY.intermediate * TINY.hidden);
     // Random-looking, finite, small, and different per tensor.
     let sq = 0;
