@@ -35,14 +35,15 @@ export async function run(args: Args): Promise<void> {
   if (!text) throw new UsageError("eval: --text FILE is required");
   const dir = await isDirectory(path);
   const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
-  const { engine, tokenizer } = await openEngine(path, device, { f16: !args.flag("no-f16") });
+  const { engine, tokenizer, spec } = await openEngine(path, device, {
+    f16: !args.flag("no-f16"),
+  });
   try {
-    const cfg = engine.config;
-    const context = args.int("context", cfg.maxPositions, 2, cfg.maxPositions);
+    const context = args.int("context", spec.maxPositions, 2, spec.maxPositions);
     const maxBytes = args.string("max-bytes") === undefined
       ? undefined
       : args.int("max-bytes", 0, 2);
-    const byteLevel = cfg.vocabSize === 256 && tokenizer.vocabSize === 256;
+    const byteLevel = spec.vocabSize === 256 && tokenizer.vocabSize === 256;
     const ids = await readTextIds(text, byteLevel ? null : tokenizer, { maxBytes });
     const bar = progressBar(args.flag("quiet") || args.flag("json"));
     const t0 = performance.now();
