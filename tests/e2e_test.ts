@@ -74,6 +74,7 @@ Deno.test("e2e: compile → inspect → run/logits/eval (webgpu vs cpu) → demo
       const seen = new Set<string>();
       let bitSum = 0;
       for (const e of r.experts) {
+        assert.equal(e.stack, "decoder"); // a decoder-only model: every MoE layer is the decoder's
         seen.add(`${e.layer}/${e.expert}`);
         assert.ok(e.bits === 2 || e.bits === 3, `expert ${e.layer}/${e.expert}: ${e.bits} bits`);
         assert.ok(e.bytes > 0);
