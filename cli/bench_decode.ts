@@ -17,7 +17,7 @@ import type { Args } from "./args.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { openArtifact } from "../schemas/artifact.ts";
 import { createWebGpuEngine, formatOf, type WebGpuEngine } from "../runtime/engine.ts";
-import { matrixBytes } from "../runtime/kernels/matmul.ts";
+import { matrixBytes } from "../runtime/kernels/weights.ts";
 import { copyBandwidth, dispatchOverhead } from "../runtime/bench/measure.ts";
 import { tokenizerFor } from "./model_source.ts";
 

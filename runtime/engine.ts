@@ -43,7 +43,13 @@
 import type { Engine, GenerateOptions } from "./api.ts";
 import { type Artifact, floatBytesToF32, type TensorRecord } from "../schemas/artifact.ts";
 import { describeAdapter, requestGpu } from "./device.ts";
-import { DeviceError, InputError, LimitError, UnsupportedError, UsageError } from "../schemas/errors.ts";
+import {
+  DeviceError,
+  InputError,
+  LimitError,
+  UnsupportedError,
+  UsageError,
+} from "../schemas/errors.ts";
 import type { ModelConfig } from "../schemas/model_legacy.ts";
 import {
   bindKernel,
@@ -58,32 +64,26 @@ import {
 } from "./kernels/kernel.ts";
 import { tiledGroups, type TiledKey, tiledMatmulSource } from "./kernels/tiled.ts";
 import type { QuantizedTensor } from "../schemas/packing.ts";
+import { matmulGroups, type MatmulKey, matmulSource } from "./kernels/matmul.ts";
 import {
   formatName,
   type HostMatrix,
-  matmulGroups,
-  type MatmulKey,
-  matmulSource,
   matrixBytes,
   uploadWeightSet,
-  weightBindings,
+  weightBuffers,
   type WeightFormat,
   type WeightSet,
-} from "./kernels/matmul.ts";
+} from "./kernels/weights.ts";
+import { embedSource, EW, rmsNormSource, swigluSource } from "./kernels/ops.ts";
 import {
   attentionPrefillSource,
   attentionSource,
-  combineSource,
-  embedSource,
-  EW,
   prefillGroups,
   prefillTile,
-  rmsNormSource,
   ropeStoreSource,
-  routeListsSource,
-  routerSource,
-  swigluSource,
-} from "./kernels/ops.ts";
+  ropeTable as ropeTableData,
+} from "./kernels/attention.ts";
+import { combineSource, routeListsSource, routerSource } from "./kernels/moe.ts";
 import { createSampler, type Sampler } from "./kernels/sample.ts";
 
 /** Options of {@link createWebGpuEngine}. */
@@ -515,8 +515,7 @@ export async function createWebGpuEngine(
     bufs: Record<string, GPUBuffer>;
     groups: (T: number) => [number, number, number];
   }
-  const weightBufs = (set: WeightSet): Record<string, GPUBuffer> =>
-    Object.fromEntries(weightBindings(set.format).map((n, i) => [n, set.buffers[i]]));
+  const weightBufs = weightBuffers;
   const ew =
     (width: number, rows: (T: number) => number) => (T: number): [number, number, number] => [
       Math.ceil(width / EW),
@@ -542,7 +541,7 @@ export async function createWebGpuEngine(
       bias?: GPUBuffer,
     ) => {
       const bufs: Record<string, GPUBuffer> = { x, y, ...weightBufs(set) };
-      if (bias) bufs.B = bias;
+      if (bias) bufs.bias = bias;
       if (tiled) {
         const key: TiledKey = {
           format: set.format,
@@ -585,7 +584,7 @@ export async function createWebGpuEngine(
         };
         dispatch(
           matmulSource(key),
-          { x, y, ids: buf.ids, gex, ...weightBufs(set) },
+          { x, y, expertIds: buf.ids, setExperts: gex, ...weightBufs(set) },
           (T) => matmulGroups(key, T, set.count),
         );
       }
@@ -614,7 +613,7 @@ export async function createWebGpuEngine(
         };
         dispatch(
           tiledMatmulSource(key),
-          { x, y, route: buf.route, gex, ...weightBufs(set) },
+          { x, y, routes: buf.route, setExperts: gex, ...weightBufs(set) },
           (T) => tiledGroups(key, T, set.count),
         );
       }
@@ -637,7 +636,7 @@ export async function createWebGpuEngine(
       }
       mm(m.gate!, buf.xn, buf.hg);
       mm(m.up!, buf.xn, buf.hu);
-      dispatch(swigluSource(width, 1), { g: buf.hg, up: buf.hu }, ew(width, tokens));
+      dispatch(swigluSource(width, 1), { gate: buf.hg, up: buf.hu }, ew(width, tokens));
     };
     const tokens = (T: number) => T;
     /**
@@ -646,24 +645,31 @@ export async function createWebGpuEngine(
      * Both are recorded; the one that does not apply gets zero workgroups.
      */
     const attention = (q: GPUBuffer, L: LayerWeights, qStride: number) => {
-      const bufs = { q, kc: L.kCache, vc: L.vCache, out: buf.att };
+      const bufs = { q, kCache: L.kCache, vCache: L.vCache, out: buf.att };
       const none: [number, number, number] = [0, 0, 0];
+      const akey = {
+        numHeads: nh,
+        numKvHeads: nkv,
+        headDim: hd,
+        qStride,
+        scale: 1 / Math.sqrt(hd),
+      };
       if (!prefill) {
-        dispatch(attentionSource(nh, nkv, hd, qStride), bufs, (T) => [nh, T, 1]);
+        dispatch(attentionSource(akey), bufs, (T) => [nh, T, 1]);
         return;
       }
-      dispatch(attentionSource(nh, nkv, hd, qStride), bufs, (T) => T === 1 ? [nh, 1, 1] : none);
-      const pt = prefillTile(nh, nkv, hd);
+      dispatch(attentionSource(akey), bufs, (T) => T === 1 ? [nh, 1, 1] : none);
+      const pt = prefillTile(akey);
       dispatch(
-        attentionPrefillSource(nh, nkv, hd, qStride, pt),
+        attentionPrefillSource(akey, pt),
         bufs,
-        (T) => T > 1 ? prefillGroups(nh, nkv, pt, T) : none,
+        (T) => T > 1 ? prefillGroups(akey, pt, T) : none,
       );
     };
 
     dispatch(
       embedSource(embed.format, H),
-      { tok: buf.tok, ...weightBufs(embed), out: buf.x },
+      { tokens: buf.tok, ...weightBufs(embed), out: buf.x },
       ew(H, tokens),
     );
     for (const L of layers) {
@@ -671,8 +677,8 @@ export async function createWebGpuEngine(
       if (L.qkv) {
         mm(L.qkv, buf.xn, buf.qkv, {}, L.qkvBias);
         dispatch(
-          ropeStoreSource(nh, nkv, hd, true),
-          { qkv: buf.qkv, cs: buf.cs, kc: L.kCache, vc: L.vCache },
+          ropeStoreSource({ numHeads: nh, numKvHeads: nkv, headDim: hd, packed: true, clip: null }),
+          { qkv: buf.qkv, rope: buf.cs, kCache: L.kCache, vCache: L.vCache },
           ew(nh * hd / 2 + nkv * hd / 2 + nkv * hd, tokens),
         );
         attention(buf.qkv, L, QKV);
@@ -688,8 +694,14 @@ export async function createWebGpuEngine(
           norm(buf.k, L.kNorm!, null, nkv * hd, 1);
         }
         dispatch(
-          ropeStoreSource(nh, nkv, hd),
-          { q: buf.q, k: buf.k, v: buf.v, cs: buf.cs, kc: L.kCache, vc: L.vCache },
+          ropeStoreSource({
+            numHeads: nh,
+            numKvHeads: nkv,
+            headDim: hd,
+            packed: false,
+            clip: null,
+          }),
+          { q: buf.q, k: buf.k, v: buf.v, rope: buf.cs, kCache: L.kCache, vCache: L.vCache },
           ew(nh * hd / 2 + nkv * hd / 2 + nkv * hd, tokens),
         );
         attention(buf.q, L, nh * hd);
@@ -701,8 +713,16 @@ export async function createWebGpuEngine(
         const ex = L.experts!;
         if (tiled) {
           dispatch(
-            routeListsSource(E, K, cfg.routing.normTopK, chunk),
-            { logits: buf.rlog, ids: buf.ids, wts: buf.wts, route: buf.route },
+            routeListsSource(
+              { numExperts: E, topK: K, normTopK: cfg.routing.normTopK, scale: 1 },
+              chunk,
+            ),
+            {
+              routerLogits: buf.rlog,
+              expertIds: buf.ids,
+              expertWeights: buf.wts,
+              routes: buf.route,
+            },
             () => [1, 1, 1],
           );
           if (ex.gateUp) {
@@ -710,18 +730,18 @@ export async function createWebGpuEngine(
           } else {
             mmLists(ex.gate, buf.xn, buf.hg, "token", false);
             mmLists(ex.up, buf.xn, buf.hu, "token", false);
-            dispatch(swigluSource(I, K), { g: buf.hg, up: buf.hu }, ew(I, (T) => T * K));
+            dispatch(swigluSource(I, K), { gate: buf.hg, up: buf.hu }, ew(I, (T) => T * K));
           }
           mmLists(ex.down, buf.hg, buf.ye, "slot", false);
         } else {
           dispatch(
-            routerSource(E, K, cfg.routing.normTopK),
-            { logits: buf.rlog, ids: buf.ids, wts: buf.wts },
+            routerSource({ numExperts: E, topK: K, normTopK: cfg.routing.normTopK, scale: 1 }),
+            { routerLogits: buf.rlog, expertIds: buf.ids, expertWeights: buf.wts },
             (T) => [Math.ceil(T / EW), 1, 1],
           );
           mmExperts(ex.gate, buf.xn, buf.hg, "token");
           mmExperts(ex.up, buf.xn, buf.hu, "token");
-          dispatch(swigluSource(I, K), { g: buf.hg, up: buf.hu }, ew(I, (T) => T * K));
+          dispatch(swigluSource(I, K), { gate: buf.hg, up: buf.hu }, ew(I, (T) => T * K));
           mmExperts(ex.down, buf.hg, buf.ye, "slot");
         }
         let shared: "none" | "plain" | "gated" = "none";
@@ -730,16 +750,16 @@ export async function createWebGpuEngine(
           mlpUp(L.mlp, cfg.sharedIntermediateSize);
           mm(L.mlp.down, buf.hg, buf.ys);
           shared = "plain";
-          extra.ys = buf.ys;
+          extra.sharedOut = buf.ys;
           if (L.sharedGate) {
             mm(L.sharedGate, buf.xn, buf.sg);
             shared = "gated";
-            extra.sg = buf.sg;
+            extra.sharedGate = buf.sg;
           }
         }
         dispatch(
-          combineSource(H, K, shared),
-          { x: buf.x, ye: buf.ye, wts: buf.wts, ...extra },
+          combineSource({ hidden: H, topK: K, shared, residualScale: 1 }),
+          { x: buf.x, expertOut: buf.ye, expertWeights: buf.wts, ...extra },
           ew(H, tokens),
         );
       } else {
@@ -1005,19 +1025,7 @@ export async function createWebGpuEngine(
  * to f32 as transformers computes it; angles and cos/sin in float64 on the host, stored as f32.
  */
 function ropeTable(device: GPUDevice, hd: number, theta: number, n: number): GPUBuffer {
-  const half = hd / 2;
-  const data = new Float32Array(n * half * 2);
-  const invFreq = Array.from(
-    { length: half },
-    (_, i) => Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / hd)))),
-  );
-  for (let p = 0; p < n; p++) {
-    for (let i = 0; i < half; i++) {
-      const a = p * invFreq[i];
-      data[(p * half + i) * 2] = Math.cos(a);
-      data[(p * half + i) * 2 + 1] = Math.sin(a);
-    }
-  }
+  const data = ropeTableData(hd, theta, n);
   return storageBuffer(device, data.byteLength, "rope", data);
 }
 
