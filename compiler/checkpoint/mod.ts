@@ -1,20 +1,31 @@
 /**
  * The checkpoint front end: a Hugging Face checkpoint directory (config.json + safetensors,
- * single-file or sharded) → ModelIR with lazy tensor references.
+ * single-file or sharded) → ModelIR: the model description its family adapter reads from
+ * config.json, and every tensor the description implies as a lazy reference.
  *
  * @module
  */
 
 import { join } from "node:path";
 import { InputError } from "../../schemas/errors.ts";
-import type { ModelIR, TokenizerData } from "../ir_legacy.ts";
-import { buildModelIR } from "./adapters.ts";
-import { parseConfig } from "./config.ts";
+import type { ModelIR, TokenizerData } from "../ir.ts";
+import { buildModelIR } from "./build_ir.ts";
+import { readConfig } from "./config.ts";
 import { osError } from "./safetensors.ts";
 import { openCheckpointStore, readJsonFile } from "./store.ts";
 
-export { buildModelIR, TensorClaims } from "./adapters.ts";
-export { parseConfig, SUPPORTED_MODEL_TYPES } from "./config.ts";
+export { buildModelIR } from "./build_ir.ts";
+export { TensorClaims } from "./claims.ts";
+export { parseConfig, type ParsedConfig, readConfig } from "./config.ts";
+export {
+  type ExpertLayout,
+  FAMILIES,
+  type FamilyAdapter,
+  familyAdapter,
+  SUPPORTED_MODEL_TYPES,
+  type TensorSource,
+} from "./families/mod.ts";
+export { ConfigFields } from "./fields.ts";
 export {
   decodeFloats,
   DTYPE_SIZES,
@@ -84,8 +95,9 @@ export async function readTokenizer(dir: string): Promise<TokenizerData> {
  */
 export async function loadCheckpoint(dir: string, opts: LoadOptions = {}): Promise<ModelIR> {
   const configPath = join(dir, "config.json");
-  const config = parseConfig(await readJsonFile(configPath), configPath);
+  const { spec, adapter } = readConfig(await readJsonFile(configPath), configPath);
   const store = await openCheckpointStore(dir);
   const tokenizer = await readTokenizer(dir);
-  return buildModelIR(store, config, tokenizer, { allowNonFinite: opts.allowNonFinite ?? false });
+  const options = { allowNonFinite: opts.allowNonFinite ?? false };
+  return buildModelIR(store, spec, adapter, tokenizer, options);
 }

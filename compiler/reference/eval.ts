@@ -11,7 +11,8 @@
  */
 
 import { UsageError } from "../../schemas/errors.ts";
-import { forward, type ReferenceModel } from "./forward.ts";
+import type { ReferenceModel } from "./model.ts";
+import { forward } from "./session.ts";
 
 /** One evaluation window: feeds ids[start .. start+length), scores ids[start+1 .. start+length]. */
 export interface EvalWindow {

@@ -1,7 +1,9 @@
 /**
  * The CPU reference: a float64 forward pass over ModelIR that matches Hugging Face transformers,
  * with a KV-cache session, a calibration observer, and held-out bits-per-token evaluation.
- * It is the oracle the WebGPU runtime and the quantization passes are checked against.
+ * It is the oracle the WebGPU runtime and the quantization passes are checked against. Each
+ * block variant of the description (schemas/model.ts) is implemented once, in a file of its own
+ * (norms, rope, attention, router, mlp, moe); the session picks them per block.
  *
  * ```ts
  * const model = await prepareReference(await loadCheckpoint(dir));
@@ -12,28 +14,20 @@
  * @module
  */
 
+export { attention, attentionBlock, type KvCache, type ReferenceAttention } from "./attention.ts";
+export { matmul, sigmoid, silu, softmax } from "./math.ts";
+export { mlp, type ReferenceMlp } from "./mlp.ts";
 export {
-  attention,
-  forward,
-  type ForwardOptions,
-  matmul,
-  mlp,
-  type MoeObserver,
   prepareReference,
-  type ReferenceDense,
+  type ReferenceBlock,
   type ReferenceLayer,
-  type ReferenceMlp,
   type ReferenceModel,
-  type ReferenceMoe,
-  ReferenceSession,
-  rmsNorm,
-  rope,
-  ropeInvFreq,
-  route,
-  type Routing,
-  silu,
-  softmax,
-} from "./forward.ts";
+} from "./model.ts";
+export { type MoeObserver, type ReferenceDense, type ReferenceMoe } from "./moe.ts";
+export { type ReferenceNorm, rmsNorm } from "./norms.ts";
+export { rope, ropeInvFreq } from "./rope.ts";
+export { route, type Routing } from "./router.ts";
+export { forward, type ForwardOptions, ReferenceSession } from "./session.ts";
 export {
   crossEntropyBits,
   type EvalResult,

@@ -1,0 +1,153 @@
+/**
+ * Hands out lazy tensor references into a checkpoint, checking each tensor's existence, float
+ * dtype and shape, and remembering which tensors were used so that a leftover is an error.
+ *
+ * @module
+ */
+
+import { InputError, UnsupportedError } from "../../schemas/errors.ts";
+import type { TensorRef } from "../ir.ts";
+import { FLOAT_DTYPES, type ReadOptions } from "./safetensors.ts";
+import type { CheckpointStore } from "./store.ts";
+
+/** Tensors a checkpoint may hold that are not weights (non-persistent buffers saved by old exports). */
+const IGNORED_TENSORS = /(^|\.)rotary_emb\.inv_freq$/;
+
+function shapeText(shape: readonly number[]): string {
+  return `[${shape.join(", ")}]`;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** Hands out TensorRefs for named tensors and records which ones were used. */
+export class TensorClaims {
+  private readonly used = new Map<string, string>();
+
+  /** `options` apply to every read of every ref handed out. */
+  constructor(readonly store: CheckpointStore, readonly options: ReadOptions = {}) {}
+
+  /** True when the checkpoint has this tensor. */
+  has(name: string): boolean {
+    return this.store.has(name);
+  }
+
+  /** Marks a tensor as accounted for without using it (e.g. a tied lm_head copy). */
+  ignore(name: string): void {
+    if (this.store.has(name) && !this.used.has(name)) this.used.set(name, "");
+  }
+
+  /**
+   * Checks existence, float dtype and shape, and marks the tensor used; returns its dtype.
+   * A tensor claimed again (a packed tensor, once per expert) is checked once.
+   */
+  private claim(name: string, shape: readonly number[]): string {
+    const seen = this.used.get(name);
+    if (seen) return seen;
+    if (!this.store.has(name)) {
+      throw new InputError(
+        `tensor "${name}" missing (expected shape ${shapeText(shape)})`,
+        this.store.dir,
+      );
+    }
+    const info = this.store.info(name);
+    const file = this.store.fileOf(name).path;
+    if (!FLOAT_DTYPES.includes(info.dtype)) {
+      throw new UnsupportedError(`${file}: tensor "${name}" has non-float dtype ${info.dtype}`);
+    }
+    if (!sameShape(info.shape, shape)) {
+      throw new InputError(
+        `tensor "${name}" has shape ${shapeText(info.shape)}, expected ${shapeText(shape)}`,
+        file,
+      );
+    }
+    this.used.set(name, info.dtype);
+    return info.dtype;
+  }
+
+  /** A whole tensor of the given shape. */
+  tensor(name: string, shape: readonly number[]): TensorRef {
+    const dtype = this.claim(name, shape);
+    const numel = shape.reduce((a, b) => a * b, 1);
+    return this.ref(name, name, shape, dtype, 0, numel);
+  }
+
+  /**
+   * Rows [rowStart, rowStart + rows) of block `block` of a packed `[blocks, blockRows, cols]`
+   * tensor, as a [rows, cols] matrix.
+   */
+  packedRows(
+    name: string,
+    shape: readonly [number, number, number],
+    block: number,
+    rowStart: number,
+    rows: number,
+  ): TensorRef {
+    const dtype = this.claim(name, shape);
+    const [, blockRows, cols] = shape;
+    return this.ref(
+      `${name}[${block}, ${rowStart}:${rowStart + rows}, :]`,
+      name,
+      [rows, cols],
+      dtype,
+      (block * blockRows + rowStart) * cols,
+      rows * cols,
+    );
+  }
+
+  private ref(
+    label: string,
+    name: string,
+    shape: readonly number[],
+    dtype: string,
+    start: number,
+    count: number,
+  ): TensorRef {
+    const store = this.store;
+    const options = this.options;
+    const cols = shape.length === 2 ? shape[1] : 0;
+    const rowRange = (r0: number, n: number) => {
+      if (
+        !cols || !Number.isSafeInteger(r0) || !Number.isSafeInteger(n) || r0 < 0 || n < 0 ||
+        r0 + n > shape[0]
+      ) {
+        throw new RangeError(`rows [${r0}, ${r0 + n}) outside ${label} [${shape}]`);
+      }
+      return [start + r0 * cols, n * cols];
+    };
+    return {
+      name: label,
+      shape,
+      dtype,
+      read: () => store.readElements(name, start, count, options),
+      readRows: (r0, n) => {
+        const [s, c] = rowRange(r0, n);
+        return store.readElements(name, s, c, options);
+      },
+      readRawRows: async (r0, n) => {
+        const [s, c] = rowRange(r0, n);
+        return {
+          bytes: await store.readBytes(name, s, c),
+          dtype,
+          name,
+          file: store.fileOf(name).path,
+          start: s,
+          allowNonFinite: options.allowNonFinite ?? false,
+        };
+      },
+    };
+  }
+
+  /** InputError naming the first tensor that was not claimed. */
+  checkAllUsed(family: string): void {
+    for (const name of this.store.names()) {
+      if (!this.used.has(name) && !IGNORED_TENSORS.test(name)) {
+        throw new InputError(
+          `unexpected tensor "${name}" (not part of this ${family} model)`,
+          this.store.fileOf(name).path,
+        );
+      }
+    }
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * Qwen3-MoE (`model_type: "qwen3_moe"`): GQA with per-head q/k RMSNorm and `head_dim` that may
+ * differ from hidden / heads, RoPE, softmax top-k router (`norm_topk_prob`, default false), no
+ * shared expert, dense layers by Qwen's sparse-step rule. `attention_bias` is refused.
+ *
+ * @module
+ */
+
+import { UnsupportedError } from "../../../schemas/errors.ts";
+import type { FfnSpec } from "../../../schemas/model.ts";
+import {
+  decoderModel,
+  decoderSizes,
+  gqaAttention,
+  qwenSparseLayers,
+  refuseShortWindow,
+  rope,
+  softmaxMoe,
+  swiglu,
+} from "./decoder.ts";
+import type { FamilyAdapter } from "./family.ts";
+import { hubNames, MLP_EXPERTS } from "./hub_names.ts";
+
+/** The Qwen3-MoE adapter. */
+export const qwen3Moe: FamilyAdapter = {
+  modelType: "qwen3_moe",
+  describe(f) {
+    const size = decoderSizes(f);
+    const moe = softmaxMoe(f, {
+      expertsKey: "num_experts",
+      expertsAlias: "num_local_experts",
+      intermediate: f.positiveInt("moe_intermediate_size"),
+      normTopK: f.bool("norm_topk_prob", false),
+      shared: null,
+    });
+    const sparse = qwenSparseLayers(f, size.numLayers);
+    const dense: FfnSpec | null = sparse.every(Boolean)
+      ? null
+      : { kind: "dense", mlp: swiglu(f.positiveInt("intermediate_size")) };
+    const position = rope(f, 10000, size.headDim);
+    const maxPositions = f.positiveInt("max_position_embeddings", 32768);
+    const eps = f.positiveNumber("rms_norm_eps", 1e-6);
+    refuseShortWindow(f, maxPositions);
+    if (f.bool("attention_bias", false)) {
+      throw new UnsupportedError(`${f.file}: attention_bias is not supported for qwen3_moe`);
+    }
+    return decoderModel(f, "qwen3_moe", {
+      ...size,
+      maxPositions,
+      eps,
+      attention: gqaAttention({
+        ...size,
+        qkvBias: false,
+        qkNorm: "head",
+        eps,
+        clipQkv: null,
+        position,
+      }),
+      ffns: sparse.map((isMoe) => isMoe ? moe : dense!),
+    });
+  },
+  ...hubNames(MLP_EXPERTS),
+};

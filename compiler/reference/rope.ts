@@ -1,0 +1,78 @@
+/**
+ * Rotary position embedding in float64: unscaled RoPE over the first `rotaryDim` dims of each
+ * head, pairs split in halves (transformers' rotate_half). Interleaved pairs and the scaled
+ * variants are described but not implemented here yet.
+ *
+ * @module
+ */
+
+import type { PositionSpec } from "../../schemas/model.ts";
+import { notImplemented } from "./math.ts";
+
+/** A RoPE ready to apply: rotated dims per head and their inverse frequencies. */
+export interface ReferenceRope {
+  rotaryDim: number;
+  /** [rotaryDim/2]: 1 / θ^(2i/rotaryDim). */
+  invFreq: Float64Array;
+}
+
+/** RoPE inverse frequencies over `rotaryDim` dims: 1 / θ^(2i/rotaryDim), i < rotaryDim/2. */
+export function ropeInvFreq(rotaryDim: number, theta: number): Float64Array {
+  const inv = new Float64Array(rotaryDim / 2);
+  for (let i = 0; i < rotaryDim / 2; i++) inv[i] = 1 / Math.pow(theta, (2 * i) / rotaryDim);
+  return inv;
+}
+
+/** The RoPE of a position spec; UnsupportedError for what the reference does not implement. */
+export function prepareRope(position: PositionSpec, headDim: number): ReferenceRope {
+  if (position.kind !== "rope") throw notImplemented(`position kind "${position.kind}"`);
+  if (position.pairing !== "half") throw notImplemented(`RoPE pairing "${position.pairing}"`);
+  if (position.scaling.kind !== "none") {
+    throw notImplemented(`RoPE scaling "${position.scaling.kind}"`);
+  }
+  const d = position.rotaryDim;
+  if (!(Number.isInteger(d) && d > 0 && d % 2 === 0 && d <= headDim)) {
+    throw notImplemented(`RoPE over ${d} of ${headDim} dims`);
+  }
+  return { rotaryDim: d, invFreq: ropeInvFreq(d, position.theta) };
+}
+
+/** cos/sin of position · invFreq for n positions from `start`: [n, rotaryDim/2] each. */
+export function ropeTables(invFreq: Float64Array, start: number, n: number) {
+  const half = invFreq.length;
+  const cos = new Float64Array(n * half);
+  const sin = new Float64Array(n * half);
+  for (let t = 0; t < n; t++) {
+    for (let i = 0; i < half; i++) {
+      const angle = (start + t) * invFreq[i];
+      cos[t * half + i] = Math.cos(angle);
+      sin[t * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}
+
+/**
+ * Half-split RoPE in place on `nHeads` consecutive heads of size hd, rotating each head's first
+ * `rotaryDim` dims: for i < rotaryDim/2 the pair (x_i, x_{i+rotaryDim/2}) turns by
+ * position · invFreq[i], whose cos/sin are given; dims past rotaryDim pass through.
+ */
+export function rope(
+  vec: Float64Array,
+  nHeads: number,
+  hd: number,
+  cos: Float64Array,
+  sin: Float64Array,
+  rotaryDim = hd,
+): void {
+  const half = rotaryDim / 2;
+  for (let h = 0; h < nHeads; h++) {
+    const o = h * hd;
+    for (let i = 0; i < half; i++) {
+      const x1 = vec[o + i];
+      const x2 = vec[o + half + i];
+      vec[o + i] = x1 * cos[i] - x2 * sin[i];
+      vec[o + half + i] = x2 * cos[i] + x1 * sin[i];
+    }
+  }
+}
