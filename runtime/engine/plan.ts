@@ -219,7 +219,8 @@ export class PlanBuilder {
     lastToken = false,
   ): void {
     const src = rmsNormSource({ width, rowsPerToken, eps, inPlace: !out, lastOnly: lastToken });
-    const buffers = out ? { x, w: weight, out } : { x, w: weight };
+    const buffers: Record<string, GPUBuffer> = { x, w: weight };
+    if (out) buffers.out = out;
     this.dispatch(src, buffers, (T) => [lastToken ? 1 : T * rowsPerToken, 1, 1]);
   }
 }

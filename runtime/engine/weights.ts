@@ -182,18 +182,19 @@ export async function uploadWeights(
     const blocks: BlockWeights[] = [];
     for (const block of layer.blocks) {
       if (block.kind === "attention" && block.attention.kind === "gqa") {
-        blocks.push(
-          await loader.attention(l, block.norm, block.attention, layer.residualScale, opts),
-        );
-      } else if (block.kind === "ffn" && block.ffn.kind === "moe") {
-        blocks.push(await loader.moe(l, block.norm, block.ffn, opts));
-      } else if (block.kind === "ffn") {
-        const normWeight = await loader.vector(at(l, "ffn_norm"), [H]);
-        const mlp = await loader.mlp(l, "dense", block.ffn.mlp, opts);
-        blocks.push({ kind: "dense", norm: block.norm, normWeight, spec: block.ffn, mlp });
-      } else {
-        throw new Error(`unchecked block ${block.kind}`); // support.ts refuses it first
+        const a = block.attention;
+        blocks.push(await loader.attention(l, block.norm, a, layer.residualScale, opts));
+        continue;
       }
+      if (block.kind !== "ffn") throw new Error(`unchecked block ${block.kind}`); // support.ts
+      const ffn = block.ffn;
+      if (ffn.kind === "moe") {
+        blocks.push(await loader.moe(l, block.norm, ffn, opts));
+        continue;
+      }
+      const normWeight = await loader.vector(at(l, "ffn_norm"), [H]);
+      const mlp = await loader.mlp(l, "dense", ffn.mlp, opts);
+      blocks.push({ kind: "dense", norm: block.norm, normWeight, spec: ffn, mlp });
     }
     layers.push({ blocks, residualScale: layer.residualScale });
   }
