@@ -76,11 +76,7 @@ export function attentionBlock(
   }
 
   attend(plan, { ...shape, qStride, scale: a.scale }, q, cache);
-  plan.matmul(w.o, acts.attention, acts.hidden, {
-    accumulate: true,
-    scale: residualScale,
-    bias: w.oBias,
-  });
+  plan.matmul(w.o, acts.attention, acts.hidden, { accumulate: true, scale: residualScale });
 }
 
 /**

@@ -4,8 +4,8 @@
  * before any weight is read.
  *
  * Implemented: decoder-only stacks of RMSNorm pre-norm blocks; GQA attention (causal, RoPE
- * half-split over the whole head, unscaled frequencies; q/k/v biases, output bias, q/k RMSNorm
- * per head or full width, q/k/v clamp, any attention scale); dense and MoE SwiGLU MLPs without
+ * half-split over the whole head, unscaled frequencies; q/k/v biases, q/k RMSNorm per head or
+ * full width, q/k/v clamp, any attention scale; no output bias); dense and MoE SwiGLU MLPs without
  * biases; softmax top-k routing (renormalised or not, scaled); shared experts, gated or not;
  * the embedding, residual and head multipliers, tied or untied head, head bias.
  *
@@ -76,6 +76,7 @@ function attention(
   if (a.numHeads % a.numKvHeads !== 0) {
     refuse(`${a.numHeads} heads over ${a.numKvHeads} KV heads`, where);
   }
+  if (a.outBias) refuse("an attention output bias", where);
   if (a.sinks) refuse("attention sinks", where);
   if (a.slidingWindow !== null) refuse("sliding-window attention", where);
   if (!a.causal) refuse("bidirectional attention", where);

@@ -89,8 +89,6 @@ export interface AttentionWeights {
   qNorm?: GPUBuffer;
   kNorm?: GPUBuffer;
   o: WeightSet;
-  /** The output bias times the layer's residual scale (the plan scales W·x by it). */
-  oBias?: GPUBuffer;
 }
 
 /** A MoE feed-forward block's weights. */
@@ -183,7 +181,7 @@ export async function uploadWeights(
     for (const block of layer.blocks) {
       if (block.kind === "attention" && block.attention.kind === "gqa") {
         const a = block.attention;
-        blocks.push(await loader.attention(l, block.norm, a, layer.residualScale, opts));
+        blocks.push(await loader.attention(l, block.norm, a, opts));
         continue;
       }
       if (block.kind !== "ffn") throw new Error(`unchecked block ${block.kind}`); // support.ts
@@ -307,7 +305,6 @@ class WeightLoader {
     layer: number,
     norm: NormSpec,
     a: GqaAttentionSpec,
-    residualScale: number,
     opts: UploadOptions,
   ): Promise<AttentionWeights> {
     const H = this.#spec.hiddenSize;
@@ -350,7 +347,6 @@ class WeightLoader {
       qNorm: a.qkNorm !== "none" ? await this.vector(key("attn_q_norm"), [qNormWidth]) : undefined,
       kNorm: a.qkNorm !== "none" ? await this.vector(key("attn_k_norm"), [kNormWidth]) : undefined,
       o: await this.matrix(key("attn_o"), [H, qRows]),
-      oBias: a.outBias ? await this.vector(key("attn_o_bias"), [H], residualScale) : undefined,
     };
   }
 
