@@ -113,20 +113,20 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let j = select(id.x, id.x - ${u(qPairs)}, isK);
   let h = j / ${u(half)};
   let i = j % ${u(half)};
-  let cs = rope[pos * ${u(half)} + i];
+  let cosSin = rope[pos * ${u(half)} + i];
   if (isK) {
     let a = ${kRow} + h * ${u(hd)} + i;
     let o = pos * ${u(nkv * hd)} + h * ${u(hd)} + i;
     let x1 = ${load(`${K}[a]`)};
     let x2 = ${load(`${K}[a + ${u(half)}]`)};
-    kCache[o] = x1 * cs.x - x2 * cs.y;
-    kCache[o + ${u(half)}] = x2 * cs.x + x1 * cs.y;
+    kCache[o] = x1 * cosSin.x - x2 * cosSin.y;
+    kCache[o + ${u(half)}] = x2 * cosSin.x + x1 * cosSin.y;
   } else {
     let a = ${qRow} + h * ${u(hd)} + i;
     let x1 = ${load(`${Q}[a]`)};
     let x2 = ${load(`${Q}[a + ${u(half)}]`)};
-    ${Q}[a] = x1 * cs.x - x2 * cs.y;
-    ${Q}[a + ${u(half)}] = x2 * cs.x + x1 * cs.y;
+    ${Q}[a] = x1 * cosSin.x - x2 * cosSin.y;
+    ${Q}[a + ${u(half)}] = x2 * cosSin.x + x1 * cosSin.y;
   }
 }`,
   );
@@ -136,7 +136,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 function attentionLabel(key: AttentionKey): string {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = key;
   const stride = key.qStride !== nh * hd ? `.q${key.qStride}` : "";
-  const scale = key.scale !== 1 / Math.sqrt(hd) ? `.s${key.scale}` : "";
+  const scale = Math.abs(key.scale * Math.sqrt(hd) - 1) > 1e-12 ? `.s${key.scale}` : "";
   return `${nh}.${nkv}.${hd}${stride}${scale}`;
 }
 
