@@ -168,10 +168,10 @@ export async function uploadWeights(
   const loader = new WeightLoader(device, artifact);
   const spec: ModelSpec = artifact.model;
   const H = spec.hiddenSize;
-  const at = (layer: number, role: string, expert = -1): TensorKey => ({
+  const at = (layer: number, role: string): TensorKey => ({
     stack: "decoder",
     layer,
-    expert,
+    expert: -1,
     role,
   });
   const embed = await loader.matrix(at(-1, "embed"), [spec.vocabSize, H]);
@@ -179,28 +179,26 @@ export async function uploadWeights(
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const blocks: BlockWeights[] = [];
     for (const block of layer.blocks) {
-      if (block.kind === "attention" && block.attention.kind === "gqa") {
-        const a = block.attention;
-        blocks.push(await loader.attention(l, block.norm, a, opts));
-        continue;
+      switch (block.kind) {
+        case "attention":
+          if (block.attention.kind !== "gqa") throw new Error("MLA passed support.ts");
+          blocks.push(await loader.attention(l, block.norm, block.attention, opts));
+          break;
+        case "ffn":
+          blocks.push(
+            block.ffn.kind === "moe"
+              ? await loader.moe(l, block.norm, block.ffn, opts)
+              : await loader.dense(l, block.norm, block.ffn, opts),
+          );
+          break;
+        case "cross_attention":
+          throw new Error("cross-attention passed support.ts");
       }
-      if (block.kind !== "ffn") throw new Error(`unchecked block ${block.kind}`); // support.ts
-      const ffn = block.ffn;
-      if (ffn.kind === "moe") {
-        blocks.push(await loader.moe(l, block.norm, ffn, opts));
-        continue;
-      }
-      const normWeight = await loader.vector(at(l, "ffn_norm"), [H]);
-      const mlp = await loader.mlp(l, "dense", ffn.mlp, opts);
-      blocks.push({ kind: "dense", norm: block.norm, normWeight, spec: ffn, mlp });
     }
     layers.push({ blocks, residualScale: layer.residualScale });
   }
   const finalNorm = await loader.vector(at(-1, "final_norm"), [H]);
-  const head = spec.head.tied ? embed : await loader.matrix(at(-1, "lm_head"), [
-    spec.vocabSize,
-    H,
-  ]);
+  const head = spec.head.tied ? embed : await loader.matrix(at(-1, "lm_head"), [spec.vocabSize, H]);
   const headBias = spec.head.bias
     ? await loader.vector(at(-1, "lm_head_bias"), [spec.vocabSize])
     : undefined;
@@ -218,6 +216,10 @@ class WeightLoader {
     this.#device = device;
     this.#artifact = artifact;
     for (const t of artifact.tensors) this.#byKey.set(keyString(t), t);
+  }
+
+  get #spec(): ModelSpec {
+    return this.#artifact.model;
   }
 
   /** The record at `key`, checked against `shape`. */
@@ -350,8 +352,21 @@ class WeightLoader {
     };
   }
 
-  get #spec(): ModelSpec {
-    return this.#artifact.model;
+  async dense(
+    layer: number,
+    norm: NormSpec,
+    f: DenseFfnSpec,
+    opts: UploadOptions,
+  ): Promise<DenseWeights> {
+    const key: TensorKey = { stack: "decoder", layer, expert: -1, role: "ffn_norm" };
+    const normWeight = await this.vector(key, [this.#spec.hiddenSize]);
+    return {
+      kind: "dense",
+      norm,
+      normWeight,
+      spec: f,
+      mlp: await this.mlp(layer, "dense", f.mlp, opts),
+    };
   }
 
   /** A dense MLP or shared expert (`owner` "dense" or "shared"). */
