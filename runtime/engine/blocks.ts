@@ -40,7 +40,7 @@ export function attentionBlock(
   const a = w.spec;
   const shape = { numHeads: a.numHeads, numKvHeads: a.numKvHeads, headDim: a.headDim };
   const H = plan.ctx.spec.hiddenSize;
-  const caches = { rope, kCache: cache.keys, vCache: cache.values };
+  const ropeAndCache = { rope, kCache: cache.keys, vCache: cache.values };
   plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, H, 1, w.norm.eps);
 
   let q: GPUBuffer, qStride: number;
@@ -49,7 +49,7 @@ export function attentionBlock(
     plan.matmul(w.qkv.qkv, acts.normed, acts.qkv, { bias: w.qkv.bias });
     plan.elementwise(
       ropeStoreSource({ ...shape, packed: true, clip: a.clipQkv }),
-      { qkv: acts.qkv, ...caches },
+      { qkv: acts.qkv, ...ropeAndCache },
       ropeStoreWidth(shape),
     );
     q = acts.qkv;
@@ -68,7 +68,7 @@ export function attentionBlock(
     }
     plan.elementwise(
       ropeStoreSource({ ...shape, packed: false, clip: a.clipQkv }),
-      { q: acts.q, k: acts.k, v: acts.v, ...caches },
+      { q: acts.q, k: acts.k, v: acts.v, ...ropeAndCache },
       ropeStoreWidth(shape),
     );
     q = acts.q;
