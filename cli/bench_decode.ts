@@ -15,9 +15,10 @@
 
 import type { Args } from "./args.ts";
 import { UsageError } from "../schemas/errors.ts";
-import { openArtifact } from "../schemas/artifact.ts";
-import { createWebGpuEngine, formatOf, type WebGpuEngine } from "../runtime/engine.ts";
-import { matrixBytes } from "../runtime/kernels/matmul.ts";
+import { isRoutedExpertMatrix, openArtifact, type TensorRecord } from "../schemas/artifact.ts";
+import type { ModelSpec } from "../schemas/model.ts";
+import { createWebGpuEngine, formatOf, type WebGpuEngine } from "../runtime/engine/mod.ts";
+import { matrixBytes } from "../runtime/kernels/weights.ts";
 import { copyBandwidth, dispatchOverhead } from "../runtime/bench/measure.ts";
 import { tokenizerFor } from "./model_source.ts";
 
@@ -45,23 +46,28 @@ export interface DecodeResult {
 
 /**
  * Active weight bytes per decoded token: every non-expert matrix in full except the embedding
- * (one row), plus per MoE layer top-k times the mean packed bytes of an expert (gate + up + down).
+ * (one row), plus per MoE block its top-k times the mean packed bytes of one of its experts.
  */
-export function activeBytes(
-  tensors: { role: string; layer: number; expert: number; shape: number[] }[],
-  fmt: (t: never) => Parameters<typeof matrixBytes>[0],
-  topK: number,
-): ActiveBytes {
+export function activeBytes(spec: ModelSpec, tensors: readonly TensorRecord[]): ActiveBytes {
+  const topK = new Map<string, number>();
+  spec.decoder.layers.forEach((layer, l) => {
+    for (const block of layer.blocks) {
+      if (block.kind === "ffn" && block.ffn.kind === "moe") {
+        topK.set(`decoder/${l}`, block.ffn.topK);
+      }
+    }
+  });
   let dense = 0;
-  const perLayer = new Map<number, { bytes: number; experts: Set<number> }>();
+  const perBlock = new Map<string, { bytes: number; experts: Set<number> }>();
   for (const t of tensors) {
     if (t.shape.length !== 2) continue;
-    const b = matrixBytes(fmt(t as never), t.shape[0], t.shape[1]);
-    if (t.role.startsWith("expert_")) {
-      const l = perLayer.get(t.layer) ?? { bytes: 0, experts: new Set<number>() };
-      l.bytes += b;
-      l.experts.add(t.expert);
-      perLayer.set(t.layer, l);
+    const b = matrixBytes(formatOf(t), t.shape[0], t.shape[1]);
+    if (isRoutedExpertMatrix(t)) {
+      const at = `${t.stack}/${t.layer}`;
+      const block = perBlock.get(at) ?? { bytes: 0, experts: new Set<number>() };
+      block.bytes += b;
+      block.experts.add(t.expert);
+      perBlock.set(at, block);
     } else if (t.role === "embed") {
       dense += b / t.shape[0];
     } else {
@@ -69,7 +75,7 @@ export function activeBytes(
     }
   }
   let experts = 0;
-  for (const l of perLayer.values()) experts += (topK * l.bytes) / l.experts.size;
+  for (const [at, block] of perBlock) experts += (topK.get(at)! * block.bytes) / block.experts.size;
   return { dense, experts, total: dense + experts };
 }
 
@@ -81,7 +87,7 @@ async function measure(path: string, prompt: string, tokens: number): Promise<De
     engine = await createWebGpuEngine(artifact);
     const tokenizerJson = await artifact.readTokenizerJson();
     const chatTemplate = artifact.tokenizer.chatTemplate ?? null;
-    ids = tokenizerFor(artifact.config, { tokenizerJson, chatTemplate }).encode(prompt);
+    ids = tokenizerFor(artifact.model, { tokenizerJson, chatTemplate }).encode(prompt);
   } finally {
     artifact.close();
   }
@@ -92,12 +98,7 @@ async function measure(path: string, prompt: string, tokens: number): Promise<De
         `bench decode: ${ids.length} prompt + ${tokens} tokens exceed the context ${engine.maxContext}`,
       );
     }
-    const cfg = engine.config;
-    const active = activeBytes(
-      artifact.tensors,
-      formatOf as never,
-      cfg.routing.topK,
-    );
+    const active = activeBytes(engine.model, artifact.tensors);
     const copy = await copyBandwidth(engine.device, 16 * 1024 * 1024, 10);
     const overhead = await dispatchOverhead(engine.device);
     const wall = async (n: number, every: number) => {

@@ -14,15 +14,14 @@ import type { Args } from "./args.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { requestGpu } from "../runtime/device.ts";
 import { storageBuffer } from "../runtime/kernels/kernel.ts";
+import { matmulGroups, matmulSource } from "../runtime/kernels/matmul.ts";
 import {
   formatName,
-  matmulGroups,
-  matmulSource,
   matrixBytes,
   uploadWeightSet,
-  weightBindings,
+  weightBuffers,
   type WeightFormat,
-} from "../runtime/kernels/matmul.ts";
+} from "../runtime/kernels/weights.ts";
 import { tiledGroups, tiledMatmulSource } from "../runtime/kernels/tiled.ts";
 import {
   copyBandwidth,
@@ -91,7 +90,7 @@ export async function benchKernels(args: Args): Promise<void> {
       const set = uploadWeightSet(device, format, pr, C, [hostZeros(format, pr, C)]);
       const x = storageBuffer(device, C * 4, "x", new Float32Array(C).fill(0.5));
       const y = storageBuffer(device, pr * 4, "y");
-      const wb = Object.fromEntries(weightBindings(format).map((n, i) => [n, set.buffers[i]]));
+      const wb = weightBuffers(set);
       const step = device.createBuffer({
         size: 16,
         usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,

@@ -50,7 +50,7 @@ export async function run(args: Args): Promise<void> {
   try {
     const ids = idsFlag ?? tokenizer.encode(prompt!);
     if (ids.length === 0) throw new UsageError("run: the prompt is empty");
-    const bad = ids.find((id) => id >= engine.config.vocabSize);
+    const bad = ids.find((id) => id >= engine.model.vocabSize);
     if (bad !== undefined) throw new UsageError(`--ids: ${bad} is outside the vocabulary`);
     const json = args.flag("json");
     const out: number[] = [];

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ModelConfig } from "../schemas/model_legacy.ts";
+import type { ModelSpec } from "../schemas/model.ts";
 
 /** Sampling and stopping options for `generate`. */
 export interface GenerateOptions {
@@ -29,7 +29,8 @@ export interface GenerateOptions {
 
 /** A loaded model ready to run. */
 export interface Engine {
-  readonly config: ModelConfig;
+  /** The model description (schemas/model.ts). */
+  readonly model: ModelSpec;
   /** Logits for every position of `ids`: one Float32Array of vocabSize per position. */
   logits(ids: number[]): Promise<Float32Array[]>;
   /** Prefills `promptIds` then yields generated ids one by one. */

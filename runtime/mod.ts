@@ -13,14 +13,14 @@
  */
 
 import { type Artifact, openArtifact, openArtifactBytes } from "../schemas/artifact.ts";
-import { createWebGpuEngine, type WebGpuEngine, type WebGpuEngineOptions } from "./engine.ts";
+import { createWebGpuEngine, type WebGpuEngine, type WebGpuEngineOptions } from "./engine/mod.ts";
 
 export type { Engine, GenerateOptions } from "./api.ts";
 export { type Artifact, openArtifact, openArtifactBytes } from "../schemas/artifact.ts";
 export { requestGpu } from "./device.ts";
 export type { DeviceNeeds, DeviceOptions, GpuContext } from "./device.ts";
-export { createWebGpuEngine } from "./engine.ts";
-export type { WebGpuEngine, WebGpuEngineOptions } from "./engine.ts";
+export { checkSupported, createWebGpuEngine, formatOf } from "./engine/mod.ts";
+export type { EngineArtifact, WebGpuEngine, WebGpuEngineOptions } from "./engine/mod.ts";
 export { readbackCount } from "./kernels/kernel.ts";
 export * from "../schemas/errors.ts";
 

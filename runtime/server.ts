@@ -359,7 +359,7 @@ async function generate(
 /** The engine's context length: its `maxContext` when it has one (WebGPU engine), else the model's. */
 function contextOf(engine: Engine): number {
   const maxContext = (engine as { maxContext?: unknown }).maxContext;
-  return typeof maxContext === "number" ? maxContext : engine.config.maxPositions;
+  return typeof maxContext === "number" ? maxContext : engine.model.maxPositions;
 }
 
 function usage(job: Job, completionTokens: number) {
@@ -470,8 +470,8 @@ function parseJob(
     return v;
   };
   const tokenId = (v: unknown, param: string): number => {
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v >= engine.config.vocabSize) {
-      throw bad(param, `token ids must be integers in [0, ${engine.config.vocabSize})`);
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v >= engine.model.vocabSize) {
+      throw bad(param, `token ids must be integers in [0, ${engine.model.vocabSize})`);
     }
     return v;
   };
@@ -559,7 +559,7 @@ function parseJob(
     maxTokens,
     temperature: number("temperature", 1, 0, 100),
     topP: number("top_p", 1, 0, 1),
-    topK: integer("top_k", 0, 0, engine.config.vocabSize),
+    topK: integer("top_k", 0, 0, engine.model.vocabSize),
     seed: integer("seed", Math.floor(Math.random() * 2 ** 32), -(2 ** 53), 2 ** 53),
     stopStrings,
     stopIds: [...stopIds],

@@ -1,32 +1,35 @@
 import assert from "node:assert/strict";
 import type { Engine, GenerateOptions } from "./api.ts";
-import type { ModelConfig } from "../schemas/model_legacy.ts";
+import type { ModelSpec } from "../schemas/model.ts";
 import { serve, type ServeOptions } from "./server.ts";
 import { createTokenizer } from "./tokenizer.ts";
 
-const CONFIG: ModelConfig = {
+/** A one-layer description: the server reads only the vocabulary, context and special ids. */
+const MODEL: ModelSpec = {
   family: "mixtral",
   vocabSize: 256,
   hiddenSize: 8,
-  numLayers: 1,
-  numHeads: 1,
-  numKvHeads: 1,
-  headDim: 8,
-  expertIntermediateSize: 8,
-  denseIntermediateSize: 0,
-  sharedIntermediateSize: 0,
-  sharedExpertGated: false,
-  ropeTheta: 10000,
-  rmsNormEps: 1e-5,
   maxPositions: 4096,
-  tieWordEmbeddings: false,
-  qkvBias: false,
-  qkNorm: "none",
-  activation: "silu",
-  routing: { scoring: "softmax", numExperts: 2, topK: 1, normTopK: true },
-  layerKinds: ["moe"],
+  embedScale: 1,
+  encoder: null,
+  decoder: {
+    layers: [{
+      blocks: [{
+        kind: "ffn",
+        norm: { kind: "rms", eps: 1e-5, bias: false },
+        ffn: {
+          kind: "dense",
+          mlp: { intermediate: 8, activation: { kind: "swiglu" }, bias: false },
+        },
+      }],
+      residualScale: 1,
+    }],
+    finalNorm: { kind: "rms", eps: 1e-5, bias: false },
+  },
+  head: { tied: false, scale: 1, bias: false },
   bosTokenId: 2,
   eosTokenIds: [3],
+  decoderStartTokenId: null,
 };
 
 /**
@@ -34,7 +37,7 @@ const CONFIG: ModelConfig = {
  * the prompt length, repeated. Optional delay per token; records calls, aborts and concurrency.
  */
 class FakeEngine implements Engine {
-  readonly config = CONFIG;
+  readonly model = MODEL;
   delayMs = 0;
   calls = 0;
   aborts = 0;

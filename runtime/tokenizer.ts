@@ -13,7 +13,7 @@ import { Tokenizer as HfTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 // deno-lint-ignore no-import-prefix
 import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { InputError } from "../schemas/errors.ts";
-import type { ModelConfig } from "../schemas/model_legacy.ts";
+import type { ModelSpec } from "../schemas/model.ts";
 
 /** One chat turn. */
 export interface ChatMessage {
@@ -64,7 +64,7 @@ export interface Tokenizer {
   applyChatTemplate(messages: ChatMessage[], options?: ChatTemplateOptions): string;
 }
 
-/** Special ids, as in ModelConfig (`bosTokenId`, `eosTokenIds`). */
+/** Special ids, as in the model description (`bosTokenId`, `eosTokenIds`). */
 export interface SpecialIds {
   /** BOS id or null. */
   bos: number | null;
@@ -115,8 +115,8 @@ export function createTokenizer(
 
 /** The parts of an opened artifact (schemas/artifact.ts `Artifact`) a tokenizer needs. */
 export interface TokenizerSource {
-  /** Model config: BOS and EOS ids. */
-  readonly config: ModelConfig;
+  /** The model description: its BOS and EOS ids. */
+  readonly model: Pick<ModelSpec, "bosTokenId" | "eosTokenIds">;
   /** The artifact's tokenizer record: its chat template. */
   readonly tokenizer: { readonly chatTemplate: string | null };
   /** tokenizer.json bytes, or null for byte-level models. */
@@ -126,8 +126,8 @@ export interface TokenizerSource {
 /** Creates the tokenizer stored in an artifact (byte-level when it holds no tokenizer.json). */
 export async function tokenizerFromArtifact(artifact: TokenizerSource): Promise<Tokenizer> {
   return createTokenizer(await artifact.readTokenizerJson(), artifact.tokenizer.chatTemplate, {
-    bos: artifact.config.bosTokenId,
-    eos: artifact.config.eosTokenIds,
+    bos: artifact.model.bosTokenId,
+    eos: artifact.model.eosTokenIds,
   });
 }
 

@@ -163,18 +163,16 @@ Deno.test("bad tokenizer.json is an InputError naming the file", () => {
 });
 
 Deno.test("tokenizerFromArtifact reads tokenizer.json, template and special ids", async () => {
-  const config = { bosTokenId: 316, eosTokenIds: [317, 318] } as Parameters<
-    typeof tokenizerFromArtifact
-  >[0]["config"];
+  const model = { bosTokenId: 316, eosTokenIds: [317, 318] };
   const fromBpe = await tokenizerFromArtifact({
-    config,
+    model,
     tokenizer: { chatTemplate: "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}" },
     readTokenizerJson: () => Promise.resolve(jsonBytes),
   });
   assert.deepEqual([fromBpe.bos, fromBpe.eos], [316, [317, 318]]);
   assert.equal(fromBpe.applyChatTemplate([{ role: "user", content: "x" }]), "<s>x</s>");
   const fromBytes = await tokenizerFromArtifact({
-    config,
+    model,
     tokenizer: { chatTemplate: null },
     readTokenizerJson: () => Promise.resolve(null),
   });

@@ -5,7 +5,12 @@
  */
 import { requestGpu } from "../device.ts";
 import { bindKernel, getKernel, type KernelSource, STEP_BYTES, storageBuffer } from "./kernel.ts";
-import { attentionPrefillSource, attentionSource, prefillGroups, prefillTile } from "./ops.ts";
+import {
+  attentionPrefillSource,
+  attentionSource,
+  prefillGroups,
+  prefillTile,
+} from "./attention.ts";
 
 const device = (await requestGpu()).device;
 const nh = 4, nkv = 2, hd = 32, T = 128;
@@ -18,8 +23,8 @@ const fill = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(
 const bufs = {
   step,
   q: storageBuffer(device, T * nh * hd * 4, "q", fill(T * nh * hd)),
-  kc: storageBuffer(device, T * nkv * hd * 4, "kc", fill(T * nkv * hd)),
-  vc: storageBuffer(device, T * nkv * hd * 4, "vc", fill(T * nkv * hd)),
+  kCache: storageBuffer(device, T * nkv * hd * 4, "kCache", fill(T * nkv * hd)),
+  vCache: storageBuffer(device, T * nkv * hd * 4, "vCache", fill(T * nkv * hd)),
   out: storageBuffer(device, T * nh * hd * 4, "out"),
 };
 
@@ -41,12 +46,10 @@ function runner(src: KernelSource, groups: [number, number, number]): () => Prom
   };
 }
 
-const decode = runner(attentionSource(nh, nkv, hd), [nh, T, 1]);
-const tile = prefillTile(nh, nkv, hd);
-const prefill = runner(
-  attentionPrefillSource(nh, nkv, hd, nh * hd, tile),
-  prefillGroups(nh, nkv, tile, T),
-);
+const key = { numHeads: nh, numKvHeads: nkv, headDim: hd, qStride: nh * hd, scale: hd ** -0.5 };
+const decode = runner(attentionSource(key), [nh, T, 1]);
+const tile = prefillTile(key);
+const prefill = runner(attentionPrefillSource(key, tile), prefillGroups(key, tile, T));
 await decode();
 await prefill();
 

@@ -9,12 +9,13 @@ import { mulberry32 as rng } from "../../schemas/prng.ts";
 import { requestGpu } from "../device.ts";
 import { type KernelSource, storageBuffer } from "./kernel.ts";
 import {
+  type AttentionKey,
   attentionPrefillSource,
   attentionSource,
   prefillGroups,
   type PrefillTile,
   prefillTile,
-} from "./ops.ts";
+} from "./attention.ts";
 
 const device = (await requestGpu()).device;
 
@@ -26,9 +27,17 @@ interface Case {
   pos0: number;
   /** Extra floats per q row beyond nh·hd (a packed [q | k | v] row). */
   pad: number;
+  /** Multiplier of q·k (default 1/√hd). */
+  scale?: number;
 }
 
-/** float64 reference: out[t, h] = softmax_j≤pos0+t(q·k_j / sqrt(hd)) · v_j, kv head h / (nh/nkv). */
+/** The kernels' key for a case. */
+function keyOf(c: Case): AttentionKey {
+  const shape = { numHeads: c.nh, numKvHeads: c.nkv, headDim: c.hd };
+  return { ...shape, qStride: c.nh * c.hd + c.pad, scale: c.scale ?? 1 / Math.sqrt(c.hd) };
+}
+
+/** float64 reference: out[t, h] = softmax_j≤pos0+t(scale · q·k_j) · v_j, kv head h / (nh/nkv). */
 function reference(c: Case, q: Float32Array, kc: Float32Array, vc: Float32Array): Float64Array {
   const { nh, nkv, hd, T, pos0 } = c;
   const qs = nh * hd + c.pad, R = nh / nkv;
@@ -40,7 +49,7 @@ function reference(c: Case, q: Float32Array, kc: Float32Array, vc: Float32Array)
       for (let j = 0; j <= pos0 + t; j++) {
         let d = 0;
         for (let i = 0; i < hd; i++) d += q[t * qs + h * hd + i] * kc[(j * nkv + g) * hd + i];
-        sc.push(d / Math.sqrt(hd));
+        sc.push(d * (c.scale ?? 1 / Math.sqrt(hd)));
       }
       const m = Math.max(...sc);
       const p = sc.map((x) => Math.exp(x - m));
@@ -70,8 +79,8 @@ async function runKernel(
   const bufs = {
     step,
     q: storageBuffer(device, q.byteLength, "q", q),
-    kc: storageBuffer(device, kc.byteLength, "kc", kc),
-    vc: storageBuffer(device, vc.byteLength, "vc", vc),
+    kCache: storageBuffer(device, kc.byteLength, "kCache", kc),
+    vCache: storageBuffer(device, vc.byteLength, "vCache", vc),
     out,
   };
   dispatchOnce(device, src, bufs, groups);
@@ -107,6 +116,7 @@ const CASES: Case[] = [
   { nh: 4, nkv: 2, hd: 32, T: 40, pos0: 0, pad: 4 * 32 }, // the Shakespeare shape, packed qkv
   { nh: 12, nkv: 3, hd: 8, T: 11, pos0: 37, pad: 6 * 8 }, // GQA 4, pos0 > 0, packed
   { nh: 5, nkv: 1, hd: 24, T: 1, pos0: 9, pad: 0 }, // one token (decode shape) through both
+  { nh: 4, nkv: 2, hd: 16, T: 6, pos0: 3, pad: 0, scale: 0.4 }, // attention scale ≠ 1/√hd
 ];
 
 // |error| ≤ 2e-5: f32 accumulation over ≤ 48 keys of values in [-1, 1] (outputs are convex
@@ -117,9 +127,10 @@ Deno.test("prefill attention (query tile × GQA group) matches float64", async (
   for (const [i, c] of CASES.entries()) {
     const { q, kc, vc } = inputs(c, 100 + i);
     const ref = reference(c, q, kc, vc);
-    const tile = prefillTile(c.nh, c.nkv, c.hd);
-    const src = attentionPrefillSource(c.nh, c.nkv, c.hd, c.nh * c.hd + c.pad, tile);
-    const gpu = await runKernel(src, c, q, kc, vc, prefillGroups(c.nh, c.nkv, tile, c.T));
+    const key = keyOf(c);
+    const tile = prefillTile(key);
+    const src = attentionPrefillSource(key, tile);
+    const gpu = await runKernel(src, c, q, kc, vc, prefillGroups(key, tile, c.T));
     const e = maxAbsErr(gpu, ref);
     assert.ok(e <= TOL, `case ${JSON.stringify(c)} tile ${JSON.stringify(tile)}: max |err| ${e}`);
   }
@@ -138,20 +149,21 @@ Deno.test("prefill attention: explicit tiles (heads split, scalar and vec4) matc
     const { q, kc, vc } = inputs(c, 7);
     const ref = reference(c, q, kc, vc);
     for (const tile of tiles) {
-      const src = attentionPrefillSource(c.nh, c.nkv, c.hd, c.nh * c.hd + c.pad, tile);
-      const gpu = await runKernel(src, c, q, kc, vc, prefillGroups(c.nh, c.nkv, tile, c.T));
+      const src = attentionPrefillSource(keyOf(c), tile);
+      const gpu = await runKernel(src, c, q, kc, vc, prefillGroups(keyOf(c), tile, c.T));
       const e = maxAbsErr(gpu, ref);
       assert.ok(e <= TOL, `case ${JSON.stringify(c)} tile ${JSON.stringify(tile)}: max |err| ${e}`);
     }
   }
-  assert.throws(() => attentionPrefillSource(8, 2, 16, 128, { qt: 2, rh: 3 }), RangeError);
+  const bad = { nh: 8, nkv: 2, hd: 16, T: 1, pos0: 0, pad: 0 };
+  assert.throws(() => attentionPrefillSource(keyOf(bad), { qt: 2, rh: 3 }), RangeError);
 });
 
 Deno.test("decode attention (keys strided over lanes) matches float64", async () => {
   for (const [i, c] of CASES.entries()) {
     const { q, kc, vc } = inputs(c, 200 + i);
     const ref = reference(c, q, kc, vc);
-    const src = attentionSource(c.nh, c.nkv, c.hd, c.nh * c.hd + c.pad);
+    const src = attentionSource(keyOf(c));
     const gpu = await runKernel(src, c, q, kc, vc, [c.nh, c.T, 1]);
     const e = maxAbsErr(gpu, ref);
     assert.ok(e <= TOL, `case ${JSON.stringify(c)}: max |err| ${e}`);

@@ -37,6 +37,19 @@ export class BindingList {
   }
 }
 
+/** One binding of {@link kernelSource}: name, WGSL type, address space (default read-only storage). */
+export type BindingDecl = [name: string, type: string, space?: string];
+
+/**
+ * A kernel from its bindings and its WGSL body (constants, workgroup variables, `main`), with the
+ * Step uniform struct declared: what every non-matmul kernel generator returns.
+ */
+export function kernelSource(label: string, decls: BindingDecl[], body: string): KernelSource {
+  const list = new BindingList();
+  for (const [name, type, space] of decls) list.add(name, type, space);
+  return { label, code: `${STEP_WGSL}\n${list.wgsl}\n${body}`, bindings: list.names };
+}
+
 /** A compiled kernel. */
 export interface Kernel extends KernelSource {
   pipeline: GPUComputePipeline;

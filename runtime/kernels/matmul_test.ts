@@ -4,13 +4,8 @@ import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
 import type { QuantBits, ScaleType } from "../../schemas/packing.ts";
 import { bindKernel, getKernel, storageBuffer } from "./kernel.ts";
-import {
-  matmulGroups,
-  type MatmulKey,
-  matmulSource,
-  uploadWeightSet,
-  type WeightFormat,
-} from "./matmul.ts";
+import { matmulGroups, type MatmulKey, matmulSource } from "./matmul.ts";
+import { uploadWeightSet, weightBuffers, type WeightFormat } from "./weights.ts";
 
 const ctx = await requestGpu();
 const device = ctx.device;
@@ -45,14 +40,14 @@ const COLS = 77; // not a multiple of 2, 4 or 32
 
 for (const format0 of FORMATS) {
   const tol = format0.kind === "f32" ? 1e-5 : 1e-3;
-  Deno.test(`matmul dense ${label(format0)}: decode and prefill with bias/residual vs f64 (rel ≤ ${tol})`, async () => {
+  Deno.test(`matmul dense ${label(format0)}: decode and prefill with scale/bias/residual vs f64 (rel ≤ ${tol})`, async () => {
     const format = format0.kind === "q" && format0.groupSize === 0
       ? { ...format0, groupSize: COLS }
       : format0;
     const rand = rng(7 + COLS);
     const { host, values } = randomMatrix(format, ROWS, COLS, rand);
     const set = uploadWeightSet(device, format, ROWS, COLS, [host]);
-    for (const [T, tokenTile] of [[1, 1], [5, 4]]) {
+    for (const [T, tokenTile, scale] of [[1, 1, 1], [5, 4, -0.375]]) {
       const x = Float32Array.from({ length: T * COLS }, () => rand() * 2 - 1);
       const bias = Float32Array.from({ length: ROWS }, () => rand() - 0.5);
       const y0 = Float32Array.from({ length: T * ROWS }, () => rand() - 0.5);
@@ -64,15 +59,16 @@ for (const format0 of FORMATS) {
         mode: "dense",
         bias: true,
         accumulate: true,
+        scale,
       };
       const kernel = getKernel(device, matmulSource(key));
       const bufs: Record<string, GPUBuffer> = {
         step: stepBuffer(device, T),
         x: storageBuffer(device, x.byteLength, "x", x),
         y: storageBuffer(device, y0.byteLength, "y", y0),
-        B: storageBuffer(device, bias.byteLength, "B", bias),
+        bias: storageBuffer(device, bias.byteLength, "bias", bias),
+        ...weightBuffers(set),
       };
-      ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
       pass.setPipeline(kernel.pipeline);
@@ -86,7 +82,7 @@ for (const format0 of FORMATS) {
         for (let r = 0; r < ROWS; r++) {
           let s = 0;
           for (let c = 0; c < COLS; c++) s += values[r * COLS + c] * x[t * COLS + c];
-          ref[t * ROWS + r] = s + bias[r] + y0[t * ROWS + r];
+          ref[t * ROWS + r] = scale * s + bias[r] + y0[t * ROWS + r];
         }
       }
       const err = relErr(got, ref);
@@ -101,8 +97,8 @@ for (const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15
       ? { ...format, groupSize: COLS }
       : format;
     const rand = rng(99);
-    const gex = [5, 2, 7]; // global expert ids of the set's matrices
-    const mats = gex.map(() => randomMatrix(fmt, ROWS, COLS, rand));
+    const setExperts = [5, 2, 7]; // global expert ids of the set's matrices
+    const mats = setExperts.map(() => randomMatrix(fmt, ROWS, COLS, rand));
     const set = uploadWeightSet(device, fmt, ROWS, COLS, mats.map((m) => m.host));
     const K = 2;
     for (const [T, tokenTile, xRows] of [[1, 1, "token"], [6, 4, "slot"]] as const) {
@@ -131,22 +127,22 @@ for (const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15
         step: stepBuffer(device, T),
         x: storageBuffer(device, x.byteLength, "x", x),
         y: storageBuffer(device, y0.byteLength, "y", y0),
-        ids: storageBuffer(device, ids.byteLength, "ids", ids),
-        gex: storageBuffer(device, 12, "gex", new Uint32Array(gex)),
+        expertIds: storageBuffer(device, ids.byteLength, "expertIds", ids),
+        setExperts: storageBuffer(device, 12, "setExperts", new Uint32Array(setExperts)),
+        ...weightBuffers(set),
       };
-      ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
       pass.setPipeline(kernel.pipeline);
       pass.setBindGroup(0, bindKernel(device, kernel, bufs));
-      pass.dispatchWorkgroups(...matmulGroups(key, T, gex.length));
+      pass.dispatchWorkgroups(...matmulGroups(key, T, setExperts.length));
       pass.end();
       device.queue.submit([enc.finish()]);
       const got = await readF32(device, bufs.y, T * K * ROWS);
       const ref = new Float64Array(T * K * ROWS).fill(SENTINEL);
       for (let t = 0; t < T; t++) {
         for (let k = 0; k < K; k++) {
-          const m = gex.indexOf(ids[t * K + k]);
+          const m = setExperts.indexOf(ids[t * K + k]);
           if (m < 0) continue;
           const xr = xRows === "slot" ? t * K + k : t;
           for (let r = 0; r < ROWS; r++) {

@@ -13,7 +13,7 @@ import {
   packCodes,
   type QuantizedTensor,
 } from "../../schemas/packing.ts";
-import type { HostMatrix, WeightFormat } from "./matmul.ts";
+import type { HostMatrix, WeightFormat } from "./weights.ts";
 import { bindKernel, getKernel, type KernelSource, readBuffer, STEP_BYTES } from "./kernel.ts";
 
 /** A random matrix in `format`, with its exact f32 values (what the GPU must use). */

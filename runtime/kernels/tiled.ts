@@ -1,22 +1,25 @@
 /**
- * Register-tiled matmul for CPU adapters (lavapipe/llvmpipe), and the routed-token form of the
- * expert matmuls that both kernel styles share.
+ * Register-tiled matmul for CPU adapters (lavapipe/llvmpipe), including the routed-token form of
+ * the expert matmuls.
  *
  * Why a second matmul: on llvmpipe each invocation is one SIMD lane and every storage load is a
  * per-lane scalar load with a bounds check (~16 ns measured on the 2-core test machine, vec4
  * loads cost 4×, workgroup memory is no cheaper), while arithmetic is almost free. The cost of a
  * matmul is therefore the number of scalar loads per multiply-add. Here one invocation owns a
- * block of `RT` output rows × `TT` tokens, loads each activation once per 32-column block and
- * reuses it for all `RT` rows, and reads each packed weight word once for all `TT` tokens:
- * loads per MAC = 1/RT + bits/(32·TT) (quantized) or 1/RT + 1/TT (float), with no workgroup
- * memory and no barriers. (The classic kernel in matmul.ts has one load per MAC per token.)
+ * block of `rowTile` output rows × `tokenTile` tokens, loads each activation once per 32-column
+ * block and reuses it for all its rows, and reads each packed weight word once for all its
+ * tokens: loads per MAC = 1/rowTile + bits/(32·tokenTile) (quantized) or 1/rowTile + 1/tokenTile
+ * (float), with no workgroup memory and no barriers. (The classic kernel in matmul.ts has one
+ * load per MAC per token.) Weights are decoded by the snippets of kernels/weights.ts.
+ *
+ * Output: y = scale · (W x) + bias (+ y when accumulating).
  *
  * Modes:
  * - "dense": token tile `wg.y` covers tokens wg.y·TT .. wg.y·TT + TT − 1 of the batch;
  * - "list" (routed experts): the weight set holds several experts' matrices; workgroup z serves
- *   matrix z (global expert id gex[z]) and tile wg.y covers entries wg.y·TT.. of that expert's
- *   token list, built on the GPU by {@link routeListsSource}: route[e] is the number of
- *   (token, slot) rows that chose expert e and route[E + e·CAP + j] the j-th such row
+ *   matrix z (global expert id setExperts[z]) and tile wg.y covers entries wg.y·TT.. of that
+ *   expert's token list, built on the GPU by kernels/moe.ts `routeListsSource`: routes[e] is the
+ *   number of (token, slot) rows that chose expert e and routes[E + e·CAP + j] the j-th such row
  *   `t·K + k`. Tiles past the count exit at once, so an expert's matmul touches only the tokens
  *   routed to it.
  *
@@ -26,9 +29,17 @@
  * @module
  */
 
-import { BLOCK_CODES, groupsPerRow, wordsPerRow } from "../../schemas/packing.ts";
-import { BindingList, type KernelSource, nextPow2, STEP_WGSL, u } from "./kernel.ts";
-import { addLinearBindings, formatName, type WeightFormat } from "./matmul.ts";
+import { BLOCK_CODES } from "../../schemas/packing.ts";
+import { BindingList, f, type KernelSource, nextPow2, STEP_WGSL, u } from "./kernel.ts";
+import {
+  addWeightBindings,
+  blockCode,
+  decodeFunctions,
+  formatName,
+  loadBlockWords,
+  type WeightFormat,
+  weightLayout,
+} from "./weights.ts";
 
 /** Parameters that select one generated tiled matmul. */
 export interface TiledKey {
@@ -41,26 +52,31 @@ export interface TiledKey {
   /** Tokens (or list entries) per invocation. */
   tokenTile: number;
   mode: "dense" | "list";
-  /** List mode: x rows are tokens ("token": gate/up read x[t]) or slots ("slot": down reads x[t·K + k]). */
+  /**
+   * List mode: x rows are tokens ("token": gate/up read x[t]) or slots ("slot": down reads
+   * x[t·K + k]).
+   */
   xRows?: "token" | "slot";
   /** List mode: experts per token. */
   topK?: number;
-  /** List mode: number of experts E (offset of the lists in the route buffer). */
+  /** List mode: number of experts E (offset of the lists in the routes buffer). */
   numExperts?: number;
   /** List mode: list capacity per expert (the prefill chunk). */
   capacity?: number;
   /** Fused gate/up + SwiGLU (weights stacked [gate; up]). */
   gateUp?: boolean;
-  /** Add a bias vector (binding "B"). */
+  /** Add a bias vector (binding "bias"). */
   bias?: boolean;
   /** Add into y instead of overwriting (fused residual). */
   accumulate?: boolean;
+  /** Multiplier of W x (default 1). */
+  scale?: number;
   /** Use this token count instead of the Step uniform's T. */
   fixedT?: number;
 }
 
 /** Columns per inner block (one packed block of 32 codes). */
-const BC = BLOCK_CODES;
+const BLOCK = BLOCK_CODES;
 
 /** Invocations per workgroup for a key (llvmpipe's SIMD width is 8; at most 64). */
 export function tiledWorkgroup(key: TiledKey): number {
@@ -78,6 +94,15 @@ export function tiledGroups(key: TiledKey, T: number, count = 1): [number, numbe
   ];
 }
 
+/** Sum of eight-term groups of `term(j)` over the block's 32 columns (a fixed summation tree). */
+function blockSum(term: (j: number) => string): string {
+  const groups = [];
+  for (let v = 0; v < BLOCK; v += 8) {
+    groups.push(`(${Array.from({ length: 8 }, (_, i) => term(v + i)).join(" + ")})`);
+  }
+  return groups.join(" + ");
+}
+
 /** Generates the tiled matmul kernel for a key. */
 export function tiledMatmulSource(key: TiledKey): KernelSource {
   const { format, rows, cols } = key;
@@ -86,186 +111,154 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   const K = key.topK ?? 1;
   const useStep = key.fixedT === undefined && !list;
   const WG = tiledWorkgroup(key);
-  const nmat = key.gateUp ? 2 : 1;
   const binds = new BindingList();
   if (useStep) binds.add("step", "Step", "uniform");
-  addLinearBindings(binds, format, { f32Type: "array<f32>", bias: key.bias === true });
+  binds.add("x", "array<f32>");
+  binds.add("y", "array<f32>", "storage, read_write");
+  addWeightBindings(binds, format, "array<f32>");
+  if (key.bias) binds.add("bias", "array<f32>");
   if (list) {
-    binds.add("route", "array<u32>");
-    binds.add("gex", "array<u32>");
+    binds.add("routes", "array<u32>");
+    binds.add("setExperts", "array<u32>");
   }
 
-  // Weight rows of one stored matrix, row stride, per-matrix strides.
-  const wRows = rows * nmat;
-  let rowStride: number, groupStride = 0, gpr = 0;
-  if (format.kind === "q") {
-    rowStride = wordsPerRow(cols, format.bits);
-    gpr = groupsPerRow(cols, format.groupSize);
-    groupStride = wRows * gpr;
-  } else if (format.kind === "f32") {
-    rowStride = Math.ceil(cols / 4) * 4; // f32 rows are padded to vec4 by uploadWeightSet
-  } else {
-    rowStride = Math.ceil(cols / 2);
-  }
-  const matrixStride = wRows * rowStride;
-  const blocks = Math.ceil(cols / BC);
-  const ragged = cols % BC !== 0;
+  const layout = weightLayout(format, rows * (key.gateUp ? 2 : 1), cols);
+  const blocks = Math.ceil(cols / BLOCK);
+  const ragged = cols % BLOCK !== 0;
 
-  // x loads of one block: xv{tt}_{j} for column c0 + j of token row xr{tt}.
+  // Activations of one block: x{tt}_{j} is column c0 + j of token row xRow{tt}.
   const xLoads: string[] = [];
   const xSums: string[] = [];
   for (let tt = 0; tt < TT; tt++) {
-    for (let j = 0; j < BC; j++) {
+    for (let j = 0; j < BLOCK; j++) {
       const idx = `xb${tt} + ${u(j)}`;
       xLoads.push(
         ragged
-          ? `let x${tt}_${j} = select(0.0, x[min(${idx}, xlim)], c0 + ${u(j)} < COLS);`
+          ? `let x${tt}_${j} = select(0.0, x[min(${idx}, xLast)], c0 + ${u(j)} < COLS);`
           : `let x${tt}_${j} = x[${idx}];`,
       );
     }
-    if (format.kind === "q") {
-      const terms = Array.from({ length: BC }, (_, j) => `x${tt}_${j}`);
-      const parts = [];
-      for (let v = 0; v < BC; v += 8) parts.push(`(${terms.slice(v, v + 8).join(" + ")})`);
-      xSums.push(`let sx${tt} = ${parts.join(" + ")};`);
-    }
+    if (format.kind === "q") xSums.push(`let xSum${tt} = ${blockSum((j) => `x${tt}_${j}`)};`);
   }
 
-  // Per weight row (index expression `wr`, accumulator prefix `a`), the weights of the block
-  // as w_{j} and the per-token accumulation.
-  const rowBlock = (wr: string, a: string): string => {
+  // One weight row's block (row index expression `wr`) accumulated into `{acc}{tt}`.
+  const rowBlock = (wr: string, acc: string): string => {
     const lines: string[] = [];
+    const rowStart = `mbase + ${wr} * ROW_STRIDE`;
     if (format.kind === "q") {
+      // Σ_j (q_j − z)·s·x_j = s·(Σ_j q_j·x_j − z·Σ_j x_j).
       const bits = format.bits;
-      const base = `mb + ${wr} * RS + b * ${u(bits)}`;
-      for (let i = 0; i < bits; i++) lines.push(`let w${i} = W[${base} + ${u(i)}];`);
-      const param = (arr: string) =>
-        format.scaleType === "f16" ? `unpack2x16float(${arr}[gi >> 1u])[gi & 1u]` : `${arr}[gi]`;
-      lines.push(`let gi = gb + ${wr} * GPR + (b * ${u(BC)}) / GS;`);
-      lines.push(`let s = ${param("S")};`);
-      lines.push(`let z = ${param("Z")};`);
-      for (let j = 0; j < BC; j++) lines.push(`let q${j} = f32(${codeExpr(j, bits)});`);
+      lines.push(...loadBlockWords(bits, `${rowStart} + b * ${u(bits)}`));
+      lines.push(`let g = gbase + ${wr} * GROUPS_PER_ROW + (b * ${u(BLOCK)}) / GROUP_SIZE;`);
+      lines.push(`let s = groupScale(g);`, `let z = groupZero(g);`);
+      for (let j = 0; j < BLOCK; j++) lines.push(`let q${j} = f32(${blockCode(j, bits)});`);
       for (let tt = 0; tt < TT; tt++) {
-        const dot = [];
-        for (let v = 0; v < BC; v += 8) {
-          dot.push(
-            `(${Array.from({ length: 8 }, (_, i) => `q${v + i} * x${tt}_${v + i}`).join(" + ")})`,
-          );
-        }
-        lines.push(`${a}${tt} += s * ((${dot.join(" + ")}) - z * sx${tt});`);
+        const dot = blockSum((j) => `q${j} * x${tt}_${j}`);
+        lines.push(`${acc}${tt} += s * ((${dot}) - z * xSum${tt});`);
       }
     } else {
-      const per = format.kind === "f32" ? 1 : 2;
-      const words = BC / per;
-      const rowEnd = `(mb + ${wr} * RS + RS - 1u)`;
+      const perWord = format.kind === "f32" ? 1 : 2;
+      const words = BLOCK / perWord;
+      const rowEnd = `(${rowStart} + ROW_STRIDE - 1u)`;
       for (let i = 0; i < words; i++) {
-        const idx = `mb + ${wr} * RS + b * ${u(words)} + ${u(i)}`;
+        const idx = `${rowStart} + b * ${u(words)} + ${u(i)}`;
         const at = ragged ? `min(${idx}, ${rowEnd})` : idx;
-        if (format.kind === "f32") lines.push(`let w${i} = W[${at}];`);
-        else if (format.kind === "f16") lines.push(`let p${i} = unpack2x16float(W[${at}]);`);
-        else {
-          lines.push(`let h${i} = W[${at}];`);
-          lines.push(
-            `let p${i} = vec2<f32>(bitcast<f32>(h${i} << 16u), bitcast<f32>(h${i} & 0xffff0000u));`,
-          );
-        }
+        lines.push(
+          format.kind === "f32"
+            ? `let w${i} = weights[${at}];`
+            : `let p${i} = decodePair(weights[${at}]);`,
+        );
       }
-      const wAt = (j: number) => format.kind === "f32" ? `w${j}` : `p${j >> 1}.${"xy"[j & 1]}`;
+      const weight = (j: number) => format.kind === "f32" ? `w${j}` : `p${j >> 1}.${"xy"[j & 1]}`;
       for (let tt = 0; tt < TT; tt++) {
-        const dot = [];
-        for (let v = 0; v < BC; v += 8) {
-          dot.push(
-            `(${
-              Array.from({ length: 8 }, (_, i) => `${wAt(v + i)} * x${tt}_${v + i}`).join(" + ")
-            })`,
-          );
-        }
-        lines.push(`${a}${tt} += ${dot.join(" + ")};`);
+        lines.push(`${acc}${tt} += ${blockSum((j) => `${weight(j)} * x${tt}_${j}`)};`);
       }
     }
     return `{\n        ${lines.join("\n        ")}\n      }`;
   };
 
-  // Accumulators: acc{i}_{tt} (gate or plain) and up{i}_{tt} (gateUp).
+  // Accumulators: acc{i}_{tt} (gate, or the plain product) and up{i}_{tt} (gateUp).
+  const scale = key.scale === undefined || key.scale === 1 ? "" : `${f(key.scale)} * `;
   const accDecl: string[] = [];
   const rowCode: string[] = [];
   const stores: string[] = [];
   for (let i = 0; i < RT; i++) {
     for (let tt = 0; tt < TT; tt++) {
-      accDecl.push(`var a${i}_${tt} = 0.0;`);
-      if (key.gateUp) accDecl.push(`var g${i}_${tt} = 0.0;`);
+      accDecl.push(`var acc${i}_${tt} = 0.0;`);
+      if (key.gateUp) accDecl.push(`var up${i}_${tt} = 0.0;`);
     }
     const wr = `min(r0 + ${u(i)}, ROWS - 1u)`;
-    rowCode.push(rowBlock(wr, `a${i}_`));
-    if (key.gateUp) rowCode.push(rowBlock(`(${wr} + ROWS)`, `g${i}_`));
+    rowCode.push(rowBlock(wr, `acc${i}_`));
+    if (key.gateUp) rowCode.push(rowBlock(`(${wr} + ROWS)`, `up${i}_`));
     for (let tt = 0; tt < TT; tt++) {
-      const val = key.gateUp
-        ? `a${i}_${tt} / (1.0 + exp(-a${i}_${tt})) * g${i}_${tt}`
-        : `a${i}_${tt}`;
+      const a = `acc${i}_${tt}`;
+      const val = key.gateUp ? `${a} / (1.0 + exp(-${a})) * up${i}_${tt}` : a;
       stores.push(`if (live${tt} && r0 + ${u(i)} < ROWS) {
-    let o = yr${tt} * ROWS + r0 + ${u(i)};
-    var v = ${val};
-    ${key.bias ? `v += B[r0 + ${u(i)}];` : ""}
+    let o = yRow${tt} * ROWS + r0 + ${u(i)};
+    var v = ${scale}${val};
+    ${key.bias ? `v += bias[r0 + ${u(i)}];` : ""}
     ${key.accumulate ? "v += y[o];" : ""}
     y[o] = v;
   }`);
     }
   }
 
-  const tExpr = useStep ? "step.T" : u(key.fixedT ?? 0);
   const tokenSetup: string[] = [];
   if (list) {
     tokenSetup.push(
-      `let e = gex[wg.z];`,
-      `let n = route[e];`,
+      `let e = setExperts[wg.z];`,
+      `let n = routes[e];`,
       `let j0 = wg.y * TT;`,
       `if (j0 >= n) { return; }`,
-      `let mb = wg.z * MS;`,
-      `let gb = wg.z * GSTRIDE;`,
+      `let mbase = wg.z * MATRIX_STRIDE;`,
+      `let gbase = wg.z * GROUP_STRIDE;`,
     );
     for (let tt = 0; tt < TT; tt++) {
+      const entry = `routes[NUM_EXPERTS + e * CAPACITY + min(j0 + ${u(tt)}, CAPACITY - 1u)]`;
       tokenSetup.push(
         `let live${tt} = j0 + ${u(tt)} < n;`,
-        `let sr${tt} = select(0u, route[NE + e * CAP + min(j0 + ${u(tt)}, CAP - 1u)], live${tt});`,
-        `let xr${tt} = ${key.xRows === "slot" ? `sr${tt}` : `sr${tt} / ${u(K)}`};`,
-        `let yr${tt} = sr${tt};`,
+        `let slotRow${tt} = select(0u, ${entry}, live${tt});`,
+        `let xRow${tt} = ${key.xRows === "slot" ? `slotRow${tt}` : `slotRow${tt} / ${u(K)}`};`,
+        `let yRow${tt} = slotRow${tt};`,
       );
     }
   } else {
-    tokenSetup.push(`let T = ${tExpr};`, `let mb = 0u;`, `let gb = 0u;`);
+    const T = useStep ? "step.T" : u(key.fixedT ?? 0);
+    tokenSetup.push(`let T = ${T};`, `let mbase = 0u;`, `let gbase = 0u;`);
     for (let tt = 0; tt < TT; tt++) {
       tokenSetup.push(
         `let t${tt} = wg.y * TT + ${u(tt)};`,
         `let live${tt} = t${tt} < T;`,
-        `let xr${tt} = select(0u, t${tt}, live${tt});`,
-        `let yr${tt} = t${tt};`,
+        `let xRow${tt} = select(0u, t${tt}, live${tt});`,
+        `let yRow${tt} = t${tt};`,
       );
     }
   }
 
   const code = `${useStep ? STEP_WGSL : ""}
 ${binds.wgsl}
+${decodeFunctions(format)}
 const ROWS = ${u(rows)};
 const COLS = ${u(cols)};
-const RS = ${u(rowStride)};
-const MS = ${u(matrixStride)};
-const GSTRIDE = ${u(groupStride)};
-const GPR = ${u(gpr)};
-const GS = ${u(format.kind === "q" ? format.groupSize : 1)};
+const ROW_STRIDE = ${u(layout.rowStride)};
+const MATRIX_STRIDE = ${u(layout.matrixStride)};
+const GROUP_STRIDE = ${u(layout.groupStride)};
+const GROUPS_PER_ROW = ${u(layout.groupsPerRow)};
+const GROUP_SIZE = ${u(format.kind === "q" ? format.groupSize : 1)};
 const TT = ${u(TT)};
-const NE = ${u(key.numExperts ?? 0)};
-const CAP = ${u(key.capacity ?? 1)};
+const NUM_EXPERTS = ${u(key.numExperts ?? 0)};
+const CAPACITY = ${u(key.capacity ?? 1)};
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let r0 = (wg.x * ${u(WG)} + li) * ${u(RT)};
   if (r0 >= ROWS) { return; }
   ${tokenSetup.join("\n  ")}
-  let xlim = arrayLength(&x) - 1u;
-  ${Array.from({ length: TT }, (_, tt) => `let xo${tt} = xr${tt} * COLS;`).join("\n  ")}
+  let xLast = arrayLength(&x) - 1u;
+  ${Array.from({ length: TT }, (_, tt) => `let xo${tt} = xRow${tt} * COLS;`).join("\n  ")}
   ${accDecl.join("\n  ")}
   for (var b = 0u; b < ${u(blocks)}; b++) {
-    let c0 = b * ${u(BC)};
+    let c0 = b * ${u(BLOCK)};
     ${Array.from({ length: TT }, (_, tt) => `let xb${tt} = xo${tt} + c0;`).join("\n    ")}
     ${xLoads.join("\n    ")}
     ${xSums.join("\n    ")}
@@ -281,15 +274,4 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     code,
     bindings: binds.names,
   };
-}
-
-/** WGSL of code j of a 32-code block held in words w0..w{bits-1}. */
-function codeExpr(j: number, bits: number): string {
-  const bit = j * bits;
-  const w = bit >>> 5;
-  const sh = bit & 31;
-  const mask = u((1 << bits) - 1);
-  const lo = sh === 0 ? `w${w}` : `(w${w} >> ${u(sh)})`;
-  if (sh + bits <= 32) return bits === 32 - sh ? lo : `(${lo} & ${mask})`;
-  return `((${lo} | (w${w + 1} << ${u(32 - sh)})) & ${mask})`;
 }

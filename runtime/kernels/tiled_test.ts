@@ -7,10 +7,10 @@ import { mulberry32 as rng } from "../../schemas/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
 import { type KernelSource, readBuffer, storageBuffer } from "./kernel.ts";
-import { type HostMatrix, uploadWeightSet, type WeightFormat } from "./matmul.ts";
+import { type HostMatrix, uploadWeightSet, weightBuffers, type WeightFormat } from "./weights.ts";
 import type { QuantizedTensor } from "../../schemas/packing.ts";
 import { tiledGroups, type TiledKey, tiledMatmulSource } from "./tiled.ts";
-import { routeListsSource } from "./ops.ts";
+import { routeListsSource } from "./moe.ts";
 
 const device = (await requestGpu()).device;
 
@@ -74,7 +74,7 @@ const name = (f: WeightFormat) =>
 
 for (const format of FORMATS) {
   const tol = format.kind === "f32" ? 1e-5 : 1e-4;
-  Deno.test(`tiled dense ${name(format)}: bias + residual, and fused gate/up SwiGLU, vs f64 (rel ≤ ${tol})`, async () => {
+  Deno.test(`tiled dense ${name(format)}: scale + bias + residual, and fused gate/up SwiGLU, vs f64 (rel ≤ ${tol})`, async () => {
     const rand = rng(11);
     const T = 7;
     const a = randomMatrix(format, ROWS, COLS, rand);
@@ -86,8 +86,8 @@ for (const format of FORMATS) {
       for (let c = 0; c < COLS; c++) s += m[r * COLS + c] * x[t * COLS + c];
       return s;
     };
-    for (const [rowTile, tokenTile] of [[4, 4], [8, 1]]) {
-      // Plain: y = W x + B + y0.
+    for (const [rowTile, tokenTile, scale] of [[4, 4, 1], [8, 1, 1.625]]) {
+      // Plain: y = scale · W x + bias + y0.
       const set = uploadWeightSet(device, format, ROWS, COLS, [a.host]);
       const bias = Float32Array.from({ length: ROWS }, () => rand() - 0.5);
       const y0 = Float32Array.from({ length: T * ROWS }, () => rand() - 0.5);
@@ -100,19 +100,20 @@ for (const format of FORMATS) {
         mode: "dense",
         bias: true,
         accumulate: true,
+        scale,
       };
       const bufs: Record<string, GPUBuffer> = {
         step: stepBuffer(device, T),
         x: xb,
         y: storageBuffer(device, y0.byteLength, "y", y0),
-        B: storageBuffer(device, bias.byteLength, "B", bias),
+        bias: storageBuffer(device, bias.byteLength, "bias", bias),
+        ...weightBuffers(set),
       };
-      ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
       await run(tiledMatmulSource(key), bufs, tiledGroups(key, T));
       const ref = new Float64Array(T * ROWS);
       for (let t = 0; t < T; t++) {
         for (let r = 0; r < ROWS; r++) {
-          ref[t * ROWS + r] = dot(a.values, t, r) + bias[r] + y0[t * ROWS + r];
+          ref[t * ROWS + r] = scale * dot(a.values, t, r) + bias[r] + y0[t * ROWS + r];
         }
       }
       const err = relErr(await readF32(device, bufs.y, T * ROWS), ref);
@@ -120,13 +121,13 @@ for (const format of FORMATS) {
 
       // Fused: y = silu(gate x) · (up x), weights stacked [gate; up].
       const gu = uploadWeightSet(device, format, 2 * ROWS, COLS, [stack(a.host, b.host)]);
-      const gkey: TiledKey = { ...key, bias: false, accumulate: false, gateUp: true };
+      const gkey: TiledKey = { ...key, bias: false, accumulate: false, scale: 1, gateUp: true };
       const gbufs: Record<string, GPUBuffer> = {
         step: bufs.step,
         x: xb,
         y: storageBuffer(device, T * ROWS * 4, "y"),
+        ...weightBuffers(gu),
       };
-      ["W", "S", "Z"].forEach((n, i) => gu.buffers[i] && (gbufs[n] = gu.buffers[i]));
       await run(tiledMatmulSource(gkey), gbufs, tiledGroups(gkey, T));
       const gref = new Float64Array(T * ROWS);
       for (let t = 0; t < T; t++) {
@@ -147,15 +148,16 @@ Deno.test("route lists: top-k, weights and per-expert (token, slot) lists match 
   const logits = Float32Array.from({ length: T * E }, () => rand() * 4 - 2);
   const bufs = {
     step: stepBuffer(device, T),
-    logits: storageBuffer(device, logits.byteLength, "logits", logits),
-    ids: storageBuffer(device, T * K * 4, "ids"),
-    wts: storageBuffer(device, T * K * 4, "wts"),
-    route: storageBuffer(device, (E + E * cap) * 4, "route"),
+    routerLogits: storageBuffer(device, logits.byteLength, "routerLogits", logits),
+    expertIds: storageBuffer(device, T * K * 4, "expertIds"),
+    expertWeights: storageBuffer(device, T * K * 4, "expertWeights"),
+    routes: storageBuffer(device, (E + E * cap) * 4, "routes"),
   };
-  await run(routeListsSource(E, K, true, cap), bufs, [1, 1, 1]);
-  const ids = new Uint32Array((await readBuffer(device, bufs.ids, T * K * 4)).buffer);
-  const wts = await readF32(device, bufs.wts, T * K);
-  const route = new Uint32Array((await readBuffer(device, bufs.route, (E + E * cap) * 4)).buffer);
+  const key = { numExperts: E, topK: K, normTopK: true, scale: 1 };
+  await run(routeListsSource(key, cap), bufs, [1, 1, 1]);
+  const ids = new Uint32Array((await readBuffer(device, bufs.expertIds, T * K * 4)).buffer);
+  const wts = await readF32(device, bufs.expertWeights, T * K);
+  const route = new Uint32Array((await readBuffer(device, bufs.routes, (E + E * cap) * 4)).buffer);
   const lists: number[][] = Array.from({ length: E }, () => []);
   for (let t = 0; t < T; t++) {
     const row = Array.from(logits.subarray(t * E, (t + 1) * E));
@@ -180,8 +182,8 @@ for (const format of [FORMATS[1], FORMATS[3], FORMATS[4]]) {
   Deno.test(`tiled list ${name(format)}: experts touch only their routed rows (gate/up and down)`, async () => {
     const rand = rng(21);
     const E = 5, K = 2, cap = 8, T = 6;
-    const gex = [4, 1, 3]; // this set's experts; 0 and 2 live elsewhere
-    const mats = gex.map(() => ({
+    const setExperts = [4, 1, 3]; // this set's experts; 0 and 2 live elsewhere
+    const mats = setExperts.map(() => ({
       g: randomMatrix(format, ROWS, COLS, rand),
       u: randomMatrix(format, ROWS, COLS, rand),
     }));
@@ -221,15 +223,15 @@ for (const format of [FORMATS[1], FORMATS[3], FORMATS[4]]) {
       const bufs: Record<string, GPUBuffer> = {
         x: storageBuffer(device, x.byteLength, "x", x),
         y: storageBuffer(device, y0.byteLength, "y", y0),
-        route: storageBuffer(device, route.byteLength, "route", route),
-        gex: storageBuffer(device, 12, "gex", new Uint32Array(gex)),
+        routes: storageBuffer(device, route.byteLength, "routes", route),
+        setExperts: storageBuffer(device, 12, "setExperts", new Uint32Array(setExperts)),
+        ...weightBuffers(set),
       };
-      ["W", "S", "Z"].forEach((n, i) => set.buffers[i] && (bufs[n] = set.buffers[i]));
-      await run(tiledMatmulSource(key), bufs, tiledGroups(key, T, gex.length));
+      await run(tiledMatmulSource(key), bufs, tiledGroups(key, T, setExperts.length));
       const got = await readF32(device, bufs.y, T * K * ROWS);
       const ref = new Float64Array(T * K * ROWS).fill(SENT);
       ids.forEach((e, sr) => {
-        const m = gex.indexOf(e);
+        const m = setExperts.indexOf(e);
         if (m < 0) return;
         const xr = xRows === "slot" ? sr : Math.floor(sr / K);
         for (let r = 0; r < ROWS; r++) {

@@ -1,26 +1,20 @@
 /**
- * Context shifting in `generate`, and the classic (GPU-style) kernel path on the same fixture.
+ * Context shifting in `generate` against the reference with the same shift rule, and the
+ * classic (GPU-style) kernels against the tiled ones on the same artifact.
  */
 import assert from "node:assert/strict";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
-import { emitArtifact } from "../compiler/emit/mod.ts";
-import { prepareReference, ReferenceSession } from "../compiler/reference/forward.ts";
-import { loadModel, readbackCount } from "./mod.ts";
-
-await Deno.mkdir(".tmp", { recursive: true });
-
-function argmax(row: ArrayLike<number>): number {
-  let b = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[b]) b = i;
-  return b;
-}
+import type { ModelIR } from "../compiler/ir.ts";
+import { prepareReference, ReferenceSession } from "../compiler/reference/mod.ts";
+import { loadModel, readbackCount } from "../runtime/mod.ts";
+import { argmax, collect, emitTemp, relErr } from "./engine_helpers.ts";
 
 /**
  * Greedy ids with the engine's documented shift rule on the float64 reference: when the newest
  * token would be fed at position maxContext, restart from the last ⌊maxContext/2⌋ tokens.
  */
 async function referenceIds(
-  ir: Awaited<ReturnType<typeof loadCheckpoint>>,
+  ir: ModelIR,
   prompt: number[],
   count: number,
   maxContext: number,
@@ -48,8 +42,7 @@ async function referenceIds(
 
 Deno.test("generate: context shift continues past maxContext, same ids as the reference, no extra readbacks", async () => {
   const ir = await loadCheckpoint("testdata/hf-moe/mixtral-packed");
-  const path = await Deno.makeTempFile({ dir: ".tmp", suffix: ".moeq" });
-  await emitArtifact(ir, path);
+  const path = await emitTemp(ir);
   const maxContext = 16; // keeps 8 on a shift, so batches of 8 are not clamped
   const engine = await loadModel(path, { maxContext, prefillChunk: 4 });
   const wide = await loadModel(path);
@@ -58,25 +51,21 @@ Deno.test("generate: context shift continues past maxContext, same ids as the re
     const count = 40; // 5 + 40 tokens: shifts at context 16
     const want = await referenceIds(ir, prompt, count, maxContext);
     const before = readbackCount();
-    const got: number[] = [];
-    for await (const id of engine.generate(prompt, { maxTokens: count, stopIds: [] })) got.push(id);
+    const got = await collect(engine.generate(prompt, { maxTokens: count, stopIds: [] }));
     assert.equal(readbackCount() - before, Math.ceil(count / 8), "one readback per batch of 8");
     assert.deepEqual(got, want);
 
     // A generation that fits the context is unchanged by the shifting logic: same ids as an
     // engine with a wide context and as the plain reference.
-    const fit: number[] = [];
-    for await (const id of engine.generate(prompt, { maxTokens: 7, stopIds: [] })) fit.push(id);
-    const fitWide: number[] = [];
-    for await (const id of wide.generate(prompt, { maxTokens: 7, stopIds: [] })) fitWide.push(id);
+    const fit = await collect(engine.generate(prompt, { maxTokens: 7, stopIds: [] }));
+    const fitWide = await collect(wide.generate(prompt, { maxTokens: 7, stopIds: [] }));
     assert.deepEqual(fit, fitWide);
     assert.deepEqual(fit, want.slice(0, 7));
 
     // Readback batches larger than the kept half are clamped so pending ids survive a shift.
-    const big: number[] = [];
-    for await (
-      const id of engine.generate(prompt, { maxTokens: count, readbackEvery: 64, stopIds: [] })
-    ) big.push(id);
+    const big = await collect(
+      engine.generate(prompt, { maxTokens: count, readbackEvery: 64, stopIds: [] }),
+    );
     assert.deepEqual(big, want);
   } finally {
     engine.dispose();
@@ -87,21 +76,13 @@ Deno.test("generate: context shift continues past maxContext, same ids as the re
 
 Deno.test("engine classic kernels (GPU style, forced on this adapter): logits match the tiled path", async () => {
   const ir = await loadCheckpoint("testdata/hf-moe/qwen2-moe");
-  const path = await Deno.makeTempFile({ dir: ".tmp", suffix: ".moeq" });
-  await emitArtifact(ir, path);
+  const path = await emitTemp(ir);
   const a = await loadModel(path, { kernels: "classic" });
   const b = await loadModel(path, { kernels: "tiled" });
   try {
     const ids = [3, 17, 5, 40, 22, 9, 31, 2, 8];
-    const ra = await a.logits(ids), rb = await b.logits(ids);
-    let num = 0, den = 0;
-    ra.forEach((row, t) =>
-      row.forEach((v, i) => {
-        num = Math.max(num, Math.abs(v - rb[t][i]));
-        den = Math.max(den, Math.abs(rb[t][i]));
-      })
-    );
-    assert.ok(num / den <= 1e-5, `classic vs tiled rel err ${num / den}`);
+    const err = relErr(await a.logits(ids), await b.logits(ids));
+    assert.ok(err <= 1e-5, `classic vs tiled rel err ${err}`);
   } finally {
     a.dispose();
     b.dispose();

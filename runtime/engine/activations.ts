@@ -1,0 +1,163 @@
+/**
+ * The engine's GPU state besides the weights: the activation buffers one forward pass of up to
+ * `chunk` tokens writes and reads (each named for what it holds, sized for the widest block of
+ * the model), the token buffer, the KV caches of the attention blocks and the RoPE tables.
+ *
+ * @module
+ */
+
+import type { GqaAttentionSpec, ModelSpec } from "../../schemas/model.ts";
+import { ropeTable } from "../kernels/attention.ts";
+import { storageBuffer } from "../kernels/kernel.ts";
+
+/** The per-forward activation buffers (f32 unless noted), [tokens, width] row-major. */
+export interface Activations {
+  /**
+   * u32 token ids of the whole sequence (prompt, then generated), position p at p − base: the
+   * embedding reads it, the GPU sampler appends to it. maxContext + 1 entries.
+   */
+  tokens: GPUBuffer;
+  /** The residual stream [T, H]. */
+  hidden: GPUBuffer;
+  /** A block's input after its norm [T, H]. */
+  normed: GPUBuffer;
+  /** Queries [T, nh·hd] (rotated in place), keys and values [T, nkv·hd] (split projections). */
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  /** The stacked projection's rows [q | k | v] [T, (nh + 2·nkv)·hd]. */
+  qkv: GPUBuffer;
+  /** Attention output, heads side by side [T, nh·hd]. */
+  attention: GPUBuffer;
+  /** Router logits [T, E]. */
+  routerLogits: GPUBuffer;
+  /** u32 chosen experts [T, K] and their weights [T, K]. */
+  expertIds: GPUBuffer;
+  expertWeights: GPUBuffer;
+  /** u32 per-expert (token, slot) lists of the tiled style: counts [E], then lists [E, chunk]. */
+  routes: GPUBuffer;
+  /** MLP gate projections, then the SwiGLU output [rows, I] (rows: T, or T·K for experts). */
+  mlpGate: GPUBuffer;
+  /** MLP up projections [rows, I]. */
+  mlpUp: GPUBuffer;
+  /** Routed experts' outputs, one row per (token, slot) [T·K, H]. */
+  expertOut: GPUBuffer;
+  /** The shared expert's output [T, H] and its gate logit [T]. */
+  sharedOut: GPUBuffer;
+  sharedGate: GPUBuffer;
+  /** Logits [T, V] (row 0 only for last-position logits). */
+  logits: GPUBuffer;
+}
+
+/** The widest buffer each activation needs, over every block of the model. */
+export interface ActivationWidths {
+  q: number;
+  kv: number;
+  experts: number;
+  topK: number;
+  /** Widest MLP intermediate: K·I of routed experts, or a dense/shared I. */
+  mlp: number;
+}
+
+/** Widths over the decoder's blocks (decoder-only models; see support.ts). */
+export function activationWidths(spec: ModelSpec): ActivationWidths {
+  const w: ActivationWidths = { q: 0, kv: 0, experts: 0, topK: 1, mlp: 0 };
+  for (const layer of spec.decoder.layers) {
+    for (const block of layer.blocks) {
+      if (block.kind === "attention") {
+        const a = block.attention;
+        if (a.kind !== "gqa") continue;
+        w.q = Math.max(w.q, a.numHeads * a.headDim);
+        w.kv = Math.max(w.kv, a.numKvHeads * a.headDim);
+      } else if (block.kind === "ffn") {
+        const f = block.ffn;
+        if (f.kind === "dense") {
+          w.mlp = Math.max(w.mlp, f.mlp.intermediate);
+          continue;
+        }
+        w.experts = Math.max(w.experts, f.numExperts);
+        w.topK = Math.max(w.topK, f.topK);
+        w.mlp = Math.max(w.mlp, f.topK * f.expert.intermediate, f.shared?.mlp.intermediate ?? 0);
+      }
+    }
+  }
+  return w;
+}
+
+/** Allocates the activations for batches of up to `chunk` tokens and `maxContext` positions. */
+export function createActivations(
+  device: GPUDevice,
+  spec: ModelSpec,
+  chunk: number,
+  maxContext: number,
+): Activations {
+  const w = activationWidths(spec);
+  const H = spec.hiddenSize;
+  const f32 = (floats: number, label: string) => storageBuffer(device, floats * 4, label);
+  const u32 = (count: number, label: string) => storageBuffer(device, count * 4, label);
+  return {
+    tokens: u32(maxContext + 1, "tokens"),
+    hidden: f32(chunk * H, "hidden"),
+    normed: f32(chunk * H, "normed"),
+    q: f32(chunk * w.q, "q"),
+    k: f32(chunk * w.kv, "k"),
+    v: f32(chunk * w.kv, "v"),
+    qkv: f32(chunk * (w.q + 2 * w.kv), "qkv"),
+    attention: f32(chunk * w.q, "attention"),
+    routerLogits: f32(chunk * w.experts, "routerLogits"),
+    expertIds: u32(chunk * w.topK, "expertIds"),
+    expertWeights: f32(chunk * w.topK, "expertWeights"),
+    routes: u32(w.experts + w.experts * chunk, "routes"),
+    mlpGate: f32(chunk * w.mlp, "mlpGate"),
+    mlpUp: f32(chunk * w.mlp, "mlpUp"),
+    expertOut: f32(chunk * w.topK * H, "expertOut"),
+    sharedOut: f32(chunk * H, "sharedOut"),
+    sharedGate: f32(chunk, "sharedGate"),
+    logits: f32(chunk * spec.vocabSize, "logits"),
+  };
+}
+
+/** An attention block's key and value caches, [maxContext, nkv·hd] each. */
+export interface KvCache {
+  keys: GPUBuffer;
+  values: GPUBuffer;
+}
+
+/** Allocates the KV cache of an attention block. */
+export function createKvCache(
+  device: GPUDevice,
+  a: GqaAttentionSpec,
+  maxContext: number,
+  label: string,
+): KvCache {
+  const bytes = maxContext * a.numKvHeads * a.headDim * 4;
+  return {
+    keys: storageBuffer(device, bytes, `${label}.keys`),
+    values: storageBuffer(device, bytes, `${label}.values`),
+  };
+}
+
+/** RoPE tables on the GPU, one per distinct (head size, θ), shared by the blocks that use it. */
+export class RopeTables {
+  readonly #tables = new Map<string, GPUBuffer>();
+  readonly #device: GPUDevice;
+  readonly #positions: number;
+
+  constructor(device: GPUDevice, positions: number) {
+    this.#device = device;
+    this.#positions = positions;
+  }
+
+  /** The table of an attention block (RoPE over the whole head; see support.ts). */
+  for(a: GqaAttentionSpec): GPUBuffer {
+    if (a.position.kind !== "rope") throw new Error("attention without RoPE");
+    const key = `${a.headDim}/${a.position.theta}`;
+    let table = this.#tables.get(key);
+    if (!table) {
+      const data = ropeTable(a.headDim, a.position.theta, this.#positions);
+      table = storageBuffer(this.#device, data.byteLength, `rope.${key}`, data);
+      this.#tables.set(key, table);
+    }
+    return table;
+  }
+}

@@ -1,0 +1,279 @@
+/**
+ * Plan building: the list of dispatches of one forward pass, read top to bottom like the
+ * reference — embed → for each layer its blocks (blocks.ts) → final norm → head — for a token
+ * tile and a logits mode. A plan is built once at load; every forward replays it with the
+ * token count of its batch (each dispatch's workgroup counts are a function of T).
+ *
+ * The {@link PlanBuilder} holds the dispatch primitives the blocks use (matmuls in either kernel
+ * style, routed-expert matmuls, norms, element-wise kernels), so a block function says what it
+ * computes, not how a kernel style lays out its workgroups.
+ *
+ * @module
+ */
+
+import type { ModelSpec } from "../../schemas/model.ts";
+import type { KernelSource } from "../kernels/kernel.ts";
+import { matmulGroups, type MatmulKey, matmulSource } from "../kernels/matmul.ts";
+import { routeListsSource, routerSource, type RoutingKey } from "../kernels/moe.ts";
+import { elementGroups, embedSource, EW, rmsNormSource } from "../kernels/ops.ts";
+import { tiledGroups, type TiledKey, tiledMatmulSource } from "../kernels/tiled.ts";
+import { weightBuffers, type WeightSet } from "../kernels/weights.ts";
+import type { Activations, KvCache } from "./activations.ts";
+import { attentionBlock, denseBlock, moeBlock } from "./blocks.ts";
+import type { ExpertSet, ModelWeights } from "./weights.ts";
+
+/** What the logits stage of a plan computes: nothing, the last position's, or every position's. */
+export type LogitsMode = "none" | "last" | "all";
+
+/** Workgroup counts of a dispatch for a batch of T tokens. */
+export type Groups = (T: number) => [number, number, number];
+
+/** A dispatch before its pipeline exists: plans are built first, compiled all at once, then bound. */
+export interface PendingDispatch {
+  src: KernelSource;
+  buffers: Record<string, GPUBuffer>;
+  groups: Groups;
+}
+
+/** Everything a plan reads, fixed at load. */
+export interface PlanContext {
+  spec: ModelSpec;
+  weights: ModelWeights;
+  acts: Activations;
+  /** KV cache of each attention block, by `${layer}/${block}`. */
+  caches: Map<string, KvCache>;
+  /** RoPE table of each attention block, by `${layer}/${block}`. */
+  ropes: Map<string, GPUBuffer>;
+  /** The Step uniform {T, pos0}. */
+  step: GPUBuffer;
+  /** "tiled" (CPU adapters) or "classic" (GPUs): see kernels/tiled.ts and kernels/matmul.ts. */
+  tiled: boolean;
+  /** Tiled style: output rows per invocation. */
+  rowTile: number;
+  /** Classic style: most threads per matrix row. */
+  threadsPerRow: number;
+  /** Most tokens per forward (the routed-token lists' capacity). */
+  chunk: number;
+}
+
+/** Options of {@link PlanBuilder.matmul}. */
+export interface MatmulOptions {
+  bias?: GPUBuffer;
+  /** Add into y (a residual add). */
+  accumulate?: boolean;
+  /** Multiplier of W·x (residual or head scale). */
+  scale?: number;
+  /** Only the batch's last token, whose row was moved to row 0 (last-position logits). */
+  lastToken?: boolean;
+  /** The set is [gate; up] stacked: write silu(gate·x)·(up·x) (tiled style). */
+  gateUp?: boolean;
+}
+
+/** Collects the dispatches of one plan. */
+export class PlanBuilder {
+  readonly dispatches: PendingDispatch[] = [];
+
+  /**
+   * `tokenTile`: tokens per workgroup of the matmuls; `prefill`: the plan may run T > 1 tokens
+   * (false for the one-token decode plan).
+   */
+  constructor(
+    readonly ctx: PlanContext,
+    readonly tokenTile: number,
+    readonly prefill: boolean,
+  ) {}
+
+  get acts(): Activations {
+    return this.ctx.acts;
+  }
+
+  /** Appends a dispatch (the Step uniform is bound for every kernel that declares it). */
+  dispatch(src: KernelSource, buffers: Record<string, GPUBuffer>, groups: Groups): void {
+    this.dispatches.push({ src, buffers: { step: this.ctx.step, ...buffers }, groups });
+  }
+
+  /** An element-wise kernel over `width` columns of `rows(T)` rows. */
+  elementwise(
+    src: KernelSource,
+    buffers: Record<string, GPUBuffer>,
+    width: number,
+    rows: (T: number) => number = (T) => T,
+  ): void {
+    this.dispatch(src, buffers, (T) => elementGroups(width, rows(T)));
+  }
+
+  /** y = scale · W·x (+ bias) (+ y), in the engine's kernel style. */
+  matmul(set: WeightSet, x: GPUBuffer, y: GPUBuffer, opts: MatmulOptions = {}): void {
+    const buffers: Record<string, GPUBuffer> = { x, y, ...weightBuffers(set) };
+    if (opts.bias) buffers.bias = opts.bias;
+    const fixedT = opts.lastToken ? 1 : undefined;
+    const tokenTile = opts.lastToken ? 1 : this.tokenTile;
+    const shared = {
+      format: set.format,
+      cols: set.cols,
+      tokenTile,
+      mode: "dense" as const,
+      bias: opts.bias !== undefined,
+      accumulate: opts.accumulate,
+      scale: opts.scale,
+      fixedT,
+    };
+    if (this.ctx.tiled) {
+      const rows = opts.gateUp ? set.rows / 2 : set.rows;
+      const key: TiledKey = { ...shared, rows, rowTile: this.ctx.rowTile, gateUp: opts.gateUp };
+      this.dispatch(tiledMatmulSource(key), buffers, (T) => tiledGroups(key, T));
+      return;
+    }
+    if (opts.gateUp) throw new Error("stacked gate/up needs the tiled kernels");
+    const key: MatmulKey = { ...shared, rows: set.rows, maxThreadsPerRow: this.ctx.threadsPerRow };
+    this.dispatch(matmulSource(key), buffers, (T) => matmulGroups(key, T));
+  }
+
+  /**
+   * Routed experts' matmuls, one dispatch per expert set: x rows are tokens ("token": gate/up)
+   * or (token, slot) rows ("slot": down), y rows (token, slot) rows. Tiled style: each expert
+   * walks its routed-token list (acts.routes); classic style: each expert scans the chosen ids
+   * and skips tiles it has no token in.
+   */
+  expertMatmuls(
+    sets: ExpertSet[],
+    x: GPUBuffer,
+    y: GPUBuffer,
+    xRows: "token" | "slot",
+    routing: RoutingKey,
+    gateUp = false,
+  ): void {
+    for (const { set, experts } of sets) {
+      const buffers = { x, y, setExperts: experts, ...weightBuffers(set) };
+      if (this.ctx.tiled) {
+        const key: TiledKey = {
+          format: set.format,
+          rows: gateUp ? set.rows / 2 : set.rows,
+          cols: set.cols,
+          rowTile: this.ctx.rowTile,
+          tokenTile: this.tokenTile,
+          mode: "list",
+          xRows,
+          topK: routing.topK,
+          numExperts: routing.numExperts,
+          capacity: this.ctx.chunk,
+          gateUp,
+        };
+        this.dispatch(
+          tiledMatmulSource(key),
+          { ...buffers, routes: this.acts.routes },
+          (T) => tiledGroups(key, T, set.count),
+        );
+        continue;
+      }
+      if (gateUp) throw new Error("stacked gate/up needs the tiled kernels");
+      const key: MatmulKey = {
+        format: set.format,
+        rows: set.rows,
+        cols: set.cols,
+        tokenTile: this.tokenTile,
+        mode: "expert",
+        xRows,
+        topK: routing.topK,
+        maxThreadsPerRow: this.ctx.threadsPerRow,
+      };
+      this.dispatch(
+        matmulSource(key),
+        { ...buffers, expertIds: this.acts.expertIds },
+        (T) => matmulGroups(key, T, set.count),
+      );
+    }
+  }
+
+  /**
+   * Chooses each token's experts from acts.routerLogits into acts.expertIds/expertWeights; the
+   * tiled style also builds the per-expert token lists (acts.routes).
+   */
+  route(routing: RoutingKey): void {
+    const buffers = {
+      routerLogits: this.acts.routerLogits,
+      expertIds: this.acts.expertIds,
+      expertWeights: this.acts.expertWeights,
+    };
+    if (this.ctx.tiled) {
+      this.dispatch(routeListsSource(routing, this.ctx.chunk), {
+        ...buffers,
+        routes: this.acts.routes,
+      }, () => [1, 1, 1]);
+    } else {
+      this.dispatch(routerSource(routing), buffers, (T) => [Math.ceil(T / EW), 1, 1]);
+    }
+  }
+
+  /**
+   * RMSNorm of `rowsPerToken` rows of `width` per token, into `out` or in place (out null);
+   * `lastToken`: only the last token's row, written to row 0.
+   */
+  rmsNorm(
+    x: GPUBuffer,
+    weight: GPUBuffer,
+    out: GPUBuffer | null,
+    width: number,
+    rowsPerToken: number,
+    eps: number,
+    lastToken = false,
+  ): void {
+    const src = rmsNormSource({ width, rowsPerToken, eps, inPlace: !out, lastOnly: lastToken });
+    const buffers: Record<string, GPUBuffer> = { x, w: weight };
+    if (out) buffers.out = out;
+    this.dispatch(src, buffers, (T) => [lastToken ? 1 : T * rowsPerToken, 1, 1]);
+  }
+}
+
+/**
+ * The dispatches of one forward: embed → for each layer its blocks → final norm → head.
+ * `tokenTile`: tokens per matmul workgroup; `prefill`: T may exceed 1.
+ */
+export function buildPlan(
+  ctx: PlanContext,
+  tokenTile: number,
+  logits: LogitsMode,
+  prefill: boolean,
+): PendingDispatch[] {
+  const plan = new PlanBuilder(ctx, tokenTile, prefill);
+  const { spec, weights, acts } = ctx;
+  const H = spec.hiddenSize;
+
+  const embed = weights.embed;
+  plan.elementwise(
+    embedSource(embed.format, H, spec.embedScale),
+    { tokens: acts.tokens, ...weightBuffers(embed), out: acts.hidden },
+    H,
+  );
+
+  weights.layers.forEach((layer, l) => {
+    layer.blocks.forEach((block, b) => {
+      switch (block.kind) {
+        case "attention": {
+          const at = `${l}/${b}`;
+          const cache = ctx.caches.get(at)!, rope = ctx.ropes.get(at)!;
+          attentionBlock(plan, block, layer.residualScale, cache, rope);
+          break;
+        }
+        case "moe":
+          moeBlock(plan, block, layer.residualScale);
+          break;
+        case "dense":
+          denseBlock(plan, block, layer.residualScale);
+          break;
+      }
+    });
+  });
+
+  if (logits === "none") return plan.dispatches;
+  const eps = spec.decoder.finalNorm.eps;
+  const head = { scale: spec.head.scale, bias: weights.headBias };
+  if (logits === "all") {
+    plan.rmsNorm(acts.hidden, weights.finalNorm, acts.normed, H, 1, eps);
+    plan.matmul(weights.head, acts.normed, acts.logits, head);
+  } else {
+    plan.rmsNorm(acts.hidden, weights.finalNorm, acts.normed, H, 1, eps, true);
+    plan.matmul(weights.head, acts.normed, acts.logits, { ...head, lastToken: true });
+  }
+  return plan.dispatches;
+}

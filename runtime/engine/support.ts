@@ -1,0 +1,103 @@
+/**
+ * Which block variants the WebGPU engine implements, checked once at load: a description that
+ * uses any other variant is refused with an UnsupportedError naming the variant and where it is,
+ * before any weight is read.
+ *
+ * Implemented: decoder-only stacks of RMSNorm pre-norm blocks; GQA attention (causal, RoPE
+ * half-split over the whole head, unscaled frequencies; q/k/v biases, q/k RMSNorm per head or
+ * full width, q/k/v clamp, any attention scale; no output bias); dense and MoE SwiGLU MLPs without
+ * biases; softmax top-k routing (renormalised or not, scaled); shared experts, gated or not;
+ * the embedding, residual and head multipliers, tied or untied head, head bias.
+ *
+ * @module
+ */
+
+import { UnsupportedError } from "../../schemas/errors.ts";
+import type {
+  AttentionSpec,
+  MlpSpec,
+  ModelSpec,
+  NormSpec,
+  RouterSpec,
+} from "../../schemas/model.ts";
+
+/** Throws an UnsupportedError for the first variant of `spec` the engine does not implement. */
+export function checkSupported(spec: ModelSpec): void {
+  const refuse = (variant: string, where: string): never => {
+    throw new UnsupportedError(
+      `model ${spec.family}: the WebGPU engine does not implement ${variant} (${where})`,
+    );
+  };
+  if (spec.encoder) refuse("encoder–decoder models", "encoder stack");
+  const norm = (n: NormSpec, where: string) => {
+    if (n.kind !== "rms") refuse(`${n.kind} norms`, where);
+    if (n.bias) refuse("norm biases", where);
+  };
+  const mlp = (m: MlpSpec, where: string) => {
+    if (m.activation.kind !== "swiglu") refuse(`the ${m.activation.kind} activation`, where);
+    if (m.bias) refuse("MLP biases", where);
+  };
+  spec.decoder.layers.forEach((layer, l) => {
+    for (const block of layer.blocks) {
+      const where = `decoder layer ${l} ${block.kind} block`;
+      norm(block.norm, where);
+      switch (block.kind) {
+        case "cross_attention":
+          refuse("cross-attention", where);
+          break;
+        case "attention":
+          attention(block.attention, where, refuse, norm);
+          break;
+        case "ffn": {
+          const ffn = block.ffn;
+          if (ffn.kind === "dense") {
+            mlp(ffn.mlp, where);
+            break;
+          }
+          router(ffn.router, where, refuse);
+          mlp(ffn.expert, `${where}, routed experts`);
+          if (ffn.shared) mlp(ffn.shared.mlp, `${where}, shared expert`);
+        }
+      }
+    }
+  });
+  norm(spec.decoder.finalNorm, "decoder final norm");
+}
+
+type Refuse = (variant: string, where: string) => never;
+
+function attention(
+  a: AttentionSpec,
+  where: string,
+  refuse: Refuse,
+  norm: (n: NormSpec, where: string) => void,
+): void {
+  if (a.kind !== "gqa") return refuse("multi-head latent attention (MLA)", where);
+  if (a.numHeads % a.numKvHeads !== 0) {
+    refuse(`${a.numHeads} heads over ${a.numKvHeads} KV heads`, where);
+  }
+  if (a.outBias) refuse("an attention output bias", where);
+  if (a.sinks) refuse("attention sinks", where);
+  if (a.slidingWindow !== null) refuse("sliding-window attention", where);
+  if (!a.causal) refuse("bidirectional attention", where);
+  if (a.qkNorm !== "none") norm(a.qkNormSpec, `${where}, q/k norm`);
+  const p = a.position;
+  if (p.kind === "none") refuse("attention without positions", where);
+  if (p.kind === "relative_bias") refuse("relative position bias", where);
+  if (p.kind !== "rope") return;
+  if (p.pairing !== "half") refuse(`${p.pairing} RoPE pairs`, where);
+  if (p.rotaryDim !== a.headDim) {
+    refuse(`partial RoPE (${p.rotaryDim} of ${a.headDim} dims)`, where);
+  }
+  if (p.scaling.kind !== "none") refuse(`${p.scaling.kind} RoPE scaling`, where);
+  if (a.headDim % 2 !== 0) refuse(`odd head size ${a.headDim}`, where);
+}
+
+function router(r: RouterSpec, where: string, refuse: Refuse): void {
+  if (r.kind !== "topk") return refuse(`${r.kind} routing`, where);
+  if (r.scoring !== "softmax") refuse(`${r.scoring} router scoring`, where);
+  if (r.softmaxAfterTopK) refuse("softmax-after-top-k routing", where);
+  if (r.bias) refuse("router biases", where);
+  if (r.selectionBias) refuse("router selection biases", where);
+  if (r.groups) refuse("group-limited routing", where);
+}

@@ -1,0 +1,126 @@
+/**
+ * The engine refuses, at load and by name, every block variant it does not implement, and
+ * accepts the shapes of the families it runs (no GPU needed: the check comes first).
+ */
+import assert from "node:assert/strict";
+import { openArtifactBytes } from "../../schemas/artifact.ts";
+import { UnsupportedError } from "../../schemas/errors.ts";
+import {
+  attentionBlock,
+  decoderOnly,
+  ffnBlock,
+  gqa,
+  MIXTRAL_LIKE,
+  MLA_LIKE,
+  mlp,
+  moe,
+  QWEN2_MOE_LIKE,
+  rope,
+  SWITCH_LIKE,
+  TINY_MODEL,
+  topkRouter,
+} from "../../schemas/example_specs.ts";
+import type { GqaAttentionSpec, ModelSpec, MoeFfnSpec } from "../../schemas/model.ts";
+import { buildArtifact } from "../../schemas/testing.ts";
+import { checkSupported, createWebGpuEngine } from "./mod.ts";
+
+/** A one-layer decoder with this attention and this feed-forward block. */
+function oneLayer(
+  attention: Partial<GqaAttentionSpec> = {},
+  ffn: Partial<MoeFfnSpec> = {},
+  extra: Partial<ModelSpec> = {},
+): ModelSpec {
+  return decoderOnly("test", 32, 16, [[
+    attentionBlock(gqa(4, 2, 4, attention)),
+    ffnBlock(moe(4, 2, mlp(8), ffn)),
+  ]], extra);
+}
+
+Deno.test("checkSupported accepts the four families' shapes and the multipliers", () => {
+  for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE]) checkSupported(spec);
+  checkSupported(oneLayer({ qkNorm: "head", clipQkv: 8, scale: 0.25 }));
+  checkSupported(oneLayer({ qkNorm: "full", qkvBias: true }, {
+    router: topkRouter({ normTopK: false, scale: 2.5 }),
+    shared: { mlp: mlp(12), gated: false },
+  }, { embedScale: 12, head: { tied: false, scale: 1 / 6, bias: true } }));
+});
+
+const REFUSED: [string, ModelSpec, string][] = [
+  ["encoder–decoder", SWITCH_LIKE, "encoder–decoder models (encoder stack)"],
+  ["MLA", MLA_LIKE, "multi-head latent attention (MLA) (decoder layer 0 attention block)"],
+  ["sinks", oneLayer({ sinks: true }), "attention sinks"],
+  ["sliding window", oneLayer({ slidingWindow: 4 }), "sliding-window attention"],
+  ["bidirectional", oneLayer({ causal: false }), "bidirectional attention"],
+  ["output bias", oneLayer({ outBias: true }), "an attention output bias"],
+  ["no positions", oneLayer({ position: { kind: "none" } }), "attention without positions"],
+  ["partial RoPE", oneLayer({ position: rope(1e4, 2) }), "partial RoPE (2 of 4 dims)"],
+  [
+    "interleaved RoPE",
+    oneLayer({ position: { ...rope(1e4, 4), pairing: "interleaved" } }),
+    "interleaved RoPE pairs",
+  ],
+  [
+    "RoPE scaling",
+    oneLayer({ position: { ...rope(1e4, 4), scaling: { kind: "linear", factor: 2 } } }),
+    "linear RoPE scaling",
+  ],
+  [
+    "LayerNorm",
+    oneLayer({}, {}, {
+      decoder: { ...MIXTRAL_LIKE.decoder, finalNorm: { kind: "layer", eps: 1e-5, bias: true } },
+    }),
+    "layer norms (decoder final norm)",
+  ],
+  ["sigmoid router", oneLayer({}, { router: topkRouter({ scoring: "sigmoid" }) }), "sigmoid"],
+  [
+    "softmax after top-k",
+    oneLayer({}, { router: topkRouter({ softmaxAfterTopK: true }) }),
+    "softmax-after-top-k routing",
+  ],
+  ["router bias", oneLayer({}, { router: topkRouter({ bias: true }) }), "router biases"],
+  [
+    "selection bias",
+    oneLayer({}, { router: topkRouter({ selectionBias: true }) }),
+    "router selection biases",
+  ],
+  [
+    "groups",
+    oneLayer({}, { router: topkRouter({ groups: { count: 2, keep: 1, score: "max" } }) }),
+    "group-limited routing",
+  ],
+  ["sparsemixer", oneLayer({}, { router: { kind: "sparsemixer", jitter: 0.01 } }), "sparsemixer"],
+  ["capacity", oneLayer({}, { router: { kind: "capacity", capacity: 4 } }), "capacity routing"],
+  [
+    "clamped SwiGLU",
+    oneLayer({}, { expert: mlp(8, { kind: "swiglu_clamped", limit: 7, alpha: 1.702 }) }),
+    "the swiglu_clamped activation (decoder layer 0 ffn block, routed experts)",
+  ],
+  ["GeGLU", oneLayer({}, { expert: mlp(8, { kind: "geglu" }) }), "the geglu activation"],
+  ["MLP bias", oneLayer({}, { expert: mlp(8, { kind: "swiglu" }, true) }), "MLP biases"],
+  [
+    "ReLU shared expert",
+    oneLayer({}, { shared: { mlp: mlp(8, { kind: "relu" }), gated: false } }),
+    "the relu activation (decoder layer 0 ffn block, shared expert)",
+  ],
+];
+
+for (const [label, spec, variant] of REFUSED) {
+  Deno.test(`checkSupported refuses ${label}, naming it`, () => {
+    assert.throws(
+      () => checkSupported(spec),
+      (e) =>
+        e instanceof UnsupportedError && e.message.includes(variant) &&
+        e.message.startsWith(`model ${spec.family}: the WebGPU engine does not implement`),
+    );
+  });
+}
+
+Deno.test("createWebGpuEngine refuses an unsupported artifact at load, before any device", async () => {
+  for (
+    const spec of [MLA_LIKE, SWITCH_LIKE, oneLayer({ sinks: true }, {}, { family: "gpt_oss" })]
+  ) {
+    const artifact = await openArtifactBytes(buildArtifact(spec));
+    await assert.rejects(() => createWebGpuEngine(artifact), UnsupportedError);
+    artifact.close();
+  }
+});

@@ -1,0 +1,509 @@
+/**
+ * Weight upload: the artifact's tensor records, found by (stack, layer, expert, role) key, become
+ * GPU weight sets grouped per block as the plan reads them.
+ *
+ * Storage on the GPU: f32, f16 and bf16 matrices stay in their format (f16/bf16 as packed u16
+ * pairs, decoded in the shaders, so bf16 is exact and no shader-f16 is needed); quantized
+ * matrices keep the packed codes/scales/zeros of schemas/packing.ts and are decoded inside the
+ * matmul kernels (kernels/weights.ts). Norm weights and biases are converted to f32.
+ *
+ * Routed experts of a block are grouped per matrix by storage format ("precision group"), each
+ * group one weight set, split so no binding exceeds 128 MiB (the WebGPU default); the plan runs
+ * one dispatch per group per matrix.
+ *
+ * Fusions made here for the tiled kernel style: q/k/v stacked into one projection when there is
+ * no q/k norm, and gate/up stacked (of routed experts, shared experts and dense MLPs) for the
+ * fused gate/up + SwiGLU kernel — each when the parts share a storage format and fit a binding.
+ *
+ * @module
+ */
+
+import { type Artifact, floatBytesToF32, type TensorRecord } from "../../schemas/artifact.ts";
+import { InputError } from "../../schemas/errors.ts";
+import type {
+  DenseFfnSpec,
+  GqaAttentionSpec,
+  MlpSpec,
+  ModelSpec,
+  MoeFfnSpec,
+  NormSpec,
+} from "../../schemas/model.ts";
+import type { QuantizedTensor } from "../../schemas/packing.ts";
+import { describeKey, keyString, matrixShape, type TensorKey } from "../../schemas/tensors.ts";
+import { storageBuffer } from "../kernels/kernel.ts";
+import {
+  formatName,
+  type HostMatrix,
+  matrixBytes,
+  uploadWeightSet,
+  type WeightFormat,
+  type WeightSet,
+} from "../kernels/weights.ts";
+
+/** What the engine reads from an opened artifact. */
+export type EngineArtifact = Pick<
+  Artifact,
+  "path" | "model" | "tensors" | "read" | "readQuantized"
+>;
+
+/** Largest weight-set binding the engine creates for grouped experts (the WebGPU default). */
+export const EXPERT_SET_BYTES = 128 * 1024 * 1024;
+
+/** A weight set of routed experts, with the global expert id of each of its matrices. */
+export interface ExpertSet {
+  set: WeightSet;
+  /** u32 expert ids, one per matrix of the set (the kernels' `setExperts`). */
+  experts: GPUBuffer;
+}
+
+/** An MLP's matrices: gate and up stacked ([gate; up], fused with SwiGLU) or separate. */
+export type MlpWeights =
+  | { kind: "stacked"; gateUp: WeightSet; down: WeightSet }
+  | { kind: "split"; gate: WeightSet; up: WeightSet; down: WeightSet };
+
+/** Routed experts' matrices, in precision groups. */
+export type ExpertWeights =
+  | { kind: "stacked"; gateUp: ExpertSet[]; down: ExpertSet[] }
+  | { kind: "split"; gate: ExpertSet[]; up: ExpertSet[]; down: ExpertSet[] };
+
+/** q, k and v projections: one stacked [q; k; v] projection, or three. */
+export type QkvWeights =
+  | { kind: "stacked"; qkv: WeightSet; bias?: GPUBuffer }
+  | {
+    kind: "split";
+    q: WeightSet;
+    k: WeightSet;
+    v: WeightSet;
+    qBias?: GPUBuffer;
+    kBias?: GPUBuffer;
+    vBias?: GPUBuffer;
+  };
+
+/** An attention block's weights. */
+export interface AttentionWeights {
+  kind: "attention";
+  norm: NormSpec;
+  normWeight: GPUBuffer;
+  spec: GqaAttentionSpec;
+  qkv: QkvWeights;
+  qNorm?: GPUBuffer;
+  kNorm?: GPUBuffer;
+  o: WeightSet;
+}
+
+/** A MoE feed-forward block's weights. */
+export interface MoeWeights {
+  kind: "moe";
+  norm: NormSpec;
+  normWeight: GPUBuffer;
+  spec: MoeFfnSpec;
+  router: WeightSet;
+  experts: ExpertWeights;
+  shared?: MlpWeights;
+  /** The shared expert's gate row [1, H] (when the shared expert is gated). */
+  sharedGate?: WeightSet;
+}
+
+/** A dense feed-forward block's weights. */
+export interface DenseWeights {
+  kind: "dense";
+  norm: NormSpec;
+  normWeight: GPUBuffer;
+  spec: DenseFfnSpec;
+  mlp: MlpWeights;
+}
+
+/** One block's weights. */
+export type BlockWeights = AttentionWeights | MoeWeights | DenseWeights;
+
+/** One layer: its blocks' weights in order. */
+export interface LayerWeights {
+  blocks: BlockWeights[];
+  residualScale: number;
+}
+
+/** Every weight of a decoder-only model on the GPU. */
+export interface ModelWeights {
+  embed: WeightSet;
+  layers: LayerWeights[];
+  finalNorm: GPUBuffer;
+  /** The embedding when tied. */
+  head: WeightSet;
+  headBias?: GPUBuffer;
+  /** Bytes on the GPU. */
+  bytes: number;
+}
+
+/** The storage format of a matrix record. */
+export function formatOf(t: TensorRecord): WeightFormat {
+  if (t.storage === "q") {
+    const q = t.quant!;
+    return { kind: "q", bits: q.bits, groupSize: q.groupSize, scaleType: q.scaleType };
+  }
+  return { kind: t.storage };
+}
+
+/** Bytes of the largest dense (non-expert) matrix, which the device's binding limit must hold. */
+export function largestDenseMatrix(tensors: readonly TensorRecord[]): number {
+  let largest = 0;
+  for (const t of tensors) {
+    if (t.shape.length !== 2 || t.expert >= 0) continue;
+    largest = Math.max(largest, matrixBytes(formatOf(t), t.shape[0], t.shape[1]));
+  }
+  return largest;
+}
+
+/** Options of {@link uploadWeights}. */
+export interface UploadOptions {
+  /** Stack q/k/v and gate/up for the tiled kernels' fusions. */
+  fuse: boolean;
+}
+
+/** Uploads every weight of `artifact` (decoder-only; see support.ts). */
+export async function uploadWeights(
+  device: GPUDevice,
+  artifact: EngineArtifact,
+  opts: UploadOptions,
+): Promise<ModelWeights> {
+  const loader = new WeightLoader(device, artifact);
+  const spec: ModelSpec = artifact.model;
+  const H = spec.hiddenSize;
+  const at = (layer: number, role: string): TensorKey => ({
+    stack: "decoder",
+    layer,
+    expert: -1,
+    role,
+  });
+  const embed = await loader.matrix(at(-1, "embed"), [spec.vocabSize, H]);
+  const layers: LayerWeights[] = [];
+  for (const [l, layer] of spec.decoder.layers.entries()) {
+    const blocks: BlockWeights[] = [];
+    for (const block of layer.blocks) {
+      switch (block.kind) {
+        case "attention":
+          if (block.attention.kind !== "gqa") throw new Error("MLA passed support.ts");
+          blocks.push(await loader.attention(l, block.norm, block.attention, opts));
+          break;
+        case "ffn":
+          blocks.push(
+            block.ffn.kind === "moe"
+              ? await loader.moe(l, block.norm, block.ffn, opts)
+              : await loader.dense(l, block.norm, block.ffn, opts),
+          );
+          break;
+        case "cross_attention":
+          throw new Error("cross-attention passed support.ts");
+      }
+    }
+    layers.push({ blocks, residualScale: layer.residualScale });
+  }
+  const finalNorm = await loader.vector(at(-1, "final_norm"), [H]);
+  const head = spec.head.tied ? embed : await loader.matrix(at(-1, "lm_head"), [spec.vocabSize, H]);
+  const headBias = spec.head.bias
+    ? await loader.vector(at(-1, "lm_head_bias"), [spec.vocabSize])
+    : undefined;
+  return { embed, layers, finalNorm, head, headBias, bytes: loader.bytes };
+}
+
+/** Reads records by key and uploads them, counting the bytes. */
+class WeightLoader {
+  bytes = 0;
+  readonly #byKey = new Map<string, TensorRecord>();
+  readonly #device: GPUDevice;
+  readonly #artifact: EngineArtifact;
+
+  constructor(device: GPUDevice, artifact: EngineArtifact) {
+    this.#device = device;
+    this.#artifact = artifact;
+    for (const t of artifact.tensors) this.#byKey.set(keyString(t), t);
+  }
+
+  get #spec(): ModelSpec {
+    return this.#artifact.model;
+  }
+
+  /** The record at `key`, checked against `shape`. */
+  need(key: TensorKey, shape: number[]): TensorRecord {
+    const t = this.#byKey.get(keyString(key));
+    const file = this.#artifact.path;
+    if (!t) throw new InputError(`missing tensor ${describeKey(key)}`, file);
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+      throw new InputError(
+        `tensor ${t.name} (${describeKey(key)}) has shape [${t.shape}], expected [${shape}]`,
+        file,
+      );
+    }
+    return t;
+  }
+
+  async #floats(t: TensorRecord): Promise<Float32Array> {
+    if (t.storage === "q" || !t.data) {
+      throw new InputError(`vector ${t.name} must be stored as floats`, this.#artifact.path);
+    }
+    return floatBytesToF32(await this.#artifact.read(t.data, t.name), t.storage);
+  }
+
+  async #host(t: TensorRecord): Promise<HostMatrix> {
+    if (t.storage === "q") return await this.#artifact.readQuantized(t);
+    if (!t.data) throw new InputError(`tensor ${t.name} has no data segment`, this.#artifact.path);
+    return { raw: await this.#artifact.read(t.data, t.name) };
+  }
+
+  #upload(format: WeightFormat, rows: number, cols: number, mats: HostMatrix[], label: string) {
+    const set = uploadWeightSet(this.#device, format, rows, cols, mats, label);
+    this.bytes += set.bytes;
+    return set;
+  }
+
+  #buffer(data: Float32Array | Uint32Array, label: string): GPUBuffer {
+    this.bytes += data.byteLength;
+    return storageBuffer(this.#device, data.byteLength, label, data);
+  }
+
+  /** One matrix as a weight set. */
+  async matrix(key: TensorKey, shape: number[]): Promise<WeightSet> {
+    const t = this.need(key, shape);
+    return this.#upload(formatOf(t), shape[0], shape[1], [await this.#host(t)], t.name);
+  }
+
+  /** A vector (norm weight, bias) as f32, times `scale`. */
+  async vector(key: TensorKey, shape: number[], scale = 1): Promise<GPUBuffer> {
+    const t = this.need(key, shape);
+    const v = await this.#floats(t);
+    if (scale !== 1) { for (let i = 0; i < v.length; i++) v[i] *= scale; }
+    return this.#buffer(v, t.name);
+  }
+
+  /** Several vectors concatenated (the bias of a stacked projection). */
+  async concatenated(parts: [TensorKey, number][]): Promise<GPUBuffer> {
+    const all = new Float32Array(parts.reduce((a, [, n]) => a + n, 0));
+    let at = 0;
+    for (const [key, n] of parts) {
+      all.set(await this.#floats(this.need(key, [n])), at);
+      at += n;
+    }
+    return this.#buffer(all, parts.map(([k]) => describeKey(k)).join("+"));
+  }
+
+  /** Whether these records can be stacked row-wise into one weight set within the limit. */
+  stackable(ts: TensorRecord[]): boolean {
+    const name = formatName(formatOf(ts[0]));
+    if (!ts.every((t) => formatName(formatOf(t)) === name)) return false;
+    const rows = ts.reduce((a, t) => a + t.shape[0], 0);
+    const bytes = matrixBytes(formatOf(ts[0]), rows, ts[0].shape[1]);
+    return bytes <= this.#device.limits.maxStorageBufferBindingSize;
+  }
+
+  /** Same-format matrices stacked row-wise as one weight set. */
+  async stacked(ts: TensorRecord[]): Promise<WeightSet> {
+    const hosts = [];
+    for (const t of ts) hosts.push(await this.#host(t));
+    const rows = ts.reduce((a, t) => a + t.shape[0], 0);
+    const label = ts.map((t) => t.name).join("+");
+    return this.#upload(formatOf(ts[0]), rows, ts[0].shape[1], [stackRows(hosts)], label);
+  }
+
+  async attention(
+    layer: number,
+    norm: NormSpec,
+    a: GqaAttentionSpec,
+    opts: UploadOptions,
+  ): Promise<AttentionWeights> {
+    const H = this.#spec.hiddenSize;
+    const key = (role: string): TensorKey => ({ stack: "decoder", layer, expert: -1, role });
+    const qRows = a.numHeads * a.headDim, kvRows = a.numKvHeads * a.headDim;
+    const q = this.need(key("attn_q"), [qRows, H]);
+    const k = this.need(key("attn_k"), [kvRows, H]);
+    const v = this.need(key("attn_v"), [kvRows, H]);
+    let qkv: QkvWeights;
+    if (opts.fuse && a.qkNorm === "none" && this.stackable([q, k, v])) {
+      const bias = a.qkvBias
+        ? await this.concatenated([
+          [key("attn_q_bias"), qRows],
+          [key("attn_k_bias"), kvRows],
+          [key("attn_v_bias"), kvRows],
+        ])
+        : undefined;
+      qkv = { kind: "stacked", qkv: await this.stacked([q, k, v]), bias };
+    } else {
+      qkv = {
+        kind: "split",
+        q: await this.matrix(key("attn_q"), [qRows, H]),
+        k: await this.matrix(key("attn_k"), [kvRows, H]),
+        v: await this.matrix(key("attn_v"), [kvRows, H]),
+      };
+      if (a.qkvBias) {
+        qkv.qBias = await this.vector(key("attn_q_bias"), [qRows]);
+        qkv.kBias = await this.vector(key("attn_k_bias"), [kvRows]);
+        qkv.vBias = await this.vector(key("attn_v_bias"), [kvRows]);
+      }
+    }
+    const qNormWidth = a.qkNorm === "head" ? a.headDim : qRows;
+    const kNormWidth = a.qkNorm === "head" ? a.headDim : kvRows;
+    return {
+      kind: "attention",
+      norm,
+      normWeight: await this.vector(key("attn_norm"), [H]),
+      spec: a,
+      qkv,
+      qNorm: a.qkNorm !== "none" ? await this.vector(key("attn_q_norm"), [qNormWidth]) : undefined,
+      kNorm: a.qkNorm !== "none" ? await this.vector(key("attn_k_norm"), [kNormWidth]) : undefined,
+      o: await this.matrix(key("attn_o"), [H, qRows]),
+    };
+  }
+
+  async dense(
+    layer: number,
+    norm: NormSpec,
+    f: DenseFfnSpec,
+    opts: UploadOptions,
+  ): Promise<DenseWeights> {
+    const key: TensorKey = { stack: "decoder", layer, expert: -1, role: "ffn_norm" };
+    const normWeight = await this.vector(key, [this.#spec.hiddenSize]);
+    return {
+      kind: "dense",
+      norm,
+      normWeight,
+      spec: f,
+      mlp: await this.mlp(layer, "dense", f.mlp, opts),
+    };
+  }
+
+  /** A dense MLP or shared expert (`owner` "dense" or "shared"). */
+  async mlp(
+    layer: number,
+    owner: "dense" | "shared",
+    m: MlpSpec,
+    opts: UploadOptions,
+  ): Promise<MlpWeights> {
+    const H = this.#spec.hiddenSize, I = m.intermediate;
+    const key = (name: string): TensorKey => ({
+      stack: "decoder",
+      layer,
+      expert: -1,
+      role: `${owner}_${name}`,
+    });
+    const gate = this.need(key("gate"), [I, H]);
+    const up = this.need(key("up"), [I, H]);
+    const down = await this.matrix(key("down"), matrixShape("down", I, H));
+    if (opts.fuse && this.stackable([gate, up])) {
+      return { kind: "stacked", gateUp: await this.stacked([gate, up]), down };
+    }
+    return {
+      kind: "split",
+      gate: await this.matrix(key("gate"), [I, H]),
+      up: await this.matrix(key("up"), [I, H]),
+      down,
+    };
+  }
+
+  async moe(
+    layer: number,
+    norm: NormSpec,
+    f: MoeFfnSpec,
+    opts: UploadOptions,
+  ): Promise<MoeWeights> {
+    const H = this.#spec.hiddenSize, I = f.expert.intermediate, E = f.numExperts;
+    const key = (role: string, expert = -1): TensorKey => ({
+      stack: "decoder",
+      layer,
+      expert,
+      role,
+    });
+    const matrices = (name: "gate" | "up" | "down") =>
+      Array.from(
+        { length: E },
+        (_, e) => this.need(key(`expert_${name}`, e), matrixShape(name, I, H)),
+      );
+    const gate = matrices("gate"), up = matrices("up"), down = matrices("down");
+    const fuse = opts.fuse &&
+      gate.every((g, e) => formatName(formatOf(g)) === formatName(formatOf(up[e])));
+    const experts: ExpertWeights = fuse
+      ? {
+        kind: "stacked",
+        gateUp: await this.expertSets(gate.map((g, e) => [g, up[e]]), layer),
+        down: await this.expertSets(down.map((d) => [d]), layer),
+      }
+      : {
+        kind: "split",
+        gate: await this.expertSets(gate.map((g) => [g]), layer),
+        up: await this.expertSets(up.map((u) => [u]), layer),
+        down: await this.expertSets(down.map((d) => [d]), layer),
+      };
+    return {
+      kind: "moe",
+      norm,
+      normWeight: await this.vector(key("ffn_norm"), [H]),
+      spec: f,
+      router: await this.matrix(key("router"), [E, H]),
+      experts,
+      shared: f.shared ? await this.mlp(layer, "shared", f.shared.mlp, opts) : undefined,
+      sharedGate: f.shared?.gated
+        ? await this.matrix(key("shared_expert_gate"), [1, H])
+        : undefined,
+    };
+  }
+
+  /**
+   * Uploads routed experts' matrices (per expert one record, or several stacked row-wise, e.g.
+   * [gate, up]) grouped by storage format, each group split so no binding exceeds
+   * EXPERT_SET_BYTES.
+   */
+  async expertSets(perExpert: TensorRecord[][], layer: number): Promise<ExpertSet[]> {
+    const groups = new Map<string, TensorRecord[][]>();
+    for (const ts of perExpert) {
+      const name = formatName(formatOf(ts[0]));
+      if (!groups.has(name)) groups.set(name, []);
+      groups.get(name)!.push(ts);
+    }
+    const [rows, cols] = [
+      perExpert[0].reduce((a, t) => a + t.shape[0], 0),
+      perExpert[0][0].shape[1],
+    ];
+    const label = `${perExpert[0].map((t) => t.role).join("+")}.${layer}`;
+    const out: ExpertSet[] = [];
+    for (const members of groups.values()) {
+      const format = formatOf(members[0][0]);
+      const perSet = Math.max(1, Math.floor(EXPERT_SET_BYTES / matrixBytes(format, rows, cols)));
+      for (let i = 0; i < members.length; i += perSet) {
+        const part = members.slice(i, i + perSet);
+        const mats: HostMatrix[] = [];
+        for (const ts of part) {
+          const hosts = [];
+          for (const t of ts) hosts.push(await this.#host(t));
+          mats.push(hosts.length === 1 ? hosts[0] : stackRows(hosts));
+        }
+        const set = this.#upload(format, rows, cols, mats, label);
+        const ids = new Uint32Array(part.map((ts) => ts[0].expert));
+        out.push({ set, experts: this.#buffer(ids, `${label}.experts`) });
+      }
+    }
+    return out;
+  }
+}
+
+/** Matrices of one format stacked row-wise ([gate; up] or [q; k; v]). */
+function stackRows(parts: HostMatrix[]): HostMatrix {
+  if (parts.every((p) => "raw" in p)) {
+    return { raw: concat(parts.map((p) => (p as { raw: Uint8Array }).raw)) };
+  }
+  const qs = parts as QuantizedTensor[];
+  return {
+    ...qs[0],
+    rows: qs.reduce((a, q) => a + q.rows, 0),
+    codes: concat(qs.map((q) => q.codes)),
+    scales: concat(qs.map((q) => q.scales) as Uint16Array[]),
+    zeros: concat(qs.map((q) => q.zeros) as Uint16Array[]),
+  };
+}
+
+function concat<A extends Uint8Array | Uint16Array | Uint32Array | Float32Array>(arrays: A[]): A {
+  const Ctor = arrays[0].constructor as { new (n: number): A };
+  const out = new Ctor(arrays.reduce((a, r) => a + r.length, 0));
+  let at = 0;
+  for (const r of arrays) {
+    out.set(r as never, at);
+    at += r.length;
+  }
+  return out;
+}

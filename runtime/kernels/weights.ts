@@ -1,0 +1,265 @@
+/**
+ * Weight matrices on the GPU: the storage formats, how a matrix is laid out in its buffers, the
+ * upload, the binding names, and the one place where stored weights are decoded to f32 in WGSL.
+ * Every kernel that reads weights (the classic matmul, the tiled matmul, the embedding lookup)
+ * decodes through the snippets of this module.
+ *
+ * Layout: f32 rows are padded with zeros to a multiple of 4 values (so a row can be read as
+ * vec4s); f16 and bf16 values are packed two per u32 word, rows padded to whole words; quantized
+ * matrices keep the packed codes, scales and zeros of schemas/packing.ts verbatim.
+ *
+ * @module
+ */
+
+import {
+  BLOCK_CODES,
+  groupsPerRow,
+  type QuantBits,
+  type QuantizedTensor,
+  type ScaleType,
+  wordsPerRow,
+} from "../../schemas/packing.ts";
+import { type BindingDecl, type BindingList, storageBuffer, u } from "./kernel.ts";
+
+/** How a weight matrix is stored on the GPU. */
+export type WeightFormat =
+  | { kind: "f32" }
+  | { kind: "f16" }
+  | { kind: "bf16" }
+  | { kind: "q"; bits: QuantBits; groupSize: number; scaleType: ScaleType };
+
+/** A short stable name for a format, e.g. "f16" or "q3g64f16". */
+export function formatName(f: WeightFormat): string {
+  return f.kind === "q" ? `q${f.bits}g${f.groupSize}${f.scaleType}` : f.kind;
+}
+
+/**
+ * One matrix as read from the artifact: float storage as raw little-endian element bytes
+ * (rows × cols of f32, f16 or bf16), or a packed quantized tensor.
+ */
+export type HostMatrix = { raw: Uint8Array } | QuantizedTensor;
+
+/** Several matrices of one format and shape, resident on the GPU back to back. */
+export interface WeightSet {
+  format: WeightFormat;
+  rows: number;
+  cols: number;
+  /** Number of matrices. */
+  count: number;
+  /** In {@link weightBindings} order: float formats [weights]; quantized [weights, scales, zeros]. */
+  buffers: GPUBuffer[];
+  /** Bytes on the GPU. */
+  bytes: number;
+}
+
+/** Where one matrix's elements sit in its buffers. */
+export interface WeightLayout {
+  /**
+   * Row stride in storage elements: f32 values for f32 (a multiple of 4), u32 words otherwise.
+   */
+  rowStride: number;
+  /** Storage elements per matrix (matrices of a set follow each other). */
+  matrixStride: number;
+  /** Quantized: scale (and zero) groups per row; 0 otherwise. */
+  groupsPerRow: number;
+  /** Quantized: scales (and zeros) per matrix; 0 otherwise. */
+  groupStride: number;
+}
+
+/** The layout of a [rows, cols] matrix stored in `format`. */
+export function weightLayout(format: WeightFormat, rows: number, cols: number): WeightLayout {
+  switch (format.kind) {
+    case "f32": {
+      const rowStride = Math.ceil(cols / 4) * 4;
+      return { rowStride, matrixStride: rows * rowStride, groupsPerRow: 0, groupStride: 0 };
+    }
+    case "f16":
+    case "bf16": {
+      const rowStride = Math.ceil(cols / 2);
+      return { rowStride, matrixStride: rows * rowStride, groupsPerRow: 0, groupStride: 0 };
+    }
+    case "q": {
+      const rowStride = wordsPerRow(cols, format.bits);
+      const gpr = groupsPerRow(cols, format.groupSize);
+      return {
+        rowStride,
+        matrixStride: rows * rowStride,
+        groupsPerRow: gpr,
+        groupStride: rows * gpr,
+      };
+    }
+  }
+}
+
+/** Bytes of one matrix on the GPU (padding included). */
+export function matrixBytes(format: WeightFormat, rows: number, cols: number): number {
+  const l = weightLayout(format, rows, cols);
+  if (format.kind !== "q") return l.matrixStride * 4;
+  return l.matrixStride * 4 + 2 * l.groupStride * (format.scaleType === "f16" ? 2 : 4);
+}
+
+/**
+ * Uploads matrices of one format and shape as a {@link WeightSet}. Float rows are padded to the
+ * layout's row stride with zeros; quantized codes are copied verbatim (their layout is already
+ * the kernels'), scales and zeros concatenated.
+ */
+export function uploadWeightSet(
+  device: GPUDevice,
+  format: WeightFormat,
+  rows: number,
+  cols: number,
+  mats: HostMatrix[],
+  label = formatName(format),
+): WeightSet {
+  const l = weightLayout(format, rows, cols);
+  const n = mats.length;
+  if (format.kind === "q") {
+    const codes = new Uint32Array(n * l.matrixStride);
+    const f16 = format.scaleType === "f16";
+    // f16 params are read as u32 pairs: keep a whole trailing word.
+    const scales = f16
+      ? new Uint16Array(n * l.groupStride + 2)
+      : new Float32Array(n * l.groupStride);
+    const zeros = f16
+      ? new Uint16Array(n * l.groupStride + 2)
+      : new Float32Array(n * l.groupStride);
+    mats.forEach((m, i) => {
+      if (!("codes" in m)) throw new TypeError(`${label}: expected a quantized matrix`);
+      codes.set(m.codes, i * l.matrixStride);
+      scales.set(m.scales, i * l.groupStride);
+      zeros.set(m.zeros, i * l.groupStride);
+    });
+    const buffers = [
+      storageBuffer(device, codes.byteLength, `${label}.codes`, codes),
+      storageBuffer(device, scales.byteLength, `${label}.scales`, scales),
+      storageBuffer(device, zeros.byteLength, `${label}.zeros`, zeros),
+    ];
+    return { format, rows, cols, count: n, buffers, bytes: n * matrixBytes(format, rows, cols) };
+  }
+  const elemBytes = format.kind === "f32" ? 4 : 2;
+  const strideBytes = l.rowStride * 4;
+  const out = new Uint8Array(n * rows * strideBytes);
+  mats.forEach((m, i) => {
+    if (!("raw" in m)) throw new TypeError(`${label}: expected a float matrix`);
+    const rowBytes = cols * elemBytes;
+    for (let r = 0; r < rows; r++) {
+      const dst = (i * rows + r) * strideBytes;
+      out.set(m.raw.subarray(r * rowBytes, (r + 1) * rowBytes), dst);
+    }
+  });
+  const buffers = [storageBuffer(device, out.byteLength, `${label}.data`, out)];
+  return { format, rows, cols, count: n, buffers, bytes: out.byteLength };
+}
+
+/** Binding names of a weight set's buffers, in order. */
+export function weightBindings(format: WeightFormat): string[] {
+  return format.kind === "q" ? ["weights", "scales", "zeros"] : ["weights"];
+}
+
+/** A weight set's buffers by binding name (for a kernel's bind group). */
+export function weightBuffers(set: WeightSet): Record<string, GPUBuffer> {
+  return Object.fromEntries(weightBindings(set.format).map((n, i) => [n, set.buffers[i]]));
+}
+
+/**
+ * A weight set's binding declarations: `weights` (f32 weights as `f32Type`, e.g. `array<f32>` or
+ * `array<vec4<f32>>`; u32 words otherwise) and, for quantized weights, `scales` and `zeros`
+ * (u32-packed f16 pairs or f32).
+ */
+export function weightDecls(format: WeightFormat, f32Type: string): BindingDecl[] {
+  const decls: BindingDecl[] = [["weights", format.kind === "f32" ? f32Type : "array<u32>"]];
+  if (format.kind === "q") {
+    const type = format.scaleType === "f16" ? "array<u32>" : "array<f32>";
+    decls.push(["scales", type], ["zeros", type]);
+  }
+  return decls;
+}
+
+/** Appends {@link weightDecls} to a binding list. */
+export function addWeightBindings(binds: BindingList, format: WeightFormat, f32Type: string): void {
+  for (const [name, type, space] of weightDecls(format, f32Type)) binds.add(name, type, space);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding in WGSL
+
+/**
+ * The WGSL functions that decode `format`, declared once per kernel module (they read the
+ * bindings of {@link addWeightBindings}):
+ * - f16, bf16: `decodePair(word) -> vec2<f32>`, the two values of a stored word (element 2i in
+ *   x, 2i + 1 in y); bf16 is exact (a shift), f16 uses `unpack2x16float`;
+ * - quantized: `groupScale(g)` and `groupZero(g)`, the parameters of scale group g (row-major
+ *   [rows, groupsPerRow], counted from the start of the set); a value is (f32(code) − zero) ·
+ *   scale, the codes come from {@link blockCode}.
+ * - f32 needs none.
+ */
+export function decodeFunctions(format: WeightFormat): string {
+  switch (format.kind) {
+    case "f32":
+      return "";
+    case "f16":
+      return "fn decodePair(word: u32) -> vec2<f32> { return unpack2x16float(word); }";
+    case "bf16":
+      return `fn decodePair(word: u32) -> vec2<f32> {
+  return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
+}`;
+    case "q": {
+      const param = (arr: string) =>
+        format.scaleType === "f16" ? `unpack2x16float(${arr}[g >> 1u])[g & 1u]` : `${arr}[g]`;
+      return `fn groupScale(g: u32) -> f32 { return ${param("scales")}; }
+fn groupZero(g: u32) -> f32 { return ${param("zeros")}; }`;
+    }
+  }
+}
+
+/**
+ * WGSL statements loading the `bits` words of one 32-code block, starting at word index
+ * `start`, into `w0 .. w{bits−1}` (what {@link blockCode} reads).
+ */
+export function loadBlockWords(bits: number, start: string): string[] {
+  return Array.from({ length: bits }, (_, i) => `let w${i} = weights[${start} + ${u(i)}];`);
+}
+
+/** WGSL expression (u32) of code j of a 32-code block held in words w0 .. w{bits−1}. */
+export function blockCode(j: number, bits: number): string {
+  const bit = j * bits;
+  const w = bit >>> 5;
+  const shift = bit & 31;
+  const mask = u((1 << bits) - 1);
+  const low = shift === 0 ? `w${w}` : `(w${w} >> ${u(shift)})`;
+  if (shift + bits <= 32) return bits === 32 - shift ? low : `(${low} & ${mask})`;
+  return `((${low} | (w${w + 1} << ${u(32 - shift)})) & ${mask})`;
+}
+
+/**
+ * WGSL `fn weightAt(row: u32, col: u32) -> f32`: element (row, col) of the first matrix of a set
+ * stored as a [rows, cols] matrix in `format` (f32 weights bound as `array<f32>`), decoded by
+ * {@link decodeFunctions} (included). For random access, e.g. an embedding row.
+ */
+export function weightAtFunction(format: WeightFormat, cols: number): string {
+  const l = weightLayout(format, 1, cols);
+  const rs = u(l.rowStride);
+  switch (format.kind) {
+    case "f32":
+      return `fn weightAt(row: u32, col: u32) -> f32 { return weights[row * ${rs} + col]; }`;
+    case "f16":
+    case "bf16":
+      return `${decodeFunctions(format)}
+fn weightAt(row: u32, col: u32) -> f32 {
+  return decodePair(weights[row * ${rs} + col / 2u])[col % 2u];
+}`;
+    case "q": {
+      const bits = u(format.bits);
+      return `${decodeFunctions(format)}
+fn weightAt(row: u32, col: u32) -> f32 {
+  let bit = (col % ${u(BLOCK_CODES)}) * ${bits};
+  let word = row * ${rs} + (col / ${u(BLOCK_CODES)}) * ${bits} + bit / 32u;
+  let shift = bit % 32u;
+  var code = weights[word] >> shift;
+  if (shift + ${bits} > 32u) { code |= weights[word + 1u] << (32u - shift); }
+  let g = row * ${u(l.groupsPerRow)} + col / ${u(format.groupSize)};
+  return (f32(code & ${u((1 << format.bits) - 1)}) - groupZero(g)) * groupScale(g);
+}`;
+    }
+  }
+}
