@@ -10,40 +10,70 @@
  * ```
  *
  * `openArtifact` validates everything that can be validated without reading the weights (the
- * preamble, the header checksum, a FlatBuffers verifier pass, the config, every tensor's shape
- * against its segment sizes, segment bounds/alignment/overlap) before returning; every problem
- * is a one-line InputError (UnsupportedError for a well-formed but unknown family). Segment
- * bytes are checked against their CRC32C on every `read`, and `verifyAll` streams the whole file.
+ * preamble, the header checksum, then schemas/header.ts: a FlatBuffers verifier pass, the model
+ * description, the tensor records against the tensors it implies and their segment sizes; then
+ * here: segment bounds, alignment and overlap) before returning; every problem is a one-line
+ * InputError (UnsupportedError for a model variant this moeq does not know). Segment bytes are
+ * checked against their CRC32C on every `read`, and `verifyAll` streams the whole file.
  *
- * This module is shipped with the runtime: it must not import the compiler.
+ * Part of the format layer: it imports neither the compiler nor the runtime.
  *
  * @module
  */
 
-import * as flatbuffers from "flatbuffers";
-import * as fb from "./generated/artifact_generated.ts";
-import type { Family, ModelConfig } from "./model_legacy.ts";
-import {
-  checkGroupSize,
-  dequantize,
-  isQuantBits,
-  packedByteSizes,
-  type QuantBits,
-  type QuantizedTensor,
-  type ScaleType,
-} from "./packing.ts";
+import { dequantize, type QuantizedTensor } from "./packing.ts";
 import { bf16ToF32, f16ToF32 } from "./half.ts";
 import { crc32c, crc32cUpdate } from "./crc32c.ts";
-import { InputError, IoError, LimitError, MoeqError, UnsupportedError } from "./errors.ts";
-import { verifyHeaderBuffer } from "./artifact_verify.ts";
+import { InputError, IoError, LimitError, MoeqError } from "./errors.ts";
+import {
+  type ArtifactHeader,
+  type ArtifactSummary,
+  decodeHeader,
+  type ExpertReport,
+  FLOAT_BYTES,
+  type FloatStorage,
+  numelOf,
+  quantSizes,
+  type Segment,
+  segmentsOf,
+  type TensorRecord,
+  type TokenizerRecord,
+  u64ToNumber,
+} from "./header.ts";
+import type { ModelSpec } from "./model.ts";
+import { keyString, type TensorKey } from "./tensors.ts";
+
+export {
+  type ArtifactHeader,
+  type ArtifactSummary,
+  encodeHeader,
+  type ExpertReport,
+  FLOAT_BYTES,
+  type FloatStorage,
+  isRoutedExpertMatrix,
+  numelOf,
+  type QuantRecord,
+  type Segment,
+  segmentsOf,
+  type Storage,
+  storageBits,
+  summarize,
+  type TensorRecord,
+  type TokenizerRecord,
+} from "./header.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Layout constants and the preamble
 
 /** The 4 magic bytes every artifact starts with. */
 export const MAGIC = "MOEQ";
-/** The format version this code writes and the newest it reads. */
-export const FORMAT_VERSION = 1;
+/**
+ * The format version this code writes, and the only one it reads. Version 1 described the model
+ * with a fixed config of four families; version 2 stores the model description (ModelSpec) and
+ * names every tensor by stack. A version-1 artifact is refused with a message saying to recompile
+ * it (see ARTIFACT.md).
+ */
+export const FORMAT_VERSION = 2;
 /** Size of the fixed preamble; the header normally starts right after it. */
 export const PREAMBLE_SIZE = 64;
 /** Every weight segment starts at a multiple of this many bytes. */
@@ -94,9 +124,16 @@ export function decodePreamble(bytes: Uint8Array, file: string): Preamble {
   }
   const dv = new DataView(bytes.buffer, bytes.byteOffset, PREAMBLE_SIZE);
   const version = dv.getUint32(4, true);
-  if (version > FORMAT_VERSION || version === 0) {
+  if (version === 1) {
     throw new InputError(
-      `unsupported artifact format version ${version} (this moeq reads up to ${FORMAT_VERSION})`,
+      "artifact format version 1 is no longer read (it predates model descriptions): " +
+        "recompile the checkpoint with this moeq (`moeq compile`)",
+      file,
+    );
+  }
+  if (version !== FORMAT_VERSION) {
+    throw new InputError(
+      `unsupported artifact format version ${version} (this moeq reads version ${FORMAT_VERSION})`,
       file,
     );
   }
@@ -107,7 +144,7 @@ export function decodePreamble(bytes: Uint8Array, file: string): Preamble {
     throw new InputError("preamble reserved bytes are not zero", file);
   }
   const u64 = (at: number, what: string) =>
-    safeNumber(dv.getBigUint64(at, true), `preamble ${what}`, file);
+    u64ToNumber(dv.getBigUint64(at, true), `preamble ${what}`, file);
   return {
     version,
     headerOffset: u64(8, "header offset"),
@@ -117,473 +154,22 @@ export function decodePreamble(bytes: Uint8Array, file: string): Preamble {
   };
 }
 
-function safeNumber(v: bigint, what: string, file: string): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new InputError(`${what} ${v} exceeds 2^53`, file);
-  }
-  return Number(v);
-}
-
 // ---------------------------------------------------------------------------------------------
-// The decoded header as plain objects
+// Where the segments lie
 
-/** A byte range of the file holding weight bytes. */
-export interface Segment {
-  offset: number;
-  length: number;
-  crc32c: number;
-}
-
-/** Float storage types. */
-export type FloatStorage = "f32" | "f16" | "bf16";
-/** How a tensor's values are stored. */
-export type Storage = FloatStorage | "q";
-
-/** Bytes per value of each float storage type. */
-export const FLOAT_BYTES: Record<FloatStorage, number> = { f32: 4, f16: 2, bf16: 2 };
-
-/** Quantization parameters and segments of a "q" tensor. */
-export interface QuantRecord {
-  bits: QuantBits;
-  groupSize: number;
-  scaleType: ScaleType;
-  /** The quantizer that produced it ("rtn", "hqq", "gptq", ...). */
-  quantizer: string;
-  codes: Segment;
-  scales: Segment;
-  zeros: Segment;
-}
-
-/** One tensor of the artifact. */
-export interface TensorRecord {
-  name: string;
-  /** compiler/ir.ts TensorRole (kept a string so newer roles still load). */
-  role: string;
-  /** Decoder layer, -1 for globals. */
-  layer: number;
-  /** Routed expert index, -1 when not an expert tensor. */
-  expert: number;
-  /** [rows, cols] for matrices, [n] for vectors. */
-  shape: number[];
-  storage: Storage;
-  /** The values for float storage; null for "q". */
-  data: Segment | null;
-  /** Parameters and segments for "q"; null for float storage. */
-  quant: QuantRecord | null;
-}
-
-/** One compiler-report row: what a routed expert got. */
-export interface ExpertReport {
-  layer: number;
-  expert: number;
-  /** Mean code bits over the expert's matrices. */
-  bits: number;
-  /** Bytes of the expert's segments. */
-  bytes: number;
-  /** Importance rank within its layer (0 = most important), -1 when not ranked. */
-  rank: number;
-  /** Relative reconstruction error, -1 when not measured. */
-  relError: number;
-  /** Named allocator scores, in the order they were written. */
-  scores: Record<string, number>;
-}
-
-/** Tokenizer material in the artifact. */
-export interface TokenizerRecord {
-  /** Segment holding tokenizer.json, or null for byte-level models (token = byte). */
-  json: Segment | null;
-  chatTemplate: string | null;
-}
-
-/** Totals over the tensors, computed by {@link summarize}. */
-export interface ArtifactSummary {
-  numTensors: number;
-  /** Bytes of all weight segments (tokenizer excluded). */
-  totalBytes: number;
-  /** Bytes of routed-expert segments. */
-  expertBytes: number;
-  /** Weights in routed-expert matrices. */
-  expertParams: number;
-  /** Parameter-weighted mean code bits over routed-expert matrices (f16 counts as 16). */
-  avgExpertBits: number;
-  /** expertBytes · 8 / expertParams: includes scales and zeros. */
-  expertBitsPerWeight: number;
-}
-
-/** Everything the header says, as plain objects. */
-export interface ArtifactHeader {
-  /** Who wrote it (e.g. "moeq 0.1"). */
-  generator: string;
-  config: ModelConfig;
-  tensors: TensorRecord[];
-  experts: ExpertReport[];
-  tokenizer: TokenizerRecord;
-  /** Compile options as a JSON string. */
-  optionsJson: string;
-  summary: ArtifactSummary;
-}
-
-/** Byte sizes of a quantized tensor's codes, scales and zeros per the packing spec. */
-function quantSizes(rows: number, cols: number, q: QuantRecord) {
-  return packedByteSizes({
-    rows,
-    cols,
-    bits: q.bits,
-    groupSize: q.groupSize,
-    scaleType: q.scaleType,
-  });
-}
-
-/** True for the roles of routed-expert matrices (mirrors compiler/ir.ts isExpertRole). */
-export function isExpertTensorRole(role: string): boolean {
-  return role === "expert_gate" || role === "expert_up" || role === "expert_down";
-}
-
-/** The segments of a tensor, in a fixed order (data, or codes/scales/zeros). */
-export function segmentsOf(t: TensorRecord): Segment[] {
-  if (t.quant) return [t.quant.codes, t.quant.scales, t.quant.zeros];
-  return t.data ? [t.data] : [];
-}
-
-/** Number of values of a shape. */
-export function numelOf(shape: readonly number[]): number {
-  return shape.reduce((a, b) => a * b, 1);
-}
-
-/** Code bits per weight of a tensor record (32/16/16 for float storage). */
-export function storageBits(t: TensorRecord): number {
-  return t.quant ? t.quant.bits : FLOAT_BYTES[t.storage as FloatStorage] * 8;
-}
-
-/** Computes the summary totals of a tensor list (the writer stores it; the reader re-checks). */
-export function summarize(tensors: readonly TensorRecord[]): ArtifactSummary {
-  let totalBytes = 0, expertBytes = 0, expertParams = 0, bitSum = 0;
-  for (const t of tensors) {
-    const bytes = segmentsOf(t).reduce((a, s) => a + s.length, 0);
-    totalBytes += bytes;
-    if (isExpertTensorRole(t.role)) {
-      const n = numelOf(t.shape);
-      expertBytes += bytes;
-      expertParams += n;
-      bitSum += n * storageBits(t);
-    }
-  }
-  return {
-    numTensors: tensors.length,
-    totalBytes,
-    expertBytes,
-    expertParams,
-    avgExpertBits: expertParams ? bitSum / expertParams : 0,
-    expertBitsPerWeight: expertParams ? (expertBytes * 8) / expertParams : 0,
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Header decoding (after verifyHeaderBuffer) and semantic validation
-
-const FAMILIES: readonly Family[] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"];
-/** Caps on per-record vector lengths (a header sharing one huge vector cannot blow up decode). */
-const MAX_DIMS = 4;
-const MAX_SCORES = 256;
-const MAX_EOS = 1024;
-
-/**
- * Decodes a header buffer into plain objects and validates it. `fileLength` bounds the
- * segments. Throws InputError (or UnsupportedError) naming `file` and the bad field.
- */
-export function decodeHeader(bytes: Uint8Array, file: string, fileLength: number): ArtifactHeader {
-  verifyHeaderBuffer(bytes, file);
-  const bb = new flatbuffers.ByteBuffer(bytes);
-  const h = fb.Header.getRootAsHeader(bb);
-  const bad = (msg: string): never => {
-    throw new InputError(msg, file);
-  };
-  const str = (v: string | null, what: string): string =>
-    v ?? bad(`header field ${what} is missing`);
-  const u64 = (v: bigint, what: string) => safeNumber(v, `header field ${what}`, file);
-  const seg = (s: fb.Segment | null, what: string): Segment | null =>
-    s &&
-    {
-      offset: u64(s.offset(), `${what}.offset`),
-      length: u64(s.length(), `${what}.length`),
-      crc32c: s.crc32c(),
-    };
-  const needSeg = (s: fb.Segment | null, what: string): Segment =>
-    seg(s, what) ?? bad(`${what}: segment is missing`);
-
-  const config = decodeConfig(h.config() ?? bad("header has no config"), str, bad, file);
-
-  const tensors: TensorRecord[] = [];
-  for (let i = 0; i < h.tensorsLength(); i++) {
-    const t = h.tensors(i)!;
-    const name = str(t.name(), `tensors[${i}].name`);
-    const where = `tensor ${JSON.stringify(name)}`;
-    if (t.shapeLength() < 1 || t.shapeLength() > MAX_DIMS) {
-      bad(`${where}: shape has ${t.shapeLength()} dims (1..${MAX_DIMS} allowed)`);
-    }
-    const shape: number[] = [];
-    for (let d = 0; d < t.shapeLength(); d++) {
-      const n = u64(t.shape(d)!, `${where} shape`);
-      if (n < 1) bad(`${where}: shape dim ${d} is 0`);
-      shape.push(n);
-    }
-    if (numelOf(shape) > Number.MAX_SAFE_INTEGER) bad(`${where}: shape is too large`);
-    const storage = str(t.storage(), `${where} storage`);
-    if (!["f32", "f16", "bf16", "q"].includes(storage)) {
-      bad(`${where}: unknown storage ${JSON.stringify(storage)}`);
-    }
-    const q = t.quant();
-    let quant: QuantRecord | null = null;
-    if (q) {
-      const bits = q.bits();
-      if (!isQuantBits(bits)) bad(`${where}: unsupported bit width ${bits}`);
-      const scaleType = str(q.scaleType(), `${where} scale_type`);
-      if (scaleType !== "f16" && scaleType !== "f32") {
-        bad(`${where}: unknown scale type ${JSON.stringify(scaleType)}`);
-      }
-      quant = {
-        bits: bits as QuantBits,
-        groupSize: q.groupSize(),
-        scaleType: scaleType as ScaleType,
-        quantizer: str(q.quantizer(), `${where} quantizer`),
-        codes: needSeg(q.codes(), `${where} codes`),
-        scales: needSeg(q.scales(), `${where} scales`),
-        zeros: needSeg(q.zeros(), `${where} zeros`),
-      };
-    }
-    tensors.push({
-      name,
-      role: str(t.role(), `${where} role`),
-      layer: t.layer(),
-      expert: t.expert(),
-      shape,
-      storage: storage as Storage,
-      data: seg(t.data(), `${where} data`),
-      quant,
-    });
-  }
-
-  const experts: ExpertReport[] = [];
-  for (let i = 0; i < h.expertsLength(); i++) {
-    const e = h.experts(i)!;
-    const where = `experts[${i}]`;
-    if (e.scoresLength() > MAX_SCORES) {
-      bad(`${where}: ${e.scoresLength()} scores (max ${MAX_SCORES})`);
-    }
-    const scores: Record<string, number> = {};
-    for (let s = 0; s < e.scoresLength(); s++) {
-      const sc = e.scores(s)!;
-      const key = str(sc.name(), `${where}.scores[${s}].name`);
-      if (Object.hasOwn(scores, key)) bad(`${where}: duplicate score ${JSON.stringify(key)}`);
-      scores[key] = sc.value();
-    }
-    experts.push({
-      layer: e.layer(),
-      expert: e.expert(),
-      bits: e.bits(),
-      bytes: u64(e.bytes(), `${where}.bytes`),
-      rank: e.rank(),
-      relError: e.relError(),
-      scores,
-    });
-  }
-
-  const tok = h.tokenizer();
-  const tokenizer: TokenizerRecord = {
-    json: tok ? seg(tok.json(), "tokenizer.json") : null,
-    chatTemplate: tok?.chatTemplate() ?? null,
-  };
-  const s = h.summary() ?? bad("header has no summary");
-  const summary: ArtifactSummary = {
-    numTensors: s.numTensors(),
-    totalBytes: u64(s.totalBytes(), "summary.total_bytes"),
-    expertBytes: u64(s.expertBytes(), "summary.expert_bytes"),
-    expertParams: u64(s.expertParams(), "summary.expert_params"),
-    avgExpertBits: s.avgExpertBits(),
-    expertBitsPerWeight: s.expertBitsPerWeight(),
-  };
-  const header: ArtifactHeader = {
-    generator: h.generator() ?? "",
-    config,
-    tensors,
-    experts,
-    tokenizer,
-    optionsJson: h.optionsJson() ?? "{}",
-    summary,
-  };
-  validateHeader(header, file, fileLength);
-  return header;
-}
-
-function decodeConfig(
-  c: fb.Config,
-  str: (v: string | null, what: string) => string,
-  bad: (msg: string) => never,
-  file: string,
-): ModelConfig {
-  const family = str(c.family(), "config.family");
-  if (!FAMILIES.includes(family as Family)) {
-    throw new UnsupportedError(`${file}: unsupported model family ${JSON.stringify(family)}`);
-  }
-  const r = c.routing() ?? bad("config.routing is missing");
-  const scoring = str(r.scoring(), "config.routing.scoring");
-  if (scoring !== "softmax") {
-    throw new UnsupportedError(`${file}: unsupported routing scoring ${JSON.stringify(scoring)}`);
-  }
-  const activation = str(c.activation(), "config.activation");
-  if (activation !== "silu") {
-    throw new UnsupportedError(`${file}: unsupported activation ${JSON.stringify(activation)}`);
-  }
-  const qkNorm = str(c.qkNorm(), "config.qk_norm");
-  if (qkNorm !== "none" && qkNorm !== "head" && qkNorm !== "full") {
-    bad(`config.qk_norm is ${JSON.stringify(qkNorm)}`);
-  }
-  const numLayers = c.numLayers();
-  if (c.layerKindsLength() !== numLayers) {
-    bad(`config.layer_kinds has ${c.layerKindsLength()} entries for ${numLayers} layers`);
-  }
-  const layerKinds: ("moe" | "dense")[] = [];
-  for (let i = 0; i < c.layerKindsLength(); i++) {
-    const k = c.layerKinds(i);
-    if (k !== "moe" && k !== "dense") bad(`config.layer_kinds[${i}] is ${JSON.stringify(k)}`);
-    layerKinds.push(k as "moe" | "dense");
-  }
-  if (c.eosTokenIdsLength() > MAX_EOS) {
-    bad(`config.eos_token_ids has ${c.eosTokenIdsLength()} entries`);
-  }
-  const eosTokenIds: number[] = [];
-  for (let i = 0; i < c.eosTokenIdsLength(); i++) eosTokenIds.push(Number(c.eosTokenIds(i)!));
-  const bos = Number(c.bosTokenId());
-  return {
-    family: family as Family,
-    vocabSize: c.vocabSize(),
-    hiddenSize: c.hiddenSize(),
-    numLayers,
-    numHeads: c.numHeads(),
-    numKvHeads: c.numKvHeads(),
-    headDim: c.headDim(),
-    expertIntermediateSize: c.expertIntermediateSize(),
-    denseIntermediateSize: c.denseIntermediateSize(),
-    sharedIntermediateSize: c.sharedIntermediateSize(),
-    sharedExpertGated: c.sharedExpertGated(),
-    ropeTheta: c.ropeTheta(),
-    rmsNormEps: c.rmsNormEps(),
-    maxPositions: c.maxPositions(),
-    tieWordEmbeddings: c.tieWordEmbeddings(),
-    qkvBias: c.qkvBias(),
-    qkNorm,
-    activation: "silu",
-    routing: {
-      scoring: "softmax",
-      numExperts: r.numExperts(),
-      topK: r.topK(),
-      normTopK: r.normTopK(),
-    },
-    layerKinds,
-    bosTokenId: bos < 0 ? null : bos,
-    eosTokenIds,
-  };
-}
-
-/**
- * Semantic checks of a decoded header: config sanity, unique tensor names, layer/expert indices,
- * storage vs segments, shape vs segment sizes (packedByteSizes for "q"), segment alignment,
- * bounds and overlap, report rows, summary totals.
- */
-export function validateHeader(h: ArtifactHeader, file: string, fileLength: number): void {
-  const bad = (msg: string): never => {
-    throw new InputError(msg, file);
-  };
-  const c = h.config;
-  for (
-    const k of [
-      "vocabSize",
-      "hiddenSize",
-      "numLayers",
-      "numHeads",
-      "numKvHeads",
-      "headDim",
-    ] as const
-  ) {
-    if (!(c[k] >= 1)) bad(`config.${k} is ${c[k]}, must be positive`);
-  }
-  if (c.numHeads % c.numKvHeads !== 0) {
-    bad(`config.numHeads ${c.numHeads} is not a multiple of numKvHeads ${c.numKvHeads}`);
-  }
-  const r = c.routing;
-  if (!(r.numExperts >= 1 && r.topK >= 1 && r.topK <= r.numExperts)) {
-    bad(`config.routing: topK ${r.topK} of ${r.numExperts} experts is invalid`);
-  }
-  if (!(c.rmsNormEps > 0 && Number.isFinite(c.rmsNormEps))) {
-    bad(`config.rmsNormEps is ${c.rmsNormEps}`);
-  }
-  if (!(c.ropeTheta > 0 && Number.isFinite(c.ropeTheta))) bad(`config.ropeTheta is ${c.ropeTheta}`);
-  for (const id of [...c.eosTokenIds, c.bosTokenId ?? 0]) {
-    if (!(id >= 0 && id < c.vocabSize)) bad(`config token id ${id} is outside the vocabulary`);
-  }
-
-  const segs: { seg: Segment; what: string }[] = [];
-  const names = new Set<string>();
-  for (const t of h.tensors) {
-    const where = `tensor ${JSON.stringify(t.name)}`;
-    if (names.has(t.name)) bad(`${where} appears twice`);
-    names.add(t.name);
-    if (!(t.layer >= -1 && t.layer < c.numLayers)) {
-      bad(`${where}: layer ${t.layer} is out of range`);
-    }
-    if (!(t.expert >= -1 && t.expert < r.numExperts)) {
-      bad(`${where}: expert ${t.expert} is out of range`);
-    }
-    if (t.storage === "q") {
-      if (!t.quant || t.data) bad(`${where}: storage "q" needs quant segments and no data segment`);
-      const q = t.quant!;
-      if (t.shape.length !== 2) {
-        bad(`${where}: a quantized tensor must be 2-D, shape is [${t.shape}]`);
-      }
-      const [rows, cols] = t.shape;
-      try {
-        checkGroupSize(cols, q.groupSize);
-      } catch (e) {
-        bad(`${where}: ${(e as Error).message}`);
-      }
-      const want = quantSizes(rows, cols, q);
-      for (const part of ["codes", "scales", "zeros"] as const) {
-        if (q[part].length !== want[part]) {
-          bad(
-            `${where}: ${part} segment is ${
-              q[part].length
-            } bytes, shape [${t.shape}] at ${q.bits} bits needs ${want[part]}`,
-          );
-        }
-        segs.push({ seg: q[part], what: `${where} ${part}` });
-      }
-    } else {
-      if (!t.data || t.quant) {
-        bad(`${where}: storage "${t.storage}" needs one data segment and no quant`);
-      }
-      const want = numelOf(t.shape) * FLOAT_BYTES[t.storage];
-      if (t.data!.length !== want) {
-        bad(
-          `${where}: data segment is ${
-            t.data!.length
-          } bytes, shape [${t.shape}] as ${t.storage} needs ${want}`,
-        );
-      }
-      segs.push({ seg: t.data!, what: `${where} data` });
-    }
-  }
-  if (h.tokenizer.json) segs.push({ seg: h.tokenizer.json, what: "tokenizer.json" });
-  checkSegments(segs, file, fileLength);
-
-  for (const [i, e] of h.experts.entries()) {
-    if (!(e.layer >= 0 && e.layer < c.numLayers && e.expert >= 0 && e.expert < r.numExperts)) {
-      bad(`experts[${i}]: (layer ${e.layer}, expert ${e.expert}) is out of range`);
-    }
-  }
-  const s = summarize(h.tensors);
-  for (const k of Object.keys(s) as (keyof ArtifactSummary)[]) {
-    if (s[k] !== h.summary[k]) bad(`summary.${k} is ${h.summary[k]}, the tensors give ${s[k]}`);
-  }
+/** Every segment of a header with what it holds (for messages), tokenizer.json included. */
+function allSegments(h: ArtifactHeader): { seg: Segment; what: string }[] {
+  const out = h.tensors.flatMap((t) =>
+    t.quant
+      ? [
+        { seg: t.quant.codes, what: `tensor ${JSON.stringify(t.name)} codes` },
+        { seg: t.quant.scales, what: `tensor ${JSON.stringify(t.name)} scales` },
+        { seg: t.quant.zeros, what: `tensor ${JSON.stringify(t.name)} zeros` },
+      ]
+      : [{ seg: t.data!, what: `tensor ${JSON.stringify(t.name)} data` }]
+  );
+  if (h.tokenizer.json) out.push({ seg: h.tokenizer.json, what: "tokenizer.json" });
+  return out;
 }
 
 /** Checks segments are aligned, non-empty, inside [PREAMBLE_SIZE, fileLength) and disjoint. */
@@ -703,6 +289,8 @@ export interface Artifact extends ArtifactHeader {
   readonly header: ArtifactHeader;
   /** Tensors by name. */
   readonly tensorsByName: ReadonlyMap<string, TensorRecord>;
+  /** The tensor at a (stack, layer, expert, role) key, if the model has it. */
+  tensorAt(key: TensorKey): TensorRecord | undefined;
   /** Reads one segment and checks its CRC32C; `what` names it in errors. */
   read(segment: Segment, what?: string): Promise<Uint8Array>;
   /** Reads the tokenizer.json bytes, or null for byte-level models. */
@@ -778,7 +366,8 @@ async function openSource(src: ByteSource, path: string): Promise<Artifact> {
   if (crc32c(headerBytes) !== pre.headerCrc32c) {
     throw new InputError("header CRC32C mismatch (corrupt header)", path);
   }
-  const header = decodeHeader(headerBytes, path, pre.fileLength);
+  const header = decodeHeader(headerBytes, path);
+  checkSegments(allSegments(header), path, pre.fileLength);
   for (const s of allSegments(header)) {
     if (s.seg.offset < headerOffset + headerLength && headerOffset < s.seg.offset + s.seg.length) {
       throw new InputError(`${s.what}: segment at ${s.seg.offset} overlaps the header`, path);
@@ -793,26 +382,12 @@ async function openSource(src: ByteSource, path: string): Promise<Artifact> {
   return new OpenedArtifact(src, path, pre, header, options);
 }
 
-function allSegments(h: ArtifactHeader): { seg: Segment; what: string }[] {
-  const out = h.tensors.flatMap((t) =>
-    t.quant
-      ? [
-        { seg: t.quant.codes, what: `tensor ${JSON.stringify(t.name)} codes` },
-        { seg: t.quant.scales, what: `tensor ${JSON.stringify(t.name)} scales` },
-        { seg: t.quant.zeros, what: `tensor ${JSON.stringify(t.name)} zeros` },
-      ]
-      : [{ seg: t.data!, what: `tensor ${JSON.stringify(t.name)} data` }]
-  );
-  if (h.tokenizer.json) out.push({ seg: h.tokenizer.json, what: "tokenizer.json" });
-  return out;
-}
-
 /** Chunk size for streaming verification. */
 const VERIFY_CHUNK = 16 << 20;
 
 class OpenedArtifact implements Artifact {
   readonly generator: string;
-  readonly config: ModelConfig;
+  readonly model: ModelSpec;
   readonly tensors: TensorRecord[];
   readonly experts: ExpertReport[];
   readonly tokenizer: TokenizerRecord;
@@ -824,6 +399,7 @@ class OpenedArtifact implements Artifact {
   readonly headerLength: number;
   readonly tensorsByName: ReadonlyMap<string, TensorRecord>;
   readonly header: ArtifactHeader;
+  readonly #byKey: ReadonlyMap<string, TensorRecord>;
 
   constructor(
     readonly src: ByteSource,
@@ -834,7 +410,7 @@ class OpenedArtifact implements Artifact {
   ) {
     this.header = h;
     this.generator = h.generator;
-    this.config = h.config;
+    this.model = h.model;
     this.tensors = h.tensors;
     this.experts = h.experts;
     this.tokenizer = h.tokenizer;
@@ -845,6 +421,11 @@ class OpenedArtifact implements Artifact {
     this.headerOffset = pre.headerOffset;
     this.headerLength = pre.headerLength;
     this.tensorsByName = new Map(h.tensors.map((t) => [t.name, t]));
+    this.#byKey = new Map(h.tensors.map((t) => [keyString(t), t]));
+  }
+
+  tensorAt(key: TensorKey): TensorRecord | undefined {
+    return this.#byKey.get(keyString(key));
   }
 
   async read(segment: Segment, what = `segment at ${segment.offset}`): Promise<Uint8Array> {

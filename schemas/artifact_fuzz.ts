@@ -11,6 +11,7 @@
 import { decodePreamble, encodePreamble, openArtifactBytes, PREAMBLE_SIZE } from "./artifact.ts";
 import { crc32c } from "./crc32c.ts";
 import { MoeqError } from "./errors.ts";
+import { mulberry32, randomInt } from "./prng.ts";
 
 /** Options of {@link fuzzArtifact}. */
 export interface FuzzOptions {
@@ -33,22 +34,9 @@ export interface FuzzResult {
   maxMs: number;
 }
 
-/** xorshift32: a tiny deterministic PRNG. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-}
-
 /** Applies one random mutation to a copy of `valid`. */
-function mutate(valid: Uint8Array, next: () => number): Uint8Array {
-  const pick = (n: number) => next() % n;
+function mutate(valid: Uint8Array, rng: () => number): Uint8Array {
+  const pick = (n: number) => randomInt(rng, n);
   const pre = decodePreamble(valid, "fuzz");
   const hStart = pre.headerOffset, hEnd = pre.headerOffset + pre.headerLength;
   const out = valid.slice();
@@ -139,10 +127,10 @@ export async function fuzzArtifact(valid: Uint8Array, opts: FuzzOptions = {}): P
   const seed = opts.seed ?? 1;
   const maxMsPerCase = opts.maxMsPerCase ?? 2000;
   await exercise(valid);
-  const next = prng(seed);
+  const rng = mulberry32(seed);
   const result: FuzzResult = { iterations, rejected: {}, accepted: 0, maxMs: 0 };
   for (let i = 0; i < iterations; i++) {
-    const bytes = mutate(valid, next);
+    const bytes = mutate(valid, rng);
     const t0 = performance.now();
     try {
       await exercise(bytes);

@@ -3,6 +3,9 @@ import { join } from "node:path";
 import {
   decodePreamble,
   decodeTensor,
+  encodeHeader,
+  encodePreamble,
+  FORMAT_VERSION,
   openArtifact,
   openArtifactBytes,
   PREAMBLE_SIZE,
@@ -10,23 +13,29 @@ import {
   segmentsOf,
 } from "./artifact.ts";
 import { fuzzArtifact } from "./artifact_fuzz.ts";
+import { crc32c } from "./crc32c.ts";
 import { InputError, MoeqError, UnsupportedError } from "./errors.ts";
+import { TINY_MODEL } from "./example_specs.ts";
+import { keyString } from "./tensors.ts";
 import {
   headerOf,
-  seededValues,
-  TINY_CONFIG,
+  tinyArtifact,
+  tinyContent,
   withHeader,
   withHeaderBytes,
   withPreamble,
-  writeTinyArtifact,
-} from "../compiler/emit/testing.ts";
-import { quantizeMatrix } from "../compiler/quantize/mod.ts";
+} from "./testing.ts";
+import { expectedTensors } from "./tensors.ts";
 import { dequantize } from "./packing.ts";
 import { roundF16 } from "./half.ts";
 
 const dir = await Deno.makeTempDir();
-const VALID = await writeTinyArtifact(join(dir, "tiny.moeq"));
+const VALID = tinyArtifact();
+await Deno.writeFile(join(dir, "tiny.moeq"), VALID);
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+const EXPECTED = expectedTensors(TINY_MODEL);
+/** The index of the tensor at this key string in the tiny artifact. */
+const at = (key: string) => EXPECTED.findIndex((e) => keyString(e) === key);
 
 /** Opens and fully verifies; the error it throws, or null. */
 async function problem(bytes: Uint8Array): Promise<unknown> {
@@ -58,9 +67,13 @@ Deno.test("artifact: the tiny artifact opens, verifies and reads back its values
   const a = await openArtifact(join(dir, "tiny.moeq"));
   try {
     await a.verifyAll();
-    assert.deepEqual(a.config, TINY_CONFIG);
+    assert.deepEqual(a.model, TINY_MODEL);
+    assert.equal(a.version, 2);
     assert.equal(a.headerOffset, PREAMBLE_SIZE);
-    assert.equal(a.tensors.length, 5);
+    assert.deepEqual(
+      a.tensors.map((t) => [t.stack, t.layer, t.expert, t.role, t.shape]),
+      EXPECTED.map((e) => [e.stack, e.layer, e.expert, e.role, e.shape]),
+    );
     assert.deepEqual(a.options, { bits: "mixed" });
     assert.deepEqual(a.experts[0].scores, { freq: 0.7, sens: 1.5 });
     assert.equal(a.tokenizer.chatTemplate, "{{ messages }}");
@@ -73,19 +86,20 @@ Deno.test("artifact: the tiny artifact opens, verifies and reads back its values
         assert.equal(s.offset % SEGMENT_ALIGN, 0);
       }
     }
-    // Values: f32 exact, f16 = round-to-f16 of the source, q = dequantize of the same quantizer.
-    assert.deepEqual(await a.readF32(a.tensorsByName.get("final_norm")!), seededValues(32, 2));
-    const embed = await a.readF32(a.tensorsByName.get("embed")!);
-    const src = seededValues(8 * 32, 1);
-    for (let i = 0; i < src.length; i++) assert.equal(embed[i], roundF16(src[i]));
-    const up = quantizeMatrix(seededValues(16 * 32, 5), 16, 32, {
-      bits: 3,
-      groupSize: 32,
-      method: "rtn",
-      scaleType: "f32",
-    });
-    assert.deepEqual(await a.readF32(a.tensorsByName.get("experts.1.up")!), dequantize(up));
-    assert.equal(a.summary.numTensors, 5);
+    // Values: f32 and bf16 exact, f16 = round-to-f16 of the source, q = dequantize of the codes.
+    let storages = "";
+    for (const [i, e] of EXPECTED.entries()) {
+      const t = a.tensorAt(e)!;
+      assert.equal(t, a.tensors[i]);
+      const c = tinyContent(e, i);
+      storages += ` ${c.storage}`;
+      const got = await a.readF32(t);
+      if (c.storage === "q") assert.deepEqual(got, dequantize(c.tensor));
+      else if (c.storage === "f16") assert.deepEqual(got, c.values.map(roundF16));
+      else assert.deepEqual(got, c.values);
+    }
+    for (const s of ["f32", "f16", "bf16", "q"]) assert.ok(storages.includes(` ${s}`), s);
+    assert.equal(a.summary.numTensors, EXPECTED.length);
     assert.equal(a.summary.avgExpertBits, 3.5);
   } finally {
     a.close();
@@ -108,8 +122,12 @@ Deno.test("artifact: wrong magic", async () => {
   await assertRejects(b, /not a moeq artifact: magic is "GGUF"/);
 });
 
-Deno.test("artifact: newer format version", async () => {
-  await assertRejects(withPreamble(VALID, { version: 2 }), /unsupported artifact format version 2/);
+Deno.test("artifact: newer format version; version 1 says to recompile", async () => {
+  await assertRejects(withPreamble(VALID, { version: 3 }), /unsupported artifact format version 3/);
+  await assertRejects(
+    withPreamble(VALID, { version: 1 }),
+    /format version 1 is no longer read .*: recompile the checkpoint with this moeq/,
+  );
 });
 
 Deno.test("artifact: header CRC mismatch", async () => {
@@ -138,13 +156,16 @@ Deno.test("artifact: every single-byte flip anywhere in the file is detected", a
 
 Deno.test("artifact: segment CRC mismatch is reported by read() naming the tensor", async () => {
   const a0 = await openArtifactBytes(VALID);
-  const t = a0.tensorsByName.get("experts.0.gate")!;
+  const t = a0.tensors[at("decoder/0/0/expert_gate")];
   const b = VALID.slice();
   b[t.quant!.scales.offset + 1] ^= 0x04;
   const a = await openArtifactBytes(b, "t.moeq"); // the header is intact: open succeeds
-  await assert.rejects(() => a.readF32(t), /"experts.0.gate" scales: CRC32C mismatch/);
+  await assert.rejects(
+    () => a.readF32(t),
+    /"decoder\/0\/0\/expert_gate" scales: CRC32C mismatch/,
+  );
   await assert.rejects(() => a.verifyAll(), InputError);
-  assert.ok((await a.readF32(a.tensorsByName.get("embed")!)).length === 256, "others still read");
+  assert.ok((await a.readF32(a.tensors[0])).length === 256, "others still read");
 });
 
 Deno.test("artifact: truncated at several points", async () => {
@@ -176,52 +197,59 @@ Deno.test("artifact: segment offset past EOF", async () => {
   });
   await assertRejects(
     b,
-    /tensor "embed" data: segment \[8589934592, \d+\) is outside the \d+-byte file/,
+    /tensor "decoder\/-1\/-1\/embed" data: segment \[8589934592, \d+\) is outside the \d+-byte/,
   );
   const c = withHeader(VALID, (h) => {
     h.tensors[1].data!.offset = VALID.length - (VALID.length % 256); // starts in, ends past EOF
   });
-  await assertRejects(c, /tensor "final_norm" data: segment .* is outside/);
+  await assertRejects(c, /tensor "decoder\/0\/-1\/attn_norm" data: segment .* is outside/);
 });
 
 Deno.test("artifact: overlapping segments", async () => {
   const h0 = headerOf(VALID);
   const b = withHeader(VALID, (h) => {
-    h.tensors[2].data!.offset = h0.tensors[0].data!.offset; // router onto embed
+    h.tensors[2].data!.offset = h0.tensors[0].data!.offset; // attn_q onto embed
   });
-  await assertRejects(b, /overlaps tensor "(embed|router)" data/);
+  await assertRejects(b, /overlaps tensor "decoder\/(-1\/-1\/embed|0\/-1\/attn_q)" data/);
 });
 
 Deno.test("artifact: segment overlapping the header", async () => {
   const b = withHeader(VALID, (h) => {
     h.tensors[1].data!.offset = 256; // inside the 4 KiB header region
   });
-  await assertRejects(b, /tensor "final_norm" data: segment at 256 overlaps the header/);
+  await assertRejects(
+    b,
+    /tensor "decoder\/0\/-1\/attn_norm" data: segment at 256 overlaps the header/,
+  );
 });
 
 Deno.test("artifact: misaligned segment", async () => {
   const b = withHeader(VALID, (h) => {
     h.tensors[1].data!.offset += 8;
   });
-  await assertRejects(b, /tensor "final_norm" data: segment offset \d+ is not 256-byte aligned/);
+  await assertRejects(
+    b,
+    /"decoder\/0\/-1\/attn_norm" data: segment offset \d+ is not 256-byte aligned/,
+  );
 });
 
 Deno.test("artifact: segment size vs shape mismatch (float and quantized)", async () => {
   await assertRejects(
     withHeader(VALID, (h) => {
-      h.tensors[0].shape = [8, 33];
+      h.tensors[0].data!.length = 8 * 33 * 2;
     }),
-    /tensor "embed": data segment is 512 bytes, shape \[8,33\] as f16 needs 528/,
+    /\(embed\): data segment is 528 bytes, shape \[8,32\] as f16 needs 512/,
+  );
+  const gate = at("decoder/0/0/expert_gate");
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.tensors[gate].quant!.bits = 8;
+    }),
+    /\(layer 0 expert 0 expert_gate\): codes segment is 512 bytes, shape \[32,32\] at 8 bits needs 1024/,
   );
   await assertRejects(
     withHeader(VALID, (h) => {
-      h.tensors[3].quant!.bits = 8;
-    }),
-    /tensor "experts.0.gate": codes segment is 256 bytes, shape \[16,32\] at 8 bits needs 512/,
-  );
-  await assertRejects(
-    withHeader(VALID, (h) => {
-      h.tensors[3].quant!.groupSize = 48;
+      h.tensors[gate].quant!.groupSize = 48;
     }),
     /group size 48 is not a multiple of 32/,
   );
@@ -263,32 +291,111 @@ Deno.test("artifact: header verifier rejects corrupted offsets (with valid check
 
 Deno.test("artifact: non-zero padding between segments is detected by verifyAll", async () => {
   const h = headerOf(VALID);
-  const d = h.tensors[1].data!; // final_norm: 128 bytes, then padding to 256
+  const d = h.tensors[1].data!; // attn_norm: 128 bytes, then padding to 256
   const b = VALID.slice();
   b[d.offset + d.length + 3] = 1;
   const a = await openArtifactBytes(b);
   await assert.rejects(() => a.verifyAll(), /non-zero padding byte at offset/);
 });
 
-Deno.test("artifact: unknown family is UnsupportedError, bad layer kinds InputError", async () => {
+Deno.test("artifact: the records must be exactly the tensors the model description implies", async () => {
   await assertRejects(
     withHeader(VALID, (h) => {
-      h.config.family = "switch" as never;
+      h.tensors[0].shape = [8, 16];
+      h.tensors[0].data!.length = 8 * 16 * 2;
     }),
-    /unsupported model family "switch"/,
+    /"decoder\/-1\/-1\/embed" \(embed\): shape \[8,16\], the model description implies \[8,32\]/,
+  );
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.tensors.splice(at("decoder/0/-1/router"), 1);
+      h.summary.numTensors--;
+      h.summary.totalBytes -= 2 * 32 * 2;
+    }),
+    /the model description implies layer 0 router \[2,32\], which the header lacks/,
+  );
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.tensors[1].role = "attn_sinks";
+    }),
+    /\(layer 0 attn_sinks\) is not part of the model description/,
+  );
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.tensors[1].stack = "encoder";
+    }),
+    /\(encoder layer 0 attn_norm\) is not part of the model description/,
+  );
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.tensors[3].role = "attn_q";
+    }),
+    /"decoder\/0\/-1\/attn_k" \(layer 0 attn_q\) appears twice/,
+  );
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.tensors[3].name = h.tensors[2].name;
+    }),
+    /\(layer 0 attn_k\): the name appears twice/,
+  );
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.tensors[1] = {
+        ...h.tensors[1],
+        storage: "q",
+        data: null,
+        quant: { ...h.tensors[at("decoder/0/0/expert_gate")].quant! },
+      };
+    }),
+    /\(layer 0 attn_norm\): a vector cannot be quantized/,
+  );
+});
+
+Deno.test("artifact: the model description is checked; an unknown variant is UnsupportedError", async () => {
+  const editModel = (edit: (m: Record<string, unknown>) => void) =>
+    withHeader(VALID, (h) => {
+      const m = structuredClone(h.model) as unknown as Record<string, unknown>;
+      edit(m);
+      h.model = m as never;
+    });
+  await assertRejects(
+    editModel((m) => {
+      (m.decoder as { layers: { blocks: { kind: string }[] }[] }).layers[0].blocks[1].kind =
+        "mamba";
+    }),
+    /model\.decoder\.layers\[0\]\.blocks\[1\]\.kind is "mamba", a variant this moeq does not know/,
     UnsupportedError,
   );
   await assertRejects(
-    withHeader(VALID, (h) => {
-      h.config.layerKinds = ["moe", "moe"];
+    editModel((m) => {
+      (m.decoder as { layers: { blocks: { ffn: { topK: number } }[] }[] }).layers[0].blocks[1]
+        .ffn.topK = 0;
     }),
-    /config.layer_kinds has 2 entries for 1 layers/,
+    /model\.decoder\.layers\[0\]\.blocks\[1\]\.ffn\.topK is 0, must be an integer in 1\.\.2/,
+  );
+  await assertRejects(
+    editModel((m) => {
+      m.hiddenSize = 64;
+    }),
+    /shape \[8,32\], the model description implies \[8,64\]/,
   );
   await assertRejects(
     withHeader(VALID, (h) => {
-      h.config.numKvHeads = 3;
+      h.experts[1].expert = 2;
     }),
-    /numHeads 2 is not a multiple of numKvHeads 3/,
+    /experts\[1\] \(decoder layer 0, expert 2\): the layer has 2 experts/,
+  );
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.experts[1].layer = 1;
+    }),
+    /experts\[1\] \(decoder layer 1, expert 1\): that layer has no MoE block/,
+  );
+  await assertRejects(
+    withHeader(VALID, (h) => {
+      h.experts[1].expert = 0;
+    }),
+    /experts\[1\] .*: a second row for the same expert/,
   );
 });
 
@@ -299,6 +406,52 @@ Deno.test("artifact: summary that disagrees with the tensors", async () => {
     }),
     /summary.totalBytes is \d+, the tensors give \d+/,
   );
+});
+
+Deno.test("artifact: segment offsets beyond 4 GiB read back exactly (sparse file)", async () => {
+  // The tiny artifact's segments moved 4.75 GiB further into a sparse file.
+  const shift = 2 ** 32 + 3 * 2 ** 28;
+  const h = headerOf(VALID);
+  const moves: [number, number, number][] = []; // [old offset, new offset, length]
+  const move = (s: { offset: number; length: number }) => {
+    moves.push([s.offset, s.offset + shift, s.length]);
+    s.offset += shift;
+  };
+  for (const t of h.tensors) segmentsOf(t).forEach(move);
+  move(h.tokenizer.json!);
+  const header = encodeHeader(h);
+  const last = moves.at(-1)!;
+  const fileLength = last[1] + last[2];
+  const path = join(dir, "big.moeq");
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  try {
+    await f.write(encodePreamble({
+      version: FORMAT_VERSION,
+      headerOffset: PREAMBLE_SIZE,
+      headerLength: header.length,
+      fileLength,
+      headerCrc32c: crc32c(header),
+    }));
+    await f.write(header);
+    for (const [from, to, length] of moves) {
+      await f.seek(to, Deno.SeekMode.Start);
+      await f.write(VALID.subarray(from, from + length));
+    }
+  } finally {
+    f.close();
+  }
+  const small = await openArtifactBytes(VALID);
+  const a = await openArtifact(path);
+  try {
+    assert.equal(a.fileLength, fileLength);
+    assert.equal(a.tensors[0].data!.offset, small.tensors[0].data!.offset + shift);
+    for (const [i, t] of a.tensors.entries()) {
+      assert.deepEqual(await a.readF32(t), await small.readF32(small.tensors[i]));
+    }
+  } finally {
+    a.close();
+    await Deno.remove(path);
+  }
 });
 
 Deno.test("artifact: missing file is an InputError naming it", async () => {

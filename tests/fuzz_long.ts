@@ -1,7 +1,7 @@
 /**
  * A long fuzz run of every input parser: `deno run -A tests/fuzz_long.ts [iterations] [seed]`
  * (the `fuzz` task). Runs the safetensors fuzzer, the config.json fuzzer and the artifact fuzzer
- * (on the writer's tiny artifact and on a compiled one) for `iterations` cases each, with a
+ * (on the format layer's tiny artifact and on a compiled one) for `iterations` cases each, with a
  * random seed unless one is given, and prints the cases rejected per error class. Any case that
  * throws something other than a typed MoeqError, or hangs, ends the run with exit code 1 and the
  * seed to replay it.
@@ -9,10 +9,9 @@
  * @module
  */
 
-import { join } from "node:path";
 import { fuzzConfig, fuzzSafetensors } from "../compiler/checkpoint/fuzz.ts";
-import { writeTinyArtifact } from "../compiler/emit/testing.ts";
 import { fuzzArtifact } from "../schemas/artifact_fuzz.ts";
+import { tinyArtifact } from "../schemas/testing.ts";
 import { SMALL_MIXTRAL, smallArtifact } from "./reliability_cases.ts";
 
 /** One fuzzer's tally. */
@@ -49,23 +48,15 @@ export async function fuzzAll(iterations: number, seed: number): Promise<FuzzLin
       rejected: { "MoeqError (any)": r.rejected },
     });
   });
-  const dir = await Deno.makeTempDir({ prefix: "moeq-fuzz-long-" });
-  try {
-    const tiny = await writeTinyArtifact(join(dir, "tiny.moeq"));
-    for (
-      const [name, bytes, s] of [["artifact (tiny)", tiny, seed + 2], [
-        "artifact (compiled)",
-        await smallArtifact(),
-        seed + 3,
-      ]] as const
-    ) {
-      await timed(name, s, async () => {
-        const r = await fuzzArtifact(bytes, { iterations, seed: s });
-        return { iterations, accepted: r.accepted, rejected: r.rejected };
-      });
-    }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
+  const artifacts = [
+    ["artifact (tiny)", tinyArtifact(), seed + 2],
+    ["artifact (compiled)", await smallArtifact(), seed + 3],
+  ] as const;
+  for (const [name, bytes, s] of artifacts) {
+    await timed(name, s, async () => {
+      const r = await fuzzArtifact(bytes, { iterations, seed: s });
+      return { iterations, accepted: r.accepted, rejected: r.rejected };
+    });
   }
   return lines;
 }

@@ -1,16 +1,31 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { loadCheckpoint } from "../checkpoint/mod.ts";
-import { isExpertRole, tensorsOf } from "../ir_legacy.ts";
+import { loadCheckpoint, SUPPORTED_MODEL_TYPES } from "../checkpoint/mod.ts";
+import { moeLayers } from "../ir.ts";
 import { quantizeMatrix } from "../quantize/mod.ts";
 import { forward, prepareReference } from "../reference/mod.ts";
 import { openArtifact, PREAMBLE_SIZE } from "../../schemas/artifact.ts";
+import { InputError } from "../../schemas/errors.ts";
+import { MIXTRAL_LIKE, SWITCH_LIKE, TINY_MODEL } from "../../schemas/example_specs.ts";
 import { dequantize } from "../../schemas/packing.ts";
+import { isExpertMatrixRole, keyString } from "../../schemas/tensors.ts";
+import { buildArtifact } from "../../schemas/testing.ts";
 import { artifactToIR, emitArtifact } from "./mod.ts";
+import { syntheticIR } from "./testing.ts";
 
-const FIXTURES = new URL("../../testdata/hf-moe/", import.meta.url).pathname;
-const fixtures = [...Deno.readDirSync(FIXTURES)].filter((e) => e.isDirectory).map((e) => e.name)
-  .sort();
+const TESTDATA = new URL("../../testdata/", import.meta.url).pathname;
+/** Every checkpoint fixture of a family the front end reads (hf-moe and hf-oracle). */
+const CHECKPOINTS = ["hf-moe", "hf-oracle"].flatMap((group) =>
+  [...Deno.readDirSync(join(TESTDATA, group))]
+    .filter((e) => e.isDirectory)
+    .map((e) => join(TESTDATA, group, e.name))
+    .filter((dir) => {
+      const config = JSON.parse(Deno.readTextFileSync(join(dir, "config.json")));
+      return SUPPORTED_MODEL_TYPES.includes(config.model_type);
+    })
+    .sort()
+);
+const FIRST = join(TESTDATA, "hf-moe", "mixtral-classic");
 
 function sameBits(a: Float32Array, b: Float32Array): boolean {
   const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
@@ -18,28 +33,29 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
   return ua.length === ub.length && ua.every((v, i) => v === ub[i]);
 }
 
-for (const name of fixtures) {
+for (const path of CHECKPOINTS) {
+  const name = path.slice(TESTDATA.length);
   Deno.test(`emit: ${name} checkpoint → f32 artifact → artifactToIR is bit-identical`, async () => {
     const dir = await Deno.makeTempDir();
     try {
-      const ir = await loadCheckpoint(join(FIXTURES, name));
+      const ir = await loadCheckpoint(path);
       const dest = join(dir, "m.moeq");
       const written = await emitArtifact(ir, dest, { options: { test: name } });
       const a = await openArtifact(dest);
       try {
         assert.equal(a.headerOffset, PREAMBLE_SIZE, "header sits right after the preamble");
         assert.equal(a.fileLength, written.bytes);
-        assert.deepEqual(a.config, ir.config);
+        assert.deepEqual(a.model, ir.spec);
         assert.deepEqual(a.options, { test: name });
         await a.verifyAll();
         const back = await artifactToIR(a);
-        const src = [...tensorsOf(ir)];
-        const dst = [...tensorsOf(back)];
+        assert.deepEqual(back.spec, ir.spec);
+        const src = ir.tensors;
+        const dst = back.tensors;
         assert.equal(dst.length, src.length);
         for (let i = 0; i < src.length; i++) {
-          assert.equal(dst[i].role, src[i].role);
-          assert.equal(dst[i].layer, src[i].layer);
-          assert.equal(dst[i].expert, src[i].expert);
+          assert.equal(keyString(dst[i]), keyString(src[i]));
+          assert.equal(dst[i].ref.name, src[i].ref.name);
           assert.deepEqual(dst[i].ref.shape, [...src[i].ref.shape]);
           assert.ok(
             sameBits(await dst[i].ref.read(), await src[i].ref.read()),
@@ -66,12 +82,12 @@ for (const name of fixtures) {
 Deno.test("emit: quantized experts round trip exactly (codes, scales, zeros and dequantized values)", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const ir = await loadCheckpoint(join(FIXTURES, fixtures[0]));
+    const ir = await loadCheckpoint(FIRST);
     const dest = join(dir, "q.moeq");
     const bitsOf = (expert: number) => ([2, 3, 4, 8] as const)[expert % 4];
     await emitArtifact(ir, dest, {
       encode: (t) =>
-        isExpertRole(t.role)
+        isExpertMatrixRole(t.role)
           ? { storage: "q", bits: bitsOf(t.expert), groupSize: 32, method: "rtn" }
           : { storage: t.role === "embed" ? "bf16" : "f16" },
     });
@@ -79,10 +95,11 @@ Deno.test("emit: quantized experts round trip exactly (codes, scales, zeros and 
     try {
       await a.verifyAll();
       let nq = 0;
-      for (const placed of tensorsOf(ir)) {
-        const rec = a.tensorsByName.get(placed.ref.name)!;
+      for (const placed of ir.tensors) {
+        const rec = a.tensorAt(placed)!;
+        assert.equal(rec.name, placed.ref.name);
         const w = await placed.ref.read();
-        if (isExpertRole(placed.role)) {
+        if (isExpertMatrixRole(placed.role)) {
           const [rows, cols] = placed.ref.shape;
           const want = quantizeMatrix(w, rows, cols, {
             bits: bitsOf(placed.expert),
@@ -138,8 +155,8 @@ Deno.test("emit: shakespeare-moe (BF16) stored in its native dtype round trips b
         } ms`,
       );
       const back = await artifactToIR(a);
-      const src = [...tensorsOf(ir)];
-      const dst = [...tensorsOf(back)];
+      const src = ir.tensors;
+      const dst = back.tensors;
       for (let i = 0; i < src.length; i++) {
         assert.equal(dst[i].ref.dtype, src[i].ref.dtype);
         assert.ok(sameBits(await dst[i].ref.read(), await src[i].ref.read()), src[i].ref.name);
@@ -155,14 +172,14 @@ Deno.test("emit: shakespeare-moe (BF16) stored in its native dtype round trips b
 Deno.test("emit: report function, lazy GPTQ Hessian and value callbacks", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const ir = await loadCheckpoint(join(FIXTURES, fixtures[0]));
+    const ir = await loadCheckpoint(FIRST);
     const dest = join(dir, "g.moeq");
     const seen = { values: 0, quantized: 0, hessians: 0, reportCalls: 0 };
     let maxErr = 0;
-    const experts = ir.layers.flatMap((l) => l.ffn.kind === "moe" ? l.ffn.experts : []);
+    const experts = moeLayers(ir).flatMap((l) => l.experts);
     await emitArtifact(ir, dest, {
       encode: (t) => {
-        if (!isExpertRole(t.role)) return { storage: "f32" };
+        if (!isExpertMatrixRole(t.role)) return { storage: "f32" };
         const cols = t.ref.shape[1];
         return {
           storage: "q",
@@ -180,6 +197,7 @@ Deno.test("emit: report function, lazy GPTQ Hessian and value callbacks", async 
       experts: () => {
         seen.reportCalls++;
         return experts.map((e) => ({
+          stack: e.stack,
           layer: e.layer,
           expert: e.index,
           bits: 4,
@@ -201,7 +219,7 @@ Deno.test("emit: report function, lazy GPTQ Hessian and value callbacks", async 
     try {
       assert.equal(a.headerOffset, PREAMBLE_SIZE, "report function sized the header exactly");
       assert.equal(seen.reportCalls, 2);
-      assert.equal(seen.values, [...tensorsOf(ir)].length);
+      assert.equal(seen.values, ir.tensors.length);
       assert.equal(seen.quantized, experts.length * 3);
       assert.equal(seen.hessians, experts.length * 3);
       assert.ok(maxErr > 0);
@@ -210,6 +228,63 @@ Deno.test("emit: report function, lazy GPTQ Hessian and value callbacks", async 
       assert.equal(a.tensors.find((t) => t.quant)!.quant!.quantizer, "gptq");
     } finally {
       a.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("emit: an f32 synthetic IR is byte for byte the format layer's in-memory artifact", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const spec of [TINY_MODEL, MIXTRAL_LIKE, SWITCH_LIKE]) {
+      const dest = join(dir, `${spec.family}.moeq`);
+      await emitArtifact(syntheticIR(spec), dest);
+      assert.deepEqual(await Deno.readFile(dest), buildArtifact(spec), spec.family);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("emit: the IR must hold exactly the described tensors; nothing is written otherwise", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const dest = join(dir, "bad.moeq");
+    const cases: [string, (ir: ReturnType<typeof syntheticIR>) => void, RegExp][] = [
+      ["missing", (ir) => ir.tensors.splice(3, 1), /implies layer 0 attn_k, which the IR lacks/],
+      [
+        "duplicate",
+        (ir) => ir.tensors.push({ ...ir.tensors[3] }),
+        /layer 0 attn_k appears twice in the IR/,
+      ],
+      [
+        "extra",
+        (ir) => ir.tensors.push({ ...ir.tensors[3], role: "attn_sinks" }),
+        /layer 0 attn_sinks is not part of the model description/,
+      ],
+      [
+        "shape",
+        (
+          ir,
+        ) => (ir.tensors[3] = { ...ir.tensors[3], ref: { ...ir.tensors[3].ref, shape: [16, 16] } }),
+        /layer 0 attn_k \(decoder\/0\/-1\/attn_k\) is \[16,16\], the description implies \[16,32\]/,
+      ],
+      [
+        "spec",
+        (ir) => (ir.spec = { ...ir.spec, vocabSize: 0 }),
+        /synthetic \(model description\): model\.vocabSize is 0/,
+      ],
+    ];
+    for (const [what, edit, pattern] of cases) {
+      const ir = syntheticIR(TINY_MODEL);
+      edit(ir);
+      await assert.rejects(() => emitArtifact(ir, dest), (e: unknown) => {
+        assert.ok(e instanceof InputError, `${what}: ${e}`);
+        assert.match(e.message, pattern, what);
+        return true;
+      });
+      assert.deepEqual([...Deno.readDirSync(dir)], [], `${what}: nothing written`);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });

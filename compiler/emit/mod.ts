@@ -1,12 +1,13 @@
 /**
- * The compiler's back end: ModelIR → artifact file (schemas/ARTIFACT.md), and artifact →
- * ModelIR for running the CPU reference on compiled models.
+ * The compiler's back end: ModelIR → artifact file (schemas/ARTIFACT.md): the model description
+ * goes into the header, every tensor it implies is written in `expectedTensors` order. And
+ * artifact → ModelIR (artifact_to_ir.ts) for running the CPU reference on compiled models.
  *
  * @example
  * ```ts
  * const ir = await loadCheckpoint("model-dir");
  * await emitArtifact(ir, "model.moeq", {
- *   encode: (t) => isExpertRole(t.role)
+ *   encode: (t) => isExpertMatrixRole(t.role)
  *     ? { storage: "q", bits: 4, groupSize: 64, method: "hqq" }
  *     : { storage: "f16" },
  * });
@@ -16,8 +17,7 @@
  */
 
 import { maxVariance } from "../passes/sensitivity.ts";
-import type { PlacedTensor, TensorRef } from "../ir_legacy.ts";
-import { type ModelIR, tensorsOf } from "../ir_legacy.ts";
+import type { ModelIR, PlacedTensor, TensorRef } from "../ir.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import {
   type BlockJob,
@@ -48,7 +48,9 @@ import {
   summarize,
   type TensorRecord,
 } from "../../schemas/artifact.ts";
-import { UsageError } from "../../schemas/errors.ts";
+import { InputError, UsageError } from "../../schemas/errors.ts";
+import { parseModelSpec } from "../../schemas/model_parse.ts";
+import { describeKey, expectedTensors, keyString } from "../../schemas/tensors.ts";
 import { dequantize, groupsPerRow, type QuantBits, type ScaleType } from "../../schemas/packing.ts";
 import { encodeHeader } from "../../schemas/header.ts";
 import { ArtifactWriter, type TensorMeta, type WrittenArtifact } from "./writer.ts";
@@ -63,7 +65,7 @@ export {
   type WriterOptions,
   type WrittenArtifact,
 } from "./writer.ts";
-export { artifactToIR } from "./ir.ts";
+export { artifactToIR } from "./artifact_to_ir.ts";
 
 /** How one tensor is stored: a float type, or quantized by a method of compiler/quantize. */
 export type TensorEncoding =
@@ -83,7 +85,8 @@ export interface EmitOptions {
   /** Picks each tensor's storage; default: every tensor as f32. */
   encode?: (placed: PlacedTensor) => TensorEncoding;
   /**
-   * Compiler report rows, one per routed expert; or a function returning them, called once before
+   * Compiler report rows, one per routed expert (named by stack, layer and expert); or a function
+   * returning them, called once before
    * writing (to size the header: it must already return the final rows and score names, with any
    * values) and once after the last tensor (the rows stored).
    */
@@ -129,6 +132,7 @@ export interface EmitOptions {
 function metaOf(p: PlacedTensor): TensorMeta {
   return {
     name: p.ref.name,
+    stack: p.stack,
     role: p.role,
     layer: p.layer,
     expert: p.expert,
@@ -163,7 +167,37 @@ function placeholderRecord(meta: TensorMeta, enc: TensorEncoding): TensorRecord 
 const BLOCK_ROWS = CHUNK_ROWS;
 
 /**
- * Writes `ir` as an artifact at `destPath`, tensor by tensor in `tensorsOf` order. Matrices
+ * The IR's tensors in `expectedTensors(ir.spec)` order, after checking that the description is
+ * one the reader accepts and that the IR holds exactly the tensors it implies, with their shapes
+ * (an InputError naming the source otherwise: nothing is written).
+ */
+function tensorsInOrder(ir: ModelIR): PlacedTensor[] {
+  const bad = (msg: string): never => {
+    throw new InputError(msg, ir.source);
+  };
+  parseModelSpec(JSON.parse(JSON.stringify(ir.spec)), `${ir.source} (model description)`);
+  const expected = expectedTensors(ir.spec);
+  const wanted = new Set(expected.map(keyString));
+  const byKey = new Map<string, PlacedTensor>();
+  for (const t of ir.tensors) {
+    const key = keyString(t);
+    if (!wanted.has(key)) bad(`${describeKey(t)} is not part of the model description`);
+    if (byKey.has(key)) bad(`${describeKey(t)} appears twice in the IR`);
+    byKey.set(key, t);
+  }
+  return expected.map((e) => {
+    const t = byKey.get(keyString(e)) ??
+      bad(`the model description implies ${describeKey(e)}, which the IR lacks`);
+    const shape = t.ref.shape;
+    if (shape.length !== e.shape.length || e.shape.some((d, i) => d !== shape[i])) {
+      bad(`${describeKey(e)} (${t.ref.name}) is [${shape}], the description implies [${e.shape}]`);
+    }
+    return t;
+  });
+}
+
+/**
+ * Writes `ir` as an artifact at `destPath`, tensor by tensor in `expectedTensors` order. Matrices
  * stored as floats or quantized by RTN/HQQ stream in 512-row blocks: each block is read raw,
  * then decoded, quantized or cast (and its moments taken) on a worker of `pool` or on this
  * thread, and written in order with incremental CRC32C, with a few blocks in flight. Memory is
@@ -177,7 +211,7 @@ export async function emitArtifact(
   opts: EmitOptions = {},
 ): Promise<WrittenArtifact> {
   const encode = opts.encode ?? (() => ({ storage: "f32" as const }));
-  const plan = [...tensorsOf(ir)].map((placed) => ({
+  const plan = tensorsInOrder(ir).map((placed) => ({
     placed,
     meta: metaOf(placed),
     enc: encode(placed),
@@ -199,7 +233,7 @@ export async function emitArtifact(
   const placeholders = plan.map(({ meta, enc }) => placeholderRecord(meta, enc));
   const placeholder: ArtifactHeader = {
     generator: opts.generator ?? "moeq",
-    config: ir.config,
+    model: ir.spec,
     tensors: placeholders,
     experts: reportRows(),
     tokenizer: { json: tokJson ? ZERO_SEGMENT : null, chatTemplate: tok.chatTemplate },
@@ -305,7 +339,7 @@ export async function emitArtifact(
     }
     await w.setTokenizer(tokJson, tok.chatTemplate);
     return await w.finish({
-      config: ir.config,
+      model: ir.spec,
       experts: reportRows(),
       optionsJson,
       generator: opts.generator,

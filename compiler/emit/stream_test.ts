@@ -5,18 +5,22 @@ import { castMatrix } from "../quantize/cast.ts";
 import { quantizeMatrix } from "../quantize/mod.ts";
 import { ArtifactWriter } from "./writer.ts";
 import { emitArtifact, type TensorEncoding } from "./mod.ts";
-import { seededValues, TINY_CONFIG } from "./testing.ts";
+import { seededValues } from "./testing.ts";
 import { writeSyntheticMixtral } from "../../cli/bench_compile.ts";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
-import { isExpertRole, type PlacedTensor } from "../ir_legacy.ts";
+import { moeLayers, type PlacedTensor } from "../ir.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import { MomentAccumulator } from "./stats.ts";
-import { compileModel, rowVariances } from "../compile.ts";
+import { compileModel } from "../compile.ts";
+import { rowVariances } from "../stages/weight_scores.ts";
+import { TINY_MODEL } from "../../schemas/example_specs.ts";
+import { isExpertMatrixRole } from "../../schemas/tensors.ts";
 import { inlineRunner } from "../parallel/block.ts";
 import { maxVariance } from "../passes/sensitivity.ts";
 
 const meta = (name: string, shape: number[]) => ({
   name,
+  stack: "decoder" as const,
   role: "embed",
   layer: -1,
   expert: -1,
@@ -35,7 +39,7 @@ Deno.test("writer streams: pieces give the bytes of the one-shot calls; misuse i
     const one = await ArtifactWriter.create(join(dir, "a.moeq"));
     await one.addFloatTensor(meta("f", [rows, cols]), w, "bf16");
     await one.addQuantTensor(meta("q", [rows, cols]), q, "rtn");
-    await one.finish({ config: TINY_CONFIG });
+    await one.finish({ model: TINY_MODEL });
     const two = await ArtifactWriter.create(join(dir, "b.moeq"));
     const f = two.beginFloatTensor(meta("f", [rows, cols]), "bf16");
     const h = castMatrix(w, "bf16");
@@ -49,7 +53,7 @@ Deno.test("writer streams: pieces give the bytes of the one-shot calls; misuse i
       await s.appendCodes(q.codes.subarray(r * wpr, Math.min(rows, r + 16) * wpr));
     }
     await s.finish(q.scales, q.zeros);
-    await two.finish({ config: TINY_CONFIG });
+    await two.finish({ model: TINY_MODEL });
     assert.deepEqual(
       await Deno.readFile(join(dir, "b.moeq")),
       await Deno.readFile(join(dir, "a.moeq")),
@@ -81,7 +85,7 @@ Deno.test("emit: row-block streaming (0 and 2 workers) = whole-tensor path byte 
     }, { shardBytes: 1e6 });
     const ir = await loadCheckpoint(ckpt);
     const encode = (p: PlacedTensor): TensorEncoding =>
-      isExpertRole(p.role)
+      isExpertMatrixRole(p.role)
         ? { storage: "q", bits: p.expert ? 2 : 4, groupSize: 32, method: p.expert ? "hqq" : "rtn" }
         : p.role === "embed"
         ? { storage: "f16" }
@@ -97,7 +101,7 @@ Deno.test("emit: row-block streaming (0 and 2 workers) = whole-tensor path byte 
         encode,
         onQuantError: (_p, err, ref) => errs.push(err, ref),
         moments: (p) => {
-          if (!isExpertRole(p.role)) return undefined;
+          if (!isExpertMatrixRole(p.role)) return undefined;
           if (!moments.has(p.expert)) moments.set(p.expert, new MomentAccumulator());
           return moments.get(p.expert);
         },
@@ -126,9 +130,7 @@ Deno.test("emit: row-block streaming (0 and 2 workers) = whole-tensor path byte 
     }
 
     // MaxVar by row blocks equals maxVariance of the whole matrices exactly.
-    const gates = ir.layers[0].ffn.kind === "moe"
-      ? ir.layers[0].ffn.experts.map((e) => e.gate)
-      : [];
+    const gates = moeLayers(ir)[0].experts.map((e) => e.matrices[0].weight);
     const got: number[] = [];
     await rowVariances(gates, inlineRunner, (i, v) => (got[i] = v));
     const want = await Promise.all(gates.map(async (g) => maxVariance(await g.read(), 1100, 64)));

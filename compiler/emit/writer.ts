@@ -30,7 +30,7 @@ import {
 } from "../../schemas/artifact.ts";
 import { crc32c, crc32cUpdate } from "../../schemas/crc32c.ts";
 import { InputError, IoError, MoeqError, UsageError } from "../../schemas/errors.ts";
-import type { ModelConfig } from "../../schemas/model_legacy.ts";
+import type { ModelSpec, StackName } from "../../schemas/model.ts";
 import {
   packedByteSizes,
   type QuantizedTensor,
@@ -42,8 +42,10 @@ import { encodeHeader } from "../../schemas/header.ts";
 
 /** Where a tensor sits in the model: everything in a TensorRecord except its storage. */
 export interface TensorMeta {
+  /** The source (checkpoint) name, for messages. */
   name: string;
-  /** compiler/ir.ts TensorRole. */
+  stack: StackName;
+  /** A schemas/tensors.ts role. */
   role: string;
   layer: number;
   expert: number;
@@ -67,7 +69,8 @@ export interface WriterOptions {
 
 /** What `finish` needs besides the tensors. */
 export interface FinishOptions {
-  config: ModelConfig;
+  /** The model description; the tensors written must be exactly those it implies. */
+  model: ModelSpec;
   experts?: ExpertReport[];
   /** Compile options as JSON (default "{}"). */
   optionsJson?: string;
@@ -444,7 +447,7 @@ export class ArtifactWriter {
       this.#checkIdle("header");
       const header: ArtifactHeader = {
         generator: opts.generator ?? "moeq",
-        config: opts.config,
+        model: opts.model,
         tensors: this.#tensors,
         experts: opts.experts ?? [],
         tokenizer: this.#tokenizer,

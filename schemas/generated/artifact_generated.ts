@@ -47,7 +47,7 @@ export class Segment {
 }
 
 /**
- * How tokens pick experts (schemas/model.ts RoutingSpec).
+ * Format version 1 only: how tokens pick experts (kept for the deprecated Header.config).
  */
 export class Routing {
   bb: flatbuffers.ByteBuffer | null = null;
@@ -131,7 +131,8 @@ export class Routing {
 }
 
 /**
- * The architecture (schemas/model.ts ModelConfig), field by field.
+ * Format version 1 only: the architecture of the four first families, field by field (kept for
+ * the deprecated Header.config; version 2 describes the model in Header.model_json).
  */
 export class Config {
   bb: flatbuffers.ByteBuffer | null = null;
@@ -509,7 +510,7 @@ export class Quant {
 }
 
 /**
- * One tensor of the model.
+ * One tensor of the model, named by (stack, layer, expert, role) as schemas/tensors.ts lists.
  */
 export class Tensor {
   bb: flatbuffers.ByteBuffer | null = null;
@@ -584,8 +585,15 @@ export class Tensor {
       : null;
   }
 
+  stack(): string | null;
+  stack(optionalEncoding: flatbuffers.Encoding): string | Uint8Array | null;
+  stack(optionalEncoding?: any): string | Uint8Array | null {
+    const offset = this.bb!.__offset(this.bb_pos, 20);
+    return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+
   static startTensor(builder: flatbuffers.Builder) {
-    builder.startObject(8);
+    builder.startObject(9);
   }
 
   static addName(builder: flatbuffers.Builder, nameOffset: flatbuffers.Offset) {
@@ -630,6 +638,10 @@ export class Tensor {
 
   static addQuant(builder: flatbuffers.Builder, quantOffset: flatbuffers.Offset) {
     builder.addFieldOffset(7, quantOffset, 0);
+  }
+
+  static addStack(builder: flatbuffers.Builder, stackOffset: flatbuffers.Offset) {
+    builder.addFieldOffset(8, stackOffset, 0);
   }
 
   static endTensor(builder: flatbuffers.Builder): flatbuffers.Offset {
@@ -769,8 +781,15 @@ export class ExpertReport {
     return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
   }
 
+  stack(): string | null;
+  stack(optionalEncoding: flatbuffers.Encoding): string | Uint8Array | null;
+  stack(optionalEncoding?: any): string | Uint8Array | null {
+    const offset = this.bb!.__offset(this.bb_pos, 18);
+    return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+
   static startExpertReport(builder: flatbuffers.Builder) {
-    builder.startObject(7);
+    builder.startObject(8);
   }
 
   static addLayer(builder: flatbuffers.Builder, layer: number) {
@@ -816,6 +835,10 @@ export class ExpertReport {
     builder.startVector(4, numElems, 4);
   }
 
+  static addStack(builder: flatbuffers.Builder, stackOffset: flatbuffers.Offset) {
+    builder.addFieldOffset(7, stackOffset, 0);
+  }
+
   static endExpertReport(builder: flatbuffers.Builder): flatbuffers.Offset {
     const offset = builder.endObject();
     return offset;
@@ -830,6 +853,7 @@ export class ExpertReport {
     rank: number,
     relError: number,
     scoresOffset: flatbuffers.Offset,
+    stackOffset: flatbuffers.Offset,
   ): flatbuffers.Offset {
     ExpertReport.startExpertReport(builder);
     ExpertReport.addLayer(builder, layer);
@@ -839,6 +863,7 @@ export class ExpertReport {
     ExpertReport.addRank(builder, rank);
     ExpertReport.addRelError(builder, relError);
     ExpertReport.addScores(builder, scoresOffset);
+    ExpertReport.addStack(builder, stackOffset);
     return ExpertReport.endExpertReport(builder);
   }
 }
@@ -1038,13 +1063,6 @@ export class Header {
     return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
   }
 
-  config(obj?: Config): Config | null {
-    const offset = this.bb!.__offset(this.bb_pos, 6);
-    return offset
-      ? (obj || new Config()).__init(this.bb!.__indirect(this.bb_pos + offset), this.bb!)
-      : null;
-  }
-
   tensors(index: number, obj?: Tensor): Tensor | null {
     const offset = this.bb!.__offset(this.bb_pos, 8);
     return offset
@@ -1096,16 +1114,19 @@ export class Header {
       : null;
   }
 
+  modelJson(): string | null;
+  modelJson(optionalEncoding: flatbuffers.Encoding): string | Uint8Array | null;
+  modelJson(optionalEncoding?: any): string | Uint8Array | null {
+    const offset = this.bb!.__offset(this.bb_pos, 18);
+    return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
+  }
+
   static startHeader(builder: flatbuffers.Builder) {
-    builder.startObject(7);
+    builder.startObject(8);
   }
 
   static addGenerator(builder: flatbuffers.Builder, generatorOffset: flatbuffers.Offset) {
     builder.addFieldOffset(0, generatorOffset, 0);
-  }
-
-  static addConfig(builder: flatbuffers.Builder, configOffset: flatbuffers.Offset) {
-    builder.addFieldOffset(1, configOffset, 0);
   }
 
   static addTensors(builder: flatbuffers.Builder, tensorsOffset: flatbuffers.Offset) {
@@ -1156,6 +1177,10 @@ export class Header {
 
   static addSummary(builder: flatbuffers.Builder, summaryOffset: flatbuffers.Offset) {
     builder.addFieldOffset(6, summaryOffset, 0);
+  }
+
+  static addModelJson(builder: flatbuffers.Builder, modelJsonOffset: flatbuffers.Offset) {
+    builder.addFieldOffset(7, modelJsonOffset, 0);
   }
 
   static endHeader(builder: flatbuffers.Builder): flatbuffers.Offset {

@@ -5,7 +5,7 @@
  * one-line InputError instead of an out-of-bounds read or a hang.
  *
  * The verifier is driven by {@link HEADER_SCHEMA}, a transcription of `schemas/artifact.fbs`
- * (table name → field types in field-id order); `artifact_verify_test.ts` checks it against the
+ * (table name → field types in field-id order); `header_verify_test.ts` checks it against the
  * .fbs so the two cannot drift.
  *
  * @module
@@ -64,9 +64,9 @@ export const HEADER_SCHEMA: Record<string, readonly string[]> = {
     "[long]",
   ],
   Quant: ["ubyte", "uint", "string", "string", "Segment", "Segment", "Segment"],
-  Tensor: ["string", "string", "int", "int", "[ulong]", "string", "Segment", "Quant"],
+  Tensor: ["string", "string", "int", "int", "[ulong]", "string", "Segment", "Quant", "string"],
   Score: ["string", "double"],
-  ExpertReport: ["int", "int", "double", "ulong", "int", "double", "[Score]"],
+  ExpertReport: ["int", "int", "double", "ulong", "int", "double", "[Score]", "string"],
   Tokenizer: ["Segment", "string"],
   Summary: ["uint", "ulong", "ulong", "ulong", "double", "double"],
   Header: [
@@ -77,6 +77,7 @@ export const HEADER_SCHEMA: Record<string, readonly string[]> = {
     "Tokenizer",
     "string",
     "Summary",
+    "string",
   ],
 };
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { HEADER_IDENTIFIER, HEADER_ROOT, HEADER_SCHEMA } from "./artifact_verify.ts";
+import { HEADER_IDENTIFIER, HEADER_ROOT, HEADER_SCHEMA } from "./header_verify.ts";
 
 /** Parses tables/structs of a .fbs: name → field types in declaration (= field id) order. */
 function parseFbs(text: string) {
@@ -8,7 +8,7 @@ function parseFbs(text: string) {
   const structs: Record<string, string[]> = {};
   for (const m of src.matchAll(/\b(table|struct)\s+(\w+)\s*\{([^}]*)\}/g)) {
     const fields = m[3].split(";").map((f) => f.trim()).filter(Boolean)
-      .map((f) => f.split(":")[1].split("=")[0].trim());
+      .map((f) => f.split(":")[1].split("=")[0].replace(/\(.*\)/, "").trim());
     (m[1] === "table" ? tables : structs)[m[2]] = fields;
   }
   const root = src.match(/root_type\s+(\w+)\s*;/)?.[1];
@@ -16,7 +16,7 @@ function parseFbs(text: string) {
   return { tables, structs, root, ident };
 }
 
-Deno.test("artifact_verify: HEADER_SCHEMA transcribes schemas/artifact.fbs exactly", async () => {
+Deno.test("header_verify: HEADER_SCHEMA transcribes schemas/artifact.fbs exactly", async () => {
   const fbs = parseFbs(
     await Deno.readTextFile(new URL("../schemas/artifact.fbs", import.meta.url)),
   );
