@@ -6,6 +6,7 @@
 
 import type { Args, CommandSpec } from "./args.ts";
 import { type DeviceKind, isDirectory, openEngine } from "./model_source.ts";
+import { forward } from "../compiler/reference/mod.ts";
 import { UsageError } from "../schemas/errors.ts";
 
 /** Flags of `logits`. */
@@ -21,7 +22,10 @@ export const spec: CommandSpec = {
       default: "webgpu for artifacts, cpu for checkpoints",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
-    json: { type: "boolean", help: 'print {"logits": [[...]...]}' },
+    json: {
+      type: "boolean",
+      help: 'print {"logits": [[...]...]} (cpu: the float64 values, unrounded)',
+    },
   },
 };
 
@@ -32,19 +36,24 @@ export async function run(args: Args): Promise<void> {
   if (!ids) throw new UsageError("logits: --ids is required");
   const dir = await isDirectory(path);
   const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
-  const { engine } = await openEngine(path, device, { f16: !args.flag("no-f16") });
+  const { engine, spec, reference } = await openEngine(path, device, {
+    f16: !args.flag("no-f16"),
+  });
   try {
-    const vocab = engine.config.vocabSize;
+    const vocab = spec.vocabSize;
     const bad = ids.find((id) => id >= vocab);
     if (bad !== undefined) {
       throw new UsageError(`--ids: ${bad} is outside the vocabulary (${vocab})`);
     }
-    if (ids.length > engine.config.maxPositions) {
+    if (ids.length > spec.maxPositions) {
       throw new UsageError(
-        `--ids: ${ids.length} ids exceed the model's ${engine.config.maxPositions} positions`,
+        `--ids: ${ids.length} ids exceed the model's ${spec.maxPositions} positions`,
       );
     }
-    const rows = await engine.logits(ids);
+    // On the CPU the rows are the reference's float64 values; the engine would round them to f32.
+    const rows: ArrayLike<number>[] = reference
+      ? forward(reference, ids)
+      : await engine.logits(ids);
     if (args.flag("json")) {
       console.log(JSON.stringify({ logits: rows.map((r) => Array.from(r)) }));
     } else {

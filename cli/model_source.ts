@@ -7,7 +7,7 @@
 
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { artifactToIR } from "../compiler/emit/mod.ts";
-import type { ModelIR } from "../compiler/ir_legacy.ts";
+import type { ModelIR, TokenizerData } from "../compiler/ir.ts";
 import {
   forward,
   prepareReference,
@@ -18,9 +18,8 @@ import type { Engine, GenerateOptions } from "../runtime/api.ts";
 import { sampleCpu } from "../runtime/kernels/sample.ts";
 import { type Artifact, openArtifact } from "../schemas/artifact.ts";
 import { InputError, UsageError } from "../schemas/errors.ts";
+import type { ModelSpec } from "../schemas/model.ts";
 import { createTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
-import type { TokenizerData } from "../compiler/ir_legacy.ts";
-import type { ModelConfig } from "../schemas/model_legacy.ts";
 
 /** Where a model runs. */
 export type DeviceKind = "cpu" | "webgpu";
@@ -42,10 +41,10 @@ export async function openIR(path: string): Promise<{ ir: ModelIR; artifact: Art
 }
 
 /** The tokenizer a model's material describes (byte-level when there is no tokenizer.json). */
-export function tokenizerFor(config: ModelConfig, tok: TokenizerData): Tokenizer {
+export function tokenizerFor(spec: ModelSpec, tok: TokenizerData): Tokenizer {
   return createTokenizer(tok.tokenizerJson, tok.chatTemplate, {
-    bos: config.bosTokenId,
-    eos: config.eosTokenIds,
+    bos: spec.bosTokenId,
+    eos: spec.eosTokenIds,
   });
 }
 
@@ -55,12 +54,12 @@ export function tokenizerFor(config: ModelConfig, tok: TokenizerData): Tokenizer
  */
 export function referenceEngine(model: ReferenceModel): Engine {
   return {
-    config: model.config,
+    model: model.spec,
     logits(ids: number[]) {
       return Promise.resolve(forward(model, ids).map((row) => Float32Array.from(row)));
     },
     async *generate(prompt: number[], opts: GenerateOptions = {}) {
-      const context = model.config.maxPositions;
+      const context = model.spec.maxPositions;
       if (prompt.length === 0) throw new UsageError("generate: the prompt is empty");
       if (prompt.length > context) {
         throw new UsageError(
@@ -68,7 +67,7 @@ export function referenceEngine(model: ReferenceModel): Engine {
         );
       }
       const session = new ReferenceSession(model);
-      const stop = new Set(opts.stopIds ?? model.config.eosTokenIds);
+      const stop = new Set(opts.stopIds ?? model.spec.eosTokenIds);
       const max = opts.maxTokens ?? 64;
       const params = {
         temperature: opts.temperature ?? 0,
@@ -103,20 +102,34 @@ export function referenceEngine(model: ReferenceModel): Engine {
   };
 }
 
+/** A model opened for running (see {@link openEngine}). */
+export interface OpenedModel {
+  engine: Engine;
+  tokenizer: Tokenizer;
+  /** The model description. */
+  spec: ModelSpec;
+  /** The float64 reference behind a CPU engine (its logits unrounded); null on WebGPU. */
+  reference: ReferenceModel | null;
+}
+
 /** Opens a model for running: the reference on the CPU, or the WebGPU engine (artifacts only). */
 export async function openEngine(
   path: string,
   device: DeviceKind,
   opts: { f16?: boolean } = {},
-): Promise<{ engine: Engine; tokenizer: Tokenizer }> {
+): Promise<OpenedModel> {
   const { ir, artifact } = await openIR(path);
-  const tokenizer = tokenizerFor(ir.config, ir.tokenizer);
-  if (device === "cpu") return { engine: referenceEngine(await prepareReference(ir)), tokenizer };
+  const tokenizer = tokenizerFor(ir.spec, ir.tokenizer);
+  if (device === "cpu") {
+    const reference = await prepareReference(ir);
+    return { engine: referenceEngine(reference), tokenizer, spec: ir.spec, reference };
+  }
   if (!artifact) {
     throw new UsageError(
       `${path}: --device webgpu runs compiled artifacts; compile it first or use --device cpu`,
     );
   }
   const { createWebGpuEngine } = await import("../runtime/engine.ts");
-  return { engine: await createWebGpuEngine(artifact, opts), tokenizer };
+  const engine = await createWebGpuEngine(artifact, opts);
+  return { engine, tokenizer, spec: ir.spec, reference: null };
 }

@@ -7,7 +7,7 @@ const DIR = new URL("../testdata/shakespeare-moe", import.meta.url).pathname;
 
 Deno.test("reference engine: greedy generation continues past the context with the shift rule", async () => {
   const model = await prepareReference(await loadCheckpoint(DIR));
-  const context = model.config.maxPositions; // 128
+  const context = model.spec.maxPositions; // 128
   const keep = Math.floor(context / 2);
   const text = await Deno.readFile(`${DIR}/heldout.txt`);
   const prompt = Array.from(text.subarray(0, context - 4));

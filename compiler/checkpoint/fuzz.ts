@@ -228,7 +228,16 @@ export function fuzzConfig(
 ): { parsed: number; rejected: number } {
   const rand = seededRandom(seed);
   const int = (n: number) => Math.floor(rand() * n);
-  const keys = [...Object.keys(base), "head_dim", "mlp_only_layers", "rope_parameters"];
+  const keys = [
+    ...Object.keys(base),
+    "head_dim",
+    "mlp_only_layers",
+    "rope_parameters",
+    "clip_qkv",
+    "qkv_bias",
+    "sliding_window",
+    "use_sliding_window",
+  ];
   let parsed = 0;
   for (let i = 0; i < iterations; i++) {
     const cfg: Record<string, unknown> = { ...base };

@@ -24,9 +24,9 @@ Deno.test("fuzz: 2000 mutations of a valid file load or throw a MoeqError", asyn
   console.log(JSON.stringify(report));
 });
 
-Deno.test("fuzz: 3000 mutated config.json objects parse or throw a MoeqError", async () => {
-  for (const name of ["mixtral-classic", "qwen2-moe"]) {
-    const url = new URL(`../../testdata/hf-moe/${name}/config.json`, import.meta.url);
+Deno.test("fuzz: 4500 mutated config.json objects parse or throw a MoeqError", async () => {
+  for (const name of ["hf-moe/mixtral-classic", "hf-moe/qwen2-moe", "hf-oracle-extra/olmoe-clip"]) {
+    const url = new URL(`../../testdata/${name}/config.json`, import.meta.url);
     const base = JSON.parse(await Deno.readTextFile(url));
     const { parsed, rejected } = fuzzConfig(base, 1500, 3);
     assert.ok(parsed > 100 && rejected > 500, `parsed ${parsed}, rejected ${rejected}`);

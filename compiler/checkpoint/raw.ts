@@ -7,7 +7,7 @@
  */
 
 import { InputError } from "../../schemas/errors.ts";
-import type { RawElements } from "../ir_legacy.ts";
+import type { RawElements } from "../ir.ts";
 import { decodeFloats } from "./safetensors.ts";
 
 /**

@@ -162,7 +162,7 @@ export async function writeSyntheticCheckpoint(
     add(`${p}.self_attn.k_proj.weight`, [nkv * hd, H]);
     add(`${p}.self_attn.v_proj.weight`, [nkv * hd, H]);
     add(`${p}.self_attn.o_proj.weight`, [H, nh * hd]);
-    if (type === "qwen2_moe") {
+    if (type === "qwen2_moe" && c.qkv_bias !== false) {
       add(`${p}.self_attn.q_proj.bias`, [nh * hd]);
       add(`${p}.self_attn.k_proj.bias`, [nkv * hd]);
       add(`${p}.self_attn.v_proj.bias`, [nkv * hd]);

@@ -1,8 +1,15 @@
 // Unit tests of the reference blocks against values computed by hand (in the comments).
 
 import assert from "node:assert/strict";
-import { attention, matmul, rmsNorm, rope, ropeInvFreq, route, silu, softmax } from "./forward.ts";
+import { UnsupportedError } from "../../schemas/errors.ts";
+import type { AttentionSpec, GqaAttentionSpec, RouterSpec } from "../../schemas/model.ts";
+import { attention, checkAttention } from "./attention.ts";
 import { crossEntropyBits, windows } from "./eval.ts";
+import { matmul, silu, softmax } from "./math.ts";
+import { checkActivation, mlp, type ReferenceMlp } from "./mlp.ts";
+import { checkNorm, rmsNorm } from "./norms.ts";
+import { prepareRope, rope, ropeInvFreq } from "./rope.ts";
+import { checkRouter, route } from "./router.ts";
 
 function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what = "") {
   assert.equal(got.length, want.length, `${what} length`);
@@ -105,26 +112,30 @@ Deno.test("softmax and silu: hand values", () => {
   assert.ok(Math.abs(silu(-2) - -0.2384058440442351) < 1e-15); // -2/(1+e^2)
 });
 
-Deno.test("route: top-k, renormalisation on and off", () => {
+Deno.test("route: top-k, renormalisation on and off, scale", () => {
   // probabilities ∝ [1, 3, 2, 4] / 10
   const logits = Float64Array.of(0, Math.log(3), Math.log(2), Math.log(4));
-  const raw = route(logits, 2, false);
+  const raw = route(logits, 2, { normTopK: false, scale: 1 });
   assert.deepEqual(raw.experts, [3, 1]);
   assertClose(raw.weights, [0.4, 0.3], 1e-15, "raw");
-  const norm = route(logits, 2, true);
+  const norm = route(logits, 2, { normTopK: true, scale: 1 });
   assert.deepEqual(norm.experts, [3, 1]);
   assertClose(norm.weights, [4 / 7, 3 / 7], 1e-15, "normTopK");
+  const scaled = route(logits, 2, { normTopK: true, scale: 2.5 });
+  assertClose(scaled.weights, [10 / 7, 7.5 / 7], 1e-15, "scale after renormalisation");
   // does not modify its input
   assertClose(logits, [0, Math.log(3), Math.log(2), Math.log(4)], 0, "input");
 });
 
 Deno.test("route: ties go to the lower expert index", () => {
-  const tied = route(Float64Array.of(0, 1, 1, 0), 2, false); // p ∝ [1, e, e, 1]
+  const plain = { normTopK: false, scale: 1 };
+  const renorm = { normTopK: true, scale: 1 };
+  const tied = route(Float64Array.of(0, 1, 1, 0), 2, plain); // p ∝ [1, e, e, 1]
   assert.deepEqual(tied.experts, [1, 2]);
   const e = Math.E;
   assertClose(tied.weights, [e / (2 + 2 * e), e / (2 + 2 * e)], 1e-15, "tied");
-  assert.deepEqual(route(new Float64Array(4), 3, true).experts, [0, 1, 2]);
-  assertClose(route(new Float64Array(4), 3, true).weights, [1 / 3, 1 / 3, 1 / 3], 1e-15);
+  assert.deepEqual(route(new Float64Array(4), 3, renorm).experts, [0, 1, 2]);
+  assertClose(route(new Float64Array(4), 3, renorm).weights, [1 / 3, 1 / 3, 1 / 3], 1e-15);
 });
 
 Deno.test("attention: GQA with hand values (2 query heads share 1 kv head, hd=2)", () => {
@@ -133,11 +144,11 @@ Deno.test("attention: GQA with hand values (2 query heads share 1 kv head, hd=2)
   const values = Float64Array.of(1, 2, 3, 4);
   const q = Float64Array.of(Math.SQRT2 * Math.log(3), 0, 0, 0); // head 0 scores [ln3, 0]; head 1 [0, 0]
   const out = new Float64Array(4);
-  attention(out, q, keys, values, 2, 2, 1, 2, new Float64Array(2));
+  attention(out, q, keys, values, 2, 2, 1, 2, Math.SQRT1_2, new Float64Array(2));
   // head 0: p = [3/4, 1/4] → [1.5, 2.5]; head 1: p = [1/2, 1/2] → [2, 3]
   assertClose(out, [1.5, 2.5, 2, 3], 1e-14, "attention");
   // causal: with one key only, the output is v0 whatever q is
-  attention(out, q, keys, values, 1, 2, 1, 2, new Float64Array(2));
+  attention(out, q, keys, values, 1, 2, 1, 2, Math.SQRT1_2, new Float64Array(2));
   assertClose(out, [1, 2, 1, 2], 0, "one key");
 });
 
@@ -161,4 +172,154 @@ Deno.test("crossEntropyBits: uniform, hand value, large logits", () => {
   // p(target) = 3/4 → -log2(0.75)
   assert.ok(Math.abs(crossEntropyBits([0, Math.log(3)], 1) - 0.41503749927884376) < 1e-15);
   assert.ok(Math.abs(crossEntropyBits([1000, 1000], 0) - 1) < 1e-12);
+});
+
+Deno.test("rope: partial rotaryDim rotates the first dims of each head, the rest pass through", () => {
+  // hd = 6, rotaryDim = 4: pairs (0, 2) and (1, 3) per head, dims 4 and 5 untouched;
+  // invFreq over rotaryDim: [1, θ^(−1/2)] with θ = 100 → [1, 0.1]
+  const inv = ropeInvFreq(4, 100);
+  assertClose(inv, [1, 0.1], 1e-16, "invFreq");
+  const pos = 3;
+  const cos = inv.map((f) => Math.cos(pos * f));
+  const sin = inv.map((f) => Math.sin(pos * f));
+  const v = Float64Array.of(1, 2, 3, 4, 5, 6, -1, -2, -3, -4, -5, -6); // two heads
+  rope(v, 2, 6, cos, sin, 4);
+  const want = (s: number) => [
+    s * (1 * cos[0] - 3 * sin[0]),
+    s * (2 * cos[1] - 4 * sin[1]),
+    s * (3 * cos[0] + 1 * sin[0]),
+    s * (4 * cos[1] + 2 * sin[1]),
+    s * 5,
+    s * 6,
+  ];
+  assertClose(v, [...want(1), ...want(-1)], 1e-15, "partial rope");
+});
+
+Deno.test("attention: the scale multiplies q·k before the softmax", () => {
+  // one head, hd = 1: keys [1, 2], values [10, 20], q = 1; scale 0.5 → scores [0.5, 1]
+  const out = new Float64Array(1);
+  attention(
+    out,
+    Float64Array.of(1),
+    Float64Array.of(1, 2),
+    Float64Array.of(10, 20),
+    2,
+    1,
+    1,
+    1,
+    0.5,
+    new Float64Array(2),
+  );
+  const p1 = Math.exp(1) / (Math.exp(0.5) + Math.exp(1));
+  assertClose(out, [10 * (1 - p1) + 20 * p1], 1e-14, "scaled");
+});
+
+Deno.test("mlp: SwiGLU with biases, hand values; without biases equals the naive loops", () => {
+  // H = 2, I = 1: g = [1, 2]·x + 0.5, u = [1, −1]·x + 0.25, out = [2, 3]·silu(g)u + [1, −1]
+  const m: ReferenceMlp = {
+    activation: { kind: "swiglu" },
+    inter: 1,
+    matrices: {
+      gate: Float64Array.of(1, 2),
+      up: Float64Array.of(1, -1),
+      down: Float64Array.of(2, 3),
+    },
+    biases: { gate: Float64Array.of(0.5), up: Float64Array.of(0.25), down: Float64Array.of(1, -1) },
+  };
+  const out = new Float64Array(2);
+  mlp(out, Float64Array.of(1, 1), 1, m, 2); // g = 3.5, u = 0.25
+  const a = silu(3.5) * 0.25;
+  assertClose(out, [2 * a + 1, 3 * a - 1], 1e-15, "biased");
+
+  const [n, H, I] = [3, 5, 4];
+  const x = randomArray(n * H, 7);
+  const plain: ReferenceMlp = {
+    activation: { kind: "swiglu" },
+    inter: I,
+    matrices: {
+      gate: randomArray(I * H, 1),
+      up: randomArray(I * H, 2),
+      down: randomArray(H * I, 3),
+    },
+    biases: {},
+  };
+  const got = new Float64Array(n * H);
+  mlp(got, x, n, plain, H);
+  const { gate, up, down } = plain.matrices as Record<string, Float64Array>;
+  for (let t = 0; t < n; t++) {
+    const act = Array.from({ length: I }, (_, i) => {
+      let g = 0, u = 0;
+      for (let c = 0; c < H; c++) {
+        g += gate[i * H + c] * x[t * H + c];
+        u += up[i * H + c] * x[t * H + c];
+      }
+      return silu(g) * u;
+    });
+    for (let r = 0; r < H; r++) {
+      let s = 0;
+      for (let i = 0; i < I; i++) s += down[r * I + i] * act[i];
+      assert.ok(Math.abs(got[t * H + r] - s) < 1e-14, `t=${t} r=${r}`);
+    }
+  }
+});
+
+Deno.test("variants the reference lacks are an UnsupportedError naming them", () => {
+  const gqa: GqaAttentionSpec = {
+    kind: "gqa",
+    numHeads: 2,
+    numKvHeads: 1,
+    headDim: 4,
+    qkvBias: false,
+    outBias: false,
+    qkNorm: "none",
+    qkNormSpec: { kind: "rms", eps: 1e-6, bias: false },
+    clipQkv: null,
+    scale: 0.5,
+    sinks: false,
+    slidingWindow: null,
+    causal: true,
+    position: {
+      kind: "rope",
+      theta: 1e4,
+      rotaryDim: 4,
+      pairing: "half",
+      scaling: { kind: "none" },
+    },
+  };
+  assert.equal(checkAttention(gqa), gqa);
+  const mla = { kind: "mla" } as AttentionSpec;
+  const topk: RouterSpec = {
+    kind: "topk",
+    scoring: "softmax",
+    softmaxAfterTopK: false,
+    normTopK: true,
+    scale: 1,
+    bias: false,
+    selectionBias: false,
+    groups: null,
+  };
+  assert.equal(checkRouter(topk), topk);
+  const cases: [() => unknown, string][] = [
+    [() => checkAttention(mla), 'attention kind "mla" is not implemented in the reference'],
+    [() => checkAttention({ ...gqa, sinks: true }), "attention sinks is not implemented"],
+    [() => checkAttention({ ...gqa, slidingWindow: 4 }), "sliding-window attention"],
+    [() => checkAttention({ ...gqa, causal: false }), "bidirectional attention"],
+    [() => checkRouter({ ...topk, scoring: "sigmoid" }), 'router scoring "sigmoid"'],
+    [() => checkRouter({ ...topk, selectionBias: true }), "router selection bias"],
+    [() => checkRouter({ kind: "sparsemixer", jitter: 0.01 }), 'router kind "sparsemixer"'],
+    [() => checkActivation({ kind: "relu" }), 'activation "relu"'],
+    [() => checkNorm({ kind: "layer", eps: 1e-5, bias: true }), 'norm kind "layer"'],
+    [
+      () => prepareRope({ ...gqa.position, kind: "rope", pairing: "interleaved" } as never, 4),
+      'RoPE pairing "interleaved"',
+    ],
+    [
+      () => prepareRope({ ...gqa.position, scaling: { kind: "linear", factor: 2 } } as never, 4),
+      'RoPE scaling "linear"',
+    ],
+    [() => prepareRope({ kind: "none" }, 4), 'position kind "none"'],
+  ];
+  for (const [fn, message] of cases) {
+    assert.throws(fn, (e) => e instanceof UnsupportedError && e.message.includes(message), message);
+  }
 });

@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
-import { prepareReference } from "./forward.ts";
+import { prepareReference } from "./model.ts";
 import { evaluateReference } from "./eval.ts";
 
 const DIR = new URL("../../testdata/shakespeare-moe/", import.meta.url).pathname;

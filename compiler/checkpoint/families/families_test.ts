@@ -8,7 +8,7 @@ import { InputError, UnsupportedError } from "../../../schemas/errors.ts";
 import type { GqaAttentionSpec, ModelSpec } from "../../../schemas/model.ts";
 import { expectedTensors, keyString } from "../../../schemas/tensors.ts";
 import { loadCheckpoint, parseConfig } from "../mod.ts";
-import { assertFails, writeSafetensors } from "../testing.ts";
+import { assertFails, writeSafetensors, writeSyntheticCheckpoint } from "../testing.ts";
 import { openSafetensors } from "../safetensors.ts";
 import { FAMILIES, SUPPORTED_MODEL_TYPES } from "./mod.ts";
 
@@ -84,9 +84,18 @@ Deno.test("olmoe clip_qkv: read as the attention clamp; a bad value names the fi
 });
 
 Deno.test("qwen2_moe qkv_bias false: no q/k/v bias tensors are expected", async () => {
-  const spec = parseConfig({ ...(await oracleConfig("qwen2_moe-a")), qkv_bias: false });
+  const config = { ...(await oracleConfig("qwen2_moe-a")), qkv_bias: false };
+  const spec = parseConfig(config);
   assert.equal(attentionOf(spec).qkvBias, false);
   assert.ok(!expectedTensors(spec).some((t) => t.role.endsWith("_bias")));
+  const dir = await Deno.makeTempDir({ prefix: "moeq-qkv-" });
+  try {
+    const written = await writeSyntheticCheckpoint(dir, config, { seed: 3 });
+    assert.ok(![...written.keys()].some((n) => n.endsWith("_proj.bias")));
+    assert.equal((await loadCheckpoint(dir)).tensors.length, written.size);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("sliding windows: refused when shorter than the context, accepted when not", async () => {

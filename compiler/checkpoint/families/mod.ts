@@ -1,7 +1,15 @@
 /**
  * The family registry: every `model_type` the front end reads, each an adapter module
- * (config.json → description, tensor keys → checkpoint names). Adding a family is adding a
- * module here.
+ * (config.json → description, tensor keys → checkpoint names).
+ *
+ * Adding a family:
+ * 1. `families/<model_type>.ts`: a {@link FamilyAdapter} whose `describe` maps config.json onto
+ *    the block vocabulary (schemas/model.ts; building blocks in decoder.ts), and whose naming
+ *    says where each (stack, layer, expert, role) key is stored (`hubNames` when the checkpoint
+ *    uses the `model.layers.L.self_attn` layout; otherwise its own `source`, classic and packed).
+ * 2. List it in {@link FAMILIES} below.
+ * 3. A block variant the description uses that the float64 reference lacks is implemented once in
+ *    compiler/reference/ (its file says which variants it has); the rest needs no change.
  *
  * @module
  */

@@ -1,9 +1,11 @@
-// The reference forward pass against the float64 logits of Hugging Face transformers
+// The reference session against the float64 logits of Hugging Face transformers
 // (testdata/hf-moe/<name>/reference.json), and the KV-cache session against the full forward.
 
 import assert from "node:assert/strict";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
-import { forward, prepareReference, type ReferenceModel, ReferenceSession } from "./forward.ts";
+import { moeLayers } from "../ir.ts";
+import { prepareReference, type ReferenceModel } from "./model.ts";
+import { forward, ReferenceSession } from "./session.ts";
 
 const FIXTURES = new URL("../../testdata/hf-moe/", import.meta.url);
 const TOLERANCE = 1e-6;
@@ -98,24 +100,50 @@ Deno.test("qwen2-moe: greedy continuation equals greedy_ids", async () => {
 });
 
 Deno.test("observer sees every MoE layer and token with the normalised input", async () => {
-  const { model, ref } = await load("qwen2-moe");
+  const dir = new URL("qwen2-moe", FIXTURES).pathname;
+  const ir = await loadCheckpoint(dir);
+  const model = await prepareReference(ir);
+  const ref = JSON.parse(await Deno.readTextFile(`${dir}/reference.json`)) as HfReference;
+  // model.moe follows moeLayers(ir): same count, same (stack, layer) order
+  assert.deepEqual(
+    model.moe.map((m) => [m.stack, m.layer, m.index]),
+    moeLayers(ir).map((m, i) => [m.stack, m.layer, i]),
+  );
   const seen: string[] = [];
-  const { hiddenSize: H, routing } = model.config;
+  const H = model.spec.hiddenSize;
   forward(model, ref.input_ids, {
-    observer(layer, position, h, experts, weights) {
-      seen.push(`${layer}:${position}`);
+    observer(moeLayer, position, h, experts, weights) {
+      seen.push(`${moeLayer}:${position}`);
+      const topK = model.moe[moeLayer].spec.topK;
       assert.equal(h.length, H);
       // post-attention RMSNorm output: mean(h²)/w² is ~1 only with unit weights, so check finiteness
       assert.ok(h.every(Number.isFinite));
-      assert.equal(experts.length, routing.topK);
-      assert.equal(new Set(experts).size, routing.topK);
+      assert.equal(experts.length, topK);
+      assert.equal(new Set(experts).size, topK);
       assert.ok(weights.every((w) => w > 0 && w < 1));
       assert.ok(weights[0] >= weights[1]);
     },
   });
   const n = ref.input_ids.length;
-  const want = model.layers.flatMap((_, l) => [...Array(n).keys()].map((t) => `${l}:${t}`));
+  const want = model.moe.flatMap((_, m) => [...Array(n).keys()].map((t) => `${m}:${t}`));
   assert.deepEqual(seen.sort(), want.sort());
+});
+
+Deno.test("a swapped expert changes the forward pass (ReferenceModel.moe is live)", async () => {
+  const { model, ref } = await load("mixtral-classic");
+  const before = forward(model, ref.input_ids);
+  let used = -1;
+  forward(model, ref.input_ids, { observer: (m, _p, _h, e) => (used = m === 1 ? e[0] : used) });
+  const moe = model.moe[1];
+  const original = moe.experts[used];
+  moe.experts[used] = {
+    ...original,
+    matrices: { ...original.matrices, down: original.matrices.down!.map((v) => 2 * v) },
+  };
+  const after = forward(model, ref.input_ids);
+  moe.experts[used] = original;
+  assert.ok(maxAbsError(after, before.flatMap((r) => [...r])) > 1e-3, "the swap had no effect");
+  assert.equal(maxAbsError(forward(model, ref.input_ids), before.flatMap((r) => [...r])), 0);
 });
 
 Deno.test("bad token ids are a UsageError naming the index", async () => {
