@@ -75,7 +75,7 @@ export function referenceEngine(model: ReferenceModel): Engine {
         topP: opts.topP ?? 1,
         seed: opts.seed ?? 0,
       };
-      // Context shifting, the same rule as the WebGPU engine (runtime/engine.ts): when the next
+      // Context shifting, the same rule as the WebGPU engine (runtime/engine/generation.ts): when the next
       // token would be fed at position `context`, the last ⌊context/2⌋ tokens are re-prefilled
       // from position 0 and decoding continues after them.
       const keep = Math.max(1, Math.floor(context / 2));
@@ -129,7 +129,7 @@ export async function openEngine(
       `${path}: --device webgpu runs compiled artifacts; compile it first or use --device cpu`,
     );
   }
-  const { createWebGpuEngine } = await import("../runtime/engine.ts");
+  const { createWebGpuEngine } = await import("../runtime/engine/mod.ts");
   const engine = await createWebGpuEngine(artifact, opts);
   return { engine, tokenizer, spec: ir.spec, reference: null };
 }
