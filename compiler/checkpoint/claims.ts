@@ -8,6 +8,7 @@
 import { InputError, UnsupportedError } from "../../schemas/errors.ts";
 import type { TensorRef } from "../ir.ts";
 import { FLOAT_DTYPES, type ReadOptions } from "./safetensors.ts";
+import { checkMxfp4Pair, type Mxfp4Slice, mxfp4Names, mxfp4Ref } from "./mxfp4.ts";
 import type { CheckpointStore } from "./store.ts";
 
 /** Tensors a checkpoint may hold that are not weights (non-persistent buffers saved by old exports). */
@@ -25,8 +26,15 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
 export class TensorClaims {
   private readonly used = new Map<string, string>();
 
-  /** `options` apply to every read of every ref handed out. */
-  constructor(readonly store: CheckpointStore, readonly options: ReadOptions = {}) {}
+  /**
+   * `options` apply to every read of every ref handed out; `quantMethod` is config.json's
+   * `quantization_config.quant_method` (null without one).
+   */
+  constructor(
+    readonly store: CheckpointStore,
+    readonly options: ReadOptions = {},
+    readonly quantMethod: string | null = null,
+  ) {}
 
   /** True when the checkpoint has this tensor. */
   has(name: string): boolean {
@@ -94,6 +102,18 @@ export class TensorClaims {
       (block * blockRows + rowStart) * cols,
       rows * cols,
     );
+  }
+
+  /**
+   * A matrix released in MXFP4 (`<base>_blocks` and `<base>_scales`, checkpoint/mxfp4.ts): rows
+   * `rowStart, rowStart + rowStep, …` of expert `block`. Both tensors are marked used.
+   */
+  mxfp4(slice: Mxfp4Slice): TensorRef {
+    const { rowsPerExpert } = checkMxfp4Pair(this.store, slice, this.quantMethod);
+    const { blocks, scales } = mxfp4Names(slice.base);
+    this.used.set(blocks, "U8");
+    this.used.set(scales, "U8");
+    return mxfp4Ref(this.store, slice, rowsPerExpert);
   }
 
   private ref(

@@ -72,10 +72,25 @@ function moeAt(spec: ModelSpec, layer: number): MoeFfnSpec {
   throw new Error(`decoder layer ${layer} has no MoE block`);
 }
 
-/** The expert tensors of the layer at `prefix` in the packed layout. */
-function packedSource(t: ExpectedTensor, spec: ModelSpec, prefix: string): TensorSource {
+/**
+ * The expert tensors of the layer at `prefix` in the packed layout; with `mxfp4`, the same
+ * matrices released as MXFP4 `_blocks` / `_scales` pairs (checkpoint/mxfp4.ts).
+ */
+function packedSource(
+  t: ExpectedTensor,
+  spec: ModelSpec,
+  prefix: string,
+  mxfp4: boolean,
+): TensorSource {
   const moe = moeAt(spec, t.layer);
   const [E, I, H] = [moe.numExperts, moe.expert.intermediate, spec.hiddenSize];
+  if (mxfp4 && t.role.startsWith("expert_")) {
+    const down = t.role === "expert_down";
+    return {
+      name: prefix + (down ? PACKED_DOWN : PACKED_GATE_UP),
+      mxfp4: { block: t.expert, rowStart: t.role === "expert_up" ? I : 0, rowStep: 1 },
+    };
+  }
   switch (t.role) {
     case "expert_gate":
     case "expert_up":
@@ -98,7 +113,9 @@ export function hubNames(
 ): Pick<FamilyAdapter, "expertLayout" | "source" | "unused"> {
   return {
     expertLayout(has, _stack, layer): ExpertLayout {
-      return has(`model.layers.${layer}.${PACKED_GATE_UP}`) ? "packed" : "classic";
+      const gateUp = `model.layers.${layer}.${PACKED_GATE_UP}`;
+      if (has(`${gateUp}_blocks`)) return "packed-mxfp4";
+      return has(gateUp) ? "packed" : "classic";
     },
     source(t, spec, layout) {
       if (t.stack === "decoder" && t.layer < 0 && MODEL_TENSORS[t.role]) {
@@ -109,10 +126,12 @@ export function hubNames(
         if (LAYER_TENSORS[t.role]) return { name: prefix + LAYER_TENSORS[t.role] };
         if (t.role === "router") {
           return {
-            name: prefix + (layout === "packed" ? PACKED_ROUTER : `${classic.router}.weight`),
+            name: prefix + (layout === "classic" ? `${classic.router}.weight` : PACKED_ROUTER),
           };
         }
-        if (t.expert >= 0 && layout === "packed") return packedSource(t, spec, prefix);
+        if (t.expert >= 0 && layout !== "classic") {
+          return packedSource(t, spec, prefix, layout === "packed-mxfp4");
+        }
         const matrix = /^expert_(gate|up|down)$/.exec(t.role)?.[1] as MatrixName | undefined;
         if (t.expert >= 0 && matrix) {
           return {
