@@ -7,7 +7,13 @@
 
 import type { FloatStorage } from "../../schemas/artifact.ts";
 import { UsageError } from "../../schemas/errors.ts";
-import { isQuantBits, QUANT_BITS, type QuantBits } from "../../schemas/packing.ts";
+import {
+  EXPERT_WIDTHS,
+  type ExpertWidth,
+  isExpertWidth,
+  QUANT_BITS,
+  type QuantBits,
+} from "../../schemas/packing.ts";
 import type { ModelIR } from "../ir.ts";
 import type { AllocatorName } from "../passes/mod.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
@@ -83,7 +89,7 @@ export interface CompilePlan {
   zeta: number;
   seed: number;
   levels?: number[];
-  widths: QuantBits[];
+  widths: ExpertWidth[];
   budgetCost?: BudgetCost;
   maxBytes?: number;
   init?: ModelIR;
@@ -109,7 +115,7 @@ export function resolvePlan(ir: ModelIR, opts: CompileOptions): CompilePlan {
     }
   }
   const widths = (opts.widths ?? [2, 3, 4]).map((b) => {
-    if (!isQuantBits(b)) throw new UsageError(`widths: ${b} is not one of ${QUANT_BITS}`);
+    if (!isExpertWidth(b)) throw new UsageError(`widths: ${b} is not one of ${EXPERT_WIDTHS}`);
     return b;
   });
   const allocator = opts.allocator ?? "paper";
