@@ -181,8 +181,10 @@ export async function benchKernels(args: Args): Promise<void> {
 export function mxfp4VsQ4(rows: readonly KernelRow[]): string[] {
   const q4 = formatName(Q(4));
   return rows.filter((r) => r.format === "mxfp4").map((m) => {
-    const q = rows.find((r) => r.format === q4 && r.kernel === m.kernel && r.rows === m.rows &&
-      r.cols === m.cols);
+    const q = rows.find((r) =>
+      r.format === q4 && r.kernel === m.kernel && r.rows === m.rows &&
+      r.cols === m.cols
+    );
     return `${m.kernel} ${m.rows}x${m.cols}: mxfp4 ÷copy ${m.ratioToCopy.toFixed(3)}, ${q4} ÷copy ${
       q ? q.ratioToCopy.toFixed(3) : "-"
     }`;

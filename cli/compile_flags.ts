@@ -14,7 +14,6 @@ import {
   isExpertWidth,
   isQuantBits,
   MXFP4_WIDTH,
-  type QuantBits,
   widthName,
 } from "../schemas/packing.ts";
 import type { DenseStorage, ExpertStorage } from "../compiler/compile.ts";

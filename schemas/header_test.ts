@@ -48,7 +48,11 @@ Deno.test("header: MXFP4 records (e8m0 scales, no zeros) round trip; bad layouts
   const bytes = buildArtifact(TINY_MODEL, {
     content: (t, i) =>
       t.expertMatrix
-        ? { storage: "q", tensor: randomQuantized(t.shape[0], t.shape[1], mx, i + 1), quantizer: "x" }
+        ? {
+          storage: "q",
+          tensor: randomQuantized(t.shape[0], t.shape[1], mx, i + 1),
+          quantizer: "x",
+        }
         : { storage: "f32", values: new Float32Array(t.shape.reduce((a, b) => a * b, 1)) },
   });
   const a = await openArtifactBytes(bytes, "mx.moeq");
@@ -67,10 +71,12 @@ Deno.test("header: MXFP4 records (e8m0 scales, no zeros) round trip; bad layouts
   }
   assert.deepEqual(await a.readF32(t), v);
   await a.verifyAll();
-  for (const [field, value, msg] of [
-    ["groupSize", 64, /MXFP4\) need 4 bits and group size 32/],
-    ["bits", 3, /MXFP4\) need 4 bits and group size 32/],
-  ] as const) {
+  for (
+    const [field, value, msg] of [
+      ["groupSize", 64, /MXFP4\) need 4 bits and group size 32/],
+      ["bits", 3, /MXFP4\) need 4 bits and group size 32/],
+    ] as const
+  ) {
     const bad = headerOf(bytes);
     const r = bad.tensors.find((x) => x.quant)!;
     (r.quant as unknown as Record<string, number>)[field] = value;

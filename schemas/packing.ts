@@ -73,7 +73,22 @@ export function widthName(b: number): string {
  * (subnormal when the exponent is 0). Code 8 is −0.
  */
 export const E2M1_VALUES: readonly number[] = [
-  0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6,
+  0,
+  0.5,
+  1,
+  1.5,
+  2,
+  3,
+  4,
+  6,
+  -0,
+  -0.5,
+  -1,
+  -1.5,
+  -2,
+  -3,
+  -4,
+  -6,
 ];
 
 /** The scale of e8m0 byte s: 2^(s − 127); 0 for s = 0 (moeq's rule); NaN for s = 255. */

@@ -4,10 +4,10 @@ import { f16ToF32, f32ToF16 } from "./half.ts";
 import {
   checkGroupSize,
   checkMxfp4Layout,
-  E2M1_VALUES,
-  e8m0Scale,
   codeAt,
   dequantize,
+  E2M1_VALUES,
+  e8m0Scale,
   encodeParams,
   groupsPerRow,
   packCodes,

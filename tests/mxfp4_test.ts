@@ -21,7 +21,11 @@ import { openSafetensors } from "../compiler/checkpoint/safetensors.ts";
 
 const FIXTURE = "testdata/hf-oracle/mixtral-a-packed";
 const release = await Deno.makeTempDir({ dir: ".tmp", prefix: "mxfp4-release-" });
-await writeMxfp4Release(FIXTURE, release, (n) => /mlp\.experts\.(gate_up|down)_proj$/.test(n) ? {} : null);
+await writeMxfp4Release(
+  FIXTURE,
+  release,
+  (n) => /mlp\.experts\.(gate_up|down)_proj$/.test(n) ? {} : null,
+);
 const IDS = [3, 17, 5, 40, 22, 9, 31];
 
 Deno.test("mxfp4 e2e: --expert-bits mxfp4 keeps released experts bit-exact; WebGPU = reference (1e-4)", async () => {
@@ -71,7 +75,10 @@ Deno.test("mxfp4 e2e: --expert-bits mxfp4 keeps released experts bit-exact; WebG
     console.log(`mxfp4 release on WebGPU: max abs logit error vs float64 ${err.toExponential(2)}`);
     assert.ok(err <= 1e-4, `max abs err ${err}`);
     const wantIds = referenceGreedy(model, IDS.slice(0, 3), 6);
-    assert.deepEqual(await collect(engine.generate(IDS.slice(0, 3), { maxTokens: 6, stopIds: [] })), wantIds);
+    assert.deepEqual(
+      await collect(engine.generate(IDS.slice(0, 3), { maxTokens: 6, stopIds: [] })),
+      wantIds,
+    );
   } finally {
     engine.dispose();
     artifact.close();

@@ -8,7 +8,7 @@
 import { InputError, UnsupportedError } from "../../schemas/errors.ts";
 import type { TensorRef } from "../ir.ts";
 import { FLOAT_DTYPES, type ReadOptions } from "./safetensors.ts";
-import { checkMxfp4Pair, type Mxfp4Slice, mxfp4Names, mxfp4Ref } from "./mxfp4.ts";
+import { checkMxfp4Pair, mxfp4Names, mxfp4Ref, type Mxfp4Slice } from "./mxfp4.ts";
 import type { CheckpointStore } from "./store.ts";
 
 /** Tensors a checkpoint may hold that are not weights (non-persistent buffers saved by old exports). */

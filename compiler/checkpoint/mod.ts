@@ -30,9 +30,9 @@ export { ConfigFields } from "./fields.ts";
 export {
   checkMxfp4Pair,
   MXFP4_QUANT_METHOD,
-  type Mxfp4Slice,
   mxfp4Names,
   mxfp4Ref,
+  type Mxfp4Slice,
   quantMethodOf,
 } from "./mxfp4.ts";
 export {

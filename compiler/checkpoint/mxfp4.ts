@@ -105,7 +105,9 @@ export function checkMxfp4Pair(
     );
   }
   if (si.shape.length !== 3 || si.shape[0] !== E || si.shape[1] !== R || si.shape[2] !== G) {
-    bad(`tensor "${scales}" has shape [${si.shape}], its blocks "${blocks}" need [${E}, ${R}, ${G}]`);
+    bad(
+      `tensor "${scales}" has shape [${si.shape}], its blocks "${blocks}" need [${E}, ${R}, ${G}]`,
+    );
   }
   const last = slice.rowStart + (rows - 1) * slice.rowStep;
   if (!(slice.block >= 0 && slice.block < E) || slice.rowStart < 0 || last >= R) {
@@ -141,7 +143,10 @@ export function mxfp4Ref(store: CheckpointStore, slice: Mxfp4Slice, R: number): 
       const s = await store.readU8(scales, base * G, span * G);
       for (let i = 0; i < n; i++) {
         const src = i * slice.rowStep;
-        codes.set(b.subarray(src * G * BLOCK_BYTES, (src + 1) * G * BLOCK_BYTES), i * G * BLOCK_BYTES);
+        codes.set(
+          b.subarray(src * G * BLOCK_BYTES, (src + 1) * G * BLOCK_BYTES),
+          i * G * BLOCK_BYTES,
+        );
         sc.set(s.subarray(src * G, (src + 1) * G), i * G);
       }
       const nan = sc.indexOf(255);

@@ -43,7 +43,11 @@ Deno.test("mxfp4 reader: released experts decode exactly, pass through verbatim"
       const q = await t.ref.readMxfp4!();
       assert.deepEqual(dequantize(q), want);
       const G = Math.ceil(cols / 32);
-      const blocks = await file.readU8(`${base}_blocks`, (t.expert * per + row0) * G * 16, rows * G * 16);
+      const blocks = await file.readU8(
+        `${base}_blocks`,
+        (t.expert * per + row0) * G * 16,
+        rows * G * 16,
+      );
       assert.deepEqual(new Uint8Array(q.codes.buffer), blocks);
     }
     // Non-expert tensors are untouched floats.
@@ -84,7 +88,12 @@ const S0 = "model.layers.0.mlp.experts.gate_up_proj_scales";
 Deno.test("mxfp4 reader: bad releases are one-line errors naming the tensor", async () => {
   type ErrorClass = Parameters<typeof assertFails>[1];
   const cases: [string, Parameters<typeof editedRelease>, ErrorClass, RegExp][] = [
-    ["missing scales", [(t) => delete t[S0]], InputError, /gate_up_proj_blocks.*no scales.*_scales/],
+    [
+      "missing scales",
+      [(t) => delete t[S0]],
+      InputError,
+      /gate_up_proj_blocks.*no scales.*_scales/,
+    ],
     [
       "scales shape",
       [(t) => t[S0] = { ...t[S0], shape: [4, 48, 2], data: t[S0].data.subarray(0, 4 * 48 * 2) }],
@@ -131,7 +140,11 @@ Deno.test("mxfp4 reader: bad releases are one-line errors naming the tensor", as
   try {
     const ir = await loadCheckpoint(dir);
     const up = ir.tensors.find((t) => t.layer === 0 && t.expert === 1 && t.role === "expert_gate")!;
-    await assertFails(() => up.ref.read(), InputError, /gate_up_proj_scales" has the NaN scale 255 at \[1, 1, 0\]/);
+    await assertFails(
+      () => up.ref.read(),
+      InputError,
+      /gate_up_proj_scales" has the NaN scale 255 at \[1, 1, 0\]/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -89,12 +89,20 @@ export async function writeMxfp4Release(
   for (const [name, info] of file.tensors) {
     const opts = pick(name);
     if (opts && info.shape.length === 3) {
-      const p = mxfp4Pair(await file.read(name), info.shape as [number, number, number], opts.transpose);
+      const p = mxfp4Pair(
+        await file.read(name),
+        info.shape as [number, number, number],
+        opts.transpose,
+      );
       out[`${name}_blocks`] = p.blocks;
       out[`${name}_scales`] = p.scales;
       decoded.set(name, p.decoded);
     } else {
-      out[name] = { dtype: info.dtype, shape: [...info.shape], data: await file.readBytes(name, 0, info.numel) };
+      out[name] = {
+        dtype: info.dtype,
+        shape: [...info.shape],
+        data: await file.readBytes(name, 0, info.numel),
+      };
     }
   }
   await writeSafetensors(join(dest, "model.safetensors"), out);

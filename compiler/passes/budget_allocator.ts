@@ -36,7 +36,7 @@
  */
 
 import { InputError, LimitError, UsageError } from "../../schemas/errors.ts";
-import { type ExpertWidth, EXPERT_WIDTHS, isExpertWidth } from "../../schemas/packing.ts";
+import { EXPERT_WIDTHS, type ExpertWidth, isExpertWidth } from "../../schemas/packing.ts";
 import { type Allocation, type BitsTable, summarize } from "./allocation_result.ts";
 
 /** Input of {@link allocateBudget}. Exactly one of `targetAverage` and `maxBytes`. */

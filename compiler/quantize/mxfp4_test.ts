@@ -9,8 +9,19 @@ Deno.test("mxfp4: e2m1 rounding is nearest with ties to the even code, saturatin
     if (c !== 8) assert.equal(e2m1Code(E2M1_VALUES[c]), c);
   }
   const cases: [number, number][] = [
-    [0.25, 0], [0.2500001, 1], [0.75, 2], [1.25, 2], [1.75, 4], [2.5, 4], [3.5, 6], [5, 6],
-    [5.01, 7], [100, 7], [-0.75, 10], [-7, 15], [-0.1, 0],
+    [0.25, 0],
+    [0.2500001, 1],
+    [0.75, 2],
+    [1.25, 2],
+    [1.75, 4],
+    [2.5, 4],
+    [3.5, 6],
+    [5, 6],
+    [5.01, 7],
+    [100, 7],
+    [-0.75, 10],
+    [-7, 15],
+    [-0.1, 0],
   ];
   for (const [v, want] of cases) assert.equal(e2m1Code(v), want, `e2m1Code(${v})`);
 });

@@ -92,7 +92,9 @@ for (const format0 of FORMATS) {
   });
 }
 
-for (const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15], FORMATS.at(-1)!]) {
+for (
+  const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15], FORMATS.at(-1)!]
+) {
   Deno.test(`matmul expert ${label(format)}: sparse dispatch writes only selected slots`, async () => {
     const fmt = format.kind === "q" && format.groupSize === 0
       ? { ...format, groupSize: COLS }
