@@ -26,18 +26,27 @@ function attentionOf(spec: ModelSpec, l = 0): GqaAttentionSpec {
 }
 
 Deno.test("registry: one adapter per model_type, the unsupported message lists them", async () => {
-  assert.deepEqual(SUPPORTED_MODEL_TYPES, ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]);
+  assert.deepEqual(SUPPORTED_MODEL_TYPES, [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "granitemoe",
+  ]);
   assert.equal(new Set(FAMILIES.map((f) => f.modelType)).size, FAMILIES.length);
   await assertFails(
     () => parseConfig({ model_type: "gpt2" }, "c/config.json"),
     UnsupportedError,
     'c/config.json: model_type "gpt2" is not supported (supported: mixtral, qwen2_moe, ' +
-      "qwen3_moe, olmoe)",
+      "qwen3_moe, olmoe, granitemoe)",
   );
 });
 
-for (const name of FIXTURES) {
-  for (const dir of [name, `${name}-packed`]) {
+/** Fixtures without a packed twin (their experts are fused in the hub layout already). */
+const SINGLE = ["granitemoe-a"];
+
+for (const name of [...FIXTURES, ...SINGLE]) {
+  for (const dir of SINGLE.includes(name) ? [name] : [name, `${name}-packed`]) {
     Deno.test(`${dir}: the IR holds exactly expectedTensors(spec), in order, shapes equal`, async () => {
       const ir = await loadCheckpoint(join(ORACLE, dir));
       const want = expectedTensors(ir.spec);
@@ -71,6 +80,25 @@ Deno.test("oracle configs: the per-family features land in the description", asy
   ]);
   const olmoe = attentionOf(parseConfig(await oracleConfig("olmoe-a")));
   assert.deepEqual([olmoe.qkNorm, olmoe.clipQkv, olmoe.qkNormSpec.eps], ["full", null, 1e-5]);
+});
+
+Deno.test("granitemoe: the four multipliers and the fused expert slices", async () => {
+  const spec = parseConfig(await oracleConfig("granitemoe-a"));
+  assert.deepEqual([spec.embedScale, spec.head.scale, spec.decoder.layers[1].residualScale], [
+    12,
+    1 / 6,
+    0.22,
+  ]);
+  assert.equal(attentionOf(spec).scale, 0.25);
+  const ir = await loadCheckpoint(join(ORACLE, "granitemoe-a"));
+  const names = ir.tensors.filter((t) => t.layer === 1 && t.expert === 2).map((t) => t.ref.name);
+  assert.deepEqual(names, [
+    "model.layers.1.block_sparse_moe.input_linear.weight[2, 0:24, :]",
+    "model.layers.1.block_sparse_moe.input_linear.weight[2, 24:48, :]",
+    "model.layers.1.block_sparse_moe.output_linear.weight[2, 0:32, :]",
+  ]);
+  const bias = parseConfig({ ...(await oracleConfig("granitemoe-a")), attention_bias: true });
+  assert.deepEqual([attentionOf(bias).qkvBias, attentionOf(bias).outBias], [true, true]);
 });
 
 Deno.test("olmoe clip_qkv: read as the attention clamp; a bad value names the field", async () => {
