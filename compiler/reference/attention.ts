@@ -5,10 +5,10 @@
  *   q, k ← RMSNorm per head ("head") or over the whole projection ("full")
  *   q, k, v ← clamp(·, −clip, clip)             (OLMoE clip_qkv: after the q/k norm)
  *   q, k ← RoPE at their positions
- *   out = o_proj(softmax(scale · q kᵀ over the cached keys) v)
+ *   out = o_proj(softmax(scale · q kᵀ over the cached keys) v) (+ bo)
  *
  * Query head h reads kv head ⌊h / (nh/nkv)⌋. Other attention variants (MLA, sinks, sliding
- * windows, bidirectional, output bias) are described but not implemented here yet.
+ * windows, bidirectional) are described but not implemented here yet.
  *
  * @module
  */
@@ -30,6 +30,8 @@ export interface ReferenceAttention {
   v: Float64Array;
   /** [H, nh·hd] */
   o: Float64Array;
+  /** [H], when the output projection has a bias. */
+  oBias: Float64Array | null;
   qBias: Float64Array | null;
   kBias: Float64Array | null;
   vBias: Float64Array | null;
@@ -54,7 +56,6 @@ export function checkAttention(spec: AttentionSpec): GqaAttentionSpec {
   if (spec.sinks) throw notImplemented("attention sinks");
   if (spec.slidingWindow !== null) throw notImplemented("sliding-window attention");
   if (!spec.causal) throw notImplemented("bidirectional attention");
-  if (spec.outBias) throw notImplemented("an attention output bias");
   if (spec.qkNorm !== "none") checkNorm(spec.qkNormSpec);
   return spec;
 }
@@ -78,6 +79,7 @@ export async function readAttention(
     qBias: await optional(spec.qkvBias, "attn_q_bias"),
     kBias: await optional(spec.qkvBias, "attn_k_bias"),
     vBias: await optional(spec.qkvBias, "attn_v_bias"),
+    oBias: await optional(spec.outBias, "attn_o_bias"),
     qNorm: await optional(norms, "attn_q_norm"),
     kNorm: await optional(norms, "attn_k_norm"),
     rope,
@@ -193,4 +195,5 @@ export function attentionBlock(
     attention(at, qt, cache.keys, cache.values, start + t + 1, nh, nkv, hd, a.spec.scale, scores);
   }
   matmul(out, att, a.o, n, H, qDim);
+  if (a.oBias) addBias(out, a.oBias, n);
 }

@@ -7,9 +7,10 @@ import { attention, checkAttention } from "./attention.ts";
 import { crossEntropyBits, windows } from "./eval.ts";
 import { matmul, silu, softmax } from "./math.ts";
 import { checkActivation, mlp, type ReferenceMlp } from "./mlp.ts";
-import { checkNorm, rmsNorm } from "./norms.ts";
+import { checkNorm, layerNorm, rmsNorm } from "./norms.ts";
 import { prepareRope, rope, ropeInvFreq } from "./rope.ts";
 import { checkRouter, route } from "./router.ts";
+import { sparsemixer } from "./sparsemixer.ts";
 
 function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what = "") {
   assert.equal(got.length, want.length, `${what} length`);
@@ -40,6 +41,35 @@ Deno.test("rmsNorm: x=[1,2,3,4], w=[1,1,2,0.5]: mean(x²)=7.5, out = x·w/√7.5
   // eps enters under the root: x=[3,4], w=1, eps=0.5 → 1/√(12.5+0.5)
   rmsNorm(out.subarray(0, 2), Float64Array.of(3, 4), Float64Array.of(1, 1), 0.5);
   assertClose(out.subarray(0, 2), [3 / Math.sqrt(13), 4 / Math.sqrt(13)], 1e-15, "eps");
+});
+
+Deno.test("layerNorm: x=[1,2,3,6]: mean 3, var 3.5, out = (x−3)·w/√(3.5+eps) + b", () => {
+  const out = new Float64Array(4);
+  const w = Float64Array.of(1, 2, 0.5, -1);
+  const b = Float64Array.of(0.1, 0, -0.2, 0.3);
+  layerNorm(out, Float64Array.of(1, 2, 3, 6), w, b, 0.5);
+  const r = 1 / Math.sqrt(4); // var 3.5 + eps 0.5
+  assertClose(out, [-2 * r + 0.1, -1 * r * 2, -0.2, -3 * r + 0.3], 1e-15, "layerNorm");
+  layerNorm(out, Float64Array.of(1, 2, 3, 6), w, null, 0.5);
+  assertClose(out, [-2 * r, -2 * r, 0, -3 * r], 1e-15, "no bias");
+});
+
+Deno.test("sparsemixer: s=[2, 1.5, −1, 1.9], jitter 0.1: masks by (m − s)/max(|s|, m) > 0.2", () => {
+  const s = Float64Array.of(2, 1.5, -1, 1.9);
+  // Round 1: m = 2; ratios [0, 0.25, 1.5, 0.05] → keep 0 and 3: w₁ = e²/(e² + e^1.9).
+  // Round 2: expert 0 out, m = 1.9; ratios (1.9 − s)/max(|s|, 1.9) = [·, 0.21, 1.53, 0] → keep 3
+  // only: w₂ = 1.
+  const r = sparsemixer(s, 0.1);
+  assert.deepEqual(r.experts, [0, 3]);
+  assertClose(r.weights, [1 / (1 + Math.exp(-0.1)), 1], 1e-15, "weights");
+  // A larger jitter keeps expert 1 in both rounds.
+  const wide = sparsemixer(s, 0.2);
+  const z1 = Math.exp(2) + Math.exp(1.5) + Math.exp(1.9);
+  assertClose(
+    wide.weights,
+    [Math.exp(2) / z1, Math.exp(1.9) / (Math.exp(1.5) + Math.exp(1.9))],
+    1e-15,
+  );
 });
 
 Deno.test("matmul: [2,3]·[3] and two inputs at once", () => {
@@ -306,9 +336,9 @@ Deno.test("variants the reference lacks are an UnsupportedError naming them", ()
     [() => checkAttention({ ...gqa, causal: false }), "bidirectional attention"],
     [() => checkRouter({ ...topk, scoring: "sigmoid" }), 'router scoring "sigmoid"'],
     [() => checkRouter({ ...topk, selectionBias: true }), "router selection bias"],
-    [() => checkRouter({ kind: "sparsemixer", jitter: 0.01 }), 'router kind "sparsemixer"'],
+    [() => checkRouter({ kind: "capacity", capacity: 4 }), 'router kind "capacity"'],
     [() => checkActivation({ kind: "relu" }), 'activation "relu"'],
-    [() => checkNorm({ kind: "layer", eps: 1e-5, bias: true }), 'norm kind "layer"'],
+    [() => checkNorm({ kind: "rms", eps: 1e-5, bias: true }), "an RMSNorm with a bias"],
     [
       () => prepareRope({ ...gqa.position, kind: "rope", pairing: "interleaved" } as never, 4),
       'RoPE pairing "interleaved"',

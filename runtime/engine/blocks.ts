@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { MlpSpec } from "../../schemas/model.ts";
+import type { MlpSpec, MoeFfnSpec } from "../../schemas/model.ts";
 import {
   type AttentionKey,
   attentionPrefillSource,
@@ -41,7 +41,7 @@ export function attentionBlock(
   const shape = { numHeads: a.numHeads, numKvHeads: a.numKvHeads, headDim: a.headDim };
   const H = plan.ctx.spec.hiddenSize;
   const ropeAndCache = { rope, kCache: cache.keys, vCache: cache.values };
-  plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, H, 1, w.norm.eps);
+  plan.preNorm(w.norm, w.normWeight, w.normBias);
 
   let q: GPUBuffer, qStride: number;
   if (w.qkv.kind === "stacked") {
@@ -76,7 +76,9 @@ export function attentionBlock(
   }
 
   attend(plan, { ...shape, qStride, scale: a.scale }, q, cache);
-  plan.matmul(w.o, acts.attention, acts.hidden, { accumulate: true, scale: residualScale });
+  // The output bias was uploaded × residualScale (the kernel adds it after the scale).
+  const o = { accumulate: true, scale: residualScale, bias: w.oBias };
+  plan.matmul(w.o, acts.attention, acts.hidden, o);
 }
 
 /**
@@ -109,14 +111,8 @@ export function moeBlock(plan: PlanBuilder, w: MoeWeights, residualScale: number
   const { acts } = plan;
   const f = w.spec;
   const H = plan.ctx.spec.hiddenSize, I = f.expert.intermediate, K = f.topK;
-  if (f.router.kind !== "topk") throw new Error(`unchecked router ${f.router.kind}`);
-  const routing: RoutingKey = {
-    numExperts: f.numExperts,
-    topK: K,
-    normTopK: f.router.normTopK,
-    scale: f.router.scale,
-  };
-  plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, H, 1, w.norm.eps);
+  const routing = routingKey(f);
+  plan.preNorm(w.norm, w.normWeight, w.normBias);
   plan.matmul(w.router, acts.normed, acts.routerLogits);
   plan.route(routing);
 
@@ -153,10 +149,21 @@ export function moeBlock(plan: PlanBuilder, w: MoeWeights, residualScale: number
   );
 }
 
+/** The routing kernels' key of a MoE block's router (support.ts refused the others). */
+function routingKey(f: MoeFfnSpec): RoutingKey {
+  const r = f.router;
+  const base = { numExperts: f.numExperts, topK: f.topK };
+  if (r.kind === "sparsemixer") {
+    return { ...base, normTopK: false, scale: 1, sparsemixer: r.jitter };
+  }
+  if (r.kind !== "topk") throw new Error(`unchecked router ${r.kind}`);
+  return { ...base, normTopK: r.normTopK, scale: r.scale };
+}
+
 /** Dense feed-forward: norm → gate/up + SwiGLU → down projection added to the residual. */
 export function denseBlock(plan: PlanBuilder, w: DenseWeights, residualScale: number): void {
   const { acts } = plan;
-  plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, plan.ctx.spec.hiddenSize, 1, w.norm.eps);
+  plan.preNorm(w.norm, w.normWeight, w.normBias);
   mlpActivation(plan, w.mlp, w.spec.mlp);
   plan.matmul(w.mlp.down, acts.mlpGate, acts.hidden, { accumulate: true, scale: residualScale });
 }

@@ -3,10 +3,11 @@
  * uses any other variant is refused with an UnsupportedError naming the variant and where it is,
  * before any weight is read.
  *
- * Implemented: decoder-only stacks of RMSNorm pre-norm blocks; GQA attention (causal, RoPE
- * half-split over the whole head, unscaled frequencies; q/k/v biases, q/k RMSNorm per head or
- * full width, q/k/v clamp, any attention scale; no output bias); dense and MoE SwiGLU MLPs without
- * biases; softmax top-k routing (renormalised or not, scaled); shared experts, gated or not;
+ * Implemented: decoder-only stacks of RMSNorm or LayerNorm (+ bias) pre-norm blocks; GQA
+ * attention (causal, RoPE half-split over the whole head, unscaled frequencies; q/k/v and output
+ * biases, q/k RMSNorm per head or full width, q/k/v clamp, any attention scale); dense and MoE
+ * SwiGLU MLPs without biases; softmax top-k routing (renormalised or not, scaled) and PhiMoE's
+ * sparsemixer; shared experts, gated or not;
  * the embedding, residual and head multipliers, tied or untied head, head bias.
  *
  * @module
@@ -30,8 +31,7 @@ export function checkSupported(spec: ModelSpec): void {
   };
   if (spec.encoder) refuse("encoder–decoder models", "encoder stack");
   const norm = (n: NormSpec, where: string) => {
-    if (n.kind !== "rms") refuse(`${n.kind} norms`, where);
-    if (n.bias) refuse("norm biases", where);
+    if (n.kind === "rms" && n.bias) refuse("RMSNorm biases", where);
   };
   const mlp = (m: MlpSpec, where: string) => {
     if (m.activation.kind !== "swiglu") refuse(`the ${m.activation.kind} activation`, where);
@@ -76,11 +76,13 @@ function attention(
   if (a.numHeads % a.numKvHeads !== 0) {
     refuse(`${a.numHeads} heads over ${a.numKvHeads} KV heads`, where);
   }
-  if (a.outBias) refuse("an attention output bias", where);
   if (a.sinks) refuse("attention sinks", where);
   if (a.slidingWindow !== null) refuse("sliding-window attention", where);
   if (!a.causal) refuse("bidirectional attention", where);
-  if (a.qkNorm !== "none") norm(a.qkNormSpec, `${where}, q/k norm`);
+  if (a.qkNorm !== "none") {
+    norm(a.qkNormSpec, `${where}, q/k norm`);
+    if (a.qkNormSpec.kind !== "rms") refuse(`${a.qkNormSpec.kind} q/k norms`, where);
+  }
   const p = a.position;
   if (p.kind === "none") refuse("attention without positions", where);
   if (p.kind === "relative_bias") refuse("relative position bias", where);
@@ -94,6 +96,7 @@ function attention(
 }
 
 function router(r: RouterSpec, where: string, refuse: Refuse): void {
+  if (r.kind === "sparsemixer") return;
   if (r.kind !== "topk") return refuse(`${r.kind} routing`, where);
   if (r.scoring !== "softmax") refuse(`${r.scoring} router scoring`, where);
   if (r.softmaxAfterTopK) refuse("softmax-after-top-k routing", where);

@@ -19,13 +19,21 @@ import type { FamilyAdapter } from "./family.ts";
 import { granitemoe } from "./granitemoe.ts";
 import { mixtral } from "./mixtral.ts";
 import { olmoe } from "./olmoe.ts";
+import { phimoe } from "./phimoe.ts";
 import { qwen2Moe } from "./qwen2_moe.ts";
 import { qwen3Moe } from "./qwen3_moe.ts";
 
 export type { ExpertLayout, FamilyAdapter, TensorSource } from "./family.ts";
 
 /** Every supported family, by `model_type`. */
-export const FAMILIES: readonly FamilyAdapter[] = [mixtral, qwen2Moe, qwen3Moe, olmoe, granitemoe];
+export const FAMILIES: readonly FamilyAdapter[] = [
+  mixtral,
+  qwen2Moe,
+  qwen3Moe,
+  olmoe,
+  granitemoe,
+  phimoe,
+];
 
 /** The `model_type` values the adapters understand. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.map((a) => a.modelType);
