@@ -36,13 +36,20 @@ function oneLayer(
   ]], extra);
 }
 
-Deno.test("checkSupported accepts the four families' shapes and the multipliers", () => {
+Deno.test("checkSupported accepts the families' shapes, the multipliers, LayerNorm, sparsemixer", () => {
   for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE]) checkSupported(spec);
   checkSupported(oneLayer({ qkNorm: "head", clipQkv: 8, scale: 0.25 }));
   checkSupported(oneLayer({ qkNorm: "full", qkvBias: true }, {
     router: topkRouter({ normTopK: false, scale: 2.5 }),
     shared: { mlp: mlp(12), gated: false },
   }, { embedScale: 12, head: { tied: false, scale: 1 / 6, bias: true } }));
+  // PhiMoE: LayerNorms with biases, attention output bias, sparsemixer routing.
+  const layer = { kind: "layer", eps: 1e-5, bias: true } as const;
+  const phi = oneLayer({ qkvBias: true, outBias: true }, {
+    router: { kind: "sparsemixer", jitter: 0.01 },
+  });
+  for (const b of phi.decoder.layers[0].blocks) b.norm = layer;
+  checkSupported({ ...phi, decoder: { ...phi.decoder, finalNorm: layer } });
 });
 
 const REFUSED: [string, ModelSpec, string][] = [
@@ -51,7 +58,6 @@ const REFUSED: [string, ModelSpec, string][] = [
   ["sinks", oneLayer({ sinks: true }), "attention sinks"],
   ["sliding window", oneLayer({ slidingWindow: 4 }), "sliding-window attention"],
   ["bidirectional", oneLayer({ causal: false }), "bidirectional attention"],
-  ["output bias", oneLayer({ outBias: true }), "an attention output bias"],
   ["no positions", oneLayer({ position: { kind: "none" } }), "attention without positions"],
   ["partial RoPE", oneLayer({ position: rope(1e4, 2) }), "partial RoPE (2 of 4 dims)"],
   [
@@ -65,11 +71,16 @@ const REFUSED: [string, ModelSpec, string][] = [
     "linear RoPE scaling",
   ],
   [
-    "LayerNorm",
+    "RMSNorm bias",
     oneLayer({}, {}, {
-      decoder: { ...MIXTRAL_LIKE.decoder, finalNorm: { kind: "layer", eps: 1e-5, bias: true } },
+      decoder: { ...MIXTRAL_LIKE.decoder, finalNorm: { kind: "rms", eps: 1e-5, bias: true } },
     }),
-    "layer norms (decoder final norm)",
+    "RMSNorm biases (decoder final norm)",
+  ],
+  [
+    "LayerNorm q/k norm",
+    oneLayer({ qkNorm: "head", qkNormSpec: { kind: "layer", eps: 1e-5, bias: false } }),
+    "layer q/k norms",
   ],
   ["sigmoid router", oneLayer({}, { router: topkRouter({ scoring: "sigmoid" }) }), "sigmoid"],
   [
@@ -88,7 +99,6 @@ const REFUSED: [string, ModelSpec, string][] = [
     oneLayer({}, { router: topkRouter({ groups: { count: 2, keep: 1, score: "max" } }) }),
     "group-limited routing",
   ],
-  ["sparsemixer", oneLayer({}, { router: { kind: "sparsemixer", jitter: 0.01 } }), "sparsemixer"],
   ["capacity", oneLayer({}, { router: { kind: "capacity", capacity: 4 } }), "capacity routing"],
   [
     "clamped SwiGLU",

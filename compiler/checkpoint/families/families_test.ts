@@ -32,18 +32,19 @@ Deno.test("registry: one adapter per model_type, the unsupported message lists t
     "qwen3_moe",
     "olmoe",
     "granitemoe",
+    "phimoe",
   ]);
   assert.equal(new Set(FAMILIES.map((f) => f.modelType)).size, FAMILIES.length);
   await assertFails(
     () => parseConfig({ model_type: "gpt2" }, "c/config.json"),
     UnsupportedError,
     'c/config.json: model_type "gpt2" is not supported (supported: mixtral, qwen2_moe, ' +
-      "qwen3_moe, olmoe, granitemoe)",
+      "qwen3_moe, olmoe, granitemoe, phimoe)",
   );
 });
 
 /** Fixtures without a packed twin (their experts are fused in the hub layout already). */
-const SINGLE = ["granitemoe-a"];
+const SINGLE = ["granitemoe-a", "phimoe-a"];
 
 for (const name of [...FIXTURES, ...SINGLE]) {
   for (const dir of SINGLE.includes(name) ? [name] : [name, `${name}-packed`]) {
@@ -99,6 +100,30 @@ Deno.test("granitemoe: the four multipliers and the fused expert slices", async 
   ]);
   const bias = parseConfig({ ...(await oracleConfig("granitemoe-a")), attention_bias: true });
   assert.deepEqual([attentionOf(bias).qkvBias, attentionOf(bias).outBias], [true, true]);
+});
+
+Deno.test("phimoe: LayerNorms with bias, attention and head biases, sparsemixer; top-k 2 only", async () => {
+  const base = await oracleConfig("phimoe-a");
+  const spec = parseConfig(base);
+  const layer = { kind: "layer", eps: 1e-5, bias: true };
+  assert.deepEqual(spec.decoder.finalNorm, layer);
+  for (const b of spec.decoder.layers[0].blocks) assert.deepEqual(b.norm, layer);
+  assert.deepEqual([attentionOf(spec).qkvBias, attentionOf(spec).outBias, spec.head.bias], [
+    true,
+    true,
+    true,
+  ]);
+  const ffn = spec.decoder.layers[0].blocks[1];
+  assert.ok(ffn.kind === "ffn" && ffn.ffn.kind === "moe");
+  assert.deepEqual(ffn.ffn.router, { kind: "sparsemixer", jitter: 0.3 });
+  const zero = parseConfig({ ...base, router_jitter_noise: 0 }).decoder.layers[0].blocks[1];
+  assert.ok(zero.kind === "ffn" && zero.ffn.kind === "moe");
+  assert.deepEqual(zero.ffn.router, { kind: "sparsemixer", jitter: 0 });
+  await assertFails(
+    () => parseConfig({ ...base, num_experts_per_tok: 3 }, "p/config.json"),
+    UnsupportedError,
+    "p/config.json: num_experts_per_tok 3 is not supported (sparsemixer routes to 2)",
+  );
 });
 
 Deno.test("olmoe clip_qkv: read as the attention clamp; a bad value names the field", async () => {

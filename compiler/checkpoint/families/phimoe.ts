@@ -36,7 +36,7 @@ export const phimoe: FamilyAdapter = {
       }),
       router: {
         kind: "sparsemixer" as const,
-        jitter: f.positiveNumber("router_jitter_noise", 0.01),
+        jitter: jitterOf(f),
       },
     };
     if (moe.topK !== 2) {
