@@ -39,7 +39,6 @@ export function attentionBlock(
   const { acts } = plan;
   const a = w.spec;
   const shape = { numHeads: a.numHeads, numKvHeads: a.numKvHeads, headDim: a.headDim };
-  const H = plan.ctx.spec.hiddenSize;
   const ropeAndCache = { rope, kCache: cache.keys, vCache: cache.values };
   plan.preNorm(w.norm, w.normWeight, w.normBias);
 
