@@ -10,7 +10,7 @@
  */
 
 import type { DenseFfnSpec, MoeFfnSpec, StackName } from "../../schemas/model.ts";
-import { matmul, sigmoid } from "./math.ts";
+import { addBias, matmul, sigmoid } from "./math.ts";
 import { mlp, readMlp, type ReferenceMlp } from "./mlp.ts";
 import { checkRouter, route, type Routing } from "./router.ts";
 import { sparsemixer } from "./sparsemixer.ts";
@@ -26,6 +26,8 @@ export interface ReferenceMoe {
   spec: MoeFfnSpec;
   /** [E, H] router rows. */
   router: Float64Array;
+  /** [E] router bias, added to the logits (gpt-oss). */
+  routerBias: Float64Array | null;
   /** Routed experts by index; callers may swap entries (a quantized expert, say). */
   experts: ReferenceMlp[];
   shared: ReferenceMlp | null;
@@ -70,6 +72,9 @@ export async function readMoe(
     ...place,
     spec,
     router: await weights.read("router"),
+    routerBias: spec.router.kind === "topk" && spec.router.bias
+      ? await weights.read("router_bias")
+      : null,
     experts,
     shared: spec.shared ? await readMlp(spec.shared.mlp, "shared", weights) : null,
     sharedGate: spec.shared?.gated ? await weights.read("shared_expert_gate") : null,
@@ -98,6 +103,7 @@ export function moeBlock(
   const router = routerOf(f.spec);
   const logits = new Float64Array(n * E);
   matmul(logits, h, f.router, n, E, H);
+  if (f.routerBias) addBias(logits, f.routerBias, n);
 
   // Route every token; collect, per expert, the tokens it serves and their weights.
   const tokensOf: number[][] = Array.from({ length: E }, () => []);

@@ -18,12 +18,24 @@ import type { ConfigFields } from "../fields.ts";
 export type ExpertLayout = "classic" | "packed";
 
 /**
- * Where one expected tensor lives in a checkpoint: a whole tensor of the expected shape, or rows
- * `[rowStart, rowStart + rows)` of block `block` of a packed `[blocks, blockRows, cols]` tensor.
+ * Where one expected tensor lives in a checkpoint: a whole tensor of the expected shape, rows
+ * `[rowStart, rowStart + rows)` of block `block` of a packed `[blocks, blockRows, cols]` tensor,
+ * or columns `start, start + step, …` of block `block` of a `[blocks, rows, cols]` (or, for a
+ * vector, `[blocks, cols]`) tensor taken as rows: a transposed, strided slice (gpt-oss keeps its
+ * experts as x·W, [E, H, 2I] with gate and up columns interleaved).
  */
 export type TensorSource =
-  | { name: string; packed?: undefined }
-  | { name: string; packed: { shape: [number, number, number]; block: number; rowStart: number } };
+  | { name: string; packed?: undefined; columns?: undefined }
+  | {
+    name: string;
+    packed: { shape: [number, number, number]; block: number; rowStart: number };
+    columns?: undefined;
+  }
+  | {
+    name: string;
+    packed?: undefined;
+    columns: { shape: number[]; block: number; start: number; step: number };
+  };
 
 /** One model family (one config.json `model_type`). */
 export interface FamilyAdapter {

@@ -17,6 +17,7 @@
 import { UnsupportedError } from "../../../schemas/errors.ts";
 import type { FamilyAdapter } from "./family.ts";
 import { granitemoe } from "./granitemoe.ts";
+import { gptOss } from "./gpt_oss.ts";
 import { mixtral } from "./mixtral.ts";
 import { olmoe } from "./olmoe.ts";
 import { phimoe } from "./phimoe.ts";
@@ -33,6 +34,7 @@ export const FAMILIES: readonly FamilyAdapter[] = [
   olmoe,
   granitemoe,
   phimoe,
+  gptOss,
 ];
 
 /** The `model_type` values the adapters understand. */
