@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { UnsupportedError } from "../../schemas/errors.ts";
-import type { AttentionSpec, GqaAttentionSpec, RouterSpec } from "../../schemas/model.ts";
+import type { AttentionSpec, GqaAttentionSpec, RopeSpec, RouterSpec } from "../../schemas/model.ts";
 import { attention, checkAttention } from "./attention.ts";
 import { crossEntropyBits, windows } from "./eval.ts";
 import { matmul, silu, softmax } from "./math.ts";
@@ -70,6 +70,81 @@ Deno.test("sparsemixer: s=[2, 1.5, −1, 1.9], jitter 0.1: masks by (m − s)/ma
     [Math.exp(2) / z1, Math.exp(1.9) / (Math.exp(1.5) + Math.exp(1.9))],
     1e-15,
   );
+});
+
+Deno.test("attention with a sink and a window: keys 1..2 of 0..2 plus the sink logit", () => {
+  // hd 1, scale 1, q = 1, keys 1,2,3, values 10,20,30, window 2, sink 0.5: the weights are
+  // e²/Z, e³/Z with Z = e² + e³ + e^0.5 (the sink's share is dropped).
+  const out = new Float64Array(1);
+  const extras = { sinks: Float64Array.of(0.5), window: 2 };
+  const keys = Float64Array.of(1, 2, 3), values = Float64Array.of(10, 20, 30);
+  attention(out, Float64Array.of(1), keys, values, 3, 1, 1, 1, 1, new Float64Array(4), extras);
+  const z = Math.exp(2) + Math.exp(3) + Math.exp(0.5);
+  assertClose(out, [(20 * Math.exp(2) + 30 * Math.exp(3)) / z], 1e-13, "sink + window");
+  // A window at least as long as the keys masks nothing.
+  attention(out, Float64Array.of(1), keys, values, 3, 1, 1, 1, 1, new Float64Array(4), {
+    window: 3,
+  });
+  const z3 = Math.exp(1) + Math.exp(2) + Math.exp(3);
+  assertClose(out, [(10 * Math.exp(1) + 20 * Math.exp(2) + 30 * Math.exp(3)) / z3], 1e-13);
+});
+
+Deno.test("clamped SwiGLU with biases: gate ≤ 7, up ∈ [−7, 7], (up + 1)·gate·σ(1.702·gate)", () => {
+  const m: ReferenceMlp = {
+    activation: { kind: "swiglu_clamped", limit: 7, alpha: 1.702 },
+    inter: 1,
+    matrices: { gate: Float64Array.of(1), up: Float64Array.of(2), down: Float64Array.of(0.5) },
+    biases: { gate: Float64Array.of(1), up: Float64Array.of(-1), down: Float64Array.of(0.25) },
+  };
+  const out = new Float64Array(3);
+  mlp(out, Float64Array.of(9, -9, 0.5), 3, m, 1);
+  const act = (g: number, u: number) => {
+    const gc = Math.min(g, 7), uc = Math.min(7, Math.max(-7, u));
+    return (uc + 1) * gc / (1 + Math.exp(-1.702 * gc));
+  };
+  // x = 9: gate 10 → 7, up 17 → 7; x = −9: gate −8, up −19 → −7; x = 0.5: gate 1.5, up 0.
+  const want = [act(10, 17), act(-8, -19), act(1.5, 0)].map((a) => 0.5 * a + 0.25);
+  assertClose(out, want, 1e-14, "clamped swiglu");
+});
+
+Deno.test("route, softmax after top-k: the k largest logits, weights a softmax over them", () => {
+  const r = route(Float64Array.of(1, 3, 2, 0), 2, {
+    normTopK: false,
+    scale: 1,
+    softmaxAfterTopK: true,
+  });
+  assert.deepEqual(r.experts, [1, 2]);
+  assertClose(r.weights, [1 / (1 + Math.exp(-1)), Math.exp(-1) / (1 + Math.exp(-1))], 1e-15);
+});
+
+Deno.test("YaRN frequencies equal transformers 5.18's (gpt-oss-a's RoPE, truncate off and on)", () => {
+  const yarn = (truncate: boolean): RopeSpec => ({
+    kind: "rope",
+    theta: 150000,
+    rotaryDim: 8,
+    pairing: "half",
+    scaling: {
+      kind: "yarn",
+      factor: 32,
+      originalMaxPositions: 4096,
+      betaFast: 32,
+      betaSlow: 1,
+      attentionFactor: 0.1 * Math.log(32) + 1,
+      truncate,
+    },
+  });
+  // _compute_yarn_parameters with float64 defaults (its pos_freqs are float32: rel 1e-7).
+  const hf = {
+    false: [1.0, 0.05081327259540558, 0.0004564839182421565, 4.099978468730114e-06],
+    true: [1.0, 0.05081327259540558, 0.001331338076852262, 4.099978468730114e-06],
+  };
+  for (const truncate of [false, true]) {
+    const r = prepareRope(yarn(truncate), 8);
+    hf[`${truncate}`].forEach((want, i) => {
+      assert.ok(Math.abs(r.invFreq[i] - want) <= 1e-7 * want, `truncate ${truncate} [${i}]`);
+    });
+    assertClose([r.mscale], [1.3465735902799727], 1e-15, "attention factor");
+  }
 });
 
 Deno.test("matmul: [2,3]·[3] and two inputs at once", () => {
@@ -331,11 +406,10 @@ Deno.test("variants the reference lacks are an UnsupportedError naming them", ()
   assert.equal(checkRouter(topk), topk);
   const cases: [() => unknown, string][] = [
     [() => checkAttention(mla), 'attention kind "mla" is not implemented in the reference'],
-    [() => checkAttention({ ...gqa, sinks: true }), "attention sinks is not implemented"],
-    [() => checkAttention({ ...gqa, slidingWindow: 4 }), "sliding-window attention"],
     [() => checkAttention({ ...gqa, causal: false }), "bidirectional attention"],
     [() => checkRouter({ ...topk, scoring: "sigmoid" }), 'router scoring "sigmoid"'],
     [() => checkRouter({ ...topk, selectionBias: true }), "router selection bias"],
+    [() => checkActivation({ kind: "geglu" }), 'activation "geglu"'],
     [() => checkRouter({ kind: "capacity", capacity: 4 }), 'router kind "capacity"'],
     [() => checkActivation({ kind: "relu" }), 'activation "relu"'],
     [() => checkNorm({ kind: "rms", eps: 1e-5, bias: true }), "an RMSNorm with a bias"],
