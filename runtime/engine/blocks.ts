@@ -21,6 +21,7 @@ import {
 } from "../kernels/attention.ts";
 import { combineSource, type RoutingKey } from "../kernels/moe.ts";
 import { swigluSource } from "../kernels/ops.ts";
+import { clampedSwigluSource, expertBiasSource } from "../kernels/expert_extras.ts";
 import type { KvCache } from "./activations.ts";
 import type { PlanBuilder } from "./plan.ts";
 import type { AttentionWeights, DenseWeights, MlpWeights, MoeWeights } from "./weights.ts";
@@ -74,7 +75,8 @@ export function attentionBlock(
     qStride = a.numHeads * a.headDim;
   }
 
-  attend(plan, { ...shape, qStride, scale: a.scale }, q, cache);
+  const key = { ...shape, qStride, scale: a.scale, sinks: a.sinks, window: a.slidingWindow };
+  attend(plan, key, q, cache, w.sinks);
   // The output bias was uploaded × residualScale (the kernel adds it after the scale).
   const o = { accumulate: true, scale: residualScale, bias: w.oBias };
   plan.matmul(w.o, acts.attention, acts.hidden, o);
@@ -85,8 +87,20 @@ export function attentionBlock(
  * lanes; more tokens (prefill) use the query-tiled kernel, which loads each key/value once per
  * query tile. A prefill plan records both; the one that does not apply gets zero workgroups.
  */
-function attend(plan: PlanBuilder, key: AttentionKey, q: GPUBuffer, cache: KvCache): void {
-  const buffers = { q, kCache: cache.keys, vCache: cache.values, out: plan.acts.attention };
+function attend(
+  plan: PlanBuilder,
+  key: AttentionKey,
+  q: GPUBuffer,
+  cache: KvCache,
+  sinks?: GPUBuffer,
+): void {
+  const buffers: Record<string, GPUBuffer> = {
+    q,
+    kCache: cache.keys,
+    vCache: cache.values,
+    out: plan.acts.attention,
+  };
+  if (sinks) buffers.sinks = sinks;
   const none: [number, number, number] = [0, 0, 0];
   if (!plan.prefill) {
     plan.dispatch(attentionSource(key), buffers, (T) => [key.numHeads, T, 1]);
@@ -112,18 +126,35 @@ export function moeBlock(plan: PlanBuilder, w: MoeWeights, residualScale: number
   const H = plan.ctx.spec.hiddenSize, I = f.expert.intermediate, K = f.topK;
   const routing = routingKey(f);
   plan.preNorm(w.norm, w.normWeight, w.normBias);
-  plan.matmul(w.router, acts.normed, acts.routerLogits);
+  plan.matmul(w.router, acts.normed, acts.routerLogits, { bias: w.routerBias });
   plan.route(routing);
 
   const ex = w.experts;
+  const bias = (which: "gate" | "up" | "down", y: GPUBuffer, width: number) => {
+    const b = w.expertBiases?.[which];
+    if (!b) return;
+    const src = expertBiasSource(width, K);
+    plan.elementwise(src, { y, bias: b, expertIds: acts.expertIds }, width, (T) => T * K);
+  };
   if (ex.kind === "stacked") {
     plan.expertMatmuls(ex.gateUp, acts.normed, acts.mlpGate, "token", routing, true);
   } else {
     plan.expertMatmuls(ex.gate, acts.normed, acts.mlpGate, "token", routing);
     plan.expertMatmuls(ex.up, acts.normed, acts.mlpUp, "token", routing);
-    swiglu(plan, I, K);
+    bias("gate", acts.mlpGate, I);
+    bias("up", acts.mlpUp, I);
+    const act = f.expert.activation;
+    if (act.kind === "swiglu_clamped") {
+      plan.elementwise(
+        clampedSwigluSource(I, K, act.limit, act.alpha),
+        { gate: acts.mlpGate, up: acts.mlpUp },
+        I,
+        (T) => T * K,
+      );
+    } else swiglu(plan, I, K);
   }
   plan.expertMatmuls(ex.down, acts.mlpGate, acts.expertOut, "slot", routing);
+  bias("down", acts.expertOut, H);
 
   const sharedBuffers: Record<string, GPUBuffer> = {};
   if (w.shared) {
@@ -156,7 +187,8 @@ function routingKey(f: MoeFfnSpec): RoutingKey {
     return { ...base, normTopK: false, scale: 1, sparsemixer: r.jitter };
   }
   if (r.kind !== "topk") throw new Error(`unchecked router ${r.kind}`);
-  return { ...base, normTopK: r.normTopK, scale: r.scale };
+  // The top-k logits' softmax equals the full softmax renormalised over the top k.
+  return { ...base, normTopK: r.normTopK || r.softmaxAfterTopK, scale: r.scale };
 }
 
 /** Dense feed-forward: norm → gate/up + SwiGLU → down projection added to the residual. */

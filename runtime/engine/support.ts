@@ -4,10 +4,11 @@
  * before any weight is read.
  *
  * Implemented: decoder-only stacks of RMSNorm or LayerNorm (+ bias) pre-norm blocks; GQA
- * attention (causal, RoPE half-split over the whole head, unscaled frequencies; q/k/v and output
- * biases, q/k RMSNorm per head or full width, q/k/v clamp, any attention scale); dense and MoE
- * SwiGLU MLPs without biases; softmax top-k routing (renormalised or not, scaled) and PhiMoE's
- * sparsemixer; shared experts, gated or not;
+ * attention (causal, RoPE half-split over the whole head, unscaled or YaRN frequencies; q/k/v and
+ * output biases, q/k RMSNorm per head or full width, q/k/v clamp, any attention scale, sinks,
+ * sliding windows); dense and MoE SwiGLU MLPs without biases, routed experts also with biases and
+ * the clamped SwiGLU; softmax top-k routing (renormalised or not, scaled, or softmax after top-k,
+ * with or without a router bias) and PhiMoE's sparsemixer; shared experts, gated or not;
  * the embedding, residual and head multipliers, tied or untied head, head bias.
  *
  * @module
@@ -33,9 +34,13 @@ export function checkSupported(spec: ModelSpec): void {
   const norm = (n: NormSpec, where: string) => {
     if (n.kind === "rms" && n.bias) refuse("RMSNorm biases", where);
   };
-  const mlp = (m: MlpSpec, where: string) => {
-    if (m.activation.kind !== "swiglu") refuse(`the ${m.activation.kind} activation`, where);
-    if (m.bias) refuse("MLP biases", where);
+  /** Routed experts may also have biases and the clamped SwiGLU (gpt-oss). */
+  const mlp = (m: MlpSpec, where: string, routed = false) => {
+    const act = m.activation.kind;
+    if (act !== "swiglu" && !(routed && act === "swiglu_clamped")) {
+      refuse(`the ${act} activation`, where);
+    }
+    if (m.bias && !routed) refuse("MLP biases", where);
   };
   spec.decoder.layers.forEach((layer, l) => {
     for (const block of layer.blocks) {
@@ -55,7 +60,7 @@ export function checkSupported(spec: ModelSpec): void {
             break;
           }
           router(ffn.router, where, refuse);
-          mlp(ffn.expert, `${where}, routed experts`);
+          mlp(ffn.expert, `${where}, routed experts`, true);
           if (ffn.shared) mlp(ffn.shared.mlp, `${where}, shared expert`);
         }
       }
@@ -76,8 +81,6 @@ function attention(
   if (a.numHeads % a.numKvHeads !== 0) {
     refuse(`${a.numHeads} heads over ${a.numKvHeads} KV heads`, where);
   }
-  if (a.sinks) refuse("attention sinks", where);
-  if (a.slidingWindow !== null) refuse("sliding-window attention", where);
   if (!a.causal) refuse("bidirectional attention", where);
   if (a.qkNorm !== "none") {
     norm(a.qkNormSpec, `${where}, q/k norm`);
@@ -91,7 +94,9 @@ function attention(
   if (p.rotaryDim !== a.headDim) {
     refuse(`partial RoPE (${p.rotaryDim} of ${a.headDim} dims)`, where);
   }
-  if (p.scaling.kind !== "none") refuse(`${p.scaling.kind} RoPE scaling`, where);
+  if (p.scaling.kind !== "none" && p.scaling.kind !== "yarn") {
+    refuse(`${p.scaling.kind} RoPE scaling`, where);
+  }
   if (a.headDim % 2 !== 0) refuse(`odd head size ${a.headDim}`, where);
 }
 
@@ -99,8 +104,6 @@ function router(r: RouterSpec, where: string, refuse: Refuse): void {
   if (r.kind === "sparsemixer") return;
   if (r.kind !== "topk") return refuse(`${r.kind} routing`, where);
   if (r.scoring !== "softmax") refuse(`${r.scoring} router scoring`, where);
-  if (r.softmaxAfterTopK) refuse("softmax-after-top-k routing", where);
-  if (r.bias) refuse("router biases", where);
   if (r.selectionBias) refuse("router selection biases", where);
   if (r.groups) refuse("group-limited routing", where);
 }

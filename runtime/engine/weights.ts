@@ -93,6 +93,8 @@ export interface AttentionWeights {
   o: WeightSet;
   /** The output projection's bias × the layer's residual scale. */
   oBias?: GPUBuffer;
+  /** [nh] sink logits (gpt-oss). */
+  sinks?: GPUBuffer;
 }
 
 /** A MoE feed-forward block's weights. */
@@ -104,7 +106,11 @@ export interface MoeWeights {
   normBias?: GPUBuffer;
   spec: MoeFfnSpec;
   router: WeightSet;
+  /** [E] router bias (gpt-oss). */
+  routerBias?: GPUBuffer;
   experts: ExpertWeights;
+  /** Routed experts' biases, each [E, rows of the matrix] (gpt-oss). */
+  expertBiases?: Record<"gate" | "up" | "down", GPUBuffer>;
   shared?: MlpWeights;
   /** The shared expert's gate row [1, H] (when the shared expert is gated). */
   sharedGate?: WeightSet;
@@ -369,6 +375,7 @@ class WeightLoader {
       kNorm: a.qkNorm !== "none" ? await this.vector(key("attn_k_norm"), [kNormWidth]) : undefined,
       o: await this.matrix(key("attn_o"), [H, qRows]),
       oBias: a.outBias ? await this.vector(key("attn_o_bias"), [H], residualScale) : undefined,
+      sinks: a.sinks ? await this.vector(key("attn_sinks"), [a.numHeads]) : undefined,
     };
   }
 
@@ -437,7 +444,7 @@ class WeightLoader {
         (_, e) => this.need(key(`expert_${name}`, e), matrixShape(name, I, H)),
       );
     const gate = matrices("gate"), up = matrices("up"), down = matrices("down");
-    const fuse = opts.fuse &&
+    const fuse = opts.fuse && f.expert.activation.kind === "swiglu" && !f.expert.bias &&
       gate.every((g, e) => formatName(formatOf(g)) === formatName(formatOf(up[e])));
     const experts: ExpertWeights = fuse
       ? {
@@ -458,12 +465,32 @@ class WeightLoader {
       normBias: await this.normBias(key("ffn_norm_bias"), norm),
       spec: f,
       router: await this.matrix(key("router"), [E, H]),
+      routerBias: f.router.kind === "topk" && f.router.bias
+        ? await this.vector(key("router_bias"), [E])
+        : undefined,
       experts,
+      expertBiases: f.expert.bias ? await this.expertBiases(layer, f) : undefined,
       shared: f.shared ? await this.mlp(layer, "shared", f.shared.mlp, opts) : undefined,
       sharedGate: f.shared?.gated
         ? await this.matrix(key("shared_expert_gate"), [1, H])
         : undefined,
     };
+  }
+
+  /** The routed experts' biases, each role's E vectors concatenated into one [E, n] buffer. */
+  async expertBiases(
+    layer: number,
+    f: MoeFfnSpec,
+  ): Promise<Record<"gate" | "up" | "down", GPUBuffer>> {
+    const I = f.expert.intermediate, H = this.#spec.hiddenSize;
+    const all = (name: string, n: number) =>
+      this.concatenated(
+        Array.from({ length: f.numExperts }, (_, e): [TensorKey, number] => [
+          { stack: "decoder", layer, expert: e, role: `expert_${name}_bias` },
+          n,
+        ]),
+      );
+    return { gate: await all("gate", I), up: await all("up", I), down: await all("down", H) };
   }
 
   /**
