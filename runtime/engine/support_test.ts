@@ -50,13 +50,29 @@ Deno.test("checkSupported accepts the families' shapes, the multipliers, LayerNo
   });
   for (const b of phi.decoder.layers[0].blocks) b.norm = layer;
   checkSupported({ ...phi, decoder: { ...phi.decoder, finalNorm: layer } });
+  // gpt-oss: sinks, a window, YaRN, a biased router with softmax after top-k, biased clamped
+  // SwiGLU experts.
+  const yarn = {
+    kind: "yarn",
+    factor: 32,
+    originalMaxPositions: 4096,
+    betaFast: 32,
+    betaSlow: 1,
+    attentionFactor: 1.35,
+    truncate: false,
+  } as const;
+  checkSupported(oneLayer(
+    { sinks: true, slidingWindow: 4, outBias: true, position: { ...rope(1e4, 4), scaling: yarn } },
+    {
+      router: topkRouter({ softmaxAfterTopK: true, bias: true, normTopK: false }),
+      expert: mlp(8, { kind: "swiglu_clamped", limit: 7, alpha: 1.702 }, true),
+    },
+  ));
 });
 
 const REFUSED: [string, ModelSpec, string][] = [
   ["encoder–decoder", SWITCH_LIKE, "encoder–decoder models (encoder stack)"],
   ["MLA", MLA_LIKE, "multi-head latent attention (MLA) (decoder layer 0 attention block)"],
-  ["sinks", oneLayer({ sinks: true }), "attention sinks"],
-  ["sliding window", oneLayer({ slidingWindow: 4 }), "sliding-window attention"],
   ["bidirectional", oneLayer({ causal: false }), "bidirectional attention"],
   ["no positions", oneLayer({ position: { kind: "none" } }), "attention without positions"],
   ["partial RoPE", oneLayer({ position: rope(1e4, 2) }), "partial RoPE (2 of 4 dims)"],
@@ -84,12 +100,6 @@ const REFUSED: [string, ModelSpec, string][] = [
   ],
   ["sigmoid router", oneLayer({}, { router: topkRouter({ scoring: "sigmoid" }) }), "sigmoid"],
   [
-    "softmax after top-k",
-    oneLayer({}, { router: topkRouter({ softmaxAfterTopK: true }) }),
-    "softmax-after-top-k routing",
-  ],
-  ["router bias", oneLayer({}, { router: topkRouter({ bias: true }) }), "router biases"],
-  [
     "selection bias",
     oneLayer({}, { router: topkRouter({ selectionBias: true }) }),
     "router selection biases",
@@ -101,12 +111,18 @@ const REFUSED: [string, ModelSpec, string][] = [
   ],
   ["capacity", oneLayer({}, { router: { kind: "capacity", capacity: 4 } }), "capacity routing"],
   [
-    "clamped SwiGLU",
-    oneLayer({}, { expert: mlp(8, { kind: "swiglu_clamped", limit: 7, alpha: 1.702 }) }),
-    "the swiglu_clamped activation (decoder layer 0 ffn block, routed experts)",
+    "clamped SwiGLU shared expert",
+    oneLayer({}, {
+      shared: { mlp: mlp(8, { kind: "swiglu_clamped", limit: 7, alpha: 1.702 }), gated: false },
+    }),
+    "the swiglu_clamped activation (decoder layer 0 ffn block, shared expert)",
   ],
   ["GeGLU", oneLayer({}, { expert: mlp(8, { kind: "geglu" }) }), "the geglu activation"],
-  ["MLP bias", oneLayer({}, { expert: mlp(8, { kind: "swiglu" }, true) }), "MLP biases"],
+  [
+    "shared expert bias",
+    oneLayer({}, { shared: { mlp: mlp(8, { kind: "swiglu" }, true), gated: false } }),
+    "MLP biases",
+  ],
   [
     "ReLU shared expert",
     oneLayer({}, { shared: { mlp: mlp(8, { kind: "relu" }), gated: false } }),
@@ -127,7 +143,7 @@ for (const [label, spec, variant] of REFUSED) {
 
 Deno.test("createWebGpuEngine refuses an unsupported artifact at load, before any device", async () => {
   for (
-    const spec of [MLA_LIKE, SWITCH_LIKE, oneLayer({ sinks: true }, {}, { family: "gpt_oss" })]
+    const spec of [MLA_LIKE, SWITCH_LIKE, oneLayer({ position: rope(1e4, 2) }, {}, { family: "t" })]
   ) {
     const artifact = await openArtifactBytes(buildArtifact(spec));
     await assert.rejects(() => createWebGpuEngine(artifact), UnsupportedError);
