@@ -1,16 +1,20 @@
 /**
- * PhiMoE's kernels against the float64 reference on random non-zero data: LayerNorm (+ bias,
- * every row or the last only) within 1e-5 relative, and sparsemixer routing (both routing
- * kernels: one token per invocation, and the tiled style's per-expert token lists) choosing the
- * reference's experts with weights within 1e-5.
+ * PhiMoE's and gpt-oss's kernels against the float64 reference on random non-zero data:
+ * LayerNorm (+ bias, every row or the last only) within 1e-5 relative; sparsemixer routing (both
+ * routing kernels: one token per invocation, and the tiled style's per-expert token lists)
+ * choosing the reference's experts with weights within 1e-5; per-expert biases by routed row and
+ * the clamped SwiGLU (through the reference's MLP) within 1e-5 relative.
  */
 import assert from "node:assert/strict";
 import { layerNorm } from "../compiler/reference/norms.ts";
+import { mlp } from "../compiler/reference/mlp.ts";
 import { sparsemixer } from "../compiler/reference/sparsemixer.ts";
 import { mulberry32 as rng } from "../schemas/prng.ts";
 import { requestGpu } from "../runtime/device.ts";
 import { readBuffer, storageBuffer } from "../runtime/kernels/kernel.ts";
+import { clampedSwigluSource, expertBiasSource } from "../runtime/kernels/expert_extras.ts";
 import { layerNormSource } from "../runtime/kernels/layer_norm.ts";
+import { elementGroups } from "../runtime/kernels/ops.ts";
 import { routeListsSource, routerSource, type RoutingKey } from "../runtime/kernels/moe.ts";
 import { dispatchOnce, readF32, stepBuffer } from "../runtime/kernels/testing.ts";
 
@@ -91,4 +95,49 @@ Deno.test("sparsemixer routing kernels: the reference's experts, weights within 
       }
     }
   }
+});
+
+Deno.test("expert bias by routed row, clamped SwiGLU: float64 within 1e-5 relative", async () => {
+  const rand = rng(53);
+  const T = 5, K = 2, E = 4, W = 37;
+  const ids = Uint32Array.from({ length: T * K }, () => Math.floor(rand() * E));
+  const y0 = randoms(rand, T * K * W, -1, 1), bias = randoms(rand, E * W, -1, 1);
+  const y = buffer(y0);
+  dispatchOnce(device, expertBiasSource(W, K), {
+    step: stepBuffer(device, T),
+    y,
+    bias: buffer(bias),
+    expertIds: buffer(ids),
+  }, elementGroups(W, T * K));
+  const got = await readF32(device, y, T * K * W);
+  for (let r = 0; r < T * K; r++) {
+    for (let c = 0; c < W; c++) {
+      const want = y0[r * W + c] + bias[ids[r] * W + c];
+      assert.ok(Math.abs(got[r * W + c] - want) <= 1e-6, `row ${r} col ${c}`);
+    }
+  }
+
+  // gate, up ∈ [−12, 12]: the clamps at 7 bind on both sides.
+  const n = T * K;
+  const gate = randoms(rand, n * W, -12, 12), up = randoms(rand, n * W, -12, 12);
+  const g = buffer(gate);
+  dispatchOnce(device, clampedSwigluSource(W, K, 7, 1.702), {
+    step: stepBuffer(device, T),
+    gate: g,
+    up: buffer(up),
+  }, elementGroups(W, n));
+  const act = await readF32(device, g, n * W);
+  const one = Float64Array.of(1);
+  const activation = { kind: "swiglu_clamped" as const, limit: 7, alpha: 1.702 };
+  let worst = 0, scale = 0;
+  const out = new Float64Array(1);
+  for (let i = 0; i < n * W; i++) {
+    // A 1 → 1 → 1 MLP on input 1 with gate weight gate[i], up weight up[i] and down weight 1 is
+    // the activation of (gate[i], up[i]).
+    const matrices = { gate: Float64Array.of(gate[i]), up: Float64Array.of(up[i]), down: one };
+    mlp(out, one, 1, { activation, inter: 1, matrices, biases: {} }, 1);
+    worst = Math.max(worst, Math.abs(act[i] - out[0]));
+    scale = Math.max(scale, Math.abs(out[0]));
+  }
+  assert.ok(worst / scale <= 1e-5, `clamped swiglu rel err ${worst / scale}`);
 });
