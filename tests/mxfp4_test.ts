@@ -112,6 +112,79 @@ Deno.test("mxfp4 e2e: budget mixes mxfp4 and 3-bit at 3.5; float experts quantiz
   }
 });
 
+Deno.test("mxfp4 e2e gpt_oss: a release made from gpt_oss-a compiles with --expert-bits mxfp4; experts bit-identical, WebGPU = reference (1e-4)", async () => {
+  const dir = join(release, "gpt_oss");
+  // gpt-oss keeps experts as x·W ([E, H, 2I], [E, I, H]); releases store W ([E, 2I, H/32, 16]).
+  const decoded = await writeMxfp4Release(
+    "testdata/hf-oracle/gpt_oss-a",
+    dir,
+    (n) => /mlp\.experts\.(gate_up|down)_proj$/.test(n) ? { transpose: true } : null,
+  );
+  const path = join(dir, "mx.moeq");
+  const cli = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "cli.ts",
+      "compile",
+      dir,
+      "-o",
+      path,
+      "--expert-bits",
+      "mxfp4",
+      "--dense-bits",
+      "f32",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const out = await cli.output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const ir = await loadCheckpoint(dir);
+  const artifact = await openArtifact(path);
+  try {
+    const [H, I] = [32, 24];
+    for (const t of artifact.tensors.filter((t) => t.expert >= 0 && t.quant)) {
+      assert.equal(t.quant!.quantizer, "mxfp4-release", t.name);
+      const got = await artifact.readF32(t);
+      // The checkpoint's decoded weights, taken straight from the helper's [E, in, out] tensor.
+      const down = t.role === "expert_down";
+      const src = decoded.get(
+        `model.layers.${t.layer}.mlp.experts.${down ? "down" : "gate_up"}_proj`,
+      )!;
+      const [rows, cols] = t.shape;
+      const outDim = down ? H : 2 * I;
+      for (let r = 0; r < rows; r++) {
+        const o = down ? r : 2 * r + (t.role === "expert_up" ? 1 : 0);
+        for (let c = 0; c < cols; c++) {
+          const want = src[(t.expert * cols + c) * outDim + o];
+          if (got[r * cols + c] !== want) {
+            assert.fail(`${t.name} [${r}, ${c}]: ${got[r * cols + c]} ≠ ${want}`);
+          }
+        }
+      }
+    }
+    assert.equal(artifact.tensors.filter((t) => t.quant).length, 2 * 4 * 3);
+    const model = await prepareReference(ir);
+    const engine = await createWebGpuEngine(artifact);
+    try {
+      const want = forward(model, IDS);
+      const got = await engine.logits(IDS);
+      let err = 0;
+      got.forEach((row, t) => row.forEach((v, i) => err = Math.max(err, Math.abs(v - want[t][i]))));
+      console.log(`gpt_oss MXFP4 release on WebGPU: max abs logit error ${err.toExponential(2)}`);
+      assert.ok(err <= 1e-4, `max abs err ${err}`);
+      const wantIds = referenceGreedy(model, IDS.slice(0, 3), 6);
+      const gotIds = await collect(engine.generate(IDS.slice(0, 3), { maxTokens: 6, stopIds: [] }));
+      assert.deepEqual(gotIds, wantIds);
+    } finally {
+      engine.dispose();
+    }
+  } finally {
+    artifact.close();
+  }
+});
+
 Deno.test({
   name: "mxfp4 e2e: cleanup",
   fn: async () => await Deno.remove(release, { recursive: true }),

@@ -49,6 +49,8 @@ export function buildModelIR(
         source.packed.rowStart,
         t.shape[0],
       )
+      : source.columns
+      ? claims.columns(source.name, source.columns, t.shape)
       : claims.tensor(source.name, t.shape);
     return { stack: t.stack, layer: t.layer, expert: t.expert, role: t.role, ref };
   });

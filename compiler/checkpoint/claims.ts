@@ -116,6 +116,37 @@ export class TensorClaims {
     return mxfp4Ref(this.store, slice, rowsPerExpert);
   }
 
+  /**
+   * Columns `start + step·i` (i < shape[0]) of block `block` of a `[blocks, rows, cols]` tensor,
+   * as the rows of a [shape[0], rows] matrix; for a `[blocks, cols]` tensor, as a vector
+   * [shape[0]]. Read whole (the block is gathered and transposed in memory).
+   */
+  columns(
+    name: string,
+    c: { shape: readonly number[]; block: number; start: number; step: number },
+    shape: readonly number[],
+  ): TensorRef {
+    const dtype = this.claim(name, c.shape);
+    const [rows, cols] = c.shape.length === 3 ? [c.shape[1], c.shape[2]] : [1, c.shape[1]];
+    const n = shape[0];
+    if (c.start + c.step * (n - 1) >= cols || (shape.length === 2 && shape[1] !== rows)) {
+      throw new Error(`columns of ${name} [${c.shape}] do not make [${shape}]`);
+    }
+    const store = this.store;
+    const options = this.options;
+    const read = async () => {
+      const block = await store.readElements(name, c.block * rows * cols, rows * cols, options);
+      const out = new Float32Array(n * rows);
+      for (let i = 0; i < n; i++) {
+        const col = c.start + c.step * i;
+        for (let r = 0; r < rows; r++) out[i * rows + r] = block[r * cols + col];
+      }
+      return out;
+    };
+    const label = `${name}[${c.block}, ${c.shape.length === 3 ? ":, " : ""}${c.start}::${c.step}]ᵀ`;
+    return { name: label, shape, dtype, read };
+  }
+
   private ref(
     label: string,
     name: string,

@@ -34,7 +34,9 @@ export const MLP_EXPERTS: ClassicMoeNames = {
 /** Names of the per-layer tensors that do not depend on the expert layout. */
 const LAYER_TENSORS: Record<string, string> = {
   attn_norm: "input_layernorm.weight",
+  attn_norm_bias: "input_layernorm.bias",
   ffn_norm: "post_attention_layernorm.weight",
+  ffn_norm_bias: "post_attention_layernorm.bias",
   attn_q: "self_attn.q_proj.weight",
   attn_k: "self_attn.k_proj.weight",
   attn_v: "self_attn.v_proj.weight",
@@ -42,6 +44,7 @@ const LAYER_TENSORS: Record<string, string> = {
   attn_q_bias: "self_attn.q_proj.bias",
   attn_k_bias: "self_attn.k_proj.bias",
   attn_v_bias: "self_attn.v_proj.bias",
+  attn_o_bias: "self_attn.o_proj.bias",
   attn_q_norm: "self_attn.q_norm.weight",
   attn_k_norm: "self_attn.k_norm.weight",
   dense_gate: "mlp.gate_proj.weight",
@@ -57,7 +60,9 @@ const LAYER_TENSORS: Record<string, string> = {
 const MODEL_TENSORS: Record<string, string> = {
   embed: "model.embed_tokens.weight",
   lm_head: "lm_head.weight",
+  lm_head_bias: "lm_head.bias",
   final_norm: "model.norm.weight",
+  final_norm_bias: "model.norm.bias",
 };
 
 const PACKED_GATE_UP = "mlp.experts.gate_up_proj";
