@@ -91,6 +91,8 @@ export const E2M1_VALUES: readonly number[] = [
   -6,
 ];
 
+const E2M1_F64 = Float64Array.from(E2M1_VALUES);
+
 /** The scale of e8m0 byte s: 2^(s − 127); 0 for s = 0 (moeq's rule); NaN for s = 255. */
 export function e8m0Scale(s: number): number {
   return s === 0 ? 0 : s === 255 ? NaN : 2 ** (s - 127);
@@ -254,12 +256,26 @@ export function encodeParams(
 export function dequantize(t: QuantizedTensor): Float32Array {
   const { rows, cols, bits, groupSize } = t;
   if (isMxfp4(t)) {
+    // Block (r, g) is 16 bytes: byte k holds codes 2k (low nibble) and 2k + 1 (high nibble).
     const out = new Float32Array(rows * cols);
     const gpr = groupsPerRow(cols, groupSize);
+    const bytes = new Uint8Array(t.codes.buffer, t.codes.byteOffset, t.codes.byteLength);
     for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        const s = paramAt(t.scales, r * gpr + Math.floor(c / groupSize));
-        out[r * cols + c] = E2M1_VALUES[codeAt(t.codes, r, c, cols, bits)] * s;
+      for (let g = 0; g < gpr; g++) {
+        const s = paramAt(t.scales, r * gpr + g);
+        const at = (r * gpr + g) * 16, o = r * cols + g * 32, n = Math.min(32, cols - g * 32);
+        if (n === 32) {
+          for (let k = 0; k < 16; k++) {
+            const b = bytes[at + k];
+            out[o + 2 * k] = E2M1_F64[b & 15] * s;
+            out[o + 2 * k + 1] = E2M1_F64[b >> 4] * s;
+          }
+        } else {
+          for (let j = 0; j < n; j++) {
+            const b = bytes[at + (j >> 1)];
+            out[o + j] = E2M1_F64[j & 1 ? b >> 4 : b & 15] * s;
+          }
+        }
       }
     }
     return out;
