@@ -48,8 +48,8 @@ export const spec: CommandSpec = {
     },
     widths: {
       type: "string",
-      help: "candidate widths of the budget allocator (2,3,4,8,mxfp4)",
-      default: "2,3,4",
+      help: "candidate widths of the budget allocator (default 2,3,4; plus mxfp4 for an MXFP4 " +
+        "release)",
     },
     "max-bytes": { type: "string", help: "byte budget for all experts (budget allocator)" },
     init: { type: "string", help: "step-0 checkpoint dir (router-norm change)" },
@@ -108,7 +108,7 @@ export async function run(args: Args): Promise<void> {
     zeta: args.number("zeta", 3, 0),
     seed: args.int("seed", 0),
     levels: args.string("levels") ? parseWidthList(args.string("levels")!, "--levels") : undefined,
-    widths: parseWidthList(args.string("widths") ?? "2,3,4", "--widths"),
+    widths: args.string("widths") ? parseWidthList(args.string("widths")!, "--widths") : undefined,
     maxBytes: maxBytesRaw === undefined ? undefined : args.int("max-bytes", 0, 1),
     init,
     calibrationIds,

@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { writeMxfp4Release } from "../compiler/checkpoint/mxfp4_testing.ts";
 import { compileModel } from "../compiler/compile.ts";
+import { resolvePlan } from "../compiler/stages/plan.ts";
 import { forward, prepareReference } from "../compiler/reference/mod.ts";
 import { openArtifact as openArtifactFile } from "../schemas/artifact.ts";
 import { createWebGpuEngine, openArtifact } from "../runtime/mod.ts";
@@ -97,6 +98,9 @@ Deno.test("mxfp4 e2e: budget mixes mxfp4 and 3-bit at 3.5; float experts quantiz
     });
     const summary = result.allocation!;
     assert.deepEqual(summary.levels, [3, 4.25]);
+    // A release has MXFP4 among the budget's default widths; a float model has not.
+    const plan = resolvePlan(ir, { expertStorage: { kind: "bits", average: 3.5 } });
+    assert.deepEqual(plan.widths, dir === release ? [2, 3, 4, 4.25] : [2, 3, 4]);
     // 8 equal experts: 3 + 1.25·k/8 ≤ 3.5 → k = 3 MXFP4 experts (the largest total below 3.5).
     assert.equal(summary.achievedAverage, 3 + 1.25 * 3 / 8);
     const file = await openArtifactFile(path);

@@ -11,6 +11,7 @@ import {
   EXPERT_WIDTHS,
   type ExpertWidth,
   isExpertWidth,
+  MXFP4_WIDTH,
   QUANT_BITS,
   type QuantBits,
 } from "../../schemas/packing.ts";
@@ -52,7 +53,10 @@ export interface CompileOptions {
   seed?: number;
   /** Widths of order-based allocators (default: the two around the target). */
   levels?: number[];
-  /** Candidate widths of the budget allocator (default [2, 3, 4]). */
+  /**
+   * Candidate widths of the budget allocator (default [2, 3, 4], plus MXFP4_WIDTH when the
+   * checkpoint's experts are an MXFP4 release).
+   */
   widths?: number[];
   /**
    * What the budget allocator minimises per expert and width: "layer" (default with calibration)
@@ -114,7 +118,9 @@ export function resolvePlan(ir: ModelIR, opts: CompileOptions): CompilePlan {
       throw new UsageError(`expert bits ${experts.average} is outside [${lo}, ${hi}]`);
     }
   }
-  const widths = (opts.widths ?? [2, 3, 4]).map((b) => {
+  // An MXFP4 release's experts are a free candidate: kept as released, they cost no error.
+  const released = ir.tensors.some((t) => t.expert >= 0 && t.ref.readMxfp4 !== undefined);
+  const widths = (opts.widths ?? (released ? [2, 3, 4, MXFP4_WIDTH] : [2, 3, 4])).map((b) => {
     if (!isExpertWidth(b)) throw new UsageError(`widths: ${b} is not one of ${EXPERT_WIDTHS}`);
     return b;
   });
