@@ -117,7 +117,10 @@ export interface ArtifactSummary {
   expertBytes: number;
   /** Weights in routed-expert matrices. */
   expertParams: number;
-  /** Parameter-weighted mean code bits over routed-expert matrices (f16 counts as 16). */
+  /**
+   * Parameter-weighted mean code bits over routed-expert matrices (f16 counts as 16, MXFP4 as
+   * its 4.25 bits per weight, the width allocators use for it).
+   */
   avgExpertBits: number;
   /** expertBytes · 8 / expertParams: includes scales and zeros. */
   expertBitsPerWeight: number;
