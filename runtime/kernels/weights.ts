@@ -247,10 +247,9 @@ const MXFP4_DECODE = `fn groupScale(g: u32) -> f32 {
 }
 fn groupZero(g: u32) -> f32 { return 0.0; }
 fn e2m1(c: u32) -> f32 {
-  let e = (c >> 1u) & 3u;
-  let normal = bitcast<f32>(((e + 126u) << 23u) | ((c & 1u) << 22u));
-  let mag = select(normal, f32(c & 1u) * 0.5, e == 0u);
-  return select(mag, -mag, (c & 8u) != 0u);
+  // Twice the magnitudes of codes 0..7 (0, 1, 2, 3, 4, 6, 8, 12) are the nibbles of one word.
+  let twice = f32((0xC8643210u >> ((c & 7u) << 2u)) & 15u);
+  return twice * select(0.5, -0.5, c >= 8u);
 }`;
 
 /**
