@@ -1,7 +1,7 @@
 /**
  * `moeq bench kernels [--shapes model|large|all] [--iterations N] [--json]`: on the current
  * adapter, the copy kernel's bandwidth (bytes read + written), then every matvec variant
- * (q2/q3/q4/q8 with group 64 and f16 scales, f16, f32) in both kernel styles at the shared
+ * (q2/q3/q4/q8 with group 64 and f16 scales, MXFP4 right after q4, f16, f32) in both kernel styles at the shared
  * model's shapes (256×128, 128×256) and at 4096×14336 (split by rows so no binding exceeds the
  * 128 MiB default), reporting the effective bandwidth over the *packed* weight bytes
  * (codes + scales + zeros) and its ratio to the copy kernel. Timed with GPU timestamp queries
@@ -46,13 +46,14 @@ export interface KernelRow {
   ratioToCopy: number;
 }
 
+const Q = (bits: QuantBits): WeightFormat => ({ kind: "q", bits, groupSize: 64, scaleType: "f16" });
+const MXFP4: WeightFormat = { kind: "q", bits: 4, groupSize: 32, scaleType: "e8m0" };
 const FORMATS: WeightFormat[] = [
-  ...([2, 3, 4, 8] as QuantBits[]).map((bits) => ({
-    kind: "q" as const,
-    bits,
-    groupSize: 64,
-    scaleType: "f16" as const,
-  })),
+  Q(2),
+  Q(3),
+  Q(4),
+  MXFP4,
+  Q(8),
   { kind: "f16" },
   { kind: "f32" },
 ];
@@ -172,6 +173,22 @@ export async function benchKernels(args: Args): Promise<void> {
       } ${r.ratioToCopy.toFixed(3).padStart(6)}`,
     );
   }
+  console.log("");
+  for (const line of mxfp4VsQ4(rows)) console.log(line);
+}
+
+/** One line per (kernel, shape): MXFP4's ratio to the copy kernel next to q4's. */
+export function mxfp4VsQ4(rows: readonly KernelRow[]): string[] {
+  const q4 = formatName(Q(4));
+  return rows.filter((r) => r.format === "mxfp4").map((m) => {
+    const q = rows.find((r) =>
+      r.format === q4 && r.kernel === m.kernel && r.rows === m.rows &&
+      r.cols === m.cols
+    );
+    return `${m.kernel} ${m.rows}x${m.cols}: mxfp4 ÷copy ${m.ratioToCopy.toFixed(3)}, ${q4} ÷copy ${
+      q ? q.ratioToCopy.toFixed(3) : "-"
+    }`;
+  });
 }
 
 /** A zero matrix of the format (contents do not affect timing). */
@@ -180,6 +197,7 @@ function hostZeros(format: WeightFormat, rows: number, cols: number) {
     return { raw: new Uint8Array(rows * cols * (format.kind === "f32" ? 4 : 2)) };
   }
   const gpr = Math.ceil(cols / format.groupSize);
+  const mx = format.scaleType === "e8m0";
   return {
     rows,
     cols,
@@ -187,7 +205,7 @@ function hostZeros(format: WeightFormat, rows: number, cols: number) {
     groupSize: format.groupSize,
     scaleType: format.scaleType,
     codes: new Uint32Array(rows * Math.ceil(cols / 32) * format.bits),
-    scales: new Uint16Array(rows * gpr),
-    zeros: new Uint16Array(rows * gpr),
+    scales: mx ? new Uint8Array(rows * gpr) : new Uint16Array(rows * gpr),
+    zeros: mx ? new Uint8Array(0) : new Uint16Array(rows * gpr),
   };
 }

@@ -14,7 +14,7 @@ import { UsageError } from "../schemas/errors.ts";
 import { progressBar } from "./progress.ts";
 import { readTextIds } from "./text.ts";
 import { formatAllocation } from "./format.ts";
-import { parseDenseStorage, parseExpertStorage, parseWidths } from "./compile_flags.ts";
+import { parseDenseStorage, parseExpertStorage, parseWidthList } from "./compile_flags.ts";
 
 /** Flags of `compile`. */
 export const spec: CommandSpec = {
@@ -25,7 +25,7 @@ export const spec: CommandSpec = {
     out: { type: "string", short: "o", help: "output artifact path (required)" },
     "expert-bits": {
       type: "string",
-      help: "average expert bits (e.g. 2.5) or f32|f16|bf16",
+      help: "average expert bits (e.g. 2.5), mxfp4 (every expert MXFP4) or f32|f16|bf16",
       default: "3",
     },
     "dense-bits": {
@@ -42,8 +42,15 @@ export const spec: CommandSpec = {
     "group-size": { type: "string", help: "columns per quantization group", default: "64" },
     zeta: { type: "string", help: "MaxVar reorder factor of the paper allocator", default: "3" },
     seed: { type: "string", help: "seed of the random allocator", default: "0" },
-    levels: { type: "string", help: "bit levels of order-based allocators, e.g. 2,3 or 2,3,4" },
-    widths: { type: "string", help: "candidate widths of the budget allocator", default: "2,3,4" },
+    levels: {
+      type: "string",
+      help: "bit levels of order-based allocators, e.g. 2,3 or 3,mxfp4",
+    },
+    widths: {
+      type: "string",
+      help: "candidate widths of the budget allocator (default 2,3,4; plus mxfp4 for an MXFP4 " +
+        "release)",
+    },
     "max-bytes": { type: "string", help: "byte budget for all experts (budget allocator)" },
     init: { type: "string", help: "step-0 checkpoint dir (router-norm change)" },
     calibration: { type: "string", help: "calibration text file (frequency, budget, gptq)" },
@@ -100,8 +107,8 @@ export async function run(args: Args): Promise<void> {
     groupSize: args.int("group-size", 64, 1),
     zeta: args.number("zeta", 3, 0),
     seed: args.int("seed", 0),
-    levels: args.string("levels") ? args.numberList("levels", []) : undefined,
-    widths: parseWidths(args.numberList("widths", [2, 3, 4])),
+    levels: args.string("levels") ? parseWidthList(args.string("levels")!, "--levels") : undefined,
+    widths: args.string("widths") ? parseWidthList(args.string("widths")!, "--widths") : undefined,
     maxBytes: maxBytesRaw === undefined ? undefined : args.int("max-bytes", 0, 1),
     init,
     calibrationIds,

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { UsageError } from "../schemas/errors.ts";
-import { parseDenseStorage, parseExpertStorage, parseWidths } from "./compile_flags.ts";
+import {
+  parseDenseStorage,
+  parseExpertStorage,
+  parseWidthList,
+  parseWidths,
+} from "./compile_flags.ts";
 
 Deno.test("parseExpertStorage: averages in [2, 8] and float types; others name the flag", () => {
   assert.deepEqual(parseExpertStorage("2.5"), { kind: "bits", average: 2.5 });
@@ -21,5 +26,8 @@ Deno.test("parseDenseStorage: supported widths and float types only", () => {
 
 Deno.test("parseWidths: every value a supported width", () => {
   assert.deepEqual(parseWidths([2, 3, 8]), [2, 3, 8]);
-  assert.throws(() => parseWidths([2, 5]), /--widths: 5 is not one of 2,3,4,8/);
+  assert.throws(() => parseWidths([2, 5]), /--widths: 5 is not one of 2,3,4,mxfp4,8/);
+  assert.deepEqual(parseWidthList("3, mxfp4", "--widths"), [3, 4.25]);
+  assert.throws(() => parseWidthList("3,mxfp8", "--widths"), /--widths: "mxfp8" is not a width/);
+  assert.deepEqual(parseExpertStorage("mxfp4"), { kind: "bits", average: 4.25 });
 });

@@ -41,8 +41,10 @@ export interface InspectExpertRow {
   stack: StackName;
   layer: number;
   expert: number;
-  /** Parameter-weighted mean code bits over its matrices. */
+  /** Parameter-weighted mean code bits over its matrices (MXFP4 counts 4.25). */
   bits: number;
+  /** Its matrices' storage formats, distinct, joined by "+": "q3", "mxfp4", "q2+q4", "f16". */
+  format: string;
   /** Bytes of its segments (codes + scales + zeros). */
   bytes: number;
   /** Allocator scores from the compiler report ({} when none). */
@@ -53,13 +55,22 @@ export interface InspectExpertRow {
   rel_error: number;
 }
 
+/** A tensor's storage format in a word: "q3", "mxfp4" (e8m0 scales), "f16"... */
+function formatOf(t: TensorRecord): string {
+  if (!t.quant) return t.storage;
+  return t.quant.scaleType === "e8m0" ? "mxfp4" : `q${t.quant.bits}`;
+}
+
 function bytesOf(t: TensorRecord): number {
   return segmentsOf(t).reduce((a, s) => a + s.length, 0);
 }
 
 /** Per-expert rows: bits/bytes from the tensors, scores/rank/rel_error from the report. */
 export function expertRows(a: Artifact): InspectExpertRow[] {
-  const rows = new Map<string, InspectExpertRow & { params: number; bitSum: number }>();
+  const rows = new Map<
+    string,
+    InspectExpertRow & { params: number; bitSum: number; formats: Set<string> }
+  >();
   for (const t of a.tensors) {
     if (!isRoutedExpertMatrix(t)) continue;
     const key = `${t.stack}/${t.layer}/${t.expert}`;
@@ -70,12 +81,14 @@ export function expertRows(a: Artifact): InspectExpertRow[] {
         layer: t.layer,
         expert: t.expert,
         bits: 0,
+        format: "",
         bytes: 0,
         scores: {},
         rank: -1,
         rel_error: -1,
         params: 0,
         bitSum: 0,
+        formats: new Set(),
       };
       rows.set(key, r);
     }
@@ -83,15 +96,17 @@ export function expertRows(a: Artifact): InspectExpertRow[] {
     r.params += n;
     r.bitSum += n * storageBits(t);
     r.bytes += bytesOf(t);
+    r.formats.add(formatOf(t));
   }
   for (const e of a.experts) {
     const r = rows.get(`${e.stack}/${e.layer}/${e.expert}`);
     if (r) Object.assign(r, { scores: e.scores, rank: e.rank, rel_error: e.relError });
   }
   // Tensors come in expectedTensors order (encoder first, layers and experts ascending).
-  return [...rows.values()].map(({ params, bitSum, ...r }) => ({
+  return [...rows.values()].map(({ params, bitSum, formats, ...r }) => ({
     ...r,
     bits: params ? bitSum / params : 0,
+    format: [...formats].join("+"),
   }));
 }
 
@@ -265,6 +280,7 @@ export function describeArtifact(a: Artifact, opts: InspectOptions = {}): string
     expert: t.expert,
     shape: t.shape,
     storage: t.storage,
+    format: formatOf(t),
     bits: storageBits(t),
     groupSize: t.quant?.groupSize ?? null,
     scaleType: t.quant?.scaleType ?? null,
@@ -326,11 +342,12 @@ export function describeArtifact(a: Artifact, opts: InspectOptions = {}): string
     out.push(
       "",
       table(
-        [...whereHead, "expert", "bits", "bytes", "rank", "rel_error", ...scoreNames],
+        [...whereHead, "expert", "bits", "format", "bytes", "rank", "rel_error", ...scoreNames],
         experts.map((e) => [
           ...where(e),
           e.expert,
           e.bits.toFixed(2),
+          e.format,
           e.bytes,
           e.rank,
           e.rel_error < 0 ? "-" : e.rel_error.toFixed(4),
@@ -351,7 +368,7 @@ export function describeArtifact(a: Artifact, opts: InspectOptions = {}): string
           t.layer,
           t.expert,
           t.shape.join("x"),
-          t.storage === "q" ? `q${t.bits} ${t.quantizer}` : t.storage,
+          t.storage === "q" ? `${t.format} ${t.quantizer}` : t.storage,
           t.groupSize ?? "-",
           t.bytes,
         ]),

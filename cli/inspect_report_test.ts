@@ -20,6 +20,7 @@ Deno.test("inspect: JSON has the model and expert rows matching the tensors and 
         layer: 0,
         expert: 0,
         bits: 4,
+        format: "q4",
         bytes: 3 * b0.total,
         scores: { freq: 0.7, sens: 1.5 },
         rank: 0,
@@ -30,6 +31,7 @@ Deno.test("inspect: JSON has the model and expert rows matching the tensors and 
         layer: 0,
         expert: 1,
         bits: 3,
+        format: "q3",
         bytes: 3 * b1.total,
         scores: { freq: 0.3, sens: 0.5 },
         rank: 1,
@@ -53,12 +55,44 @@ Deno.test("inspect: JSON has the model and expert rows matching the tensors and 
       text,
       /^ {2}0 {5}attn gqa 2\/1×16 rope θ1e4 · moe 2 top-1 softmax norm swiglu 32$/m,
     );
-    assert.match(text, /layer\s+expert\s+bits\s+bytes\s+rank\s+rel_error\s+freq\s+sens/);
-    assert.match(text, /0\s+1\s+3\.00\s+\d+\s+1\s+0\.1000\s+0\.3000\s+0\.5000/);
+    assert.match(text, /layer\s+expert\s+bits\s+format\s+bytes\s+rank\s+rel_error\s+freq\s+sens/);
+    assert.match(text, /0\s+1\s+3\.00\s+q3\s+\d+\s+1\s+0\.1000\s+0\.3000\s+0\.5000/);
     assert.match(
       text,
       /decoder\/0\/0\/expert_gate\s+decoder\s+expert_gate\s+0\s+0\s+32x32\s+q4 rtn\s+32/,
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("inspect: MXFP4 experts show as mxfp4 at 4.25 bits", async () => {
+  const { buildArtifact, randomQuantized } = await import("../schemas/testing.ts");
+  const mx = { bits: 4 as const, groupSize: 32, scaleType: "e8m0" as const };
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "mx.moeq");
+    await Deno.writeFile(
+      path,
+      buildArtifact(TINY_MODEL, {
+        content: (t, i) =>
+          t.expertMatrix
+            ? {
+              storage: "q",
+              tensor: randomQuantized(t.shape[0], t.shape[1], mx, i + 1),
+              quantizer: "mxfp4-release",
+            }
+            : { storage: "f32", values: new Float32Array(t.shape.reduce((a, b) => a * b, 1)) },
+      }),
+    );
+    const j = JSON.parse(await inspectArtifact(path, { json: true }));
+    assert.deepEqual(j.experts.map((e: { bits: number; format: string }) => [e.bits, e.format]), [
+      [4.25, "mxfp4"],
+      [4.25, "mxfp4"],
+    ]);
+    const text = await inspectArtifact(path, { tensors: true });
+    assert.match(text, /0\s+0\s+4\.25\s+mxfp4\s+\d+/);
+    assert.match(text, /expert_gate\s+0\s+0\s+32x32\s+mxfp4 mxfp4-release\s+32/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -18,10 +18,13 @@ import { matrixShape } from "../schemas/tensors.ts";
 import { UsageError } from "../schemas/errors.ts";
 import {
   dequantize,
+  type ExpertWidth,
+  MXFP4_GROUP,
+  MXFP4_WIDTH,
   packedByteSizes,
-  type QuantBits,
   type QuantLayout,
 } from "../schemas/packing.ts";
+import { quantizeMxfp4 } from "./quantize/mxfp4.ts";
 import type { ExpertIR } from "./ir.ts";
 import { HessianAccumulator, quantizeMatrix, type QuantMethod } from "./quantize/mod.ts";
 import { mlp, type ReferenceMlp, type ReferenceModel } from "./reference/mod.ts";
@@ -73,15 +76,17 @@ export async function readExpert(e: ExpertIR): Promise<ExpertWeights> {
   return w;
 }
 
-/** Stored bytes of an expert whose matrices have `shapes`, quantized at `bits`. */
+/** Stored bytes of an expert whose matrices have `shapes`, quantized at `bits` (or MXFP4). */
 export function expertBytes(
   shapes: readonly (readonly number[])[],
-  bits: QuantBits,
+  bits: ExpertWidth,
   groupSize: number,
 ): number {
   let total = 0;
   for (const [rows, cols] of shapes) {
-    const layout: QuantLayout = { rows, cols, bits, groupSize, scaleType: "f16" };
+    const layout: QuantLayout = bits === MXFP4_WIDTH
+      ? { rows, cols, bits: 4, groupSize: MXFP4_GROUP, scaleType: "e8m0" }
+      : { rows, cols, bits, groupSize, scaleType: "f16" };
     total += packedByteSizes(layout).total;
   }
   return total;
@@ -89,11 +94,12 @@ export function expertBytes(
 
 /**
  * The expert with every matrix quantized at `bits` and dequantized again (biases unchanged).
- * GPTQ needs `hessians`.
+ * GPTQ needs `hessians`. MXFP4 ({@link MXFP4_WIDTH}) ignores group size and method; requantizing
+ * a released MXFP4 expert's decoded values gives them back exactly (zero error).
  */
 export function quantizeExpert(
   w: ExpertWeights,
-  bits: QuantBits,
+  bits: ExpertWidth,
   groupSize: number,
   method: QuantMethod,
   hessians?: ExpertHessians,
@@ -102,6 +108,10 @@ export function quantizeExpert(
   const q: ExpertWeights = { ...w, matrices: {} };
   for (const name of matrixNames(w)) {
     const [rows, cols] = matrixShape(name, w.inter, w.hidden);
+    if (bits === MXFP4_WIDTH) {
+      q.matrices[name] = dequantize(quantizeMxfp4(matrixOf(w, name), rows, cols, name));
+      continue;
+    }
     const hessian = name === out ? hessians?.output : hessians?.input;
     const t = quantizeMatrix(matrixOf(w, name), rows, cols, { bits, groupSize, method, hessian });
     q.matrices[name] = dequantize(t);

@@ -15,6 +15,7 @@ import {
   type StackName,
 } from "../schemas/model.ts";
 import { keyString, type TensorKey } from "../schemas/tensors.ts";
+import type { QuantizedTensor } from "../schemas/packing.ts";
 
 export type { ModelSpec, StackName, TensorKey };
 
@@ -52,6 +53,11 @@ export interface TensorRef {
   readRows?(start: number, count: number): Promise<Float32Array>;
   /** The same rows as raw source bytes, to be decoded elsewhere (checkpoint refs only). */
   readRawRows?(start: number, count: number): Promise<RawElements>;
+  /**
+   * The matrix as released in MXFP4 (codes and e8m0 scales verbatim, schemas/packing.ts), when
+   * the checkpoint stores it so: an MXFP4 encoding then writes these bytes, with no error.
+   */
+  readMxfp4?(): Promise<QuantizedTensor>;
 }
 
 /** A tensor with its place in the model. */

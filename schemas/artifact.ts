@@ -164,7 +164,10 @@ function allSegments(h: ArtifactHeader): { seg: Segment; what: string }[] {
       ? [
         { seg: t.quant.codes, what: `tensor ${JSON.stringify(t.name)} codes` },
         { seg: t.quant.scales, what: `tensor ${JSON.stringify(t.name)} scales` },
-        { seg: t.quant.zeros, what: `tensor ${JSON.stringify(t.name)} zeros` },
+        // MXFP4 has no zeros: its zeros segment is empty (validateHeader checks the length).
+        ...(t.quant.scaleType === "e8m0"
+          ? []
+          : [{ seg: t.quant.zeros, what: `tensor ${JSON.stringify(t.name)} zeros` }]),
       ]
       : [{ seg: t.data!, what: `tensor ${JSON.stringify(t.name)} data` }]
   );
@@ -429,6 +432,7 @@ class OpenedArtifact implements Artifact {
   }
 
   async read(segment: Segment, what = `segment at ${segment.offset}`): Promise<Uint8Array> {
+    if (segment.length === 0) return new Uint8Array(0); // an MXFP4 record's zeros
     if (
       !Number.isSafeInteger(segment.offset) || !Number.isSafeInteger(segment.length) ||
       segment.offset < 0 || segment.length < 0 || segment.offset + segment.length > this.fileLength
@@ -567,6 +571,7 @@ export function toQuantizedTensor(
   const codes = parts.codes.slice();
   const param = (b: Uint8Array) => {
     const c = b.slice();
+    if (q.scaleType === "e8m0") return c;
     return q.scaleType === "f16" ? new Uint16Array(c.buffer) : new Float32Array(c.buffer);
   };
   return {

@@ -23,7 +23,10 @@ import type { ModelSpec, StackName } from "./model.ts";
 import { parseModelSpec } from "./model_parse.ts";
 import {
   checkGroupSize,
+  checkMxfp4Layout,
+  isMxfp4,
   isQuantBits,
+  MXFP4_WIDTH,
   packedByteSizes,
   type QuantBits,
   type ScaleType,
@@ -114,7 +117,10 @@ export interface ArtifactSummary {
   expertBytes: number;
   /** Weights in routed-expert matrices. */
   expertParams: number;
-  /** Parameter-weighted mean code bits over routed-expert matrices (f16 counts as 16). */
+  /**
+   * Parameter-weighted mean code bits over routed-expert matrices (f16 counts as 16, MXFP4 as
+   * its 4.25 bits per weight, the width allocators use for it).
+   */
   avgExpertBits: number;
   /** expertBytes · 8 / expertParams: includes scales and zeros. */
   expertBitsPerWeight: number;
@@ -153,6 +159,7 @@ export function numelOf(shape: readonly number[]): number {
 
 /** Code bits per weight of a tensor record (32/16/16 for float storage). */
 export function storageBits(t: TensorRecord): number {
+  if (t.quant && isMxfp4(t.quant)) return MXFP4_WIDTH;
   return t.quant ? t.quant.bits : FLOAT_BYTES[t.storage as FloatStorage] * 8;
 }
 
@@ -369,7 +376,7 @@ export function decodeHeader(bytes: Uint8Array, file: string): ArtifactHeader {
       const bits = q.bits();
       if (!isQuantBits(bits)) bad(`${where}: unsupported bit width ${bits}`);
       const scaleType = str(q.scaleType(), `${where} scale_type`);
-      if (scaleType !== "f16" && scaleType !== "f32") {
+      if (scaleType !== "f16" && scaleType !== "f32" && scaleType !== "e8m0") {
         bad(`${where}: unknown scale type ${JSON.stringify(scaleType)}`);
       }
       quant = {
@@ -506,6 +513,7 @@ export function validateHeader(h: ArtifactHeader, file: string): void {
       const [rows, cols] = t.shape;
       try {
         checkGroupSize(cols, q.groupSize);
+        checkMxfp4Layout(q);
       } catch (err) {
         bad(`${where}: ${(err as Error).message}`);
       }

@@ -3,8 +3,11 @@ import { mulberry32 as rng } from "./prng.ts";
 import { f16ToF32, f32ToF16 } from "./half.ts";
 import {
   checkGroupSize,
+  checkMxfp4Layout,
   codeAt,
   dequantize,
+  E2M1_VALUES,
+  e8m0Scale,
   encodeParams,
   groupsPerRow,
   packCodes,
@@ -133,4 +136,35 @@ Deno.test("layout helpers: words, groups, sizes, group-size rule", () => {
   checkGroupSize(100, 100);
   assert.throws(() => checkGroupSize(100, 48), RangeError);
   assert.throws(() => checkGroupSize(100, 0), RangeError);
+});
+
+Deno.test("MXFP4: a release block's 16 bytes are the 4-bit block words; e2m1 · 2^(s − 127)", () => {
+  // Release layout: byte k of a 32-weight block holds weight 2k (low nibble) and 2k + 1 (high).
+  const bytes = new Uint8Array(16);
+  const codes = Array.from({ length: 32 }, (_, j) => (j * 7 + 3) % 16);
+  for (let k = 0; k < 16; k++) bytes[k] = codes[2 * k] | (codes[2 * k + 1] << 4);
+  const words = new Uint32Array(bytes.buffer);
+  for (let j = 0; j < 32; j++) assert.equal(codeAt(words, 0, j, 32, 4), codes[j]);
+  const t: QuantizedTensor = {
+    rows: 1,
+    cols: 32,
+    bits: 4,
+    groupSize: 32,
+    scaleType: "e8m0",
+    codes: words,
+    scales: Uint8Array.of(125),
+    zeros: new Uint8Array(0),
+  };
+  const v = dequantize(t);
+  for (let j = 0; j < 32; j++) assert.equal(v[j], E2M1_VALUES[codes[j]] / 4);
+  assert.deepEqual(E2M1_VALUES.slice(0, 8), [0, 0.5, 1, 1.5, 2, 3, 4, 6]);
+  assert.equal(e8m0Scale(0), 0);
+  assert.ok(Number.isNaN(e8m0Scale(255)));
+  assert.deepEqual(packedByteSizes({ ...t, rows: 3, cols: 64 }), {
+    codes: 96,
+    scales: 6,
+    zeros: 0,
+    total: 102,
+  });
+  assert.throws(() => checkMxfp4Layout({ bits: 4, groupSize: 64, scaleType: "e8m0" }), /32/);
 });

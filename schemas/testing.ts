@@ -61,7 +61,7 @@ export function toBf16Values(values: Float32Array): Float32Array {
 
 /**
  * A random packed matrix: codes uniform in [0, 2^bits), scales in [0.01, 0.11), zeros in
- * [0, 2^bits) (stored as `scaleType`).
+ * [0, 2^bits) (stored as `scaleType`); MXFP4 (e8m0) scales 2^-9 .. 1 and no zeros.
  */
 export function randomQuantized(
   rows: number,
@@ -72,6 +72,17 @@ export function randomQuantized(
   const rng = mulberry32(seed);
   const codes = new Uint8Array(rows * cols).map(() => randomInt(rng, 1 << layout.bits));
   const groups = rows * groupsPerRow(cols, layout.groupSize);
+  if (layout.scaleType === "e8m0") {
+    // MXFP4: e8m0 scale bytes in [118, 127] (scales 2^-9 .. 1), no zeros.
+    return {
+      rows,
+      cols,
+      ...layout,
+      codes: packCodes(codes, rows, cols, layout.bits),
+      scales: new Uint8Array(groups).map(() => 118 + randomInt(rng, 10)),
+      zeros: new Uint8Array(0),
+    };
+  }
   const scales = Array.from({ length: groups }, () => 0.01 + 0.1 * rng());
   const zeros = Array.from({ length: groups }, () => rng() * (1 << layout.bits));
   return {
@@ -105,7 +116,7 @@ export interface BuildOptions {
   headerReserve?: number;
 }
 
-function bytesOf(a: Uint32Array | Uint16Array | Float32Array): Uint8Array {
+function bytesOf(a: Uint32Array | Uint16Array | Float32Array | Uint8Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 

@@ -5,39 +5,18 @@
 import assert from "node:assert/strict";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import type { ModelIR } from "../compiler/ir.ts";
-import { prepareReference, ReferenceSession } from "../compiler/reference/mod.ts";
+import { prepareReference } from "../compiler/reference/mod.ts";
 import { loadModel, readbackCount } from "../runtime/mod.ts";
-import { argmax, collect, emitTemp, relErr } from "./engine_helpers.ts";
+import { collect, emitTemp, referenceShiftGreedy, relErr } from "./engine_helpers.ts";
 
-/**
- * Greedy ids with the engine's documented shift rule on the float64 reference: when the newest
- * token would be fed at position maxContext, restart from the last ⌊maxContext/2⌋ tokens.
- */
+/** The reference's greedy ids under the engine's shift rule (engine_helpers.ts). */
 async function referenceIds(
   ir: ModelIR,
   prompt: number[],
   count: number,
   maxContext: number,
 ): Promise<number[]> {
-  const model = await prepareReference(ir);
-  const keep = Math.floor(maxContext / 2);
-  let window = prompt.slice();
-  let session = new ReferenceSession(model);
-  let row = session.feed(window).at(-1)!;
-  const out: number[] = [];
-  while (out.length < count) {
-    const id = argmax(row);
-    out.push(id);
-    window.push(id);
-    if (window.length - 1 < maxContext) {
-      row = session.step(id);
-    } else {
-      window = window.slice(-keep);
-      session = new ReferenceSession(model);
-      row = session.feed(window).at(-1)!;
-    }
-  }
-  return out;
+  return referenceShiftGreedy(await prepareReference(ir), prompt, count, maxContext);
 }
 
 Deno.test("generate: context shift continues past maxContext, same ids as the reference, no extra readbacks", async () => {

@@ -69,6 +69,36 @@ export function referenceGreedy(model: ReferenceModel, prompt: number[], count: 
   return out;
 }
 
+/**
+ * Greedy ids with the engine's documented context-shift rule on the float64 reference: when the
+ * newest token would be fed at position maxContext, restart from the last ⌊maxContext/2⌋ tokens.
+ */
+export function referenceShiftGreedy(
+  model: ReferenceModel,
+  prompt: number[],
+  count: number,
+  maxContext: number,
+): number[] {
+  const keep = Math.floor(maxContext / 2);
+  let window = prompt.slice();
+  let session = new ReferenceSession(model);
+  let row = session.feed(window).at(-1)!;
+  const out: number[] = [];
+  while (out.length < count) {
+    const id = argmax(row);
+    out.push(id);
+    window.push(id);
+    if (window.length - 1 < maxContext) {
+      row = session.step(id);
+    } else {
+      window = window.slice(-keep);
+      session = new ReferenceSession(model);
+      row = session.feed(window).at(-1)!;
+    }
+  }
+  return out;
+}
+
 /** Collects what an async generator yields. */
 export async function collect(gen: AsyncGenerator<number>): Promise<number[]> {
   const out: number[] = [];

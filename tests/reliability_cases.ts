@@ -14,8 +14,11 @@ import {
   concatBytes,
   headerLengthBytes,
   rawSafetensors,
+  writeSafetensors,
   writeSyntheticCheckpoint,
 } from "../compiler/checkpoint/testing.ts";
+import { writeMxfp4Release } from "../compiler/checkpoint/mxfp4_testing.ts";
+import { openSafetensors } from "../compiler/checkpoint/safetensors.ts";
 import { withHeader, withHeaderBytes, withPreamble } from "../schemas/testing.ts";
 import { compileModel } from "../compiler/compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
@@ -126,6 +129,40 @@ const compileArgs = (ckpt: string, dir: string, ...extra: string[]) => [
 ];
 
 /** Checkpoint (safetensors, index, config.json) cases through `compile` and `logits`. */
+type RawTensors = Record<string, { dtype: string; shape: number[]; data: Uint8Array }>;
+
+/**
+ * The mixtral-a-packed oracle fixture as an MXFP4 release (compiler/checkpoint/mxfp4_testing.ts)
+ * in `dir/mxfp4`, its tensors and config.json then edited.
+ */
+async function mxfp4Release(
+  dir: string,
+  edit: (t: RawTensors) => void,
+  config: (c: Record<string, unknown>) => void = () => {},
+): Promise<string> {
+  const ckpt = join(dir, "mxfp4");
+  await writeMxfp4Release(
+    "testdata/hf-oracle/mixtral-a-packed",
+    ckpt,
+    (n) => /mlp\.experts\.(gate_up|down)_proj$/.test(n) ? {} : null,
+  );
+  const path = join(ckpt, "model.safetensors");
+  const file = await openSafetensors(path);
+  const tensors: RawTensors = {};
+  for (const [name, info] of file.tensors) {
+    const data = info.dtype === "U8"
+      ? await file.readU8(name, 0, info.numel)
+      : await file.readBytes(name, 0, info.numel);
+    tensors[name] = { dtype: info.dtype, shape: [...info.shape], data };
+  }
+  edit(tensors);
+  await writeSafetensors(path, tensors);
+  const c = JSON.parse(await Deno.readTextFile(join(ckpt, "config.json")));
+  config(c);
+  await Deno.writeTextFile(join(ckpt, "config.json"), JSON.stringify(c));
+  return ckpt;
+}
+
 export const CHECKPOINT_CASES: CliCase[] = [
   {
     id: "st-header-length-past-eof",
@@ -529,6 +566,51 @@ export const CHECKPOINT_CASES: CliCase[] = [
       await Deno.writeTextFile(join(ckpt, "config.json"), "model_type = mixtral");
       return compileArgs(ckpt, dir);
     },
+  },
+  {
+    id: "mxfp4-missing-scales",
+    group: "checkpoint",
+    title: "an MXFP4 `_blocks` tensor without its `_scales`",
+    code: 3,
+    mentions: ["model.safetensors", "gate_up_proj_blocks", "gate_up_proj_scales"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await mxfp4Release(dir, (t) => delete t["model.layers.0.mlp.experts.gate_up_proj_scales"]),
+        dir,
+      ),
+  },
+  {
+    id: "mxfp4-inconsistent-shapes",
+    group: "checkpoint",
+    title: "MXFP4 scales whose shape does not match their blocks",
+    code: 3,
+    mentions: ["model.safetensors", "down_proj_scales", "[4,64,1]", "[4, 32, 2]"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await mxfp4Release(dir, (t) => {
+          const s = t["model.layers.1.mlp.experts.down_proj_scales"];
+          t["model.layers.1.mlp.experts.down_proj_scales"] = {
+            ...s,
+            shape: [4, 64, 1],
+          };
+        }),
+        dir,
+      ),
+  },
+  {
+    id: "mxfp4-other-quant-method",
+    group: "checkpoint",
+    title: "config.json quantization_config with a quant_method moeq does not read",
+    code: 4,
+    mentions: ["config.json", "quant_method", "gptq"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await mxfp4Release(dir, () => {}, (c) => c.quantization_config = { quant_method: "gptq" }),
+        dir,
+      ),
   },
   {
     id: "checkpoint-dir-missing",

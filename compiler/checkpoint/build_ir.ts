@@ -24,8 +24,9 @@ export function buildModelIR(
   adapter: FamilyAdapter,
   tokenizer: TokenizerData,
   options: ReadOptions = {},
+  quantMethod: string | null = null,
 ): ModelIR {
-  const claims = new TensorClaims(store, options);
+  const claims = new TensorClaims(store, options, quantMethod);
   const layouts = new Map<string, ExpertLayout>();
   const layoutOf = (stack: StackName, layer: number): ExpertLayout => {
     const key = `${stack}/${layer}`;
@@ -38,7 +39,9 @@ export function buildModelIR(
   };
   const tensors: PlacedTensor[] = expectedTensors(spec).map((t) => {
     const source = adapter.source(t, spec, layoutOf(t.stack, t.layer));
-    const ref = source.packed
+    const ref = source.mxfp4
+      ? claims.mxfp4({ base: source.name, ...source.mxfp4, shape: [t.shape[0], t.shape[1]] })
+      : source.packed
       ? claims.packedRows(
         source.name,
         source.packed.shape,
@@ -46,6 +49,8 @@ export function buildModelIR(
         source.packed.rowStart,
         t.shape[0],
       )
+      : source.columns
+      ? claims.columns(source.name, source.columns, t.shape)
       : claims.tensor(source.name, t.shape);
     return { stack: t.stack, layer: t.layer, expert: t.expert, role: t.role, ref };
   });

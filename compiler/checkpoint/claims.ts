@@ -8,6 +8,7 @@
 import { InputError, UnsupportedError } from "../../schemas/errors.ts";
 import type { TensorRef } from "../ir.ts";
 import { FLOAT_DTYPES, type ReadOptions } from "./safetensors.ts";
+import { checkMxfp4Pair, mxfp4Names, mxfp4Ref, type Mxfp4Slice } from "./mxfp4.ts";
 import type { CheckpointStore } from "./store.ts";
 
 /** Tensors a checkpoint may hold that are not weights (non-persistent buffers saved by old exports). */
@@ -25,8 +26,15 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
 export class TensorClaims {
   private readonly used = new Map<string, string>();
 
-  /** `options` apply to every read of every ref handed out. */
-  constructor(readonly store: CheckpointStore, readonly options: ReadOptions = {}) {}
+  /**
+   * `options` apply to every read of every ref handed out; `quantMethod` is config.json's
+   * `quantization_config.quant_method` (null without one).
+   */
+  constructor(
+    readonly store: CheckpointStore,
+    readonly options: ReadOptions = {},
+    readonly quantMethod: string | null = null,
+  ) {}
 
   /** True when the checkpoint has this tensor. */
   has(name: string): boolean {
@@ -94,6 +102,49 @@ export class TensorClaims {
       (block * blockRows + rowStart) * cols,
       rows * cols,
     );
+  }
+
+  /**
+   * A matrix released in MXFP4 (`<base>_blocks` and `<base>_scales`, checkpoint/mxfp4.ts): rows
+   * `rowStart, rowStart + rowStep, …` of expert `block`. Both tensors are marked used.
+   */
+  mxfp4(slice: Mxfp4Slice): TensorRef {
+    const { rowsPerExpert } = checkMxfp4Pair(this.store, slice, this.quantMethod);
+    const { blocks, scales } = mxfp4Names(slice.base);
+    this.used.set(blocks, "U8");
+    this.used.set(scales, "U8");
+    return mxfp4Ref(this.store, slice, rowsPerExpert);
+  }
+
+  /**
+   * Columns `start + step·i` (i < shape[0]) of block `block` of a `[blocks, rows, cols]` tensor,
+   * as the rows of a [shape[0], rows] matrix; for a `[blocks, cols]` tensor, as a vector
+   * [shape[0]]. Read whole (the block is gathered and transposed in memory).
+   */
+  columns(
+    name: string,
+    c: { shape: readonly number[]; block: number; start: number; step: number },
+    shape: readonly number[],
+  ): TensorRef {
+    const dtype = this.claim(name, c.shape);
+    const [rows, cols] = c.shape.length === 3 ? [c.shape[1], c.shape[2]] : [1, c.shape[1]];
+    const n = shape[0];
+    if (c.start + c.step * (n - 1) >= cols || (shape.length === 2 && shape[1] !== rows)) {
+      throw new Error(`columns of ${name} [${c.shape}] do not make [${shape}]`);
+    }
+    const store = this.store;
+    const options = this.options;
+    const read = async () => {
+      const block = await store.readElements(name, c.block * rows * cols, rows * cols, options);
+      const out = new Float32Array(n * rows);
+      for (let i = 0; i < n; i++) {
+        const col = c.start + c.step * i;
+        for (let r = 0; r < rows; r++) out[i * rows + r] = block[r * cols + col];
+      }
+      return out;
+    };
+    const label = `${name}[${c.block}, ${c.shape.length === 3 ? ":, " : ""}${c.start}::${c.step}]ᵀ`;
+    return { name: label, shape, dtype, read };
   }
 
   private ref(

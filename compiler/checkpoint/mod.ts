@@ -11,6 +11,7 @@ import { InputError } from "../../schemas/errors.ts";
 import type { ModelIR, TokenizerData } from "../ir.ts";
 import { buildModelIR } from "./build_ir.ts";
 import { readConfig } from "./config.ts";
+import { quantMethodOf } from "./mxfp4.ts";
 import { osError } from "./safetensors.ts";
 import { openCheckpointStore, readJsonFile } from "./store.ts";
 
@@ -26,6 +27,14 @@ export {
   type TensorSource,
 } from "./families/mod.ts";
 export { ConfigFields } from "./fields.ts";
+export {
+  checkMxfp4Pair,
+  MXFP4_QUANT_METHOD,
+  mxfp4Names,
+  mxfp4Ref,
+  type Mxfp4Slice,
+  quantMethodOf,
+} from "./mxfp4.ts";
 export {
   decodeFloats,
   DTYPE_SIZES,
@@ -95,9 +104,11 @@ export async function readTokenizer(dir: string): Promise<TokenizerData> {
  */
 export async function loadCheckpoint(dir: string, opts: LoadOptions = {}): Promise<ModelIR> {
   const configPath = join(dir, "config.json");
-  const { spec, adapter } = readConfig(await readJsonFile(configPath), configPath);
+  const config = await readJsonFile(configPath);
+  const { spec, adapter } = readConfig(config, configPath);
+  const quantMethod = quantMethodOf(config as Record<string, unknown>, configPath);
   const store = await openCheckpointStore(dir);
   const tokenizer = await readTokenizer(dir);
   const options = { allowNonFinite: opts.allowNonFinite ?? false };
-  return buildModelIR(store, spec, adapter, tokenizer, options);
+  return buildModelIR(store, spec, adapter, tokenizer, options, quantMethod);
 }

@@ -80,6 +80,8 @@ export interface SafetensorsFile {
   read(name: string, options?: ReadOptions): Promise<Float32Array>;
   /** The raw bytes of `count` elements from flat element index `start` of a float tensor. */
   readBytes(name: string, start: number, count: number): Promise<Uint8Array>;
+  /** Bytes [start, start + count) of a U8 tensor (MXFP4 blocks and scales). */
+  readU8(name: string, start: number, count: number): Promise<Uint8Array>;
   /** Reads `count` elements starting at flat element index `start` as f32. */
   readElements(
     name: string,
@@ -379,6 +381,20 @@ class SafetensorsHandle implements SafetensorsFile {
 
   read(name: string, options?: ReadOptions): Promise<Float32Array> {
     return this.readElements(name, 0, this.info(name).numel, options);
+  }
+
+  readU8(name: string, start: number, count: number): Promise<Uint8Array> {
+    const t = this.info(name);
+    if (t.dtype !== "U8") {
+      throw new InputError(`tensor "${name}" has dtype ${t.dtype}, expected U8`, this.path);
+    }
+    if (
+      !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 ||
+      start + count > t.numel
+    ) {
+      throw new RangeError(`bytes [${start}, ${start + count}) outside tensor "${name}"`);
+    }
+    return readAt(this.path, t.begin + start, count);
   }
 
   readBytes(name: string, start: number, count: number): Promise<Uint8Array> {

@@ -44,6 +44,8 @@ export interface CheckpointStore {
   ): Promise<Float32Array>;
   /** Reads the raw bytes of `count` elements from flat index `start` of a float tensor. */
   readBytes(name: string, start: number, count: number): Promise<Uint8Array>;
+  /** Bytes [start, start + count) of a U8 tensor (MXFP4 blocks and scales). */
+  readU8(name: string, start: number, count: number): Promise<Uint8Array>;
 }
 
 /** Reads a small JSON file; InputError naming it when missing or not JSON. */
@@ -154,5 +156,6 @@ export async function openCheckpointStore(dir: string): Promise<CheckpointStore>
     readElements: (name, start, count, options) =>
       fileOf(name).readElements(name, start, count, options),
     readBytes: (name, start, count) => fileOf(name).readBytes(name, start, count),
+    readU8: (name, start, count) => fileOf(name).readU8(name, start, count),
   };
 }

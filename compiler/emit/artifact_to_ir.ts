@@ -11,8 +11,9 @@ import type { ModelIR, PlacedTensor, TensorRef } from "../ir.ts";
 import type { Artifact, TensorRecord } from "../../schemas/artifact.ts";
 import { expectedTensors } from "../../schemas/tensors.ts";
 
-/** The TensorRef dtype string of a record ("F32", "F16", "BF16", "Q4", ...). */
+/** The TensorRef dtype string of a record ("F32", "F16", "BF16", "Q4", "MXFP4", ...). */
 function dtypeOf(t: TensorRecord): string {
+  if (t.quant?.scaleType === "e8m0") return "MXFP4";
   return t.quant ? `Q${t.quant.bits}` : t.storage.toUpperCase();
 }
 

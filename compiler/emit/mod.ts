@@ -51,7 +51,14 @@ import {
 import { InputError, UsageError } from "../../schemas/errors.ts";
 import { parseModelSpec } from "../../schemas/model_parse.ts";
 import { describeKey, expectedTensors, keyString } from "../../schemas/tensors.ts";
-import { dequantize, groupsPerRow, type QuantBits, type ScaleType } from "../../schemas/packing.ts";
+import {
+  dequantize,
+  groupsPerRow,
+  MXFP4_GROUP,
+  type QuantBits,
+  type ScaleType,
+} from "../../schemas/packing.ts";
+import { quantizeMxfp4 } from "../quantize/mxfp4.ts";
 import { encodeHeader } from "../../schemas/header.ts";
 import { ArtifactWriter, type TensorMeta, type WrittenArtifact } from "./writer.ts";
 
@@ -78,7 +85,22 @@ export type TensorEncoding =
     scaleType?: ScaleType;
     /** GPTQ's Hessian for this matrix ([cols, cols]), or a function computing it when needed. */
     hessian?: Float64Array | (() => Promise<Float64Array>);
-  };
+  }
+  | Mxfp4Encoding;
+
+/**
+ * MXFP4 (schemas/packing.ts, scale type e8m0): the released codes verbatim when the source is an
+ * MXFP4 release (`released`, its ref has `readMxfp4`), else quantized by compiler/quantize/mxfp4.
+ */
+export interface Mxfp4Encoding {
+  storage: "mxfp4";
+  released: boolean;
+}
+
+/** The quantizer name an MXFP4 record carries. */
+export function mxfp4Quantizer(enc: Mxfp4Encoding): string {
+  return enc.released ? "mxfp4-release" : "mxfp4";
+}
 
 /** Options of {@link emitArtifact}. */
 export interface EmitOptions {
@@ -144,6 +166,22 @@ const ZERO_SEGMENT = { offset: 0, length: 0, crc32c: 0 };
 
 /** A record with the right structure and zero segments: sizes the header before writing. */
 function placeholderRecord(meta: TensorMeta, enc: TensorEncoding): TensorRecord {
+  if (enc.storage === "mxfp4") {
+    return {
+      ...meta,
+      storage: "q",
+      data: null,
+      quant: {
+        bits: 4,
+        groupSize: MXFP4_GROUP,
+        scaleType: "e8m0",
+        quantizer: mxfp4Quantizer(enc),
+        codes: ZERO_SEGMENT,
+        scales: ZERO_SEGMENT,
+        zeros: ZERO_SEGMENT,
+      },
+    };
+  }
   if (enc.storage !== "q") {
     return { ...meta, storage: enc.storage, data: ZERO_SEGMENT, quant: null };
   }
@@ -216,8 +254,11 @@ export async function emitArtifact(
     meta: metaOf(placed),
     enc: encode(placed),
   }));
-  for (const { meta, enc } of plan) {
-    if (enc.storage === "q" && meta.shape.length !== 2) {
+  for (const { meta, enc, placed } of plan) {
+    if (enc.storage === "mxfp4" && enc.released && !placed.ref.readMxfp4) {
+      throw new UsageError(`tensor ${JSON.stringify(meta.name)} is not an MXFP4 release`);
+    }
+    if ((enc.storage === "q" || enc.storage === "mxfp4") && meta.shape.length !== 2) {
       throw new UsageError(
         `tensor ${
           JSON.stringify(meta.name)
@@ -292,7 +333,8 @@ export async function emitArtifact(
         method: enc.method as ChunkOptions["method"],
         scaleType: enc.scaleType,
       };
-    } else job.cast = enc.storage;
+    } else if (enc.storage !== "mxfp4") job.cast = enc.storage;
+    else throw new Error(`internal: MXFP4 ${meta.name} is not streamed`);
     if (shift) job.momentShift = await shift;
     if (rvs[i]) job.rowVariance = true;
     return runner.run(job);
@@ -366,6 +408,7 @@ function isStreamable(
   opts: EmitOptions,
 ): boolean {
   if (opts.onValues || opts.onQuantized) return false; // these hooks want whole matrices
+  if (item.enc.storage === "mxfp4") return false;
   const ref = item.placed.ref;
   if (item.meta.shape.length !== 2 || !(ref.readRawRows || ref.readRows)) return false;
   return item.enc.storage !== "q" || isChunkable(item.enc.method);
@@ -382,6 +425,7 @@ async function streamTensor(
   opts: EmitOptions,
 ): Promise<TensorRecord> {
   const [rows, cols] = meta.shape;
+  if (enc.storage === "mxfp4") throw new Error(`internal: MXFP4 ${meta.name} is not streamed`);
   if (enc.storage !== "q") {
     const s = w.beginFloatTensor(meta, enc.storage);
     for (let done = 0; done < rows;) {
@@ -435,8 +479,18 @@ async function wholeTensor(
   opts.onValues?.(placed, values);
   acc?.add(values, placed.ref.name);
   if (rv) rv(maxVariance(values, meta.shape[0], meta.shape[1], meta.name));
-  if (enc.storage !== "q") return await w.addFloatTensor(meta, values, enc.storage);
   const [rows, cols] = meta.shape;
+  if (enc.storage === "mxfp4") {
+    const t = enc.released
+      ? await placed.ref.readMxfp4!()
+      : quantizeMxfp4(values, rows, cols, meta.name);
+    const dq = dequantize(t);
+    opts.onQuantized?.(placed, values, dq);
+    const e = squaredError(values, dq);
+    opts.onQuantError?.(placed, e.err, e.ref);
+    return await w.addQuantTensor(meta, t, mxfp4Quantizer(enc));
+  }
+  if (enc.storage !== "q") return await w.addFloatTensor(meta, values, enc.storage);
   let done: AssembledTensor;
   if (isChunkable(enc.method)) {
     const copts = {

@@ -100,8 +100,8 @@ export interface QuantTensorStream {
   appendCodes(words: Uint32Array): Promise<void>;
   /** Writes the scales and zeros of all rows (after every code) and records the tensor. */
   finish(
-    scales: Uint16Array | Float32Array,
-    zeros: Uint16Array | Float32Array,
+    scales: Uint16Array | Float32Array | Uint8Array,
+    zeros: Uint16Array | Float32Array | Uint8Array,
   ): Promise<TensorRecord>;
 }
 
@@ -168,6 +168,7 @@ export class ArtifactWriter {
   /** Writes one segment at the next aligned offset. */
   async #segment(bytes: Uint8Array, what: string): Promise<Segment> {
     this.#checkIdle(what);
+    if (bytes.length === 0) return { offset: 0, length: 0, crc32c: 0 }; // MXFP4 zeros
     const offset = this.#pos;
     await this.#write(offset, bytes, what);
     this.#end = offset + bytes.length;
@@ -260,7 +261,7 @@ export class ArtifactWriter {
         );
       }
       const want = packedByteSizes(q);
-      const bytesOf = (a: Uint32Array | Uint16Array | Float32Array) =>
+      const bytesOf = (a: Uint32Array | Uint16Array | Float32Array | Uint8Array) =>
         new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
       const parts = { codes: bytesOf(q.codes), scales: bytesOf(q.scales), zeros: bytesOf(q.zeros) };
       for (const p of ["codes", "scales", "zeros"] as const) {
@@ -391,7 +392,7 @@ export class ArtifactWriter {
       throw new Error(`internal: code layout of ${meta.name}`);
     }
     const codes = this.#openSegment(want.codes, `tensor ${meta.name} codes`);
-    const bytesOf = (a: Uint32Array | Uint16Array | Float32Array) =>
+    const bytesOf = (a: Uint32Array | Uint16Array | Float32Array | Uint8Array) =>
       new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
     return {
       appendCodes: (words) => this.#streamStep(() => codes.append(bytesOf(words))),

@@ -5,10 +5,13 @@
  * @module
  */
 
-import type { QuantBits } from "../../schemas/packing.ts";
+import type { ExpertWidth } from "../../schemas/packing.ts";
 
-/** bits[moeLayer][expert] (see scores.ts: one row per MoE layer). */
-export type BitsTable = QuantBits[][];
+/**
+ * bits[moeLayer][expert] (see scores.ts: one row per MoE layer): an affine code width, or
+ * MXFP4_WIDTH (4.25) for MXFP4.
+ */
+export type BitsTable = ExpertWidth[][];
 
 /** The allocators moeq offers. */
 export type AllocatorName =
@@ -39,7 +42,7 @@ export interface AllocationSummary {
   /** True when the achieved average equals the target (within 1e-9). */
   exact: boolean;
   /** The widths in use, ascending. */
-  levels: QuantBits[];
+  levels: ExpertWidth[];
   /** Number of experts per width over the whole model, keyed by width. */
   counts: Record<string, number>;
   /** Human-readable reasons (κ, per-layer band sizes, fallbacks, solver...). */
@@ -96,7 +99,7 @@ export function summarize(
     targetAverage,
     achievedAverage,
     exact: targetAverage !== null && Math.abs(achievedAverage - targetAverage) < 1e-9,
-    levels: Object.keys(counts).map(Number).sort((a, b) => a - b) as QuantBits[],
+    levels: Object.keys(counts).map(Number).sort((a, b) => a - b) as ExpertWidth[],
     counts,
     notes,
   };

@@ -36,7 +36,7 @@
  */
 
 import { InputError, LimitError, UsageError } from "../../schemas/errors.ts";
-import { isQuantBits, type QuantBits } from "../../schemas/packing.ts";
+import { EXPERT_WIDTHS, type ExpertWidth, isExpertWidth } from "../../schemas/packing.ts";
 import { type Allocation, type BitsTable, summarize } from "./allocation_result.ts";
 
 /** Input of {@link allocateBudget}. Exactly one of `targetAverage` and `maxBytes`. */
@@ -76,7 +76,9 @@ function validate(p: BudgetProblem): void {
   const w = p.widths;
   if (!Array.isArray(w) || w.length === 0) throw new UsageError("budget: no widths given");
   for (let k = 0; k < w.length; k++) {
-    if (!isQuantBits(w[k])) throw new UsageError(`budget: width ${w[k]} is not supported`);
+    if (!isExpertWidth(w[k])) {
+      throw new UsageError(`budget: width ${w[k]} is not one of ${EXPERT_WIDTHS}`);
+    }
     if (k > 0 && w[k] <= w[k - 1]) throw new UsageError("budget: widths must be ascending");
   }
   if ((p.targetAverage === undefined) === (p.maxBytes === undefined)) {
@@ -317,21 +319,23 @@ function solveGreedy(
 /** Solves a {@link BudgetProblem}; see the module doc for the method and guarantees. */
 export function allocateBudget(problem: BudgetProblem): Allocation {
   validate(problem);
-  const widths = problem.widths as readonly QuantBits[];
+  const widths = problem.widths as readonly ExpertWidth[];
   const byteMode = problem.maxBytes !== undefined;
+  // Bit-params in quarter bits when MXFP4 (4.25) is a candidate, so resources stay integers.
+  const quarter = widths.every(Number.isInteger) ? 1 : 4;
   const items: Item[] = [];
   let totalParams = 0;
   problem.cost.forEach((row, l) =>
     row.forEach((cs, e) => {
       const p = problem.params?.[l]?.[e] ?? 1;
       totalParams += p;
-      const r = byteMode ? [...problem.bytes![l][e]] : widths.map((w) => w * p);
+      const r = byteMode ? [...problem.bytes![l][e]] : widths.map((w) => w * quarter * p);
       items.push({ layer: l, expert: e, units: r, cost: [...cs] });
     })
   );
   const budget = byteMode
     ? Math.floor(problem.maxBytes!)
-    : Math.floor(problem.targetAverage! * totalParams * (1 + 1e-12));
+    : Math.floor(problem.targetAverage! * quarter * totalParams * (1 + 1e-12));
   let base = 0, g = 0, maxUnits = 0;
   for (const it of items) {
     const r0 = Math.min(...it.units);
@@ -374,7 +378,7 @@ export function allocateBudget(problem: BudgetProblem): Allocation {
     opt = solveDp(items, cap, !byteMode);
     notes.push(`solver dp over ${cells} cells: optimal for the given costs`);
   }
-  const bits: BitsTable = problem.cost.map((row) => new Array<QuantBits>(row.length));
+  const bits: BitsTable = problem.cost.map((row) => new Array<ExpertWidth>(row.length));
   let totalCost = 0, totalBytes = 0;
   items.forEach((it, i) => {
     bits[it.layer][it.expert] = widths[opt[i]];

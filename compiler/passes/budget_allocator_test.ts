@@ -210,3 +210,17 @@ Deno.test("speed: 60 layers × 64 experts (measured, not asserted)", () => {
       })`,
   );
 });
+
+Deno.test("budget: MXFP4 (4.25) is a width like the others: quarter-bit resources, exact mix", () => {
+  // 8 equal experts choosing 3 bits or MXFP4: 3 + 1.25·k/8 = 3.625 needs k = 4 MXFP4 experts,
+  // given to the four whose 3-bit cost is highest.
+  const cost: Cost = [[...Array(8)].map((_, e) => [1 + e, 0])];
+  const a = allocateBudget({ widths: [3, 4.25], cost, targetAverage: 3.625 });
+  assert.deepEqual(a.bits, [[3, 3, 3, 3, 4.25, 4.25, 4.25, 4.25]]);
+  assert.ok(a.summary.exact);
+  assert.deepEqual(a.summary.levels, [3, 4.25]);
+  // All MXFP4.
+  const all = allocateBudget({ widths: [3, 4.25], cost, targetAverage: 4.25 });
+  assert.deepEqual(all.bits, [new Array(8).fill(4.25)]);
+  assert.throws(() => allocateBudget({ widths: [3, 4.5], cost, targetAverage: 4 }), UsageError);
+});

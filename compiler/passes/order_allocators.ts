@@ -30,7 +30,13 @@
  */
 
 import { UsageError } from "../../schemas/errors.ts";
-import { isQuantBits, QUANT_BITS, type QuantBits } from "../../schemas/packing.ts";
+import {
+  EXPERT_WIDTHS,
+  type ExpertWidth,
+  isExpertWidth,
+  MXFP4_WIDTH,
+  QUANT_BITS,
+} from "../../schemas/packing.ts";
 import {
   type Allocation,
   type AllocatorName,
@@ -66,15 +72,16 @@ function checkTarget(target: number): void {
 }
 
 /** The default levels around a target: the largest width ≤ target and the next one (if any). */
-export function defaultLevels(target: number): QuantBits[] {
+export function defaultLevels(target: number): ExpertWidth[] {
   checkTarget(target);
+  if (target === MXFP4_WIDTH) return [MXFP4_WIDTH]; // every expert MXFP4
   let i = 0;
   while (i + 1 < QUANT_BITS.length && QUANT_BITS[i + 1] <= target) i++;
   return i + 1 < QUANT_BITS.length ? [QUANT_BITS[i], QUANT_BITS[i + 1]] : [QUANT_BITS[i]];
 }
 
 /** Validated levels, ascending, distinct, containing the target within their span. */
-export function resolveLevels(target: number, levels?: readonly number[]): QuantBits[] {
+export function resolveLevels(target: number, levels?: readonly number[]): ExpertWidth[] {
   checkTarget(target);
   if (!levels) return defaultLevels(target);
   const out = [...levels].sort((a, b) => a - b);
@@ -82,13 +89,15 @@ export function resolveLevels(target: number, levels?: readonly number[]): Quant
     throw new UsageError(`levels: ${out.length} widths given, expected 1 to 3`);
   }
   for (let i = 0; i < out.length; i++) {
-    if (!isQuantBits(out[i])) throw new UsageError(`levels: ${out[i]} is not one of ${QUANT_BITS}`);
+    if (!isExpertWidth(out[i])) {
+      throw new UsageError(`levels: ${out[i]} is not one of ${EXPERT_WIDTHS}`);
+    }
     if (i > 0 && out[i] === out[i - 1]) throw new UsageError(`levels: ${out[i]} given twice`);
   }
   if (target < out[0] || target > out[out.length - 1]) {
     throw new UsageError(`target average bits ${target} is outside levels [${out}]`);
   }
-  return out as QuantBits[];
+  return out as ExpertWidth[];
 }
 
 /**
@@ -97,7 +106,7 @@ export function resolveLevels(target: number, levels?: readonly number[]): Quant
  */
 export function levelFractions(
   target: number,
-  levels: readonly QuantBits[],
+  levels: readonly ExpertWidth[],
   midFraction = 1 / 3,
 ): number[] {
   if (levels.length === 1) return [1];
@@ -122,7 +131,7 @@ export function bandCounts(
   numExperts: number,
   target: number,
   options: LevelOptions = {},
-): { levels: QuantBits[]; counts: number[] } {
+): { levels: ExpertWidth[]; counts: number[] } {
   const asc = resolveLevels(target, options.levels);
   const fractions = levelFractions(target, asc, options.midFraction).reverse();
   const levels = [...asc].reverse();
@@ -162,7 +171,7 @@ export function allocateByOrder(
         `E=${order.length}: ideal experts per width [${levels}] = [${ideal}], assigned [${counts}]`,
       );
     }
-    const row = new Array<QuantBits>(order.length);
+    const row = new Array<ExpertWidth>(order.length);
     let pos = 0;
     levels.forEach((b, i) => {
       for (let k = 0; k < counts[i]; k++) row[order[pos++]] = b;
@@ -262,10 +271,10 @@ export function allocateRandom(
 
 /** Every expert at `bits`; the target must be one of the supported widths. */
 export function allocateUniform(expertsPerLayer: readonly number[], bits: number): Allocation {
-  if (!isQuantBits(bits)) {
-    throw new UsageError(`uniform allocation: ${bits} bits is not one of ${QUANT_BITS}`);
+  if (!isExpertWidth(bits)) {
+    throw new UsageError(`uniform allocation: ${bits} bits is not one of ${EXPERT_WIDTHS}`);
   }
-  const table: BitsTable = expertsPerLayer.map((n) => new Array<QuantBits>(n).fill(bits));
+  const table: BitsTable = expertsPerLayer.map((n) => new Array<ExpertWidth>(n).fill(bits));
   return {
     bits: table,
     rank: expertsPerLayer.map((n) => Array.from({ length: n }, (_, i) => i)),

@@ -140,3 +140,12 @@ Deno.test("uniform: supported widths only", () => {
   assert.throws(() => allocateUniform([3], 2.5), /uniform allocation: 2.5 bits/);
   assert.throws(() => allocateUniform([3], 5), UsageError);
 });
+
+Deno.test("order allocators: --expert-bits mxfp4 (4.25) puts every expert in MXFP4; levels mix it", () => {
+  assert.deepEqual(allocateUniform([2, 3], 4.25).bits, [[4.25, 4.25], [4.25, 4.25, 4.25]]);
+  const r = allocateRandom([5], 4.25, 1);
+  assert.deepEqual(r.bits, [new Array(5).fill(4.25)]);
+  const mix = allocateRandom([8], 3.625, 2, { levels: [3, 4.25] });
+  assert.equal(mix.bits[0].filter((b) => b === 4.25).length, 4);
+  assert.equal(mix.summary.achievedAverage, 3.625);
+});

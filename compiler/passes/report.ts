@@ -8,7 +8,7 @@
 
 import type { ExpertReport } from "../../schemas/artifact.ts";
 import type { StackName } from "../../schemas/model.ts";
-import type { QuantBits } from "../../schemas/packing.ts";
+import type { ExpertWidth } from "../../schemas/packing.ts";
 import type { Allocation } from "./allocation_result.ts";
 import type { ScoreTable } from "./scores.ts";
 
@@ -27,7 +27,7 @@ export interface ReportInputs {
   /** The allocation; null for float experts (bits 0, rank −1, bytes 0). */
   allocation: Allocation | null;
   /** Stored bytes of expert `expert` of MoE layer `moeLayer` at `bits`. */
-  bytes: (moeLayer: number, expert: number, bits: QuantBits) => number;
+  bytes: (moeLayer: number, expert: number, bits: ExpertWidth) => number;
   /** Score tables to copy into each row, by column name, in this order. */
   scores: Record<string, ScoreTable>;
   /** Measured relative error per expert; a missing table or entry is written −1. */
@@ -51,7 +51,7 @@ export function expertReport(inputs: ReportInputs): ExpertReport[] {
         layer,
         expert: e,
         bits,
-        bytes: allocation ? inputs.bytes(m, e, bits as QuantBits) : 0,
+        bytes: allocation ? inputs.bytes(m, e, bits as ExpertWidth) : 0,
         rank: allocation ? allocation.rank[m][e] : -1,
         relError: inputs.relError?.[m]?.[e] ?? -1,
         scores,

@@ -193,7 +193,9 @@ export function reconstruct(u: UnpackedQuant): Float32Array {
 }
 
 /** Packs an unpacked result into the storage format of `schemas/packing.ts` (lossless). */
-export function pack(u: UnpackedQuant): QuantizedTensor {
+export function pack(
+  u: UnpackedQuant,
+): QuantizedTensor & { scales: Uint16Array | Float32Array; zeros: Uint16Array | Float32Array } {
   return {
     rows: u.rows,
     cols: u.cols,

@@ -5,10 +5,11 @@
  *   q, k ← RMSNorm per head ("head") or over the whole projection ("full")
  *   q, k, v ← clamp(·, −clip, clip)             (OLMoE clip_qkv: after the q/k norm)
  *   q, k ← RoPE at their positions
- *   out = o_proj(softmax(scale · q kᵀ over the cached keys) v)
+ *   out = o_proj(softmax(scale · q kᵀ over the cached keys) v) (+ bo)
  *
- * Query head h reads kv head ⌊h / (nh/nkv)⌋. Other attention variants (MLA, sinks, sliding
- * windows, bidirectional, output bias) are described but not implemented here yet.
+ * Query head h reads kv head ⌊h / (nh/nkv)⌋. gpt-oss adds a sink logit per head to the softmax
+ * (then drops its share) and a per-layer sliding window (keys j > q − W). Other attention
+ * variants (MLA, bidirectional) are described but not implemented here yet.
  *
  * @module
  */
@@ -30,6 +31,8 @@ export interface ReferenceAttention {
   v: Float64Array;
   /** [H, nh·hd] */
   o: Float64Array;
+  /** [H], when the output projection has a bias. */
+  oBias: Float64Array | null;
   qBias: Float64Array | null;
   kBias: Float64Array | null;
   vBias: Float64Array | null;
@@ -37,6 +40,8 @@ export interface ReferenceAttention {
   qNorm: Float64Array | null;
   /** [hd] ("head") or [nkv·hd] ("full"). */
   kNorm: Float64Array | null;
+  /** [nh] one learned logit per head (gpt-oss sinks). */
+  sinks: Float64Array | null;
   rope: ReferenceRope;
   /** Which of a session's KV caches is this block's. */
   cacheSlot: number;
@@ -51,10 +56,7 @@ export interface KvCache {
 /** The GQA spec of an attention block; UnsupportedError for what the reference lacks. */
 export function checkAttention(spec: AttentionSpec): GqaAttentionSpec {
   if (spec.kind !== "gqa") throw notImplemented(`attention kind "${spec.kind}"`);
-  if (spec.sinks) throw notImplemented("attention sinks");
-  if (spec.slidingWindow !== null) throw notImplemented("sliding-window attention");
   if (!spec.causal) throw notImplemented("bidirectional attention");
-  if (spec.outBias) throw notImplemented("an attention output bias");
   if (spec.qkNorm !== "none") checkNorm(spec.qkNormSpec);
   return spec;
 }
@@ -78,17 +80,29 @@ export async function readAttention(
     qBias: await optional(spec.qkvBias, "attn_q_bias"),
     kBias: await optional(spec.qkvBias, "attn_k_bias"),
     vBias: await optional(spec.qkvBias, "attn_v_bias"),
+    oBias: await optional(spec.outBias, "attn_o_bias"),
     qNorm: await optional(norms, "attn_q_norm"),
     kNorm: await optional(norms, "attn_k_norm"),
+    sinks: await optional(spec.sinks, "attn_sinks"),
     rope,
     cacheSlot,
   };
 }
 
+/** What {@link attention} may add: a sink logit per head, a sliding window. */
+export interface AttentionExtras {
+  /** [nh]: head h's softmax gets the extra logit sinks[h], whose probability is dropped. */
+  sinks?: Float64Array | null;
+  /** Only keys j > q − window are visible to the query at q = nKeys − 1. */
+  window?: number | null;
+}
+
 /**
  * Attention of one query position over cached keys/values 0..nKeys−1 (GQA: query head h reads
  * kv head ⌊h / (nh/nkv)⌋; scores × scale, softmax in float64). `q` is [nh·hd], `keys`/`values`
- * [positions, nkv·hd]; `out` [nh·hd]; `scores` scratch holds nKeys values.
+ * [positions, nkv·hd]; `out` [nh·hd]; `scores` scratch holds nKeys values. With a window the
+ * keys before nKeys − window are masked; with sinks each head's softmax runs over its visible
+ * keys plus its sink logit, and the sink's share is dropped (the weights sum to less than 1).
  */
 export function attention(
   out: Float64Array,
@@ -101,21 +115,28 @@ export function attention(
   hd: number,
   scale: number,
   scores: Float64Array,
+  extras: AttentionExtras = {},
 ): void {
   const group = nh / nkv;
   const kvDim = nkv * hd;
+  const first = extras.window ? Math.max(0, nKeys - extras.window) : 0;
   for (let h = 0; h < nh; h++) {
     const qo = h * hd;
     const ko = Math.floor(h / group) * hd;
-    for (let j = 0; j < nKeys; j++) {
+    for (let j = first; j < nKeys; j++) {
       const kj = j * kvDim + ko;
       let s = 0;
       for (let i = 0; i < hd; i++) s += q[qo + i] * keys[kj + i];
       scores[j] = s * scale;
     }
-    softmax(scores, nKeys);
+    if (extras.sinks) {
+      scores[nKeys] = extras.sinks[h];
+      softmax(scores.subarray(first, nKeys + 1));
+    } else {
+      softmax(scores.subarray(first, nKeys));
+    }
     for (let i = 0; i < hd; i++) out[qo + i] = 0;
-    for (let j = 0; j < nKeys; j++) {
+    for (let j = first; j < nKeys; j++) {
       const vj = j * kvDim + ko;
       const p = scores[j];
       for (let i = 0; i < hd; i++) out[qo + i] += p * values[vj + i];
@@ -165,7 +186,7 @@ export function attentionBlock(
 
   const { rotaryDim, invFreq } = a.rope;
   const half = rotaryDim / 2;
-  const { cos, sin } = ropeTables(invFreq, start, n);
+  const { cos, sin } = ropeTables(invFreq, start, n, a.rope.mscale);
   const eps = a.spec.qkNormSpec.eps;
   for (let t = 0; t < n; t++) {
     const qt = q.subarray(t * qDim, (t + 1) * qDim);
@@ -186,11 +207,14 @@ export function attentionBlock(
   }
 
   const att = new Float64Array(n * qDim);
-  const scores = new Float64Array(start + n);
+  const scores = new Float64Array(start + n + 1);
+  const extras = { sinks: a.sinks, window: a.spec.slidingWindow };
   for (let t = 0; t < n; t++) {
     const qt = q.subarray(t * qDim, (t + 1) * qDim);
     const at = att.subarray(t * qDim, (t + 1) * qDim);
-    attention(at, qt, cache.keys, cache.values, start + t + 1, nh, nkv, hd, a.spec.scale, scores);
+    const nKeys = start + t + 1;
+    attention(at, qt, cache.keys, cache.values, nKeys, nh, nkv, hd, a.spec.scale, scores, extras);
   }
   matmul(out, att, a.o, n, H, qDim);
+  if (a.oBias) addBias(out, a.oBias, n);
 }

@@ -2,14 +2,15 @@
 
 import assert from "node:assert/strict";
 import { UnsupportedError } from "../../schemas/errors.ts";
-import type { AttentionSpec, GqaAttentionSpec, RouterSpec } from "../../schemas/model.ts";
+import type { AttentionSpec, GqaAttentionSpec, RopeSpec, RouterSpec } from "../../schemas/model.ts";
 import { attention, checkAttention } from "./attention.ts";
 import { crossEntropyBits, windows } from "./eval.ts";
 import { matmul, silu, softmax } from "./math.ts";
 import { checkActivation, mlp, type ReferenceMlp } from "./mlp.ts";
-import { checkNorm, rmsNorm } from "./norms.ts";
+import { checkNorm, layerNorm, rmsNorm } from "./norms.ts";
 import { prepareRope, rope, ropeInvFreq } from "./rope.ts";
 import { checkRouter, route } from "./router.ts";
+import { sparsemixer } from "./sparsemixer.ts";
 
 function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what = "") {
   assert.equal(got.length, want.length, `${what} length`);
@@ -40,6 +41,110 @@ Deno.test("rmsNorm: x=[1,2,3,4], w=[1,1,2,0.5]: mean(x²)=7.5, out = x·w/√7.5
   // eps enters under the root: x=[3,4], w=1, eps=0.5 → 1/√(12.5+0.5)
   rmsNorm(out.subarray(0, 2), Float64Array.of(3, 4), Float64Array.of(1, 1), 0.5);
   assertClose(out.subarray(0, 2), [3 / Math.sqrt(13), 4 / Math.sqrt(13)], 1e-15, "eps");
+});
+
+Deno.test("layerNorm: x=[1,2,3,6]: mean 3, var 3.5, out = (x−3)·w/√(3.5+eps) + b", () => {
+  const out = new Float64Array(4);
+  const w = Float64Array.of(1, 2, 0.5, -1);
+  const b = Float64Array.of(0.1, 0, -0.2, 0.3);
+  layerNorm(out, Float64Array.of(1, 2, 3, 6), w, b, 0.5);
+  const r = 1 / Math.sqrt(4); // var 3.5 + eps 0.5
+  assertClose(out, [-2 * r + 0.1, -1 * r * 2, -0.2, -3 * r + 0.3], 1e-15, "layerNorm");
+  layerNorm(out, Float64Array.of(1, 2, 3, 6), w, null, 0.5);
+  assertClose(out, [-2 * r, -2 * r, 0, -3 * r], 1e-15, "no bias");
+});
+
+Deno.test("sparsemixer: s=[2, 1.5, −1, 1.9], jitter 0.1: masks by (m − s)/max(|s|, m) > 0.2", () => {
+  const s = Float64Array.of(2, 1.5, -1, 1.9);
+  // Round 1: m = 2; ratios [0, 0.25, 1.5, 0.05] → keep 0 and 3: w₁ = e²/(e² + e^1.9).
+  // Round 2: expert 0 out, m = 1.9; ratios (1.9 − s)/max(|s|, 1.9) = [·, 0.21, 1.53, 0] → keep 3
+  // only: w₂ = 1.
+  const r = sparsemixer(s, 0.1);
+  assert.deepEqual(r.experts, [0, 3]);
+  assertClose(r.weights, [1 / (1 + Math.exp(-0.1)), 1], 1e-15, "weights");
+  // A larger jitter keeps expert 1 in both rounds.
+  const wide = sparsemixer(s, 0.2);
+  const z1 = Math.exp(2) + Math.exp(1.5) + Math.exp(1.9);
+  assertClose(
+    wide.weights,
+    [Math.exp(2) / z1, Math.exp(1.9) / (Math.exp(1.5) + Math.exp(1.9))],
+    1e-15,
+  );
+});
+
+Deno.test("attention with a sink and a window: keys 1..2 of 0..2 plus the sink logit", () => {
+  // hd 1, scale 1, q = 1, keys 1,2,3, values 10,20,30, window 2, sink 0.5: the weights are
+  // e²/Z, e³/Z with Z = e² + e³ + e^0.5 (the sink's share is dropped).
+  const out = new Float64Array(1);
+  const extras = { sinks: Float64Array.of(0.5), window: 2 };
+  const keys = Float64Array.of(1, 2, 3), values = Float64Array.of(10, 20, 30);
+  attention(out, Float64Array.of(1), keys, values, 3, 1, 1, 1, 1, new Float64Array(4), extras);
+  const z = Math.exp(2) + Math.exp(3) + Math.exp(0.5);
+  assertClose(out, [(20 * Math.exp(2) + 30 * Math.exp(3)) / z], 1e-13, "sink + window");
+  // A window at least as long as the keys masks nothing.
+  attention(out, Float64Array.of(1), keys, values, 3, 1, 1, 1, 1, new Float64Array(4), {
+    window: 3,
+  });
+  const z3 = Math.exp(1) + Math.exp(2) + Math.exp(3);
+  assertClose(out, [(10 * Math.exp(1) + 20 * Math.exp(2) + 30 * Math.exp(3)) / z3], 1e-13);
+});
+
+Deno.test("clamped SwiGLU with biases: gate ≤ 7, up ∈ [−7, 7], (up + 1)·gate·σ(1.702·gate)", () => {
+  const m: ReferenceMlp = {
+    activation: { kind: "swiglu_clamped", limit: 7, alpha: 1.702 },
+    inter: 1,
+    matrices: { gate: Float64Array.of(1), up: Float64Array.of(2), down: Float64Array.of(0.5) },
+    biases: { gate: Float64Array.of(1), up: Float64Array.of(-1), down: Float64Array.of(0.25) },
+  };
+  const out = new Float64Array(3);
+  mlp(out, Float64Array.of(9, -9, 0.5), 3, m, 1);
+  const act = (g: number, u: number) => {
+    const gc = Math.min(g, 7), uc = Math.min(7, Math.max(-7, u));
+    return (uc + 1) * gc / (1 + Math.exp(-1.702 * gc));
+  };
+  // x = 9: gate 10 → 7, up 17 → 7; x = −9: gate −8, up −19 → −7; x = 0.5: gate 1.5, up 0.
+  const want = [act(10, 17), act(-8, -19), act(1.5, 0)].map((a) => 0.5 * a + 0.25);
+  assertClose(out, want, 1e-14, "clamped swiglu");
+});
+
+Deno.test("route, softmax after top-k: the k largest logits, weights a softmax over them", () => {
+  const r = route(Float64Array.of(1, 3, 2, 0), 2, {
+    normTopK: false,
+    scale: 1,
+    softmaxAfterTopK: true,
+  });
+  assert.deepEqual(r.experts, [1, 2]);
+  assertClose(r.weights, [1 / (1 + Math.exp(-1)), Math.exp(-1) / (1 + Math.exp(-1))], 1e-15);
+});
+
+Deno.test("YaRN frequencies equal transformers 5.18's (gpt-oss-a's RoPE, truncate off and on)", () => {
+  const yarn = (truncate: boolean): RopeSpec => ({
+    kind: "rope",
+    theta: 150000,
+    rotaryDim: 8,
+    pairing: "half",
+    scaling: {
+      kind: "yarn",
+      factor: 32,
+      originalMaxPositions: 4096,
+      betaFast: 32,
+      betaSlow: 1,
+      attentionFactor: 0.1 * Math.log(32) + 1,
+      truncate,
+    },
+  });
+  // _compute_yarn_parameters with float64 defaults (its pos_freqs are float32: rel 1e-7).
+  const hf = {
+    false: [1.0, 0.05081327259540558, 0.0004564839182421565, 4.099978468730114e-06],
+    true: [1.0, 0.05081327259540558, 0.001331338076852262, 4.099978468730114e-06],
+  };
+  for (const truncate of [false, true]) {
+    const r = prepareRope(yarn(truncate), 8);
+    hf[`${truncate}`].forEach((want, i) => {
+      assert.ok(Math.abs(r.invFreq[i] - want) <= 1e-7 * want, `truncate ${truncate} [${i}]`);
+    });
+    assertClose([r.mscale], [1.3465735902799727], 1e-15, "attention factor");
+  }
 });
 
 Deno.test("matmul: [2,3]·[3] and two inputs at once", () => {
@@ -301,14 +406,13 @@ Deno.test("variants the reference lacks are an UnsupportedError naming them", ()
   assert.equal(checkRouter(topk), topk);
   const cases: [() => unknown, string][] = [
     [() => checkAttention(mla), 'attention kind "mla" is not implemented in the reference'],
-    [() => checkAttention({ ...gqa, sinks: true }), "attention sinks is not implemented"],
-    [() => checkAttention({ ...gqa, slidingWindow: 4 }), "sliding-window attention"],
     [() => checkAttention({ ...gqa, causal: false }), "bidirectional attention"],
     [() => checkRouter({ ...topk, scoring: "sigmoid" }), 'router scoring "sigmoid"'],
     [() => checkRouter({ ...topk, selectionBias: true }), "router selection bias"],
-    [() => checkRouter({ kind: "sparsemixer", jitter: 0.01 }), 'router kind "sparsemixer"'],
+    [() => checkActivation({ kind: "geglu" }), 'activation "geglu"'],
+    [() => checkRouter({ kind: "capacity", capacity: 4 }), 'router kind "capacity"'],
     [() => checkActivation({ kind: "relu" }), 'activation "relu"'],
-    [() => checkNorm({ kind: "layer", eps: 1e-5, bias: true }), 'norm kind "layer"'],
+    [() => checkNorm({ kind: "rms", eps: 1e-5, bias: true }), "an RMSNorm with a bias"],
     [
       () => prepareRope({ ...gqa.position, kind: "rope", pairing: "interleaved" } as never, 4),
       'RoPE pairing "interleaved"',

@@ -1,8 +1,9 @@
 /**
  * MLPs in float64 — routed experts, shared experts and dense feed-forward blocks alike: a list of
  * named matrices ([I, H] in, [H, I] out, torch Linear layout) with optional biases and an
- * activation. Implemented: SwiGLU, down(silu(gate·x + bg) ⊙ (up·x + bu)) + bd. The other
- * described activations are not implemented here yet.
+ * activation. Implemented: SwiGLU, down(silu(gate·x + bg) ⊙ (up·x + bu)) + bd, and gpt-oss's
+ * clamped SwiGLU: g = min(gate, limit), u = clamp(up, ±limit), down((u + 1) · g · σ(alpha·g)).
+ * The other described activations are not implemented here yet.
  *
  * @module
  */
@@ -13,7 +14,7 @@ import {
   mlpMatrices,
   type MlpSpec,
 } from "../../schemas/model.ts";
-import { addBias, matmul, notImplemented, silu } from "./math.ts";
+import { addBias, matmul, notImplemented, sigmoid, silu } from "./math.ts";
 import type { LayerWeights } from "./weights.ts";
 
 /** An MLP in float64. Callers may build their own (a dequantized expert, say). */
@@ -29,7 +30,9 @@ export interface ReferenceMlp {
 
 /** Throws UnsupportedError for an activation the reference does not implement. */
 export function checkActivation(activation: ActivationSpec): void {
-  if (activation.kind !== "swiglu") throw notImplemented(`activation "${activation.kind}"`);
+  if (activation.kind !== "swiglu" && activation.kind !== "swiglu_clamped") {
+    throw notImplemented(`activation "${activation.kind}"`);
+  }
 }
 
 /** Reads an MLP whose roles are `<owner>_<matrix>` (and `_bias`), of routed expert `expert`. */
@@ -89,6 +92,15 @@ export function mlp(
   const up = new Float64Array(n * I);
   linear(gate, x, m, "gate", n, I, H);
   linear(up, x, m, "up", n, I, H);
-  for (let i = 0; i < n * I; i++) gate[i] = silu(gate[i]) * up[i];
+  const a = m.activation;
+  if (a.kind === "swiglu_clamped") {
+    for (let i = 0; i < n * I; i++) {
+      const g = Math.min(gate[i], a.limit);
+      const u = Math.min(a.limit, Math.max(-a.limit, up[i]));
+      gate[i] = (u + 1) * g * sigmoid(a.alpha * g);
+    }
+  } else {
+    for (let i = 0; i < n * I; i++) gate[i] = silu(gate[i]) * up[i];
+  }
   linear(out, gate, m, "down", n, H, I);
 }

@@ -10,9 +10,10 @@
  */
 
 import type { DenseFfnSpec, MoeFfnSpec, StackName } from "../../schemas/model.ts";
-import { matmul, sigmoid } from "./math.ts";
+import { addBias, matmul, sigmoid } from "./math.ts";
 import { mlp, readMlp, type ReferenceMlp } from "./mlp.ts";
-import { checkRouter, route } from "./router.ts";
+import { checkRouter, route, type Routing } from "./router.ts";
+import { sparsemixer } from "./sparsemixer.ts";
 import type { LayerWeights } from "./weights.ts";
 
 /** A sparse MoE block in float64. */
@@ -25,6 +26,8 @@ export interface ReferenceMoe {
   spec: MoeFfnSpec;
   /** [E, H] router rows. */
   router: Float64Array;
+  /** [E] router bias, added to the logits (gpt-oss). */
+  routerBias: Float64Array | null;
   /** Routed experts by index; callers may swap entries (a quantized expert, say). */
   experts: ReferenceMlp[];
   shared: ReferenceMlp | null;
@@ -59,7 +62,7 @@ export async function readMoe(
   weights: LayerWeights,
   place: { index: number; stack: StackName; layer: number },
 ): Promise<ReferenceMoe> {
-  checkRouter(spec.router);
+  routerOf(spec);
   const experts: ReferenceMlp[] = [];
   for (let e = 0; e < spec.numExperts; e++) {
     experts.push(await readMlp(spec.expert, "expert", weights, e));
@@ -69,6 +72,9 @@ export async function readMoe(
     ...place,
     spec,
     router: await weights.read("router"),
+    routerBias: spec.router.kind === "topk" && spec.router.bias
+      ? await weights.read("router_bias")
+      : null,
     experts,
     shared: spec.shared ? await readMlp(spec.shared.mlp, "shared", weights) : null,
     sharedGate: spec.shared?.gated ? await weights.read("shared_expert_gate") : null,
@@ -94,15 +100,16 @@ export function moeBlock(
 ): void {
   const H = h.length / n;
   const { numExperts: E, topK } = f.spec;
-  const router = checkRouter(f.spec.router);
+  const router = routerOf(f.spec);
   const logits = new Float64Array(n * E);
   matmul(logits, h, f.router, n, E, H);
+  if (f.routerBias) addBias(logits, f.routerBias, n);
 
   // Route every token; collect, per expert, the tokens it serves and their weights.
   const tokensOf: number[][] = Array.from({ length: E }, () => []);
   const weightsOf: number[][] = Array.from({ length: E }, () => []);
   for (let t = 0; t < n; t++) {
-    const r = route(logits.subarray(t * E, (t + 1) * E), topK, router);
+    const r = router(logits.subarray(t * E, (t + 1) * E));
     observer?.(f.index, start + t, h.subarray(t * H, (t + 1) * H), r.experts, r.weights);
     for (let j = 0; j < topK; j++) {
       tokensOf[r.experts[j]].push(t);
@@ -137,6 +144,14 @@ export function moeBlock(
       for (let c = 0; c < H; c++) out[t * H + c] += g * ys[t * H + c];
     }
   }
+}
+
+/** The routing function of a MoE block; UnsupportedError for a router the reference lacks. */
+function routerOf(spec: MoeFfnSpec): (logits: Float64Array) => Routing {
+  const r = spec.router;
+  if (r.kind === "sparsemixer") return (logits) => sparsemixer(logits, r.jitter);
+  const topk = checkRouter(r);
+  return (logits) => route(logits, spec.topK, topk);
 }
 
 /** The dense block over n tokens h [n, H] → out [n, H]. */

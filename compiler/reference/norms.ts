@@ -1,6 +1,6 @@
 /**
- * Normalisations in float64: RMSNorm (also the T5 norm). LayerNorm is a described variant the
- * reference does not implement yet.
+ * Normalisations in float64: RMSNorm (also the T5 norm) and LayerNorm (with or without a bias;
+ * biased variance, eps under the root, as torch.nn.LayerNorm).
  *
  * @module
  */
@@ -13,6 +13,8 @@ import type { LayerWeights } from "./weights.ts";
 export interface ReferenceNorm {
   spec: NormSpec;
   weight: Float64Array;
+  /** LayerNorm's bias, when it has one. */
+  bias: Float64Array | null;
 }
 
 /** out = x · w / √(mean(x²) + eps), over one vector (out may alias x). */
@@ -29,10 +31,27 @@ export function rmsNorm(
   for (let i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
 }
 
+/** out = (x − mean(x)) · w / √(var(x) + eps) (+ b), over one vector (out may alias x). */
+export function layerNorm(
+  out: Float64Array,
+  x: Float64Array,
+  w: Float64Array,
+  b: Float64Array | null,
+  eps: number,
+): void {
+  const n = x.length;
+  let mean = 0;
+  for (let i = 0; i < n; i++) mean += x[i];
+  mean /= n;
+  let ss = 0;
+  for (let i = 0; i < n; i++) ss += (x[i] - mean) * (x[i] - mean);
+  const inv = 1 / Math.sqrt(ss / n + eps);
+  for (let i = 0; i < n; i++) out[i] = (x[i] - mean) * inv * w[i] + (b ? b[i] : 0);
+}
+
 /** Throws UnsupportedError for a norm the reference does not implement. */
 export function checkNorm(spec: NormSpec): void {
-  if (spec.kind !== "rms") throw notImplemented(`norm kind "${spec.kind}"`);
-  if (spec.bias) throw notImplemented("a norm with a bias");
+  if (spec.kind === "rms" && spec.bias) throw notImplemented("an RMSNorm with a bias");
 }
 
 /** Reads the norm with `role` of a layer. */
@@ -42,18 +61,17 @@ export async function readNorm(
   role: string,
 ): Promise<ReferenceNorm> {
   checkNorm(spec);
-  return { spec, weight: await weights.read(role) };
+  const weight = await weights.read(role);
+  return { spec, weight, bias: spec.bias ? await weights.read(`${role}_bias`) : null };
 }
 
 /** out[t] = norm(x[t]) for n rows of the norm's width. */
 export function normRows(out: Float64Array, x: Float64Array, n: number, norm: ReferenceNorm): void {
   const w = norm.weight.length;
   for (let t = 0; t < n; t++) {
-    rmsNorm(
-      out.subarray(t * w, (t + 1) * w),
-      x.subarray(t * w, (t + 1) * w),
-      norm.weight,
-      norm.spec.eps,
-    );
+    const o = out.subarray(t * w, (t + 1) * w);
+    const xt = x.subarray(t * w, (t + 1) * w);
+    if (norm.spec.kind === "layer") layerNorm(o, xt, norm.weight, norm.bias, norm.spec.eps);
+    else rmsNorm(o, xt, norm.weight, norm.spec.eps);
   }
 }

@@ -1,19 +1,23 @@
 /**
- * Rotary position embedding in float64: unscaled RoPE over the first `rotaryDim` dims of each
- * head, pairs split in halves (transformers' rotate_half). Interleaved pairs and the scaled
+ * Rotary position embedding in float64: RoPE over the first `rotaryDim` dims of each head, pairs
+ * split in halves (transformers' rotate_half), unscaled or YaRN-scaled (frequencies and the
+ * cos/sin multiplier from schemas/rope_frequencies.ts). Interleaved pairs and the other scaled
  * variants are described but not implemented here yet.
  *
  * @module
  */
 
 import type { PositionSpec } from "../../schemas/model.ts";
+import { ropeFrequencies } from "../../schemas/rope_frequencies.ts";
 import { notImplemented } from "./math.ts";
 
 /** A RoPE ready to apply: rotated dims per head and their inverse frequencies. */
 export interface ReferenceRope {
   rotaryDim: number;
-  /** [rotaryDim/2]: 1 / θ^(2i/rotaryDim). */
+  /** [rotaryDim/2]: 1 / θ^(2i/rotaryDim), or its YaRN scaling. */
   invFreq: Float64Array;
+  /** Multiplier of cos and sin (YaRN's attention factor; 1 otherwise). */
+  mscale: number;
 }
 
 /** RoPE inverse frequencies over `rotaryDim` dims: 1 / θ^(2i/rotaryDim), i < rotaryDim/2. */
@@ -27,26 +31,28 @@ export function ropeInvFreq(rotaryDim: number, theta: number): Float64Array {
 export function prepareRope(position: PositionSpec, headDim: number): ReferenceRope {
   if (position.kind !== "rope") throw notImplemented(`position kind "${position.kind}"`);
   if (position.pairing !== "half") throw notImplemented(`RoPE pairing "${position.pairing}"`);
-  if (position.scaling.kind !== "none") {
+  if (position.scaling.kind !== "none" && position.scaling.kind !== "yarn") {
     throw notImplemented(`RoPE scaling "${position.scaling.kind}"`);
   }
   const d = position.rotaryDim;
   if (!(Number.isInteger(d) && d > 0 && d % 2 === 0 && d <= headDim)) {
     throw notImplemented(`RoPE over ${d} of ${headDim} dims`);
   }
-  return { rotaryDim: d, invFreq: ropeInvFreq(d, position.theta) };
+  return { rotaryDim: d, ...ropeFrequencies(position) };
 }
 
-/** cos/sin of position · invFreq for n positions from `start`: [n, rotaryDim/2] each. */
-export function ropeTables(invFreq: Float64Array, start: number, n: number) {
+/**
+ * mscale · cos/sin of position · invFreq for n positions from `start`: [n, rotaryDim/2] each.
+ */
+export function ropeTables(invFreq: Float64Array, start: number, n: number, mscale = 1) {
   const half = invFreq.length;
   const cos = new Float64Array(n * half);
   const sin = new Float64Array(n * half);
   for (let t = 0; t < n; t++) {
     for (let i = 0; i < half; i++) {
       const angle = (start + t) * invFreq[i];
-      cos[t * half + i] = Math.cos(angle);
-      sin[t * half + i] = Math.sin(angle);
+      cos[t * half + i] = Math.cos(angle) * mscale;
+      sin[t * half + i] = Math.sin(angle) * mscale;
     }
   }
   return { cos, sin };

@@ -1,8 +1,10 @@
 /**
  * Routers in float64: which experts a token goes to and with what weights. Implemented: the
  * softmax top-k router (softmax over all experts, the k most probable, optionally renormalised to
- * sum to one, times a scale). The other described routers (sigmoid scores, selection bias, expert
- * groups, softmax after top-k, sparsemixer, capacity) are not implemented here yet.
+ * sum to one, times a scale; or, gpt-oss, the k largest logits with a softmax over those k), with
+ * or without a router bias (added to the logits by the caller); sparsemixer is sparsemixer.ts.
+ * The other described routers (sigmoid scores, selection bias, expert groups, capacity) are not
+ * implemented here yet.
  *
  * @module
  */
@@ -23,8 +25,6 @@ export type SoftmaxTopKRouter = Extract<RouterSpec, { kind: "topk" }>;
 export function checkRouter(spec: RouterSpec): SoftmaxTopKRouter {
   if (spec.kind !== "topk") throw notImplemented(`router kind "${spec.kind}"`);
   if (spec.scoring !== "softmax") throw notImplemented(`router scoring "${spec.scoring}"`);
-  if (spec.softmaxAfterTopK) throw notImplemented("a router with softmax after top-k");
-  if (spec.bias) throw notImplemented("a router bias");
   if (spec.selectionBias) throw notImplemented("a router selection bias");
   if (spec.groups) throw notImplemented("group-limited routing");
   return spec;
@@ -34,15 +34,16 @@ export function checkRouter(spec: RouterSpec): SoftmaxTopKRouter {
  * Routes one token from its router logits: softmax over all experts, the `topK` most probable
  * (ties go to the lower expert index, which is what torch.topk returns on CPU in practice; the
  * order among exact ties is not specified by torch), weights renormalised to sum to one when
- * `normTopK`, then multiplied by `scale`.
+ * `normTopK`, then multiplied by `scale`. `softmaxAfterTopK`: the `topK` largest logits, weights
+ * a softmax over those (then `scale`).
  */
 export function route(
   logits: Float64Array,
   topK: number,
-  router: Pick<SoftmaxTopKRouter, "normTopK" | "scale">,
+  router: Pick<SoftmaxTopKRouter, "normTopK" | "scale"> & { softmaxAfterTopK?: boolean },
 ): Routing {
   const p = Float64Array.from(logits);
-  softmax(p);
+  if (!router.softmaxAfterTopK) softmax(p);
   const taken = new Uint8Array(p.length);
   const experts: number[] = [];
   const weights: number[] = [];
@@ -55,7 +56,11 @@ export function route(
     experts.push(best);
     weights.push(p[best]);
   }
-  if (router.normTopK) {
+  if (router.softmaxAfterTopK) {
+    const chosen = Float64Array.from(weights);
+    softmax(chosen);
+    chosen.forEach((w, j) => weights[j] = w);
+  } else if (router.normTopK) {
     const sum = weights.reduce((a, b) => a + b, 0);
     for (let j = 0; j < topK; j++) weights[j] /= sum;
   }

@@ -9,6 +9,7 @@
  */
 
 import type { ExpertReport } from "../../schemas/artifact.ts";
+import { MXFP4_WIDTH } from "../../schemas/packing.ts";
 import { keyString, type TensorKey } from "../../schemas/tensors.ts";
 import type { MatrixName } from "../../schemas/model.ts";
 import type { CalibrationData } from "../calibration.ts";
@@ -155,6 +156,7 @@ export async function emitCompiled(
       return { storage: storage.storage };
     }
     const bits = allocation.bits[slot.moeLayer][slot.expert.index];
+    if (bits === MXFP4_WIDTH) return { storage: "mxfp4", released: p.ref.readMxfp4 !== undefined };
     const enc: TensorEncoding = {
       storage: "q",
       bits,

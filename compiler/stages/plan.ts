@@ -7,7 +7,14 @@
 
 import type { FloatStorage } from "../../schemas/artifact.ts";
 import { UsageError } from "../../schemas/errors.ts";
-import { isQuantBits, QUANT_BITS, type QuantBits } from "../../schemas/packing.ts";
+import {
+  EXPERT_WIDTHS,
+  type ExpertWidth,
+  isExpertWidth,
+  MXFP4_WIDTH,
+  QUANT_BITS,
+  type QuantBits,
+} from "../../schemas/packing.ts";
 import type { ModelIR } from "../ir.ts";
 import type { AllocatorName } from "../passes/mod.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
@@ -46,7 +53,10 @@ export interface CompileOptions {
   seed?: number;
   /** Widths of order-based allocators (default: the two around the target). */
   levels?: number[];
-  /** Candidate widths of the budget allocator (default [2, 3, 4]). */
+  /**
+   * Candidate widths of the budget allocator (default [2, 3, 4], plus MXFP4_WIDTH when the
+   * checkpoint's experts are an MXFP4 release).
+   */
   widths?: number[];
   /**
    * What the budget allocator minimises per expert and width: "layer" (default with calibration)
@@ -83,7 +93,7 @@ export interface CompilePlan {
   zeta: number;
   seed: number;
   levels?: number[];
-  widths: QuantBits[];
+  widths: ExpertWidth[];
   budgetCost?: BudgetCost;
   maxBytes?: number;
   init?: ModelIR;
@@ -108,8 +118,10 @@ export function resolvePlan(ir: ModelIR, opts: CompileOptions): CompilePlan {
       throw new UsageError(`expert bits ${experts.average} is outside [${lo}, ${hi}]`);
     }
   }
-  const widths = (opts.widths ?? [2, 3, 4]).map((b) => {
-    if (!isQuantBits(b)) throw new UsageError(`widths: ${b} is not one of ${QUANT_BITS}`);
+  // An MXFP4 release's experts are a free candidate: kept as released, they cost no error.
+  const released = ir.tensors.some((t) => t.expert >= 0 && t.ref.readMxfp4 !== undefined);
+  const widths = (opts.widths ?? (released ? [2, 3, 4, MXFP4_WIDTH] : [2, 3, 4])).map((b) => {
+    if (!isExpertWidth(b)) throw new UsageError(`widths: ${b} is not one of ${EXPERT_WIDTHS}`);
     return b;
   });
   const allocator = opts.allocator ?? "paper";

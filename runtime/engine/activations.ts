@@ -8,6 +8,7 @@
 
 import type { GqaAttentionSpec, ModelSpec } from "../../schemas/model.ts";
 import { ropeTable } from "../kernels/attention.ts";
+import { ropeFrequencies } from "../../schemas/rope_frequencies.ts";
 import { storageBuffer } from "../kernels/kernel.ts";
 
 /** The per-forward activation buffers (f32 unless noted), [tokens, width] row-major. */
@@ -151,10 +152,14 @@ export class RopeTables {
   /** The table of an attention block (RoPE over the whole head; see support.ts). */
   for(a: GqaAttentionSpec): GPUBuffer {
     if (a.position.kind !== "rope") throw new Error("attention without RoPE");
-    const key = `${a.headDim}/${a.position.theta}`;
+    const p = a.position;
+    const key = `${a.headDim}/${p.theta}${
+      p.scaling.kind === "none" ? "" : JSON.stringify(p.scaling)
+    }`;
     let table = this.#tables.get(key);
     if (!table) {
-      const data = ropeTable(a.headDim, a.position.theta, this.#positions);
+      const scaled = p.scaling.kind === "none" ? undefined : ropeFrequencies(p);
+      const data = ropeTable(a.headDim, p.theta, this.#positions, scaled);
       table = storageBuffer(this.#device, data.byteLength, `rope.${key}`, data);
       this.#tables.set(key, table);
     }

@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { MlpSpec } from "../../schemas/model.ts";
+import type { MlpSpec, MoeFfnSpec } from "../../schemas/model.ts";
 import {
   type AttentionKey,
   attentionPrefillSource,
@@ -21,6 +21,7 @@ import {
 } from "../kernels/attention.ts";
 import { combineSource, type RoutingKey } from "../kernels/moe.ts";
 import { swigluSource } from "../kernels/ops.ts";
+import { clampedSwigluSource, expertBiasSource } from "../kernels/expert_extras.ts";
 import type { KvCache } from "./activations.ts";
 import type { PlanBuilder } from "./plan.ts";
 import type { AttentionWeights, DenseWeights, MlpWeights, MoeWeights } from "./weights.ts";
@@ -39,9 +40,8 @@ export function attentionBlock(
   const { acts } = plan;
   const a = w.spec;
   const shape = { numHeads: a.numHeads, numKvHeads: a.numKvHeads, headDim: a.headDim };
-  const H = plan.ctx.spec.hiddenSize;
   const ropeAndCache = { rope, kCache: cache.keys, vCache: cache.values };
-  plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, H, 1, w.norm.eps);
+  plan.preNorm(w.norm, w.normWeight, w.normBias);
 
   let q: GPUBuffer, qStride: number;
   if (w.qkv.kind === "stacked") {
@@ -75,8 +75,11 @@ export function attentionBlock(
     qStride = a.numHeads * a.headDim;
   }
 
-  attend(plan, { ...shape, qStride, scale: a.scale }, q, cache);
-  plan.matmul(w.o, acts.attention, acts.hidden, { accumulate: true, scale: residualScale });
+  const key = { ...shape, qStride, scale: a.scale, sinks: a.sinks, window: a.slidingWindow };
+  attend(plan, key, q, cache, w.sinks);
+  // The output bias was uploaded × residualScale (the kernel adds it after the scale).
+  const o = { accumulate: true, scale: residualScale, bias: w.oBias };
+  plan.matmul(w.o, acts.attention, acts.hidden, o);
 }
 
 /**
@@ -84,8 +87,20 @@ export function attentionBlock(
  * lanes; more tokens (prefill) use the query-tiled kernel, which loads each key/value once per
  * query tile. A prefill plan records both; the one that does not apply gets zero workgroups.
  */
-function attend(plan: PlanBuilder, key: AttentionKey, q: GPUBuffer, cache: KvCache): void {
-  const buffers = { q, kCache: cache.keys, vCache: cache.values, out: plan.acts.attention };
+function attend(
+  plan: PlanBuilder,
+  key: AttentionKey,
+  q: GPUBuffer,
+  cache: KvCache,
+  sinks?: GPUBuffer,
+): void {
+  const buffers: Record<string, GPUBuffer> = {
+    q,
+    kCache: cache.keys,
+    vCache: cache.values,
+    out: plan.acts.attention,
+  };
+  if (sinks) buffers.sinks = sinks;
   const none: [number, number, number] = [0, 0, 0];
   if (!plan.prefill) {
     plan.dispatch(attentionSource(key), buffers, (T) => [key.numHeads, T, 1]);
@@ -109,26 +124,37 @@ export function moeBlock(plan: PlanBuilder, w: MoeWeights, residualScale: number
   const { acts } = plan;
   const f = w.spec;
   const H = plan.ctx.spec.hiddenSize, I = f.expert.intermediate, K = f.topK;
-  if (f.router.kind !== "topk") throw new Error(`unchecked router ${f.router.kind}`);
-  const routing: RoutingKey = {
-    numExperts: f.numExperts,
-    topK: K,
-    normTopK: f.router.normTopK,
-    scale: f.router.scale,
-  };
-  plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, H, 1, w.norm.eps);
-  plan.matmul(w.router, acts.normed, acts.routerLogits);
+  const routing = routingKey(f);
+  plan.preNorm(w.norm, w.normWeight, w.normBias);
+  plan.matmul(w.router, acts.normed, acts.routerLogits, { bias: w.routerBias });
   plan.route(routing);
 
   const ex = w.experts;
+  const bias = (which: "gate" | "up" | "down", y: GPUBuffer, width: number) => {
+    const b = w.expertBiases?.[which];
+    if (!b) return;
+    const src = expertBiasSource(width, K);
+    plan.elementwise(src, { y, bias: b, expertIds: acts.expertIds }, width, (T) => T * K);
+  };
   if (ex.kind === "stacked") {
     plan.expertMatmuls(ex.gateUp, acts.normed, acts.mlpGate, "token", routing, true);
   } else {
     plan.expertMatmuls(ex.gate, acts.normed, acts.mlpGate, "token", routing);
     plan.expertMatmuls(ex.up, acts.normed, acts.mlpUp, "token", routing);
-    swiglu(plan, I, K);
+    bias("gate", acts.mlpGate, I);
+    bias("up", acts.mlpUp, I);
+    const act = f.expert.activation;
+    if (act.kind === "swiglu_clamped") {
+      plan.elementwise(
+        clampedSwigluSource(I, K, act.limit, act.alpha),
+        { gate: acts.mlpGate, up: acts.mlpUp },
+        I,
+        (T) => T * K,
+      );
+    } else swiglu(plan, I, K);
   }
   plan.expertMatmuls(ex.down, acts.mlpGate, acts.expertOut, "slot", routing);
+  bias("down", acts.expertOut, H);
 
   const sharedBuffers: Record<string, GPUBuffer> = {};
   if (w.shared) {
@@ -153,10 +179,22 @@ export function moeBlock(plan: PlanBuilder, w: MoeWeights, residualScale: number
   );
 }
 
+/** The routing kernels' key of a MoE block's router (support.ts refused the others). */
+function routingKey(f: MoeFfnSpec): RoutingKey {
+  const r = f.router;
+  const base = { numExperts: f.numExperts, topK: f.topK };
+  if (r.kind === "sparsemixer") {
+    return { ...base, normTopK: false, scale: 1, sparsemixer: r.jitter };
+  }
+  if (r.kind !== "topk") throw new Error(`unchecked router ${r.kind}`);
+  // The top-k logits' softmax equals the full softmax renormalised over the top k.
+  return { ...base, normTopK: r.normTopK || r.softmaxAfterTopK, scale: r.scale };
+}
+
 /** Dense feed-forward: norm → gate/up + SwiGLU → down projection added to the residual. */
 export function denseBlock(plan: PlanBuilder, w: DenseWeights, residualScale: number): void {
   const { acts } = plan;
-  plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, plan.ctx.spec.hiddenSize, 1, w.norm.eps);
+  plan.preNorm(w.norm, w.normWeight, w.normBias);
   mlpActivation(plan, w.mlp, w.spec.mlp);
   plan.matmul(w.mlp.down, acts.mlpGate, acts.hidden, { accumulate: true, scale: residualScale });
 }

@@ -11,8 +11,9 @@
  * @module
  */
 
-import type { ModelSpec } from "../../schemas/model.ts";
+import type { ModelSpec, NormSpec } from "../../schemas/model.ts";
 import type { KernelSource } from "../kernels/kernel.ts";
+import { layerNormSource } from "../kernels/layer_norm.ts";
 import { matmulGroups, type MatmulKey, matmulSource } from "../kernels/matmul.ts";
 import { routeListsSource, routerSource, type RoutingKey } from "../kernels/moe.ts";
 import { elementGroups, embedSource, EW, rmsNormSource } from "../kernels/ops.ts";
@@ -206,6 +207,23 @@ export class PlanBuilder {
   }
 
   /**
+   * A block's (or the final) norm of acts.hidden into acts.normed, RMSNorm or LayerNorm (+ bias)
+   * as `norm` says; `lastToken`: only the last token's row, written to row 0.
+   */
+  preNorm(norm: NormSpec, weight: GPUBuffer, bias?: GPUBuffer, lastToken = false): void {
+    const { hidden, normed } = this.acts;
+    const H = this.ctx.spec.hiddenSize;
+    if (norm.kind === "rms") {
+      this.rmsNorm(hidden, weight, normed, H, 1, norm.eps, lastToken);
+      return;
+    }
+    const src = layerNormSource({ width: H, eps: norm.eps, bias: !!bias, lastOnly: lastToken });
+    const buffers: Record<string, GPUBuffer> = { x: hidden, w: weight, out: normed };
+    if (bias) buffers.b = bias;
+    this.dispatch(src, buffers, (T) => [lastToken ? 1 : T, 1, 1]);
+  }
+
+  /**
    * RMSNorm of `rowsPerToken` rows of `width` per token, into `out` or in place (out null);
    * `lastToken`: only the last token's row, written to row 0.
    */
@@ -266,13 +284,13 @@ export function buildPlan(
   });
 
   if (logits === "none") return plan.dispatches;
-  const eps = spec.decoder.finalNorm.eps;
+  const final = spec.decoder.finalNorm;
   const head = { scale: spec.head.scale, bias: weights.headBias };
   if (logits === "all") {
-    plan.rmsNorm(acts.hidden, weights.finalNorm, acts.normed, H, 1, eps);
+    plan.preNorm(final, weights.finalNorm, weights.finalNormBias);
     plan.matmul(weights.head, acts.normed, acts.logits, head);
   } else {
-    plan.rmsNorm(acts.hidden, weights.finalNorm, acts.normed, H, 1, eps, true);
+    plan.preNorm(final, weights.finalNorm, weights.finalNormBias, true);
     plan.matmul(weights.head, acts.normed, acts.logits, { ...head, lastToken: true });
   }
   return plan.dispatches;

@@ -3,10 +3,12 @@
  * uses any other variant is refused with an UnsupportedError naming the variant and where it is,
  * before any weight is read.
  *
- * Implemented: decoder-only stacks of RMSNorm pre-norm blocks; GQA attention (causal, RoPE
- * half-split over the whole head, unscaled frequencies; q/k/v biases, q/k RMSNorm per head or
- * full width, q/k/v clamp, any attention scale; no output bias); dense and MoE SwiGLU MLPs without
- * biases; softmax top-k routing (renormalised or not, scaled); shared experts, gated or not;
+ * Implemented: decoder-only stacks of RMSNorm or LayerNorm (+ bias) pre-norm blocks; GQA
+ * attention (causal, RoPE half-split over the whole head, unscaled or YaRN frequencies; q/k/v and
+ * output biases, q/k RMSNorm per head or full width, q/k/v clamp, any attention scale, sinks,
+ * sliding windows); dense and MoE SwiGLU MLPs without biases, routed experts also with biases and
+ * the clamped SwiGLU; softmax top-k routing (renormalised or not, scaled, or softmax after top-k,
+ * with or without a router bias) and PhiMoE's sparsemixer; shared experts, gated or not;
  * the embedding, residual and head multipliers, tied or untied head, head bias.
  *
  * @module
@@ -30,12 +32,15 @@ export function checkSupported(spec: ModelSpec): void {
   };
   if (spec.encoder) refuse("encoder–decoder models", "encoder stack");
   const norm = (n: NormSpec, where: string) => {
-    if (n.kind !== "rms") refuse(`${n.kind} norms`, where);
-    if (n.bias) refuse("norm biases", where);
+    if (n.kind === "rms" && n.bias) refuse("RMSNorm biases", where);
   };
-  const mlp = (m: MlpSpec, where: string) => {
-    if (m.activation.kind !== "swiglu") refuse(`the ${m.activation.kind} activation`, where);
-    if (m.bias) refuse("MLP biases", where);
+  /** Routed experts may also have biases and the clamped SwiGLU (gpt-oss). */
+  const mlp = (m: MlpSpec, where: string, routed = false) => {
+    const act = m.activation.kind;
+    if (act !== "swiglu" && !(routed && act === "swiglu_clamped")) {
+      refuse(`the ${act} activation`, where);
+    }
+    if (m.bias && !routed) refuse("MLP biases", where);
   };
   spec.decoder.layers.forEach((layer, l) => {
     for (const block of layer.blocks) {
@@ -55,7 +60,7 @@ export function checkSupported(spec: ModelSpec): void {
             break;
           }
           router(ffn.router, where, refuse);
-          mlp(ffn.expert, `${where}, routed experts`);
+          mlp(ffn.expert, `${where}, routed experts`, true);
           if (ffn.shared) mlp(ffn.shared.mlp, `${where}, shared expert`);
         }
       }
@@ -76,11 +81,11 @@ function attention(
   if (a.numHeads % a.numKvHeads !== 0) {
     refuse(`${a.numHeads} heads over ${a.numKvHeads} KV heads`, where);
   }
-  if (a.outBias) refuse("an attention output bias", where);
-  if (a.sinks) refuse("attention sinks", where);
-  if (a.slidingWindow !== null) refuse("sliding-window attention", where);
   if (!a.causal) refuse("bidirectional attention", where);
-  if (a.qkNorm !== "none") norm(a.qkNormSpec, `${where}, q/k norm`);
+  if (a.qkNorm !== "none") {
+    norm(a.qkNormSpec, `${where}, q/k norm`);
+    if (a.qkNormSpec.kind !== "rms") refuse(`${a.qkNormSpec.kind} q/k norms`, where);
+  }
   const p = a.position;
   if (p.kind === "none") refuse("attention without positions", where);
   if (p.kind === "relative_bias") refuse("relative position bias", where);
@@ -89,15 +94,16 @@ function attention(
   if (p.rotaryDim !== a.headDim) {
     refuse(`partial RoPE (${p.rotaryDim} of ${a.headDim} dims)`, where);
   }
-  if (p.scaling.kind !== "none") refuse(`${p.scaling.kind} RoPE scaling`, where);
+  if (p.scaling.kind !== "none" && p.scaling.kind !== "yarn") {
+    refuse(`${p.scaling.kind} RoPE scaling`, where);
+  }
   if (a.headDim % 2 !== 0) refuse(`odd head size ${a.headDim}`, where);
 }
 
 function router(r: RouterSpec, where: string, refuse: Refuse): void {
+  if (r.kind === "sparsemixer") return;
   if (r.kind !== "topk") return refuse(`${r.kind} routing`, where);
   if (r.scoring !== "softmax") refuse(`${r.scoring} router scoring`, where);
-  if (r.softmaxAfterTopK) refuse("softmax-after-top-k routing", where);
-  if (r.bias) refuse("router biases", where);
   if (r.selectionBias) refuse("router selection biases", where);
   if (r.groups) refuse("group-limited routing", where);
 }

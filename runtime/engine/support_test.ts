@@ -36,22 +36,44 @@ function oneLayer(
   ]], extra);
 }
 
-Deno.test("checkSupported accepts the four families' shapes and the multipliers", () => {
+Deno.test("checkSupported accepts the families' shapes, the multipliers, LayerNorm, sparsemixer", () => {
   for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE]) checkSupported(spec);
   checkSupported(oneLayer({ qkNorm: "head", clipQkv: 8, scale: 0.25 }));
   checkSupported(oneLayer({ qkNorm: "full", qkvBias: true }, {
     router: topkRouter({ normTopK: false, scale: 2.5 }),
     shared: { mlp: mlp(12), gated: false },
   }, { embedScale: 12, head: { tied: false, scale: 1 / 6, bias: true } }));
+  // PhiMoE: LayerNorms with biases, attention output bias, sparsemixer routing.
+  const layer = { kind: "layer", eps: 1e-5, bias: true } as const;
+  const phi = oneLayer({ qkvBias: true, outBias: true }, {
+    router: { kind: "sparsemixer", jitter: 0.01 },
+  });
+  for (const b of phi.decoder.layers[0].blocks) b.norm = layer;
+  checkSupported({ ...phi, decoder: { ...phi.decoder, finalNorm: layer } });
+  // gpt-oss: sinks, a window, YaRN, a biased router with softmax after top-k, biased clamped
+  // SwiGLU experts.
+  const yarn = {
+    kind: "yarn",
+    factor: 32,
+    originalMaxPositions: 4096,
+    betaFast: 32,
+    betaSlow: 1,
+    attentionFactor: 1.35,
+    truncate: false,
+  } as const;
+  checkSupported(oneLayer(
+    { sinks: true, slidingWindow: 4, outBias: true, position: { ...rope(1e4, 4), scaling: yarn } },
+    {
+      router: topkRouter({ softmaxAfterTopK: true, bias: true, normTopK: false }),
+      expert: mlp(8, { kind: "swiglu_clamped", limit: 7, alpha: 1.702 }, true),
+    },
+  ));
 });
 
 const REFUSED: [string, ModelSpec, string][] = [
   ["encoder–decoder", SWITCH_LIKE, "encoder–decoder models (encoder stack)"],
   ["MLA", MLA_LIKE, "multi-head latent attention (MLA) (decoder layer 0 attention block)"],
-  ["sinks", oneLayer({ sinks: true }), "attention sinks"],
-  ["sliding window", oneLayer({ slidingWindow: 4 }), "sliding-window attention"],
   ["bidirectional", oneLayer({ causal: false }), "bidirectional attention"],
-  ["output bias", oneLayer({ outBias: true }), "an attention output bias"],
   ["no positions", oneLayer({ position: { kind: "none" } }), "attention without positions"],
   ["partial RoPE", oneLayer({ position: rope(1e4, 2) }), "partial RoPE (2 of 4 dims)"],
   [
@@ -65,19 +87,18 @@ const REFUSED: [string, ModelSpec, string][] = [
     "linear RoPE scaling",
   ],
   [
-    "LayerNorm",
+    "RMSNorm bias",
     oneLayer({}, {}, {
-      decoder: { ...MIXTRAL_LIKE.decoder, finalNorm: { kind: "layer", eps: 1e-5, bias: true } },
+      decoder: { ...MIXTRAL_LIKE.decoder, finalNorm: { kind: "rms", eps: 1e-5, bias: true } },
     }),
-    "layer norms (decoder final norm)",
+    "RMSNorm biases (decoder final norm)",
+  ],
+  [
+    "LayerNorm q/k norm",
+    oneLayer({ qkNorm: "head", qkNormSpec: { kind: "layer", eps: 1e-5, bias: false } }),
+    "layer q/k norms",
   ],
   ["sigmoid router", oneLayer({}, { router: topkRouter({ scoring: "sigmoid" }) }), "sigmoid"],
-  [
-    "softmax after top-k",
-    oneLayer({}, { router: topkRouter({ softmaxAfterTopK: true }) }),
-    "softmax-after-top-k routing",
-  ],
-  ["router bias", oneLayer({}, { router: topkRouter({ bias: true }) }), "router biases"],
   [
     "selection bias",
     oneLayer({}, { router: topkRouter({ selectionBias: true }) }),
@@ -88,15 +109,20 @@ const REFUSED: [string, ModelSpec, string][] = [
     oneLayer({}, { router: topkRouter({ groups: { count: 2, keep: 1, score: "max" } }) }),
     "group-limited routing",
   ],
-  ["sparsemixer", oneLayer({}, { router: { kind: "sparsemixer", jitter: 0.01 } }), "sparsemixer"],
   ["capacity", oneLayer({}, { router: { kind: "capacity", capacity: 4 } }), "capacity routing"],
   [
-    "clamped SwiGLU",
-    oneLayer({}, { expert: mlp(8, { kind: "swiglu_clamped", limit: 7, alpha: 1.702 }) }),
-    "the swiglu_clamped activation (decoder layer 0 ffn block, routed experts)",
+    "clamped SwiGLU shared expert",
+    oneLayer({}, {
+      shared: { mlp: mlp(8, { kind: "swiglu_clamped", limit: 7, alpha: 1.702 }), gated: false },
+    }),
+    "the swiglu_clamped activation (decoder layer 0 ffn block, shared expert)",
   ],
   ["GeGLU", oneLayer({}, { expert: mlp(8, { kind: "geglu" }) }), "the geglu activation"],
-  ["MLP bias", oneLayer({}, { expert: mlp(8, { kind: "swiglu" }, true) }), "MLP biases"],
+  [
+    "shared expert bias",
+    oneLayer({}, { shared: { mlp: mlp(8, { kind: "swiglu" }, true), gated: false } }),
+    "MLP biases",
+  ],
   [
     "ReLU shared expert",
     oneLayer({}, { shared: { mlp: mlp(8, { kind: "relu" }), gated: false } }),
@@ -117,7 +143,7 @@ for (const [label, spec, variant] of REFUSED) {
 
 Deno.test("createWebGpuEngine refuses an unsupported artifact at load, before any device", async () => {
   for (
-    const spec of [MLA_LIKE, SWITCH_LIKE, oneLayer({ sinks: true }, {}, { family: "gpt_oss" })]
+    const spec of [MLA_LIKE, SWITCH_LIKE, oneLayer({ position: rope(1e4, 2) }, {}, { family: "t" })]
   ) {
     const artifact = await openArtifactBytes(buildArtifact(spec));
     await assert.rejects(() => createWebGpuEngine(artifact), UnsupportedError);

@@ -84,11 +84,17 @@ export interface AttentionWeights {
   kind: "attention";
   norm: NormSpec;
   normWeight: GPUBuffer;
+  /** LayerNorm's bias, when it has one. */
+  normBias?: GPUBuffer;
   spec: GqaAttentionSpec;
   qkv: QkvWeights;
   qNorm?: GPUBuffer;
   kNorm?: GPUBuffer;
   o: WeightSet;
+  /** The output projection's bias × the layer's residual scale. */
+  oBias?: GPUBuffer;
+  /** [nh] sink logits (gpt-oss). */
+  sinks?: GPUBuffer;
 }
 
 /** A MoE feed-forward block's weights. */
@@ -96,9 +102,15 @@ export interface MoeWeights {
   kind: "moe";
   norm: NormSpec;
   normWeight: GPUBuffer;
+  /** LayerNorm's bias, when it has one. */
+  normBias?: GPUBuffer;
   spec: MoeFfnSpec;
   router: WeightSet;
+  /** [E] router bias (gpt-oss). */
+  routerBias?: GPUBuffer;
   experts: ExpertWeights;
+  /** Routed experts' biases, each [E, rows of the matrix] (gpt-oss). */
+  expertBiases?: Record<"gate" | "up" | "down", GPUBuffer>;
   shared?: MlpWeights;
   /** The shared expert's gate row [1, H] (when the shared expert is gated). */
   sharedGate?: WeightSet;
@@ -109,6 +121,8 @@ export interface DenseWeights {
   kind: "dense";
   norm: NormSpec;
   normWeight: GPUBuffer;
+  /** LayerNorm's bias, when it has one. */
+  normBias?: GPUBuffer;
   spec: DenseFfnSpec;
   mlp: MlpWeights;
 }
@@ -127,6 +141,7 @@ export interface ModelWeights {
   embed: WeightSet;
   layers: LayerWeights[];
   finalNorm: GPUBuffer;
+  finalNormBias?: GPUBuffer;
   /** The embedding when tied. */
   head: WeightSet;
   headBias?: GPUBuffer;
@@ -182,7 +197,9 @@ export async function uploadWeights(
       switch (block.kind) {
         case "attention":
           if (block.attention.kind !== "gqa") throw new Error("MLA passed support.ts");
-          blocks.push(await loader.attention(l, block.norm, block.attention, opts));
+          blocks.push(
+            await loader.attention(l, block.norm, block.attention, opts, layer.residualScale),
+          );
           break;
         case "ffn":
           blocks.push(
@@ -198,11 +215,12 @@ export async function uploadWeights(
     layers.push({ blocks, residualScale: layer.residualScale });
   }
   const finalNorm = await loader.vector(at(-1, "final_norm"), [H]);
+  const finalNormBias = await loader.normBias(at(-1, "final_norm_bias"), spec.decoder.finalNorm);
   const head = spec.head.tied ? embed : await loader.matrix(at(-1, "lm_head"), [spec.vocabSize, H]);
   const headBias = spec.head.bias
     ? await loader.vector(at(-1, "lm_head_bias"), [spec.vocabSize])
     : undefined;
-  return { embed, layers, finalNorm, head, headBias, bytes: loader.bytes };
+  return { embed, layers, finalNorm, finalNormBias, head, headBias, bytes: loader.bytes };
 }
 
 /** Reads records by key and uploads them, counting the bytes. */
@@ -274,6 +292,11 @@ class WeightLoader {
     return this.#buffer(v, t.name);
   }
 
+  /** A norm's bias vector at `key`, when the norm has one. */
+  async normBias(key: TensorKey, norm: NormSpec): Promise<GPUBuffer | undefined> {
+    return norm.bias ? await this.vector(key, [this.#spec.hiddenSize]) : undefined;
+  }
+
   /** Several vectors concatenated (the bias of a stacked projection). */
   async concatenated(parts: [TensorKey, number][]): Promise<GPUBuffer> {
     const all = new Float32Array(parts.reduce((a, [, n]) => a + n, 0));
@@ -308,6 +331,7 @@ class WeightLoader {
     norm: NormSpec,
     a: GqaAttentionSpec,
     opts: UploadOptions,
+    residualScale = 1,
   ): Promise<AttentionWeights> {
     const H = this.#spec.hiddenSize;
     const key = (role: string): TensorKey => ({ stack: "decoder", layer, expert: -1, role });
@@ -344,11 +368,14 @@ class WeightLoader {
       kind: "attention",
       norm,
       normWeight: await this.vector(key("attn_norm"), [H]),
+      normBias: await this.normBias(key("attn_norm_bias"), norm),
       spec: a,
       qkv,
       qNorm: a.qkNorm !== "none" ? await this.vector(key("attn_q_norm"), [qNormWidth]) : undefined,
       kNorm: a.qkNorm !== "none" ? await this.vector(key("attn_k_norm"), [kNormWidth]) : undefined,
       o: await this.matrix(key("attn_o"), [H, qRows]),
+      oBias: a.outBias ? await this.vector(key("attn_o_bias"), [H], residualScale) : undefined,
+      sinks: a.sinks ? await this.vector(key("attn_sinks"), [a.numHeads]) : undefined,
     };
   }
 
@@ -364,6 +391,7 @@ class WeightLoader {
       kind: "dense",
       norm,
       normWeight,
+      normBias: await this.normBias({ ...key, role: "ffn_norm_bias" }, norm),
       spec: f,
       mlp: await this.mlp(layer, "dense", f.mlp, opts),
     };
@@ -416,7 +444,7 @@ class WeightLoader {
         (_, e) => this.need(key(`expert_${name}`, e), matrixShape(name, I, H)),
       );
     const gate = matrices("gate"), up = matrices("up"), down = matrices("down");
-    const fuse = opts.fuse &&
+    const fuse = opts.fuse && f.expert.activation.kind === "swiglu" && !f.expert.bias &&
       gate.every((g, e) => formatName(formatOf(g)) === formatName(formatOf(up[e])));
     const experts: ExpertWeights = fuse
       ? {
@@ -434,14 +462,35 @@ class WeightLoader {
       kind: "moe",
       norm,
       normWeight: await this.vector(key("ffn_norm"), [H]),
+      normBias: await this.normBias(key("ffn_norm_bias"), norm),
       spec: f,
       router: await this.matrix(key("router"), [E, H]),
+      routerBias: f.router.kind === "topk" && f.router.bias
+        ? await this.vector(key("router_bias"), [E])
+        : undefined,
       experts,
+      expertBiases: f.expert.bias ? await this.expertBiases(layer, f) : undefined,
       shared: f.shared ? await this.mlp(layer, "shared", f.shared.mlp, opts) : undefined,
       sharedGate: f.shared?.gated
         ? await this.matrix(key("shared_expert_gate"), [1, H])
         : undefined,
     };
+  }
+
+  /** The routed experts' biases, each role's E vectors concatenated into one [E, n] buffer. */
+  async expertBiases(
+    layer: number,
+    f: MoeFfnSpec,
+  ): Promise<Record<"gate" | "up" | "down", GPUBuffer>> {
+    const I = f.expert.intermediate, H = this.#spec.hiddenSize;
+    const all = (name: string, n: number) =>
+      this.concatenated(
+        Array.from({ length: f.numExperts }, (_, e): [TensorKey, number] => [
+          { stack: "decoder", layer, expert: e, role: `expert_${name}_bias` },
+          n,
+        ]),
+      );
+    return { gate: await all("gate", I), up: await all("up", I), down: await all("down", H) };
   }
 
   /**

@@ -9,6 +9,7 @@
  * @module
  */
 
+import type { RopeFrequencies } from "../../schemas/rope_frequencies.ts";
 import { f, type KernelSource, kernelSource, u } from "./kernel.ts";
 import { EW } from "./ops.ts";
 
@@ -25,25 +26,39 @@ export interface AttentionKey extends AttentionShape {
   qStride: number;
   /** Multiplier of q·k before the softmax (1/√headDim by default in most models). */
   scale: number;
+  /**
+   * gpt-oss sinks: each head's softmax also gets the logit sinks[h] (binding "sinks", [nh]), whose
+   * probability is dropped.
+   */
+  sinks?: boolean;
+  /** Sliding window: the query at position p sees keys j > p − window only. */
+  window?: number | null;
 }
 
 /**
  * RoPE table (rotate-half pairs over the whole head): table[pos, i] = (cos, sin)(pos ·
  * invFreq[i]) for i < headDim/2, with invFreq[i] = 1 / θ^(2i/headDim) rounded to f32 step by step
- * as transformers computes it; angles and cos/sin in float64, stored as f32 pairs.
+ * as transformers computes it; angles and cos/sin in float64, stored as f32 pairs. A scaled RoPE
+ * passes its frequencies (schemas/rope_frequencies.ts): those, and cos/sin × their mscale.
  */
-export function ropeTable(headDim: number, theta: number, positions: number): Float32Array {
+export function ropeTable(
+  headDim: number,
+  theta: number,
+  positions: number,
+  scaled?: RopeFrequencies,
+): Float32Array {
   const half = headDim / 2;
   const table = new Float32Array(positions * half * 2);
-  const invFreq = Array.from(
+  const invFreq = scaled ? [...scaled.invFreq] : Array.from(
     { length: half },
     (_, i) => Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / headDim)))),
   );
+  const mscale = scaled ? scaled.mscale : 1;
   for (let p = 0; p < positions; p++) {
     for (let i = 0; i < half; i++) {
       const angle = p * invFreq[i];
-      table[(p * half + i) * 2] = Math.cos(angle);
-      table[(p * half + i) * 2 + 1] = Math.sin(angle);
+      table[(p * half + i) * 2] = Math.cos(angle) * mscale;
+      table[(p * half + i) * 2 + 1] = Math.sin(angle) * mscale;
     }
   }
   return table;
@@ -137,7 +152,27 @@ function attentionLabel(key: AttentionKey): string {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = key;
   const stride = key.qStride !== nh * hd ? `.q${key.qStride}` : "";
   const scale = Math.abs(key.scale * Math.sqrt(hd) - 1) > 1e-12 ? `.s${key.scale}` : "";
-  return `${nh}.${nkv}.${hd}${stride}${scale}`;
+  const extras = `${key.sinks ? ".sinks" : ""}${key.window ? `.w${key.window}` : ""}`;
+  return `${nh}.${nkv}.${hd}${stride}${scale}${extras}`;
+}
+
+/** The attention kernels' bindings: q, the caches, out, and the sinks when the key has them. */
+function attentionDecls(key: AttentionKey, type: string): [string, string, string?][] {
+  const decls: [string, string, string?][] = [
+    ["step", "Step", "uniform"],
+    ["q", `array<${type}>`],
+    ["kCache", `array<${type}>`],
+    ["vCache", `array<${type}>`],
+    ["out", `array<${type}>`, "storage, read_write"],
+  ];
+  if (key.sinks) decls.push(["sinks", "array<f32>"]);
+  return decls;
+}
+
+/** WGSL: the first key position the query at `pos` sees (0 without a window). */
+function firstKey(key: AttentionKey, pos: string): string {
+  const w = key.window;
+  return w ? `select(0u, ${pos} + 1u - ${u(w)}, ${pos} + 1u > ${u(w)})` : "0u";
 }
 
 /** Threads per attention workgroup for a head size (bounded by 16 KB of workgroup memory). */
@@ -149,21 +184,17 @@ export function attentionThreads(headDim: number): number {
 
 /**
  * Causal GQA attention over the KV cache: token t (position pos0 + t) of head h attends cache
- * rows 0..pos0 + t, softmax(scale · q·k) · v. Each thread keeps an online softmax over a strided
- * subset of positions; the partials merge in workgroup memory. Dispatch (numHeads, T).
+ * rows 0..pos0 + t (the last `window` of them with a window), softmax(scale · q·k) · v, the
+ * softmax's denominator also summing exp(sinks[h]) with sinks. Each thread keeps an online
+ * softmax over a strided subset of positions; the partials merge in workgroup memory. Dispatch
+ * (numHeads, T).
  */
 export function attentionSource(key: AttentionKey): KernelSource {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = key;
   const n = attentionThreads(hd);
   return kernelSource(
     `attention.${attentionLabel(key)}`,
-    [
-      ["step", "Step", "uniform"],
-      ["q", "array<f32>"],
-      ["kCache", "array<f32>"],
-      ["vCache", "array<f32>"],
-      ["out", "array<f32>", "storage, read_write"],
-    ],
+    attentionDecls(key, "f32"),
     `
 const HD = ${u(hd)};
 const THREADS = ${u(n)};
@@ -184,7 +215,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   var m = -3.0e38;
   var s = 0.0;
   var acc: array<f32, ${hd}>;
-  for (var j = li; j <= pos; j += THREADS) {
+  for (var j = ${firstKey(key, "pos")} + li; j <= pos; j += THREADS) {
     let kb = j * ${u(nkv * hd)} + kvBase;
     var score = 0.0;
     for (var d = 0u; d < HD; d++) { score += qv[d] * kCache[kb + d]; }
@@ -199,9 +230,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   laneSum[li] = s;
   for (var d = 0u; d < HD; d++) { laneAcc[li * HD + d] = acc[d]; }
   workgroupBarrier();
-  var M = -3.0e38;
+  var M = ${key.sinks ? "sinks[h]" : "-3.0e38"};
   for (var i = 0u; i < THREADS; i++) { M = max(M, laneMax[i]); }
-  var S = 0.0;
+  var S = ${key.sinks ? "exp(sinks[h] - M)" : "0.0"};
   for (var i = 0u; i < THREADS; i++) { S += laneSum[i] * exp(laneMax[i] - M); }
   for (var d = li; d < HD; d += THREADS) {
     var o = 0.0;
@@ -210,6 +241,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   }
 }`,
   );
+}
+
+/**
+ * WGSL for the prefill kernel's pair c (head h0 + r): with sinks, fold exp(sinks[h]) into the
+ * running sum s{c} and rescale to the new max (keep{c} multiplies the accumulators); else 1.
+ */
+function sinkMerge(key: AttentionKey, c: number, r: number): string {
+  if (!key.sinks) return `    let keep${c} = 1.0;`;
+  return `    let sink${c} = sinks[h0 + ${u(r)}];
+    let mx${c} = max(m${c}, sink${c});
+    let keep${c} = exp(m${c} - mx${c});
+    s${c} = s${c} * keep${c} + exp(sink${c} - mx${c});`;
 }
 
 /** How {@link attentionPrefillSource} tiles the work: query positions × heads per invocation. */
@@ -276,13 +319,7 @@ export function attentionPrefillSource(
     perD((d) => v4 ? `dot(q${c}_${d}, k${d})` : `q${c}_${d} * k${d}`, " + ");
   return kernelSource(
     `attention_prefill.${attentionLabel(key)}.t${qt}.r${rh}`,
-    [
-      ["step", "Step", "uniform"],
-      ["q", `array<${T}>`],
-      ["kCache", `array<${T}>`],
-      ["vCache", `array<${T}>`],
-      ["out", `array<${T}>`, "storage, read_write"],
-    ],
+    attentionDecls(key, T),
     `
 @compute @workgroup_size(1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>) {
@@ -302,7 +339,7 @@ ${perD((d) => `  let q${c}_${d} = q[qb${c} + ${u(d)}] * ${f(key.scale)};`)}
 ${perD((d) => `  var a${c}_${d} = ${zero};`)}`;
       })
     }
-  for (var j = 0u; j <= jEnd; j++) {
+  for (var j = ${firstKey(key, "(step.pos0 + t0)")}; j <= jEnd; j++) {
     let kb = j * ${u(nkv * n)} + g * ${u(n)};
 ${perD((d) => `    let k${d} = kCache[kb + ${u(d)}];`)}
 ${perD((d) => `    let v${d} = vCache[kb + ${u(d)}];`)}
@@ -310,7 +347,9 @@ ${
       each((i, _r, c) =>
         `    {
       let score = ${dot(c)};
-      let ok = j <= step.pos0 + t0 + ${u(i)};
+      let ok = j <= step.pos0 + t0 + ${u(i)}${
+          key.window ? ` && j + ${u(key.window)} > step.pos0 + t0 + ${u(i)}` : ""
+        };
       let mNew = select(m${c}, max(m${c}, score), ok);
       let corr = exp(m${c} - mNew);
       let p = select(0.0, exp(score - mNew), ok);
@@ -325,7 +364,8 @@ ${
       each((i, r, c) =>
         `  if (t0 + ${u(i)} < step.T) {
     let ob = (t0 + ${u(i)}) * ${u(nh * n)} + (h0 + ${u(r)}) * ${u(n)};
-${perD((d) => `    out[ob + ${u(d)}] = a${c}_${d} / s${c};`)}
+${sinkMerge(key, c, r)}
+${perD((d) => `    out[ob + ${u(d)}] = a${c}_${d} * keep${c} / s${c};`)}
   }`
       )
     }

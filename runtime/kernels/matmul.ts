@@ -27,6 +27,7 @@ import { BindingList, f, type KernelSource, nextPow2, STEP_WGSL, u } from "./ker
 import {
   addWeightBindings,
   blockCode,
+  codeValue,
   decodeFunctions,
   formatName,
   loadBlockWords,
@@ -121,7 +122,7 @@ function unitBody(format: WeightFormat, cols: number): string {
         { length: 8 },
         (_, v) =>
           `let q${v} = vec4<f32>(${
-            quads.map((i) => `f32(${blockCode(4 * v + i, bits)})`).join(", ")
+            quads.map((i) => codeValue(format, blockCode(4 * v + i, bits))).join(", ")
           });`,
       );
       const xs = Array.from(

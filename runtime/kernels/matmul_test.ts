@@ -29,6 +29,7 @@ const FORMATS: WeightFormat[] = [
       [32, 64, 0].map((groupSize) => ({ kind: "q" as const, bits, groupSize, scaleType }))
     )
   ),
+  { kind: "q", bits: 4, groupSize: 32, scaleType: "e8m0" }, // MXFP4
 ];
 
 function label(f: WeightFormat): string {
@@ -91,7 +92,9 @@ for (const format0 of FORMATS) {
   });
 }
 
-for (const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15]]) {
+for (
+  const format of [FORMATS[0], FORMATS[1], FORMATS[3], FORMATS[9], FORMATS[15], FORMATS.at(-1)!]
+) {
   Deno.test(`matmul expert ${label(format)}: sparse dispatch writes only selected slots`, async () => {
     const fmt = format.kind === "q" && format.groupSize === 0
       ? { ...format, groupSize: COLS }

@@ -12,6 +12,7 @@
 
 import { f, type KernelSource, kernelSource, u } from "./kernel.ts";
 import { EW } from "./ops.ts";
+import { sparsemixerChooseFunction } from "./sparsemixer.ts";
 
 /**
  * How tokens choose experts: softmax over the E router logits, the top k (largest first; ties go
@@ -24,9 +25,12 @@ export interface RoutingKey {
   normTopK: boolean;
   /** Multiplier of the chosen experts' weights (routed scaling factor; 1 for most models). */
   scale: number;
+  /** PhiMoE sparsemixer routing with this jitter instead (top-2; kernels/sparsemixer.ts). */
+  sparsemixer?: number;
 }
 
 function routingLabel(key: RoutingKey): string {
+  if (key.sparsemixer !== undefined) return `${key.numExperts}.sparsemixer.${key.sparsemixer}`;
   return `${key.numExperts}.${key.topK}${key.normTopK ? ".norm" : ""}${
     key.scale === 1 ? "" : `.x${key.scale}`
   }`;
@@ -37,6 +41,9 @@ function routingLabel(key: RoutingKey): string {
  * expertIds and expertWeights [t·K ..]. The one routing routine of both routing kernels.
  */
 function chooseExpertsFunction(key: RoutingKey): string {
+  if (key.sparsemixer !== undefined) {
+    return sparsemixerChooseFunction(key.numExperts, key.sparsemixer);
+  }
   const { numExperts: E, topK: K } = key;
   const weight = key.normTopK ? "chosen[k] / sum" : "chosen[k]";
   return `

@@ -42,6 +42,7 @@ const FORMATS: WeightFormat[] = [
   { kind: "q", bits: 3, groupSize: 37, scaleType: "f32" },
   { kind: "q", bits: 4, groupSize: 32, scaleType: "f32" },
   { kind: "q", bits: 8, groupSize: 37, scaleType: "f16" },
+  { kind: "q", bits: 4, groupSize: 32, scaleType: "e8m0" }, // MXFP4
 ];
 
 Deno.test("embed: every weight format, scaled, rows read from the token buffer at pos0 (rel ≤ 1e-6)", async () => {

@@ -29,6 +29,21 @@ export function randomMatrix(
     const codes = new Uint8Array(n);
     for (let i = 0; i < n; i++) codes[i] = Math.floor(rand() * (1 << format.bits));
     const ng = rows * groupsPerRow(cols, format.groupSize);
+    if (format.scaleType === "e8m0") {
+      // MXFP4: e8m0 scales 2^-9 .. 2^0, no zeros.
+      const q: QuantizedTensor = {
+        rows,
+        cols,
+        bits: 4,
+        groupSize: 32,
+        scaleType: "e8m0",
+        codes: packCodes(codes, rows, cols, 4),
+        scales: Uint8Array.from({ length: ng }, () => 118 + Math.floor(rand() * 10)),
+        zeros: new Uint8Array(0),
+      };
+      dequantize(q).forEach((v, i) => values[i] = v);
+      return { host: q, values };
+    }
     const sc = Array.from({ length: ng }, () => 0.01 + 0.05 * rand());
     const ze = Array.from({ length: ng }, () => rand() * ((1 << format.bits) - 1));
     const q: QuantizedTensor = {

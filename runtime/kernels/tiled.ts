@@ -34,6 +34,7 @@ import { BindingList, f, type KernelSource, nextPow2, STEP_WGSL, u } from "./ker
 import {
   addWeightBindings,
   blockCode,
+  codeValue,
   decodeFunctions,
   formatName,
   loadBlockWords,
@@ -151,7 +152,9 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
       lines.push(...loadBlockWords(bits, `${rowStart} + b * ${u(bits)}`));
       lines.push(`let g = gbase + ${wr} * GROUPS_PER_ROW + (b * ${u(BLOCK)}) / GROUP_SIZE;`);
       lines.push(`let s = groupScale(g);`, `let z = groupZero(g);`);
-      for (let j = 0; j < BLOCK; j++) lines.push(`let q${j} = f32(${blockCode(j, bits)});`);
+      for (let j = 0; j < BLOCK; j++) {
+        lines.push(`let q${j} = ${codeValue(format, blockCode(j, bits))};`);
+      }
       for (let tt = 0; tt < TT; tt++) {
         const dot = blockSum((j) => `q${j} * x${tt}_${j}`);
         lines.push(`${acc}${tt} += s * ((${dot}) - z * xSum${tt});`);

@@ -23,7 +23,7 @@ function stack(a: HostMatrix, b: HostMatrix): HostMatrix {
     return { raw: out };
   }
   const qa = a as QuantizedTensor, qb = b as QuantizedTensor;
-  const cat = <T extends Uint32Array | Uint16Array | Float32Array>(x: T, y: T): T => {
+  const cat = <T extends Uint32Array | Uint16Array | Float32Array | Uint8Array>(x: T, y: T): T => {
     const C = x.constructor as { new (n: number): T };
     const o = new C(x.length + y.length);
     o.set(x as never);
@@ -68,6 +68,7 @@ const FORMATS: WeightFormat[] = [
   { kind: "q", bits: 3, groupSize: COLS, scaleType: "f32" },
   { kind: "q", bits: 4, groupSize: 64, scaleType: "f16" },
   { kind: "q", bits: 8, groupSize: 32, scaleType: "f32" },
+  { kind: "q", bits: 4, groupSize: 32, scaleType: "e8m0" }, // MXFP4
 ];
 const name = (f: WeightFormat) =>
   f.kind === "q" ? `q${f.bits} g${f.groupSize} ${f.scaleType}` : f.kind;
@@ -178,7 +179,7 @@ Deno.test("route lists: top-k, weights and per-expert (token, slot) lists match 
   }
 });
 
-for (const format of [FORMATS[1], FORMATS[3], FORMATS[4]]) {
+for (const format of [FORMATS[1], FORMATS[3], FORMATS[4], FORMATS.at(-1)!]) {
   Deno.test(`tiled list ${name(format)}: experts touch only their routed rows (gate/up and down)`, async () => {
     const rand = rng(21);
     const E = 5, K = 2, cap = 8, T = 6;

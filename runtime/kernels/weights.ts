@@ -6,7 +6,8 @@
  *
  * Layout: f32 rows are padded with zeros to a multiple of 4 values (so a row can be read as
  * vec4s); f16 and bf16 values are packed two per u32 word, rows padded to whole words; quantized
- * matrices keep the packed codes, scales and zeros of schemas/packing.ts verbatim.
+ * matrices keep the packed codes, scales and zeros of schemas/packing.ts verbatim (MXFP4: its
+ * codes and e8m0 scale bytes, packed four per u32 word; no zeros).
  *
  * @module
  */
@@ -14,6 +15,8 @@
 import {
   BLOCK_CODES,
   groupsPerRow,
+  isMxfp4,
+  PARAM_BYTES,
   type QuantBits,
   type QuantizedTensor,
   type ScaleType,
@@ -28,8 +31,9 @@ export type WeightFormat =
   | { kind: "bf16" }
   | { kind: "q"; bits: QuantBits; groupSize: number; scaleType: ScaleType };
 
-/** A short stable name for a format, e.g. "f16" or "q3g64f16". */
+/** A short stable name for a format, e.g. "f16", "q3g64f16" or "mxfp4". */
 export function formatName(f: WeightFormat): string {
+  if (f.kind === "q" && isMxfp4(f)) return "mxfp4";
   return f.kind === "q" ? `q${f.bits}g${f.groupSize}${f.scaleType}` : f.kind;
 }
 
@@ -46,7 +50,10 @@ export interface WeightSet {
   cols: number;
   /** Number of matrices. */
   count: number;
-  /** In {@link weightBindings} order: float formats [weights]; quantized [weights, scales, zeros]. */
+  /**
+   * In {@link weightBindings} order: float formats [weights]; quantized [weights, scales, zeros];
+   * MXFP4 [weights, scales].
+   */
   buffers: GPUBuffer[];
   /** Bytes on the GPU. */
   bytes: number;
@@ -95,7 +102,8 @@ export function weightLayout(format: WeightFormat, rows: number, cols: number): 
 export function matrixBytes(format: WeightFormat, rows: number, cols: number): number {
   const l = weightLayout(format, rows, cols);
   if (format.kind !== "q") return l.matrixStride * 4;
-  return l.matrixStride * 4 + 2 * l.groupStride * (format.scaleType === "f16" ? 2 : 4);
+  const params = isMxfp4(format) ? 1 : 2;
+  return l.matrixStride * 4 + params * l.groupStride * PARAM_BYTES[format.scaleType];
 }
 
 /**
@@ -113,6 +121,21 @@ export function uploadWeightSet(
 ): WeightSet {
   const l = weightLayout(format, rows, cols);
   const n = mats.length;
+  if (format.kind === "q" && isMxfp4(format)) {
+    const codes = new Uint32Array(n * l.matrixStride);
+    // e8m0 bytes are read as u32 quads: keep whole trailing words.
+    const scales = new Uint8Array(Math.ceil((n * l.groupStride) / 4) * 4 + 4);
+    mats.forEach((m, i) => {
+      if (!("codes" in m) || !isMxfp4(m)) throw new TypeError(`${label}: expected MXFP4`);
+      codes.set(m.codes, i * l.matrixStride);
+      scales.set(m.scales as Uint8Array, i * l.groupStride);
+    });
+    const buffers = [
+      storageBuffer(device, codes.byteLength, `${label}.codes`, codes),
+      storageBuffer(device, scales.byteLength, `${label}.scales`, scales),
+    ];
+    return { format, rows, cols, count: n, buffers, bytes: n * matrixBytes(format, rows, cols) };
+  }
   if (format.kind === "q") {
     const codes = new Uint32Array(n * l.matrixStride);
     const f16 = format.scaleType === "f16";
@@ -153,6 +176,7 @@ export function uploadWeightSet(
 
 /** Binding names of a weight set's buffers, in order. */
 export function weightBindings(format: WeightFormat): string[] {
+  if (format.kind === "q" && isMxfp4(format)) return ["weights", "scales"];
   return format.kind === "q" ? ["weights", "scales", "zeros"] : ["weights"];
 }
 
@@ -168,7 +192,8 @@ export function weightBuffers(set: WeightSet): Record<string, GPUBuffer> {
  */
 export function weightDecls(format: WeightFormat, f32Type: string): BindingDecl[] {
   const decls: BindingDecl[] = [["weights", format.kind === "f32" ? f32Type : "array<u32>"]];
-  if (format.kind === "q") {
+  if (format.kind === "q" && isMxfp4(format)) decls.push(["scales", "array<u32>"]);
+  else if (format.kind === "q") {
     const type = format.scaleType === "f16" ? "array<u32>" : "array<f32>";
     decls.push(["scales", type], ["zeros", type]);
   }
@@ -191,6 +216,8 @@ export function addWeightBindings(binds: BindingList, format: WeightFormat, f32T
  * - quantized: `groupScale(g)` and `groupZero(g)`, the parameters of scale group g (row-major
  *   [rows, groupsPerRow], counted from the start of the set); a value is (f32(code) − zero) ·
  *   scale, the codes come from {@link blockCode}.
+ * - MXFP4: `groupScale(g)` = 2^(s − 127) from the e8m0 byte (0 for s = 0, exact: a bitcast),
+ *   `groupZero(g)` = 0 and `e2m1(code)`, the code's value; {@link codeValue} writes the call.
  * - f32 needs none.
  */
 export function decodeFunctions(format: WeightFormat): string {
@@ -204,12 +231,33 @@ export function decodeFunctions(format: WeightFormat): string {
   return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
 }`;
     case "q": {
+      if (isMxfp4(format)) return MXFP4_DECODE;
       const param = (arr: string) =>
         format.scaleType === "f16" ? `unpack2x16float(${arr}[g >> 1u])[g & 1u]` : `${arr}[g]`;
       return `fn groupScale(g: u32) -> f32 { return ${param("scales")}; }
 fn groupZero(g: u32) -> f32 { return ${param("zeros")}; }`;
     }
   }
+}
+
+/** The MXFP4 decode functions (see {@link decodeFunctions}). */
+const MXFP4_DECODE = `fn groupScale(g: u32) -> f32 {
+  let s = (scales[g >> 2u] >> ((g & 3u) * 8u)) & 0xffu;
+  return bitcast<f32>(s << 23u);
+}
+fn groupZero(g: u32) -> f32 { return 0.0; }
+fn e2m1(c: u32) -> f32 {
+  // Twice the magnitudes of codes 0..7 (0, 1, 2, 3, 4, 6, 8, 12) are the nibbles of one word.
+  let twice = f32((0xC8643210u >> ((c & 7u) << 2u)) & 15u);
+  return twice * select(0.5, -0.5, c >= 8u);
+}`;
+
+/**
+ * WGSL expression (f32) of a code's value before its group's zero and scale apply: f32(code) for
+ * the affine formats, e2m1(code) for MXFP4. Every kernel reads codes through this.
+ */
+export function codeValue(format: WeightFormat, code: string): string {
+  return format.kind === "q" && isMxfp4(format) ? `e2m1(${code})` : `f32(${code})`;
 }
 
 /**
@@ -258,7 +306,9 @@ fn weightAt(row: u32, col: u32) -> f32 {
   var code = weights[word] >> shift;
   if (shift + ${bits} > 32u) { code |= weights[word + 1u] << (32u - shift); }
   let g = row * ${u(l.groupsPerRow)} + col / ${u(format.groupSize)};
-  return (f32(code & ${u((1 << format.bits) - 1)}) - groupZero(g)) * groupScale(g);
+  return (${
+        codeValue(format, `(code & ${u((1 << format.bits) - 1)})`)
+      } - groupZero(g)) * groupScale(g);
 }`;
     }
   }

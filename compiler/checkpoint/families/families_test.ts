@@ -26,18 +26,29 @@ function attentionOf(spec: ModelSpec, l = 0): GqaAttentionSpec {
 }
 
 Deno.test("registry: one adapter per model_type, the unsupported message lists them", async () => {
-  assert.deepEqual(SUPPORTED_MODEL_TYPES, ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]);
+  assert.deepEqual(SUPPORTED_MODEL_TYPES, [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "granitemoe",
+    "phimoe",
+    "gpt_oss",
+  ]);
   assert.equal(new Set(FAMILIES.map((f) => f.modelType)).size, FAMILIES.length);
   await assertFails(
     () => parseConfig({ model_type: "gpt2" }, "c/config.json"),
     UnsupportedError,
     'c/config.json: model_type "gpt2" is not supported (supported: mixtral, qwen2_moe, ' +
-      "qwen3_moe, olmoe)",
+      "qwen3_moe, olmoe, granitemoe, phimoe, gpt_oss)",
   );
 });
 
-for (const name of FIXTURES) {
-  for (const dir of [name, `${name}-packed`]) {
+/** Fixtures without a packed twin (their experts are fused in the hub layout already). */
+const SINGLE = ["granitemoe-a", "phimoe-a", "gpt_oss-a"];
+
+for (const name of [...FIXTURES, ...SINGLE]) {
+  for (const dir of SINGLE.includes(name) ? [name] : [name, `${name}-packed`]) {
     Deno.test(`${dir}: the IR holds exactly expectedTensors(spec), in order, shapes equal`, async () => {
       const ir = await loadCheckpoint(join(ORACLE, dir));
       const want = expectedTensors(ir.spec);
@@ -71,6 +82,84 @@ Deno.test("oracle configs: the per-family features land in the description", asy
   ]);
   const olmoe = attentionOf(parseConfig(await oracleConfig("olmoe-a")));
   assert.deepEqual([olmoe.qkNorm, olmoe.clipQkv, olmoe.qkNormSpec.eps], ["full", null, 1e-5]);
+});
+
+Deno.test("granitemoe: the four multipliers and the fused expert slices", async () => {
+  const spec = parseConfig(await oracleConfig("granitemoe-a"));
+  assert.deepEqual([spec.embedScale, spec.head.scale, spec.decoder.layers[1].residualScale], [
+    12,
+    1 / 6,
+    0.22,
+  ]);
+  assert.equal(attentionOf(spec).scale, 0.25);
+  const ir = await loadCheckpoint(join(ORACLE, "granitemoe-a"));
+  const names = ir.tensors.filter((t) => t.layer === 1 && t.expert === 2).map((t) => t.ref.name);
+  assert.deepEqual(names, [
+    "model.layers.1.block_sparse_moe.input_linear.weight[2, 0:24, :]",
+    "model.layers.1.block_sparse_moe.input_linear.weight[2, 24:48, :]",
+    "model.layers.1.block_sparse_moe.output_linear.weight[2, 0:32, :]",
+  ]);
+  const bias = parseConfig({ ...(await oracleConfig("granitemoe-a")), attention_bias: true });
+  assert.deepEqual([attentionOf(bias).qkvBias, attentionOf(bias).outBias], [true, true]);
+});
+
+Deno.test("phimoe: LayerNorms with bias, attention and head biases, sparsemixer; top-k 2 only", async () => {
+  const base = await oracleConfig("phimoe-a");
+  const spec = parseConfig(base);
+  const layer = { kind: "layer", eps: 1e-5, bias: true };
+  assert.deepEqual(spec.decoder.finalNorm, layer);
+  for (const b of spec.decoder.layers[0].blocks) assert.deepEqual(b.norm, layer);
+  assert.deepEqual([attentionOf(spec).qkvBias, attentionOf(spec).outBias, spec.head.bias], [
+    true,
+    true,
+    true,
+  ]);
+  const ffn = spec.decoder.layers[0].blocks[1];
+  assert.ok(ffn.kind === "ffn" && ffn.ffn.kind === "moe");
+  assert.deepEqual(ffn.ffn.router, { kind: "sparsemixer", jitter: 0.3 });
+  const zero = parseConfig({ ...base, router_jitter_noise: 0 }).decoder.layers[0].blocks[1];
+  assert.ok(zero.kind === "ffn" && zero.ffn.kind === "moe");
+  assert.deepEqual(zero.ffn.router, { kind: "sparsemixer", jitter: 0 });
+  await assertFails(
+    () => parseConfig({ ...base, num_experts_per_tok: 3 }, "p/config.json"),
+    UnsupportedError,
+    "p/config.json: num_experts_per_tok 3 is not supported (sparsemixer routes to 2)",
+  );
+});
+
+Deno.test("gpt_oss: windows per layer_types, sinks, YaRN, biased router; MXFP4 named", async () => {
+  const base = await oracleConfig("gpt_oss-a");
+  const spec = parseConfig(base);
+  assert.deepEqual([attentionOf(spec, 0).slidingWindow, attentionOf(spec, 1).slidingWindow], [
+    4,
+    null,
+  ]);
+  const a = attentionOf(spec);
+  assert.deepEqual([a.sinks, a.qkvBias, a.outBias, a.position.kind], [true, true, true, "rope"]);
+  assert.ok(a.position.kind === "rope" && a.position.scaling.kind === "yarn");
+  assert.equal(a.position.scaling.attentionFactor, 0.1 * Math.log(32) + 1);
+  const ir = await loadCheckpoint(join(ORACLE, "gpt_oss-a"));
+  const names = ir.tensors.filter((t) => t.layer === 1 && t.expert === 3).map((t) => t.ref.name);
+  assert.deepEqual(names, [
+    "model.layers.1.mlp.experts.gate_up_proj[3, :, 0::2]ᵀ",
+    "model.layers.1.mlp.experts.gate_up_proj_bias[3, 0::2]ᵀ",
+    "model.layers.1.mlp.experts.gate_up_proj[3, :, 1::2]ᵀ",
+    "model.layers.1.mlp.experts.gate_up_proj_bias[3, 1::2]ᵀ",
+    "model.layers.1.mlp.experts.down_proj[3, :, 0::1]ᵀ",
+    "model.layers.1.mlp.experts.down_proj_bias[3, 0::1]ᵀ",
+  ]);
+  // Column 2j of expert 3's [H, 2I] block is row j of its gate matrix.
+  const file = await openSafetensors(join(ORACLE, "gpt_oss-a", "model.safetensors"));
+  const fused = await file.read("model.layers.1.mlp.experts.gate_up_proj"); // [4, 32, 48]
+  const gate = await ir.tensors.find((t) => t.layer === 1 && t.expert === 3)!.ref.read();
+  assert.equal(gate[5 * 32 + 7], fused[3 * 32 * 48 + 7 * 48 + 10]);
+  const types = { ...base, layer_types: ["full_attention", "sliding_attention"] };
+  assert.equal(attentionOf(parseConfig(types), 1).slidingWindow, 4);
+  await assertFails(
+    () => parseConfig({ ...base, quantization_config: { quant_method: "awq" } }, "g/config.json"),
+    UnsupportedError,
+    'g/config.json: quantization_config (quant_method "awq") is not read yet',
+  );
 });
 
 Deno.test("olmoe clip_qkv: read as the attention clamp; a bad value names the field", async () => {

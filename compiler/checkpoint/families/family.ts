@@ -12,18 +12,41 @@ import type { ExpectedTensor } from "../../../schemas/tensors.ts";
 import type { ConfigFields } from "../fields.ts";
 
 /**
- * How a layer's routed experts are stored: one tensor per expert and matrix ("classic"), or
- * transformers v5's fused tensors with one block per expert ("packed").
+ * How a layer's routed experts are stored: one tensor per expert and matrix ("classic"),
+ * transformers v5's fused tensors with one block per expert ("packed"), or those fused tensors
+ * released in MXFP4 as `_blocks` / `_scales` pairs ("packed-mxfp4", checkpoint/mxfp4.ts).
  */
-export type ExpertLayout = "classic" | "packed";
+export type ExpertLayout = "classic" | "packed" | "packed-mxfp4";
 
 /**
- * Where one expected tensor lives in a checkpoint: a whole tensor of the expected shape, or rows
- * `[rowStart, rowStart + rows)` of block `block` of a packed `[blocks, blockRows, cols]` tensor.
+ * Where one expected tensor lives in a checkpoint: a whole tensor of the expected shape, rows
+ * `[rowStart, rowStart + rows)` of block `block` of a packed `[blocks, blockRows, cols]` tensor,
+ * or columns `start, start + step, …` of block `block` of a `[blocks, rows, cols]` (or, for a
+ * vector, `[blocks, cols]`) tensor taken as rows: a transposed, strided slice (gpt-oss keeps its
+ * experts as x·W, [E, H, 2I] with gate and up columns interleaved); or rows `rowStart,
+ * rowStart + rowStep, …` of expert `block` of an MXFP4 release pair `<name>_blocks` /
+ * `<name>_scales` (checkpoint/mxfp4.ts).
  */
 export type TensorSource =
-  | { name: string; packed?: undefined }
-  | { name: string; packed: { shape: [number, number, number]; block: number; rowStart: number } };
+  | { name: string; packed?: undefined; columns?: undefined; mxfp4?: undefined }
+  | {
+    name: string;
+    packed: { shape: [number, number, number]; block: number; rowStart: number };
+    columns?: undefined;
+    mxfp4?: undefined;
+  }
+  | {
+    name: string;
+    packed?: undefined;
+    columns: { shape: number[]; block: number; start: number; step: number };
+    mxfp4?: undefined;
+  }
+  | {
+    name: string;
+    packed?: undefined;
+    columns?: undefined;
+    mxfp4: { block: number; rowStart: number; rowStep: number };
+  };
 
 /** One model family (one config.json `model_type`). */
 export interface FamilyAdapter {

@@ -34,7 +34,9 @@ export const MLP_EXPERTS: ClassicMoeNames = {
 /** Names of the per-layer tensors that do not depend on the expert layout. */
 const LAYER_TENSORS: Record<string, string> = {
   attn_norm: "input_layernorm.weight",
+  attn_norm_bias: "input_layernorm.bias",
   ffn_norm: "post_attention_layernorm.weight",
+  ffn_norm_bias: "post_attention_layernorm.bias",
   attn_q: "self_attn.q_proj.weight",
   attn_k: "self_attn.k_proj.weight",
   attn_v: "self_attn.v_proj.weight",
@@ -42,6 +44,7 @@ const LAYER_TENSORS: Record<string, string> = {
   attn_q_bias: "self_attn.q_proj.bias",
   attn_k_bias: "self_attn.k_proj.bias",
   attn_v_bias: "self_attn.v_proj.bias",
+  attn_o_bias: "self_attn.o_proj.bias",
   attn_q_norm: "self_attn.q_norm.weight",
   attn_k_norm: "self_attn.k_norm.weight",
   dense_gate: "mlp.gate_proj.weight",
@@ -57,7 +60,9 @@ const LAYER_TENSORS: Record<string, string> = {
 const MODEL_TENSORS: Record<string, string> = {
   embed: "model.embed_tokens.weight",
   lm_head: "lm_head.weight",
+  lm_head_bias: "lm_head.bias",
   final_norm: "model.norm.weight",
+  final_norm_bias: "model.norm.bias",
 };
 
 const PACKED_GATE_UP = "mlp.experts.gate_up_proj";
@@ -72,10 +77,25 @@ function moeAt(spec: ModelSpec, layer: number): MoeFfnSpec {
   throw new Error(`decoder layer ${layer} has no MoE block`);
 }
 
-/** The expert tensors of the layer at `prefix` in the packed layout. */
-function packedSource(t: ExpectedTensor, spec: ModelSpec, prefix: string): TensorSource {
+/**
+ * The expert tensors of the layer at `prefix` in the packed layout; with `mxfp4`, the same
+ * matrices released as MXFP4 `_blocks` / `_scales` pairs (checkpoint/mxfp4.ts).
+ */
+function packedSource(
+  t: ExpectedTensor,
+  spec: ModelSpec,
+  prefix: string,
+  mxfp4: boolean,
+): TensorSource {
   const moe = moeAt(spec, t.layer);
   const [E, I, H] = [moe.numExperts, moe.expert.intermediate, spec.hiddenSize];
+  if (mxfp4 && t.role.startsWith("expert_")) {
+    const down = t.role === "expert_down";
+    return {
+      name: prefix + (down ? PACKED_DOWN : PACKED_GATE_UP),
+      mxfp4: { block: t.expert, rowStart: t.role === "expert_up" ? I : 0, rowStep: 1 },
+    };
+  }
   switch (t.role) {
     case "expert_gate":
     case "expert_up":
@@ -98,7 +118,9 @@ export function hubNames(
 ): Pick<FamilyAdapter, "expertLayout" | "source" | "unused"> {
   return {
     expertLayout(has, _stack, layer): ExpertLayout {
-      return has(`model.layers.${layer}.${PACKED_GATE_UP}`) ? "packed" : "classic";
+      const gateUp = `model.layers.${layer}.${PACKED_GATE_UP}`;
+      if (has(`${gateUp}_blocks`)) return "packed-mxfp4";
+      return has(gateUp) ? "packed" : "classic";
     },
     source(t, spec, layout) {
       if (t.stack === "decoder" && t.layer < 0 && MODEL_TENSORS[t.role]) {
@@ -109,10 +131,12 @@ export function hubNames(
         if (LAYER_TENSORS[t.role]) return { name: prefix + LAYER_TENSORS[t.role] };
         if (t.role === "router") {
           return {
-            name: prefix + (layout === "packed" ? PACKED_ROUTER : `${classic.router}.weight`),
+            name: prefix + (layout === "classic" ? `${classic.router}.weight` : PACKED_ROUTER),
           };
         }
-        if (t.expert >= 0 && layout === "packed") return packedSource(t, spec, prefix);
+        if (t.expert >= 0 && layout !== "classic") {
+          return packedSource(t, spec, prefix, layout === "packed-mxfp4");
+        }
         const matrix = /^expert_(gate|up|down)$/.exec(t.role)?.[1] as MatrixName | undefined;
         if (t.expert >= 0 && matrix) {
           return {

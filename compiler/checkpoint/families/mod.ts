@@ -16,15 +16,26 @@
 
 import { UnsupportedError } from "../../../schemas/errors.ts";
 import type { FamilyAdapter } from "./family.ts";
+import { granitemoe } from "./granitemoe.ts";
+import { gptOss } from "./gpt_oss.ts";
 import { mixtral } from "./mixtral.ts";
 import { olmoe } from "./olmoe.ts";
+import { phimoe } from "./phimoe.ts";
 import { qwen2Moe } from "./qwen2_moe.ts";
 import { qwen3Moe } from "./qwen3_moe.ts";
 
 export type { ExpertLayout, FamilyAdapter, TensorSource } from "./family.ts";
 
 /** Every supported family, by `model_type`. */
-export const FAMILIES: readonly FamilyAdapter[] = [mixtral, qwen2Moe, qwen3Moe, olmoe];
+export const FAMILIES: readonly FamilyAdapter[] = [
+  mixtral,
+  qwen2Moe,
+  qwen3Moe,
+  olmoe,
+  granitemoe,
+  phimoe,
+  gptOss,
+];
 
 /** The `model_type` values the adapters understand. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.map((a) => a.modelType);
