@@ -20,11 +20,18 @@ import { mixtral } from "./mixtral.ts";
 import { olmoe } from "./olmoe.ts";
 import { qwen2Moe } from "./qwen2_moe.ts";
 import { qwen3Moe } from "./qwen3_moe.ts";
+import { switchTransformers } from "./switch_transformers.ts";
 
 export type { ExpertLayout, FamilyAdapter, TensorSource } from "./family.ts";
 
 /** Every supported family, by `model_type`. */
-export const FAMILIES: readonly FamilyAdapter[] = [mixtral, qwen2Moe, qwen3Moe, olmoe];
+export const FAMILIES: readonly FamilyAdapter[] = [
+  mixtral,
+  qwen2Moe,
+  qwen3Moe,
+  olmoe,
+  switchTransformers,
+];
 
 /** The `model_type` values the adapters understand. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.map((a) => a.modelType);
