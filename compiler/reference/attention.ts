@@ -4,11 +4,12 @@
  *   q = q_proj h (+ bq), k = k_proj h (+ bk), v = v_proj h (+ bv)
  *   q, k ← RMSNorm per head ("head") or over the whole projection ("full")
  *   q, k, v ← clamp(·, −clip, clip)             (OLMoE clip_qkv: after the q/k norm)
- *   q, k ← RoPE at their positions
- *   out = o_proj(softmax(scale · q kᵀ over the cached keys) v)
+ *   q, k ← RoPE at their positions                (when the position is RoPE)
+ *   out = o_proj(softmax(scale · q kᵀ (+ T5 relative bias) over the cached keys) v)
  *
- * Query head h reads kv head ⌊h / (nh/nkv)⌋. Other attention variants (MLA, sinks, sliding
- * windows, bidirectional, output bias) are described but not implemented here yet.
+ * Causal attention sees the keys up to its own position, bidirectional (an encoder) every key of
+ * the chunk. Query head h reads kv head ⌊h / (nh/nkv)⌋. Other attention variants (MLA, sinks,
+ * sliding windows, output bias) are described but not implemented here yet.
  *
  * @module
  */
@@ -16,6 +17,7 @@
 import type { AttentionSpec, GqaAttentionSpec } from "../../schemas/model.ts";
 import { addBias, matmul, notImplemented, softmax } from "./math.ts";
 import { checkNorm, rmsNorm } from "./norms.ts";
+import { type ReferenceRelativeBias, relativeBiasRow } from "./relative_bias.ts";
 import { prepareRope, type ReferenceRope, rope, ropeTables } from "./rope.ts";
 import type { LayerWeights } from "./weights.ts";
 
@@ -37,7 +39,10 @@ export interface ReferenceAttention {
   qNorm: Float64Array | null;
   /** [hd] ("head") or [nkv·hd] ("full"). */
   kNorm: Float64Array | null;
-  rope: ReferenceRope;
+  /** null when the position is not RoPE. */
+  rope: ReferenceRope | null;
+  /** The T5 relative bias (the owner layer's table), when the position is one. */
+  relativeBias: ReferenceRelativeBias | null;
   /** Which of a session's KV caches is this block's. */
   cacheSlot: number;
 }
@@ -53,42 +58,57 @@ export function checkAttention(spec: AttentionSpec): GqaAttentionSpec {
   if (spec.kind !== "gqa") throw notImplemented(`attention kind "${spec.kind}"`);
   if (spec.sinks) throw notImplemented("attention sinks");
   if (spec.slidingWindow !== null) throw notImplemented("sliding-window attention");
-  if (!spec.causal) throw notImplemented("bidirectional attention");
   if (spec.outBias) throw notImplemented("an attention output bias");
   if (spec.qkNorm !== "none") checkNorm(spec.qkNormSpec);
   return spec;
 }
 
-/** Reads an attention block's weights (roles `attn_*`). */
+/** Where {@link readAttention} finds a block's tensors. */
+export interface AttentionSource {
+  /** Role prefix: `attn` for self-attention, `cross` for cross-attention. */
+  prefix?: "attn" | "cross";
+  /** The weights of the layer owning the relative-bias table (its `<prefix>_relative_bias`). */
+  owner?: LayerWeights;
+}
+
+/** Reads an attention block's weights (roles `attn_*`, or `cross_*`). */
 export async function readAttention(
   described: AttentionSpec,
   weights: LayerWeights,
   cacheSlot: number,
+  source: AttentionSource = {},
 ): Promise<ReferenceAttention> {
   const spec = checkAttention(described);
-  const rope = prepareRope(spec.position, spec.headDim);
-  const optional = (on: boolean, role: string) => on ? weights.read(role) : null;
+  const p = source.prefix ?? "attn";
+  const position = spec.position;
+  const rope = position.kind === "rope" ? prepareRope(position, spec.headDim) : null;
+  const relativeBias = position.kind === "relative_bias"
+    ? { spec: position, table: await (source.owner ?? weights).read(`${p}_relative_bias`) }
+    : null;
+  const optional = (on: boolean, role: string) => on ? weights.read(`${p}_${role}`) : null;
   const norms = spec.qkNorm !== "none";
   return {
     spec,
-    q: await weights.read("attn_q"),
-    k: await weights.read("attn_k"),
-    v: await weights.read("attn_v"),
-    o: await weights.read("attn_o"),
-    qBias: await optional(spec.qkvBias, "attn_q_bias"),
-    kBias: await optional(spec.qkvBias, "attn_k_bias"),
-    vBias: await optional(spec.qkvBias, "attn_v_bias"),
-    qNorm: await optional(norms, "attn_q_norm"),
-    kNorm: await optional(norms, "attn_k_norm"),
+    q: await weights.read(`${p}_q`),
+    k: await weights.read(`${p}_k`),
+    v: await weights.read(`${p}_v`),
+    o: await weights.read(`${p}_o`),
+    qBias: await optional(spec.qkvBias, "q_bias"),
+    kBias: await optional(spec.qkvBias, "k_bias"),
+    vBias: await optional(spec.qkvBias, "v_bias"),
+    qNorm: await optional(norms, "q_norm"),
+    kNorm: await optional(norms, "k_norm"),
     rope,
+    relativeBias,
     cacheSlot,
   };
 }
 
 /**
  * Attention of one query position over cached keys/values 0..nKeys−1 (GQA: query head h reads
- * kv head ⌊h / (nh/nkv)⌋; scores × scale, softmax in float64). `q` is [nh·hd], `keys`/`values`
- * [positions, nkv·hd]; `out` [nh·hd]; `scores` scratch holds nKeys values.
+ * kv head ⌊h / (nh/nkv)⌋; scores × scale (+ bias[h, j]), softmax in float64). `q` is [nh·hd],
+ * `keys`/`values` [positions, nkv·hd]; `out` [nh·hd]; `scores` scratch holds nKeys values;
+ * `bias`, when given, [nh, nKeys].
  */
 export function attention(
   out: Float64Array,
@@ -101,6 +121,7 @@ export function attention(
   hd: number,
   scale: number,
   scores: Float64Array,
+  bias: Float64Array | null = null,
 ): void {
   const group = nh / nkv;
   const kvDim = nkv * hd;
@@ -113,6 +134,7 @@ export function attention(
       for (let i = 0; i < hd; i++) s += q[qo + i] * keys[kj + i];
       scores[j] = s * scale;
     }
+    if (bias) { for (let j = 0; j < nKeys; j++) scores[j] += bias[h * nKeys + j]; }
     softmax(scores, nKeys);
     for (let i = 0; i < hd; i++) out[qo + i] = 0;
     for (let j = 0; j < nKeys; j++) {
@@ -139,7 +161,8 @@ function clamp(vec: Float64Array, limit: number): void {
 
 /**
  * The attention block over n new tokens h [n, H] at positions start..start+n−1: writes their
- * keys/values into `cache` and the block output into `out` [n, H].
+ * keys/values into `cache` and the block output into `out` [n, H]. Causal: token t sees keys
+ * 0..start+t; bidirectional: every key 0..start+n−1.
  */
 export function attentionBlock(
   out: Float64Array,
@@ -163,9 +186,6 @@ export function attentionBlock(
   if (a.kBias) addBias(k, a.kBias, n);
   if (a.vBias) addBias(v, a.vBias, n);
 
-  const { rotaryDim, invFreq } = a.rope;
-  const half = rotaryDim / 2;
-  const { cos, sin } = ropeTables(invFreq, start, n);
   const eps = a.spec.qkNormSpec.eps;
   for (let t = 0; t < n; t++) {
     const qt = q.subarray(t * qDim, (t + 1) * qDim);
@@ -179,18 +199,28 @@ export function attentionBlock(
       clamp(kt, clipQkv);
       clamp(v.subarray(t * kvDim, (t + 1) * kvDim), clipQkv);
     }
-    const c = cos.subarray(t * half, (t + 1) * half);
-    const s = sin.subarray(t * half, (t + 1) * half);
-    rope(qt, nh, hd, c, s, rotaryDim);
-    rope(kt, nkv, hd, c, s, rotaryDim);
+  }
+  if (a.rope) {
+    const { rotaryDim, invFreq } = a.rope;
+    const half = rotaryDim / 2;
+    const { cos, sin } = ropeTables(invFreq, start, n);
+    for (let t = 0; t < n; t++) {
+      const c = cos.subarray(t * half, (t + 1) * half);
+      const s = sin.subarray(t * half, (t + 1) * half);
+      rope(q.subarray(t * qDim, (t + 1) * qDim), nh, hd, c, s, rotaryDim);
+      rope(k.subarray(t * kvDim, (t + 1) * kvDim), nkv, hd, c, s, rotaryDim);
+    }
   }
 
   const att = new Float64Array(n * qDim);
   const scores = new Float64Array(start + n);
+  const bias = a.relativeBias ? new Float64Array(nh * (start + n)) : null;
   for (let t = 0; t < n; t++) {
     const qt = q.subarray(t * qDim, (t + 1) * qDim);
     const at = att.subarray(t * qDim, (t + 1) * qDim);
-    attention(at, qt, cache.keys, cache.values, start + t + 1, nh, nkv, hd, a.spec.scale, scores);
+    const nKeys = a.spec.causal ? start + t + 1 : start + n;
+    if (bias) relativeBiasRow(bias, a.relativeBias!, start + t, nKeys, nh);
+    attention(at, qt, cache.keys, cache.values, nKeys, nh, nkv, hd, a.spec.scale, scores, bias);
   }
   matmul(out, att, a.o, n, H, qDim);
 }

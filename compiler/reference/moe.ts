@@ -4,7 +4,8 @@
  * MoE over n tokens: router logits = router · h; each token is routed (router.ts) and shown to
  * the observer; each chosen expert then runs once over the tokens that chose it, and
  * out[t] = Σ w_e · expert_e(h[t]) (experts in index order), plus the shared expert, scaled by
- * sigmoid(shared_expert_gate · h) when gated. Only the chosen experts are computed.
+ * sigmoid(shared_expert_gate · h) when gated. Only the chosen experts are computed. The capacity
+ * router (capacity.ts) routes the n tokens together and may refuse some: those get no expert.
  *
  * @module
  */
@@ -12,7 +13,8 @@
 import type { DenseFfnSpec, MoeFfnSpec, StackName } from "../../schemas/model.ts";
 import { matmul, sigmoid } from "./math.ts";
 import { mlp, readMlp, type ReferenceMlp } from "./mlp.ts";
-import { checkRouter, route } from "./router.ts";
+import { capacityRoutes } from "./capacity.ts";
+import { checkRouter, route, type Routing } from "./router.ts";
 import type { LayerWeights } from "./weights.ts";
 
 /** A sparse MoE block in float64. */
@@ -43,7 +45,8 @@ export interface ReferenceDense {
  * chosen expert ids and their mixing weights. `moeLayer` indexes `ReferenceModel.moe` (the
  * compiler/ir.ts moeLayers order). The frequency pass counts routes with it; GPTQ collects each
  * expert's routed inputs. `h` is a view into a buffer that is overwritten after the call: copy it
- * (`h.slice()`) to keep it. `position` is the token's position in the sequence.
+ * (`h.slice()`) to keep it. `position` is the token's position in the sequence. A token the
+ * capacity router refuses reaches no expert and is not reported.
  */
 export type MoeObserver = (
   moeLayer: number,
@@ -59,7 +62,7 @@ export async function readMoe(
   weights: LayerWeights,
   place: { index: number; stack: StackName; layer: number },
 ): Promise<ReferenceMoe> {
-  checkRouter(spec.router);
+  if (spec.router.kind !== "capacity") checkRouter(spec.router);
   const experts: ReferenceMlp[] = [];
   for (let e = 0; e < spec.numExperts; e++) {
     experts.push(await readMlp(spec.expert, "expert", weights, e));
@@ -94,17 +97,27 @@ export function moeBlock(
 ): void {
   const H = h.length / n;
   const { numExperts: E, topK } = f.spec;
-  const router = checkRouter(f.spec.router);
   const logits = new Float64Array(n * E);
   matmul(logits, h, f.router, n, E, H);
+  const spec = f.spec.router;
+  let routes: Routing[];
+  if (spec.kind === "capacity") routes = capacityRoutes(logits, n, E, spec.capacity);
+  else {
+    const router = checkRouter(spec);
+    routes = Array.from(
+      { length: n },
+      (_, t) => route(logits.subarray(t * E, (t + 1) * E), topK, router),
+    );
+  }
 
   // Route every token; collect, per expert, the tokens it serves and their weights.
   const tokensOf: number[][] = Array.from({ length: E }, () => []);
   const weightsOf: number[][] = Array.from({ length: E }, () => []);
   for (let t = 0; t < n; t++) {
-    const r = route(logits.subarray(t * E, (t + 1) * E), topK, router);
+    const r = routes[t];
+    if (r.experts.length === 0) continue;
     observer?.(f.index, start + t, h.subarray(t * H, (t + 1) * H), r.experts, r.weights);
-    for (let j = 0; j < topK; j++) {
+    for (let j = 0; j < r.experts.length; j++) {
       tokensOf[r.experts[j]].push(t);
       weightsOf[r.experts[j]].push(r.weights[j]);
     }
