@@ -26,13 +26,19 @@ function attentionOf(spec: ModelSpec, l = 0): GqaAttentionSpec {
 }
 
 Deno.test("registry: one adapter per model_type, the unsupported message lists them", async () => {
-  assert.deepEqual(SUPPORTED_MODEL_TYPES, ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]);
+  assert.deepEqual(SUPPORTED_MODEL_TYPES, [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "switch_transformers",
+  ]);
   assert.equal(new Set(FAMILIES.map((f) => f.modelType)).size, FAMILIES.length);
   await assertFails(
     () => parseConfig({ model_type: "gpt2" }, "c/config.json"),
     UnsupportedError,
     'c/config.json: model_type "gpt2" is not supported (supported: mixtral, qwen2_moe, ' +
-      "qwen3_moe, olmoe)",
+      "qwen3_moe, olmoe, switch_transformers)",
   );
 });
 
