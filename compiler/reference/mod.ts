@@ -43,3 +43,4 @@ export {
   type WindowLogits,
   windows,
 } from "./eval.ts";
+export { evaluateSpans, parseSpans, type Span, type SpanEval } from "./spans.ts";
