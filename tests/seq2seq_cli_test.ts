@@ -101,3 +101,48 @@ Deno.test("seq2seq usage errors are one line", async () => {
     assert.ok(isOneLineError(out.stderr) && message.test(out.stderr), out.stderr);
   }
 });
+
+Deno.test("study --spans: allocators compared on teacher-forced examples", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "moeq-s2s-study-" });
+  try {
+    const spans = join(dir, "spans.jsonl");
+    const line = (i: number) =>
+      JSON.stringify({
+        input_ids: Array.from({ length: 10 }, (_, t) => (7 * i + 3 * t + 2) % 64),
+        labels: Array.from({ length: 5 }, (_, t) => (5 * i + 11 * t + 4) % 64),
+      });
+    await Deno.writeTextFile(spans, Array.from({ length: 8 }, (_, i) => line(i)).join("\n"));
+    const out = await runCli([
+      "study",
+      ORACLE,
+      "--spans",
+      spans,
+      "--examples",
+      "4",
+      "--calibration-examples",
+      "4",
+      "--bits",
+      "2.5",
+      "--seeds",
+      "1",
+      "--quantizers",
+      "",
+      "--only",
+      "uniform-2,budget@2.5,frequency@2.5",
+      "--json",
+      "--quiet",
+    ]);
+    assert.equal(out.code, 0, out.stderr);
+    const r = JSON.parse(out.stdout);
+    assert.deepEqual(r.rows.map((x: { label: string }) => x.label), [
+      "f32",
+      "uniform-2",
+      "frequency@2.5",
+      "budget@2.5",
+    ]);
+    assert.deepEqual([r.examples, r.tokens, r.calibration_examples], [4, 20, 4]);
+    for (const row of r.rows) assert.ok(Number.isFinite(row.bitsPerByte), row.label);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
