@@ -11,7 +11,7 @@ import type { Engine, GenerateOptions } from "../runtime/api.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
 import { type DeviceKind, openEngine } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
-import { decoderText, encoderIdsOf } from "./seq2seq_text.ts";
+import { decoderText, encoderIdsOf } from "../runtime/seq2seq_text.ts";
 
 /** Flags of `run`. */
 export const spec: CommandSpec = {

@@ -6,6 +6,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isOneLineError, runCli } from "./cli_helpers.ts";
+import { openEngine } from "../cli/model_source.ts";
+import { serve } from "../runtime/server.ts";
 
 const TESTDATA = new URL("../testdata/", import.meta.url).pathname;
 const ORACLE = join(TESTDATA, "hf-oracle/switch_transformers-a");
@@ -144,5 +146,25 @@ Deno.test("study --spans: allocators compared on teacher-forced examples", async
     for (const row of r.rows) assert.ok(Number.isFinite(row.bitsPerByte), row.label);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("serve /v1/completions on an encoder–decoder model: the prompt feeds the encoder", async () => {
+  const g = (await json(join(ORACLE, "reference.json"))).greedy_decode;
+  const { engine, tokenizer } = await openEngine(ORACLE, "cpu");
+  const server = serve(engine, tokenizer, { port: 0, onListen: () => {} });
+  try {
+    const res = await fetch(`${server.url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: g.encoder_input_ids, max_tokens: 6, temperature: 0 }),
+    });
+    const body = await res.json();
+    assert.equal(res.status, 200, JSON.stringify(body));
+    assert.equal(body.choices[0].text, tokenizer.decode(g.generated_ids));
+    assert.equal(body.usage.completion_tokens, 6);
+  } finally {
+    await server.shutdown();
+    engine.dispose();
   }
 });

@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { Tokenizer } from "../runtime/tokenizer.ts";
+import type { StreamDecoder, Tokenizer } from "./tokenizer.ts";
 import { UsageError } from "../schemas/errors.ts";
 import type { ModelSpec } from "../schemas/model.ts";
 
@@ -65,4 +65,18 @@ export function decoderText(ids: number[], spec: ModelSpec, tokenizer: Tokenizer
   }
   flush();
   return text;
+}
+
+/** A streaming {@link decoderText}: bytes held until complete, sentinels as `<extra_id_N>`. */
+export function createDecoderStream(spec: ModelSpec, tokenizer: Tokenizer): StreamDecoder {
+  const inner = tokenizer.createStreamDecoder();
+  if (!byteLevel(spec, tokenizer)) return inner;
+  const base = sentinelBase(spec);
+  return {
+    push(id: number): string {
+      if (id < 256) return inner.push(id);
+      return id >= base ? inner.flush() + `<extra_id_${id - base}>` : "";
+    },
+    flush: () => inner.flush(),
+  };
 }
