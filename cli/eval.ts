@@ -27,7 +27,11 @@ export const spec: CommandSpec = {
     },
     context: { type: "string", help: "window length", default: "the model's max positions" },
     "max-bytes": { type: "string", help: "evaluate only the first N bytes of the text" },
-    device: { type: "string", help: "webgpu or cpu (float64 reference)", default: "webgpu" },
+    device: {
+      type: "string",
+      help: "webgpu or cpu (float64 reference)",
+      default: "webgpu (cpu for --spans)",
+    },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     quiet: { type: "boolean", help: "no progress bar" },
     json: { type: "boolean", help: "print the result as JSON" },
@@ -42,7 +46,12 @@ export async function run(args: Args): Promise<void> {
   if (!text && !spansFile) throw new UsageError("eval: --text FILE or --spans FILE is required");
   if (text && spansFile) throw new UsageError("eval: give --text or --spans, not both");
   const dir = await isDirectory(path);
-  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
+  // The WebGPU engine runs decoder-only models: encoder–decoder input defaults to the CPU.
+  const device = args.choice<DeviceKind>(
+    "device",
+    ["cpu", "webgpu"],
+    dir || spansFile ? "cpu" : "webgpu",
+  );
   const { engine, tokenizer, spec, reference } = await openEngine(path, device, {
     f16: !args.flag("no-f16"),
   });

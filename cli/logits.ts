@@ -28,7 +28,7 @@ export const spec: CommandSpec = {
     device: {
       type: "string",
       help: "cpu (float64 reference) or webgpu",
-      default: "webgpu for artifacts, cpu for checkpoints",
+      default: "webgpu for artifacts, cpu for checkpoints and --encoder-ids",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     json: {
@@ -43,7 +43,12 @@ export async function run(args: Args): Promise<void> {
   const path = args.positionals[0];
   const encoderIds = args.intList("encoder-ids");
   const dir = await isDirectory(path);
-  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
+  // The WebGPU engine runs decoder-only models: encoder–decoder input defaults to the CPU.
+  const device = args.choice<DeviceKind>(
+    "device",
+    ["cpu", "webgpu"],
+    dir || encoderIds ? "cpu" : "webgpu",
+  );
   const { engine, spec, reference } = await openEngine(path, device, {
     f16: !args.flag("no-f16"),
   });

@@ -31,7 +31,11 @@ export const spec: CommandSpec = {
     "top-p": { type: "string", help: "nucleus mass (1 = off)", default: "1" },
     seed: { type: "string", help: "sampling seed", default: "0" },
     "readback-every": { type: "string", help: "decode steps per token readback", default: "8" },
-    device: { type: "string", help: "webgpu or cpu (float64 reference)", default: "webgpu" },
+    device: {
+      type: "string",
+      help: "webgpu or cpu (float64 reference)",
+      default: "webgpu (cpu for --encoder-ids)",
+    },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     json: { type: "boolean", help: 'print {"ids", "text", "tokens_per_s"}' },
   },
@@ -46,7 +50,12 @@ export async function run(args: Args): Promise<void> {
   if (given !== 1) {
     throw new UsageError("run: give exactly one of --prompt, --ids and --encoder-ids");
   }
-  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], "webgpu");
+  // The WebGPU engine runs decoder-only models: --encoder-ids defaults to the CPU.
+  const device = args.choice<DeviceKind>(
+    "device",
+    ["cpu", "webgpu"],
+    encoderIdsFlag ? "cpu" : "webgpu",
+  );
   const options = {
     maxTokens: args.int("max-tokens", 64, 1, 1 << 20),
     temperature: args.number("temperature", 0, 0, 100),
