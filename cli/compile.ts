@@ -7,6 +7,7 @@
 import type { Args, CommandSpec } from "./args.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { compileModel } from "../compiler/compile.ts";
+import { parseSpans, type Span } from "../compiler/reference/mod.ts";
 import { ALLOCATOR_NAMES, type AllocatorName } from "../compiler/passes/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
 import { createTokenizer } from "../runtime/tokenizer.ts";
@@ -53,7 +54,16 @@ export const spec: CommandSpec = {
     },
     "max-bytes": { type: "string", help: "byte budget for all experts (budget allocator)" },
     init: { type: "string", help: "step-0 checkpoint dir (router-norm change)" },
-    calibration: { type: "string", help: "calibration text file (frequency, budget, gptq)" },
+    calibration: {
+      type: "string",
+      help: "calibration text file (frequency, budget, gptq); encoder–decoder models: JSONL " +
+        'examples {"input_ids", "labels"} as for eval --spans',
+    },
+    "calibration-examples": {
+      type: "string",
+      help: "encoder–decoder models: examples of the calibration file used",
+      default: "64",
+    },
     "calibration-offset": {
       type: "string",
       help: "first byte of the calibration text",
@@ -84,7 +94,12 @@ export async function run(args: Args): Promise<void> {
   const init = initDir ? await loadCheckpoint(initDir, { allowNonFinite }) : undefined;
   const calibPath = args.string("calibration");
   let calibrationIds: number[] | undefined;
-  if (calibPath) {
+  let calibrationSpans: Span[] | undefined;
+  if (calibPath && ir.spec.encoder) {
+    // An encoder–decoder model calibrates on teacher-forced examples (JSONL, as eval --spans).
+    const spans = parseSpans(await Deno.readTextFile(calibPath), calibPath, ir.spec.vocabSize);
+    calibrationSpans = spans.slice(0, args.int("calibration-examples", 64, 1));
+  } else if (calibPath) {
     const tok = ir.tokenizer.tokenizerJson
       ? createTokenizer(ir.tokenizer.tokenizerJson, ir.tokenizer.chatTemplate, {
         bos: ir.spec.bosTokenId,
@@ -112,6 +127,7 @@ export async function run(args: Args): Promise<void> {
     maxBytes: maxBytesRaw === undefined ? undefined : args.int("max-bytes", 0, 1),
     init,
     calibrationIds,
+    calibrationSpans,
     onProgress: (phase, d, n) => bar.update(phase, d, n),
   });
   bar.done();

@@ -1,5 +1,6 @@
 /**
- * `moeq eval <artifact> --text FILE [--context N] [--max-bytes N] [--device cpu|webgpu] [--json]`.
+ * `moeq eval <artifact> --text FILE [--context N] [--max-bytes N] [--device cpu|webgpu] [--json]`;
+ * for an encoder–decoder model `--spans FILE.jsonl` (teacher-forced, compiler/reference/spans.ts).
  *
  * @module
  */
@@ -7,6 +8,7 @@
 import type { Args, CommandSpec } from "./args.ts";
 import { type DeviceKind, isDirectory, openEngine } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
+import { evaluateSpans, forwardSeq2Seq, parseSpans } from "../compiler/reference/mod.ts";
 import { openArtifact } from "../schemas/artifact.ts";
 import { evaluateEngine } from "./evaluate_engine.ts";
 import { progressBar } from "./progress.ts";
@@ -14,14 +16,22 @@ import { readTextIds } from "./text.ts";
 
 /** Flags of `eval`. */
 export const spec: CommandSpec = {
-  usage: "<artifact | checkpoint-dir> --text FILE [options]",
+  usage: "<artifact | checkpoint-dir> (--text FILE | --spans FILE.jsonl) [options]",
   summary: "held-out cross-entropy: bits per byte (byte-level) or per token, and perplexity",
   positionals: [1, 1],
   flags: {
-    text: { type: "string", help: "held-out text file (required)" },
+    text: { type: "string", help: "held-out text file (decoder-only models)" },
+    spans: {
+      type: "string",
+      help: 'encoder–decoder models: JSONL of {"input_ids", "labels"}, scored teacher-forced',
+    },
     context: { type: "string", help: "window length", default: "the model's max positions" },
     "max-bytes": { type: "string", help: "evaluate only the first N bytes of the text" },
-    device: { type: "string", help: "webgpu or cpu (float64 reference)", default: "webgpu" },
+    device: {
+      type: "string",
+      help: "webgpu or cpu (float64 reference)",
+      default: "webgpu (cpu for --spans)",
+    },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     quiet: { type: "boolean", help: "no progress bar" },
     json: { type: "boolean", help: "print the result as JSON" },
@@ -32,19 +42,64 @@ export const spec: CommandSpec = {
 export async function run(args: Args): Promise<void> {
   const path = args.positionals[0];
   const text = args.string("text");
-  if (!text) throw new UsageError("eval: --text FILE is required");
+  const spansFile = args.string("spans");
+  if (!text && !spansFile) throw new UsageError("eval: --text FILE or --spans FILE is required");
+  if (text && spansFile) throw new UsageError("eval: give --text or --spans, not both");
   const dir = await isDirectory(path);
-  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
-  const { engine, tokenizer, spec } = await openEngine(path, device, {
+  // The WebGPU engine runs decoder-only models: encoder–decoder input defaults to the CPU.
+  const device = args.choice<DeviceKind>(
+    "device",
+    ["cpu", "webgpu"],
+    dir || spansFile ? "cpu" : "webgpu",
+  );
+  const { engine, tokenizer, spec, reference } = await openEngine(path, device, {
     f16: !args.flag("no-f16"),
   });
   try {
+    if ((spec.encoder !== null) !== (spansFile !== undefined)) {
+      throw new UsageError(
+        spansFile
+          ? "eval: --spans needs an encoder–decoder model"
+          : "eval: an encoder–decoder model is evaluated with --spans",
+      );
+    }
+    if (spansFile) {
+      if (!reference) throw new UsageError("eval --spans runs on --device cpu");
+      const spans = parseSpans(await Deno.readTextFile(spansFile), spansFile, spec.vocabSize);
+      const bar = progressBar(args.flag("quiet") || args.flag("json"));
+      const t0 = performance.now();
+      const r = await evaluateSpans(
+        (e, d) => forwardSeq2Seq(reference, e, d),
+        spans,
+        spec.decoderStartTokenId!,
+        (d, n) => bar.update("eval", d, n),
+      );
+      bar.done();
+      const seconds = (performance.now() - t0) / 1000;
+      if (args.flag("json")) {
+        console.log(JSON.stringify({
+          bits_per_token: r.bitsPerToken,
+          perplexity: 2 ** r.bitsPerToken,
+          tokens: r.tokens,
+          examples: r.examples,
+          device,
+          seconds,
+        }));
+      } else {
+        console.log(
+          `bits per token: ${r.bitsPerToken.toFixed(4)}  perplexity ${
+            (2 ** r.bitsPerToken).toFixed(3)
+          }  (${r.tokens} tokens, ${r.examples} examples, ${device}, ${seconds.toFixed(1)} s)`,
+        );
+      }
+      return;
+    }
     const context = args.int("context", spec.maxPositions, 2, spec.maxPositions);
     const maxBytes = args.string("max-bytes") === undefined
       ? undefined
       : args.int("max-bytes", 0, 2);
     const byteLevel = spec.vocabSize === 256 && tokenizer.vocabSize === 256;
-    const ids = await readTextIds(text, byteLevel ? null : tokenizer, { maxBytes });
+    const ids = await readTextIds(text!, byteLevel ? null : tokenizer, { maxBytes });
     const bar = progressBar(args.flag("quiet") || args.flag("json"));
     const t0 = performance.now();
     const r = await evaluateEngine(engine, ids, context, (d, n) => bar.update("eval", d, n));

@@ -98,8 +98,41 @@ export function referenceEngine(model: ReferenceModel): Engine {
         await Promise.resolve();
       }
     },
+    generateSeq2Seq: model.encoder ? (ids, opts) => generateSeq2Seq(model, ids, opts) : undefined,
     dispose() {},
   };
+}
+
+/**
+ * Seq2seq generation on the reference: the encoder once, then the decoder from its start token
+ * with the KV cache, one token per step (so the capacity router never refuses a decoder token,
+ * as in transformers' cached generate), until a stop id, `maxTokens` or the model's positions.
+ */
+async function* generateSeq2Seq(
+  model: ReferenceModel,
+  encoderIds: number[],
+  opts: GenerateOptions = {},
+): AsyncGenerator<number> {
+  if (encoderIds.length === 0) throw new UsageError("generate: the encoder input is empty");
+  const session = new ReferenceSession(model);
+  session.encode(encoderIds);
+  const stop = new Set(opts.stopIds ?? model.spec.eosTokenIds);
+  const max = Math.min(opts.maxTokens ?? 64, model.spec.maxPositions - 1);
+  const params = {
+    temperature: opts.temperature ?? 0,
+    topK: opts.topK ?? 0,
+    topP: opts.topP ?? 1,
+    seed: opts.seed ?? 0,
+  };
+  let row = session.step(model.spec.decoderStartTokenId!);
+  for (let i = 0; i < max; i++) {
+    if (opts.signal?.aborted) return;
+    const id = sampleCpu(Float32Array.from(row), params, i);
+    yield id;
+    if (stop.has(id)) return;
+    if (i + 1 < max) row = session.step(id);
+    await Promise.resolve();
+  }
 }
 
 /** A model opened for running (see {@link openEngine}). */

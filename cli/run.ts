@@ -1,28 +1,41 @@
 /**
  * `moeq run <artifact> --prompt "..." | --ids 1,2,3 [--max-tokens N] [--temperature T] ...`.
+ * An encoder–decoder model's encoder reads `--prompt` (cli/seq2seq_text.ts) or `--encoder-ids`;
+ * the decoder generates.
  *
  * @module
  */
 
 import type { Args, CommandSpec } from "./args.ts";
+import type { Engine, GenerateOptions } from "../runtime/api.ts";
+import type { Tokenizer } from "../runtime/tokenizer.ts";
 import { type DeviceKind, openEngine } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
+import { decoderText, encoderIdsOf } from "../runtime/seq2seq_text.ts";
 
 /** Flags of `run`. */
 export const spec: CommandSpec = {
-  usage: "<artifact> (--prompt TEXT | --ids 1,2,3) [options]",
+  usage: "<artifact> (--prompt TEXT | --ids 1,2,3 | --encoder-ids 1,2,3) [options]",
   summary: "generate text from an artifact",
   positionals: [1, 1],
   flags: {
     prompt: { type: "string", help: "prompt text" },
     ids: { type: "string", help: "prompt token ids, comma-separated" },
+    "encoder-ids": {
+      type: "string",
+      help: "encoder–decoder models: the encoder's token ids, comma-separated",
+    },
     "max-tokens": { type: "string", help: "tokens to generate", default: "64" },
     temperature: { type: "string", help: "0 = greedy", default: "0" },
     "top-k": { type: "string", help: "keep the k most likely tokens (0 = off)", default: "0" },
     "top-p": { type: "string", help: "nucleus mass (1 = off)", default: "1" },
     seed: { type: "string", help: "sampling seed", default: "0" },
     "readback-every": { type: "string", help: "decode steps per token readback", default: "8" },
-    device: { type: "string", help: "webgpu or cpu (float64 reference)", default: "webgpu" },
+    device: {
+      type: "string",
+      help: "webgpu or cpu (float64 reference)",
+      default: "webgpu (cpu for --encoder-ids)",
+    },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     json: { type: "boolean", help: 'print {"ids", "text", "tokens_per_s"}' },
   },
@@ -32,10 +45,17 @@ export const spec: CommandSpec = {
 export async function run(args: Args): Promise<void> {
   const prompt = args.string("prompt");
   const idsFlag = args.intList("ids");
-  if ((prompt === undefined) === (idsFlag === undefined)) {
-    throw new UsageError("run: give exactly one of --prompt and --ids");
+  const encoderIdsFlag = args.intList("encoder-ids");
+  const given = [prompt, idsFlag, encoderIdsFlag].filter((x) => x !== undefined).length;
+  if (given !== 1) {
+    throw new UsageError("run: give exactly one of --prompt, --ids and --encoder-ids");
   }
-  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], "webgpu");
+  // The WebGPU engine runs decoder-only models: --encoder-ids defaults to the CPU.
+  const device = args.choice<DeviceKind>(
+    "device",
+    ["cpu", "webgpu"],
+    encoderIdsFlag ? "cpu" : "webgpu",
+  );
   const options = {
     maxTokens: args.int("max-tokens", 64, 1, 1 << 20),
     temperature: args.number("temperature", 0, 0, 100),
@@ -48,6 +68,11 @@ export async function run(args: Args): Promise<void> {
     f16: !args.flag("no-f16"),
   });
   try {
+    if (engine.model.encoder) {
+      await runSeq2Seq(engine, tokenizer, prompt, idsFlag ?? encoderIdsFlag, options, args);
+      return;
+    }
+    if (encoderIdsFlag) throw new UsageError("run: --encoder-ids needs an encoder–decoder model");
     const ids = idsFlag ?? tokenizer.encode(prompt!);
     if (ids.length === 0) throw new UsageError("run: the prompt is empty");
     const bad = ids.find((id) => id >= engine.model.vocabSize);
@@ -84,5 +109,34 @@ export async function run(args: Args): Promise<void> {
     }
   } finally {
     engine.dispose();
+  }
+}
+
+/** `run` for an encoder–decoder model: encoder ids in, generated decoder ids out. */
+async function runSeq2Seq(
+  engine: Engine,
+  tokenizer: Tokenizer,
+  prompt: string | undefined,
+  idsFlag: number[] | undefined,
+  options: GenerateOptions,
+  args: Args,
+): Promise<void> {
+  const spec = engine.model;
+  if (!engine.generateSeq2Seq) {
+    throw new UsageError("run: this engine cannot run encoder–decoder models; use --device cpu");
+  }
+  const ids = idsFlag ?? encoderIdsOf(prompt!, spec, tokenizer);
+  const bad = ids.find((id) => id >= spec.vocabSize);
+  if (bad !== undefined) throw new UsageError(`--encoder-ids: ${bad} is outside the vocabulary`);
+  const out: number[] = [];
+  const t0 = performance.now();
+  for await (const id of engine.generateSeq2Seq(ids, options)) out.push(id);
+  const seconds = (performance.now() - t0) / 1000;
+  const text = decoderText(out, spec, tokenizer);
+  if (args.flag("json")) {
+    console.log(JSON.stringify({ ids: out, text, tokens_per_s: out.length / seconds }));
+  } else {
+    console.log(text);
+    console.error(`${out.length} tokens, ${(out.length / seconds).toFixed(1)} tokens/s`);
   }
 }

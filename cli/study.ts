@@ -6,6 +6,10 @@
  * bytes, and prints a markdown table (or JSON). Calibration text, when an allocator needs it, is
  * taken from the same file right AFTER the evaluated prefix, so the two never overlap.
  *
+ * An encoder–decoder model is studied on a span set instead (`--spans FILE.jsonl`, as
+ * `eval --spans`): the first `--examples` examples are evaluated teacher-forced (bits per target
+ * token, in the table's bits/byte column), the next `--calibration-examples` calibrate.
+ *
  * @module
  */
 
@@ -19,8 +23,8 @@ import {
   type ExpertStorage,
 } from "../compiler/compile.ts";
 import { storageJson } from "../compiler/stages/plan.ts";
-import { calibrate, type CalibrationData } from "../compiler/calibration.ts";
-import { prepareReference } from "../compiler/reference/mod.ts";
+import { calibrate, calibrateSpans, type CalibrationData } from "../compiler/calibration.ts";
+import { parseSpans, prepareReference, type Span } from "../compiler/reference/mod.ts";
 import type { AllocatorName } from "../compiler/passes/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
 import { openArtifact } from "../schemas/artifact.ts";
@@ -34,11 +38,21 @@ import { parseDenseStorage } from "./compile_flags.ts";
 
 /** Flags of `study`. */
 export const spec: CommandSpec = {
-  usage: "<checkpoint-dir> --text FILE [options]",
+  usage: "<checkpoint-dir> (--text FILE | --spans FILE.jsonl) [options]",
   summary: "compare bit allocators at equal average expert bits on held-out text",
   positionals: [1, 1],
   flags: {
-    text: { type: "string", help: "held-out text (required)" },
+    text: { type: "string", help: "held-out text (decoder-only models)" },
+    spans: {
+      type: "string",
+      help: "encoder–decoder models: held-out examples (JSONL, as eval --spans)",
+    },
+    examples: { type: "string", help: "--spans: examples evaluated", default: "128" },
+    "calibration-examples": {
+      type: "string",
+      help: "--spans: calibration examples, taken right after the evaluated ones",
+      default: "64",
+    },
     init: { type: "string", help: "step-0 checkpoint (router-norm change)" },
     bits: { type: "string", help: "average expert bit-widths", default: "2.25,2.5,3" },
     "max-bytes": { type: "string", help: "evaluate the first N bytes", default: "16384" },
@@ -245,11 +259,17 @@ class EvalPool {
   }
 
   /** Evaluates an artifact in the next free worker; the file is deleted afterwards. */
-  evaluate(path: string, ids: number[], context: number, device: DeviceKind): Promise<number> {
+  evaluate(
+    path: string,
+    ids: number[],
+    context: number,
+    device: DeviceKind,
+    spans?: Span[],
+  ): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       const done = (f: () => void) => () => Deno.remove(path).catch(() => {}).finally(f);
       this.#queue.push({
-        req: { id: this.#next++, path, ids, context, device },
+        req: { id: this.#next++, path, ids, context, device, spans },
         resolve: (v) => done(() => resolve(v))(),
         reject: (e) => done(() => reject(e))(),
       });
@@ -281,9 +301,10 @@ class EvalPool {
 
 /** Runs `study`. */
 export async function run(args: Args): Promise<void> {
+  const ir: ModelIR = await loadCheckpoint(args.positionals[0]);
+  if (ir.spec.encoder) return await runSeq2Seq(args, ir);
   const text = args.string("text");
   if (!text) throw new UsageError("study: --text FILE is required");
-  const ir: ModelIR = await loadCheckpoint(args.positionals[0]);
   const initDir = args.string("init");
   const init = initDir ? await loadCheckpoint(initDir) : undefined;
   const spec = ir.spec;
@@ -353,72 +374,16 @@ export async function run(args: Args): Promise<void> {
     console.log(args.flag("json") ? JSON.stringify(result) : probeTables(result));
     return;
   }
-  const dir = await Deno.makeTempDir({ prefix: "moeq-study-" });
-  const pool = new EvalPool(jobs);
-  const rows: StudyRow[] = [];
-  // Runs whose artifacts hold identical weights (same allocation, quantizer, dense storage) are
-  // evaluated once: e.g. paper with and without init when Λ orders agree.
-  const byKey = new Map<string, Promise<number>>();
-  const pending: Promise<void>[] = [];
-  try {
-    for (const [i, r] of runs.entries()) {
-      const path = `${dir}/run-${i}.moeq`;
-      const tc = performance.now();
-      const compiled = await compileModel(ir, path, {
-        groupSize,
-        init,
-        calibration,
-        ...r.opts,
-      });
-      const art = await openArtifact(path);
-      const avg = art.summary.avgExpertBits;
-      art.close();
-      const compileS = (performance.now() - tc) / 1000;
-      const method = String(r.opts.quantizer ?? quantizer);
-      const experts = r.opts.expertStorage;
-      const dense = r.opts.denseStorage ?? denseStorage;
-      const key = JSON.stringify([
-        storageJson(dense),
-        r.opts.denseQuantizer ?? "rtn",
-        experts.kind === "bits" ? method : experts.storage,
-        compiled.experts.map((e) => e.bits),
-      ]);
-      let evaluation = byKey.get(key);
-      const reused = evaluation !== undefined;
-      if (!evaluation) {
-        evaluation = pool.evaluate(path, evalIds, context, device);
-        byKey.set(key, evaluation);
-      } else await Deno.remove(path);
-      const row: StudyRow = {
-        label: r.label,
-        allocator: experts.kind === "bits" ? allocatorOf(r.label) : "-",
-        quantizer: experts.kind === "bits"
-          ? (compiled.experts.length ? method : "-")
-          : (dense.kind === "bits" ? String(r.opts.denseQuantizer ?? "rtn") : "-"),
-        targetBits: experts.kind === "bits" ? experts.average : null,
-        avgExpertBits: avg,
-        denseBits: String(storageJson(dense)),
-        bytes: compiled.bytes,
-        bitsPerByte: NaN,
-        delta: NaN,
-      };
-      rows.push(row);
-      pending.push(evaluation.then((bpb) => {
-        row.bitsPerByte = bpb;
-        log(
-          `[${i + 1}/${runs.length}] ${r.label.padEnd(22)} bpb ${bpb.toFixed(4)}  avg bits ${
-            avg.toFixed(3)
-          }  compile ${compileS.toFixed(1)} s${reused ? "  (same weights as an earlier run)" : ""}`,
-        );
-      }));
-      // Keep at most a few compiled artifacts waiting on disk.
-      await pool.ready(jobs + 1);
-    }
-    await Promise.all(pending);
-  } finally {
-    pool.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  const rows = await studyRuns(runs, ir, {
+    init,
+    calibration,
+    groupSize,
+    quantizer,
+    denseStorage,
+    jobs,
+    log,
+    evaluate: (pool, path) => pool.evaluate(path, evalIds, context, device),
+  });
   const f32 = rows.find((r) => r.label === "f32")?.bitsPerByte ?? NaN;
   for (const r of rows) r.delta = r.bitsPerByte - f32;
   const table = aggregate(rows);
@@ -438,6 +403,165 @@ export async function run(args: Args): Promise<void> {
     console.log(studyTable(table));
     console.log(
       `\n${evalIds.length} held-out bytes, context ${context}, calibration ${calibIds.length} bytes after them; ${device}; ${
+        seconds.toFixed(0)
+      } s`,
+    );
+  }
+}
+
+/** What {@link studyRuns} needs besides the runs. */
+interface StudyContext {
+  init?: ModelIR;
+  calibration: CalibrationData;
+  groupSize: number;
+  quantizer: QuantMethod;
+  denseStorage: DenseStorage;
+  jobs: number;
+  log: (s: string) => void;
+  /** Queues the evaluation of the artifact at `path` (deleted afterwards). */
+  evaluate: (pool: EvalPool, path: string) => Promise<number>;
+}
+
+/** Compiles every run and evaluates it (identical weights once); rows in run order. */
+async function studyRuns(runs: Run[], ir: ModelIR, o: StudyContext): Promise<StudyRow[]> {
+  const dir = await Deno.makeTempDir({ prefix: "moeq-study-" });
+  const pool = new EvalPool(o.jobs);
+  const rows: StudyRow[] = [];
+  // Runs whose artifacts hold identical weights (same allocation, quantizer, dense storage) are
+  // evaluated once: e.g. paper with and without init when Λ orders agree.
+  const byKey = new Map<string, Promise<number>>();
+  const pending: Promise<void>[] = [];
+  try {
+    for (const [i, r] of runs.entries()) {
+      const path = `${dir}/run-${i}.moeq`;
+      const tc = performance.now();
+      const compiled = await compileModel(ir, path, {
+        groupSize: o.groupSize,
+        init: o.init,
+        calibration: o.calibration,
+        ...r.opts,
+      });
+      const art = await openArtifact(path);
+      const avg = art.summary.avgExpertBits;
+      art.close();
+      const compileS = (performance.now() - tc) / 1000;
+      const method = String(r.opts.quantizer ?? o.quantizer);
+      const experts = r.opts.expertStorage;
+      const dense = r.opts.denseStorage ?? o.denseStorage;
+      const key = JSON.stringify([
+        storageJson(dense),
+        r.opts.denseQuantizer ?? "rtn",
+        experts.kind === "bits" ? method : experts.storage,
+        compiled.experts.map((e) => e.bits),
+      ]);
+      let evaluation = byKey.get(key);
+      const reused = evaluation !== undefined;
+      if (!evaluation) {
+        evaluation = o.evaluate(pool, path);
+        byKey.set(key, evaluation);
+      } else await Deno.remove(path);
+      const row: StudyRow = {
+        label: r.label,
+        allocator: experts.kind === "bits" ? allocatorOf(r.label) : "-",
+        quantizer: experts.kind === "bits"
+          ? (compiled.experts.length ? method : "-")
+          : (dense.kind === "bits" ? String(r.opts.denseQuantizer ?? "rtn") : "-"),
+        targetBits: experts.kind === "bits" ? experts.average : null,
+        avgExpertBits: avg,
+        denseBits: String(storageJson(dense)),
+        bytes: compiled.bytes,
+        bitsPerByte: NaN,
+        delta: NaN,
+      };
+      rows.push(row);
+      pending.push(evaluation.then((bpb) => {
+        row.bitsPerByte = bpb;
+        o.log(
+          `[${i + 1}/${runs.length}] ${r.label.padEnd(22)} bpb ${bpb.toFixed(4)}  avg bits ${
+            avg.toFixed(3)
+          }  compile ${compileS.toFixed(1)} s${reused ? "  (same weights as an earlier run)" : ""}`,
+        );
+      }));
+      // Keep at most a few compiled artifacts waiting on disk.
+      await pool.ready(o.jobs + 1);
+    }
+    await Promise.all(pending);
+  } finally {
+    pool.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+  return rows;
+}
+
+/** `study` of an encoder–decoder model on a span set (see the module doc). */
+async function runSeq2Seq(args: Args, ir: ModelIR): Promise<void> {
+  const file = args.string("spans");
+  if (!file) throw new UsageError("study: an encoder–decoder model is studied with --spans FILE");
+  if (args.flag("probe")) throw new UsageError("study: --probe needs a decoder-only model");
+  const initDir = args.string("init");
+  const init = initDir ? await loadCheckpoint(initDir) : undefined;
+  const all = parseSpans(await Deno.readTextFile(file), file, ir.spec.vocabSize);
+  const count = args.int("examples", 128, 1);
+  const calibCount = args.int("calibration-examples", 64, 1);
+  const evalSpans = all.slice(0, count);
+  const calibSpans = all.slice(count, count + calibCount);
+  if (calibSpans.length === 0) {
+    throw new UsageError(`study: ${file} has no examples left after the ${count} evaluated`);
+  }
+  const quantizer = args.choice("quantizer", QUANT_METHODS, "rtn") as QuantMethod;
+  const extra = args.string("quantizers", "hqq,gptq").split(",").filter((m) => m !== "")
+    .map((m) => {
+      if (!(QUANT_METHODS as readonly string[]).includes(m)) {
+        throw new UsageError(`--quantizers: unknown quantizer "${m}"`);
+      }
+      return m as QuantMethod;
+    }).filter((m) => m !== quantizer);
+  const denseStorage = parseDenseStorage(args.string("dense-bits", "f32"));
+  const jobs = args.int("jobs", 2, 1, 64);
+  const only = args.string("only")?.split(",");
+  const log = args.flag("quiet") ? () => {} : (s: string) => console.error(s);
+  let runs = runsFor(
+    args.numberList("bits", [2.25, 2.5, 3]),
+    quantizer,
+    denseStorage,
+    extra,
+    args.int("seeds", 10, 0, 1000),
+    init !== undefined,
+  );
+  if (only) runs = runs.filter((r) => only.includes(r.label) || r.label === "f32");
+  const t0 = performance.now();
+  log(`calibrating on examples ${count}..${count + calibSpans.length} of ${file}`);
+  const calibration = await calibrateSpans(await prepareReference(ir), calibSpans);
+  const rows = await studyRuns(runs, ir, {
+    init,
+    calibration,
+    groupSize: args.int("group-size", 64, 1),
+    quantizer,
+    denseStorage,
+    jobs,
+    log,
+    evaluate: (pool, path) => pool.evaluate(path, [], 0, "cpu", evalSpans),
+  });
+  const f32 = rows.find((r) => r.label === "f32")?.bitsPerByte ?? NaN;
+  for (const r of rows) r.delta = r.bitsPerByte - f32;
+  const table = aggregate(rows);
+  const seconds = (performance.now() - t0) / 1000;
+  const tokens = evalSpans.reduce((n, s) => n + s.labels.length, 0);
+  if (args.flag("json")) {
+    console.log(JSON.stringify({
+      model: args.positionals[0],
+      examples: evalSpans.length,
+      tokens,
+      calibration_examples: calibSpans.length,
+      device: "cpu",
+      seconds,
+      rows: table,
+      runs: rows,
+    }));
+  } else {
+    console.log(studyTable(table).replace("| bits/byte |", "| bits/token |"));
+    console.log(
+      `\n${evalSpans.length} held-out examples (${tokens} target tokens), calibration on the ${calibSpans.length} after them; cpu; ${
         seconds.toFixed(0)
       } s`,
     );

@@ -8,6 +8,7 @@
 
 import { openEngine } from "./model_source.ts";
 import { evaluateEngine } from "./evaluate_engine.ts";
+import { evaluateSpans, forwardSeq2Seq, type Span } from "../compiler/reference/mod.ts";
 
 /** A request to the worker. */
 export interface EvalRequest {
@@ -16,6 +17,8 @@ export interface EvalRequest {
   ids: number[];
   context: number;
   device: "cpu" | "webgpu";
+  /** An encoder–decoder model's examples (teacher-forced, on the CPU reference) instead of ids. */
+  spans?: Span[];
 }
 
 /** The worker's answer. */
@@ -28,11 +31,17 @@ export interface EvalReply {
 // deno-lint-ignore no-explicit-any
 const scope = self as any;
 scope.onmessage = async (ev: MessageEvent<EvalRequest>) => {
-  const { id, path, ids, context, device } = ev.data;
+  const { id, path, ids, context, device, spans } = ev.data;
   try {
-    const { engine } = await openEngine(path, device);
+    const { engine, reference } = await openEngine(path, device);
     try {
-      const r = await evaluateEngine(engine, ids, context);
+      const r = spans && reference
+        ? await evaluateSpans(
+          (e, d) => forwardSeq2Seq(reference, e, d),
+          spans,
+          reference.spec.decoderStartTokenId!,
+        )
+        : await evaluateEngine(engine, ids, context);
       scope.postMessage({ id, bitsPerToken: r.bitsPerToken } satisfies EvalReply);
     } finally {
       engine.dispose();

@@ -9,10 +9,22 @@
  *
  * Tables are indexed by MoE layer (the position in `moeLayers(ir)` and `ReferenceModel.moe`).
  *
+ * Decoder-only models calibrate on token ids in windows ({@link calibrate}); encoder–decoder
+ * models on teacher-forced examples ({@link calibrateSpans}), which route tokens through the MoE
+ * layers of both stacks.
+ *
  * @module
  */
 
-import { forward, type MoeObserver, type ReferenceModel } from "./reference/mod.ts";
+import {
+  evaluateReference,
+  evaluateSpans,
+  forward,
+  forwardSeq2Seq,
+  type MoeObserver,
+  type ReferenceModel,
+  type Span,
+} from "./reference/mod.ts";
 import { windows } from "./reference/eval.ts";
 import { mulberry32 } from "../schemas/prng.ts";
 import { UsageError } from "../schemas/errors.ts";
@@ -40,6 +52,8 @@ export interface CalibrationData {
   /** The calibration token ids and window length (the `budget` layer probe re-runs them). */
   ids: readonly number[];
   context: number;
+  /** The examples of an encoder–decoder model's calibration (`ids` is empty then); else null. */
+  spans: readonly Span[] | null;
   /**
    * Results derived from this calibration that do not depend on the target (the budget costs
    * per quantizer), kept so a study compiling many variants computes them once.
@@ -65,11 +79,71 @@ export async function calibrate(
   ids: readonly number[],
   opts: CalibrateOptions = {},
 ): Promise<CalibrationData> {
-  const spec = model.spec;
-  const context = opts.context ?? spec.maxPositions;
-  const cap = opts.maxSamplesPerExpert ?? 512;
+  const context = opts.context ?? model.spec.maxPositions;
   if (ids.length < 2) throw new UsageError("calibration text needs at least 2 tokens");
-  const H = spec.hiddenSize;
+  const record = recorder(model, opts);
+  // Windows as in evaluation, but every fed token counts (the last target is not needed).
+  const plan = windows(ids.length + 1, context);
+  let tokens = 0;
+  for (let w = 0; w < plan.length; w++) {
+    const { start, length } = plan[w];
+    const chunk = ids.slice(start, start + length);
+    forward(model, chunk, { observer: record.observer });
+    tokens += chunk.length;
+    opts.onProgress?.(w + 1, plan.length);
+    await Promise.resolve();
+  }
+  return { tokens, ...record.finish(), ids: [...ids], context, spans: null, memo: new Map() };
+}
+
+/**
+ * Runs every example through an encoder–decoder reference model teacher-forced (encoder
+ * `inputIds`, decoder [decoder start] + labels[:−1]), recording routing in both stacks.
+ */
+export async function calibrateSpans(
+  model: ReferenceModel,
+  spans: readonly Span[],
+  opts: CalibrateOptions = {},
+): Promise<CalibrationData> {
+  if (spans.length === 0) throw new UsageError("calibration needs at least one example");
+  const start = model.spec.decoderStartTokenId;
+  if (start === null) throw new UsageError("calibration examples need an encoder–decoder model");
+  const record = recorder(model, opts);
+  let tokens = 0;
+  for (const [i, s] of spans.entries()) {
+    const decoder = [start, ...s.labels.slice(0, -1)];
+    forwardSeq2Seq(model, s.inputIds, decoder, { observer: record.observer });
+    tokens += s.inputIds.length + decoder.length;
+    opts.onProgress?.(i + 1, spans.length);
+    await Promise.resolve();
+  }
+  return {
+    tokens,
+    ...record.finish(),
+    ids: [],
+    context: model.spec.maxPositions,
+    spans: [...spans],
+    memo: new Map(),
+  };
+}
+
+/** The reference's bits per token on the calibration set (windows of ids, or the examples). */
+export async function calibrationBits(
+  model: ReferenceModel,
+  calib: Pick<CalibrationData, "ids" | "context" | "spans">,
+): Promise<number> {
+  if (calib.spans) {
+    const start = model.spec.decoderStartTokenId!;
+    const run = (e: number[], d: number[]) => forwardSeq2Seq(model, e, d);
+    return (await evaluateSpans(run, calib.spans, start)).bitsPerToken;
+  }
+  return (await evaluateReference(model, calib.ids, { context: calib.context })).bitsPerToken;
+}
+
+/** The routing observer of a calibration and the tables it fills. */
+function recorder(model: ReferenceModel, opts: CalibrateOptions) {
+  const cap = opts.maxSamplesPerExpert ?? 512;
+  const H = model.spec.hiddenSize;
   const counts = model.moe.map((m) => new Array<number>(m.experts.length).fill(0));
   const samples: ExpertSample[][] = model.moe.map((m) =>
     m.experts.map(() => ({
@@ -94,22 +168,14 @@ export async function calibrate(
       }
     }
   };
-  // Windows as in evaluation, but every fed token counts (the last target is not needed).
-  const plan = windows(ids.length + 1, context);
-  let tokens = 0;
-  for (let w = 0; w < plan.length; w++) {
-    const { start, length } = plan[w];
-    const chunk = ids.slice(start, start + length);
-    forward(model, chunk, { observer });
-    tokens += chunk.length;
-    opts.onProgress?.(w + 1, plan.length);
-    await Promise.resolve();
-  }
-  for (const row of samples) {
-    for (const s of row) {
-      s.inputs = s.inputs.slice(0, s.n * H);
-      s.weights = s.weights.slice(0, s.n);
+  const finish = () => {
+    for (const row of samples) {
+      for (const s of row) {
+        s.inputs = s.inputs.slice(0, s.n * H);
+        s.weights = s.weights.slice(0, s.n);
+      }
     }
-  }
-  return { tokens, counts, samples, ids: [...ids], context, memo: new Map() };
+    return { counts, samples };
+  };
+  return { observer, finish };
 }

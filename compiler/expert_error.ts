@@ -17,9 +17,9 @@
  * @module
  */
 
-import { evaluateReference, type ReferenceModel } from "./reference/mod.ts";
+import type { ReferenceModel, Span } from "./reference/mod.ts";
 import { UsageError } from "../schemas/errors.ts";
-import type { ExpertSample } from "./calibration.ts";
+import { calibrationBits, type ExpertSample } from "./calibration.ts";
 import { squaredError } from "./quantize/mod.ts";
 import {
   expertOutputs,
@@ -98,8 +98,9 @@ export function spearman(a: readonly number[], b: readonly number[]): number {
 /**
  * Measured loss sensitivity of one MoE layer (its index in `model.moe`): all its experts are
  * replaced by `quantized[e]`
- * (e.g. their lowest-width versions), the float64 reference is evaluated on `ids`, and the
- * result is the increase in bits/token over `base` (the float model's bits/token on `ids`).
+ * (e.g. their lowest-width versions), the float64 reference is evaluated on `ids` (on `spans`,
+ * teacher-forced, for an encoder–decoder model), and the result is the increase in bits/token
+ * over `base` (the float model's bits/token there).
  */
 export async function layerDelta(
   model: ReferenceModel,
@@ -108,10 +109,11 @@ export async function layerDelta(
   moeLayer: number,
   quantized: readonly ExpertWeights[],
   base: number,
+  spans: readonly Span[] | null = null,
 ): Promise<number> {
   const restores = quantized.map((q, e) => swapExpert(model, moeLayer, e, q));
   try {
-    return (await evaluateReference(model, ids, { context })).bitsPerToken - base;
+    return (await calibrationBits(model, { ids, context, spans })) - base;
   } finally {
     restores.forEach((r) => r());
   }

@@ -35,6 +35,12 @@ export interface Engine {
   logits(ids: number[]): Promise<Float32Array[]>;
   /** Prefills `promptIds` then yields generated ids one by one. */
   generate(promptIds: number[], options?: GenerateOptions): AsyncGenerator<number>;
+  /**
+   * Encoder–decoder models: runs the encoder over `encoderIds` once, then yields decoder ids one
+   * by one, starting from the model's decoder start token (which is not yielded). Present on
+   * engines that run encoder–decoder models.
+   */
+  generateSeq2Seq?(encoderIds: number[], options?: GenerateOptions): AsyncGenerator<number>;
   /** Frees GPU memory; the engine is unusable afterwards. */
   dispose(): void;
 }

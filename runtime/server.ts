@@ -22,6 +22,7 @@
 import type { Engine, GenerateOptions } from "./api.ts";
 import { MoeqError } from "../schemas/errors.ts";
 import type { ChatMessage, Tokenizer } from "./tokenizer.ts";
+import { createDecoderStream, encoderIdsOf } from "./seq2seq_text.ts";
 
 /** Options for {@link serve}. */
 export interface ServeOptions {
@@ -303,7 +304,18 @@ async function generate(
     stopIds: [...stopIds],
     signal,
   };
-  const decoder = tokenizer.createStreamDecoder();
+  // An encoder–decoder model: the prompt feeds the encoder, the decoder generates.
+  const seq2seq = engine.model.encoder !== null;
+  if (seq2seq && !engine.generateSeq2Seq) {
+    throw new HttpError(
+      400,
+      "this engine does not run encoder–decoder models",
+      "invalid_request_error",
+    );
+  }
+  const decoder = seq2seq
+    ? createDecoderStream(engine.model, tokenizer)
+    : tokenizer.createStreamDecoder();
   // Text generated so far, and how much of it was handed to onPiece. The last
   // (longest stop string - 1) characters are held back in case they start a stop string.
   let text = "";
@@ -322,7 +334,10 @@ async function generate(
   };
 
   if (job.maxTokens > 0) {
-    for await (const id of engine.generate(job.promptIds, options)) {
+    const ids = seq2seq
+      ? engine.generateSeq2Seq!(job.promptIds, options)
+      : engine.generate(job.promptIds, options);
+    for await (const id of ids) {
       if (signal.aborted) break;
       completionTokens++;
       if (stopIds.has(id)) {
@@ -511,9 +526,11 @@ function parseJob(
   } else {
     if (b.messages !== undefined) throw bad("messages", "is a chat completions field (use prompt)");
     const p = b.prompt;
-    if (typeof p === "string") promptIds = tokenizer.encode(p);
+    const encode = (text: string) =>
+      engine.model.encoder ? encoderIdsOf(text, engine.model, tokenizer) : tokenizer.encode(text);
+    if (typeof p === "string") promptIds = encode(p);
     else if (Array.isArray(p) && p.length === 1 && typeof p[0] === "string") {
-      promptIds = tokenizer.encode(p[0]);
+      promptIds = encode(p[0]);
     } else if (Array.isArray(p) && p.length > 0 && p.every((v) => typeof v === "number")) {
       promptIds = p.map((v) => tokenId(v, "prompt"));
     } else throw bad("prompt", "must be a string, a one-element list of strings, or token ids");

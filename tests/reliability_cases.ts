@@ -1063,7 +1063,35 @@ export const IO_CASES: CliCase[] = [
       return ["eval", path, "--text", join(dir, "tdir"), "--device", "cpu"];
     },
   },
+  {
+    id: "io-eval-spans-not-json",
+    group: "io",
+    title: "eval: a `--spans` line is not JSON",
+    code: 3,
+    mentions: ["spans.jsonl", "line 2"],
+    async setup(dir) {
+      const spans = join(dir, "spans.jsonl");
+      await Deno.writeTextFile(spans, '{"input_ids": [3, 4], "labels": [5]}\n{"input_ids": [3,\n');
+      return ["eval", SWITCH_ORACLE, "--spans", spans];
+    },
+  },
+  {
+    id: "io-eval-spans-label-range",
+    group: "io",
+    title: "eval: a `--spans` label is not a token id",
+    code: 3,
+    mentions: ["spans.jsonl", "line 1", "labels", "99"],
+    async setup(dir) {
+      const spans = join(dir, "spans.jsonl");
+      await Deno.writeTextFile(spans, '{"input_ids": [3, 4], "labels": [5, 99]}\n');
+      return ["eval", SWITCH_ORACLE, "--spans", spans];
+    },
+  },
 ];
+
+/** The encoder–decoder oracle checkpoint (Switch Transformer, vocab 64). */
+const SWITCH_ORACLE =
+  new URL("../testdata/hf-oracle/switch_transformers-a", import.meta.url).pathname;
 
 // ---------------------------------------------------------------------------------------------
 // Command-line flags

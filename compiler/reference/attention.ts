@@ -4,12 +4,13 @@
  *   q = q_proj h (+ bq), k = k_proj h (+ bk), v = v_proj h (+ bv)
  *   q, k ← RMSNorm per head ("head") or over the whole projection ("full")
  *   q, k, v ← clamp(·, −clip, clip)             (OLMoE clip_qkv: after the q/k norm)
- *   q, k ← RoPE at their positions
- *   out = o_proj(softmax(scale · q kᵀ over the cached keys) v) (+ bo)
+ *   q, k ← RoPE at their positions                (when the position is RoPE)
+ *   out = o_proj(softmax(scale · q kᵀ (+ T5 relative bias) over the visible keys) v) (+ bo)
  *
- * Query head h reads kv head ⌊h / (nh/nkv)⌋. gpt-oss adds a sink logit per head to the softmax
- * (then drops its share) and a per-layer sliding window (keys j > q − W). Other attention
- * variants (MLA, bidirectional) are described but not implemented here yet.
+ * Causal attention sees the keys up to its own position, bidirectional (an encoder) every key of
+ * the chunk. Query head h reads kv head ⌊h / (nh/nkv)⌋. gpt-oss adds a sink logit per head to the
+ * softmax (then drops its share) and a per-layer sliding window (keys j > q − W). MLA is described
+ * but not implemented here yet.
  *
  * @module
  */
@@ -17,6 +18,7 @@
 import type { AttentionSpec, GqaAttentionSpec } from "../../schemas/model.ts";
 import { addBias, matmul, notImplemented, softmax } from "./math.ts";
 import { checkNorm, rmsNorm } from "./norms.ts";
+import { type ReferenceRelativeBias, relativeBiasRow } from "./relative_bias.ts";
 import { prepareRope, type ReferenceRope, rope, ropeTables } from "./rope.ts";
 import type { LayerWeights } from "./weights.ts";
 
@@ -42,7 +44,10 @@ export interface ReferenceAttention {
   kNorm: Float64Array | null;
   /** [nh] one learned logit per head (gpt-oss sinks). */
   sinks: Float64Array | null;
-  rope: ReferenceRope;
+  /** null when the position is not RoPE. */
+  rope: ReferenceRope | null;
+  /** The T5 relative bias (the owner layer's table), when the position is one. */
+  relativeBias: ReferenceRelativeBias | null;
   /** Which of a session's KV caches is this block's. */
   cacheSlot: number;
 }
@@ -56,41 +61,57 @@ export interface KvCache {
 /** The GQA spec of an attention block; UnsupportedError for what the reference lacks. */
 export function checkAttention(spec: AttentionSpec): GqaAttentionSpec {
   if (spec.kind !== "gqa") throw notImplemented(`attention kind "${spec.kind}"`);
-  if (!spec.causal) throw notImplemented("bidirectional attention");
   if (spec.qkNorm !== "none") checkNorm(spec.qkNormSpec);
   return spec;
 }
 
-/** Reads an attention block's weights (roles `attn_*`). */
+/** Where {@link readAttention} finds a block's tensors. */
+export interface AttentionSource {
+  /** Role prefix: `attn` for self-attention, `cross` for cross-attention. */
+  prefix?: "attn" | "cross";
+  /** The weights of the layer owning the relative-bias table (its `<prefix>_relative_bias`). */
+  owner?: LayerWeights;
+}
+
+/** Reads an attention block's weights (roles `attn_*`, or `cross_*`). */
 export async function readAttention(
   described: AttentionSpec,
   weights: LayerWeights,
   cacheSlot: number,
+  source: AttentionSource = {},
 ): Promise<ReferenceAttention> {
   const spec = checkAttention(described);
-  const rope = prepareRope(spec.position, spec.headDim);
-  const optional = (on: boolean, role: string) => on ? weights.read(role) : null;
+  const p = source.prefix ?? "attn";
+  const position = spec.position;
+  const rope = position.kind === "rope" ? prepareRope(position, spec.headDim) : null;
+  const relativeBias = position.kind === "relative_bias"
+    ? { spec: position, table: await (source.owner ?? weights).read(`${p}_relative_bias`) }
+    : null;
+  const optional = (on: boolean, role: string) => on ? weights.read(`${p}_${role}`) : null;
   const norms = spec.qkNorm !== "none";
   return {
     spec,
-    q: await weights.read("attn_q"),
-    k: await weights.read("attn_k"),
-    v: await weights.read("attn_v"),
-    o: await weights.read("attn_o"),
-    qBias: await optional(spec.qkvBias, "attn_q_bias"),
-    kBias: await optional(spec.qkvBias, "attn_k_bias"),
-    vBias: await optional(spec.qkvBias, "attn_v_bias"),
-    oBias: await optional(spec.outBias, "attn_o_bias"),
-    qNorm: await optional(norms, "attn_q_norm"),
-    kNorm: await optional(norms, "attn_k_norm"),
-    sinks: await optional(spec.sinks, "attn_sinks"),
+    q: await weights.read(`${p}_q`),
+    k: await weights.read(`${p}_k`),
+    v: await weights.read(`${p}_v`),
+    o: await weights.read(`${p}_o`),
+    qBias: await optional(spec.qkvBias, "q_bias"),
+    kBias: await optional(spec.qkvBias, "k_bias"),
+    vBias: await optional(spec.qkvBias, "v_bias"),
+    oBias: await optional(spec.outBias, "o_bias"),
+    qNorm: await optional(norms, "q_norm"),
+    kNorm: await optional(norms, "k_norm"),
+    sinks: await optional(spec.sinks, "sinks"),
     rope,
+    relativeBias,
     cacheSlot,
   };
 }
 
-/** What {@link attention} may add: a sink logit per head, a sliding window. */
+/** What {@link attention} may add: a score bias, a sink logit per head, a sliding window. */
 export interface AttentionExtras {
+  /** [nh, nKeys]: added to the scores (T5 relative position bias). */
+  bias?: Float64Array | null;
   /** [nh]: head h's softmax gets the extra logit sinks[h], whose probability is dropped. */
   sinks?: Float64Array | null;
   /** Only keys j > q − window are visible to the query at q = nKeys − 1. */
@@ -99,10 +120,11 @@ export interface AttentionExtras {
 
 /**
  * Attention of one query position over cached keys/values 0..nKeys−1 (GQA: query head h reads
- * kv head ⌊h / (nh/nkv)⌋; scores × scale, softmax in float64). `q` is [nh·hd], `keys`/`values`
- * [positions, nkv·hd]; `out` [nh·hd]; `scores` scratch holds nKeys values. With a window the
- * keys before nKeys − window are masked; with sinks each head's softmax runs over its visible
- * keys plus its sink logit, and the sink's share is dropped (the weights sum to less than 1).
+ * kv head ⌊h / (nh/nkv)⌋; scores × scale (+ bias[h, j]), softmax in float64). `q` is [nh·hd],
+ * `keys`/`values` [positions, nkv·hd]; `out` [nh·hd]; `scores` scratch holds nKeys + 1 values.
+ * With a window the keys before nKeys − window are masked; with sinks each head's softmax runs over
+ * its visible keys plus its sink logit, and the sink's share is dropped (the weights sum to less
+ * than 1); `bias`, when given, is [nh, nKeys].
  */
 export function attention(
   out: Float64Array,
@@ -128,6 +150,9 @@ export function attention(
       let s = 0;
       for (let i = 0; i < hd; i++) s += q[qo + i] * keys[kj + i];
       scores[j] = s * scale;
+    }
+    if (extras.bias) {
+      for (let j = first; j < nKeys; j++) scores[j] += extras.bias[h * nKeys + j];
     }
     if (extras.sinks) {
       scores[nKeys] = extras.sinks[h];
@@ -160,7 +185,8 @@ function clamp(vec: Float64Array, limit: number): void {
 
 /**
  * The attention block over n new tokens h [n, H] at positions start..start+n−1: writes their
- * keys/values into `cache` and the block output into `out` [n, H].
+ * keys/values into `cache` and the block output into `out` [n, H]. Causal: token t sees keys
+ * 0..start+t; bidirectional: every key 0..start+n−1.
  */
 export function attentionBlock(
   out: Float64Array,
@@ -184,9 +210,6 @@ export function attentionBlock(
   if (a.kBias) addBias(k, a.kBias, n);
   if (a.vBias) addBias(v, a.vBias, n);
 
-  const { rotaryDim, invFreq } = a.rope;
-  const half = rotaryDim / 2;
-  const { cos, sin } = ropeTables(invFreq, start, n, a.rope.mscale);
   const eps = a.spec.qkNormSpec.eps;
   for (let t = 0; t < n; t++) {
     const qt = q.subarray(t * qDim, (t + 1) * qDim);
@@ -200,19 +223,28 @@ export function attentionBlock(
       clamp(kt, clipQkv);
       clamp(v.subarray(t * kvDim, (t + 1) * kvDim), clipQkv);
     }
-    const c = cos.subarray(t * half, (t + 1) * half);
-    const s = sin.subarray(t * half, (t + 1) * half);
-    rope(qt, nh, hd, c, s, rotaryDim);
-    rope(kt, nkv, hd, c, s, rotaryDim);
+  }
+  if (a.rope) {
+    const { rotaryDim, invFreq } = a.rope;
+    const half = rotaryDim / 2;
+    const { cos, sin } = ropeTables(invFreq, start, n, a.rope.mscale);
+    for (let t = 0; t < n; t++) {
+      const c = cos.subarray(t * half, (t + 1) * half);
+      const s = sin.subarray(t * half, (t + 1) * half);
+      rope(q.subarray(t * qDim, (t + 1) * qDim), nh, hd, c, s, rotaryDim);
+      rope(k.subarray(t * kvDim, (t + 1) * kvDim), nkv, hd, c, s, rotaryDim);
+    }
   }
 
   const att = new Float64Array(n * qDim);
   const scores = new Float64Array(start + n + 1);
-  const extras = { sinks: a.sinks, window: a.spec.slidingWindow };
+  const bias = a.relativeBias ? new Float64Array(nh * (start + n)) : null;
+  const extras = { sinks: a.sinks, window: a.spec.slidingWindow, bias };
   for (let t = 0; t < n; t++) {
     const qt = q.subarray(t * qDim, (t + 1) * qDim);
     const at = att.subarray(t * qDim, (t + 1) * qDim);
-    const nKeys = start + t + 1;
+    const nKeys = a.spec.causal ? start + t + 1 : start + n;
+    if (bias) relativeBiasRow(bias, a.relativeBias!, start + t, nKeys, nh);
     attention(at, qt, cache.keys, cache.values, nKeys, nh, nkv, hd, a.spec.scale, scores, extras);
   }
   matmul(out, att, a.o, n, H, qDim);

@@ -1,9 +1,10 @@
 /**
  * MLPs in float64 — routed experts, shared experts and dense feed-forward blocks alike: a list of
  * named matrices ([I, H] in, [H, I] out, torch Linear layout) with optional biases and an
- * activation. Implemented: SwiGLU, down(silu(gate·x + bg) ⊙ (up·x + bu)) + bd, and gpt-oss's
- * clamped SwiGLU: g = min(gate, limit), u = clamp(up, ±limit), down((u + 1) · g · σ(alpha·g)).
- * The other described activations are not implemented here yet.
+ * activation. Implemented: SwiGLU, down(silu(gate·x + bg) ⊙ (up·x + bu)) + bd; gpt-oss's clamped
+ * SwiGLU, g = min(gate, limit), u = clamp(up, ±limit), down((u + 1) · g · σ(alpha·g)); and ReLU
+ * (Switch, T5), down(relu(up·x + bu)) + bd. The other described activations are not implemented
+ * here yet.
  *
  * @module
  */
@@ -30,7 +31,8 @@ export interface ReferenceMlp {
 
 /** Throws UnsupportedError for an activation the reference does not implement. */
 export function checkActivation(activation: ActivationSpec): void {
-  if (activation.kind !== "swiglu" && activation.kind !== "swiglu_clamped") {
+  const implemented = ["swiglu", "swiglu_clamped", "relu"];
+  if (!implemented.includes(activation.kind)) {
     throw notImplemented(`activation "${activation.kind}"`);
   }
 }
@@ -88,6 +90,13 @@ export function mlp(
 ): void {
   checkActivation(m.activation);
   const I = m.inter;
+  if (m.activation.kind === "relu") {
+    const hidden = new Float64Array(n * I);
+    linear(hidden, x, m, "up", n, I, H);
+    for (let i = 0; i < n * I; i++) hidden[i] = Math.max(0, hidden[i]);
+    linear(out, hidden, m, "down", n, H, I);
+    return;
+  }
   const gate = new Float64Array(n * I);
   const up = new Float64Array(n * I);
   linear(gate, x, m, "gate", n, I, H);

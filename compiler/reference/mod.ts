@@ -22,12 +22,17 @@ export {
   type ReferenceBlock,
   type ReferenceLayer,
   type ReferenceModel,
+  type ReferenceStack,
 } from "./model.ts";
 export { type MoeObserver, type ReferenceDense, type ReferenceMoe } from "./moe.ts";
 export { type ReferenceNorm, rmsNorm } from "./norms.ts";
 export { rope, ropeInvFreq } from "./rope.ts";
 export { route, type Routing } from "./router.ts";
-export { forward, type ForwardOptions, ReferenceSession } from "./session.ts";
+export { forward, type ForwardOptions, forwardSeq2Seq, ReferenceSession } from "./session.ts";
+export { encode } from "./encoder.ts";
+export { crossAttentionBlock, crossKv } from "./cross_attention.ts";
+export { capacityRoutes } from "./capacity.ts";
+export { relativeBucket } from "./relative_bias.ts";
 export {
   crossEntropyBits,
   type EvalResult,
@@ -38,3 +43,4 @@ export {
   type WindowLogits,
   windows,
 } from "./eval.ts";
+export { evaluateSpans, parseSpans, type Span, type SpanEval } from "./spans.ts";

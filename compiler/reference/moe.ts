@@ -4,7 +4,8 @@
  * MoE over n tokens: router logits = router · h; each token is routed (router.ts) and shown to
  * the observer; each chosen expert then runs once over the tokens that chose it, and
  * out[t] = Σ w_e · expert_e(h[t]) (experts in index order), plus the shared expert, scaled by
- * sigmoid(shared_expert_gate · h) when gated. Only the chosen experts are computed.
+ * sigmoid(shared_expert_gate · h) when gated. Only the chosen experts are computed. The capacity
+ * router (capacity.ts) routes the n tokens together and may refuse some: those get no expert.
  *
  * @module
  */
@@ -12,6 +13,7 @@
 import type { DenseFfnSpec, MoeFfnSpec, StackName } from "../../schemas/model.ts";
 import { addBias, matmul, sigmoid } from "./math.ts";
 import { mlp, readMlp, type ReferenceMlp } from "./mlp.ts";
+import { capacityRoutes } from "./capacity.ts";
 import { checkRouter, route, type Routing } from "./router.ts";
 import { sparsemixer } from "./sparsemixer.ts";
 import type { LayerWeights } from "./weights.ts";
@@ -46,7 +48,8 @@ export interface ReferenceDense {
  * chosen expert ids and their mixing weights. `moeLayer` indexes `ReferenceModel.moe` (the
  * compiler/ir.ts moeLayers order). The frequency pass counts routes with it; GPTQ collects each
  * expert's routed inputs. `h` is a view into a buffer that is overwritten after the call: copy it
- * (`h.slice()`) to keep it. `position` is the token's position in the sequence.
+ * (`h.slice()`) to keep it. `position` is the token's position in the sequence. A token the
+ * capacity router refuses reaches no expert and is not reported.
  */
 export type MoeObserver = (
   moeLayer: number,
@@ -62,7 +65,7 @@ export async function readMoe(
   weights: LayerWeights,
   place: { index: number; stack: StackName; layer: number },
 ): Promise<ReferenceMoe> {
-  routerOf(spec);
+  if (spec.router.kind !== "capacity") routerOf(spec);
   const experts: ReferenceMlp[] = [];
   for (let e = 0; e < spec.numExperts; e++) {
     experts.push(await readMlp(spec.expert, "expert", weights, e));
@@ -99,19 +102,20 @@ export function moeBlock(
   observer?: MoeObserver,
 ): void {
   const H = h.length / n;
-  const { numExperts: E, topK } = f.spec;
-  const router = routerOf(f.spec);
+  const E = f.spec.numExperts;
   const logits = new Float64Array(n * E);
   matmul(logits, h, f.router, n, E, H);
   if (f.routerBias) addBias(logits, f.routerBias, n);
+  const routes = routeTokens(f.spec, logits, n);
 
   // Route every token; collect, per expert, the tokens it serves and their weights.
   const tokensOf: number[][] = Array.from({ length: E }, () => []);
   const weightsOf: number[][] = Array.from({ length: E }, () => []);
   for (let t = 0; t < n; t++) {
-    const r = router(logits.subarray(t * E, (t + 1) * E));
+    const r = routes[t];
+    if (r.experts.length === 0) continue;
     observer?.(f.index, start + t, h.subarray(t * H, (t + 1) * H), r.experts, r.weights);
-    for (let j = 0; j < topK; j++) {
+    for (let j = 0; j < r.experts.length; j++) {
       tokensOf[r.experts[j]].push(t);
       weightsOf[r.experts[j]].push(r.weights[j]);
     }
@@ -147,9 +151,22 @@ export function moeBlock(
 }
 
 /** The routing function of a MoE block; UnsupportedError for a router the reference lacks. */
+/**
+ * Routes n tokens from their router logits [n, E]: token by token, or (capacity routers) over the
+ * whole sequence, where a refused token gets no expert.
+ */
+function routeTokens(spec: MoeFfnSpec, logits: Float64Array, n: number): Routing[] {
+  const E = spec.numExperts;
+  if (spec.router.kind === "capacity") return capacityRoutes(logits, n, E, spec.router.capacity);
+  const router = routerOf(spec);
+  return Array.from({ length: n }, (_, t) => router(logits.subarray(t * E, (t + 1) * E)));
+}
+
+/** The per-token router of a topk or sparsemixer MoE block. */
 function routerOf(spec: MoeFfnSpec): (logits: Float64Array) => Routing {
   const r = spec.router;
   if (r.kind === "sparsemixer") return (logits) => sparsemixer(logits, r.jitter);
+  if (r.kind === "capacity") throw new Error("a capacity router routes whole sequences");
   const topk = checkRouter(r);
   return (logits) => route(logits, spec.topK, topk);
 }

@@ -5,7 +5,10 @@
  *   for each layer, for each block:  x += residualScale · block(norm(x))
  *   logits = lmHead(finalNorm(x) · headScale) (+ bias)
  *
- * Each block is the variant its description names (attention.ts, moe.ts). Everything is
+ * Each block is the variant its description names (attention.ts, moe.ts). An encoder–decoder
+ * model first runs `encode(encoderIds)` (encoder.ts), which also projects the encoder output to
+ * each cross-attention block's keys and values once (cross_attention.ts); the decoder tokens then
+ * go through `feed`/`step` as for a decoder-only model. Everything is
  * float64; transformers keeps float32 islands even in a float64 model (RMSNorm, RoPE, attention
  * softmax, routers), so this matches its float64 logits with those islands lifted
  * (`hf_logits_f64strict`) to ~1e-12, and its plain float64 logits to ~1e-6.
@@ -15,6 +18,8 @@
 
 import { UsageError } from "../../schemas/errors.ts";
 import { attentionBlock, type KvCache } from "./attention.ts";
+import { crossAttentionBlock, crossKv } from "./cross_attention.ts";
+import { checkIds, encode } from "./encoder.ts";
 import { addBias, matmul } from "./math.ts";
 import type { ReferenceModel } from "./model.ts";
 import { denseBlock, moeBlock, type MoeObserver } from "./moe.ts";
@@ -38,6 +43,9 @@ export class ReferenceSession {
   #cache: KvCache[] = [];
   #capacity = 0;
   #position = 0;
+  /** Per cross-attention block, the encoder output's keys and values (after `encode`). */
+  #cross: KvCache[] | null = null;
+  #encoderLength = 0;
 
   /** Creates an empty session over `model`. */
   constructor(model: ReferenceModel, options: ForwardOptions = {}) {
@@ -55,6 +63,28 @@ export class ReferenceSession {
     this.#position = 0;
   }
 
+  /**
+   * Runs the encoder over `ids` and keeps, per cross-attention block, its keys and values; the
+   * decoder cache is emptied (the next decoder token is at position 0). Returns the encoder
+   * output [ids.length, H].
+   */
+  encode(ids: readonly number[]): Float64Array {
+    const enc = encode(this.model, ids, this.#observer);
+    const m = ids.length;
+    const cross: KvCache[] = [];
+    for (const layer of this.model.layers) {
+      for (const b of layer.blocks) {
+        if (b.kind === "cross_attention") {
+          cross[b.attention.cacheSlot] = crossKv(b.attention, enc, m);
+        }
+      }
+    }
+    this.#cross = cross;
+    this.#encoderLength = m;
+    this.reset();
+    return enc;
+  }
+
   /** Runs one token; returns its next-token logits [vocabSize]. */
   step(id: number): Float64Array {
     return this.feed([id])[0];
@@ -67,12 +97,7 @@ export class ReferenceSession {
   feed(ids: readonly number[]): Float64Array[] {
     const model = this.model;
     const { hiddenSize: H, vocabSize: V, embedScale, head } = model.spec;
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i];
-      if (!Number.isInteger(id) || id < 0 || id >= V) {
-        throw new UsageError(`ids[${i}] = ${id} is not a token id in [0, ${V})`);
-      }
-    }
+    checkIds(ids, V);
     const n = ids.length;
     if (n === 0) return [];
     this.#reserve(this.#position + n);
@@ -89,6 +114,10 @@ export class ReferenceSession {
         if (block.kind === "attention") {
           const a = block.attention;
           attentionBlock(out, h, n, a, this.#cache[a.cacheSlot], this.#position);
+        } else if (block.kind === "cross_attention") {
+          if (!this.#cross) throw new UsageError("an encoder–decoder model needs encode() first");
+          const a = block.attention;
+          crossAttentionBlock(out, h, n, a, this.#cross[a.cacheSlot], this.#encoderLength);
         } else if (block.ffn.kind === "moe") {
           moeBlock(out, h, n, block.ffn, this.#position, this.#observer);
         } else {
@@ -144,4 +173,20 @@ export function forward(
   options: ForwardOptions = {},
 ): Float64Array[] {
   return new ReferenceSession(model, options).feed(ids);
+}
+
+/**
+ * The full forward pass of an encoder–decoder model: the encoder over `encoderIds`, then the
+ * decoder over `decoderIds` (positions 0..n−1, all routed together): one logits row per decoder
+ * position.
+ */
+export function forwardSeq2Seq(
+  model: ReferenceModel,
+  encoderIds: readonly number[],
+  decoderIds: readonly number[],
+  options: ForwardOptions = {},
+): Float64Array[] {
+  const session = new ReferenceSession(model, options);
+  session.encode(encoderIds);
+  return session.feed(decoderIds);
 }

@@ -12,7 +12,7 @@
  */
 
 import { UsageError } from "../../schemas/errors.ts";
-import type { CalibrationData } from "../calibration.ts";
+import { calibrationBits, type CalibrationData } from "../calibration.ts";
 import { layerDelta, layerScales, outputError, weightError } from "../expert_error.ts";
 import {
   expertBytes,
@@ -22,7 +22,7 @@ import {
   readExpert,
 } from "../expert_weights.ts";
 import type { ModelIR, MoeLayerIR } from "../ir.ts";
-import { evaluateReference, prepareReference } from "../reference/mod.ts";
+import { prepareReference } from "../reference/mod.ts";
 import type { CompilePlan } from "./plan.ts";
 
 /** The budget problem's per-expert tables, `[moeLayer][expert][width index]`. */
@@ -54,9 +54,7 @@ export async function budgetCosts(
   // "layer": each layer's output-error proxies are scaled to measured bits/token (layerScales),
   // one layer at a time so only that layer's quantized experts are held.
   const ref = mode === "layer" ? await prepareReference(ir) : null;
-  const base = ref
-    ? (await evaluateReference(ref, calib!.ids, { context: calib!.context })).bitsPerToken
-    : 0;
+  const base = ref ? await calibrationBits(ref, calib!) : 0;
   const cost = layers.map((l) => l.experts.map(() => [] as number[]));
   const bytes = layers.map((l) => l.experts.map(() => [] as number[]));
   const deltas: number[] = [];
@@ -78,7 +76,17 @@ export async function budgetCosts(
       }
       plan.onProgress("costs", ++done, total);
     }
-    if (ref) deltas[m] = await layerDelta(ref, calib!.ids, calib!.context, m, lowest, base);
+    if (ref) {
+      deltas[m] = await layerDelta(
+        ref,
+        calib!.ids,
+        calib!.context,
+        m,
+        lowest,
+        base,
+        calib!.spans,
+      );
+    }
   }
 
   const notes: string[] = [];

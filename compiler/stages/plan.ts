@@ -19,6 +19,7 @@ import type { ModelIR } from "../ir.ts";
 import type { AllocatorName } from "../passes/mod.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import type { CalibrationData } from "../calibration.ts";
+import type { Span } from "../reference/mod.ts";
 
 /** How routed experts are stored: unquantized in a float type, or at an average bit width. */
 export type ExpertStorage =
@@ -71,6 +72,8 @@ export interface CompileOptions {
   init?: ModelIR;
   /** Calibration token ids (frequency, gptq, budget output-error costs). */
   calibrationIds?: number[];
+  /** Calibration examples of an encoder–decoder model (instead of ids). */
+  calibrationSpans?: Span[];
   /** Calibration already collected (e.g. by a study compiling many variants); wins over ids. */
   calibration?: CalibrationData;
   /** Calibration window (default: the model's max positions, at most 512). */
@@ -104,6 +107,7 @@ export interface CompilePlan {
   /** Calibration must run (frequency, GPTQ, or ids were given) unless it was passed in. */
   calibrationNeeded: boolean;
   calibrationIds?: number[];
+  calibrationSpans?: Span[];
   calibration?: CalibrationData;
   calibrationContext: number;
   onProgress: (phase: string, done: number, total: number) => void;
@@ -146,8 +150,10 @@ export function resolvePlan(ir: ModelIR, opts: CompileOptions): CompilePlan {
     quantizedExperts,
     maxVarFirst: quantizedExperts && (allocator === "paper" || allocator === "reverse-paper"),
     calibrationNeeded: quantizedExperts &&
-      (allocator === "frequency" || quantizer === "gptq" || opts.calibrationIds !== undefined),
+      (allocator === "frequency" || quantizer === "gptq" || opts.calibrationIds !== undefined ||
+        opts.calibrationSpans !== undefined),
     calibrationIds: opts.calibrationIds,
+    calibrationSpans: opts.calibrationSpans,
     calibration: opts.calibration,
     calibrationContext: opts.calibrationContext ?? Math.min(ir.spec.maxPositions, 512),
     onProgress: opts.onProgress ?? (() => {}),

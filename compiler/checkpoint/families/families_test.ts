@@ -34,13 +34,14 @@ Deno.test("registry: one adapter per model_type, the unsupported message lists t
     "granitemoe",
     "phimoe",
     "gpt_oss",
+    "switch_transformers",
   ]);
   assert.equal(new Set(FAMILIES.map((f) => f.modelType)).size, FAMILIES.length);
   await assertFails(
     () => parseConfig({ model_type: "gpt2" }, "c/config.json"),
     UnsupportedError,
     'c/config.json: model_type "gpt2" is not supported (supported: mixtral, qwen2_moe, ' +
-      "qwen3_moe, olmoe, granitemoe, phimoe, gpt_oss)",
+      "qwen3_moe, olmoe, granitemoe, phimoe, gpt_oss, switch_transformers)",
   );
 });
 

@@ -23,6 +23,7 @@ import { olmoe } from "./olmoe.ts";
 import { phimoe } from "./phimoe.ts";
 import { qwen2Moe } from "./qwen2_moe.ts";
 import { qwen3Moe } from "./qwen3_moe.ts";
+import { switchTransformers } from "./switch_transformers.ts";
 
 export type { ExpertLayout, FamilyAdapter, TensorSource } from "./family.ts";
 
@@ -35,6 +36,7 @@ export const FAMILIES: readonly FamilyAdapter[] = [
   granitemoe,
   phimoe,
   gptOss,
+  switchTransformers,
 ];
 
 /** The `model_type` values the adapters understand. */

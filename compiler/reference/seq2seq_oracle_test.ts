@@ -1,0 +1,117 @@
+// The encoder–decoder reference against transformers 5.18 (Switch Transformer): logits within
+// 1e-9 of `hf_logits_f64strict` on testdata/hf-oracle/switch_transformers-a, greedy ids from the
+// cached session equal to transformers' generate, and the capacity router refusing tokens in both
+// stacks exactly as transformers does (testdata/hf-oracle-extra/switch-capacity, made by
+// make_switch_capacity.py there from the same weights with expert_capacity 2).
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import type { ModelSpec } from "../../schemas/model.ts";
+import { loadCheckpoint } from "../checkpoint/mod.ts";
+import { prepareReference } from "./model.ts";
+import { forwardSeq2Seq, ReferenceSession } from "./session.ts";
+
+const TESTDATA = new URL("../../testdata/", import.meta.url).pathname;
+const FIXTURE = join(TESTDATA, "hf-oracle/switch_transformers-a");
+const STRICT_TOLERANCE = 1e-9;
+
+async function json(path: string) {
+  return JSON.parse(await Deno.readTextFile(path));
+}
+
+function maxAbsError(rows: Float64Array[], want: number[]): number {
+  const V = rows[0].length;
+  assert.equal(rows.length * V, want.length, "logit count");
+  let err = 0;
+  rows.forEach((row, t) =>
+    row.forEach((x, i) => (err = Math.max(err, Math.abs(x - want[t * V + i]))))
+  );
+  return err;
+}
+
+function argmax(row: Float64Array): number {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  return best;
+}
+
+/** The description with every capacity router's capacity set to `capacity`. */
+function withCapacity(spec: ModelSpec, capacity: number): ModelSpec {
+  const out = structuredClone(spec);
+  for (const stack of [out.encoder!, out.decoder]) {
+    for (const layer of stack.layers) {
+      for (const b of layer.blocks) {
+        if (b.kind === "ffn" && b.ffn.kind === "moe" && b.ffn.router.kind === "capacity") {
+          b.ffn.router.capacity = capacity;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+Deno.test("switch_transformers-a: decoder logits within 1e-9 of hf_logits_f64strict", async () => {
+  const ref = await json(join(FIXTURE, "reference.json"));
+  const model = await prepareReference(await loadCheckpoint(FIXTURE));
+  const rows = forwardSeq2Seq(model, ref.encoder_input_ids, ref.decoder_input_ids);
+  const err = maxAbsError(rows, ref.hf_logits_f64strict);
+  console.log(`  switch_transformers-a: max |logit − hf f64strict| = ${err.toExponential(3)}`);
+  assert.ok(err < STRICT_TOLERANCE, `max error ${err}`);
+  assert.ok(maxAbsError(rows, ref.hf_logits) < 1e-6, "far from transformers' float64 logits");
+
+  // The cached session, one decoder token at a time, gives the same rows (nothing is dropped).
+  const session = new ReferenceSession(model);
+  session.encode(ref.encoder_input_ids);
+  const stepped = ref.decoder_input_ids.map((id: number) => session.step(id));
+  assert.ok(maxAbsError(stepped, rows.flatMap((r) => [...r])) < 1e-12, "session vs forward");
+});
+
+Deno.test("switch_transformers-a: greedy ids from the cached session equal generate", async () => {
+  const ref = await json(join(FIXTURE, "reference.json"));
+  const model = await prepareReference(await loadCheckpoint(FIXTURE));
+  const g = ref.greedy_decode;
+  const session = new ReferenceSession(model);
+  session.encode(g.encoder_input_ids);
+  let logits = session.step(g.decoder_start_token_id);
+  const ids: number[] = [];
+  for (let i = 0; i < g.generated_ids.length; i++) {
+    ids.push(argmax(logits));
+    logits = session.step(ids[i]);
+  }
+  assert.equal(model.spec.decoderStartTokenId, g.decoder_start_token_id);
+  assert.deepEqual(ids, g.generated_ids);
+});
+
+Deno.test("switch capacity 2: refused tokens and logits match transformers in both stacks", async () => {
+  const ref = await json(join(TESTDATA, "hf-oracle-extra/switch-capacity/reference.json"));
+  const ir = await loadCheckpoint(FIXTURE);
+  const model = await prepareReference({ ...ir, spec: withCapacity(ir.spec, ref.expert_capacity) });
+  // The observer sees exactly the tokens an expert accepted.
+  const served: number[][] = model.moe.map(() => []);
+  const rows = forwardSeq2Seq(model, ref.encoder_input_ids, ref.decoder_input_ids, {
+    observer: (moe, position) => served[moe].push(position),
+  });
+  const err = maxAbsError(rows, ref.hf_logits_f64strict);
+  console.log(
+    `  switch capacity ${ref.expert_capacity}: max |logit − hf f64strict| = ${
+      err.toExponential(3)
+    }`,
+  );
+  assert.ok(err < STRICT_TOLERANCE, `max error ${err}`);
+  const lengths = [ref.encoder_input_ids.length, ref.decoder_input_ids.length];
+  const names = model.moe.map((m) =>
+    `${m.stack}.block.${m.layer}.layer.${m.stack === "encoder" ? 1 : 2}.mlp.router`
+  );
+  model.moe.forEach((m, i) => {
+    const all = Array.from({ length: lengths[m.stack === "encoder" ? 0 : 1] }, (_, t) => t);
+    assert.deepEqual(all.filter((t) => !served[i].includes(t)), ref.dropped[names[i]], names[i]);
+  });
+
+  // Without the capacity limit the logits move far outside the tolerance.
+  const unlimited = forwardSeq2Seq(
+    await prepareReference(ir),
+    ref.encoder_input_ids,
+    ref.decoder_input_ids,
+  );
+  assert.ok(maxAbsError(unlimited, ref.hf_logits_f64strict) > 1e-2, "capacity changes nothing");
+});
