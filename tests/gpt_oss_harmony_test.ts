@@ -3,7 +3,8 @@
  * (gpt_oss-a's weights with a 320-token vocabulary) with a byte-level BPE tokenizer.json built
  * here (harmony's special tokens as added tokens) and a harmony-style chat_template.jinja
  * compiles; the artifact's tokenizer renders chat turns in the harmony format, encodes the
- * special tokens as single ids, and the engine decodes from them, stopping on <|return|>.
+ * special tokens as single ids, and the engine decodes from them, stopping on <|return|> or
+ * <|call|> (generation_config.json's EOS ids join config.json's).
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -18,7 +19,13 @@ import { collect, emitTemp } from "./engine_helpers.ts";
 const FIXTURE = "testdata/hf-oracle/gpt_oss-a";
 const V = 320;
 /** Harmony's special tokens and their ids here. */
-const SPECIAL = { "<|start|>": 300, "<|message|>": 301, "<|end|>": 302, "<|return|>": 303 };
+const SPECIAL = {
+  "<|start|>": 300,
+  "<|message|>": 301,
+  "<|end|>": 302,
+  "<|return|>": 303,
+  "<|call|>": 304,
+};
 /** A harmony-format template: <|start|>role<|message|>content<|end|> per turn. */
 const HARMONY = "{%- for m in messages -%}<|start|>{{ m.role }}<|message|>{{ m.content }}" +
   "<|end|>{%- endfor -%}{%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}";
@@ -89,6 +96,11 @@ Deno.test("gpt_oss: tokenizer.json and harmony template in the artifact, chat tu
     await writeSafetensors(join(dir, "model.safetensors"), tensors);
     await Deno.writeFile(join(dir, "tokenizer.json"), harmonyTokenizerJson());
     await Deno.writeTextFile(join(dir, "chat_template.jinja"), HARMONY);
+    // As released: config.json names <|return|>, generation_config.json also <|call|>.
+    await Deno.writeTextFile(
+      join(dir, "generation_config.json"),
+      JSON.stringify({ eos_token_id: [SPECIAL["<|return|>"], SPECIAL["<|call|>"]] }),
+    );
 
     path = await emitTemp(await loadCheckpoint(dir));
     const artifact = await openArtifact(path);
@@ -109,7 +121,7 @@ Deno.test("gpt_oss: tokenizer.json and harmony template in the artifact, chat tu
       ...u("assistant"),
     ]);
     assert.equal(tok.decode(ids), "userhelloassistant");
-    assert.deepEqual(tok.eos, [SPECIAL["<|return|>"]]);
+    assert.deepEqual(tok.eos, [SPECIAL["<|return|>"], SPECIAL["<|call|>"]]);
 
     const engine = await createWebGpuEngine(artifact);
     try {
