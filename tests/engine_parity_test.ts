@@ -42,6 +42,26 @@ const CASES: {
     bits: (e) => BITS[(e + 2) % 4],
     f16: true,
   },
+  // Granite's multipliers, PhiMoE's LayerNorms/biases/sparsemixer, gpt-oss's sinks, windows,
+  // biased router and biased clamped-SwiGLU experts, on quantized experts.
+  {
+    label: "mixed 2/3/4/8",
+    fixture: "hf-oracle/granitemoe-a",
+    bits: (e) => BITS[e % 4],
+    f16: true,
+  },
+  {
+    label: "mixed 2/3/4/8",
+    fixture: "hf-oracle/phimoe-a",
+    bits: (e) => BITS[(e + 1) % 4],
+    f16: true,
+  },
+  {
+    label: "mixed 2/3/4/8",
+    fixture: "hf-oracle/gpt_oss-a",
+    bits: (e) => BITS[(e + 3) % 4],
+    f16: true,
+  },
 ];
 
 /** embed f32, lm_head bf16, attention and router f16, other matrices quantized. */

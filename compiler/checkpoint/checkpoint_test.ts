@@ -453,6 +453,23 @@ Deno.test("config errors: config.json missing or not JSON", async () => {
   await assertFails(() => loadCheckpoint(dir), InputError, "config.json", /not found/);
 });
 
+Deno.test("generation_config.json: its EOS ids join config.json's; a bad one names the file", async () => {
+  const dir = await editedFixture("mixtral-classic", () => {});
+  const spec = (await loadCheckpoint(dir)).spec;
+  await Deno.writeTextFile(
+    join(dir, "generation_config.json"),
+    JSON.stringify({ eos_token_id: [5, ...spec.eosTokenIds, 5] }),
+  );
+  assert.deepEqual((await loadCheckpoint(dir)).spec.eosTokenIds, [...spec.eosTokenIds, 5]);
+  await Deno.writeTextFile(join(dir, "generation_config.json"), '{"eos_token_id": 100000}');
+  await assertFails(
+    () => loadCheckpoint(dir),
+    InputError,
+    "generation_config.json",
+    /field "eos_token_id" must be a token id below vocab_size/,
+  );
+});
+
 // ---- tensor set errors ----
 
 Deno.test("tensor errors: missing tensor", async () => {

@@ -11,6 +11,7 @@ import { InputError } from "../../schemas/errors.ts";
 import type { ModelIR, TokenizerData } from "../ir.ts";
 import { buildModelIR } from "./build_ir.ts";
 import { readConfig } from "./config.ts";
+import { ConfigFields } from "./fields.ts";
 import { quantMethodOf } from "./mxfp4.ts";
 import { osError } from "./safetensors.ts";
 import { openCheckpointStore, readJsonFile } from "./store.ts";
@@ -99,6 +100,24 @@ export async function readTokenizer(dir: string): Promise<TokenizerData> {
 }
 
 /**
+ * config.json's EOS ids followed by the other ids generation_config.json's `eos_token_id` lists
+ * (gpt-oss stops on <|return|> and <|call|>, only the first is in config.json).
+ */
+async function withGenerationEos(dir: string, eos: number[], vocab: number): Promise<number[]> {
+  const path = join(dir, "generation_config.json");
+  if ((await readOptionalBytes(path)) === null) return eos;
+  const raw = await readJsonFile(path);
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new InputError("must be a JSON object", path);
+  }
+  const more = new ConfigFields(raw as Record<string, unknown>, path).tokenIds(
+    "eos_token_id",
+    vocab,
+  );
+  return [...eos, ...more.filter((id, i) => !eos.includes(id) && more.indexOf(id) === i)];
+}
+
+/**
  * Loads a Hugging Face MoE checkpoint directory into ModelIR. Reads config.json and the
  * safetensors headers only; tensors are read from disk when their `read()` is called.
  */
@@ -107,6 +126,7 @@ export async function loadCheckpoint(dir: string, opts: LoadOptions = {}): Promi
   const config = await readJsonFile(configPath);
   const { spec, adapter } = readConfig(config, configPath);
   const quantMethod = quantMethodOf(config as Record<string, unknown>, configPath);
+  spec.eosTokenIds = await withGenerationEos(dir, spec.eosTokenIds, spec.vocabSize);
   const store = await openCheckpointStore(dir);
   const tokenizer = await readTokenizer(dir);
   const options = { allowNonFinite: opts.allowNonFinite ?? false };
