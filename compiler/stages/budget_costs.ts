@@ -5,24 +5,22 @@
  * layer by that layer's measured loss sensitivity on the calibration text ("layer", the default
  * with calibration, docs/STUDY.md), or, without calibration, as weight error ("weight").
  *
- * The costs do not depend on the target, so they are memoised on the calibration record: a study
- * compiling many variants measures them once per quantizer.
+ * The output errors and layer sensitivities are measured by the streamed calibration pass
+ * (compiler/calibration_stream.ts), in the calibration stage when it knows the budget will need
+ * them, else here by one more streamed pass. They do not depend on the target, so they are
+ * memoised on the calibration record: a study compiling many variants measures them once per
+ * quantizer.
  *
  * @module
  */
 
 import { UsageError } from "../../schemas/errors.ts";
 import type { CalibrationData } from "../calibration.ts";
-import { layerDelta, layerScales, outputError, weightError } from "../expert_error.ts";
-import {
-  expertBytes,
-  expertHessians,
-  type ExpertWeights,
-  quantizeExpert,
-  readExpert,
-} from "../expert_weights.ts";
+import { calibrateStream, type StreamCosts, streamCostsKey } from "../calibration_stream.ts";
+import { layerScales, weightError } from "../expert_error.ts";
+import { expertBytes, quantizeExpert, readExpert } from "../expert_weights.ts";
 import type { ModelIR, MoeLayerIR } from "../ir.ts";
-import { evaluateReference, prepareReference } from "../reference/mod.ts";
+import { costRequest } from "./calibration_run.ts";
 import type { CompilePlan } from "./plan.ts";
 
 /** The budget problem's per-expert tables, `[moeLayer][expert][width index]`. */
@@ -51,51 +49,67 @@ export async function budgetCosts(
   if (memo) return memo;
 
   const { widths, groupSize, quantizer } = plan;
-  // "layer": each layer's output-error proxies are scaled to measured bits/token (layerScales),
-  // one layer at a time so only that layer's quantized experts are held.
-  const ref = mode === "layer" ? await prepareReference(ir) : null;
-  const base = ref
-    ? (await evaluateReference(ref, calib!.ids, { context: calib!.context })).bitsPerToken
-    : 0;
-  const cost = layers.map((l) => l.experts.map(() => [] as number[]));
-  const bytes = layers.map((l) => l.experts.map(() => [] as number[]));
-  const deltas: number[] = [];
-  const total = layers.reduce((s, l) => s + l.experts.length, 0);
-  let done = 0;
-  for (const [m, layer] of layers.entries()) {
-    const lowest: ExpertWeights[] = [];
-    for (const expert of layer.experts) {
-      const e = expert.index;
-      const w = await readExpert(expert);
-      const sample = calib?.samples[m][e];
-      const hessians = quantizer === "gptq" && sample ? expertHessians(w, sample) : undefined;
-      const shapes = expert.matrices.map((x) => x.weight.shape);
-      for (const b of widths) {
-        const q = quantizeExpert(w, b, groupSize, quantizer, hessians);
-        if (ref && b === widths[0]) lowest[e] = q;
-        cost[m][e].push(mode === "weight" ? weightError(w, q) : outputError(w, q, sample!).cost);
-        bytes[m][e].push(expertBytes(shapes, b, groupSize));
-      }
-      plan.onProgress("costs", ++done, total);
-    }
-    if (ref) deltas[m] = await layerDelta(ref, calib!.ids, calib!.context, m, lowest, base);
-  }
-
+  const bytes = layers.map((l) =>
+    l.experts.map((e) => {
+      const shapes = e.matrices.map((x) => x.weight.shape);
+      return widths.map((b) => expertBytes(shapes, b, groupSize));
+    })
+  );
   const notes: string[] = [];
-  if (ref) {
-    const scale = layerScales(
-      deltas,
-      cost.map((row) => row.reduce((s, c) => s + (c[0] ?? 0), 0)),
-    );
-    cost.forEach((row, m) => row.forEach((c) => c.forEach((_, k) => c[k] *= scale[m])));
-    notes.push(
-      `budget cost: output error × measured layer sensitivity; Δ bits/token with a layer's ` +
-        `experts at ${widths[0]} bits: ${deltas.map((d) => d.toFixed(4)).join(", ")}`,
-    );
+  let cost: number[][][];
+  if (mode === "weight") {
+    cost = layers.map((l) => l.experts.map(() => [] as number[]));
+    const total = layers.reduce((s, l) => s + l.experts.length, 0);
+    let done = 0;
+    for (const [m, layer] of layers.entries()) {
+      for (const expert of layer.experts) {
+        const w = await readExpert(expert);
+        for (const b of widths) {
+          cost[m][expert.index].push(weightError(w, quantizeExpert(w, b, groupSize, quantizer)));
+        }
+        plan.onProgress("costs", ++done, total);
+      }
+    }
+    notes.push("budget cost: weight error");
   } else {
-    notes.push(`budget cost: ${mode === "output" ? "output error" : "weight error"}`);
+    const measured = await streamCosts(ir, plan, calib!);
+    cost = measured.output.map((row) => row.map((c) => [...c]));
+    if (mode === "layer") {
+      const deltas = measured.deltas!;
+      const scale = layerScales(deltas, cost.map((row) => row.reduce((s, c) => s + c[0], 0)));
+      cost.forEach((row, m) => row.forEach((c) => c.forEach((_, k) => c[k] *= scale[m])));
+      notes.push(
+        `budget cost: output error × measured layer sensitivity; Δ bits/token with a layer's ` +
+          `experts at ${widths[0]} bits (${measured.sensitivityTokens} tokens): ` +
+          deltas.map((d) => d.toFixed(4)).join(", "),
+      );
+    } else {
+      notes.push("budget cost: output error");
+    }
   }
   const costs = { cost, bytes, notes };
   calib?.memo.set(memoKey, costs);
   return costs;
+}
+
+/** The streamed pass's costs for `plan`: from the calibration record, or measured now. */
+async function streamCosts(
+  ir: ModelIR,
+  plan: CompilePlan,
+  calib: CalibrationData,
+): Promise<StreamCosts> {
+  const req = costRequest(plan, true)!;
+  const key = streamCostsKey(req);
+  let found = calib.memo.get(key) as StreamCosts | undefined;
+  if (!found) {
+    const pass = await calibrateStream(ir, calib.ids, {
+      context: calib.context,
+      costs: req,
+      sensitivityTokens: plan.sensitivityTokens,
+      onProgress: (done, total) => plan.onProgress("costs", done, total),
+    });
+    found = pass.memo.get(key) as StreamCosts;
+    calib.memo.set(key, found);
+  }
+  return found;
 }

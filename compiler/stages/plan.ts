@@ -65,6 +65,8 @@ export interface CompileOptions {
   calibration?: CalibrationData;
   /** Calibration window (default: the model's max positions, at most 512). */
   calibrationContext?: number;
+  /** Tokens the budget allocator's layer sensitivity is scored on (default: all calibration). */
+  sensitivityTokens?: number;
   /** Worker threads quantizing RTN/HQQ matrices (0 = this thread; output is identical). */
   workers?: number;
   /** Progress: phase name, done, total. */
@@ -96,6 +98,7 @@ export interface CompilePlan {
   calibrationIds?: number[];
   calibration?: CalibrationData;
   calibrationContext: number;
+  sensitivityTokens?: number;
   onProgress: (phase: string, done: number, total: number) => void;
 }
 
@@ -138,6 +141,7 @@ export function resolvePlan(ir: ModelIR, opts: CompileOptions): CompilePlan {
     calibrationIds: opts.calibrationIds,
     calibration: opts.calibration,
     calibrationContext: opts.calibrationContext ?? Math.min(ir.spec.maxPositions, 512),
+    sensitivityTokens: opts.sensitivityTokens,
     onProgress: opts.onProgress ?? (() => {}),
   };
 }
