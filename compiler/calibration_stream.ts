@@ -69,6 +69,9 @@ export interface StreamCosts {
   deltas: number[] | null;
   /** Tokens the sensitivity was scored on. */
   sensitivityTokens: number;
+  /** Milliseconds spent quantizing experts and measuring their output error, and in the head. */
+  costMs: number;
+  headMs: number;
 }
 
 /** Options of {@link calibrateStream}. */
@@ -206,6 +209,7 @@ export async function calibrateStream(
     await Promise.resolve();
   };
 
+  const costClock = { ms: 0 };
   let m = 0;
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const weights = reader.layer("decoder", l);
@@ -248,6 +252,7 @@ export async function calibrateStream(
           costs,
           counts: counts[m],
           progress,
+          costClock,
         });
         samples[m] = result.samples;
         output[m] = result.output;
@@ -265,6 +270,7 @@ export async function calibrateStream(
   }
 
   let deltas: number[] | null = null;
+  const headStart = performance.now();
   if (sensitivity) {
     const scored = seqs.filter((s) => s.stream >= 0 || scoredWindows.includes(clean.indexOf(s)));
     const bits = await scoreStreams(ir, top, scored, ids, moe.length);
@@ -279,7 +285,13 @@ export async function calibrateStream(
     memo: new Map(),
   };
   if (costs) {
-    const result: StreamCosts = { output, deltas, sensitivityTokens: scoredTokens };
+    const result: StreamCosts = {
+      output,
+      deltas,
+      sensitivityTokens: scoredTokens,
+      costMs: costClock.ms,
+      headMs: performance.now() - headStart,
+    };
     data.memo.set(streamCostsKey(costs), result);
   }
   return data;
@@ -373,6 +385,8 @@ interface MoeStreamInput {
   costs?: StreamCostRequest;
   counts: number[];
   progress: () => Promise<void>;
+  /** Accumulates the milliseconds spent on costs. */
+  costClock: { ms: number };
 }
 
 /**
@@ -438,6 +452,7 @@ async function moeStream(inp: MoeStreamInput): Promise<{
     const w = await readExpert(layer.experts[e]);
     if (list.length > 0) accumulate(w, list, out);
     if (costs) {
+      const t0 = performance.now();
       const sample = samples[e];
       const hessians = costs.quantizer === "gptq" && sample.n > 0
         ? expertHessians(w, sample)
@@ -457,6 +472,7 @@ async function moeStream(inp: MoeStreamInput): Promise<{
           forkOut,
         );
       }
+      inp.costClock.ms += performance.now() - t0;
     }
     await inp.progress();
   }

@@ -53,6 +53,22 @@ export interface CompileResult {
   allocation: AllocationSummary | null;
   experts: ExpertReport[];
   timings: CompileTimings;
+  /**
+   * The process's peak resident memory (Linux VmHWM, bytes) when the allocation was done, before
+   * the emit: what scores, calibration and costs needed; null where /proc is not readable.
+   */
+  allocationPeakBytes: number | null;
+}
+
+/** Peak resident set of this process (VmHWM) in bytes; null where /proc is not readable. */
+export function peakResidentBytes(): number | null {
+  try {
+    const s = Deno.readTextFileSync("/proc/self/status");
+    const kb = Number(/^VmHWM:\s+(\d+) kB/m.exec(s)?.[1] ?? NaN);
+    return Number.isFinite(kb) ? kb * 1024 : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -95,6 +111,7 @@ export async function compileModel(
       "passes",
       () => allocateExperts(layers, plan, scores, frequency, costs),
     );
+    const allocationPeakBytes = peakResidentBytes();
     const { written, experts } = await timed(
       "emit",
       () => emitCompiled(ir, dest, { layers, plan, allocation, scores, frequency, calib, pool }),
@@ -106,6 +123,7 @@ export async function compileModel(
       allocation: allocation?.summary ?? null,
       experts,
       timings,
+      allocationPeakBytes,
     };
   } finally {
     pool?.close();

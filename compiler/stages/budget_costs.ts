@@ -83,6 +83,10 @@ export async function budgetCosts(
           `experts at ${widths[0]} bits (${measured.sensitivityTokens} tokens): ` +
           deltas.map((d) => d.toFixed(4)).join(", "),
       );
+      notes.push(
+        `streamed pass: ${(measured.costMs / 1000).toFixed(1)} s quantizing experts and ` +
+          `measuring output errors, ${(measured.headMs / 1000).toFixed(1)} s scoring the streams`,
+      );
     } else {
       notes.push("budget cost: output error");
     }
