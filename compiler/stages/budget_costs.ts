@@ -17,7 +17,9 @@
 import { UsageError } from "../../schemas/errors.ts";
 import type { CalibrationData } from "../calibration.ts";
 import { calibrateStream, type StreamCosts, streamCostsKey } from "../calibration_stream.ts";
+import { expertImportance, normedWeightError } from "../data_free.ts";
 import { layerScales, weightError } from "../expert_error.ts";
+import { keyString } from "../../schemas/tensors.ts";
 import { expertBytes, quantizeExpert, readExpert } from "../expert_weights.ts";
 import type { ModelIR, MoeLayerIR } from "../ir.ts";
 import { costRequest } from "./calibration_run.ts";
@@ -44,7 +46,8 @@ export async function budgetCosts(
   if (mode !== "weight" && !calib) {
     throw new UsageError(`budget cost "${mode}" needs calibration data`);
   }
-  const memoKey = `budget|${plan.quantizer}|${plan.groupSize}|${plan.widths}|${mode}`;
+  const variant = mode === "weight" ? `|${plan.dataFreeCost}` : "";
+  const memoKey = `budget|${plan.quantizer}|${plan.groupSize}|${plan.widths}|${mode}${variant}`;
   const memo = calib?.memo.get(memoKey) as BudgetCosts | undefined;
   if (memo) return memo;
 
@@ -58,19 +61,13 @@ export async function budgetCosts(
   const notes: string[] = [];
   let cost: number[][][];
   if (mode === "weight") {
-    cost = layers.map((l) => l.experts.map(() => [] as number[]));
-    const total = layers.reduce((s, l) => s + l.experts.length, 0);
-    let done = 0;
-    for (const [m, layer] of layers.entries()) {
-      for (const expert of layer.experts) {
-        const w = await readExpert(expert);
-        for (const b of widths) {
-          cost[m][expert.index].push(weightError(w, quantizeExpert(w, b, groupSize, quantizer)));
-        }
-        plan.onProgress("costs", ++done, total);
-      }
-    }
-    notes.push("budget cost: weight error");
+    cost = await dataFreeCosts(ir, layers, plan);
+    notes.push(
+      plan.dataFreeCost === "plain"
+        ? "budget cost: weight error"
+        : `budget cost: data-free, input-norm-scaled weight error` +
+          (plan.dataFreeCost === "normed" ? "" : ` × ${plan.dataFreeCost} importance`),
+    );
   } else {
     const measured = await streamCosts(ir, plan, calib!);
     cost = measured.output.map((row) => row.map((c) => [...c]));
@@ -94,6 +91,38 @@ export async function budgetCosts(
   const costs = { cost, bytes, notes };
   calib?.memo.set(memoKey, costs);
   return costs;
+}
+
+/** The data-free costs of every expert at every width (compiler/data_free.ts). */
+async function dataFreeCosts(
+  ir: ModelIR,
+  layers: readonly MoeLayerIR[],
+  plan: CompilePlan,
+): Promise<number[][][]> {
+  const { widths, groupSize, quantizer, dataFreeCost: kind } = plan;
+  const refs = new Map(ir.tensors.map((t) => [keyString(t), t.ref]));
+  const cost = layers.map((l) => l.experts.map(() => [] as number[]));
+  const total = layers.reduce((s, l) => s + l.experts.length, 0);
+  let done = 0;
+  for (const [m, layer] of layers.entries()) {
+    const normRef = refs.get(
+      keyString({ stack: layer.stack, layer: layer.layer, expert: -1, role: "ffn_norm" }),
+    );
+    const g = kind !== "plain" && normRef ? await normRef.read() : null;
+    const importance = kind === "router" || kind === "routing"
+      ? expertImportance(kind, layer.spec, await layer.router.read(), g, plan.seed)
+      : null;
+    for (const expert of layer.experts) {
+      const w = await readExpert(expert);
+      for (const b of widths) {
+        const q = quantizeExpert(w, b, groupSize, quantizer);
+        const err = kind === "plain" ? weightError(w, q) : normedWeightError(w, q, g);
+        cost[m][expert.index].push(err * (importance?.[expert.index] ?? 1));
+      }
+      plan.onProgress("costs", ++done, total);
+    }
+  }
+  return cost;
 }
 
 /** The streamed pass's costs for `plan`: from the calibration record, or measured now. */

@@ -12,6 +12,7 @@ import type { ModelIR } from "../ir.ts";
 import type { AllocatorName } from "../passes/mod.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import type { CalibrationData } from "../calibration.ts";
+import type { DataFreeCost } from "../data_free.ts";
 
 /** How routed experts are stored: unquantized in a float type, or at an average bit width. */
 export type ExpertStorage =
@@ -55,6 +56,8 @@ export interface CompileOptions {
    * error.
    */
   budgetCost?: BudgetCost;
+  /** The "weight" (data-free) cost's variant (compiler/data_free.ts; default "routing"). */
+  dataFreeCost?: DataFreeCost;
   /** Byte budget for all experts (budget allocator), instead of the average. */
   maxBytes?: number;
   /** Step-0 checkpoint of the same model (router-norm change). */
@@ -87,6 +90,7 @@ export interface CompilePlan {
   levels?: number[];
   widths: QuantBits[];
   budgetCost?: BudgetCost;
+  dataFreeCost: DataFreeCost;
   maxBytes?: number;
   init?: ModelIR;
   /** The experts get an allocation (expert storage is a bit width). */
@@ -132,6 +136,7 @@ export function resolvePlan(ir: ModelIR, opts: CompileOptions): CompilePlan {
     levels: opts.levels,
     widths,
     budgetCost: opts.budgetCost,
+    dataFreeCost: opts.dataFreeCost ?? "routing",
     maxBytes: opts.maxBytes,
     init: opts.init,
     quantizedExperts,

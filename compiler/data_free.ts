@@ -1,0 +1,121 @@
+/**
+ * Data-free `budget` costs: what an expert's quantization at a width costs, from the weights
+ * alone (no calibration text), so `budget` runs on any checkpoint.
+ *
+ * The routed input of an expert is x = g ⊙ z, with g the weights of the block's input norm and z
+ * the RMS-normalised hidden state (unit RMS per token). With no data, z is taken as isotropic, so
+ * the error of an input-side matrix [I, H] is measured with its columns scaled by g:
+ * ‖(W − Ŵ) diag(g)‖²_F (`normed`); the output matrix reads the activation's output, whose scale is
+ * unknown without data, and counts as ‖W − Ŵ‖²_F. That error is multiplied by one of the
+ * weight-only importances of the expert ({@link DataFreeImportance}):
+ *
+ * - "none": 1 (cost "normed"; cost "plain" is the unscaled squared Frobenius error, the old one);
+ * - "router": ‖r_e ⊙ g‖₂, the router row's norm as it meets the normed input;
+ * - "routing": E[w_e²], the expected squared mixing weight of the expert when isotropic inputs
+ *   x = g ⊙ z (z ~ N(0, I), a fixed seeded sample) are routed: how often and how strongly the
+ *   router would use the expert, the data-free stand-in for the calibrated cost's Σ w_t²; for a
+ *   router the reference does not run (capacity, sigmoid...) the "router" importance instead.
+ *
+ * docs/STUDY.md measures which predicts the damage best on shakespeare-moe.
+ *
+ * @module
+ */
+
+import type { MoeFfnSpec } from "../schemas/model.ts";
+import { mulberry32 } from "../schemas/prng.ts";
+import type { ExpertWeights } from "./expert_weights.ts";
+import { matrixNames, outputMatrix } from "./expert_weights.ts";
+import { checkRouter, route } from "./reference/router.ts";
+
+/** The weight-only importance that scales the data-free error. */
+export type DataFreeImportance = "none" | "router" | "routing";
+
+/**
+ * A data-free cost: "plain" (squared Frobenius error, no importance), "normed" (input-norm-scaled
+ * error, no importance), or the normed error × the importance "router" or "routing".
+ */
+export type DataFreeCost = "plain" | "normed" | "router" | "routing";
+
+/** Names accepted for {@link DataFreeCost}. */
+export const DATA_FREE_COSTS: readonly DataFreeCost[] = ["plain", "normed", "router", "routing"];
+
+/** Isotropic inputs routed per expert on average for the "routing" importance. */
+const ROUTING_SAMPLES_PER_EXPERT = 256;
+
+/**
+ * Σ over the expert's matrices of the squared quantization error, input-side matrices' columns
+ * scaled by the input norm's weights `g` (length H) when given (see the module doc).
+ */
+export function normedWeightError(
+  w: ExpertWeights,
+  q: ExpertWeights,
+  g: Float32Array | null,
+): number {
+  const out = outputMatrix(w.activation);
+  const H = w.hidden;
+  let err = 0;
+  for (const name of matrixNames(w)) {
+    const a = w.matrices[name]!, b = q.matrices[name]!;
+    const scaled = g !== null && name !== out;
+    for (let i = 0; i < a.length; i++) {
+      const d = a[i] - b[i];
+      const s = scaled ? g[i % H] : 1;
+      err += d * d * s * s;
+    }
+  }
+  return err;
+}
+
+/**
+ * The importance of every expert of one MoE block from its router rows [E, H] and input norm
+ * weights `g` (null: all ones).
+ */
+export function expertImportance(
+  kind: DataFreeImportance,
+  spec: MoeFfnSpec,
+  router: Float32Array,
+  g: Float32Array | null,
+  seed = 0,
+): number[] {
+  const E = spec.numExperts;
+  const H = router.length / E;
+  const gain = (c: number) => (g ? g[c] : 1);
+  if (kind === "none") return new Array<number>(E).fill(1);
+  let rule: ReturnType<typeof checkRouter> | null = null;
+  try {
+    if (kind === "routing") rule = checkRouter(spec.router);
+  } catch {
+    rule = null; // a router the reference cannot run: the router norm stands in
+  }
+  if (!rule) {
+    return Array.from({ length: E }, (_, e) => {
+      let s = 0;
+      for (let c = 0; c < H; c++) s += (router[e * H + c] * gain(c)) ** 2;
+      return Math.sqrt(s);
+    });
+  }
+  // "routing": route N isotropic inputs, average w² per expert.
+  const rng = mulberry32(seed + 1);
+  const n = Math.ceil((ROUTING_SAMPLES_PER_EXPERT * E) / spec.topK);
+  const x = new Float64Array(H);
+  const logits = new Float64Array(E);
+  const share = new Array<number>(E).fill(0);
+  for (let t = 0; t < n; t++) {
+    for (let c = 0; c < H; c += 2) {
+      const u = Math.max(rng(), 1e-12), v = rng();
+      const r = Math.sqrt(-2 * Math.log(u));
+      x[c] = r * Math.cos(2 * Math.PI * v) * gain(c);
+      if (c + 1 < H) x[c + 1] = r * Math.sin(2 * Math.PI * v) * gain(c + 1);
+    }
+    for (let e = 0; e < E; e++) {
+      let s = 0;
+      for (let c = 0; c < H; c++) s += router[e * H + c] * x[c];
+      logits[e] = s;
+    }
+    const r = route(logits, spec.topK, rule);
+    r.experts.forEach((e, j) => share[e] += r.weights[j] * r.weights[j]);
+  }
+  // A floor so an expert the sample never picked still ranks by its error.
+  const floor = 0.5 / n;
+  return share.map((s) => Math.max(s / n, floor));
+}
