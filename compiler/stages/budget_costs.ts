@@ -51,7 +51,7 @@ export async function budgetCosts(
   const memo = calib?.memo.get(memoKey) as BudgetCosts | undefined;
   if (memo) return memo;
 
-  const { widths, groupSize, quantizer } = plan;
+  const { widths, groupSize } = plan;
   const bytes = layers.map((l) =>
     l.experts.map((e) => {
       const shapes = e.matrices.map((x) => x.weight.shape);
