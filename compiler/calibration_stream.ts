@@ -84,6 +84,11 @@ export interface StreamOptions {
   seed?: number;
   /** Measure the `budget` costs in the same pass. */
   costs?: StreamCostRequest;
+  /**
+   * The expert samples the costs are measured on, `[moeLayer][expert]` (default: the ones this
+   * pass collects): a caller's earlier calibration record, so its costs use its samples.
+   */
+  samples?: ExpertSample[][];
   /** Tokens (whole windows from the start, at least one) the layer sensitivity is scored on. */
   sensitivityTokens?: number;
   /** Progress: (steps done, steps in all); a step is a block or an expert. */
@@ -251,6 +256,7 @@ export async function calibrateStream(
           seed,
           costs,
           counts: counts[m],
+          costSamples: opts.samples?.[m],
           progress,
           costClock,
         });
@@ -384,6 +390,8 @@ interface MoeStreamInput {
   seed: number;
   costs?: StreamCostRequest;
   counts: number[];
+  /** Samples to measure the costs on instead of the collected ones. */
+  costSamples?: ExpertSample[];
   progress: () => Promise<void>;
   /** Accumulates the milliseconds spent on costs. */
   costClock: { ms: number };
@@ -453,7 +461,7 @@ async function moeStream(inp: MoeStreamInput): Promise<{
     if (list.length > 0) accumulate(w, list, out);
     if (costs) {
       const t0 = performance.now();
-      const sample = samples[e];
+      const sample = inp.costSamples?.[e] ?? samples[e];
       const hessians = costs.quantizer === "gptq" && sample.n > 0
         ? expertHessians(w, sample)
         : undefined;

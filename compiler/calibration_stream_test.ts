@@ -86,6 +86,26 @@ Deno.test("calibrateStream: costs equal outputError, sensitivities equal layerDe
   }
   assert.equal(costs.sensitivityTokens, 40);
 
+  // Costs on a caller's samples (a 3-row reservoir): outputError on exactly those.
+  const small = await calibrate(ref, ids, { context, maxSamplesPerExpert: 3 });
+  const onSmall = await calibrateStream(ir, ids, {
+    context,
+    costs: { ...req, sensitivity: false },
+    samples: small.samples,
+  });
+  const smallCosts = onSmall.memo.get(
+    streamCostsKey({ ...req, sensitivity: false }),
+  ) as StreamCosts;
+  assert.equal(smallCosts.deltas, null);
+  for (const [m, layer] of layers.entries()) {
+    for (let e = 0; e < layer.experts.length; e++) {
+      const w = referenceExpert(ref, m, e);
+      const want = outputError(w, quantizeExpert(w, 3, 64, "rtn"), small.samples[m][e]).cost;
+      const got = smallCosts.output[m][e][1];
+      assert.ok(Math.abs(got - want) <= 1e-12 * Math.abs(want), `small cost ${m}/${e}`);
+    }
+  }
+
   // Sensitivity on the first two windows only: the same as re-evaluating on that prefix.
   const prefix = await calibrateStream(ir, ids, { context, costs: req, sensitivityTokens: 32 });
   const short = prefix.memo.get(streamCostsKey(req)) as StreamCosts;

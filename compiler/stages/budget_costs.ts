@@ -138,6 +138,7 @@ async function streamCosts(
     const pass = await calibrateStream(ir, calib.ids, {
       context: calib.context,
       costs: req,
+      samples: calib.samples,
       sensitivityTokens: plan.sensitivityTokens,
       onProgress: (done, total) => plan.onProgress("costs", done, total),
     });
