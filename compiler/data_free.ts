@@ -16,12 +16,17 @@
  *   router would use the expert, the data-free stand-in for the calibrated cost's Σ w_t²; for a
  *   router the reference does not run (capacity, sigmoid...) the "router" importance instead.
  *
- * docs/STUDY.md measures which predicts the damage best on shakespeare-moe.
+ * The errors are measured on a sample of each large matrix's rows ({@link sampledExpertError}),
+ * so the costs read and quantize a small fraction of the experts (docs/STUDY.md measures which
+ * cost predicts the damage best on shakespeare-moe).
  *
  * @module
  */
 
 import type { MoeFfnSpec } from "../schemas/model.ts";
+import { dequantize, type QuantBits } from "../schemas/packing.ts";
+import type { ExpertIR } from "./ir.ts";
+import { quantizeMatrix, type QuantMethod } from "./quantize/mod.ts";
 import { mulberry32 } from "../schemas/prng.ts";
 import type { ExpertWeights } from "./expert_weights.ts";
 import { matrixNames, outputMatrix } from "./expert_weights.ts";
@@ -118,4 +123,65 @@ export function expertImportance(
   // A floor so an expert the sample never picked still ranks by its error.
   const floor = 0.5 / n;
   return share.map((s) => Math.max(s / n, floor));
+}
+
+/** Matrices with at most this many values are measured whole; larger ones on sampled rows. */
+const WHOLE_MATRIX_VALUES = 1 << 20;
+/** Rows sampled from a larger matrix, in blocks of {@link SAMPLE_BLOCK} evenly spaced. */
+const SAMPLE_ROWS = 16;
+const SAMPLE_BLOCK = 8;
+
+/** Row blocks [start, count] a data-free cost reads from a matrix of `rows` × `cols`. */
+export function sampledRows(rows: number, cols: number): [number, number][] {
+  if (rows * cols <= WHOLE_MATRIX_VALUES || rows <= SAMPLE_ROWS) return [[0, rows]];
+  const blocks = SAMPLE_ROWS / SAMPLE_BLOCK;
+  const stride = Math.floor(rows / blocks);
+  return Array.from({ length: blocks }, (_, i) => [
+    Math.min(rows - SAMPLE_BLOCK, i * stride + Math.floor((stride - SAMPLE_BLOCK) / 2)),
+    SAMPLE_BLOCK,
+  ]);
+}
+
+/**
+ * The data-free error of one expert at every width in `widths` ({@link normedWeightError}, or
+ * the plain Frobenius error when `g` is null), measured on the rows {@link sampledRows} picks and
+ * scaled up by rows / sampled rows: quantization groups run along a row, so a row's error does
+ * not depend on the others and the sampled rows' sum, scaled, estimates the whole matrix's
+ * (exact when every row is read, as for small matrices).
+ */
+export async function sampledExpertError(
+  expert: ExpertIR,
+  widths: readonly QuantBits[],
+  groupSize: number,
+  method: QuantMethod,
+  g: Float32Array | null,
+): Promise<number[]> {
+  const out = outputMatrix(expert.activation);
+  const err = widths.map(() => 0);
+  for (const m of expert.matrices) {
+    const [rows, cols] = m.weight.shape;
+    const blocks = sampledRows(rows, cols);
+    const whole = blocks.length === 1 && blocks[0][1] === rows;
+    const scaled = g !== null && m.name !== out;
+    let taken = 0;
+    const part = widths.map(() => 0);
+    for (const [start, count] of blocks) {
+      const values = whole || !m.weight.readRows
+        ? (await m.weight.read()).subarray(start * cols, (start + count) * cols)
+        : await m.weight.readRows(start, count);
+      taken += count;
+      widths.forEach((bits, k) => {
+        const q = dequantize(quantizeMatrix(values, count, cols, { bits, groupSize, method }));
+        let s = 0;
+        for (let i = 0; i < values.length; i++) {
+          const d = values[i] - q[i];
+          const w = scaled ? g![i % cols] : 1;
+          s += d * d * w * w;
+        }
+        part[k] += s;
+      });
+    }
+    part.forEach((s, k) => err[k] += (s * rows) / taken);
+  }
+  return err;
 }

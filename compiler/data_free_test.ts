@@ -10,8 +10,17 @@
 import assert from "node:assert/strict";
 import { mlp as mlpSpec, moe } from "../schemas/example_specs.ts";
 import { mulberry32 } from "../schemas/prng.ts";
-import { expertImportance, normedWeightError } from "./data_free.ts";
+import { dequantize, type QuantBits } from "../schemas/packing.ts";
+import type { MatrixName } from "../schemas/model.ts";
+import {
+  expertImportance,
+  normedWeightError,
+  sampledExpertError,
+  sampledRows,
+} from "./data_free.ts";
 import { type ExpertWeights, quantizeExpert } from "./expert_weights.ts";
+import type { ExpertIR, TensorRef } from "./ir.ts";
+import { quantizeMatrix } from "./quantize/mod.ts";
 
 const H = 32, I = 64;
 
@@ -67,4 +76,63 @@ Deno.test("expertImportance: router norms and routing shares", () => {
   // A router the reference does not run: the router norm stands in.
   const capacity = { ...spec, router: { ...spec.router, scoring: "sigmoid" as const } };
   assert.deepEqual(expertImportance("routing", capacity, router, g), norms);
+});
+
+Deno.test("sampledExpertError: whole small matrices exactly, sampled rows of large ones scaled up", async () => {
+  const rng = mulberry32(9);
+  const matrix = (name: MatrixName, rows: number, cols: number) => {
+    const values = randomArray(rows * cols, rng);
+    const weight: TensorRef = {
+      name,
+      shape: [rows, cols],
+      dtype: "F32",
+      read: () => Promise.resolve(values),
+      readRows: (start, count) =>
+        Promise.resolve(values.slice(start * cols, (start + count) * cols)),
+    };
+    return { name, weight, values };
+  };
+  const g = randomArray(64, rng, 3);
+  // Small: [96, 64] input side, [64, 96] output: every row read, equals normedWeightError.
+  const small = [matrix("gate", 96, 64), matrix("up", 96, 64), matrix("down", 64, 96)];
+  const expert = (ms: typeof small): ExpertIR => ({
+    stack: "decoder",
+    layer: 0,
+    index: 0,
+    activation: { kind: "swiglu" },
+    matrices: ms.map(({ name, weight }) => ({ name, weight })),
+  });
+  const got = await sampledExpertError(expert(small), [2, 4], 32, "rtn", g);
+  const w: ExpertWeights = {
+    activation: { kind: "swiglu" },
+    hidden: 64,
+    inter: 96,
+    matrices: Object.fromEntries(small.map((m) => [m.name, m.values])),
+    biases: {},
+  };
+  [2, 4].forEach((b, k) => {
+    const want = normedWeightError(w, quantizeExpert(w, b as QuantBits, 32, "rtn"), g);
+    assert.ok(Math.abs(got[k] - want) <= 1e-9 * want, `${b} bits: ${got[k]} vs ${want}`);
+  });
+  // Large input-side matrix [2048, 1024] (> 2^20 values): 16 rows in two blocks of 8.
+  const big = matrix("gate", 2048, 1024);
+  const blocks = sampledRows(2048, 1024);
+  assert.equal(blocks.reduce((s, [, n]) => s + n, 0), 16);
+  const one = await sampledExpertError(
+    { ...expert(small), matrices: [{ name: "gate", weight: big.weight }] },
+    [3],
+    64,
+    "rtn",
+    null,
+  );
+  let want = 0;
+  for (const [start, count] of blocks) {
+    const rows = big.values.slice(start * 1024, (start + count) * 1024);
+    const q = dequantize(
+      quantizeMatrix(rows, count, 1024, { bits: 3, groupSize: 64, method: "rtn" }),
+    );
+    for (let i = 0; i < rows.length; i++) want += (rows[i] - q[i]) ** 2;
+  }
+  want *= 2048 / 16;
+  assert.ok(Math.abs(one[0] - want) <= 1e-9 * want);
 });

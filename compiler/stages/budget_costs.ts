@@ -17,10 +17,10 @@
 import { UsageError } from "../../schemas/errors.ts";
 import type { CalibrationData } from "../calibration.ts";
 import { calibrateStream, type StreamCosts, streamCostsKey } from "../calibration_stream.ts";
-import { expertImportance, normedWeightError } from "../data_free.ts";
-import { layerScales, weightError } from "../expert_error.ts";
+import { expertImportance, sampledExpertError } from "../data_free.ts";
+import { layerScales } from "../expert_error.ts";
 import { keyString } from "../../schemas/tensors.ts";
-import { expertBytes, quantizeExpert, readExpert } from "../expert_weights.ts";
+import { expertBytes } from "../expert_weights.ts";
 import type { ModelIR, MoeLayerIR } from "../ir.ts";
 import { costRequest } from "./calibration_run.ts";
 import type { CompilePlan } from "./plan.ts";
@@ -113,12 +113,14 @@ async function dataFreeCosts(
       ? expertImportance(kind, layer.spec, await layer.router.read(), g, plan.seed)
       : null;
     for (const expert of layer.experts) {
-      const w = await readExpert(expert);
-      for (const b of widths) {
-        const q = quantizeExpert(w, b, groupSize, quantizer);
-        const err = kind === "plain" ? weightError(w, q) : normedWeightError(w, q, g);
-        cost[m][expert.index].push(err * (importance?.[expert.index] ?? 1));
-      }
+      const err = await sampledExpertError(
+        expert,
+        widths,
+        groupSize,
+        quantizer,
+        kind === "plain" ? null : g,
+      );
+      cost[m][expert.index] = err.map((x) => x * (importance?.[expert.index] ?? 1));
       plan.onProgress("costs", ++done, total);
     }
   }
