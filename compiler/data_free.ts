@@ -24,9 +24,10 @@
  */
 
 import type { MoeFfnSpec } from "../schemas/model.ts";
-import { dequantize, type QuantBits } from "../schemas/packing.ts";
+import type { QuantBits } from "../schemas/packing.ts";
 import type { ExpertIR } from "./ir.ts";
-import { quantizeMatrix, type QuantMethod } from "./quantize/mod.ts";
+import { quantizeUnpacked, type QuantMethod } from "./quantize/mod.ts";
+import { reconstruct } from "./quantize/common.ts";
 import { mulberry32 } from "../schemas/prng.ts";
 import type { ExpertWeights } from "./expert_weights.ts";
 import { matrixNames, outputMatrix } from "./expert_weights.ts";
@@ -44,8 +45,14 @@ export type DataFreeCost = "plain" | "normed" | "router" | "routing";
 /** Names accepted for {@link DataFreeCost}. */
 export const DATA_FREE_COSTS: readonly DataFreeCost[] = ["plain", "normed", "router", "routing"];
 
-/** Isotropic inputs routed per expert on average for the "routing" importance. */
+/**
+ * Isotropic inputs routed per expert on average for the "routing" importance, unless that costs
+ * more than {@link ROUTING_MACS} router multiply-adds (then fewer, but at least
+ * {@link ROUTING_MIN_PER_EXPERT} per expert).
+ */
 const ROUTING_SAMPLES_PER_EXPERT = 256;
+const ROUTING_MACS = 1 << 23;
+const ROUTING_MIN_PER_EXPERT = 16;
 
 /**
  * Σ over the expert's matrices of the squared quantization error, input-side matrices' columns
@@ -101,7 +108,11 @@ export function expertImportance(
   }
   // "routing": route N isotropic inputs, average w² per expert.
   const rng = mulberry32(seed + 1);
-  const n = Math.ceil((ROUTING_SAMPLES_PER_EXPERT * E) / spec.topK);
+  const perExpert = (k: number) => Math.ceil((k * E) / spec.topK);
+  const n = Math.min(
+    perExpert(ROUTING_SAMPLES_PER_EXPERT),
+    Math.max(perExpert(ROUTING_MIN_PER_EXPERT), Math.floor(ROUTING_MACS / (E * H))),
+  );
   const x = new Float64Array(H);
   const logits = new Float64Array(E);
   const share = new Array<number>(E).fill(0);
@@ -171,7 +182,7 @@ export async function sampledExpertError(
         : await m.weight.readRows(start, count);
       taken += count;
       widths.forEach((bits, k) => {
-        const q = dequantize(quantizeMatrix(values, count, cols, { bits, groupSize, method }));
+        const q = reconstruct(quantizeUnpacked(values, count, cols, { bits, groupSize, method }));
         let s = 0;
         for (let i = 0; i < values.length; i++) {
           const d = values[i] - q[i];
