@@ -4,10 +4,11 @@
  *
  * 1. **Scores** (weight-only): Λ, the router-norm change, and MaxVar of each expert's first
  *    matrix ({@link weightScores}).
- * 2. **Calibration** (when needed): routing counts and a sample of each expert's inputs from the
- *    float64 reference ({@link runCalibration}).
- * 3. **Costs** (`budget` only): each expert quantized at every candidate width and its damage
- *    measured ({@link budgetCosts}).
+ * 2. **Calibration** (when needed): routing counts and a sample of each expert's inputs, the
+ *    hidden states streamed through the model one layer at a time; with `budget`, the experts'
+ *    output errors and the layer sensitivities in the same pass ({@link runCalibration}).
+ * 3. **Costs** (`budget` only): each expert's cost at every candidate width, from that pass or,
+ *    without calibration, from its weights alone ({@link budgetCosts}).
  * 4. **Allocation**: bits per expert from the chosen allocator ({@link allocateExperts}).
  * 5. **Emit**: tensor by tensor, quantized per the plan, streamed into the artifact with the
  *    expert report ({@link emitCompiled}).
@@ -72,8 +73,8 @@ export function peakResidentBytes(): number | null {
 }
 
 /**
- * Compiles `ir` into an artifact at `dest`. Streams tensor by tensor; calibration and the budget
- * costs (when asked for) hold the model in float64 for the reference forward pass.
+ * Compiles `ir` into an artifact at `dest`. Streams tensor by tensor; calibration holds one
+ * layer's weights (one expert's in a MoE block) and the calibration tokens' states at a time.
  */
 export async function compileModel(
   ir: ModelIR,
