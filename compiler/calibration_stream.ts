@@ -91,6 +91,12 @@ export interface StreamOptions {
   samples?: ExpertSample[][];
   /** Tokens (whole windows from the start, at least one) the layer sensitivity is scored on. */
   sensitivityTokens?: number;
+  /**
+   * Keep each expert's input sample in the record (default true; GPTQ's Hessians need them). When
+   * false, a layer's samples are dropped once its costs are measured (only `n = 0` and `seen`
+   * stay), so memory does not grow with the number of layers.
+   */
+  keepSamples?: boolean;
   /** Progress: (steps done, steps in all); a step is a block or an expert. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -260,7 +266,14 @@ export async function calibrateStream(
           progress,
           costClock,
         });
-        samples[m] = result.samples;
+        samples[m] = opts.keepSamples === false
+          ? result.samples.map((x) => ({
+            n: 0,
+            seen: x.seen,
+            inputs: new Float32Array(0),
+            weights: new Float32Array(0),
+          }))
+          : result.samples;
         output[m] = result.output;
         const forked = fork.map((s, i) => {
           const x = s.x.slice();

@@ -93,6 +93,12 @@ Deno.test("calibrateStream: costs equal outputError, sensitivities equal layerDe
     costs: { ...req, sensitivity: false },
     samples: small.samples,
   });
+  assert.ok(onSmall.samples.flat().some((x) => x.n > 0));
+  const dropped = await calibrateStream(ir, ids, { context, keepSamples: false });
+  assert.deepEqual(dropped.counts, whole.counts);
+  assert.ok(
+    dropped.samples.flat().every((x, i) => x.n === 0 && x.seen === whole.samples.flat()[i].seen),
+  );
   const smallCosts = onSmall.memo.get(
     streamCostsKey({ ...req, sensitivity: false }),
   ) as StreamCosts;

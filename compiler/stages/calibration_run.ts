@@ -44,6 +44,8 @@ export async function runCalibration(
     context: plan.calibrationContext,
     costs: costRequest(plan, true),
     sensitivityTokens: plan.sensitivityTokens,
+    // After this pass only GPTQ's Hessians (in the emit) read the samples.
+    keepSamples: plan.quantizer === "gptq",
     onProgress: (done, total) => plan.onProgress("calibration", done, total),
   });
 }
