@@ -33,7 +33,14 @@ export const spec: CommandSpec = {
       default: "2.5",
     },
     quantizer: { type: "string", help: "compile: expert quantizer", default: "rtn" },
-    allocator: { type: "string", help: "compile: paper | uniform | random", default: "paper" },
+    allocator: {
+      type: "string",
+      help: "compile: paper | uniform | random | budget | frequency",
+      default: "paper",
+    },
+    shape: { type: "string", help: "compile: mixtral | qwen3 (Qwen3-30B-A3B)", default: "mixtral" },
+    "calibration-tokens": { type: "string", help: "compile: random calibration token ids" },
+    "sensitivity-tokens": { type: "string", help: "compile: budget layer sensitivity tokens" },
     workers: { type: "string", help: "compile: worker threads", default: "auto" },
   },
 };

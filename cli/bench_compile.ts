@@ -26,6 +26,12 @@ import { UsageError } from "../schemas/errors.ts";
 
 /** Dimensions of the synthetic checkpoint (Mixtral-8x7B by default). */
 export interface SyntheticDims {
+  /** Tensor names and config of this family (default "mixtral"). */
+  family?: "mixtral" | "qwen3_moe";
+  /** Experts per token (default 2). */
+  topK?: number;
+  /** Head dimension (default hidden / heads). */
+  headDim?: number;
   layers: number;
   hidden: number;
   intermediate: number;
@@ -48,9 +54,29 @@ export function mixtralDims(layers: number): SyntheticDims {
   };
 }
 
-/** The tensors of a Mixtral checkpoint, in file order: [name, shape]. */
+/**
+ * Qwen3-30B-A3B's dimensions (hidden 2048, 128 experts of 768, top-8, 32/4 heads of 128, vocab
+ * 151936), `layers` layers.
+ */
+export function qwen3Dims(layers: number): SyntheticDims {
+  return {
+    family: "qwen3_moe",
+    topK: 8,
+    headDim: 128,
+    layers,
+    hidden: 2048,
+    intermediate: 768,
+    experts: 128,
+    heads: 32,
+    kvHeads: 4,
+    vocab: 151936,
+  };
+}
+
+/** The tensors of the checkpoint, in file order: [name, shape]. */
 export function mixtralTensors(d: SyntheticDims): [string, number[]][] {
-  const H = d.hidden, I = d.intermediate, hd = d.hidden / d.heads;
+  const H = d.hidden, I = d.intermediate, hd = d.headDim ?? d.hidden / d.heads;
+  const qwen = d.family === "qwen3_moe";
   const out: [string, number[]][] = [["model.embed_tokens.weight", [d.vocab, H]]];
   for (let l = 0; l < d.layers; l++) {
     const p = `model.layers.${l}`;
@@ -61,8 +87,24 @@ export function mixtralTensors(d: SyntheticDims): [string, number[]][] {
       [`${p}.self_attn.v_proj.weight`, [d.kvHeads * hd, H]],
       [`${p}.self_attn.o_proj.weight`, [H, d.heads * hd]],
       [`${p}.post_attention_layernorm.weight`, [H]],
-      [`${p}.block_sparse_moe.gate.weight`, [d.experts, H]],
     );
+    if (qwen) {
+      out.push(
+        [`${p}.self_attn.q_norm.weight`, [hd]],
+        [`${p}.self_attn.k_norm.weight`, [hd]],
+        [`${p}.mlp.gate.weight`, [d.experts, H]],
+      );
+      for (let e = 0; e < d.experts; e++) {
+        const q = `${p}.mlp.experts.${e}`;
+        out.push(
+          [`${q}.gate_proj.weight`, [I, H]],
+          [`${q}.up_proj.weight`, [I, H]],
+          [`${q}.down_proj.weight`, [H, I]],
+        );
+      }
+      continue;
+    }
+    out.push([`${p}.block_sparse_moe.gate.weight`, [d.experts, H]]);
     for (let e = 0; e < d.experts; e++) {
       const q = `${p}.block_sparse_moe.experts.${e}`;
       out.push([`${q}.w1.weight`, [I, H]], [`${q}.w2.weight`, [H, I]], [`${q}.w3.weight`, [I, H]]);
@@ -85,6 +127,30 @@ export function layersForSize(gb: number): number {
 }
 
 function configJson(d: SyntheticDims): Record<string, unknown> {
+  if (d.family === "qwen3_moe") {
+    return {
+      architectures: ["Qwen3MoeForCausalLM"],
+      model_type: "qwen3_moe",
+      hidden_size: d.hidden,
+      intermediate_size: 6144,
+      moe_intermediate_size: d.intermediate,
+      num_hidden_layers: d.layers,
+      num_attention_heads: d.heads,
+      num_key_value_heads: d.kvHeads,
+      head_dim: d.headDim ?? d.hidden / d.heads,
+      num_experts: d.experts,
+      num_experts_per_tok: d.topK ?? 8,
+      norm_topk_prob: true,
+      decoder_sparse_step: 1,
+      mlp_only_layers: [],
+      vocab_size: d.vocab,
+      max_position_embeddings: 4096,
+      rms_norm_eps: 1e-6,
+      rope_theta: 1e6,
+      tie_word_embeddings: false,
+      torch_dtype: "bfloat16",
+    };
+  }
   return {
     architectures: ["MixtralForCausalLM"],
     model_type: "mixtral",
@@ -94,7 +160,7 @@ function configJson(d: SyntheticDims): Record<string, unknown> {
     num_attention_heads: d.heads,
     num_key_value_heads: d.kvHeads,
     num_local_experts: d.experts,
-    num_experts_per_tok: 2,
+    num_experts_per_tok: d.topK ?? 2,
     vocab_size: d.vocab,
     max_position_embeddings: 4096,
     rms_norm_eps: 1e-5,
@@ -286,6 +352,10 @@ export interface CompileBenchResult {
   sampledPeakRssBytes: number;
   timings: Record<string, number>;
   passesShare: number;
+  /** Scores + calibration + costs + allocator, seconds. */
+  allocationSeconds: number;
+  /** VmHWM when the allocation was done (bytes), null where unknown. */
+  allocationPeakBytes: number | null;
   headerOffset: number;
   headerInReserve: boolean;
 }
@@ -300,6 +370,9 @@ export async function timeCompile(
     workers: number;
     bytes: number;
     allocator?: AllocatorName;
+    /** Calibration token ids (the budget allocator's output-error costs, frequency). */
+    calibrationIds?: number[];
+    sensitivityTokens?: number;
   },
 ): Promise<CompileBenchResult> {
   const ir = await loadCheckpoint(dir);
@@ -316,6 +389,8 @@ export async function timeCompile(
       quantizer: o.quantizer,
       workers: o.workers,
       allocator: o.allocator ?? "paper",
+      calibrationIds: o.calibrationIds,
+      sensitivityTokens: o.sensitivityTokens,
     });
   } finally {
     clearInterval(timer);
@@ -347,6 +422,8 @@ export async function timeCompile(
     sampledPeakRssBytes: sampled,
     timings: { ...res.timings },
     passesShare: res.timings.passes / res.timings.total,
+    allocationSeconds: (res.timings.passes + res.timings.calibration + res.timings.costs) / 1000,
+    allocationPeakBytes: peakReset ? res.allocationPeakBytes : null,
     headerOffset: p.headerOffset,
     headerInReserve: p.headerOffset === PREAMBLE_SIZE,
   };
@@ -365,7 +442,18 @@ export async function benchCompile(args: Args): Promise<void> {
   });
   const expertBits = args.string("expert-bits", "2.5");
   parseExpertStorage(expertBits);
-  const allocator = args.choice("allocator", ["paper", "uniform", "random"] as const, "paper");
+  const allocator = args.choice(
+    "allocator",
+    ["paper", "uniform", "random", "budget", "frequency"] as const,
+    "paper",
+  );
+  const shape = args.choice("shape", ["mixtral", "qwen3"] as const, "mixtral");
+  const calibTokens = args.string("calibration-tokens") === undefined
+    ? 0
+    : args.int("calibration-tokens", 512, 2);
+  const sensitivityTokens = args.string("sensitivity-tokens") === undefined
+    ? undefined
+    : args.int("sensitivity-tokens", 64, 1);
   const auto = navigator.hardwareConcurrency ?? 2;
   const workerList = args.string("workers", "auto").split(",").map((w) => {
     if (w === "auto") return auto;
@@ -378,7 +466,12 @@ export async function benchCompile(args: Args): Promise<void> {
   const layers = args.string("layers") !== undefined
     ? args.int("layers", 1, 1, 64)
     : layersForSize(args.number("size-gb", 8, 0.1, 1000));
-  const dims = mixtralDims(layers);
+  const dims = shape === "qwen3" ? qwen3Dims(layers) : mixtralDims(layers);
+  // Calibration ids: seeded uniform token ids (the weights are random too).
+  const idRng = mulberry32(3);
+  const calibrationIds = calibTokens > 0
+    ? Array.from({ length: calibTokens }, () => Math.floor(idRng() * dims.vocab))
+    : undefined;
   const keep = args.string("dir") !== undefined;
   const dir = args.string("dir") ?? await Deno.makeTempDir({ prefix: "moeq-bench-ckpt-" });
   const json = args.flag("json");
@@ -386,7 +479,7 @@ export async function benchCompile(args: Args): Promise<void> {
     if (!json) console.error(s);
   };
   const need = checkpointBytes(dims);
-  log(`checkpoint: ${layers} Mixtral layers, ${(need / GB).toFixed(2)} GB BF16 in ${dir}`);
+  log(`checkpoint: ${layers} ${shape} layers, ${(need / GB).toFixed(2)} GB BF16 in ${dir}`);
   const t0 = performance.now();
   const gen = await writeSyntheticMixtral(dir, dims);
   const genSeconds = (performance.now() - t0) / 1000;
@@ -404,6 +497,8 @@ export async function benchCompile(args: Args): Promise<void> {
           workers,
           bytes: gen.bytes,
           allocator,
+          calibrationIds,
+          sensitivityTokens,
         });
         await Deno.remove(out);
         results.push(r);
@@ -431,6 +526,8 @@ export async function benchCompile(args: Args): Promise<void> {
     r.peakRssBytes === null ? "n/a" : (r.peakRssBytes / MIB).toFixed(0),
     (r.sampledPeakRssBytes / MIB).toFixed(0),
     (100 * r.passesShare).toFixed(2),
+    r.allocationSeconds.toFixed(1),
+    r.allocationPeakBytes === null ? "n/a" : (r.allocationPeakBytes / MIB).toFixed(0),
     (r.timings.emit / 1000).toFixed(1),
     r.headerInReserve ? "yes" : `no (@${r.headerOffset})`,
   ]);
@@ -443,6 +540,8 @@ export async function benchCompile(args: Args): Promise<void> {
     "VmHWM MiB",
     "rss MiB",
     "passes %",
+    "alloc s",
+    "alloc VmHWM MiB",
     "emit s",
     "header in reserve",
   ];

@@ -4,6 +4,7 @@ import {
   checkpointBytes,
   layersForSize,
   mixtralDims,
+  qwen3Dims,
   type SyntheticDims,
   timeCompile,
   writeSyntheticMixtral,
@@ -88,6 +89,43 @@ Deno.test("compile with 2 workers = single thread byte for byte; header of 1197 
     assert.ok(r.passesShare >= 0 && r.passesShare < 1);
     const art = await openArtifact(join(dir, "t.moeq"));
     assert.equal(art.header.tensors.length, r.tensors);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("qwen3-shaped synthetic: loads as qwen3_moe, budget with calibration compiles", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const dims: SyntheticDims = {
+      ...qwen3Dims(2),
+      hidden: 64,
+      intermediate: 64,
+      experts: 16,
+      heads: 4,
+      kvHeads: 2,
+      headDim: 32,
+      vocab: 300,
+    };
+    const g = await writeSyntheticMixtral(dir, dims);
+    assert.equal(g.bytes, checkpointBytes(dims));
+    const ir = await loadCheckpoint(dir);
+    assert.equal(ir.spec.decoder.layers.length, 2);
+    const moe = moeLayers(ir)[1];
+    assert.deepEqual([moe.spec.numExperts, moe.spec.topK], [16, 8]);
+    const r = await timeCompile(dir, join(dir, "q.moeq"), {
+      expertBits: "2.5",
+      quantizer: "rtn",
+      workers: 0,
+      bytes: g.bytes,
+      allocator: "budget",
+      calibrationIds: Array.from({ length: 40 }, (_, i) => (i * 37) % dims.vocab),
+      sensitivityTokens: 16,
+    });
+    assert.ok(r.allocationSeconds > 0 && r.allocationSeconds * 1000 < r.timings.total);
+    const art = await openArtifact(join(dir, "q.moeq"));
+    assert.equal(art.summary.avgExpertBits, 2.5);
+    art.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -70,6 +70,10 @@ export const spec: CommandSpec = {
       default: "0",
     },
     "calibration-bytes": { type: "string", help: "bytes of calibration text", default: "4096" },
+    "sensitivity-tokens": {
+      type: "string",
+      help: "calibration tokens the budget layer sensitivity is scored on (default: all)",
+    },
     "allow-nonfinite": { type: "boolean", help: "read NaN/Inf weights as 0 instead of failing" },
     quiet: { type: "boolean", help: "no progress bar" },
     json: { type: "boolean", help: "print the result as JSON" },
@@ -128,6 +132,9 @@ export async function run(args: Args): Promise<void> {
     init,
     calibrationIds,
     calibrationSpans,
+    sensitivityTokens: args.string("sensitivity-tokens") === undefined
+      ? undefined
+      : args.int("sensitivity-tokens", 0, 1),
     onProgress: (phase, d, n) => bar.update(phase, d, n),
   });
   bar.done();
@@ -137,6 +144,7 @@ export async function run(args: Args): Promise<void> {
       bytes: result.bytes,
       allocation: result.allocation,
       timings_ms: result.timings,
+      allocation_peak_bytes: result.allocationPeakBytes,
       experts: result.experts,
     }));
     return;
@@ -150,5 +158,11 @@ export async function run(args: Args): Promise<void> {
     }%, calibration ${t.calibration.toFixed(0)} ms, costs ${t.costs.toFixed(0)} ms, emit ${
       t.emit.toFixed(0)
     } ms)`,
+  );
+  const allocationMs = t.passes + t.calibration + t.costs;
+  const peak = result.allocationPeakBytes;
+  console.log(
+    `allocation stage: ${(allocationMs / 1000).toFixed(2)} s (scores, calibration, costs, ` +
+      `allocator)` + (peak === null ? "" : `, peak memory ${(peak / 2 ** 20).toFixed(0)} MiB`),
   );
 }

@@ -24,6 +24,7 @@ import {
 } from "../compiler/compile.ts";
 import { storageJson } from "../compiler/stages/plan.ts";
 import { calibrate, calibrateSpans, type CalibrationData } from "../compiler/calibration.ts";
+import { DATA_FREE_COSTS } from "../compiler/data_free.ts";
 import { parseSpans, prepareReference, type Span } from "../compiler/reference/mod.ts";
 import type { AllocatorName } from "../compiler/passes/mod.ts";
 import { QUANT_METHODS, type QuantMethod } from "../compiler/quantize/mod.ts";
@@ -151,6 +152,13 @@ function runsFor(
     }
     runs.push({ label: `frequency@${target}`, opts: q(target, "frequency") });
     runs.push({ label: `budget@${target}`, opts: q(target, "budget") });
+    // Data-free budget (no calibration), each weight-only cost variant (compiler/data_free.ts).
+    for (const v of DATA_FREE_COSTS) {
+      runs.push({
+        label: `budget-free-${v}@${target}`,
+        opts: q(target, "budget", { budgetCost: "weight", dataFreeCost: v }),
+      });
+    }
   }
   // MoQE's contrast: the same low width on experts only vs on the dense (attention...) part only.
   for (const b of [2, 3] as const) {

@@ -13,7 +13,13 @@
 import { type ModelIR, moeLayers } from "../compiler/ir.ts";
 import type { CalibrationData } from "../compiler/calibration.ts";
 import { evaluateReference, type ReferenceModel } from "../compiler/reference/mod.ts";
-import { outputError, spearman } from "../compiler/expert_error.ts";
+import { outputError, spearman, weightError } from "../compiler/expert_error.ts";
+import {
+  DATA_FREE_COSTS,
+  type DataFreeCost,
+  expertImportance,
+  normedWeightError,
+} from "../compiler/data_free.ts";
 import {
   expertHessians,
   type ExpertWeights,
@@ -40,6 +46,8 @@ export interface ProbeExpert {
   proxy: number;
   /** Measured Δ bits/byte with only this expert at the probed width. */
   delta: number;
+  /** The data-free costs (compiler/data_free.ts) at the probed width, by variant. */
+  free: Record<DataFreeCost, number>;
 }
 
 /** Per-layer summary of a probe (one per MoE layer). */
@@ -58,6 +66,8 @@ export interface ProbeLayer {
   rhoLambdaFrequency: number;
   rhoFrequencyDelta: number;
   rhoProxyDelta: number;
+  /** Spearman ρ(data-free cost, Δ) per variant. */
+  rhoFreeDelta: Record<DataFreeCost, number>;
 }
 
 /** Result of {@link probe}. */
@@ -69,7 +79,12 @@ export interface ProbeResult {
   experts: ProbeExpert[];
   layers: ProbeLayer[];
   /** Spearman over all experts of all layers. */
-  overall: { rhoLambdaDelta: number; rhoFrequencyDelta: number; rhoProxyDelta: number };
+  overall: {
+    rhoLambdaDelta: number;
+    rhoFrequencyDelta: number;
+    rhoProxyDelta: number;
+    rhoFreeDelta: Record<DataFreeCost, number>;
+  };
 }
 
 async function bpb(model: ReferenceModel, ids: readonly number[], context: number) {
@@ -107,6 +122,12 @@ export async function probe(
     const { stack, layer: l } = layer;
     experts[m] = [];
     quantized[m] = [];
+    const g = ffnNormWeights(ref, m);
+    const router = Float32Array.from(layer.router);
+    const importance = {
+      router: expertImportance("router", layer.spec, router, g),
+      routing: expertImportance("routing", layer.spec, router, g),
+    };
     for (let e = 0; e < layer.experts.length; e++) {
       const w = referenceExpert(ref, m, e);
       const sample = calib.samples[m][e];
@@ -117,7 +138,15 @@ export async function probe(
       const restore = swapExpert(ref, m, e, q);
       const delta = (await bpb(ref, ids, opts.context)) - base;
       restore();
+      const normed = normedWeightError(w, q, g);
+      const free: Record<DataFreeCost, number> = {
+        plain: weightError(w, q),
+        normed,
+        router: normed * importance.router[e],
+        routing: normed * importance.routing[e],
+      };
       experts[m].push({
+        free,
         stack,
         layer: l,
         expert: e,
@@ -146,6 +175,7 @@ export async function probe(
       rhoLambdaFrequency: spearman(col((x) => x.lambda), col((x) => x.frequency)),
       rhoFrequencyDelta: spearman(col((x) => x.frequency), col((x) => x.delta)),
       rhoProxyDelta: spearman(col((x) => x.proxy), col((x) => x.delta)),
+      rhoFreeDelta: freeRhos(xs),
     });
     log(`probe ${layer.stack} layer ${layer.layer}: Δ ${delta.toFixed(5)}`);
   }
@@ -161,8 +191,28 @@ export async function probe(
       rhoLambdaDelta: spearman(all((x) => x.lambda), all((x) => x.delta)),
       rhoFrequencyDelta: spearman(all((x) => x.frequency), all((x) => x.delta)),
       rhoProxyDelta: spearman(all((x) => x.proxy), all((x) => x.delta)),
+      rhoFreeDelta: freeRhos(experts.flat()),
     },
   };
+}
+
+/** Spearman ρ of each data-free cost variant with the measured Δ over `xs`. */
+function freeRhos(xs: readonly ProbeExpert[]): Record<DataFreeCost, number> {
+  const delta = xs.map((x) => x.delta);
+  return Object.fromEntries(
+    DATA_FREE_COSTS.map((v) => [v, spearman(xs.map((x) => x.free[v]), delta)]),
+  ) as Record<DataFreeCost, number>;
+}
+
+/** The weights of the norm in front of MoE block `m` (as f32). */
+function ffnNormWeights(ref: ReferenceModel, m: number): Float32Array | null {
+  const moe = ref.moe[m];
+  for (const layer of ref.layers) {
+    for (const b of layer.blocks) {
+      if (b.kind === "ffn" && b.ffn === moe) return Float32Array.from(b.norm.weight);
+    }
+  }
+  return null;
 }
 
 /** Markdown tables of a probe: per layer, then per expert. */
@@ -193,6 +243,15 @@ export function probeTables(p: ProbeResult): string {
     `| all | | | ${f(o.rhoLambdaDelta, 2)} | | ${f(o.rhoFrequencyDelta, 2)} | ${
       f(o.rhoProxyDelta, 2)
     } |`,
+    "",
+    `Data-free costs: Spearman ρ(cost, Δ) per layer and over all experts`,
+    "",
+    `| layer | ${DATA_FREE_COSTS.join(" | ")} |`,
+    `| ---: | ${DATA_FREE_COSTS.map(() => "---:").join(" | ")} |`,
+    ...p.layers.map((l) =>
+      `| ${where(l)} | ${DATA_FREE_COSTS.map((v) => f(l.rhoFreeDelta[v], 2)).join(" | ")} |`
+    ),
+    `| all | ${DATA_FREE_COSTS.map((v) => f(o.rhoFreeDelta[v], 2)).join(" | ")} |`,
     "",
     "| layer | expert | Λ | frequency | proxy | Δ bits/byte |",
     "| ---: | ---: | ---: | ---: | ---: | ---: |",

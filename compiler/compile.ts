@@ -4,10 +4,11 @@
  *
  * 1. **Scores** (weight-only): Λ, the router-norm change, and MaxVar of each expert's first
  *    matrix ({@link weightScores}).
- * 2. **Calibration** (when needed): routing counts and a sample of each expert's inputs from the
- *    float64 reference ({@link runCalibration}).
- * 3. **Costs** (`budget` only): each expert quantized at every candidate width and its damage
- *    measured ({@link budgetCosts}).
+ * 2. **Calibration** (when needed): routing counts and a sample of each expert's inputs, the
+ *    hidden states streamed through the model one layer at a time; with `budget`, the experts'
+ *    output errors and the layer sensitivities in the same pass ({@link runCalibration}).
+ * 3. **Costs** (`budget` only): each expert's cost at every candidate width, from that pass or,
+ *    without calibration, from its weights alone ({@link budgetCosts}).
  * 4. **Allocation**: bits per expert from the chosen allocator ({@link allocateExperts}).
  * 5. **Emit**: tensor by tensor, quantized per the plan, streamed into the artifact with the
  *    expert report ({@link emitCompiled}).
@@ -53,11 +54,27 @@ export interface CompileResult {
   allocation: AllocationSummary | null;
   experts: ExpertReport[];
   timings: CompileTimings;
+  /**
+   * The process's peak resident memory (Linux VmHWM, bytes) when the allocation was done, before
+   * the emit: what scores, calibration and costs needed; null where /proc is not readable.
+   */
+  allocationPeakBytes: number | null;
+}
+
+/** Peak resident set of this process (VmHWM) in bytes; null where /proc is not readable. */
+export function peakResidentBytes(): number | null {
+  try {
+    const s = Deno.readTextFileSync("/proc/self/status");
+    const kb = Number(/^VmHWM:\s+(\d+) kB/m.exec(s)?.[1] ?? NaN);
+    return Number.isFinite(kb) ? kb * 1024 : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
- * Compiles `ir` into an artifact at `dest`. Streams tensor by tensor; calibration and the budget
- * costs (when asked for) hold the model in float64 for the reference forward pass.
+ * Compiles `ir` into an artifact at `dest`. Streams tensor by tensor; calibration holds one
+ * layer's weights (one expert's in a MoE block) and the calibration tokens' states at a time.
  */
 export async function compileModel(
   ir: ModelIR,
@@ -95,6 +112,7 @@ export async function compileModel(
       "passes",
       () => allocateExperts(layers, plan, scores, frequency, costs),
     );
+    const allocationPeakBytes = peakResidentBytes();
     const { written, experts } = await timed(
       "emit",
       () => emitCompiled(ir, dest, { layers, plan, allocation, scores, frequency, calib, pool }),
@@ -106,6 +124,7 @@ export async function compileModel(
       allocation: allocation?.summary ?? null,
       experts,
       timings,
+      allocationPeakBytes,
     };
   } finally {
     pool?.close();

@@ -20,6 +20,7 @@ import type { AllocatorName } from "../passes/mod.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import type { CalibrationData } from "../calibration.ts";
 import type { Span } from "../reference/mod.ts";
+import type { DataFreeCost } from "../data_free.ts";
 
 /** How routed experts are stored: unquantized in a float type, or at an average bit width. */
 export type ExpertStorage =
@@ -66,6 +67,8 @@ export interface CompileOptions {
    * error.
    */
   budgetCost?: BudgetCost;
+  /** The "weight" (data-free) cost's variant (compiler/data_free.ts; default "routing"). */
+  dataFreeCost?: DataFreeCost;
   /** Byte budget for all experts (budget allocator), instead of the average. */
   maxBytes?: number;
   /** Step-0 checkpoint of the same model (router-norm change). */
@@ -78,6 +81,8 @@ export interface CompileOptions {
   calibration?: CalibrationData;
   /** Calibration window (default: the model's max positions, at most 512). */
   calibrationContext?: number;
+  /** Tokens the budget allocator's layer sensitivity is scored on (default: all calibration). */
+  sensitivityTokens?: number;
   /** Worker threads quantizing RTN/HQQ matrices (0 = this thread; output is identical). */
   workers?: number;
   /** Progress: phase name, done, total. */
@@ -98,6 +103,7 @@ export interface CompilePlan {
   levels?: number[];
   widths: ExpertWidth[];
   budgetCost?: BudgetCost;
+  dataFreeCost: DataFreeCost;
   maxBytes?: number;
   init?: ModelIR;
   /** The experts get an allocation (expert storage is a bit width). */
@@ -110,6 +116,7 @@ export interface CompilePlan {
   calibrationSpans?: Span[];
   calibration?: CalibrationData;
   calibrationContext: number;
+  sensitivityTokens?: number;
   onProgress: (phase: string, done: number, total: number) => void;
 }
 
@@ -145,6 +152,7 @@ export function resolvePlan(ir: ModelIR, opts: CompileOptions): CompilePlan {
     levels: opts.levels,
     widths,
     budgetCost: opts.budgetCost,
+    dataFreeCost: opts.dataFreeCost ?? "routing",
     maxBytes: opts.maxBytes,
     init: opts.init,
     quantizedExperts,
@@ -156,6 +164,7 @@ export function resolvePlan(ir: ModelIR, opts: CompileOptions): CompilePlan {
     calibrationSpans: opts.calibrationSpans,
     calibration: opts.calibration,
     calibrationContext: opts.calibrationContext ?? Math.min(ir.spec.maxPositions, 512),
+    sensitivityTokens: opts.sensitivityTokens,
     onProgress: opts.onProgress ?? (() => {}),
   };
 }

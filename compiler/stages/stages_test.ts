@@ -17,6 +17,7 @@ import type { BlockSpec, GqaAttentionSpec, ModelSpec } from "../../schemas/model
 import { mulberry32 } from "../../schemas/prng.ts";
 import { expectedTensors, keyString } from "../../schemas/tensors.ts";
 import { compileModel } from "../compile.ts";
+import { expertImportance, normedWeightError } from "../data_free.ts";
 import { weightError } from "../expert_error.ts";
 import { expertBytes, quantizeExpert, readExpert } from "../expert_weights.ts";
 import { type ModelIR, moeLayers } from "../ir.ts";
@@ -192,6 +193,7 @@ Deno.test("compile: budget weight-error costs per MoE layer match a direct compu
       allocator: "budget",
       quantizer: "rtn",
       groupSize: 32,
+      dataFreeCost: "plain",
     });
     const widths = [2, 3, 4] as const;
     const cost: number[][][] = [];
@@ -222,4 +224,40 @@ Deno.test("weight scores: an init checkpoint with MoE layers elsewhere is a Usag
     });
   await assert.rejects(run, UsageError);
   await assert.rejects(run, /--init synthetic-5: MoE layers \[encoder 0, decoder 0\]/);
+});
+
+Deno.test("compile: data-free budget costs (default: normed error × routing) match a direct computation", async () => {
+  const ir = syntheticIR(encoderDecoder(), 3);
+  const layers = moeLayers(ir);
+  const refs = new Map(ir.tensors.map((t) => [keyString(t), t.ref]));
+  await withTempDir(async (dir) => {
+    const r = await compileModel(ir, `${dir}/b.moeq`, {
+      expertStorage: { kind: "bits", average: 2.5 },
+      denseStorage: { kind: "float", storage: "f16" },
+      allocator: "budget",
+      quantizer: "rtn",
+      groupSize: 32,
+    });
+    const widths = [2, 3, 4] as const;
+    const cost: number[][][] = [];
+    for (const layer of layers) {
+      const key = { stack: layer.stack, layer: layer.layer, expert: -1, role: "ffn_norm" };
+      const g = await refs.get(keyString(key))!.read();
+      const imp = expertImportance("routing", layer.spec, await layer.router.read(), g);
+      const row: number[][] = [];
+      for (const expert of layer.experts) {
+        const w = await readExpert(expert);
+        row.push(
+          widths.map((b) =>
+            normedWeightError(w, quantizeExpert(w, b, 32, "rtn"), g) * imp[expert.index]
+          ),
+        );
+      }
+      cost.push(row);
+    }
+    const want = allocateBudget({ widths, cost, targetAverage: 2.5 });
+    assert.deepEqual(r.experts.map((e) => e.bits), want.bits.flat());
+    const total = want.summary.totalCost!;
+    assert.ok(Math.abs(r.allocation!.totalCost! - total) <= 1e-9 * total);
+  });
 });
