@@ -62,6 +62,8 @@ export interface Tokenizer {
   decode(ids: number[]): string;
   /** A fresh streaming decoder. */
   createStreamDecoder(): StreamDecoder;
+  /** True when the model has a chat template (applyChatTemplate renders it). */
+  readonly hasChatTemplate: boolean;
   /** Renders `messages` with the model's chat template (or "role: content" lines without one). */
   applyChatTemplate(messages: ChatMessage[], options?: ChatTemplateOptions): string;
 }
@@ -92,6 +94,7 @@ export function createTokenizer(
     vocabSize: codec.vocabSize,
     bos: special.bos,
     eos,
+    hasChatTemplate: template !== null,
     encode: (text, options) => codec.encode(text, options?.addSpecialTokens ?? true),
     decode: (ids) => codec.decode(ids),
     createStreamDecoder: () => streamDecoder(codec.decode),
