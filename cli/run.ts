@@ -1,5 +1,8 @@
 /**
  * `moeq run <artifact> --prompt "..." | --ids 1,2,3 [--max-tokens N] [--temperature T] ...`.
+ * When the model has a chat template (gpt-oss's harmony, ...), `--prompt` is one user turn
+ * rendered through it, ending with the assistant's header, and the reply is printed; `--raw`
+ * feeds the text as is and prints prompt + continuation (plain completion).
  * An encoder–decoder model's encoder reads `--prompt` (cli/seq2seq_text.ts) or `--encoder-ids`;
  * the decoder generates.
  *
@@ -19,7 +22,11 @@ export const spec: CommandSpec = {
   summary: "generate text from an artifact",
   positionals: [1, 1],
   flags: {
-    prompt: { type: "string", help: "prompt text" },
+    prompt: {
+      type: "string",
+      help: "prompt text; a user turn through the model's chat template when it has one",
+    },
+    raw: { type: "boolean", help: "--prompt as is, without the chat template (completion)" },
     ids: { type: "string", help: "prompt token ids, comma-separated" },
     "encoder-ids": {
       type: "string",
@@ -37,7 +44,7 @@ export const spec: CommandSpec = {
       default: "webgpu (cpu for --encoder-ids)",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
-    json: { type: "boolean", help: 'print {"ids", "text", "tokens_per_s"}' },
+    json: { type: "boolean", help: 'print {"prompt_ids", "ids", "text", "tokens_per_s"}' },
   },
 };
 
@@ -73,7 +80,13 @@ export async function run(args: Args): Promise<void> {
       return;
     }
     if (encoderIdsFlag) throw new UsageError("run: --encoder-ids needs an encoder–decoder model");
-    const ids = idsFlag ?? tokenizer.encode(prompt!);
+    const chat = prompt !== undefined && tokenizer.hasChatTemplate && !args.flag("raw");
+    const ids = idsFlag ??
+      (chat
+        ? tokenizer.encode(tokenizer.applyChatTemplate([{ role: "user", content: prompt }]), {
+          addSpecialTokens: false,
+        })
+        : tokenizer.encode(prompt!));
     if (ids.length === 0) throw new UsageError("run: the prompt is empty");
     const bad = ids.find((id) => id >= engine.model.vocabSize);
     if (bad !== undefined) throw new UsageError(`--ids: ${bad} is outside the vocabulary`);
@@ -81,7 +94,7 @@ export async function run(args: Args): Promise<void> {
     const out: number[] = [];
     const decoder = tokenizer.createStreamDecoder();
     const enc = new TextEncoder();
-    if (!json && prompt !== undefined) await Deno.stdout.write(enc.encode(prompt));
+    if (!json && prompt !== undefined && !chat) await Deno.stdout.write(enc.encode(prompt));
     const t0 = performance.now();
     let tFirst = 0;
     for await (const id of engine.generate(ids, options)) {
@@ -94,6 +107,7 @@ export async function run(args: Args): Promise<void> {
     const tokensPerS = out.length > 1 ? (out.length - 1) / ((t1 - tFirst) / 1000) : 0;
     if (json) {
       console.log(JSON.stringify({
+        prompt_ids: ids,
         ids: out,
         text: tokenizer.decode(out),
         tokens_per_s: tokensPerS,

@@ -1,7 +1,8 @@
 /**
  * Text ↔ token ids for the runtime: a byte tokenizer (token = byte, vocabulary 256) for
- * byte-level models, or a Hugging Face `tokenizer.json` through the pure-JS
- * `@huggingface/tokenizers` port; plus a streaming decoder and chat templates
+ * byte-level models, or a Hugging Face `tokenizer.json` — byte-level BPE ones (GPT-2, Llama 3,
+ * gpt-oss's o200k) through runtime/bpe.ts, which loads a 200k vocabulary several times faster,
+ * any other through the pure-JS `@huggingface/tokenizers` port; plus a streaming decoder and chat templates
  * (`@huggingface/jinja`).
  *
  * @module
@@ -13,6 +14,7 @@ import { Tokenizer as HfTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 // deno-lint-ignore no-import-prefix
 import { Template } from "npm:@huggingface/jinja@0.5.11";
 import { InputError } from "../schemas/errors.ts";
+import { byteLevelBpe } from "./bpe.ts";
 import type { ModelSpec } from "../schemas/model.ts";
 
 /** One chat turn. */
@@ -60,6 +62,8 @@ export interface Tokenizer {
   decode(ids: number[]): string;
   /** A fresh streaming decoder. */
   createStreamDecoder(): StreamDecoder;
+  /** True when the model has a chat template (applyChatTemplate renders it). */
+  readonly hasChatTemplate: boolean;
   /** Renders `messages` with the model's chat template (or "role: content" lines without one). */
   applyChatTemplate(messages: ChatMessage[], options?: ChatTemplateOptions): string;
 }
@@ -90,6 +94,7 @@ export function createTokenizer(
     vocabSize: codec.vocabSize,
     bos: special.bos,
     eos,
+    hasChatTemplate: template !== null,
     encode: (text, options) => codec.encode(text, options?.addSpecialTokens ?? true),
     decode: (ids) => codec.decode(ids),
     createStreamDecoder: () => streamDecoder(codec.decode),
@@ -154,13 +159,20 @@ function byteCodec(): Codec {
 function hfCodec(bytes: Uint8Array): Codec {
   let json: Record<string, unknown>;
   try {
-    json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+    // The lossy decoder is faster; only text with U+FFFD is checked strictly.
+    let text = new TextDecoder().decode(bytes);
+    if (text.includes("\uFFFD")) text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    json = JSON.parse(text);
   } catch (e) {
     throw new InputError(`not valid JSON: ${(e as Error).message}`, "tokenizer.json");
   }
   const model = json?.model as Record<string, unknown> | undefined;
   if (typeof model !== "object" || model === null || typeof model.type !== "string") {
     throw new InputError("missing model.type", "tokenizer.json");
+  }
+  const fast = byteLevelBpe(json);
+  if (fast) {
+    return { ...fast, encode: (text) => fast.encode(text) };
   }
   let tokenizer: HfTokenizer;
   try {
