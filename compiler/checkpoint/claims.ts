@@ -66,9 +66,15 @@ export class TensorClaims {
     return info.dtype;
   }
 
-  /** A whole tensor of the given shape. */
-  tensor(name: string, shape: readonly number[]): TensorRef {
-    const dtype = this.claim(name, shape);
+  /**
+   * A whole tensor of the given shape; `stored`: the shape it has in the checkpoint when that
+   * differs only by unit dims (ERNIE's [1, E] correction bias read as [E]).
+   */
+  tensor(name: string, shape: readonly number[], stored: readonly number[] = shape): TensorRef {
+    if (stored.reduce((a, b) => a * b, 1) !== shape.reduce((a, b) => a * b, 1)) {
+      throw new Error(`claims.tensor: ${shapeText(stored)} cannot be read as ${shapeText(shape)}`);
+    }
+    const dtype = this.claim(name, stored);
     const numel = shape.reduce((a, b) => a * b, 1);
     return this.ref(name, name, shape, dtype, 0, numel);
   }

@@ -163,7 +163,7 @@ export function attentionBlock(
   if (a.kBias) addBias(k, a.kBias, n);
   if (a.vBias) addBias(v, a.vBias, n);
 
-  const { rotaryDim, invFreq } = a.rope;
+  const { rotaryDim, invFreq, pairing } = a.rope;
   const half = rotaryDim / 2;
   const { cos, sin } = ropeTables(invFreq, start, n);
   const eps = a.spec.qkNormSpec.eps;
@@ -181,8 +181,8 @@ export function attentionBlock(
     }
     const c = cos.subarray(t * half, (t + 1) * half);
     const s = sin.subarray(t * half, (t + 1) * half);
-    rope(qt, nh, hd, c, s, rotaryDim);
-    rope(kt, nkv, hd, c, s, rotaryDim);
+    rope(qt, nh, hd, c, s, rotaryDim, pairing);
+    rope(kt, nkv, hd, c, s, rotaryDim, pairing);
   }
 
   const att = new Float64Array(n * qDim);

@@ -25,6 +25,8 @@ export interface ReferenceMoe {
   spec: MoeFfnSpec;
   /** [E, H] router rows. */
   router: Float64Array;
+  /** [E] the selection-only bias added to the scores for the choice (router_selection_bias). */
+  selectionBias: Float64Array | null;
   /** Routed experts by index; callers may swap entries (a quantized expert, say). */
   experts: ReferenceMlp[];
   shared: ReferenceMlp | null;
@@ -69,6 +71,9 @@ export async function readMoe(
     ...place,
     spec,
     router: await weights.read("router"),
+    selectionBias: spec.router.kind === "topk" && spec.router.selectionBias
+      ? await weights.read("router_selection_bias")
+      : null,
     experts,
     shared: spec.shared ? await readMlp(spec.shared.mlp, "shared", weights) : null,
     sharedGate: spec.shared?.gated ? await weights.read("shared_expert_gate") : null,
@@ -102,7 +107,12 @@ export function moeBlock(
   const tokensOf: number[][] = Array.from({ length: E }, () => []);
   const weightsOf: number[][] = Array.from({ length: E }, () => []);
   for (let t = 0; t < n; t++) {
-    const r = route(logits.subarray(t * E, (t + 1) * E), topK, router);
+    const r = route(
+      logits.subarray(t * E, (t + 1) * E),
+      topK,
+      router,
+      f.selectionBias ?? undefined,
+    );
     observer?.(f.index, start + t, h.subarray(t * H, (t + 1) * H), r.experts, r.weights);
     for (let j = 0; j < topK; j++) {
       tokensOf[r.experts[j]].push(t);

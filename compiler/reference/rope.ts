@@ -1,7 +1,7 @@
 /**
  * Rotary position embedding in float64: unscaled RoPE over the first `rotaryDim` dims of each
- * head, pairs split in halves (transformers' rotate_half). Interleaved pairs and the scaled
- * variants are described but not implemented here yet.
+ * head, pairs split in halves (transformers' rotate_half) or interleaved (2i, 2i + 1: ERNIE,
+ * DeepSeek). The scaled variants are described but not implemented here yet.
  *
  * @module
  */
@@ -14,6 +14,7 @@ export interface ReferenceRope {
   rotaryDim: number;
   /** [rotaryDim/2]: 1 / θ^(2i/rotaryDim). */
   invFreq: Float64Array;
+  pairing: "half" | "interleaved";
 }
 
 /** RoPE inverse frequencies over `rotaryDim` dims: 1 / θ^(2i/rotaryDim), i < rotaryDim/2. */
@@ -26,7 +27,6 @@ export function ropeInvFreq(rotaryDim: number, theta: number): Float64Array {
 /** The RoPE of a position spec; UnsupportedError for what the reference does not implement. */
 export function prepareRope(position: PositionSpec, headDim: number): ReferenceRope {
   if (position.kind !== "rope") throw notImplemented(`position kind "${position.kind}"`);
-  if (position.pairing !== "half") throw notImplemented(`RoPE pairing "${position.pairing}"`);
   if (position.scaling.kind !== "none") {
     throw notImplemented(`RoPE scaling "${position.scaling.kind}"`);
   }
@@ -34,7 +34,7 @@ export function prepareRope(position: PositionSpec, headDim: number): ReferenceR
   if (!(Number.isInteger(d) && d > 0 && d % 2 === 0 && d <= headDim)) {
     throw notImplemented(`RoPE over ${d} of ${headDim} dims`);
   }
-  return { rotaryDim: d, invFreq: ropeInvFreq(d, position.theta) };
+  return { rotaryDim: d, invFreq: ropeInvFreq(d, position.theta), pairing: position.pairing };
 }
 
 /** cos/sin of position · invFreq for n positions from `start`: [n, rotaryDim/2] each. */
@@ -53,9 +53,10 @@ export function ropeTables(invFreq: Float64Array, start: number, n: number) {
 }
 
 /**
- * Half-split RoPE in place on `nHeads` consecutive heads of size hd, rotating each head's first
- * `rotaryDim` dims: for i < rotaryDim/2 the pair (x_i, x_{i+rotaryDim/2}) turns by
- * position · invFreq[i], whose cos/sin are given; dims past rotaryDim pass through.
+ * RoPE in place on `nHeads` consecutive heads of size hd, rotating each head's first `rotaryDim`
+ * dims: for i < rotaryDim/2 the pair (x_i, x_{i+rotaryDim/2}) ("half") or (x_{2i}, x_{2i+1})
+ * ("interleaved") turns by position · invFreq[i], whose cos/sin are given; dims past rotaryDim
+ * pass through.
  */
 export function rope(
   vec: Float64Array,
@@ -64,15 +65,17 @@ export function rope(
   cos: Float64Array,
   sin: Float64Array,
   rotaryDim = hd,
+  pairing: "half" | "interleaved" = "half",
 ): void {
   const half = rotaryDim / 2;
   for (let h = 0; h < nHeads; h++) {
     const o = h * hd;
     for (let i = 0; i < half; i++) {
-      const x1 = vec[o + i];
-      const x2 = vec[o + half + i];
-      vec[o + i] = x1 * cos[i] - x2 * sin[i];
-      vec[o + half + i] = x2 * cos[i] + x1 * sin[i];
+      const [a, b] = pairing === "half" ? [o + i, o + half + i] : [o + 2 * i, o + 2 * i + 1];
+      const x1 = vec[a];
+      const x2 = vec[b];
+      vec[a] = x1 * cos[i] - x2 * sin[i];
+      vec[b] = x2 * cos[i] + x1 * sin[i];
     }
   }
 }

@@ -18,11 +18,12 @@ import type { ConfigFields } from "../fields.ts";
 export type ExpertLayout = "classic" | "packed";
 
 /**
- * Where one expected tensor lives in a checkpoint: a whole tensor of the expected shape, or rows
- * `[rowStart, rowStart + rows)` of block `block` of a packed `[blocks, blockRows, cols]` tensor.
+ * Where one expected tensor lives in a checkpoint: a whole tensor of the expected shape (or of
+ * `stored`, the same values with extra unit dims), or rows `[rowStart, rowStart + rows)` of
+ * block `block` of a packed `[blocks, blockRows, cols]` tensor.
  */
 export type TensorSource =
-  | { name: string; packed?: undefined }
+  | { name: string; packed?: undefined; stored?: readonly number[] }
   | { name: string; packed: { shape: [number, number, number]; block: number; rowStart: number } };
 
 /** One model family (one config.json `model_type`). */

@@ -16,6 +16,8 @@
 
 import { UnsupportedError } from "../../../schemas/errors.ts";
 import type { FamilyAdapter } from "./family.ts";
+import { ernie45Moe } from "./ernie4_5_moe.ts";
+import { glm4Moe } from "./glm4_moe.ts";
 import { mixtral } from "./mixtral.ts";
 import { olmoe } from "./olmoe.ts";
 import { qwen2Moe } from "./qwen2_moe.ts";
@@ -24,7 +26,14 @@ import { qwen3Moe } from "./qwen3_moe.ts";
 export type { ExpertLayout, FamilyAdapter, TensorSource } from "./family.ts";
 
 /** Every supported family, by `model_type`. */
-export const FAMILIES: readonly FamilyAdapter[] = [mixtral, qwen2Moe, qwen3Moe, olmoe];
+export const FAMILIES: readonly FamilyAdapter[] = [
+  mixtral,
+  qwen2Moe,
+  qwen3Moe,
+  olmoe,
+  glm4Moe,
+  ernie45Moe,
+];
 
 /** The `model_type` values the adapters understand. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.map((a) => a.modelType);
