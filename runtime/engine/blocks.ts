@@ -115,10 +115,13 @@ export function moeBlock(plan: PlanBuilder, w: MoeWeights, residualScale: number
     topK: K,
     normTopK: f.router.normTopK,
     scale: f.router.scale,
+    scoring: f.router.scoring,
+    selectionBias: f.router.selectionBias,
+    groups: f.router.groups,
   };
   plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, H, 1, w.norm.eps);
   plan.matmul(w.router, acts.normed, acts.routerLogits);
-  plan.route(routing);
+  plan.route(routing, w.selectionBias);
 
   const ex = w.experts;
   if (ex.kind === "stacked") {

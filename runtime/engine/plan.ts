@@ -15,7 +15,7 @@ import type { ModelSpec } from "../../schemas/model.ts";
 import type { KernelSource } from "../kernels/kernel.ts";
 import { matmulGroups, type MatmulKey, matmulSource } from "../kernels/matmul.ts";
 import { routeListsSource, routerSource, type RoutingKey } from "../kernels/moe.ts";
-import { elementGroups, embedSource, EW, rmsNormSource } from "../kernels/ops.ts";
+import { elementGroups, embedSource, rmsNormSource } from "../kernels/ops.ts";
 import { tiledGroups, type TiledKey, tiledMatmulSource } from "../kernels/tiled.ts";
 import { weightBuffers, type WeightSet } from "../kernels/weights.ts";
 import type { Activations, KvCache } from "./activations.ts";
@@ -189,19 +189,20 @@ export class PlanBuilder {
    * Chooses each token's experts from acts.routerLogits into acts.expertIds/expertWeights; the
    * tiled style also builds the per-expert token lists (acts.routes).
    */
-  route(routing: RoutingKey): void {
-    const buffers = {
+  route(routing: RoutingKey, selectionBias?: GPUBuffer): void {
+    const buffers: Record<string, GPUBuffer> = {
       routerLogits: this.acts.routerLogits,
       expertIds: this.acts.expertIds,
       expertWeights: this.acts.expertWeights,
     };
+    if (selectionBias) buffers.selectionBias = selectionBias;
     if (this.ctx.tiled) {
       this.dispatch(routeListsSource(routing, this.ctx.chunk), {
         ...buffers,
         routes: this.acts.routes,
       }, () => [1, 1, 1]);
     } else {
-      this.dispatch(routerSource(routing), buffers, (T) => [Math.ceil(T / EW), 1, 1]);
+      this.dispatch(routerSource(routing), buffers, (T) => [T, 1, 1]);
     }
   }
 

@@ -6,7 +6,8 @@
  * Implemented: decoder-only stacks of RMSNorm pre-norm blocks; GQA attention (causal, RoPE
  * half-split over the whole head, unscaled frequencies; q/k/v biases, q/k RMSNorm per head or
  * full width, q/k/v clamp, any attention scale; no output bias); dense and MoE SwiGLU MLPs without
- * biases; softmax top-k routing (renormalised or not, scaled); shared experts, gated or not;
+ * biases; top-k routing with softmax or sigmoid scores, a selection-only bias and expert groups
+ * (renormalised or not, scaled; up to MAX_ROUTED_EXPERTS experts); shared experts, gated or not;
  * the embedding, residual and head multipliers, tied or untied head, head bias.
  *
  * @module
@@ -17,9 +18,10 @@ import type {
   AttentionSpec,
   MlpSpec,
   ModelSpec,
+  MoeFfnSpec,
   NormSpec,
-  RouterSpec,
 } from "../../schemas/model.ts";
+import { MAX_ROUTED_EXPERTS } from "../kernels/moe.ts";
 
 /** Throws an UnsupportedError for the first variant of `spec` the engine does not implement. */
 export function checkSupported(spec: ModelSpec): void {
@@ -54,7 +56,7 @@ export function checkSupported(spec: ModelSpec): void {
             mlp(ffn.mlp, where);
             break;
           }
-          router(ffn.router, where, refuse);
+          router(ffn, where, refuse);
           mlp(ffn.expert, `${where}, routed experts`);
           if (ffn.shared) mlp(ffn.shared.mlp, `${where}, shared expert`);
         }
@@ -93,11 +95,16 @@ function attention(
   if (a.headDim % 2 !== 0) refuse(`odd head size ${a.headDim}`, where);
 }
 
-function router(r: RouterSpec, where: string, refuse: Refuse): void {
+function router(f: MoeFfnSpec, where: string, refuse: Refuse): void {
+  const r = f.router;
   if (r.kind !== "topk") return refuse(`${r.kind} routing`, where);
-  if (r.scoring !== "softmax") refuse(`${r.scoring} router scoring`, where);
   if (r.softmaxAfterTopK) refuse("softmax-after-top-k routing", where);
   if (r.bias) refuse("router biases", where);
-  if (r.selectionBias) refuse("router selection biases", where);
-  if (r.groups) refuse("group-limited routing", where);
+  if (f.numExperts > MAX_ROUTED_EXPERTS) {
+    refuse(`more than ${MAX_ROUTED_EXPERTS} routed experts (${f.numExperts})`, where);
+  }
+  const g = r.groups;
+  if (g && f.topK > (f.numExperts / g.count) * g.keep) {
+    refuse(`top-${f.topK} from ${g.keep} groups of ${f.numExperts / g.count} experts`, where);
+  }
 }

@@ -98,6 +98,8 @@ export interface MoeWeights {
   normWeight: GPUBuffer;
   spec: MoeFfnSpec;
   router: WeightSet;
+  /** [E] the router's selection-only bias (router_selection_bias), when it has one. */
+  selectionBias?: GPUBuffer;
   experts: ExpertWeights;
   shared?: MlpWeights;
   /** The shared expert's gate row [1, H] (when the shared expert is gated). */
@@ -436,6 +438,9 @@ class WeightLoader {
       normWeight: await this.vector(key("ffn_norm"), [H]),
       spec: f,
       router: await this.matrix(key("router"), [E, H]),
+      selectionBias: f.router.kind === "topk" && f.router.selectionBias
+        ? await this.vector(key("router_selection_bias"), [E])
+        : undefined,
       experts,
       shared: f.shared ? await this.mlp(layer, "shared", f.shared.mlp, opts) : undefined,
       sharedGate: f.shared?.gated
