@@ -1,6 +1,7 @@
 /**
  * The WebGPU engine against Hugging Face transformers: f32 artifacts of the oracle checkpoints
- * (testdata/hf-oracle: mixtral, qwen2_moe, qwen3_moe, olmoe and their packed-expert twins; the
+ * (testdata/hf-oracle: mixtral, qwen2_moe, qwen3_moe, olmoe and their packed-expert twins, glm4_moe,
+ * ernie4_5_moe; the
  * older testdata/hf-moe fixtures) give logits within 1e-4 of `hf_logits` and, decoding through
  * `generate` (KV cache, GPU sampler, greedy), the reference's greedy ids. Then the decode loop's
  * contract: chunked prefill, one readback per `readbackEvery` tokens, stop ids, abort.
@@ -18,6 +19,8 @@ const ORACLE = [
   "qwen3_moe-a-packed",
   "olmoe-a",
   "olmoe-a-packed",
+  "glm4_moe-a",
+  "ernie4_5_moe-a",
 ].map((n) => `testdata/hf-oracle/${n}`);
 const OLDER = ["mixtral-packed", "mixtral-classic", "qwen2-moe"].map((n) => `testdata/hf-moe/${n}`);
 

@@ -137,7 +137,7 @@ export function createKvCache(
   };
 }
 
-/** RoPE tables on the GPU, one per distinct (head size, θ), shared by the blocks that use it. */
+/** RoPE tables on the GPU, one per distinct (rotary dims, θ), shared by the blocks that use it. */
 export class RopeTables {
   readonly #tables = new Map<string, GPUBuffer>();
   readonly #device: GPUDevice;
@@ -148,13 +148,13 @@ export class RopeTables {
     this.#positions = positions;
   }
 
-  /** The table of an attention block (RoPE over the whole head; see support.ts). */
+  /** The table of an attention block (unscaled RoPE over its rotary dims; see support.ts). */
   for(a: GqaAttentionSpec): GPUBuffer {
     if (a.position.kind !== "rope") throw new Error("attention without RoPE");
-    const key = `${a.headDim}/${a.position.theta}`;
+    const key = `${a.position.rotaryDim}/${a.position.theta}`;
     let table = this.#tables.get(key);
     if (!table) {
-      const data = ropeTable(a.headDim, a.position.theta, this.#positions);
+      const data = ropeTable(a.position.rotaryDim, a.position.theta, this.#positions);
       table = storageBuffer(this.#device, data.byteLength, `rope.${key}`, data);
       this.#tables.set(key, table);
     }

@@ -41,6 +41,9 @@ export function attentionBlock(
   const shape = { numHeads: a.numHeads, numKvHeads: a.numKvHeads, headDim: a.headDim };
   const H = plan.ctx.spec.hiddenSize;
   const ropeAndCache = { rope, kCache: cache.keys, vCache: cache.values };
+  const pairs = a.position.kind === "rope"
+    ? { rotaryDim: a.position.rotaryDim, pairing: a.position.pairing }
+    : {};
   plan.rmsNorm(acts.hidden, w.normWeight, acts.normed, H, 1, w.norm.eps);
 
   let q: GPUBuffer, qStride: number;
@@ -48,7 +51,7 @@ export function attentionBlock(
     // One projection [q | k | v] per token (no q/k norm to apply between).
     plan.matmul(w.qkv.qkv, acts.normed, acts.qkv, { bias: w.qkv.bias });
     plan.elementwise(
-      ropeStoreSource({ ...shape, packed: true, clip: a.clipQkv }),
+      ropeStoreSource({ ...shape, packed: true, clip: a.clipQkv, ...pairs }),
       { qkv: acts.qkv, ...ropeAndCache },
       ropeStoreWidth(shape),
     );
@@ -67,7 +70,7 @@ export function attentionBlock(
       plan.rmsNorm(acts.k, w.kNorm!, null, a.numKvHeads * a.headDim, 1, eps);
     }
     plan.elementwise(
-      ropeStoreSource({ ...shape, packed: false, clip: a.clipQkv }),
+      ropeStoreSource({ ...shape, packed: false, clip: a.clipQkv, ...pairs }),
       { q: acts.q, k: acts.k, v: acts.v, ...ropeAndCache },
       ropeStoreWidth(shape),
     );

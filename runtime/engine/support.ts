@@ -4,7 +4,7 @@
  * before any weight is read.
  *
  * Implemented: decoder-only stacks of RMSNorm pre-norm blocks; GQA attention (causal, RoPE
- * half-split over the whole head, unscaled frequencies; q/k/v biases, q/k RMSNorm per head or
+ * half-split or interleaved over the first rotaryDim dims of each head, unscaled frequencies; q/k/v biases, q/k RMSNorm per head or
  * full width, q/k/v clamp, any attention scale; no output bias); dense and MoE SwiGLU MLPs without
  * biases; top-k routing with softmax or sigmoid scores, a selection-only bias and expert groups
  * (renormalised or not, scaled; up to MAX_ROUTED_EXPERTS experts); shared experts, gated or not;
@@ -87,9 +87,8 @@ function attention(
   if (p.kind === "none") refuse("attention without positions", where);
   if (p.kind === "relative_bias") refuse("relative position bias", where);
   if (p.kind !== "rope") return;
-  if (p.pairing !== "half") refuse(`${p.pairing} RoPE pairs`, where);
-  if (p.rotaryDim !== a.headDim) {
-    refuse(`partial RoPE (${p.rotaryDim} of ${a.headDim} dims)`, where);
+  if (p.rotaryDim % 2 !== 0 || p.rotaryDim > a.headDim) {
+    refuse(`RoPE over ${p.rotaryDim} of ${a.headDim} dims`, where);
   }
   if (p.scaling.kind !== "none") refuse(`${p.scaling.kind} RoPE scaling`, where);
   if (a.headDim % 2 !== 0) refuse(`odd head size ${a.headDim}`, where);

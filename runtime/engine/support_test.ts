@@ -43,6 +43,15 @@ Deno.test("checkSupported accepts the four families' shapes and the multipliers"
     router: topkRouter({ normTopK: false, scale: 2.5 }),
     shared: { mlp: mlp(12), gated: false },
   }, { embedScale: 12, head: { tied: false, scale: 1 / 6, bias: true } }));
+  // GLM / ERNIE / DeepSeek routing and RoPE variants.
+  checkSupported(oneLayer({ position: rope(1e4, 2) }, {
+    router: topkRouter({
+      scoring: "sigmoid",
+      selectionBias: true,
+      groups: { count: 2, keep: 1, score: "top2sum" },
+    }),
+  }));
+  checkSupported(oneLayer({ position: { ...rope(1e4, 4), pairing: "interleaved" } }));
 });
 
 const REFUSED: [string, ModelSpec, string][] = [
@@ -53,12 +62,7 @@ const REFUSED: [string, ModelSpec, string][] = [
   ["bidirectional", oneLayer({ causal: false }), "bidirectional attention"],
   ["output bias", oneLayer({ outBias: true }), "an attention output bias"],
   ["no positions", oneLayer({ position: { kind: "none" } }), "attention without positions"],
-  ["partial RoPE", oneLayer({ position: rope(1e4, 2) }), "partial RoPE (2 of 4 dims)"],
-  [
-    "interleaved RoPE",
-    oneLayer({ position: { ...rope(1e4, 4), pairing: "interleaved" } }),
-    "interleaved RoPE pairs",
-  ],
+  ["odd RoPE width", oneLayer({ position: rope(1e4, 3) }), "RoPE over 3 of 4 dims"],
   [
     "RoPE scaling",
     oneLayer({ position: { ...rope(1e4, 4), scaling: { kind: "linear", factor: 2 } } }),
@@ -71,7 +75,6 @@ const REFUSED: [string, ModelSpec, string][] = [
     }),
     "layer norms (decoder final norm)",
   ],
-  ["sigmoid router", oneLayer({}, { router: topkRouter({ scoring: "sigmoid" }) }), "sigmoid"],
   [
     "softmax after top-k",
     oneLayer({}, { router: topkRouter({ softmaxAfterTopK: true }) }),
@@ -79,14 +82,12 @@ const REFUSED: [string, ModelSpec, string][] = [
   ],
   ["router bias", oneLayer({}, { router: topkRouter({ bias: true }) }), "router biases"],
   [
-    "selection bias",
-    oneLayer({}, { router: topkRouter({ selectionBias: true }) }),
-    "router selection biases",
-  ],
-  [
-    "groups",
-    oneLayer({}, { router: topkRouter({ groups: { count: 2, keep: 1, score: "max" } }) }),
-    "group-limited routing",
+    "top-k above the kept groups' experts",
+    oneLayer({}, {
+      topK: 3,
+      router: topkRouter({ groups: { count: 2, keep: 1, score: "max" } }),
+    }),
+    "top-3 from 1 groups of 2 experts",
   ],
   ["sparsemixer", oneLayer({}, { router: { kind: "sparsemixer", jitter: 0.01 } }), "sparsemixer"],
   ["capacity", oneLayer({}, { router: { kind: "capacity", capacity: 4 } }), "capacity routing"],

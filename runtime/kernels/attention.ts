@@ -55,6 +55,10 @@ export interface RopeStoreKey extends AttentionShape {
   packed: boolean;
   /** Clamp q, k and v to [−clip, clip] before the rotation (OLMoE clip_qkv); null: no clamp. */
   clip: number | null;
+  /** Dims rotated per head (the first ones; default the whole head; the rest pass through). */
+  rotaryDim?: number;
+  /** Rotated pairs (i, i + rotaryDim/2) ("half", default) or (2i, 2i + 1) ("interleaved"). */
+  pairing?: "half" | "interleaved";
 }
 
 /** Invocations of {@link ropeStoreSource} per token: q pairs, k pairs, v values. */
@@ -63,14 +67,18 @@ export function ropeStoreWidth(s: AttentionShape): number {
 }
 
 /**
- * Fused attention prologue: rotate-half RoPE of q in place, RoPE of k written to the K cache
+ * Fused attention prologue: RoPE of q in place (half-split or interleaved pairs, over the first
+ * `rotaryDim` dims of each head), RoPE of k written to the K cache
  * row pos0 + t, and v copied to the V cache row pos0 + t, in one dispatch (CPU adapters pay a
  * fixed cost per dispatch), each value first clamped when `clip` is set. Reads the
- * {@link ropeTable} as `rope`. Dispatch ops.ts elementGroups(ropeStoreWidth, T).
+ * {@link ropeTable} of `rotaryDim` as `rope`. Dispatch ops.ts elementGroups(ropeStoreWidth, T).
  */
 export function ropeStoreSource(key: RopeStoreKey): KernelSource {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd, packed } = key;
   const half = hd / 2;
+  const rot = key.rotaryDim ?? hd;
+  const interleaved = key.pairing === "interleaved";
+  if (rot % 2 !== 0 || rot > hd || rot <= 0) throw new RangeError(`rope over ${rot} of ${hd} dims`);
   const qPairs = nh * half, kPairs = nkv * half, vWidth = nkv * hd;
   const row = (nh + 2 * nkv) * hd;
   const decls: [string, string, string?][] = packed
@@ -96,7 +104,7 @@ export function ropeStoreSource(key: RopeStoreKey): KernelSource {
   return kernelSource(
     `rope_store.${nh}.${nkv}.${hd}${packed ? ".packed" : ""}${
       key.clip === null ? "" : `.clip${key.clip}`
-    }`,
+    }${rot === hd ? "" : `.rot${rot}`}${interleaved ? ".il" : ""}`,
     decls,
     `
 @compute @workgroup_size(${EW})
@@ -113,20 +121,31 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let j = select(id.x, id.x - ${u(qPairs)}, isK);
   let h = j / ${u(half)};
   let i = j % ${u(half)};
-  let cosSin = rope[pos * ${u(half)} + i];
+  // Pair i of the head: dims (d1, d2) turned by position · invFreq[i] while i < rotaryDim/2,
+  // else the pass-through dims (2i, 2i + 1) (identity rotation).
+  var cosSin = vec2<f32>(1.0, 0.0);
+  var d1 = 2u * i;
+  var d2 = 2u * i + 1u;
+  if (i < ${u(rot / 2)}) {
+    cosSin = rope[pos * ${u(rot / 2)} + i];${
+      interleaved ? "" : `
+    d1 = i;
+    d2 = i + ${u(rot / 2)};`
+    }
+  }
   if (isK) {
-    let a = ${kRow} + h * ${u(hd)} + i;
-    let o = pos * ${u(nkv * hd)} + h * ${u(hd)} + i;
-    let x1 = ${load(`${K}[a]`)};
-    let x2 = ${load(`${K}[a + ${u(half)}]`)};
-    kCache[o] = x1 * cosSin.x - x2 * cosSin.y;
-    kCache[o + ${u(half)}] = x2 * cosSin.x + x1 * cosSin.y;
+    let a = ${kRow} + h * ${u(hd)};
+    let o = pos * ${u(nkv * hd)} + h * ${u(hd)};
+    let x1 = ${load(`${K}[a + d1]`)};
+    let x2 = ${load(`${K}[a + d2]`)};
+    kCache[o + d1] = x1 * cosSin.x - x2 * cosSin.y;
+    kCache[o + d2] = x2 * cosSin.x + x1 * cosSin.y;
   } else {
-    let a = ${qRow} + h * ${u(hd)} + i;
-    let x1 = ${load(`${Q}[a]`)};
-    let x2 = ${load(`${Q}[a + ${u(half)}]`)};
-    ${Q}[a] = x1 * cosSin.x - x2 * cosSin.y;
-    ${Q}[a + ${u(half)}] = x2 * cosSin.x + x1 * cosSin.y;
+    let a = ${qRow} + h * ${u(hd)};
+    let x1 = ${load(`${Q}[a + d1]`)};
+    let x2 = ${load(`${Q}[a + d2]`)};
+    ${Q}[a + d1] = x1 * cosSin.x - x2 * cosSin.y;
+    ${Q}[a + d2] = x2 * cosSin.x + x1 * cosSin.y;
   }
 }`,
   );
