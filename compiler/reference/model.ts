@@ -10,13 +10,14 @@ import type { BlockSpec, ModelSpec } from "../../schemas/model.ts";
 import type { ModelIR } from "../ir.ts";
 import { readAttention, type ReferenceAttention } from "./attention.ts";
 import { notImplemented } from "./math.ts";
+import { readMla, type ReferenceMla } from "./mla.ts";
 import { readDense, readMoe, type ReferenceDense, type ReferenceMoe } from "./moe.ts";
 import { readNorm, type ReferenceNorm } from "./norms.ts";
 import { WeightReader } from "./weights.ts";
 
 /** A pre-norm residual block: x += residualScale · body(norm(x)). */
 export type ReferenceBlock =
-  | { kind: "attention"; norm: ReferenceNorm; attention: ReferenceAttention }
+  | { kind: "attention"; norm: ReferenceNorm; attention: ReferenceAttention | ReferenceMla }
   | { kind: "ffn"; norm: ReferenceNorm; ffn: ReferenceMoe | ReferenceDense };
 
 /** One layer: its blocks in order and the multiplier of their outputs. */
@@ -86,7 +87,10 @@ async function readBlock(
   switch (block.kind) {
     case "attention": {
       const norm = await readNorm(block.norm, weights, "attn_norm");
-      const attention = await readAttention(block.attention, weights, model.attentionBlocks++);
+      const slot = model.attentionBlocks++;
+      const attention = block.attention.kind === "mla"
+        ? await readMla(block.attention, weights, slot)
+        : await readAttention(block.attention, weights, slot);
       return { kind: "attention", norm, attention };
     }
     case "ffn": {

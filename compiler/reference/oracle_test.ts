@@ -57,7 +57,10 @@ function greedy(model: ReferenceModel, prompt: number[], count: number): number[
 
 const FIXTURES = ["mixtral-a", "qwen2_moe-a", "qwen3_moe-a", "olmoe-a"]
   .flatMap((name) => [`hf-oracle/${name}`, `hf-oracle/${name}-packed`])
-  .concat("hf-oracle-extra/olmoe-clip", "hf-oracle/glm4_moe-a", "hf-oracle/ernie4_5_moe-a");
+  .concat("hf-oracle-extra/olmoe-clip", "hf-oracle/glm4_moe-a", "hf-oracle/ernie4_5_moe-a")
+  .concat(
+    ["deepseek_v2-a", "deepseek_v3-a"].flatMap((n) => [`hf-oracle/${n}`, `hf-oracle/${n}-packed`]),
+  );
 
 for (const dir of FIXTURES) {
   Deno.test(`${dir}: logits within ${STRICT_TOLERANCE} of hf_logits_f64strict`, async () => {

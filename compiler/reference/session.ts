@@ -16,6 +16,7 @@
 import { UsageError } from "../../schemas/errors.ts";
 import { attentionBlock, type KvCache } from "./attention.ts";
 import { addBias, matmul } from "./math.ts";
+import { mlaBlock, mlaCacheWidth } from "./mla.ts";
 import type { ReferenceModel } from "./model.ts";
 import { denseBlock, moeBlock, type MoeObserver } from "./moe.ts";
 import { normRows } from "./norms.ts";
@@ -88,7 +89,9 @@ export class ReferenceSession {
         const out = new Float64Array(n * H);
         if (block.kind === "attention") {
           const a = block.attention;
-          attentionBlock(out, h, n, a, this.#cache[a.cacheSlot], this.#position);
+          const cache = this.#cache[a.cacheSlot];
+          if ("kvB" in a) mlaBlock(out, h, n, a, cache.keys, this.#position);
+          else attentionBlock(out, h, n, a, cache, this.#position);
         } else if (block.ffn.kind === "moe") {
           moeBlock(out, h, n, block.ffn, this.#position, this.#observer);
         } else {
@@ -113,16 +116,21 @@ export class ReferenceSession {
     if (positions <= this.#capacity) return;
     const capacity = Math.max(positions, 2 * this.#capacity, 64);
     const widths: number[] = [];
+    const latent: boolean[] = [];
     for (const layer of this.model.layers) {
       for (const b of layer.blocks) {
-        if (b.kind === "attention") {
-          widths[b.attention.cacheSlot] = b.attention.spec.numKvHeads * b.attention.spec.headDim;
-        }
+        if (b.kind !== "attention") continue;
+        const a = b.attention;
+        // MLA caches its latent and RoPE key in `keys` (values stay empty).
+        latent[a.cacheSlot] = "kvB" in a;
+        widths[a.cacheSlot] = "kvB" in a
+          ? mlaCacheWidth(a.spec)
+          : a.spec.numKvHeads * a.spec.headDim;
       }
     }
     this.#cache = widths.map((kvDim, slot) => {
       const keys = new Float64Array(capacity * kvDim);
-      const values = new Float64Array(capacity * kvDim);
+      const values = new Float64Array(latent[slot] ? 0 : capacity * kvDim);
       const old = this.#cache[slot];
       if (old) {
         keys.set(old.keys.subarray(0, this.#position * kvDim));

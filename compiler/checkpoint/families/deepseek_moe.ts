@@ -7,10 +7,10 @@
  * @module
  */
 
-import { InputError } from "../../../schemas/errors.ts";
-import type { MoeFfnSpec, RouterSpec } from "../../../schemas/model.ts";
+import { InputError, UnsupportedError } from "../../../schemas/errors.ts";
+import type { MlaAttentionSpec, MoeFfnSpec, RouterSpec } from "../../../schemas/model.ts";
 import { type ConfigFields, MAX_COUNT } from "../fields.ts";
-import { swiglu } from "./decoder.ts";
+import { rmsNorm, rope, swiglu } from "./decoder.ts";
 
 /** Per-layer tensor names of the shared experts (and the correction bias) in the hub layout. */
 export const SHARED_EXPERTS_NAMES: Record<string, string> = {
@@ -50,21 +50,66 @@ export function groupedMoe(f: ConfigFields, o: GroupedMoeOptions): MoeFfnSpec {
   };
 }
 
+/** A top-k router's expert groups (null: none). */
+export type ExpertGroups = Extract<RouterSpec, { kind: "topk" }>["groups"];
+
 /**
- * DeepSeek's expert groups from `n_group` / `topk_group` (null when one group holds every
+ * DeepSeek's expert groups from `n_group` / `topk_group` (null when the kept groups hold every
  * expert: the restriction is then a no-op). The group count must divide the experts.
  */
 export function expertGroups(
   f: ConfigFields,
   numExperts: number,
   score: "max" | "top2sum",
-): { count: number; keep: number; score: "max" | "top2sum" } | null {
-  const count = f.positiveInt("n_group", 1, MAX_COUNT);
-  const keep = f.positiveInt("topk_group", 1, MAX_COUNT);
+): ExpertGroups {
+  // transformers writes null for "no groups" (DeepSeek-V2 greedy).
+  const count = f.raw.n_group === null ? 1 : f.positiveInt("n_group", 1, MAX_COUNT);
+  const keep = f.raw.topk_group === null ? count : f.positiveInt("topk_group", 1, MAX_COUNT);
   if (numExperts % count !== 0) f.fail("n_group", `(${count}) must divide ${numExperts} experts`);
   if (keep > count) f.fail("topk_group", `(${keep}) exceeds n_group (${count})`);
   if (score === "top2sum" && numExperts / count < 2) {
     f.fail("n_group", `leaves fewer than 2 experts per group`);
   }
   return count === 1 || keep === count ? null : { count, keep, score };
+}
+
+/** Per-layer tensor names of multi-head latent attention in the hub layout. */
+export const MLA_NAMES: Record<string, string> = {
+  attn_q_a: "self_attn.q_a_proj.weight",
+  attn_q_a_norm: "self_attn.q_a_layernorm.weight",
+  attn_q_b: "self_attn.q_b_proj.weight",
+  attn_kv_a: "self_attn.kv_a_proj_with_mqa.weight",
+  attn_kv_a_norm: "self_attn.kv_a_layernorm.weight",
+  attn_kv_b: "self_attn.kv_b_proj.weight",
+};
+
+/**
+ * DeepSeek's MLA from config.json: `q_lora_rank` (null: direct queries), `kv_lora_rank`,
+ * `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`; the latent norms are RMSNorms with
+ * transformers' default eps 1e-6 (not rms_norm_eps); scale (nope + rope)^−½ (YaRN's mscale² is
+ * not reached: only unscaled RoPE is accepted); RoPE over the rope dims with `pairing`.
+ * `attention_bias` is refused.
+ */
+export function mlaAttention(
+  f: ConfigFields,
+  pairing: "half" | "interleaved",
+): MlaAttentionSpec {
+  if (f.bool("attention_bias", false)) {
+    throw new UnsupportedError(`${f.file}: attention_bias is not supported for MLA`);
+  }
+  const qkRopeHeadDim = f.positiveInt("qk_rope_head_dim", 64);
+  if (qkRopeHeadDim % 2 !== 0) f.fail("qk_rope_head_dim", `must be even, got ${qkRopeHeadDim}`);
+  const qkNopeHeadDim = f.positiveInt("qk_nope_head_dim", 128);
+  return {
+    kind: "mla",
+    numHeads: f.positiveInt("num_attention_heads", undefined, MAX_COUNT),
+    qLoraRank: f.raw.q_lora_rank == null ? null : f.positiveInt("q_lora_rank"),
+    kvLoraRank: f.positiveInt("kv_lora_rank", 512),
+    qkNopeHeadDim,
+    qkRopeHeadDim,
+    vHeadDim: f.positiveInt("v_head_dim", 128),
+    latentNorm: rmsNorm(1e-6),
+    scale: (qkNopeHeadDim + qkRopeHeadDim) ** -0.5,
+    position: { ...rope(f, 10000, qkRopeHeadDim), pairing },
+  };
 }

@@ -26,7 +26,18 @@ function attentionOf(spec: ModelSpec, l = 0): GqaAttentionSpec {
 }
 
 Deno.test("registry: one adapter per model_type, the unsupported message lists them", async () => {
-  for (const t of ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "glm4_moe", "ernie4_5_moe"]) {
+  for (
+    const t of [
+      "mixtral",
+      "qwen2_moe",
+      "qwen3_moe",
+      "olmoe",
+      "glm4_moe",
+      "ernie4_5_moe",
+      "deepseek_v2",
+      "deepseek_v3",
+    ]
+  ) {
     assert.ok(SUPPORTED_MODEL_TYPES.includes(t), t);
   }
   assert.equal(new Set(FAMILIES.map((f) => f.modelType)).size, FAMILIES.length);

@@ -16,6 +16,7 @@
 
 import { UnsupportedError } from "../../../schemas/errors.ts";
 import type { FamilyAdapter } from "./family.ts";
+import { deepseekV2, deepseekV3 } from "./deepseek.ts";
 import { ernie45Moe } from "./ernie4_5_moe.ts";
 import { glm4Moe } from "./glm4_moe.ts";
 import { mixtral } from "./mixtral.ts";
@@ -33,6 +34,8 @@ export const FAMILIES: readonly FamilyAdapter[] = [
   olmoe,
   glm4Moe,
   ernie45Moe,
+  deepseekV2,
+  deepseekV3,
 ];
 
 /** The `model_type` values the adapters understand. */
