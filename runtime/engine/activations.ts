@@ -6,9 +6,10 @@
  * @module
  */
 
-import type { GqaAttentionSpec, ModelSpec } from "../../schemas/model.ts";
+import type { AttentionSpec, GqaAttentionSpec, ModelSpec } from "../../schemas/model.ts";
 import { ropeTable } from "../kernels/attention.ts";
 import { storageBuffer } from "../kernels/kernel.ts";
+import { createMlaActivations, type MlaActivations } from "./mla.ts";
 
 /** The per-forward activation buffers (f32 unless noted), [tokens, width] row-major. */
 export interface Activations {
@@ -47,6 +48,8 @@ export interface Activations {
   sharedGate: GPUBuffer;
   /** Logits [T, V] (row 0 only for last-position logits). */
   logits: GPUBuffer;
+  /** The MLA blocks' buffers (mla.ts), when the model has any. */
+  mla: MlaActivations | null;
 }
 
 /** The widest buffer each activation needs, over every block of the model. */
@@ -114,6 +117,7 @@ export function createActivations(
     sharedOut: f32(chunk * H, "sharedOut"),
     sharedGate: f32(chunk, "sharedGate"),
     logits: f32(chunk * spec.vocabSize, "logits"),
+    mla: createMlaActivations(device, spec, chunk),
   };
 }
 
@@ -149,7 +153,7 @@ export class RopeTables {
   }
 
   /** The table of an attention block (unscaled RoPE over its rotary dims; see support.ts). */
-  for(a: GqaAttentionSpec): GPUBuffer {
+  for(a: AttentionSpec): GPUBuffer {
     if (a.position.kind !== "rope") throw new Error("attention without RoPE");
     const key = `${a.position.rotaryDim}/${a.position.theta}`;
     let table = this.#tables.get(key);

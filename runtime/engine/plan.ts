@@ -20,6 +20,7 @@ import { tiledGroups, type TiledKey, tiledMatmulSource } from "../kernels/tiled.
 import { weightBuffers, type WeightSet } from "../kernels/weights.ts";
 import type { Activations, KvCache } from "./activations.ts";
 import { attentionBlock, denseBlock, moeBlock } from "./blocks.ts";
+import { mlaBlock } from "./mla.ts";
 import type { ExpertSet, ModelWeights } from "./weights.ts";
 
 /** What the logits stage of a plan computes: nothing, the last position's, or every position's. */
@@ -254,6 +255,11 @@ export function buildPlan(
           const at = `${l}/${b}`;
           const cache = ctx.caches.get(at)!, rope = ctx.ropes.get(at)!;
           attentionBlock(plan, block, layer.residualScale, cache, rope);
+          break;
+        }
+        case "mla": {
+          const at = `${l}/${b}`;
+          mlaBlock(plan, block, layer.residualScale, ctx.caches.get(at)!, ctx.ropes.get(at)!);
           break;
         }
         case "moe":

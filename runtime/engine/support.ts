@@ -74,7 +74,16 @@ function attention(
   refuse: Refuse,
   norm: (n: NormSpec, where: string) => void,
 ): void {
-  if (a.kind !== "gqa") return refuse("multi-head latent attention (MLA)", where);
+  if (a.kind === "mla") {
+    norm(a.latentNorm, `${where}, latent norms`);
+    if (a.position.scaling.kind !== "none") {
+      refuse(`${a.position.scaling.kind} RoPE scaling`, where);
+    }
+    if (a.position.rotaryDim !== a.qkRopeHeadDim || a.qkRopeHeadDim % 2 !== 0) {
+      refuse(`MLA RoPE over ${a.position.rotaryDim} of ${a.qkRopeHeadDim} dims`, where);
+    }
+    return;
+  }
   if (a.numHeads % a.numKvHeads !== 0) {
     refuse(`${a.numHeads} heads over ${a.numKvHeads} KV heads`, where);
   }

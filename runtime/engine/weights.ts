@@ -28,7 +28,7 @@ import type {
   MoeFfnSpec,
   NormSpec,
 } from "../../schemas/model.ts";
-import type { QuantizedTensor } from "../../schemas/packing.ts";
+import { dequantize, type QuantizedTensor } from "../../schemas/packing.ts";
 import { describeKey, keyString, matrixShape, type TensorKey } from "../../schemas/tensors.ts";
 import { storageBuffer } from "../kernels/kernel.ts";
 import {
@@ -39,6 +39,7 @@ import {
   type WeightFormat,
   type WeightSet,
 } from "../kernels/weights.ts";
+import { loadMla, type MlaWeights } from "./mla.ts";
 
 /** What the engine reads from an opened artifact. */
 export type EngineArtifact = Pick<
@@ -116,7 +117,7 @@ export interface DenseWeights {
 }
 
 /** One block's weights. */
-export type BlockWeights = AttentionWeights | MoeWeights | DenseWeights;
+export type BlockWeights = AttentionWeights | MlaWeights | MoeWeights | DenseWeights;
 
 /** One layer: its blocks' weights in order. */
 export interface LayerWeights {
@@ -183,8 +184,11 @@ export async function uploadWeights(
     for (const block of layer.blocks) {
       switch (block.kind) {
         case "attention":
-          if (block.attention.kind !== "gqa") throw new Error("MLA passed support.ts");
-          blocks.push(await loader.attention(l, block.norm, block.attention, opts));
+          blocks.push(
+            block.attention.kind === "mla"
+              ? await loadMla(loader, l, block.norm, block.attention, H)
+              : await loader.attention(l, block.norm, block.attention, opts),
+          );
           break;
         case "ffn":
           blocks.push(
@@ -274,6 +278,15 @@ class WeightLoader {
     const v = await this.#floats(t);
     if (scale !== 1) { for (let i = 0; i < v.length; i++) v[i] *= scale; }
     return this.#buffer(v, t.name);
+  }
+
+  /** A matrix as f32 values in a plain storage buffer (dequantized when stored quantized). */
+  async floatMatrix(key: TensorKey, shape: number[]): Promise<GPUBuffer> {
+    const t = this.need(key, shape);
+    const values = t.storage === "q"
+      ? dequantize(await this.#artifact.readQuantized(t))
+      : await this.#floats(t);
+    return this.#buffer(values, t.name);
   }
 
   /** Several vectors concatenated (the bias of a stacked projection). */
