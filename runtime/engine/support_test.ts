@@ -37,7 +37,7 @@ function oneLayer(
 }
 
 Deno.test("checkSupported accepts the four families' shapes and the multipliers", () => {
-  for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE]) checkSupported(spec);
+  for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE, MLA_LIKE]) checkSupported(spec);
   checkSupported(oneLayer({ qkNorm: "head", clipQkv: 8, scale: 0.25 }));
   checkSupported(oneLayer({ qkNorm: "full", qkvBias: true }, {
     router: topkRouter({ normTopK: false, scale: 2.5 }),
@@ -56,7 +56,30 @@ Deno.test("checkSupported accepts the four families' shapes and the multipliers"
 
 const REFUSED: [string, ModelSpec, string][] = [
   ["encoder–decoder", SWITCH_LIKE, "encoder–decoder models (encoder stack)"],
-  ["MLA", MLA_LIKE, "multi-head latent attention (MLA) (decoder layer 0 attention block)"],
+  [
+    "MLA with scaled RoPE",
+    {
+      ...MLA_LIKE,
+      decoder: {
+        ...MLA_LIKE.decoder,
+        layers: MLA_LIKE.decoder.layers.map((l) => ({
+          ...l,
+          blocks: l.blocks.map((b) =>
+            b.kind === "attention" && b.attention.kind === "mla"
+              ? {
+                ...b,
+                attention: {
+                  ...b.attention,
+                  position: { ...b.attention.position, scaling: { kind: "linear", factor: 2 } },
+                },
+              }
+              : b
+          ),
+        })),
+      },
+    } as ModelSpec,
+    "linear RoPE scaling (decoder layer 0 attention block)",
+  ],
   ["sinks", oneLayer({ sinks: true }), "attention sinks"],
   ["sliding window", oneLayer({ slidingWindow: 4 }), "sliding-window attention"],
   ["bidirectional", oneLayer({ causal: false }), "bidirectional attention"],
@@ -118,7 +141,7 @@ for (const [label, spec, variant] of REFUSED) {
 
 Deno.test("createWebGpuEngine refuses an unsupported artifact at load, before any device", async () => {
   for (
-    const spec of [MLA_LIKE, SWITCH_LIKE, oneLayer({ sinks: true }, {}, { family: "gpt_oss" })]
+    const spec of [SWITCH_LIKE, oneLayer({ sinks: true }, {}, { family: "gpt_oss" })]
   ) {
     const artifact = await openArtifactBytes(buildArtifact(spec));
     await assert.rejects(() => createWebGpuEngine(artifact), UnsupportedError);
