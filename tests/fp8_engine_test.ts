@@ -6,7 +6,6 @@
  * ids equal; and the FP8 model stays close to the original (relative logit difference from hf_logits < 0.5: FP8 flips some routes of this random model).
  */
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { writeFp8Fixture } from "../compiler/checkpoint/fp8_testing.ts";
 import { artifactToIR } from "../compiler/emit/mod.ts";
