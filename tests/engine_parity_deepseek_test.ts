@@ -21,8 +21,6 @@ const CASES: { label: string; fixture: string; bits: (expert: number) => QuantBi
   { label: "mixed 2/3/4/8", fixture: "deepseek_v3-a-packed", bits: (e) => BITS[e % 4] },
   { label: "q4", fixture: "glm4_moe-a", bits: () => 4 },
   { label: "mixed 3/8", fixture: "ernie4_5_moe-a", bits: (e) => (e % 2 ? 8 : 3) },
-  { label: "q3", fixture: "deepseek_v3-a", bits: () => 3 },
-  { label: "q8", fixture: "deepseek_v2-a-packed", bits: () => 8 },
 ];
 
 /** embed f32, lm_head bf16, router f16, attention f16 but MLA's kv_b q8, other matrices quantized. */
