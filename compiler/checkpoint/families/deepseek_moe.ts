@@ -8,7 +8,7 @@
  */
 
 import { InputError, UnsupportedError } from "../../../schemas/errors.ts";
-import type { MlaAttentionSpec, MoeFfnSpec, RouterSpec } from "../../../schemas/model.ts";
+import type { MlaAttentionSpec, MoeFfnSpec, RopeSpec, RouterSpec } from "../../../schemas/model.ts";
 import { type ConfigFields, MAX_COUNT } from "../fields.ts";
 import { rmsNorm, rope, swiglu } from "./decoder.ts";
 
@@ -83,12 +83,67 @@ export const MLA_NAMES: Record<string, string> = {
   attn_kv_b: "self_attn.kv_b_proj.weight",
 };
 
+/** YaRN's magnitude correction 0.1 · m · ln(factor) + 1 (1 for factor ≤ 1). */
+function yarnMscale(factor: number, m = 1): number {
+  return factor <= 1 ? 1 : 0.1 * m * Math.log(factor) + 1;
+}
+
+/**
+ * DeepSeek's RoPE over `rotaryDim` dims: unscaled, or YaRN (`rope_parameters` / `rope_scaling`
+ * with type "yarn": factor, original_max_position_embeddings, beta_fast 32, beta_slow 1,
+ * truncate true; the cos/sin factor mscale(factor, mscale) / mscale(factor, mscale_all_dim), or
+ * mscale(factor) without both, unless attention_factor is given). Also returns the softmax-scale
+ * multiplier mscale(factor, mscale_all_dim)² that DeepSeek applies when mscale_all_dim is set.
+ */
+export function deepseekRope(
+  f: ConfigFields,
+  rotaryDim: number,
+  pairing: "half" | "interleaved",
+): { position: RopeSpec; scaleFactor: number } {
+  const key = f.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
+  const p = f.raw[key] && typeof f.raw[key] === "object" ? f.object(key) : null;
+  const type = p ? (p.raw.rope_type ?? p.raw.type ?? "default") : "default";
+  if (type !== "yarn") {
+    return { position: { ...rope(f, 10000, rotaryDim), pairing }, scaleFactor: 1 };
+  }
+  const q = p!;
+  const theta = q.has("rope_theta")
+    ? q.positiveNumber("rope_theta")
+    : f.positiveNumber("rope_theta", 10000);
+  const factor = q.positiveNumber("factor");
+  const mscale = q.raw.mscale == null ? 0 : q.positiveNumber("mscale");
+  const mscaleAllDim = q.raw.mscale_all_dim == null ? 0 : q.positiveNumber("mscale_all_dim");
+  const attentionFactor = q.raw.attention_factor != null
+    ? q.positiveNumber("attention_factor")
+    : mscale && mscaleAllDim
+    ? yarnMscale(factor, mscale) / yarnMscale(factor, mscaleAllDim)
+    : yarnMscale(factor);
+  return {
+    position: {
+      kind: "rope",
+      theta,
+      rotaryDim,
+      pairing,
+      scaling: {
+        kind: "yarn",
+        factor,
+        originalMaxPositions: q.positiveInt("original_max_position_embeddings"),
+        betaFast: q.raw.beta_fast ? q.positiveNumber("beta_fast") : 32,
+        betaSlow: q.raw.beta_slow ? q.positiveNumber("beta_slow") : 1,
+        attentionFactor,
+        truncate: q.bool("truncate", true),
+      },
+    },
+    scaleFactor: mscaleAllDim ? yarnMscale(factor, mscaleAllDim) ** 2 : 1,
+  };
+}
+
 /**
  * DeepSeek's MLA from config.json: `q_lora_rank` (null: direct queries), `kv_lora_rank`,
  * `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`; the latent norms are RMSNorms with
- * transformers' default eps 1e-6 (not rms_norm_eps); scale (nope + rope)^−½ (YaRN's mscale² is
- * not reached: only unscaled RoPE is accepted); RoPE over the rope dims with `pairing`.
- * `attention_bias` is refused.
+ * transformers' default eps 1e-6 (not rms_norm_eps); scale (nope + rope)^−½, times YaRN's
+ * mscale² when the RoPE is YaRN with mscale_all_dim ({@link deepseekRope}); RoPE over the rope
+ * dims with `pairing`. `attention_bias` is refused.
  */
 export function mlaAttention(
   f: ConfigFields,
@@ -100,6 +155,7 @@ export function mlaAttention(
   const qkRopeHeadDim = f.positiveInt("qk_rope_head_dim", 64);
   if (qkRopeHeadDim % 2 !== 0) f.fail("qk_rope_head_dim", `must be even, got ${qkRopeHeadDim}`);
   const qkNopeHeadDim = f.positiveInt("qk_nope_head_dim", 128);
+  const { position, scaleFactor } = deepseekRope(f, qkRopeHeadDim, pairing);
   return {
     kind: "mla",
     numHeads: f.positiveInt("num_attention_heads", undefined, MAX_COUNT),
@@ -109,7 +165,7 @@ export function mlaAttention(
     qkRopeHeadDim,
     vHeadDim: f.positiveInt("v_head_dim", 128),
     latentNorm: rmsNorm(1e-6),
-    scale: (qkNopeHeadDim + qkRopeHeadDim) ** -0.5,
-    position: { ...rope(f, 10000, qkRopeHeadDim), pairing },
+    scale: (qkNopeHeadDim + qkRopeHeadDim) ** -0.5 * scaleFactor,
+    position,
   };
 }
