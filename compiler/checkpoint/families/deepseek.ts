@@ -1,6 +1,6 @@
 /**
- * DeepSeek-V2 (`model_type: "deepseek_v2"`) and DeepSeek-V3 (`"deepseek_v3"`, also Moonlight
- * and Kimi): multi-head latent attention (deepseek_moe.ts mlaAttention), the first
+ * DeepSeek-V2 (`model_type: "deepseek_v2"`) and DeepSeek-V3 (`"deepseek_v3"`, also Moonlight;
+ * Kimi K2's `"kimi_k2"` is the same layout): multi-head latent attention (deepseek_moe.ts mlaAttention), the first
  * `first_k_dense_replace` layers dense, the rest MoE with `n_shared_experts` ungated shared
  * experts; hub (`mlp.experts.E.*_proj`) or transformers-v5 packed experts.
  * - V2: softmax scores, `topk_method` greedy or group_limited_greedy (group score = its max),
@@ -28,8 +28,8 @@ import {
 import type { FamilyAdapter } from "./family.ts";
 import { hubNames, MLP_EXPERTS } from "./hub_names.ts";
 
-function describe(f: ConfigFields, family: "deepseek_v2" | "deepseek_v3") {
-  const v3 = family === "deepseek_v3";
+function describe(f: ConfigFields, family: "deepseek_v2" | "deepseek_v3" | "kimi_k2") {
+  const v3 = family !== "deepseek_v2";
   const act = f.raw.hidden_act ?? "silu";
   if (act !== "silu") f.fail("hidden_act", `${JSON.stringify(act)} is not supported`);
   const vocabSize = f.positiveInt("vocab_size");
@@ -88,9 +88,16 @@ export const deepseekV2: FamilyAdapter = {
   ...names,
 };
 
-/** The DeepSeek-V3 adapter (Moonlight, Kimi). */
+/** The DeepSeek-V3 adapter (Moonlight-16B-A3B ships as deepseek_v3). */
 export const deepseekV3: FamilyAdapter = {
   modelType: "deepseek_v3",
   describe: (f) => describe(f, "deepseek_v3"),
+  ...names,
+};
+
+/** Kimi K2 (`model_type: "kimi_k2"`, DeepseekV3ForCausalLM): the DeepSeek-V3 layout. */
+export const kimiK2: FamilyAdapter = {
+  modelType: "kimi_k2",
+  describe: (f) => describe(f, "kimi_k2"),
   ...names,
 };

@@ -126,6 +126,26 @@ Deno.test("deepseek_v2 group_limited_greedy, deepseek_v3 groups and q LoRA, rope
   assert.equal(mlaOf(v3).qLoraRank, 24);
   assert.equal(mlaOf(v3).position.pairing, "half");
   assert.equal(mlaOf(v3).scale, 20 ** -0.5);
+  // Kimi K2 names the same layout kimi_k2.
+  const kimi = parseConfig({
+    ...V2_LITE,
+    model_type: "kimi_k2",
+    rope_scaling: null,
+    n_group: 4,
+    topk_group: 2,
+  });
+  assert.equal(kimi.family, "kimi_k2");
+  assert.deepEqual(moeOf(kimi).router, {
+    ...moeOf(
+      parseConfig({
+        ...V2_LITE,
+        model_type: "deepseek_v3",
+        rope_scaling: null,
+        n_group: 4,
+        topk_group: 2,
+      }),
+    ).router,
+  });
 });
 
 Deno.test("deepseek YaRN: the reference refuses it by name (not silently unscaled)", async () => {

@@ -16,7 +16,7 @@
 
 import { UnsupportedError } from "../../../schemas/errors.ts";
 import type { FamilyAdapter } from "./family.ts";
-import { deepseekV2, deepseekV3 } from "./deepseek.ts";
+import { deepseekV2, deepseekV3, kimiK2 } from "./deepseek.ts";
 import { ernie45Moe } from "./ernie4_5_moe.ts";
 import { glm4Moe } from "./glm4_moe.ts";
 import { mixtral } from "./mixtral.ts";
@@ -36,6 +36,7 @@ export const FAMILIES: readonly FamilyAdapter[] = [
   ernie45Moe,
   deepseekV2,
   deepseekV3,
+  kimiK2,
 ];
 
 /** The `model_type` values the adapters understand. */
