@@ -2,7 +2,7 @@
  * Quantized artifacts of the DeepSeek-style fixtures (deepseek_v2/v3 with MLA, glm4_moe,
  * ernie4_5_moe) on WebGPU against the float64 reference on the same dequantized weights: each
  * expert bit width (2, 3, 4, 8) and mixed widths per expert, shared experts and dense layers at
- * 8 bits, MLA's kv_b quantized (the engine dequantizes it for the absorption kernels); logits
+ * 8 bits, MLA's kv_b quantized (read by the absorption kernels through the shared decode); logits
  * within 1e-3 relative, greedy decoding through the (latent) KV cache equal to the reference's.
  */
 import assert from "node:assert/strict";

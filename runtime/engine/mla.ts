@@ -1,6 +1,6 @@
 /**
- * Multi-head latent attention in the engine: its weights (kv_b kept as f32 for the two
- * absorption kernels, dequantized at load when the artifact quantized it), its activation
+ * Multi-head latent attention in the engine: its weights (kv_b in its storage format, read by
+ * the two absorption kernels through the shared random-access decode), its activation
  * buffers, its latent KV cache ([maxContext, kvLoraRank + qkRopeHeadDim] per block) and the
  * block function (kernels in ../kernels/mla.ts).
  *
@@ -17,7 +17,7 @@ import {
   type MlaKey,
   mlaStoreSource,
 } from "../kernels/mla.ts";
-import type { WeightSet } from "../kernels/weights.ts";
+import { weightBuffers, type WeightSet } from "../kernels/weights.ts";
 import type { KvCache } from "./activations.ts";
 import type { PlanBuilder } from "./plan.ts";
 
@@ -34,8 +34,8 @@ export interface MlaWeights {
   qB?: WeightSet;
   kvA: WeightSet;
   kvANorm: GPUBuffer;
-  /** [nh·(nope + v), R] f32. */
-  kvB: GPUBuffer;
+  /** [nh·(nope + v), R]. */
+  kvB: WeightSet;
   o: WeightSet;
 }
 
@@ -43,8 +43,6 @@ export interface MlaWeights {
 export interface MlaLoader {
   matrix(key: TensorKey, shape: number[]): Promise<WeightSet>;
   vector(key: TensorKey, shape: number[]): Promise<GPUBuffer>;
-  /** A matrix as f32 values in a plain storage buffer (dequantized when stored quantized). */
-  floatMatrix(key: TensorKey, shape: number[]): Promise<GPUBuffer>;
 }
 
 /** Uploads the weights of the MLA block of decoder layer `layer`. */
@@ -69,7 +67,7 @@ export async function loadMla(
     qB: qRank === null ? undefined : await loader.matrix(key("attn_q_b"), [a.numHeads * qk, qRank]),
     kvA: await loader.matrix(key("attn_kv_a"), [R + a.qkRopeHeadDim, hidden]),
     kvANorm: await loader.vector(key("attn_kv_a_norm"), [R]),
-    kvB: await loader.floatMatrix(key("attn_kv_b"), [
+    kvB: await loader.matrix(key("attn_kv_b"), [
       a.numHeads * (a.qkNopeHeadDim + a.vHeadDim),
       R,
     ]),
@@ -174,9 +172,10 @@ export function mlaBlock(
     { kva: m.kva, latentNorm: w.kvANorm, rope, q: m.q, cache: cache.keys },
     (T) => [T, 1, 1],
   );
+  const kvB = weightBuffers(w.kvB);
   plan.elementwise(
-    mlaAbsorbQSource(key),
-    { q: m.q, kvB: w.kvB, qLat: m.qLat },
+    mlaAbsorbQSource(key, w.kvB.format),
+    { q: m.q, ...kvB, qLat: m.qLat },
     a.numHeads * a.kvLoraRank,
   );
   plan.dispatch(
@@ -185,8 +184,8 @@ export function mlaBlock(
     (T) => [a.numHeads, T, 1],
   );
   plan.elementwise(
-    mlaAbsorbOSource(key),
-    { oLat: m.oLat, kvB: w.kvB, out: m.out },
+    mlaAbsorbOSource(key, w.kvB.format),
+    { oLat: m.oLat, ...kvB, out: m.out },
     a.numHeads * a.vHeadDim,
   );
   plan.matmul(w.o, m.out, acts.hidden, { accumulate: true, scale: residualScale });

@@ -28,7 +28,7 @@ import type {
   MoeFfnSpec,
   NormSpec,
 } from "../../schemas/model.ts";
-import { dequantize, type QuantizedTensor } from "../../schemas/packing.ts";
+import type { QuantizedTensor } from "../../schemas/packing.ts";
 import { describeKey, keyString, matrixShape, type TensorKey } from "../../schemas/tensors.ts";
 import { storageBuffer } from "../kernels/kernel.ts";
 import {
@@ -278,15 +278,6 @@ class WeightLoader {
     const v = await this.#floats(t);
     if (scale !== 1) { for (let i = 0; i < v.length; i++) v[i] *= scale; }
     return this.#buffer(v, t.name);
-  }
-
-  /** A matrix as f32 values in a plain storage buffer (dequantized when stored quantized). */
-  async floatMatrix(key: TensorKey, shape: number[]): Promise<GPUBuffer> {
-    const t = this.need(key, shape);
-    const values = t.storage === "q"
-      ? dequantize(await this.#artifact.readQuantized(t))
-      : await this.#floats(t);
-    return this.#buffer(values, t.name);
   }
 
   /** Several vectors concatenated (the bias of a stacked projection). */

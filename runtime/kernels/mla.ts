@@ -1,7 +1,8 @@
 /**
  * Multi-head latent attention (DeepSeek-V2/V3) over a latent KV cache: per position and layer the
  * cache holds only the normalised latent c (kvLoraRank values) and the rotated shared RoPE key
- * (qkRopeHeadDim values), not per-head keys and values. kv_b ([nh·(nope + v), R], f32) is absorbed
+ * (qkRopeHeadDim values), not per-head keys and values. kv_b ([nh·(nope + v), R], in its storage
+ * format, read through the shared random-access decode `weightAt`) is absorbed
  * into both sides as DeepSeek's inference and llama.cpp do:
  *
  *   store:    c = RMSNorm(kv_a[:R]) · w, k_rope = RoPE(kv_a[R:]) → cache row pos; q_rope ← RoPE
@@ -17,6 +18,7 @@
 
 import { f, type KernelSource, kernelSource, u } from "./kernel.ts";
 import { EW } from "./ops.ts";
+import { formatName, weightAtFunction, weightDecls, type WeightFormat } from "./weights.ts";
 
 /** The geometry of one MLA block. */
 export interface MlaKey {
@@ -105,18 +107,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   );
 }
 
-/** q_lat[t, h, j] = Σ_i kvB[h·(nope+v) + i, j] · q[t, h, i] (i < nope). Dispatch elementGroups(nh·R, T). */
-export function mlaAbsorbQSource(key: MlaKey): KernelSource {
+/**
+ * q_lat[t, h, j] = Σ_i kvB[h·(nope+v) + i, j] · q[t, h, i] (i < nope), kvB bound as a weight set
+ * in `format`. Dispatch elementGroups(nh·R, T).
+ */
+export function mlaAbsorbQSource(key: MlaKey, format: WeightFormat): KernelSource {
   const { numHeads: nh, kvLoraRank: R, qkNopeHeadDim: dn, qkRopeHeadDim: dr, vHeadDim: dv } = key;
   return kernelSource(
-    `mla_absorb_q.${label(key)}`,
+    `mla_absorb_q.${label(key)}.${formatName(format)}`,
     [
       ["step", "Step", "uniform"],
       ["q", "array<f32>"],
-      ["kvB", "array<f32>"],
+      ...weightDecls(format, "array<f32>"),
       ["qLat", "array<f32>", "storage, read_write"],
     ],
-    `
+    `${weightAtFunction(format, R)}
 @compute @workgroup_size(${EW})
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let t = id.y;
@@ -124,9 +129,9 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let h = id.x / ${u(R)};
   let j = id.x % ${u(R)};
   let qBase = t * ${u(nh * (dn + dr))} + h * ${u(dn + dr)};
-  let wBase = h * ${u((dn + dv) * R)} + j;
+  let row = h * ${u(dn + dv)};
   var s = 0.0;
-  for (var i = 0u; i < ${u(dn)}; i++) { s += kvB[wBase + i * ${u(R)}] * q[qBase + i]; }
+  for (var i = 0u; i < ${u(dn)}; i++) { s += weightAt(row + i, j) * q[qBase + i]; }
   qLat[t * ${u(nh * R)} + id.x] = s;
 }`,
   );
@@ -206,28 +211,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   );
 }
 
-/** out[t, h, i] = Σ_j kvB[h·(nope+v) + nope + i, j] · o_lat[t, h, j]. Dispatch elementGroups(nh·v, T). */
-export function mlaAbsorbOSource(key: MlaKey): KernelSource {
+/**
+ * out[t, h, i] = Σ_j kvB[h·(nope+v) + nope + i, j] · o_lat[t, h, j], kvB bound as a weight set in
+ * `format`. Dispatch elementGroups(nh·v, T).
+ */
+export function mlaAbsorbOSource(key: MlaKey, format: WeightFormat): KernelSource {
   const { numHeads: nh, kvLoraRank: R, qkNopeHeadDim: dn, vHeadDim: dv } = key;
   return kernelSource(
-    `mla_absorb_o.${label(key)}`,
+    `mla_absorb_o.${label(key)}.${formatName(format)}`,
     [
       ["step", "Step", "uniform"],
       ["oLat", "array<f32>"],
-      ["kvB", "array<f32>"],
+      ...weightDecls(format, "array<f32>"),
       ["out", "array<f32>", "storage, read_write"],
     ],
-    `
+    `${weightAtFunction(format, R)}
 @compute @workgroup_size(${EW})
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let t = id.y;
   if (id.x >= ${u(nh * dv)} || t >= step.T) { return; }
   let h = id.x / ${u(dv)};
   let i = id.x % ${u(dv)};
-  let wBase = (h * ${u(dn + dv)} + ${u(dn)} + i) * ${u(R)};
+  let row = h * ${u(dn + dv)} + ${u(dn)} + i;
   let oBase = (t * ${u(nh)} + h) * ${u(R)};
   var s = 0.0;
-  for (var j = 0u; j < ${u(R)}; j++) { s += kvB[wBase + j] * oLat[oBase + j]; }
+  for (var j = 0u; j < ${u(R)}; j++) { s += weightAt(row, j) * oLat[oBase + j]; }
   out[t * ${u(nh * dv)} + id.x] = s;
 }`,
   );
