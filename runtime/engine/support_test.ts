@@ -172,7 +172,10 @@ for (const [label, spec, variant] of REFUSED) {
 
 Deno.test("createWebGpuEngine refuses an unsupported artifact at load, before any device", async () => {
   for (
-    const spec of [SWITCH_LIKE, oneLayer({ causal: false }, {}, { family: "t" })]
+    const spec of [
+      SWITCH_LIKE,
+      oneLayer({}, { expert: mlp(8, { kind: "geglu" }) }, { family: "t" }),
+    ]
   ) {
     const artifact = await openArtifactBytes(buildArtifact(spec));
     await assert.rejects(() => createWebGpuEngine(artifact), UnsupportedError);
