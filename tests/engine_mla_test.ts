@@ -1,7 +1,7 @@
 /**
  * The WebGPU MLA path on synthetic random models (every tensor seeded, non-zero) against the
  * float64 reference, in both kernel styles: direct queries and the q LoRA (no HF fixture has
- * one), interleaved and half-split RoPE, sigmoid + selection bias + grouped routing with a
+ * one), interleaved and half-split RoPE, YaRN, sigmoid + selection bias + grouped routing with a
  * shared expert, and a context of 150 tokens prefilled in chunks so the latent attention runs
  * over several key tiles and cache rows written by earlier chunks.
  */
@@ -62,9 +62,35 @@ const HALF_V2: ModelSpec = {
   },
 };
 
+/** MLA_LIKE with YaRN RoPE (schemas/rope_frequencies.ts; a cos/sin factor ≠ 1). */
+const YARN_V3: ModelSpec = {
+  ...MLA_LIKE,
+  decoder: {
+    ...MLA_LIKE.decoder,
+    layers: MLA_LIKE.decoder.layers.map((l) => ({
+      ...l,
+      blocks: l.blocks.map((b) => {
+        if (b.kind !== "attention" || b.attention.kind !== "mla") return b;
+        const scaling = {
+          kind: "yarn" as const,
+          factor: 4,
+          originalMaxPositions: 8,
+          betaFast: 32,
+          betaSlow: 1,
+          attentionFactor: 1.2,
+          truncate: true,
+        };
+        const position = { ...b.attention.position, scaling };
+        return { ...b, attention: { ...b.attention, position } };
+      }),
+    })),
+  },
+};
+
 const TOL = 1e-5;
 const CASES: [string, ModelSpec, number[], number][] = [
   ["DeepSeek-V3-like (q LoRA, interleaved)", MLA_LIKE, [1, 7, 31, 3, 3, 19, 24, 8, 0, 25], 4],
+  ["DeepSeek-V3-like with YaRN RoPE", YARN_V3, [1, 7, 31, 3, 3, 19, 24, 8, 0, 25], 4],
   [
     "DeepSeek-V2-like (half RoPE, groups by max), 150 tokens",
     HALF_V2,

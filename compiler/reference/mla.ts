@@ -104,8 +104,8 @@ export function mlaBlock(
   const rows = cache.subarray(start * W, (start + n) * W);
   matmul(rows, h, a.kvA, n, W, H);
 
-  const { invFreq, pairing } = a.rope;
-  const { cos, sin } = ropeTables(invFreq, start, n);
+  const { invFreq, pairing, mscale } = a.rope;
+  const { cos, sin } = ropeTables(invFreq, start, n, mscale);
   for (let t = 0; t < n; t++) {
     const latent = rows.subarray(t * W, t * W + R);
     rmsNorm(latent, latent, a.kvANorm, eps);

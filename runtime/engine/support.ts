@@ -7,10 +7,11 @@
  * attention (causal, RoPE half-split or interleaved over the first rotaryDim dims of each head,
  * unscaled or YaRN frequencies; q/k/v and output biases, q/k RMSNorm per head or full width, q/k/v
  * clamp, any attention scale, sinks, sliding windows); MLA attention with a latent KV cache
- * (unscaled RoPE); dense and MoE SwiGLU MLPs without biases, routed experts also with biases and
- * the clamped SwiGLU; top-k routing with softmax or sigmoid scores, a selection-only bias and
- * expert groups (renormalised or not, scaled; up to MAX_ROUTED_EXPERTS experts), or softmax after
- * top-k, with or without a router bias; PhiMoE's sparsemixer; shared experts, gated or not;
+ * (unscaled or YaRN RoPE); dense and MoE SwiGLU MLPs without biases, routed experts also with
+ * biases and the clamped SwiGLU; top-k routing with softmax or sigmoid scores, a selection-only
+ * bias and expert groups (renormalised or not, scaled; up to MAX_ROUTED_EXPERTS experts), or
+ * softmax after top-k, with or without a router bias; PhiMoE's sparsemixer; shared experts, gated
+ * or not;
  * the embedding, residual and head multipliers, tied or untied head, head bias.
  *
  * @module
@@ -83,7 +84,7 @@ function attention(
   if (a.kind === "mla") {
     norm(a.latentNorm, `${where}, latent norms`);
     if (a.latentNorm.kind !== "rms") refuse(`${a.latentNorm.kind} latent norms`, where);
-    if (a.position.scaling.kind !== "none") {
+    if (a.position.scaling.kind !== "none" && a.position.scaling.kind !== "yarn") {
       refuse(`${a.position.scaling.kind} RoPE scaling`, where);
     }
     if (a.position.rotaryDim !== a.qkRopeHeadDim || a.qkRopeHeadDim % 2 !== 0) {

@@ -4,6 +4,8 @@ import { UnsupportedError } from "../../../schemas/errors.ts";
 import { parseConfig } from "../config.ts";
 import { loadCheckpoint } from "../mod.ts";
 import { prepareReference } from "../../reference/model.ts";
+import { forward } from "../../reference/session.ts";
+import { ropeFrequencies } from "../../../schemas/rope_frequencies.ts";
 
 const ORACLE = new URL("../../../testdata/hf-oracle/", import.meta.url).pathname;
 
@@ -148,19 +150,37 @@ Deno.test("deepseek_v2 group_limited_greedy, deepseek_v3 groups and q LoRA, rope
   });
 });
 
-Deno.test("deepseek YaRN: the reference refuses it by name (not silently unscaled)", async () => {
+Deno.test("deepseek YaRN: the reference applies schemas/rope_frequencies.ts (not unscaled)", async () => {
   const ir = await loadCheckpoint(ORACLE + "deepseek_v2-a");
-  const spec = parseConfig(V2_LITE);
+  const position = mlaOf(parseConfig(V2_LITE)).position;
+  assert.equal(position.scaling.kind, "yarn");
   const yarn = structuredClone(ir.spec);
   for (const l of yarn.decoder.layers) {
     const b = l.blocks[0];
-    if (b.kind === "attention" && b.attention.kind === "mla") {
-      b.attention.position = mlaOf(spec).position;
+    if (b.kind === "attention" && b.attention.kind === "mla") b.attention.position = position;
+  }
+  const scaled = await prepareReference({ ...ir, spec: yarn });
+  const b = scaled.layers[0].blocks[0];
+  assert.ok(b.kind === "attention" && "kvB" in b.attention);
+  const want = ropeFrequencies(position);
+  assert.deepEqual([...b.attention.rope.invFreq], [...want.invFreq]);
+  assert.equal(b.attention.rope.mscale, want.mscale); // 1 here: mscale = mscale_all_dim
+  // The scaling reaches the logits.
+  const ids = [3, 9, 27, 5, 41, 2];
+  const plain = forward(await prepareReference(ir), ids);
+  const rows = forward(scaled, ids);
+  const diff = Math.max(...rows.flatMap((r, t) => [...r].map((v, i) => Math.abs(v - plain[t][i]))));
+  assert.ok(diff > 1e-6, `YaRN changes nothing (${diff})`);
+  // Other scalings stay refused by name.
+  for (const l of yarn.decoder.layers) {
+    const a = l.blocks[0];
+    if (a.kind === "attention" && a.attention.kind === "mla") {
+      a.attention.position = { ...position, scaling: { kind: "linear", factor: 2 } };
     }
   }
   await assert.rejects(
     () => prepareReference({ ...ir, spec: yarn }),
-    (e) => e instanceof UnsupportedError && /yarn/.test(e.message),
+    (e) => e instanceof UnsupportedError && /linear/.test(e.message),
   );
 });
 
