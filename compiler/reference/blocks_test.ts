@@ -407,6 +407,10 @@ Deno.test("variants the reference lacks are an UnsupportedError naming them", ()
   const cases: [() => unknown, string][] = [
     [() => checkAttention(mla), 'attention kind "mla" is not implemented in the reference'],
     [() => checkActivation({ kind: "geglu" }), 'activation "geglu"'],
+    [
+      () => checkRouter({ ...topk, scoring: "sigmoid", softmaxAfterTopK: true }),
+      "softmax after top-k with sigmoid scores",
+    ],
     [() => checkRouter({ kind: "capacity", capacity: 4 }), 'router kind "capacity"'],
     [() => checkNorm({ kind: "rms", eps: 1e-5, bias: true }), "an RMSNorm with a bias"],
     [
