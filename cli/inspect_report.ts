@@ -6,6 +6,7 @@
  * @module
  */
 
+import { describeKvCache, kvCacheCost } from "../schemas/kv_cache.ts";
 import {
   type Artifact,
   isRoutedExpertMatrix,
@@ -296,6 +297,7 @@ export function describeArtifact(a: Artifact, opts: InspectOptions = {}): string
         formatVersion: a.version,
         generator: a.generator,
         model: a.model,
+        kvCache: kvCacheCost(a.model),
         summary: a.summary,
         options: a.options,
         tokenizer: {
@@ -317,6 +319,7 @@ export function describeArtifact(a: Artifact, opts: InspectOptions = {}): string
   const out: string[] = [
     `${a.path}: moeq artifact v${a.version} (${a.generator}), ${mib(a.fileLength)}`,
     ...describeModel(a.model),
+    describeKvCache(a.model),
     `tensors: ${s.numTensors}, weights ${mib(s.totalBytes)}; routed experts ${mib(s.expertBytes)}` +
     ` at ${s.avgExpertBits.toFixed(3)} avg bits (${
       s.expertBitsPerWeight.toFixed(3)

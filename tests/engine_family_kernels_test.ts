@@ -81,7 +81,8 @@ Deno.test("sparsemixer routing kernels: the reference's experts, weights within 
       };
       if (lists) bufs.routes = buffer(new Uint32Array(E + E * T));
       const src = lists ? routeListsSource(key, T) : routerSource(key);
-      dispatchOnce(device, src, bufs, [1, 1, 1]); // T ≤ 64: one workgroup either way
+      // The router kernel routes a token per workgroup; the lists kernel all in one workgroup.
+      dispatchOnce(device, src, bufs, lists ? [1, 1, 1] : [T, 1, 1]);
       const gotIds = new Uint32Array((await readBuffer(device, ids, T * 8)).buffer.slice(0));
       const gotWeights = await readF32(device, weights, T * 2);
       for (let t = 0; t < T; t++) {

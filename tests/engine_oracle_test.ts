@@ -1,9 +1,10 @@
 /**
  * The WebGPU engine against Hugging Face transformers: f32 artifacts of the oracle checkpoints
  * (testdata/hf-oracle: mixtral, qwen2_moe, qwen3_moe, olmoe and their packed-expert twins,
- * granitemoe, phimoe, gpt_oss; the older testdata/hf-moe fixtures) give logits within 1e-4 of `hf_logits` and, decoding through
- * `generate` (KV cache, GPU sampler, greedy), the reference's greedy ids. Then the decode loop's
- * contract: chunked prefill, one readback per `readbackEvery` tokens, stop ids, abort.
+ * granitemoe, phimoe, gpt_oss, glm4_moe, ernie4_5_moe, deepseek_v2/v3 with their packed twins
+ * (MLA over the latent cache); the older testdata/hf-moe fixtures) give logits within 1e-4 of
+ * `hf_logits` and, decoding through `generate` (KV cache, GPU sampler, greedy), the reference's
+ * greedy ids. Then the decode loop's contract: chunked prefill, one readback per `readbackEvery` tokens, stop ids, abort.
  */
 import assert from "node:assert/strict";
 import { loadModel, readbackCount } from "../runtime/mod.ts";
@@ -21,6 +22,12 @@ const ORACLE = [
   "granitemoe-a",
   "phimoe-a",
   "gpt_oss-a",
+  "glm4_moe-a",
+  "ernie4_5_moe-a",
+  "deepseek_v2-a",
+  "deepseek_v2-a-packed",
+  "deepseek_v3-a",
+  "deepseek_v3-a-packed",
 ].map((n) => `testdata/hf-oracle/${n}`);
 const OLDER = ["mixtral-packed", "mixtral-classic", "qwen2-moe"].map((n) => `testdata/hf-moe/${n}`);
 

@@ -14,16 +14,33 @@ import {
   concatBytes,
   headerLengthBytes,
   rawSafetensors,
+  type TestTensor,
   writeSafetensors,
   writeSyntheticCheckpoint,
 } from "../compiler/checkpoint/testing.ts";
 import { writeMxfp4Release } from "../compiler/checkpoint/mxfp4_testing.ts";
 import { openSafetensors } from "../compiler/checkpoint/safetensors.ts";
 import { withHeader, withHeaderBytes, withPreamble } from "../schemas/testing.ts";
+import { writeFp8Fixture } from "../compiler/checkpoint/fp8_testing.ts";
 import { compileModel } from "../compiler/compile.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { decodePreamble, summarize } from "../schemas/artifact.ts";
 import { type CliResult, isOneLineError, runCli, type RunCliOptions } from "./cli_helpers.ts";
+
+/** An FP8 weight of the deepseek_v3-a fixture re-encoded by fp8_testing.ts, and its scale. */
+const FP8_WEIGHT = "model.layers.1.mlp.experts.0.up_proj.weight";
+const FP8_SCALE = `${FP8_WEIGHT}_scale_inv`;
+
+/** The deepseek_v3-a fixture as an FP8 checkpoint in `dir`/fp8, edited by `mutate`. */
+async function fp8Checkpoint(
+  dir: string,
+  mutate: (t: Record<string, TestTensor>) => void,
+): Promise<string> {
+  const out = join(dir, "fp8");
+  const fixture = new URL("../testdata/hf-oracle/deepseek_v3-a", import.meta.url).pathname;
+  await writeFp8Fixture(fixture, out, { mutate });
+  return out;
+}
 
 /** One bad-input case. */
 export interface CliCase {
@@ -323,6 +340,28 @@ export const CHECKPOINT_CASES: CliCase[] = [
           p.header["model.norm.weight"].dtype = "F31";
           return { header: p.header };
         }),
+        dir,
+      ),
+  },
+  {
+    id: "fp8-scale-missing",
+    group: "checkpoint",
+    title: "an F8_E4M3 weight without its weight_scale_inv",
+    code: 3,
+    mentions: ["model.safetensors", "up_proj.weight", "weight_scale_inv", "missing"],
+    dest: "out.moeq",
+    setup: async (dir) => compileArgs(await fp8Checkpoint(dir, (t) => delete t[FP8_SCALE]), dir),
+  },
+  {
+    id: "fp8-scale-shape",
+    group: "checkpoint",
+    title: "an F8_E4M3 weight whose weight_scale_inv is not one F32 per 128×128 block",
+    code: 3,
+    mentions: ["model.safetensors", "weight_scale_inv", "[1, 1]"],
+    dest: "out.moeq",
+    setup: async (dir) =>
+      compileArgs(
+        await fp8Checkpoint(dir, (t) => (t[FP8_SCALE] = { shape: [2, 1], data: [0.01, 0.01] })),
         dir,
       ),
   },

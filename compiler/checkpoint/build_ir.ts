@@ -51,7 +51,7 @@ export function buildModelIR(
       )
       : source.columns
       ? claims.columns(source.name, source.columns, t.shape)
-      : claims.tensor(source.name, t.shape);
+      : claims.tensor(source.name, t.shape, source.stored);
     return { stack: t.stack, layer: t.layer, expert: t.expert, role: t.role, ref };
   });
   for (const name of adapter.unused(spec)) claims.ignore(name);

@@ -7,6 +7,7 @@
 
 import { InputError, UnsupportedError } from "../../schemas/errors.ts";
 import type { TensorRef } from "../ir.ts";
+import { decodeFp8Rows, FP8_BLOCK, FP8_DTYPE, fp8ScaleName, fp8ScaleShape } from "./fp8.ts";
 import { FLOAT_DTYPES, type ReadOptions } from "./safetensors.ts";
 import { checkMxfp4Pair, mxfp4Names, mxfp4Ref, type Mxfp4Slice } from "./mxfp4.ts";
 import type { CheckpointStore } from "./store.ts";
@@ -61,6 +62,7 @@ export class TensorClaims {
     }
     const info = this.store.info(name);
     const file = this.store.fileOf(name).path;
+    if (info.dtype === FP8_DTYPE) return this.claimFp8(name, shape);
     if (!FLOAT_DTYPES.includes(info.dtype)) {
       throw new UnsupportedError(`${file}: tensor "${name}" has non-float dtype ${info.dtype}`);
     }
@@ -74,9 +76,57 @@ export class TensorClaims {
     return info.dtype;
   }
 
-  /** A whole tensor of the given shape. */
-  tensor(name: string, shape: readonly number[]): TensorRef {
-    const dtype = this.claim(name, shape);
+  /** Checks an F8_E4M3 weight and its `_scale_inv` block scales, marking both used. */
+  private claimFp8(name: string, shape: readonly number[]): string {
+    const info = this.store.info(name);
+    const file = this.store.fileOf(name).path;
+    if (shape.length !== 2) {
+      throw new UnsupportedError(
+        `${file}: tensor "${name}" is ${FP8_DTYPE} with shape ${
+          shapeText(info.shape)
+        }; only 2-D FP8 weights are supported`,
+      );
+    }
+    if (!sameShape(info.shape, shape)) {
+      throw new InputError(
+        `tensor "${name}" has shape ${shapeText(info.shape)}, expected ${shapeText(shape)}`,
+        file,
+      );
+    }
+    const scale = fp8ScaleName(name);
+    const want = fp8ScaleShape(shape[0], shape[1]);
+    if (!this.store.has(scale)) {
+      throw new InputError(
+        `tensor "${name}" is ${FP8_DTYPE} but its block scales "${scale}" ${
+          shapeText(want)
+        } are missing`,
+        file,
+      );
+    }
+    const s = this.store.info(scale);
+    if (s.dtype !== "F32" || !sameShape(s.shape, want)) {
+      throw new InputError(
+        `tensor "${scale}" is ${s.dtype} ${shapeText(s.shape)}, expected F32 ${
+          shapeText(want)
+        } (one scale per ${FP8_BLOCK}×${FP8_BLOCK} block of "${name}")`,
+        this.store.fileOf(scale).path,
+      );
+    }
+    this.used.set(scale, "F32");
+    this.used.set(name, FP8_DTYPE);
+    return FP8_DTYPE;
+  }
+
+  /**
+   * A whole tensor of the given shape; `stored`: the shape it has in the checkpoint when that
+   * differs only by unit dims (ERNIE's [1, E] correction bias read as [E]).
+   */
+  tensor(name: string, shape: readonly number[], stored: readonly number[] = shape): TensorRef {
+    if (stored.reduce((a, b) => a * b, 1) !== shape.reduce((a, b) => a * b, 1)) {
+      throw new Error(`claims.tensor: ${shapeText(stored)} cannot be read as ${shapeText(shape)}`);
+    }
+    const dtype = this.claim(name, stored);
+    if (dtype === FP8_DTYPE) return this.fp8Ref(name, shape as [number, number]);
     const numel = shape.reduce((a, b) => a * b, 1);
     return this.ref(name, name, shape, dtype, 0, numel);
   }
@@ -93,6 +143,7 @@ export class TensorClaims {
     rows: number,
   ): TensorRef {
     const dtype = this.claim(name, shape);
+    if (dtype === FP8_DTYPE) throw new Error("unreachable: 3-D FP8 refused by claimFp8");
     const [, blockRows, cols] = shape;
     return this.ref(
       `${name}[${block}, ${rowStart}:${rowStart + rows}, :]`,
@@ -188,6 +239,42 @@ export class TensorClaims {
         };
       },
     };
+  }
+
+  /** An FP8 weight read by row blocks: the codes of the rows and the scale rows covering them. */
+  private fp8Ref(name: string, shape: [number, number]): TensorRef {
+    const store = this.store;
+    const [rows, cols] = shape;
+    const scale = fp8ScaleName(name);
+    const blocksPerRow = fp8ScaleShape(rows, cols)[1];
+    const allowNonFinite = this.options.allowNonFinite ?? false;
+    const readRows = async (r0: number, n: number): Promise<Float32Array> => {
+      if (
+        !Number.isSafeInteger(r0) || !Number.isSafeInteger(n) || r0 < 0 || n < 0 || r0 + n > rows
+      ) {
+        throw new RangeError(`rows [${r0}, ${r0 + n}) outside ${name} [${shape}]`);
+      }
+      if (n === 0) return new Float32Array(0);
+      const codes = await store.readBytes(name, r0 * cols, n * cols);
+      const b0 = Math.floor(r0 / FP8_BLOCK), b1 = Math.floor((r0 + n - 1) / FP8_BLOCK);
+      const scales = await store.readElements(
+        scale,
+        b0 * blocksPerRow,
+        (b1 - b0 + 1) * blocksPerRow,
+      );
+      const { values, nanAt } = decodeFp8Rows(codes, scales, r0, cols);
+      if (nanAt >= 0) {
+        if (!allowNonFinite) {
+          throw new InputError(
+            `tensor "${name}" has a NaN ${FP8_DTYPE} code at element ${r0 * cols + nanAt}`,
+            store.fileOf(name).path,
+          );
+        }
+        for (let i = 0; i < values.length; i++) if (Number.isNaN(values[i])) values[i] = 0;
+      }
+      return values;
+    };
+    return { name, shape, dtype: FP8_DTYPE, read: () => readRows(0, rows), readRows };
   }
 
   /** InputError naming the first tensor that was not claimed. */

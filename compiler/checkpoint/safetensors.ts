@@ -399,7 +399,8 @@ class SafetensorsHandle implements SafetensorsFile {
 
   readBytes(name: string, start: number, count: number): Promise<Uint8Array> {
     const t = this.info(name);
-    if (!FLOAT_DTYPES.includes(t.dtype)) {
+    // F8_E4M3 codes are read raw and decoded with their block scales (fp8.ts).
+    if (!FLOAT_DTYPES.includes(t.dtype) && t.dtype !== "F8_E4M3") {
       throw new UnsupportedError(
         `${this.path}: tensor "${name}" has dtype ${t.dtype}, which cannot be read as floating point`,
       );

@@ -225,14 +225,14 @@ export function attentionBlock(
     }
   }
   if (a.rope) {
-    const { rotaryDim, invFreq } = a.rope;
+    const { rotaryDim, invFreq, pairing } = a.rope;
     const half = rotaryDim / 2;
     const { cos, sin } = ropeTables(invFreq, start, n, a.rope.mscale);
     for (let t = 0; t < n; t++) {
       const c = cos.subarray(t * half, (t + 1) * half);
       const s = sin.subarray(t * half, (t + 1) * half);
-      rope(q.subarray(t * qDim, (t + 1) * qDim), nh, hd, c, s, rotaryDim);
-      rope(k.subarray(t * kvDim, (t + 1) * kvDim), nkv, hd, c, s, rotaryDim);
+      rope(q.subarray(t * qDim, (t + 1) * qDim), nh, hd, c, s, rotaryDim, pairing);
+      rope(k.subarray(t * kvDim, (t + 1) * kvDim), nkv, hd, c, s, rotaryDim, pairing);
     }
   }
 

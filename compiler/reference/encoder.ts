@@ -46,6 +46,7 @@ export function encode(
       const out = new Float64Array(m * H);
       if (block.kind === "attention") {
         const a = block.attention;
+        if ("kvB" in a) throw new Error("MLA in an encoder passed prepareReference");
         const kvDim = a.spec.numKvHeads * a.spec.headDim;
         const scratch = { keys: new Float64Array(m * kvDim), values: new Float64Array(m * kvDim) };
         attentionBlock(out, h, m, a, scratch, 0);

@@ -9,13 +9,15 @@
 import type { BlockSpec, ModelSpec, StackName, StackSpec } from "../../schemas/model.ts";
 import type { ModelIR } from "../ir.ts";
 import { readAttention, type ReferenceAttention } from "./attention.ts";
+import { notImplemented } from "./math.ts";
+import { readMla, type ReferenceMla } from "./mla.ts";
 import { readDense, readMoe, type ReferenceDense, type ReferenceMoe } from "./moe.ts";
 import { readNorm, type ReferenceNorm } from "./norms.ts";
 import { WeightReader } from "./weights.ts";
 
 /** A pre-norm residual block: x += residualScale · body(norm(x)). */
 export type ReferenceBlock =
-  | { kind: "attention"; norm: ReferenceNorm; attention: ReferenceAttention }
+  | { kind: "attention"; norm: ReferenceNorm; attention: ReferenceAttention | ReferenceMla }
   /** Attention over the encoder output; `attention.cacheSlot` indexes the session's cross K/V. */
   | { kind: "cross_attention"; norm: ReferenceNorm; attention: ReferenceAttention }
   | { kind: "ffn"; norm: ReferenceNorm; ffn: ReferenceMoe | ReferenceDense };
@@ -122,11 +124,15 @@ async function readBlock(
     case "attention": {
       const norm = await readNorm(block.norm, weights, "attn_norm");
       const a = block.attention;
-      const position = a.kind === "gqa" ? a.position : null;
-      const owner = position?.kind === "relative_bias"
+      const slot = stack === "decoder" ? model.attentionBlocks++ : l;
+      if (a.kind === "mla") {
+        if (stack !== "decoder") throw notImplemented("MLA in an encoder");
+        return { kind: "attention", norm, attention: await readMla(a, weights, slot) };
+      }
+      const position = a.position;
+      const owner = position.kind === "relative_bias"
         ? reader.layer(stack, position.ownerLayer)
         : undefined;
-      const slot = stack === "decoder" ? model.attentionBlocks++ : l;
       const attention = await readAttention(a, weights, slot, { owner });
       return { kind: "attention", norm, attention };
     }

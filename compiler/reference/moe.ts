@@ -30,6 +30,8 @@ export interface ReferenceMoe {
   router: Float64Array;
   /** [E] router bias, added to the logits (gpt-oss). */
   routerBias: Float64Array | null;
+  /** [E] the selection-only bias added to the scores for the choice (router_selection_bias). */
+  selectionBias: Float64Array | null;
   /** Routed experts by index; callers may swap entries (a quantized expert, say). */
   experts: ReferenceMlp[];
   shared: ReferenceMlp | null;
@@ -78,6 +80,9 @@ export async function readMoe(
     routerBias: spec.router.kind === "topk" && spec.router.bias
       ? await weights.read("router_bias")
       : null,
+    selectionBias: spec.router.kind === "topk" && spec.router.selectionBias
+      ? await weights.read("router_selection_bias")
+      : null,
     experts,
     shared: spec.shared ? await readMlp(spec.shared.mlp, "shared", weights) : null,
     sharedGate: spec.shared?.gated ? await weights.read("shared_expert_gate") : null,
@@ -106,7 +111,7 @@ export function moeBlock(
   const logits = new Float64Array(n * E);
   matmul(logits, h, f.router, n, E, H);
   if (f.routerBias) addBias(logits, f.routerBias, n);
-  const routes = routeTokens(f.spec, logits, n);
+  const routes = routeTokens(f.spec, logits, n, f.selectionBias);
 
   // Route every token; collect, per expert, the tokens it serves and their weights.
   const tokensOf: number[][] = Array.from({ length: E }, () => []);
@@ -155,20 +160,28 @@ export function moeBlock(
  * Routes n tokens from their router logits [n, E]: token by token, or (capacity routers) over the
  * whole sequence, where a refused token gets no expert.
  */
-function routeTokens(spec: MoeFfnSpec, logits: Float64Array, n: number): Routing[] {
+function routeTokens(
+  spec: MoeFfnSpec,
+  logits: Float64Array,
+  n: number,
+  selectionBias: Float64Array | null,
+): Routing[] {
   const E = spec.numExperts;
   if (spec.router.kind === "capacity") return capacityRoutes(logits, n, E, spec.router.capacity);
-  const router = routerOf(spec);
+  const router = routerOf(spec, selectionBias ?? undefined);
   return Array.from({ length: n }, (_, t) => router(logits.subarray(t * E, (t + 1) * E)));
 }
 
-/** The per-token router of a topk or sparsemixer MoE block. */
-function routerOf(spec: MoeFfnSpec): (logits: Float64Array) => Routing {
+/** The per-token router of a topk (with its selection bias, if any) or sparsemixer MoE block. */
+function routerOf(
+  spec: MoeFfnSpec,
+  selectionBias?: Float64Array,
+): (logits: Float64Array) => Routing {
   const r = spec.router;
   if (r.kind === "sparsemixer") return (logits) => sparsemixer(logits, r.jitter);
   if (r.kind === "capacity") throw new Error("a capacity router routes whole sequences");
   const topk = checkRouter(r);
-  return (logits) => route(logits, spec.topK, topk);
+  return (logits) => route(logits, spec.topK, topk, selectionBias);
 }
 
 /** The dense block over n tokens h [n, H] → out [n, H]. */

@@ -58,7 +58,11 @@ function greedy(model: ReferenceModel, prompt: number[], count: number): number[
 const FIXTURES = ["mixtral-a", "qwen2_moe-a", "qwen3_moe-a", "olmoe-a"]
   .flatMap((name) => [`hf-oracle/${name}`, `hf-oracle/${name}-packed`])
   .concat("hf-oracle-extra/olmoe-clip")
-  .concat(["granitemoe-a", "phimoe-a", "gpt_oss-a"].map((name) => `hf-oracle/${name}`));
+  .concat(["granitemoe-a", "phimoe-a", "gpt_oss-a"].map((name) => `hf-oracle/${name}`))
+  .concat("hf-oracle/glm4_moe-a", "hf-oracle/ernie4_5_moe-a")
+  .concat(
+    ["deepseek_v2-a", "deepseek_v3-a"].flatMap((n) => [`hf-oracle/${n}`, `hf-oracle/${n}-packed`]),
+  );
 
 for (const dir of FIXTURES) {
   Deno.test(`${dir}: logits within ${STRICT_TOLERANCE} of hf_logits_f64strict`, async () => {

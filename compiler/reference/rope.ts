@@ -1,8 +1,9 @@
 /**
  * Rotary position embedding in float64: RoPE over the first `rotaryDim` dims of each head, pairs
- * split in halves (transformers' rotate_half), unscaled or YaRN-scaled (frequencies and the
- * cos/sin multiplier from schemas/rope_frequencies.ts). Interleaved pairs and the other scaled
- * variants are described but not implemented here yet.
+ * split in halves (transformers' rotate_half) or interleaved (2i, 2i + 1: ERNIE, DeepSeek),
+ * unscaled or YaRN-scaled (frequencies and the cos/sin multiplier from
+ * schemas/rope_frequencies.ts). The other scaled variants are described but not implemented here
+ * yet.
  *
  * @module
  */
@@ -18,6 +19,8 @@ export interface ReferenceRope {
   invFreq: Float64Array;
   /** Multiplier of cos and sin (YaRN's attention factor; 1 otherwise). */
   mscale: number;
+  /** Which dims pair up: (i, i + rotaryDim/2) or (2i, 2i + 1). */
+  pairing: "half" | "interleaved";
 }
 
 /** RoPE inverse frequencies over `rotaryDim` dims: 1 / θ^(2i/rotaryDim), i < rotaryDim/2. */
@@ -30,7 +33,6 @@ export function ropeInvFreq(rotaryDim: number, theta: number): Float64Array {
 /** The RoPE of a position spec; UnsupportedError for what the reference does not implement. */
 export function prepareRope(position: PositionSpec, headDim: number): ReferenceRope {
   if (position.kind !== "rope") throw notImplemented(`position kind "${position.kind}"`);
-  if (position.pairing !== "half") throw notImplemented(`RoPE pairing "${position.pairing}"`);
   if (position.scaling.kind !== "none" && position.scaling.kind !== "yarn") {
     throw notImplemented(`RoPE scaling "${position.scaling.kind}"`);
   }
@@ -38,7 +40,7 @@ export function prepareRope(position: PositionSpec, headDim: number): ReferenceR
   if (!(Number.isInteger(d) && d > 0 && d % 2 === 0 && d <= headDim)) {
     throw notImplemented(`RoPE over ${d} of ${headDim} dims`);
   }
-  return { rotaryDim: d, ...ropeFrequencies(position) };
+  return { rotaryDim: d, ...ropeFrequencies(position), pairing: position.pairing };
 }
 
 /**
@@ -59,9 +61,10 @@ export function ropeTables(invFreq: Float64Array, start: number, n: number, msca
 }
 
 /**
- * Half-split RoPE in place on `nHeads` consecutive heads of size hd, rotating each head's first
- * `rotaryDim` dims: for i < rotaryDim/2 the pair (x_i, x_{i+rotaryDim/2}) turns by
- * position · invFreq[i], whose cos/sin are given; dims past rotaryDim pass through.
+ * RoPE in place on `nHeads` consecutive heads of size hd, rotating each head's first `rotaryDim`
+ * dims: for i < rotaryDim/2 the pair (x_i, x_{i+rotaryDim/2}) ("half") or (x_{2i}, x_{2i+1})
+ * ("interleaved") turns by position · invFreq[i], whose cos/sin are given; dims past rotaryDim
+ * pass through.
  */
 export function rope(
   vec: Float64Array,
@@ -70,15 +73,17 @@ export function rope(
   cos: Float64Array,
   sin: Float64Array,
   rotaryDim = hd,
+  pairing: "half" | "interleaved" = "half",
 ): void {
   const half = rotaryDim / 2;
   for (let h = 0; h < nHeads; h++) {
     const o = h * hd;
     for (let i = 0; i < half; i++) {
-      const x1 = vec[o + i];
-      const x2 = vec[o + half + i];
-      vec[o + i] = x1 * cos[i] - x2 * sin[i];
-      vec[o + half + i] = x2 * cos[i] + x1 * sin[i];
+      const [a, b] = pairing === "half" ? [o + i, o + half + i] : [o + 2 * i, o + 2 * i + 1];
+      const x1 = vec[a];
+      const x2 = vec[b];
+      vec[a] = x1 * cos[i] - x2 * sin[i];
+      vec[b] = x2 * cos[i] + x1 * sin[i];
     }
   }
 }

@@ -21,6 +21,7 @@ import { attentionBlock, type KvCache } from "./attention.ts";
 import { crossAttentionBlock, crossKv } from "./cross_attention.ts";
 import { checkIds, encode } from "./encoder.ts";
 import { addBias, matmul } from "./math.ts";
+import { mlaBlock, mlaCacheWidth } from "./mla.ts";
 import type { ReferenceModel } from "./model.ts";
 import { denseBlock, moeBlock, type MoeObserver } from "./moe.ts";
 import { normRows } from "./norms.ts";
@@ -113,7 +114,9 @@ export class ReferenceSession {
         const out = new Float64Array(n * H);
         if (block.kind === "attention") {
           const a = block.attention;
-          attentionBlock(out, h, n, a, this.#cache[a.cacheSlot], this.#position);
+          const cache = this.#cache[a.cacheSlot];
+          if ("kvB" in a) mlaBlock(out, h, n, a, cache.keys, this.#position);
+          else attentionBlock(out, h, n, a, cache, this.#position);
         } else if (block.kind === "cross_attention") {
           if (!this.#cross) throw new UsageError("an encoder–decoder model needs encode() first");
           const a = block.attention;
@@ -142,16 +145,21 @@ export class ReferenceSession {
     if (positions <= this.#capacity) return;
     const capacity = Math.max(positions, 2 * this.#capacity, 64);
     const widths: number[] = [];
+    const latent: boolean[] = [];
     for (const layer of this.model.layers) {
       for (const b of layer.blocks) {
-        if (b.kind === "attention") {
-          widths[b.attention.cacheSlot] = b.attention.spec.numKvHeads * b.attention.spec.headDim;
-        }
+        if (b.kind !== "attention") continue;
+        const a = b.attention;
+        // MLA caches its latent and RoPE key in `keys` (values stay empty).
+        latent[a.cacheSlot] = "kvB" in a;
+        widths[a.cacheSlot] = "kvB" in a
+          ? mlaCacheWidth(a.spec)
+          : a.spec.numKvHeads * a.spec.headDim;
       }
     }
     this.#cache = widths.map((kvDim, slot) => {
       const keys = new Float64Array(capacity * kvDim);
-      const values = new Float64Array(capacity * kvDim);
+      const values = new Float64Array(latent[slot] ? 0 : capacity * kvDim);
       const old = this.#cache[slot];
       if (old) {
         keys.set(old.keys.subarray(0, this.#position * kvDim));

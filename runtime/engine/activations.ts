@@ -6,10 +6,11 @@
  * @module
  */
 
-import type { GqaAttentionSpec, ModelSpec } from "../../schemas/model.ts";
+import type { AttentionSpec, GqaAttentionSpec, ModelSpec } from "../../schemas/model.ts";
 import { ropeTable } from "../kernels/attention.ts";
 import { ropeFrequencies } from "../../schemas/rope_frequencies.ts";
 import { storageBuffer } from "../kernels/kernel.ts";
+import { createMlaActivations, type MlaActivations } from "./mla.ts";
 
 /** The per-forward activation buffers (f32 unless noted), [tokens, width] row-major. */
 export interface Activations {
@@ -48,6 +49,8 @@ export interface Activations {
   sharedGate: GPUBuffer;
   /** Logits [T, V] (row 0 only for last-position logits). */
   logits: GPUBuffer;
+  /** The MLA blocks' buffers (mla.ts), when the model has any. */
+  mla: MlaActivations | null;
 }
 
 /** The widest buffer each activation needs, over every block of the model. */
@@ -115,6 +118,7 @@ export function createActivations(
     sharedOut: f32(chunk * H, "sharedOut"),
     sharedGate: f32(chunk, "sharedGate"),
     logits: f32(chunk * spec.vocabSize, "logits"),
+    mla: createMlaActivations(device, spec, chunk),
   };
 }
 
@@ -138,7 +142,7 @@ export function createKvCache(
   };
 }
 
-/** RoPE tables on the GPU, one per distinct (head size, θ), shared by the blocks that use it. */
+/** RoPE tables on the GPU, one per distinct (rotary dims, θ), shared by the blocks that use it. */
 export class RopeTables {
   readonly #tables = new Map<string, GPUBuffer>();
   readonly #device: GPUDevice;
@@ -149,17 +153,17 @@ export class RopeTables {
     this.#positions = positions;
   }
 
-  /** The table of an attention block (RoPE over the whole head; see support.ts). */
-  for(a: GqaAttentionSpec): GPUBuffer {
+  /** The table of an attention block (unscaled RoPE over its rotary dims; see support.ts). */
+  for(a: AttentionSpec): GPUBuffer {
     if (a.position.kind !== "rope") throw new Error("attention without RoPE");
     const p = a.position;
-    const key = `${a.headDim}/${p.theta}${
+    const key = `${p.rotaryDim}/${p.theta}${
       p.scaling.kind === "none" ? "" : JSON.stringify(p.scaling)
     }`;
     let table = this.#tables.get(key);
     if (!table) {
       const scaled = p.scaling.kind === "none" ? undefined : ropeFrequencies(p);
-      const data = ropeTable(a.headDim, p.theta, this.#positions, scaled);
+      const data = ropeTable(p.rotaryDim, p.theta, this.#positions, scaled);
       table = storageBuffer(this.#device, data.byteLength, `rope.${key}`, data);
       this.#tables.set(key, table);
     }

@@ -41,6 +41,9 @@ export function attentionBlock(
   const a = w.spec;
   const shape = { numHeads: a.numHeads, numKvHeads: a.numKvHeads, headDim: a.headDim };
   const ropeAndCache = { rope, kCache: cache.keys, vCache: cache.values };
+  const pairs = a.position.kind === "rope"
+    ? { rotaryDim: a.position.rotaryDim, pairing: a.position.pairing }
+    : {};
   plan.preNorm(w.norm, w.normWeight, w.normBias);
 
   let q: GPUBuffer, qStride: number;
@@ -48,7 +51,7 @@ export function attentionBlock(
     // One projection [q | k | v] per token (no q/k norm to apply between).
     plan.matmul(w.qkv.qkv, acts.normed, acts.qkv, { bias: w.qkv.bias });
     plan.elementwise(
-      ropeStoreSource({ ...shape, packed: true, clip: a.clipQkv }),
+      ropeStoreSource({ ...shape, packed: true, clip: a.clipQkv, ...pairs }),
       { qkv: acts.qkv, ...ropeAndCache },
       ropeStoreWidth(shape),
     );
@@ -67,7 +70,7 @@ export function attentionBlock(
       plan.rmsNorm(acts.k, w.kNorm!, null, a.numKvHeads * a.headDim, 1, eps);
     }
     plan.elementwise(
-      ropeStoreSource({ ...shape, packed: false, clip: a.clipQkv }),
+      ropeStoreSource({ ...shape, packed: false, clip: a.clipQkv, ...pairs }),
       { q: acts.q, k: acts.k, v: acts.v, ...ropeAndCache },
       ropeStoreWidth(shape),
     );
@@ -127,7 +130,7 @@ export function moeBlock(plan: PlanBuilder, w: MoeWeights, residualScale: number
   const routing = routingKey(f);
   plan.preNorm(w.norm, w.normWeight, w.normBias);
   plan.matmul(w.router, acts.normed, acts.routerLogits, { bias: w.routerBias });
-  plan.route(routing);
+  plan.route(routing, w.selectionBias);
 
   const ex = w.experts;
   const bias = (which: "gate" | "up" | "down", y: GPUBuffer, width: number) => {
@@ -187,8 +190,16 @@ function routingKey(f: MoeFfnSpec): RoutingKey {
     return { ...base, normTopK: false, scale: 1, sparsemixer: r.jitter };
   }
   if (r.kind !== "topk") throw new Error(`unchecked router ${r.kind}`);
-  // The top-k logits' softmax equals the full softmax renormalised over the top k.
-  return { ...base, normTopK: r.normTopK || r.softmaxAfterTopK, scale: r.scale };
+  // The top-k logits' softmax equals the full softmax renormalised over the top k (support.ts
+  // refuses softmax after top-k with sigmoid scores, a selection bias or groups).
+  return {
+    ...base,
+    normTopK: r.normTopK || r.softmaxAfterTopK,
+    scale: r.scale,
+    scoring: r.scoring,
+    selectionBias: r.selectionBias,
+    groups: r.groups,
+  };
 }
 
 /** Dense feed-forward: norm → gate/up + SwiGLU → down projection added to the residual. */

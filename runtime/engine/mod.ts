@@ -43,6 +43,7 @@ import {
   RopeTables,
 } from "./activations.ts";
 import { createGeneration, type Plans } from "./generation.ts";
+import { createMlaCache } from "./mla.ts";
 import { buildPlan, type LogitsMode, type PendingDispatch, type PlanContext } from "./plan.ts";
 import { checkSupported } from "./support.ts";
 import {
@@ -179,8 +180,14 @@ export async function createWebGpuEngine(
   const ropeTables = new RopeTables(device, maxContext);
   spec.decoder.layers.forEach((layer, l) =>
     layer.blocks.forEach((block, b) => {
-      if (block.kind !== "attention" || block.attention.kind !== "gqa") return;
-      caches.set(`${l}/${b}`, createKvCache(device, block.attention, maxContext, `kv.${l}.${b}`));
+      if (block.kind !== "attention") return;
+      const a = block.attention, label = `kv.${l}.${b}`;
+      caches.set(
+        `${l}/${b}`,
+        a.kind === "mla"
+          ? createMlaCache(device, a, maxContext, label)
+          : createKvCache(device, a, maxContext, label),
+      );
       ropes.set(`${l}/${b}`, ropeTables.for(block.attention));
     })
   );

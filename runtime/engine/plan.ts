@@ -16,11 +16,12 @@ import type { KernelSource } from "../kernels/kernel.ts";
 import { layerNormSource } from "../kernels/layer_norm.ts";
 import { matmulGroups, type MatmulKey, matmulSource } from "../kernels/matmul.ts";
 import { routeListsSource, routerSource, type RoutingKey } from "../kernels/moe.ts";
-import { elementGroups, embedSource, EW, rmsNormSource } from "../kernels/ops.ts";
+import { elementGroups, embedSource, rmsNormSource } from "../kernels/ops.ts";
 import { tiledGroups, type TiledKey, tiledMatmulSource } from "../kernels/tiled.ts";
 import { weightBuffers, type WeightSet } from "../kernels/weights.ts";
 import type { Activations, KvCache } from "./activations.ts";
 import { attentionBlock, denseBlock, moeBlock } from "./blocks.ts";
+import { mlaBlock } from "./mla.ts";
 import type { ExpertSet, ModelWeights } from "./weights.ts";
 
 /** What the logits stage of a plan computes: nothing, the last position's, or every position's. */
@@ -190,19 +191,20 @@ export class PlanBuilder {
    * Chooses each token's experts from acts.routerLogits into acts.expertIds/expertWeights; the
    * tiled style also builds the per-expert token lists (acts.routes).
    */
-  route(routing: RoutingKey): void {
-    const buffers = {
+  route(routing: RoutingKey, selectionBias?: GPUBuffer): void {
+    const buffers: Record<string, GPUBuffer> = {
       routerLogits: this.acts.routerLogits,
       expertIds: this.acts.expertIds,
       expertWeights: this.acts.expertWeights,
     };
+    if (selectionBias) buffers.selectionBias = selectionBias;
     if (this.ctx.tiled) {
       this.dispatch(routeListsSource(routing, this.ctx.chunk), {
         ...buffers,
         routes: this.acts.routes,
       }, () => [1, 1, 1]);
     } else {
-      this.dispatch(routerSource(routing), buffers, (T) => [Math.ceil(T / EW), 1, 1]);
+      this.dispatch(routerSource(routing), buffers, (T) => [T, 1, 1]);
     }
   }
 
@@ -271,6 +273,11 @@ export function buildPlan(
           const at = `${l}/${b}`;
           const cache = ctx.caches.get(at)!, rope = ctx.ropes.get(at)!;
           attentionBlock(plan, block, layer.residualScale, cache, rope);
+          break;
+        }
+        case "mla": {
+          const at = `${l}/${b}`;
+          mlaBlock(plan, block, layer.residualScale, ctx.caches.get(at)!, ctx.ropes.get(at)!);
           break;
         }
         case "moe":

@@ -4,11 +4,14 @@
  * before any weight is read.
  *
  * Implemented: decoder-only stacks of RMSNorm or LayerNorm (+ bias) pre-norm blocks; GQA
- * attention (causal, RoPE half-split over the whole head, unscaled or YaRN frequencies; q/k/v and
- * output biases, q/k RMSNorm per head or full width, q/k/v clamp, any attention scale, sinks,
- * sliding windows); dense and MoE SwiGLU MLPs without biases, routed experts also with biases and
- * the clamped SwiGLU; softmax top-k routing (renormalised or not, scaled, or softmax after top-k,
- * with or without a router bias) and PhiMoE's sparsemixer; shared experts, gated or not;
+ * attention (causal, RoPE half-split or interleaved over the first rotaryDim dims of each head,
+ * unscaled or YaRN frequencies; q/k/v and output biases, q/k RMSNorm per head or full width, q/k/v
+ * clamp, any attention scale, sinks, sliding windows); MLA attention with a latent KV cache
+ * (unscaled or YaRN RoPE); dense and MoE SwiGLU MLPs without biases, routed experts also with
+ * biases and the clamped SwiGLU; top-k routing with softmax or sigmoid scores, a selection-only
+ * bias and expert groups (renormalised or not, scaled; up to MAX_ROUTED_EXPERTS experts), or
+ * softmax after top-k, with or without a router bias; PhiMoE's sparsemixer; shared experts, gated
+ * or not;
  * the embedding, residual and head multipliers, tied or untied head, head bias.
  *
  * @module
@@ -19,9 +22,10 @@ import type {
   AttentionSpec,
   MlpSpec,
   ModelSpec,
+  MoeFfnSpec,
   NormSpec,
-  RouterSpec,
 } from "../../schemas/model.ts";
+import { MAX_ROUTED_EXPERTS } from "../kernels/moe.ts";
 
 /** Throws an UnsupportedError for the first variant of `spec` the engine does not implement. */
 export function checkSupported(spec: ModelSpec): void {
@@ -59,7 +63,7 @@ export function checkSupported(spec: ModelSpec): void {
             mlp(ffn.mlp, where);
             break;
           }
-          router(ffn.router, where, refuse);
+          router(ffn, where, refuse);
           mlp(ffn.expert, `${where}, routed experts`, true);
           if (ffn.shared) mlp(ffn.shared.mlp, `${where}, shared expert`);
         }
@@ -77,7 +81,17 @@ function attention(
   refuse: Refuse,
   norm: (n: NormSpec, where: string) => void,
 ): void {
-  if (a.kind !== "gqa") return refuse("multi-head latent attention (MLA)", where);
+  if (a.kind === "mla") {
+    norm(a.latentNorm, `${where}, latent norms`);
+    if (a.latentNorm.kind !== "rms") refuse(`${a.latentNorm.kind} latent norms`, where);
+    if (a.position.scaling.kind !== "none" && a.position.scaling.kind !== "yarn") {
+      refuse(`${a.position.scaling.kind} RoPE scaling`, where);
+    }
+    if (a.position.rotaryDim !== a.qkRopeHeadDim || a.qkRopeHeadDim % 2 !== 0) {
+      refuse(`MLA RoPE over ${a.position.rotaryDim} of ${a.qkRopeHeadDim} dims`, where);
+    }
+    return;
+  }
   if (a.numHeads % a.numKvHeads !== 0) {
     refuse(`${a.numHeads} heads over ${a.numKvHeads} KV heads`, where);
   }
@@ -90,9 +104,8 @@ function attention(
   if (p.kind === "none") refuse("attention without positions", where);
   if (p.kind === "relative_bias") refuse("relative position bias", where);
   if (p.kind !== "rope") return;
-  if (p.pairing !== "half") refuse(`${p.pairing} RoPE pairs`, where);
-  if (p.rotaryDim !== a.headDim) {
-    refuse(`partial RoPE (${p.rotaryDim} of ${a.headDim} dims)`, where);
+  if (p.rotaryDim % 2 !== 0 || p.rotaryDim > a.headDim) {
+    refuse(`RoPE over ${p.rotaryDim} of ${a.headDim} dims`, where);
   }
   if (p.scaling.kind !== "none" && p.scaling.kind !== "yarn") {
     refuse(`${p.scaling.kind} RoPE scaling`, where);
@@ -100,10 +113,18 @@ function attention(
   if (a.headDim % 2 !== 0) refuse(`odd head size ${a.headDim}`, where);
 }
 
-function router(r: RouterSpec, where: string, refuse: Refuse): void {
+function router(f: MoeFfnSpec, where: string, refuse: Refuse): void {
+  const r = f.router;
   if (r.kind === "sparsemixer") return;
   if (r.kind !== "topk") return refuse(`${r.kind} routing`, where);
-  if (r.scoring !== "softmax") refuse(`${r.scoring} router scoring`, where);
-  if (r.selectionBias) refuse("router selection biases", where);
-  if (r.groups) refuse("group-limited routing", where);
+  if (r.softmaxAfterTopK && (r.scoring !== "softmax" || r.selectionBias || r.groups)) {
+    refuse("softmax after top-k with sigmoid scores, a selection bias or groups", where);
+  }
+  if (f.numExperts > MAX_ROUTED_EXPERTS) {
+    refuse(`more than ${MAX_ROUTED_EXPERTS} routed experts (${f.numExperts})`, where);
+  }
+  const g = r.groups;
+  if (g && f.topK > (f.numExperts / g.count) * g.keep) {
+    refuse(`top-${f.topK} from ${g.keep} groups of ${f.numExperts / g.count} experts`, where);
+  }
 }

@@ -36,8 +36,8 @@ function oneLayer(
   ]], extra);
 }
 
-Deno.test("checkSupported accepts the families' shapes, the multipliers, LayerNorm, sparsemixer", () => {
-  for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE]) checkSupported(spec);
+Deno.test("checkSupported accepts the families' shapes, multipliers, LayerNorm, sparsemixer, MLA", () => {
+  for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE, MLA_LIKE]) checkSupported(spec);
   checkSupported(oneLayer({ qkNorm: "head", clipQkv: 8, scale: 0.25 }));
   checkSupported(oneLayer({ qkNorm: "full", qkvBias: true }, {
     router: topkRouter({ normTopK: false, scale: 2.5 }),
@@ -68,19 +68,46 @@ Deno.test("checkSupported accepts the families' shapes, the multipliers, LayerNo
       expert: mlp(8, { kind: "swiglu_clamped", limit: 7, alpha: 1.702 }, true),
     },
   ));
+  // GLM / ERNIE / DeepSeek routing and RoPE variants.
+  checkSupported(oneLayer({ position: rope(1e4, 2) }, {
+    router: topkRouter({
+      scoring: "sigmoid",
+      selectionBias: true,
+      groups: { count: 2, keep: 1, score: "top2sum" },
+    }),
+  }));
+  checkSupported(oneLayer({ position: { ...rope(1e4, 4), pairing: "interleaved" } }));
 });
 
 const REFUSED: [string, ModelSpec, string][] = [
   ["encoder–decoder", SWITCH_LIKE, "encoder–decoder models (encoder stack)"],
-  ["MLA", MLA_LIKE, "multi-head latent attention (MLA) (decoder layer 0 attention block)"],
+  [
+    "MLA with scaled RoPE",
+    {
+      ...MLA_LIKE,
+      decoder: {
+        ...MLA_LIKE.decoder,
+        layers: MLA_LIKE.decoder.layers.map((l) => ({
+          ...l,
+          blocks: l.blocks.map((b) =>
+            b.kind === "attention" && b.attention.kind === "mla"
+              ? {
+                ...b,
+                attention: {
+                  ...b.attention,
+                  position: { ...b.attention.position, scaling: { kind: "linear", factor: 2 } },
+                },
+              }
+              : b
+          ),
+        })),
+      },
+    } as ModelSpec,
+    "linear RoPE scaling (decoder layer 0 attention block)",
+  ],
   ["bidirectional", oneLayer({ causal: false }), "bidirectional attention"],
   ["no positions", oneLayer({ position: { kind: "none" } }), "attention without positions"],
-  ["partial RoPE", oneLayer({ position: rope(1e4, 2) }), "partial RoPE (2 of 4 dims)"],
-  [
-    "interleaved RoPE",
-    oneLayer({ position: { ...rope(1e4, 4), pairing: "interleaved" } }),
-    "interleaved RoPE pairs",
-  ],
+  ["odd RoPE width", oneLayer({ position: rope(1e4, 3) }), "RoPE over 3 of 4 dims"],
   [
     "RoPE scaling",
     oneLayer({ position: { ...rope(1e4, 4), scaling: { kind: "linear", factor: 2 } } }),
@@ -98,16 +125,18 @@ const REFUSED: [string, ModelSpec, string][] = [
     oneLayer({ qkNorm: "head", qkNormSpec: { kind: "layer", eps: 1e-5, bias: false } }),
     "layer q/k norms",
   ],
-  ["sigmoid router", oneLayer({}, { router: topkRouter({ scoring: "sigmoid" }) }), "sigmoid"],
   [
-    "selection bias",
-    oneLayer({}, { router: topkRouter({ selectionBias: true }) }),
-    "router selection biases",
+    "softmax after top-k with sigmoid scores",
+    oneLayer({}, { router: topkRouter({ scoring: "sigmoid", softmaxAfterTopK: true }) }),
+    "softmax after top-k with sigmoid scores",
   ],
   [
-    "groups",
-    oneLayer({}, { router: topkRouter({ groups: { count: 2, keep: 1, score: "max" } }) }),
-    "group-limited routing",
+    "top-k above the kept groups' experts",
+    oneLayer({}, {
+      topK: 3,
+      router: topkRouter({ groups: { count: 2, keep: 1, score: "max" } }),
+    }),
+    "top-3 from 1 groups of 2 experts",
   ],
   ["capacity", oneLayer({}, { router: { kind: "capacity", capacity: 4 } }), "capacity routing"],
   [
@@ -143,7 +172,10 @@ for (const [label, spec, variant] of REFUSED) {
 
 Deno.test("createWebGpuEngine refuses an unsupported artifact at load, before any device", async () => {
   for (
-    const spec of [MLA_LIKE, SWITCH_LIKE, oneLayer({ position: rope(1e4, 2) }, {}, { family: "t" })]
+    const spec of [
+      SWITCH_LIKE,
+      oneLayer({}, { expert: mlp(8, { kind: "geglu" }) }, { family: "t" }),
+    ]
   ) {
     const artifact = await openArtifactBytes(buildArtifact(spec));
     await assert.rejects(() => createWebGpuEngine(artifact), UnsupportedError);

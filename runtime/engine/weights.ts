@@ -39,6 +39,7 @@ import {
   type WeightFormat,
   type WeightSet,
 } from "../kernels/weights.ts";
+import { loadMla, type MlaWeights } from "./mla.ts";
 
 /** What the engine reads from an opened artifact. */
 export type EngineArtifact = Pick<
@@ -108,6 +109,8 @@ export interface MoeWeights {
   router: WeightSet;
   /** [E] router bias (gpt-oss). */
   routerBias?: GPUBuffer;
+  /** [E] the router's selection-only bias (router_selection_bias), when it has one. */
+  selectionBias?: GPUBuffer;
   experts: ExpertWeights;
   /** Routed experts' biases, each [E, rows of the matrix] (gpt-oss). */
   expertBiases?: Record<"gate" | "up" | "down", GPUBuffer>;
@@ -128,7 +131,7 @@ export interface DenseWeights {
 }
 
 /** One block's weights. */
-export type BlockWeights = AttentionWeights | MoeWeights | DenseWeights;
+export type BlockWeights = AttentionWeights | MlaWeights | MoeWeights | DenseWeights;
 
 /** One layer: its blocks' weights in order. */
 export interface LayerWeights {
@@ -196,9 +199,10 @@ export async function uploadWeights(
     for (const block of layer.blocks) {
       switch (block.kind) {
         case "attention":
-          if (block.attention.kind !== "gqa") throw new Error("MLA passed support.ts");
           blocks.push(
-            await loader.attention(l, block.norm, block.attention, opts, layer.residualScale),
+            block.attention.kind === "mla"
+              ? await loadMla(loader, l, block.norm, block.attention, H)
+              : await loader.attention(l, block.norm, block.attention, opts, layer.residualScale),
           );
           break;
         case "ffn":
@@ -467,6 +471,9 @@ class WeightLoader {
       router: await this.matrix(key("router"), [E, H]),
       routerBias: f.router.kind === "topk" && f.router.bias
         ? await this.vector(key("router_bias"), [E])
+        : undefined,
+      selectionBias: f.router.kind === "topk" && f.router.selectionBias
+        ? await this.vector(key("router_selection_bias"), [E])
         : undefined,
       experts,
       expertBiases: f.expert.bias ? await this.expertBiases(layer, f) : undefined,

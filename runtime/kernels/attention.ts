@@ -36,22 +36,22 @@ export interface AttentionKey extends AttentionShape {
 }
 
 /**
- * RoPE table (rotate-half pairs over the whole head): table[pos, i] = (cos, sin)(pos ·
- * invFreq[i]) for i < headDim/2, with invFreq[i] = 1 / θ^(2i/headDim) rounded to f32 step by step
- * as transformers computes it; angles and cos/sin in float64, stored as f32 pairs. A scaled RoPE
+ * RoPE table over `rotaryDim` rotated dims: table[pos, i] = (cos, sin)(pos · invFreq[i]) for
+ * i < rotaryDim/2, with invFreq[i] = 1 / θ^(2i/rotaryDim) rounded to f32 step by step as
+ * transformers computes it; angles and cos/sin in float64, stored as f32 pairs. A scaled RoPE
  * passes its frequencies (schemas/rope_frequencies.ts): those, and cos/sin × their mscale.
  */
 export function ropeTable(
-  headDim: number,
+  rotaryDim: number,
   theta: number,
   positions: number,
   scaled?: RopeFrequencies,
 ): Float32Array {
-  const half = headDim / 2;
+  const half = rotaryDim / 2;
   const table = new Float32Array(positions * half * 2);
   const invFreq = scaled ? [...scaled.invFreq] : Array.from(
     { length: half },
-    (_, i) => Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / headDim)))),
+    (_, i) => Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / rotaryDim)))),
   );
   const mscale = scaled ? scaled.mscale : 1;
   for (let p = 0; p < positions; p++) {
@@ -70,6 +70,10 @@ export interface RopeStoreKey extends AttentionShape {
   packed: boolean;
   /** Clamp q, k and v to [−clip, clip] before the rotation (OLMoE clip_qkv); null: no clamp. */
   clip: number | null;
+  /** Dims rotated per head (the first ones; default the whole head; the rest pass through). */
+  rotaryDim?: number;
+  /** Rotated pairs (i, i + rotaryDim/2) ("half", default) or (2i, 2i + 1) ("interleaved"). */
+  pairing?: "half" | "interleaved";
 }
 
 /** Invocations of {@link ropeStoreSource} per token: q pairs, k pairs, v values. */
@@ -78,14 +82,18 @@ export function ropeStoreWidth(s: AttentionShape): number {
 }
 
 /**
- * Fused attention prologue: rotate-half RoPE of q in place, RoPE of k written to the K cache
+ * Fused attention prologue: RoPE of q in place (half-split or interleaved pairs, over the first
+ * `rotaryDim` dims of each head), RoPE of k written to the K cache
  * row pos0 + t, and v copied to the V cache row pos0 + t, in one dispatch (CPU adapters pay a
  * fixed cost per dispatch), each value first clamped when `clip` is set. Reads the
- * {@link ropeTable} as `rope`. Dispatch ops.ts elementGroups(ropeStoreWidth, T).
+ * {@link ropeTable} of `rotaryDim` as `rope`. Dispatch ops.ts elementGroups(ropeStoreWidth, T).
  */
 export function ropeStoreSource(key: RopeStoreKey): KernelSource {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd, packed } = key;
   const half = hd / 2;
+  const rot = key.rotaryDim ?? hd;
+  const interleaved = key.pairing === "interleaved";
+  if (rot % 2 !== 0 || rot > hd || rot <= 0) throw new RangeError(`rope over ${rot} of ${hd} dims`);
   const qPairs = nh * half, kPairs = nkv * half, vWidth = nkv * hd;
   const row = (nh + 2 * nkv) * hd;
   const decls: [string, string, string?][] = packed
@@ -111,7 +119,7 @@ export function ropeStoreSource(key: RopeStoreKey): KernelSource {
   return kernelSource(
     `rope_store.${nh}.${nkv}.${hd}${packed ? ".packed" : ""}${
       key.clip === null ? "" : `.clip${key.clip}`
-    }`,
+    }${rot === hd ? "" : `.rot${rot}`}${interleaved ? ".il" : ""}`,
     decls,
     `
 @compute @workgroup_size(${EW})
@@ -128,20 +136,31 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let j = select(id.x, id.x - ${u(qPairs)}, isK);
   let h = j / ${u(half)};
   let i = j % ${u(half)};
-  let cosSin = rope[pos * ${u(half)} + i];
+  // Pair i of the head: dims (d1, d2) turned by position · invFreq[i] while i < rotaryDim/2,
+  // else the pass-through dims (2i, 2i + 1) (identity rotation).
+  var cosSin = vec2<f32>(1.0, 0.0);
+  var d1 = 2u * i;
+  var d2 = 2u * i + 1u;
+  if (i < ${u(rot / 2)}) {
+    cosSin = rope[pos * ${u(rot / 2)} + i];${
+      interleaved ? "" : `
+    d1 = i;
+    d2 = i + ${u(rot / 2)};`
+    }
+  }
   if (isK) {
-    let a = ${kRow} + h * ${u(hd)} + i;
-    let o = pos * ${u(nkv * hd)} + h * ${u(hd)} + i;
-    let x1 = ${load(`${K}[a]`)};
-    let x2 = ${load(`${K}[a + ${u(half)}]`)};
-    kCache[o] = x1 * cosSin.x - x2 * cosSin.y;
-    kCache[o + ${u(half)}] = x2 * cosSin.x + x1 * cosSin.y;
+    let a = ${kRow} + h * ${u(hd)};
+    let o = pos * ${u(nkv * hd)} + h * ${u(hd)};
+    let x1 = ${load(`${K}[a + d1]`)};
+    let x2 = ${load(`${K}[a + d2]`)};
+    kCache[o + d1] = x1 * cosSin.x - x2 * cosSin.y;
+    kCache[o + d2] = x2 * cosSin.x + x1 * cosSin.y;
   } else {
-    let a = ${qRow} + h * ${u(hd)} + i;
-    let x1 = ${load(`${Q}[a]`)};
-    let x2 = ${load(`${Q}[a + ${u(half)}]`)};
-    ${Q}[a] = x1 * cosSin.x - x2 * cosSin.y;
-    ${Q}[a + ${u(half)}] = x2 * cosSin.x + x1 * cosSin.y;
+    let a = ${qRow} + h * ${u(hd)};
+    let x1 = ${load(`${Q}[a + d1]`)};
+    let x2 = ${load(`${Q}[a + d2]`)};
+    ${Q}[a + d1] = x1 * cosSin.x - x2 * cosSin.y;
+    ${Q}[a + d2] = x2 * cosSin.x + x1 * cosSin.y;
   }
 }`,
   );

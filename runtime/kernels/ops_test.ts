@@ -217,7 +217,7 @@ Deno.test("router: softmax top-k ids and weights, renormalised or not, scaled (a
       expertIds: storageBuffer(device, T * K * 4, "expertIds"),
       expertWeights: poisoned(T * K),
     };
-    dispatchOnce(device, routerSource(key), bufs, [Math.ceil(T / 64), 1, 1]);
+    dispatchOnce(device, routerSource(key), bufs, [T, 1, 1]);
     const ids = new Uint32Array((await readBuffer(device, bufs.expertIds, T * K * 4)).buffer);
     const weights = await readF32(device, bufs.expertWeights, T * K);
     for (let t = 0; t < T; t++) {

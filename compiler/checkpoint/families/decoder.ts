@@ -7,6 +7,7 @@
 
 import { InputError, UnsupportedError } from "../../../schemas/errors.ts";
 import type {
+  AttentionSpec,
   FfnSpec,
   GqaAttentionSpec,
   MlpSpec,
@@ -191,7 +192,7 @@ export interface DecoderParts {
   maxPositions: number;
   /** Epsilon of the block and final RMSNorms. */
   eps: number;
-  attention: GqaAttentionSpec;
+  attention: AttentionSpec;
   /** The feed-forward block of each layer (its length is the layer count). */
   ffns: FfnSpec[];
 }

@@ -35,13 +35,19 @@ Deno.test("registry: one adapter per model_type, the unsupported message lists t
     "phimoe",
     "gpt_oss",
     "switch_transformers",
+    "glm4_moe",
+    "ernie4_5_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "kimi_k2",
   ]);
   assert.equal(new Set(FAMILIES.map((f) => f.modelType)).size, FAMILIES.length);
   await assertFails(
     () => parseConfig({ model_type: "gpt2" }, "c/config.json"),
     UnsupportedError,
     'c/config.json: model_type "gpt2" is not supported (supported: mixtral, qwen2_moe, ' +
-      "qwen3_moe, olmoe, granitemoe, phimoe, gpt_oss, switch_transformers)",
+      "qwen3_moe, olmoe, granitemoe, phimoe, gpt_oss, switch_transformers, glm4_moe, " +
+      "ernie4_5_moe, deepseek_v2, deepseek_v3, kimi_k2)",
   );
 });
 

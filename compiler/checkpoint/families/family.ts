@@ -19,33 +19,42 @@ import type { ConfigFields } from "../fields.ts";
 export type ExpertLayout = "classic" | "packed" | "packed-mxfp4";
 
 /**
- * Where one expected tensor lives in a checkpoint: a whole tensor of the expected shape, rows
- * `[rowStart, rowStart + rows)` of block `block` of a packed `[blocks, blockRows, cols]` tensor,
- * or columns `start, start + step, …` of block `block` of a `[blocks, rows, cols]` (or, for a
- * vector, `[blocks, cols]`) tensor taken as rows: a transposed, strided slice (gpt-oss keeps its
- * experts as x·W, [E, H, 2I] with gate and up columns interleaved); or rows `rowStart,
- * rowStart + rowStep, …` of expert `block` of an MXFP4 release pair `<name>_blocks` /
- * `<name>_scales` (checkpoint/mxfp4.ts).
+ * Where one expected tensor lives in a checkpoint: a whole tensor of the expected shape (or of
+ * `stored`, the same values with extra unit dims), rows `[rowStart, rowStart + rows)` of block
+ * `block` of a packed `[blocks, blockRows, cols]` tensor, or columns `start, start + step, …` of
+ * block `block` of a `[blocks, rows, cols]` (or, for a vector, `[blocks, cols]`) tensor taken as
+ * rows: a transposed, strided slice (gpt-oss keeps its experts as x·W, [E, H, 2I] with gate and
+ * up columns interleaved); or rows `rowStart, rowStart + rowStep, …` of expert `block` of an
+ * MXFP4 release pair `<name>_blocks` / `<name>_scales` (checkpoint/mxfp4.ts).
  */
 export type TensorSource =
-  | { name: string; packed?: undefined; columns?: undefined; mxfp4?: undefined }
+  | {
+    name: string;
+    packed?: undefined;
+    columns?: undefined;
+    mxfp4?: undefined;
+    stored?: readonly number[];
+  }
   | {
     name: string;
     packed: { shape: [number, number, number]; block: number; rowStart: number };
     columns?: undefined;
     mxfp4?: undefined;
+    stored?: undefined;
   }
   | {
     name: string;
     packed?: undefined;
     columns: { shape: number[]; block: number; start: number; step: number };
     mxfp4?: undefined;
+    stored?: undefined;
   }
   | {
     name: string;
     packed?: undefined;
     columns?: undefined;
     mxfp4: { block: number; rowStart: number; rowStep: number };
+    stored?: undefined;
   };
 
 /** One model family (one config.json `model_type`). */

@@ -112,10 +112,15 @@ function packedSource(
   throw new Error(`no packed checkpoint tensor for ${describeKey(t)}`);
 }
 
-/** The naming half of a {@link FamilyAdapter} for this layout, given the family's classic MoE names. */
+/**
+ * The naming half of a {@link FamilyAdapter} for this layout, given the family's classic MoE
+ * names; `layerNames` adds or renames per-layer roles (relative to `model.layers.L.`).
+ */
 export function hubNames(
   classic: ClassicMoeNames,
+  layerNames: Record<string, string> = {},
 ): Pick<FamilyAdapter, "expertLayout" | "source" | "unused"> {
+  const names = { ...LAYER_TENSORS, ...layerNames };
   return {
     expertLayout(has, _stack, layer): ExpertLayout {
       const gateUp = `model.layers.${layer}.${PACKED_GATE_UP}`;
@@ -128,7 +133,7 @@ export function hubNames(
       }
       const prefix = `model.layers.${t.layer}.`;
       if (t.stack === "decoder" && t.layer >= 0) {
-        if (LAYER_TENSORS[t.role]) return { name: prefix + LAYER_TENSORS[t.role] };
+        if (names[t.role]) return { name: prefix + names[t.role] };
         if (t.role === "router") {
           return {
             name: prefix + (layout === "classic" ? `${classic.router}.weight` : PACKED_ROUTER),

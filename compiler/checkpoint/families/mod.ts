@@ -16,6 +16,9 @@
 
 import { UnsupportedError } from "../../../schemas/errors.ts";
 import type { FamilyAdapter } from "./family.ts";
+import { deepseekV2, deepseekV3, kimiK2 } from "./deepseek.ts";
+import { ernie45Moe } from "./ernie4_5_moe.ts";
+import { glm4Moe } from "./glm4_moe.ts";
 import { granitemoe } from "./granitemoe.ts";
 import { gptOss } from "./gpt_oss.ts";
 import { mixtral } from "./mixtral.ts";
@@ -37,6 +40,11 @@ export const FAMILIES: readonly FamilyAdapter[] = [
   phimoe,
   gptOss,
   switchTransformers,
+  glm4Moe,
+  ernie45Moe,
+  deepseekV2,
+  deepseekV3,
+  kimiK2,
 ];
 
 /** The `model_type` values the adapters understand. */
