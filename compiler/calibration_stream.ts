@@ -51,6 +51,7 @@ import { checkRouter, route } from "./reference/router.ts";
 import { windows } from "./reference/eval.ts";
 import { WeightReader } from "./reference/weights.ts";
 import { readAttention } from "./reference/attention.ts";
+import { mlaBlock, mlaCacheWidth, readMla, type ReferenceMla } from "./reference/mla.ts";
 
 /** What the `budget` costs need measured during the pass. */
 export interface StreamCostRequest {
@@ -238,7 +239,9 @@ export async function calibrateStream(
         return h;
       });
       if (block.kind === "attention") {
-        const a = await readAttention(block.attention, weights, 0);
+        const a = block.attention.kind === "mla"
+          ? await readMla(block.attention, weights, 0)
+          : await readAttention(block.attention, weights, 0);
         seqs.forEach((s, i) => addInto(s.x, r, attend(hs[i], s.n, a)));
       } else if (block.ffn.kind === "dense") {
         const d = await readDense(block.ffn, weights);
@@ -382,9 +385,13 @@ function addInto(x: Float64Array, r: number, out: Float64Array): void {
 }
 
 /** The attention block over one whole window (positions 0..n−1, a fresh cache). */
-function attend(h: Float64Array, n: number, a: ReferenceAttention): Float64Array {
-  const kvDim = a.spec.numKvHeads * a.spec.headDim;
+function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla): Float64Array {
   const out = new Float64Array(h.length);
+  if ("kvB" in a) {
+    mlaBlock(out, h, n, a, new Float64Array(n * mlaCacheWidth(a.spec)), 0);
+    return out;
+  }
+  const kvDim = a.spec.numKvHeads * a.spec.headDim;
   const cache = { keys: new Float64Array(n * kvDim), values: new Float64Array(n * kvDim) };
   attentionBlock(out, h, n, a, cache, 0);
   return out;

@@ -73,8 +73,8 @@ Deno.test("expertImportance: router norms and routing shares", () => {
   const share = expertImportance("routing", spec, router, g);
   assert.ok(Math.abs(share[0] - 0.5) < 0.06 && Math.abs(share[1] - 0.5) < 0.06, `${share}`);
   assert.ok(Math.abs(share[0] + share[1] - 1) < 1e-12);
-  // A router the reference does not run: the router norm stands in.
-  const capacity = { ...spec, router: { ...spec.router, scoring: "sigmoid" as const } };
+  // A router that does not route token by token (top-1 capacity): the router norm stands in.
+  const capacity = { ...spec, router: { kind: "capacity" as const, capacity: 4 } };
   assert.deepEqual(expertImportance("routing", capacity, router, g), norms);
 });
 

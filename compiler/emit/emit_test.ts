@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { loadCheckpoint, SUPPORTED_MODEL_TYPES } from "../checkpoint/mod.ts";
 import { moeLayers } from "../ir.ts";
 import { quantizeMatrix } from "../quantize/mod.ts";
-import { forward, prepareReference } from "../reference/mod.ts";
+import { forward, forwardSeq2Seq, prepareReference } from "../reference/mod.ts";
 import { openArtifact, PREAMBLE_SIZE } from "../../schemas/artifact.ts";
 import { InputError } from "../../schemas/errors.ts";
 import { MIXTRAL_LIKE, SWITCH_LIKE, TINY_MODEL } from "../../schemas/example_specs.ts";
@@ -64,8 +64,12 @@ for (const path of CHECKPOINTS) {
         }
         // The CPU reference forward gives identical logits on the checkpoint and the artifact.
         const ids = [1, 5, 9, 3, 0, 7];
-        const want = forward(await prepareReference(ir), ids);
-        const got = forward(await prepareReference(back), ids);
+        const run = async (model: typeof ir) => {
+          const ref = await prepareReference(model);
+          return model.spec.encoder ? forwardSeq2Seq(ref, ids, [0, ...ids]) : forward(ref, ids);
+        };
+        const want = await run(ir);
+        const got = await run(back);
         assert.equal(got.length, want.length);
         for (let p = 0; p < want.length; p++) assert.deepEqual(got[p], want[p], `position ${p}`);
         // No temp file is left behind.
