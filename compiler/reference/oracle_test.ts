@@ -7,8 +7,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
 import type { ModelIR } from "../ir.ts";
-import { prepareReference, type ReferenceModel } from "./model.ts";
+import { prepareReference } from "./model.ts";
 import { forward, ReferenceSession } from "./session.ts";
+import { greedy, maxAbsError } from "./testing.ts";
 
 const TESTDATA = new URL("../../testdata/", import.meta.url).pathname;
 const STRICT_TOLERANCE = 1e-9;
@@ -24,35 +25,6 @@ async function load(dir: string): Promise<{ ir: ModelIR; ref: OracleReference }>
   const path = join(TESTDATA, dir);
   const ref = JSON.parse(await Deno.readTextFile(join(path, "reference.json")));
   return { ir: await loadCheckpoint(path), ref };
-}
-
-/** Max |got − want| over rows laid out row-major in `want`. */
-function maxAbsError(rows: Float64Array[], want: number[]): number {
-  const V = rows[0].length;
-  assert.equal(rows.length * V, want.length, "logit count");
-  let err = 0;
-  rows.forEach((row, t) =>
-    row.forEach((x, i) => (err = Math.max(err, Math.abs(x - want[t * V + i]))))
-  );
-  return err;
-}
-
-function argmax(row: Float64Array): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
-  return best;
-}
-
-/** Greedy ids with the KV cache: feed the prompt, then one step per generated token. */
-function greedy(model: ReferenceModel, prompt: number[], count: number): number[] {
-  const session = new ReferenceSession(model);
-  let logits = session.feed(prompt).at(-1)!;
-  const ids: number[] = [];
-  for (let i = 0; i < count; i++) {
-    ids.push(argmax(logits));
-    if (i < count - 1) logits = session.step(ids[i]);
-  }
-  return ids;
 }
 
 const FIXTURES = ["mixtral-a", "qwen2_moe-a", "qwen3_moe-a", "olmoe-a"]
@@ -85,7 +57,7 @@ for (const dir of FIXTURES) {
     const { ir, ref } = await load(dir);
     const model = await prepareReference(ir);
     const g = ref.greedy_decode;
-    assert.deepEqual(greedy(model, g.prompt_ids, g.generated_ids.length), g.generated_ids);
+    assert.deepEqual(greedy(model, g.prompt_ids, g.generated_ids.length).ids, g.generated_ids);
   });
 }
 

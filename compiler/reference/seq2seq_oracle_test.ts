@@ -10,6 +10,7 @@ import type { ModelSpec } from "../../schemas/model.ts";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
 import { prepareReference } from "./model.ts";
 import { forwardSeq2Seq, ReferenceSession } from "./session.ts";
+import { argmax, maxAbsError } from "./testing.ts";
 
 const TESTDATA = new URL("../../testdata/", import.meta.url).pathname;
 const FIXTURE = join(TESTDATA, "hf-oracle/switch_transformers-a");
@@ -17,22 +18,6 @@ const STRICT_TOLERANCE = 1e-9;
 
 async function json(path: string) {
   return JSON.parse(await Deno.readTextFile(path));
-}
-
-function maxAbsError(rows: Float64Array[], want: number[]): number {
-  const V = rows[0].length;
-  assert.equal(rows.length * V, want.length, "logit count");
-  let err = 0;
-  rows.forEach((row, t) =>
-    row.forEach((x, i) => (err = Math.max(err, Math.abs(x - want[t * V + i]))))
-  );
-  return err;
-}
-
-function argmax(row: Float64Array): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
-  return best;
 }
 
 /** The description with every capacity router's capacity set to `capacity`. */

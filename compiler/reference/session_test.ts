@@ -6,6 +6,7 @@ import { loadCheckpoint } from "../checkpoint/mod.ts";
 import { moeLayers } from "../ir.ts";
 import { prepareReference, type ReferenceModel } from "./model.ts";
 import { forward, ReferenceSession } from "./session.ts";
+import { greedy, maxAbsError } from "./testing.ts";
 
 const FIXTURES = new URL("../../testdata/hf-moe/", import.meta.url);
 const TOLERANCE = 1e-6;
@@ -27,37 +28,6 @@ async function load(name: string): Promise<{ model: ReferenceModel; ref: HfRefer
   const model = await prepareReference(await loadCheckpoint(dir));
   const ref = JSON.parse(await Deno.readTextFile(`${dir}/reference.json`)) as HfReference;
   return { model, ref };
-}
-
-/** Max |got − want| over rows laid out row-major in `want`. */
-function maxAbsError(rows: Float64Array[], want: number[]): number {
-  const V = rows[0].length;
-  assert.equal(rows.length * V, want.length, "logit count");
-  let err = 0;
-  rows.forEach((row, t) =>
-    row.forEach((x, i) => (err = Math.max(err, Math.abs(x - want[t * V + i]))))
-  );
-  return err;
-}
-
-function argmax(row: Float64Array): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
-  return best;
-}
-
-/** Greedy decoding with the KV cache: feed the prompt, then step on each argmax. */
-function greedy(model: ReferenceModel, prompt: number[], count: number) {
-  const session = new ReferenceSession(model);
-  let logits = session.feed(prompt).at(-1)!;
-  const ids: number[] = [];
-  const steps: Float64Array[] = [];
-  for (let i = 0; i < count; i++) {
-    steps.push(logits);
-    ids.push(argmax(logits));
-    if (i < count - 1) logits = session.step(ids[i]);
-  }
-  return { ids, steps };
 }
 
 for (const name of ["mixtral-packed", "mixtral-classic", "qwen2-moe"]) {
