@@ -1,7 +1,7 @@
 // Encoder–decoder models through the CLI on the CPU reference: `logits --encoder-ids
 // --decoder-ids --json` (the float64 values of transformers' strict oracle), `run --encoder-ids
-// --json` (transformers' greedy ids), `eval --spans` of an f32 artifact of switch-shakespeare
-// (transformers' float64 figure on the first 32 examples), and the one-line usage errors.
+// --json` (transformers' greedy ids), `eval --spans` of an f32 artifact of the oracle
+// checkpoint (transformers' float64 figure on testdata/hf-oracle-extra/switch-spans), and the one-line usage errors.
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -11,7 +11,7 @@ import { serve } from "../runtime/server.ts";
 
 const TESTDATA = new URL("../testdata/", import.meta.url).pathname;
 const ORACLE = join(TESTDATA, "hf-oracle/switch_transformers-a");
-const SHAKESPEARE = join(TESTDATA, "switch-shakespeare");
+const SPANS = join(TESTDATA, "hf-oracle-extra/switch-spans");
 
 async function json(path: string) {
   return JSON.parse(await Deno.readTextFile(path));
@@ -56,17 +56,14 @@ Deno.test("run --encoder-ids --json --device cpu: transformers' greedy ids", asy
   assert.deepEqual(JSON.parse(out.stdout).ids, g.generated_ids);
 });
 
-Deno.test("eval --spans of an f32 switch-shakespeare artifact: transformers' figure", async () => {
-  const want = await json(join(SHAKESPEARE, "subset_reference.json"));
+Deno.test("eval --spans of an f32 switch_transformers-a artifact: transformers' figure", async () => {
+  const want = await json(join(SPANS, "reference.json"));
   const dir = await Deno.makeTempDir({ prefix: "moeq-spans-" });
   try {
-    const lines = (await Deno.readTextFile(join(SHAKESPEARE, "heldout_spans.jsonl"))).split("\n");
-    const spans = join(dir, "spans.jsonl");
-    await Deno.writeTextFile(spans, lines.slice(0, want.examples).join("\n") + "\n");
     const artifact = join(dir, "model.moeq");
     const compiled = await runCli([
       "compile",
-      SHAKESPEARE,
+      ORACLE,
       "-o",
       artifact,
       "--expert-bits",
@@ -75,6 +72,7 @@ Deno.test("eval --spans of an f32 switch-shakespeare artifact: transformers' fig
       "f32",
     ]);
     assert.equal(compiled.code, 0, compiled.stderr);
+    const spans = join(SPANS, "spans.jsonl");
     const out = await runCli(["eval", artifact, "--device", "cpu", "--spans", spans, "--json"]);
     assert.equal(out.code, 0, out.stderr);
     const got = JSON.parse(out.stdout);
@@ -90,7 +88,7 @@ Deno.test("eval --spans of an f32 switch-shakespeare artifact: transformers' fig
 Deno.test("seq2seq usage errors are one line", async () => {
   const cases: [string[], RegExp][] = [
     [["logits", ORACLE, "--ids", "1,2"], /needs --encoder-ids/],
-    [["eval", ORACLE, "--text", join(SHAKESPEARE, "README.md")], /evaluated with --spans/],
+    [["eval", ORACLE, "--text", join(SPANS, "reference.json")], /evaluated with --spans/],
     [
       ["eval", join(TESTDATA, "hf-oracle/mixtral-a"), "--spans", "x.jsonl"],
       /--spans needs an encoder–decoder model/,
