@@ -178,6 +178,30 @@ export function qwenSparseLayers(f: ConfigFields, numLayers: number): boolean[] 
   return Array.from({ length: numLayers }, (_, i) => !mlpOnly.has(i) && (i + 1) % step === 0);
 }
 
+/**
+ * The feed-forward block of every layer of a Qwen-style MoE (Qwen2-MoE, Qwen3-MoE): a softmax
+ * top-k MoE of `moe_intermediate_size` experts (`norm_topk_prob`, default false) where
+ * {@link qwenSparseLayers} says so, a dense SwiGLU of `intermediate_size` elsewhere.
+ */
+export function qwenFfns(
+  f: ConfigFields,
+  numLayers: number,
+  shared: MoeFfnSpec["shared"],
+): FfnSpec[] {
+  const moe = softmaxMoe(f, {
+    expertsKey: "num_experts",
+    expertsAlias: "num_local_experts",
+    intermediate: f.positiveInt("moe_intermediate_size"),
+    normTopK: f.bool("norm_topk_prob", false),
+    shared,
+  });
+  const sparse = qwenSparseLayers(f, numLayers);
+  const dense: FfnSpec | null = sparse.every(Boolean)
+    ? null
+    : { kind: "dense", mlp: swiglu(f.positiveInt("intermediate_size")) };
+  return sparse.map((isMoe) => isMoe ? moe : dense!);
+}
+
 /** Qwen's `use_sliding_window`: accepted only when the window covers every position. */
 export function refuseShortWindow(f: ConfigFields, positions: number): void {
   if (!f.bool("use_sliding_window", false)) return;

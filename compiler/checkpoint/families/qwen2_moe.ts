@@ -7,15 +7,13 @@
  * @module
  */
 
-import type { FfnSpec } from "../../../schemas/model.ts";
 import {
   decoderModel,
   decoderSizes,
   gqaAttention,
-  qwenSparseLayers,
+  qwenFfns,
   refuseShortWindow,
   rope,
-  softmaxMoe,
   swiglu,
 } from "./decoder.ts";
 import type { FamilyAdapter } from "./family.ts";
@@ -26,17 +24,10 @@ export const qwen2Moe: FamilyAdapter = {
   modelType: "qwen2_moe",
   describe(f) {
     const size = decoderSizes(f);
-    const moe = softmaxMoe(f, {
-      expertsKey: "num_experts",
-      expertsAlias: "num_local_experts",
-      intermediate: f.positiveInt("moe_intermediate_size"),
-      normTopK: f.bool("norm_topk_prob", false),
-      shared: { mlp: swiglu(f.positiveInt("shared_expert_intermediate_size")), gated: true },
+    const ffns = qwenFfns(f, size.numLayers, {
+      mlp: swiglu(f.positiveInt("shared_expert_intermediate_size")),
+      gated: true,
     });
-    const sparse = qwenSparseLayers(f, size.numLayers);
-    const dense: FfnSpec | null = sparse.every(Boolean)
-      ? null
-      : { kind: "dense", mlp: swiglu(f.positiveInt("intermediate_size")) };
     const position = rope(f, 10000, size.headDim);
     const maxPositions = f.positiveInt("max_position_embeddings", 32768);
     const eps = f.positiveNumber("rms_norm_eps", 1e-6);
@@ -47,7 +38,7 @@ export const qwen2Moe: FamilyAdapter = {
       maxPositions,
       eps,
       attention: gqaAttention({ ...size, qkvBias, qkNorm: "none", eps, clipQkv: null, position }),
-      ffns: sparse.map((isMoe) => isMoe ? moe : dense!),
+      ffns,
     });
   },
   ...hubNames(MLP_EXPERTS),

@@ -7,16 +7,13 @@
  */
 
 import { UnsupportedError } from "../../../schemas/errors.ts";
-import type { FfnSpec } from "../../../schemas/model.ts";
 import {
   decoderModel,
   decoderSizes,
   gqaAttention,
-  qwenSparseLayers,
+  qwenFfns,
   refuseShortWindow,
   rope,
-  softmaxMoe,
-  swiglu,
 } from "./decoder.ts";
 import type { FamilyAdapter } from "./family.ts";
 import { hubNames, MLP_EXPERTS } from "./hub_names.ts";
@@ -26,17 +23,7 @@ export const qwen3Moe: FamilyAdapter = {
   modelType: "qwen3_moe",
   describe(f) {
     const size = decoderSizes(f);
-    const moe = softmaxMoe(f, {
-      expertsKey: "num_experts",
-      expertsAlias: "num_local_experts",
-      intermediate: f.positiveInt("moe_intermediate_size"),
-      normTopK: f.bool("norm_topk_prob", false),
-      shared: null,
-    });
-    const sparse = qwenSparseLayers(f, size.numLayers);
-    const dense: FfnSpec | null = sparse.every(Boolean)
-      ? null
-      : { kind: "dense", mlp: swiglu(f.positiveInt("intermediate_size")) };
+    const ffns = qwenFfns(f, size.numLayers, null);
     const position = rope(f, 10000, size.headDim);
     const maxPositions = f.positiveInt("max_position_embeddings", 32768);
     const eps = f.positiveNumber("rms_norm_eps", 1e-6);
@@ -56,7 +43,7 @@ export const qwen3Moe: FamilyAdapter = {
         clipQkv: null,
         position,
       }),
-      ffns: sparse.map((isMoe) => isMoe ? moe : dense!),
+      ffns,
     });
   },
   ...hubNames(MLP_EXPERTS),
