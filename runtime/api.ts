@@ -31,9 +31,19 @@ export interface GenerateOptions {
 export interface Engine {
   /** The model description (schemas/model.ts). */
   readonly model: ModelSpec;
+  /**
+   * How many `generate` calls advance together (continuous batching slots). Absent or 1: one at a
+   * time. Calls beyond this many wait inside the engine, first come first served, for a free slot;
+   * a caller that needs to refuse work (a server's 429) admits at most this many itself.
+   */
+  readonly parallel?: number;
   /** Logits for every position of `ids`: one Float32Array of vocabSize per position. */
   logits(ids: number[]): Promise<Float32Array[]>;
-  /** Prefills `promptIds` then yields generated ids one by one. */
+  /**
+   * Prefills `promptIds` then yields generated ids one by one. May be called concurrently (see
+   * {@link Engine.parallel}); each call streams its own ids, and aborting its `signal` (or
+   * returning from the iterator) frees its slot at the next step.
+   */
   generate(promptIds: number[], options?: GenerateOptions): AsyncGenerator<number>;
   /**
    * Encoder–decoder models: runs the encoder over `encoderIds` once, then yields decoder ids one
