@@ -214,23 +214,20 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
       });
     }
     const arrival = performance.now();
-    let job: Job;
+    let job: Job | null = null;
     try {
       const body = await readJson(request, limits.maxBodyBytes);
       job = parseJob(body, path === "/v1/chat/completions", tokenizer, engine, limits);
-    } catch (e) {
-      return errorResponse(toHttpError(e));
-    }
-    try {
       return await run(request, path, job, arrival);
     } catch (e) {
+      // Refused before generating (bad request, full queue, gone while queued).
       const error = toHttpError(e);
       log?.({
         id: "-",
         path,
         status: error.status,
-        stream: job.stream,
-        promptTokens: job.promptIds.length,
+        stream: job?.stream ?? false,
+        promptTokens: job?.promptIds.length ?? 0,
         completionTokens: 0,
         queuedMs: performance.now() - arrival,
         ttftMs: null,
@@ -268,7 +265,7 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
     const admitted = performance.now();
     const id = `${job.chat ? "chatcmpl" : "cmpl"}-${crypto.randomUUID()}`;
     const progress: Progress = { completionTokens: 0, firstTokenAt: null };
-    const release = (status: number, error?: unknown) => {
+    const release = (status: number, error?: HttpError) => {
       unlink();
       releaseTurn();
       if (!log) return;
@@ -285,7 +282,7 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
         ttftMs: progress.firstTokenAt === null ? null : progress.firstTokenAt - arrival,
         generationMs,
         tokensPerSecond: generationMs > 0 ? progress.completionTokens / (generationMs / 1000) : 0,
-        ...(error === undefined ? {} : { error: toHttpError(error).message }),
+        ...(error === undefined ? {} : { error: error.message }),
       });
     };
     const base = {
@@ -300,8 +297,9 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
       try {
         out = await generate(engine, tokenizer, job, cancel, progress, () => {});
       } catch (e) {
-        release(toHttpError(e).status, e);
-        throw e;
+        const error = toHttpError(e);
+        release(error.status, error);
+        return errorResponse(error); // logged by release
       }
       release(200);
       const choice = job.chat
@@ -336,7 +334,7 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
         if (signal.aborted) return;
         controller.enqueue(encoder.encode(`data: ${JSON.stringify(data)}\n\n`));
       };
-      let failure: unknown = undefined;
+      let failure: HttpError | undefined = undefined;
       try {
         if (job.chat) {
           send({
@@ -358,8 +356,8 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
         }
         if (!signal.aborted) controller.enqueue(encoder.encode("data: [DONE]\n\n"));
       } catch (e) {
-        failure = e;
         const error = toHttpError(e);
+        failure = error;
         send({
           error: { message: error.message, type: error.type, param: error.param, code: null },
         });

@@ -88,7 +88,17 @@ class FakeEngine implements Engine {
     this.active++;
     this.maxActive = Math.max(this.maxActive, this.active);
     try {
-      if (this.gate) await this.gate;
+      if (this.gate) {
+        // Held until the gate opens or the request is cancelled (as the real engine would).
+        const signal = options.signal;
+        await Promise.race([
+          this.gate,
+          new Promise<void>((resolve) => {
+            if (signal?.aborted) resolve();
+            signal?.addEventListener("abort", () => resolve(), { once: true });
+          }),
+        ]);
+      }
       const ids = FakeEngine.expected(options.seed ?? 0, promptIds.length, options.maxTokens ?? 64);
       for (const [i, id] of ids.entries()) {
         if (this.delayMs && i % this.batch === 0) {
@@ -975,6 +985,34 @@ Deno.test("load: 64 requests, 8 parallel, queue 16: each gets its full answer or
       assert.deepEqual(server.load(), { active: 0, queued: 0 });
       const after = await Promise.all(Array.from({ length: 8 }, (_, i) => one(100 + i)));
       assert.deepEqual(after, Array(8).fill(200), "serving goes on");
+    },
+    tokenizer,
+    engine,
+  );
+});
+
+Deno.test("request log: one line per request, bad requests and engine errors included", async () => {
+  const engine = new FakeEngine();
+  const logs: RequestLog[] = [];
+  engine.generate = async function* () {
+    yield 104;
+    throw new Error("device lost");
+  };
+  await withServer(
+    { onRequestLog: (e) => logs.push(e) },
+    async (url) => {
+      const bad = await post(`${url}/v1/completions`, { prompt: 5 });
+      assert.equal(bad.status, 400);
+      await bad.body?.cancel();
+      const failed = await post(`${url}/v1/completions`, { prompt: "p", max_tokens: 4 });
+      assert.equal(failed.status, 500);
+      await failed.body?.cancel();
+      assert.deepEqual(logs.map((e) => e.status), [400, 500]);
+      assert.equal(logs[1].completionTokens, 1);
+      assert.match(
+        formatRequestLog(logs[0]),
+        /^moeq: 400 \/v1\/completions -, prompt 0 tok.*; 'prompt'/,
+      );
     },
     tokenizer,
     engine,
