@@ -187,10 +187,11 @@ export async function benchServe(args: Args): Promise<void> {
   });
   const results: LevelResult[] = [];
   try {
+    // Warm-up: every prompt once (compiles the prefill shapes the levels will use).
     const warm = await loadLevel(server.url, {
       streams: 1,
-      requestsPerStream: 1,
-      tokens: Math.min(8, tokens),
+      requestsPerStream: PROMPTS.length,
+      tokens: Math.min(16, tokens),
     });
     if (warm.errors > 0) throw new Error("bench serve: the warm-up request failed");
     for (const streams of levels) {

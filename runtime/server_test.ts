@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import OpenAI from "openai";
 import type { Engine, GenerateOptions } from "./api.ts";
 import type { ModelSpec } from "../schemas/model.ts";
 import {
@@ -889,7 +890,6 @@ Deno.test("request log: a 429 and a cancelled stream are logged with their statu
 });
 
 Deno.test("the openai npm client works with the right key (completions, chat, streaming)", async () => {
-  const { default: OpenAI } = await import("npm:openai@6.30.1");
   const key = "sk-moeq-test";
   const engine = new FakeEngine();
   engine.parallel = 2;

@@ -12,7 +12,8 @@
  */
 
 import assert from "node:assert/strict";
-import { runCli } from "./cli_helpers.ts";
+import OpenAI from "openai";
+import { isOneLineError, runCli } from "./cli_helpers.ts";
 import { loadModel, openArtifact } from "../runtime/mod.ts";
 import { tokenizerFromArtifact } from "../runtime/tokenizer.ts";
 import { loadLevel } from "../cli/bench_serve.ts";
@@ -236,7 +237,6 @@ async function libraryGreedy(art: string, prompts: number[][], maxTokens: number
 }
 
 Deno.test("serve --parallel 2 with MOEQ_API_KEY: 401s, openai client, concurrent streams, bench level, log", async () => {
-  const { default: OpenAI } = await import("npm:openai@6.30.1");
   const art = await artifact();
   const key = `sk-e2e-${crypto.randomUUID()}`;
   let child: Deno.ChildProcess | null = null;
@@ -382,5 +382,21 @@ Deno.test("serve on a non-loopback host without a key prints a one-line warning"
     );
   } finally {
     await killServe(child);
+  }
+});
+
+Deno.test("serve and bench serve: bad --parallel, an empty --api-key, no artifact → one-line usage errors", async () => {
+  const cases: [string[], RegExp][] = [
+    [["serve", MODEL, "--device", "cpu", "--parallel", "0"], /--parallel/],
+    [["serve", MODEL, "--device", "cpu", "--api-key="], /--api-key is empty/],
+    [["serve", MODEL, "--device", "cpu", "--api-key", "two words"], /--api-key/],
+    [["bench", "serve"], /bench serve: give the artifact path/],
+    [["bench", "serve", MODEL, "--streams", "0"], /--streams/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await runCli(args);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.ok(isOneLineError(r.stderr), r.stderr);
+    assert.match(r.stderr, message);
   }
 });
