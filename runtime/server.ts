@@ -61,7 +61,10 @@ export interface ServeOptions {
   signal?: AbortSignal;
   /** Called once listening (default: log the URL to stderr). */
   onListen?: (url: string) => void;
-  /** Called once per completion request when it ends (default: nothing); see {@link formatRequestLog}. */
+  /**
+   * Called once per completion request when it ends, refused ones included (default: nothing);
+   * {@link formatRequestLog} makes the log line.
+   */
   onRequestLog?: (entry: RequestLog) => void;
 }
 
@@ -90,7 +93,7 @@ export interface RequestLog {
   generationMs: number;
   /** completionTokens ÷ generationMs, per second. */
   tokensPerSecond: number;
-  /** Why it ended early: the error message, "client disconnected", … */
+  /** Why it failed or ended early (the error message, e.g. "request cancelled"). */
   error?: string;
 }
 
