@@ -8,7 +8,7 @@
  * Per level: aggregate tok/s (every completion token ÷ the level's wall time), per-stream tok/s
  * (a client's tokens ÷ its own wall time, prefills included; mean and min), time to first token
  * (request sent → first text chunk) p50 and p99 over the level's requests, and errors (a non-200
- * answer, an error event, a missing `[DONE]` or fewer tokens than asked).
+ * answer, an error event, a missing `[DONE]`, fewer tokens than asked, or no answer within 300 s).
  *
  * @module
  */
@@ -60,6 +60,8 @@ export interface LoadOptions {
   tokens: number;
   /** Sent as `Authorization: Bearer` when set. */
   apiKey?: string;
+  /** A request unfinished after this long is cut off and counted as an error (default 300 s). */
+  timeoutMs?: number;
 }
 
 /** One streamed completion: its TTFT, tokens and whether it went wrong. */
@@ -68,12 +70,14 @@ async function oneRequest(
   prompt: string,
   tokens: number,
   apiKey: string | undefined,
+  timeoutMs: number,
 ): Promise<{ ttftMs: number | null; tokens: number; ok: boolean }> {
   const t0 = performance.now();
   let ttftMs: number | null = null;
   try {
     const res = await fetch(`${url}/v1/completions`, {
       method: "POST",
+      signal: AbortSignal.timeout(timeoutMs),
       headers: {
         "content-type": "application/json",
         ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}),
@@ -138,7 +142,13 @@ export async function loadLevel(url: string, opts: LoadOptions): Promise<LevelRe
       let tokens = 0;
       for (let r = 0; r < opts.requestsPerStream; r++) {
         const prompt = PROMPTS[(s + r * opts.streams) % PROMPTS.length];
-        const out = await oneRequest(url, prompt, opts.tokens, opts.apiKey);
+        const out = await oneRequest(
+          url,
+          prompt,
+          opts.tokens,
+          opts.apiKey,
+          opts.timeoutMs ?? 300_000,
+        );
         tokens += out.tokens;
         if (out.ttftMs !== null) ttfts.push(out.ttftMs);
         if (!out.ok) errors++;

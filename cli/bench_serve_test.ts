@@ -72,3 +72,28 @@ Deno.test("loadLevel: tokens, rates and TTFT from a server; short answers and 42
     }
   }
 });
+
+Deno.test("loadLevel: a request that hangs is cut off and counted as an error", async () => {
+  const stuck: Engine = {
+    ...fakeEngine(1),
+    async *generate(_ids: number[], opts: GenerateOptions = {}) {
+      await new Promise<void>((resolve) => opts.signal?.addEventListener("abort", () => resolve()));
+      yield* [];
+    },
+  };
+  const server = serve(stuck, tokenizer, { port: 0, onListen: () => {} });
+  try {
+    const t0 = performance.now();
+    const r = await loadLevel(server.url, {
+      streams: 1,
+      requestsPerStream: 1,
+      tokens: 4,
+      timeoutMs: 300,
+    });
+    assert.equal(r.errors, 1);
+    assert.equal(r.tokens, 0);
+    assert.ok(performance.now() - t0 < 5000);
+  } finally {
+    await server.shutdown();
+  }
+});
