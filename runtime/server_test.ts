@@ -686,7 +686,7 @@ Deno.test("parallel: each request gets its own sampling parameters and stop ids"
 Deno.test("parallel: SSE streams are interleaved, each complete and in order", async () => {
   const engine = new FakeEngine();
   engine.parallel = 4;
-  engine.delayMs = 4;
+  engine.delayMs = 8; // 40 ids: each stream lasts ≥ 320 ms, so the overlap check has slack
   await withServer(
     { parallel: 4 },
     async (url) => {
