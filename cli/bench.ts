@@ -1,6 +1,6 @@
 /**
- * `moeq bench kernels | decode <artifact> | compile`: benchmarks, printed as a table (or `--json`).
- * Each benchmark lives in its own module; this file only dispatches.
+ * `moeq bench kernels | decode <artifact> | compile | serve <artifact>`: benchmarks, printed as a
+ * table (or `--json`). Each benchmark lives in its own module; this file only dispatches.
  *
  * @module
  */
@@ -10,8 +10,9 @@ import { UsageError } from "../schemas/errors.ts";
 
 /** Flags of `bench` (the union of every benchmark's flags; each checks its own). */
 export const spec: CommandSpec = {
-  usage: "kernels | decode <artifact> | compile [options]",
-  summary: "benchmarks: kernel bandwidth vs copy, decode vs bytes floor, compiler throughput",
+  usage: "kernels | decode <artifact> | compile | serve <artifact> [options]",
+  summary:
+    "benchmarks: kernel bandwidth vs copy, decode vs bytes floor, compiler throughput, serve load",
   positionals: [1, 2],
   flags: {
     json: { type: "boolean", help: "machine-readable output" },
@@ -42,6 +43,9 @@ export const spec: CommandSpec = {
     "calibration-tokens": { type: "string", help: "compile: random calibration token ids" },
     "sensitivity-tokens": { type: "string", help: "compile: budget layer sensitivity tokens" },
     workers: { type: "string", help: "compile: worker threads", default: "auto" },
+    streams: { type: "string", help: "serve: concurrent streams per level", default: "1,2,4,8" },
+    requests: { type: "string", help: "serve: requests per stream per level", default: "2" },
+    parallel: { type: "string", help: "serve: engine slots (default: the most streams)" },
   },
 };
 
@@ -55,7 +59,9 @@ export async function run(args: Args): Promise<void> {
       return (await import("./bench_decode.ts")).benchDecode(args);
     case "compile":
       return (await import("./bench_compile.ts")).benchCompile(args);
+    case "serve":
+      return (await import("./bench_serve.ts")).benchServe(args);
     default:
-      throw new UsageError(`bench: unknown benchmark "${which}" (kernels, decode, compile)`);
+      throw new UsageError(`bench: unknown benchmark "${which}" (kernels, decode, compile, serve)`);
   }
 }

@@ -6,21 +6,29 @@
  * `GET /health`. Unknown paths get 404, wrong methods 405, and every error is JSON
  * `{error: {message, type, param, code}}`.
  *
- * The model runs one request at a time; waiting requests form a bounded FIFO queue (429 when it
- * is full). A client that disconnects, while queued or generating, cancels its request through
- * `GenerateOptions.signal`.
+ * Admission: up to `parallel` requests generate at once (capped at the engine's
+ * {@link Engine.parallel} slots, so the engine never queues them itself); each has its own
+ * sampling parameters and, when streamed, its own event stream, interleaved with the others as
+ * the engine yields their ids. Further requests wait in a bounded FIFO queue (429 when it is
+ * full). A client that disconnects while queued leaves the queue; one that disconnects while
+ * generating cancels its request through `GenerateOptions.signal`, which frees its slot.
+ * `GET /health` reports the active and queued counts.
+ *
+ * Access control: with `apiKey`, every `/v1/*` request must carry `Authorization: Bearer <key>`
+ * (compared in constant time) or gets 401 with an OpenAI-style error body; `/health` stays open.
  *
  * Request fields: `prompt` (string, [string] or token ids) / `messages`, `max_tokens`
  * (`max_completion_tokens`), `temperature` (default 1), `top_p`, `top_k` (extension), `seed`
- * (default: random), `stop` (a string, or a list of strings and token ids), `stream`,
- * `stream_options.include_usage`, `model` (ignored), and OpenAI fields that do not change the
- * output here (`user`, `n` = 1, zero penalties). Other unknown fields are ignored.
+ * (default: random), `stop` (a string, or a list of strings and token ids), `ignore_eos`
+ * (extension: do not stop at the model's EOS ids), `stream`, `stream_options.include_usage`,
+ * `model` (ignored), and OpenAI fields that do not change the output here (`user`, `n` = 1, zero
+ * penalties). Other unknown fields are ignored.
  *
  * @module
  */
 
 import type { Engine, GenerateOptions } from "./api.ts";
-import { MoeqError } from "../schemas/errors.ts";
+import { MoeqError, UsageError } from "../schemas/errors.ts";
 import type { ChatMessage, Tokenizer } from "./tokenizer.ts";
 import { createDecoderStream, encoderIdsOf } from "./seq2seq_text.ts";
 
@@ -32,8 +40,15 @@ export interface ServeOptions {
   hostname?: string;
   /** Name reported by /v1/models and in responses (default "moeq"). */
   modelName?: string;
-  /** Requests allowed to wait behind the running one (default 16); more get 429. */
+  /**
+   * Requests generating at once (default and cap: the engine's `parallel`, else 1). More wait in
+   * the queue.
+   */
+  parallel?: number;
+  /** Requests allowed to wait for a slot (default 16); more get 429. */
   maxQueue?: number;
+  /** When set, `/v1/*` requests need `Authorization: Bearer <apiKey>` (401 otherwise). */
+  apiKey?: string;
   /** Longest prompt in tokens (default: the engine's `maxContext`, else the model's maxPositions). */
   maxPromptTokens?: number;
   /** Largest accepted max_tokens (default 4096). */
@@ -46,6 +61,57 @@ export interface ServeOptions {
   signal?: AbortSignal;
   /** Called once listening (default: log the URL to stderr). */
   onListen?: (url: string) => void;
+  /**
+   * Called once per completion request when it ends, refused ones included (default: nothing);
+   * {@link formatRequestLog} makes the log line.
+   */
+  onRequestLog?: (entry: RequestLog) => void;
+}
+
+/**
+ * What one completion request did, for the server log. Times are milliseconds from the arrival
+ * of the request; the engine yields ids in readback batches, so the first ids arrive together
+ * after the prefill and the first batch, and the rate counts every token over the whole time
+ * from admission (the slot) to the last token, not between the first and last arrivals.
+ */
+export interface RequestLog {
+  /** Response id ("cmpl-…", "chatcmpl-…"), or "-" when refused before one was made. */
+  id: string;
+  /** "/v1/completions" or "/v1/chat/completions". */
+  path: string;
+  /** HTTP status sent (200 for a stream that failed after starting, with `error` set). */
+  status: number;
+  stream: boolean;
+  promptTokens: number;
+  /** Ids the engine yielded (stop id included). */
+  completionTokens: number;
+  /** Time waiting in the queue for a slot. */
+  queuedMs: number;
+  /** Arrival to the first generated id (queue, prefill, first readback); null when none came. */
+  ttftMs: number | null;
+  /** Admission to the last generated id (or to the end when none came). */
+  generationMs: number;
+  /** completionTokens ÷ generationMs, per second. */
+  tokensPerSecond: number;
+  /** Why it failed or ended early (the error message, e.g. "request cancelled"). */
+  error?: string;
+}
+
+/** One log line for a {@link RequestLog}. */
+export function formatRequestLog(e: RequestLog): string {
+  const ms = (v: number) => v < 10_000 ? `${v.toFixed(0)} ms` : `${(v / 1000).toFixed(1)} s`;
+  const parts = [
+    `moeq: ${e.status} ${e.path} ${e.id}${e.stream ? " (stream)" : ""}`,
+    `prompt ${e.promptTokens} tok`,
+    `queued ${ms(e.queuedMs)}`,
+  ];
+  if (e.completionTokens > 0 || e.ttftMs !== null) {
+    parts.push(`TTFT ${e.ttftMs === null ? "-" : ms(e.ttftMs)}`);
+    parts.push(
+      `${e.completionTokens} tok in ${ms(e.generationMs)} = ${e.tokensPerSecond.toFixed(1)} tok/s`,
+    );
+  }
+  return parts.join(", ") + (e.error ? `; ${e.error}` : "");
 }
 
 /** A running server. */
@@ -54,6 +120,10 @@ export interface Server {
   readonly url: string;
   /** Resolves when the server has stopped. */
   readonly finished: Promise<void>;
+  /** Requests that may generate at once (the option, capped at the engine's slots). */
+  readonly parallel: number;
+  /** Requests generating now and requests waiting for a slot. */
+  load(): { active: number; queued: number };
   /** Cancels running generations and stops the server. */
   shutdown(): Promise<void>;
 }
@@ -65,6 +135,7 @@ class HttpError extends Error {
     message: string,
     readonly type = "invalid_request_error",
     readonly param: string | null = null,
+    readonly code: string | null = null,
   ) {
     super(message);
   }
@@ -85,6 +156,13 @@ interface Job {
   includeUsage: boolean;
 }
 
+/** What a generation got to, kept up to date while it runs (read by the log when it ends). */
+interface Progress {
+  completionTokens: number;
+  /** performance.now() of the first id, or null. */
+  firstTokenAt: number | null;
+}
+
 type FinishReason = "stop" | "length";
 
 /**
@@ -99,12 +177,24 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
     defaultMaxTokens: opts.defaultMaxTokens ?? Math.min(256, maxTokensLimit),
     maxBodyBytes: opts.maxBodyBytes ?? 1 << 20,
   };
-  const queue = createQueue(opts.maxQueue ?? 16);
+  const engineSlots = Math.max(1, Math.floor(engine.parallel ?? 1));
+  const parallel = Math.max(1, Math.min(Math.floor(opts.parallel ?? engineSlots), engineSlots));
+  const maxQueue = opts.maxQueue ?? 16;
+  const queue = createAdmission(parallel, maxQueue);
+  const apiKey = opts.apiKey;
+  if (apiKey !== undefined && apiKey.length === 0) {
+    throw new UsageError("serve: the API key is empty");
+  }
   const shutdownController = new AbortController();
   const created = Math.floor(Date.now() / 1000);
+  const log = opts.onRequestLog;
 
   async function handle(request: Request): Promise<Response> {
     const path = new URL(request.url).pathname.replace(/\/+$/, "") || "/";
+    if (apiKey !== undefined && (path === "/v1" || path.startsWith("/v1/"))) {
+      const refused = checkAuthorization(request.headers.get("authorization"), apiKey);
+      if (refused) return errorResponse(refused, { "www-authenticate": "Bearer" });
+    }
     const routes: Record<string, string> = {
       "/health": "GET",
       "/v1/models": "GET",
@@ -117,25 +207,43 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
       const error = new HttpError(405, `${request.method} ${path} is not allowed`);
       return errorResponse(error, { allow: method });
     }
-    if (path === "/health") return json({ status: "ok" });
+    if (path === "/health") {
+      return json({ status: "ok", ...queue.load(), parallel, max_queue: maxQueue });
+    }
     if (path === "/v1/models") {
       return json({
         object: "list",
         data: [{ id: modelName, object: "model", created, owned_by: "moeq" }],
       });
     }
+    const arrival = performance.now();
+    let job: Job | null = null;
     try {
       const body = await readJson(request, limits.maxBodyBytes);
-      const chat = path === "/v1/chat/completions";
-      const job = parseJob(body, chat, tokenizer, engine, limits);
-      return await run(request, job);
+      job = parseJob(body, path === "/v1/chat/completions", tokenizer, engine, limits);
+      return await run(request, path, job, arrival);
     } catch (e) {
-      return errorResponse(toHttpError(e));
+      // Refused before generating (bad request, full queue, gone while queued).
+      const error = toHttpError(e);
+      log?.({
+        id: "-",
+        path,
+        status: error.status,
+        stream: job?.stream ?? false,
+        promptTokens: job?.promptIds.length ?? 0,
+        completionTokens: 0,
+        queuedMs: performance.now() - arrival,
+        ttftMs: null,
+        generationMs: 0,
+        tokensPerSecond: 0,
+        error: error.message,
+      });
+      return errorResponse(error);
     }
   }
 
-  /** Waits for the model, then answers `job` as JSON or as an event stream. */
-  async function run(request: Request, job: Job): Promise<Response> {
+  /** Waits for a slot, then answers `job` as JSON or as an event stream. */
+  async function run(request: Request, path: string, job: Job, arrival: number): Promise<Response> {
     // Cancelled by a client disconnect or by shutdown. Listeners are removed when the request is
     // done, as Deno's legacy behaviour also aborts request.signal after a successful response.
     const cancelController = new AbortController();
@@ -157,11 +265,29 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
       unlink();
       throw new HttpError(499, "request cancelled while queued", "cancelled");
     }
-    const release = () => {
+    const admitted = performance.now();
+    const id = `${job.chat ? "chatcmpl" : "cmpl"}-${crypto.randomUUID()}`;
+    const progress: Progress = { completionTokens: 0, firstTokenAt: null };
+    const release = (status: number, error?: HttpError) => {
       unlink();
       releaseTurn();
+      if (!log) return;
+      const end = performance.now();
+      const generationMs = Math.max(0, end - admitted);
+      log({
+        id,
+        path,
+        status,
+        stream: job.stream,
+        promptTokens: job.promptIds.length,
+        completionTokens: progress.completionTokens,
+        queuedMs: admitted - arrival,
+        ttftMs: progress.firstTokenAt === null ? null : progress.firstTokenAt - arrival,
+        generationMs,
+        tokensPerSecond: generationMs > 0 ? progress.completionTokens / (generationMs / 1000) : 0,
+        ...(error === undefined ? {} : { error: error.message }),
+      });
     };
-    const id = `${job.chat ? "chatcmpl" : "cmpl"}-${crypto.randomUUID()}`;
     const base = {
       id,
       object: job.chat ? "chat.completion" : "text_completion",
@@ -170,19 +296,23 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
     };
 
     if (!job.stream) {
+      let out;
       try {
-        const out = await generate(engine, tokenizer, job, cancel, () => {});
-        const choice = job.chat
-          ? {
-            index: 0,
-            message: { role: "assistant", content: out.text },
-            finish_reason: out.reason,
-          }
-          : { index: 0, text: out.text, logprobs: null, finish_reason: out.reason };
-        return json({ ...base, choices: [choice], usage: usage(job, out.completionTokens) });
-      } finally {
-        release();
+        out = await generate(engine, tokenizer, job, cancel, progress, () => {});
+      } catch (e) {
+        const error = toHttpError(e);
+        release(error.status, error);
+        return errorResponse(error); // logged by release
       }
+      release(200);
+      const choice = job.chat
+        ? {
+          index: 0,
+          message: { role: "assistant", content: out.text },
+          finish_reason: out.reason,
+        }
+        : { index: 0, text: out.text, logprobs: null, finish_reason: out.reason };
+      return json({ ...base, choices: [choice], usage: usage(job, out.completionTokens) });
     }
 
     const signal = cancel;
@@ -207,6 +337,7 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
         if (signal.aborted) return;
         controller.enqueue(encoder.encode(`data: ${JSON.stringify(data)}\n\n`));
       };
+      let failure: HttpError | undefined = undefined;
       try {
         if (job.chat) {
           send({
@@ -219,6 +350,7 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
           tokenizer,
           job,
           signal,
+          progress,
           (piece) => send(chunk(piece, null)),
         );
         send(chunk(null, out.reason));
@@ -228,11 +360,12 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
         if (!signal.aborted) controller.enqueue(encoder.encode("data: [DONE]\n\n"));
       } catch (e) {
         const error = toHttpError(e);
+        failure = error;
         send({
           error: { message: error.message, type: error.type, param: error.param, code: null },
         });
       } finally {
-        release();
+        release(failure !== undefined && signal.aborted ? 499 : 200, failure);
         try {
           controller.close();
         } catch {
@@ -283,7 +416,62 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
   opts.signal?.addEventListener("abort", () => void shutdown(), { once: true });
   if (opts.signal?.aborted) void shutdown();
 
-  return { url: listenUrl, finished: httpServer.finished, shutdown };
+  return {
+    url: listenUrl,
+    finished: httpServer.finished,
+    parallel,
+    load: () => queue.load(),
+    shutdown,
+  };
+}
+
+/**
+ * The 401 for a request whose `Authorization` header is not `Bearer <apiKey>`, or null when it
+ * is. The key is compared in constant time.
+ */
+function checkAuthorization(header: string | null, apiKey: string): HttpError | null {
+  const m = header?.match(/^\s*Bearer\s+(\S+)\s*$/i);
+  if (!m) {
+    return new HttpError(
+      401,
+      "missing API key: send the header 'Authorization: Bearer <key>'",
+      "invalid_request_error",
+      null,
+      "invalid_api_key",
+    );
+  }
+  if (!constantTimeEqual(m[1], apiKey)) {
+    return new HttpError(
+      401,
+      "incorrect API key",
+      "invalid_request_error",
+      null,
+      "invalid_api_key",
+    );
+  }
+  return null;
+}
+
+/**
+ * True when `candidate` equals `secret`. The time taken depends only on the lengths, never on
+ * where the strings first differ: every byte of the candidate is compared (against the secret
+ * repeated), and the length difference is folded into the result.
+ */
+export function constantTimeEqual(candidate: string, secret: string): boolean {
+  const encoder = new TextEncoder();
+  const a = encoder.encode(candidate);
+  const b = encoder.encode(secret);
+  if (b.length === 0) return a.length === 0;
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i % b.length];
+  return diff === 0;
+}
+
+/** True for names and addresses that reach only this machine (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  return h === "localhost" || h === "::1" || /^127\.\d+\.\d+\.\d+$/.test(h) ||
+    /^::ffff:127\.\d+\.\d+\.\d+$/.test(h);
 }
 
 /** Runs the engine for one job; `onPiece` gets final text pieces (stop strings never leak). */
@@ -292,6 +480,7 @@ async function generate(
   tokenizer: Tokenizer,
   job: Job,
   signal: AbortSignal,
+  progress: Progress,
   onPiece: (piece: string) => void,
 ): Promise<{ text: string; reason: FinishReason; completionTokens: number }> {
   const stopIds = new Set(job.stopIds);
@@ -340,6 +529,8 @@ async function generate(
     for await (const id of ids) {
       if (signal.aborted) break;
       completionTokens++;
+      progress.completionTokens = completionTokens;
+      progress.firstTokenAt ??= performance.now();
       if (stopIds.has(id)) {
         reason = "stop";
         break;
@@ -385,9 +576,12 @@ function usage(job: Job, completionTokens: number) {
   };
 }
 
-/** A FIFO of requests waiting for the single model instance. */
-function createQueue(maxWaiting: number) {
-  let busy = false;
+/**
+ * Admission to the engine: `slots` requests run at once, up to `maxWaiting` more wait first come
+ * first served, the rest are refused.
+ */
+function createAdmission(slots: number, maxWaiting: number) {
+  let active = 0;
   const waiting: { resolve: (release: () => void) => void }[] = [];
   const makeRelease = () => {
     let done = false;
@@ -395,15 +589,15 @@ function createQueue(maxWaiting: number) {
       if (done) return;
       done = true;
       const next = waiting.shift();
-      if (next) next.resolve(makeRelease());
-      else busy = false;
+      if (next) next.resolve(makeRelease()); // the slot passes on: `active` is unchanged
+      else active--;
     };
   };
   return {
-    /** A promise of the turn (rejects if `signal` aborts first), or null when the queue is full. */
+    /** A promise of a slot (rejects if `signal` aborts first), or null when the queue is full. */
     acquire(signal: AbortSignal): Promise<() => void> | null {
-      if (!busy) {
-        busy = true;
+      if (active < slots) {
+        active++;
         return Promise.resolve(makeRelease());
       }
       if (waiting.length >= maxWaiting) return null;
@@ -422,6 +616,10 @@ function createQueue(maxWaiting: number) {
         waiting.push(entry);
         signal.addEventListener("abort", onAbort, { once: true });
       });
+    },
+    /** Requests holding a slot and requests waiting. */
+    load(): { active: number; queued: number } {
+      return { active, queued: waiting.length };
     },
   };
 }
@@ -554,7 +752,10 @@ function parseJob(
   const maxTokens = integer(maxKey, limits.defaultMaxTokens, 0, limits.maxTokensLimit);
 
   const stopStrings: string[] = [];
-  const stopIds = new Set(tokenizer.eos);
+  if (b.ignore_eos !== undefined && b.ignore_eos !== null && typeof b.ignore_eos !== "boolean") {
+    throw bad("ignore_eos", "must be a boolean");
+  }
+  const stopIds = new Set(b.ignore_eos === true ? [] : tokenizer.eos);
   const stop = b.stop;
   if (typeof stop === "string") {
     if (stop.length > 0) stopStrings.push(stop);
@@ -631,7 +832,7 @@ function json(data: unknown, status = 200, headers: Record<string, string> = {})
 
 function errorResponse(error: HttpError, headers: Record<string, string> = {}): Response {
   const body = {
-    error: { message: error.message, type: error.type, param: error.param, code: null },
+    error: { message: error.message, type: error.type, param: error.param, code: error.code },
   };
   return json(body, error.status, headers);
 }
