@@ -1,0 +1,92 @@
+/**
+ * The WebGPU engine on encoder–decoder models (engine/seq2seq.ts) against transformers: an f32
+ * artifact of testdata/hf-oracle/switch_transformers-a gives decoder logits within 1e-4 of
+ * `hf_logits` and transformers' greedy ids through `generateSeq2Seq`; with expert capacity 2
+ * (testdata/hf-oracle-extra/switch-capacity) tokens are refused in both stacks and the logits
+ * still match; both kernel styles.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
+import type { ModelSpec } from "../schemas/model.ts";
+import { loadModel, readbackCount } from "../runtime/mod.ts";
+import { collect, compileF32, emitTemp, maxAbsErr } from "./engine_helpers.ts";
+
+const TESTDATA = new URL("../testdata/", import.meta.url).pathname;
+const ORACLE = join(TESTDATA, "hf-oracle/switch_transformers-a");
+const CAPACITY = join(TESTDATA, "hf-oracle-extra/switch-capacity/reference.json");
+
+async function json(path: string) {
+  return JSON.parse(await Deno.readTextFile(path));
+}
+
+/** The description with every capacity router's capacity set to `capacity`. */
+function withCapacity(spec: ModelSpec, capacity: number): ModelSpec {
+  const out = structuredClone(spec);
+  for (const stack of [out.encoder!, out.decoder]) {
+    for (const layer of stack.layers) {
+      for (const b of layer.blocks) {
+        if (b.kind === "ffn" && b.ffn.kind === "moe" && b.ffn.router.kind === "capacity") {
+          b.ffn.router.capacity = capacity;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+for (const kernels of ["tiled", "classic"] as const) {
+  Deno.test(`engine seq2seq (${kernels}) switch_transformers-a: logits within 1e-4 of hf_logits, greedy ids`, async () => {
+    const ref = await json(join(ORACLE, "reference.json"));
+    const path = await compileF32(ORACLE);
+    const engine = await loadModel(path, { kernels });
+    try {
+      const rows = await engine.logitsSeq2Seq!(ref.encoder_input_ids, ref.decoder_input_ids);
+      assert.equal(rows.length, ref.decoder_input_ids.length);
+      const err = maxAbsErr(rows, ref.hf_logits);
+      console.log(`  switch_transformers-a (${kernels}): max |gpu − hf| = ${err.toExponential(2)}`);
+      assert.ok(err <= 1e-4, `max abs error ${err}`);
+      const g = ref.greedy_decode;
+      const before = readbackCount();
+      const ids = await collect(
+        engine.generateSeq2Seq!(g.encoder_input_ids, {
+          maxTokens: g.generated_ids.length,
+          stopIds: [],
+          readbackEvery: 4,
+        }),
+      );
+      assert.deepEqual(ids, g.generated_ids);
+      assert.equal(readbackCount() - before, Math.ceil(g.generated_ids.length / 4));
+    } finally {
+      engine.dispose();
+      await Deno.remove(path);
+    }
+  });
+}
+
+Deno.test("engine seq2seq: capacity 2 refuses tokens in both stacks as transformers does", async () => {
+  const ref = await json(CAPACITY);
+  const ir = await loadCheckpoint(ORACLE);
+  const path = await emitTemp({ ...ir, spec: withCapacity(ir.spec, ref.expert_capacity) });
+  const unlimited = await compileF32(ORACLE);
+  const engine = await loadModel(path);
+  const plain = await loadModel(unlimited);
+  try {
+    const rows = await engine.logitsSeq2Seq!(ref.encoder_input_ids, ref.decoder_input_ids);
+    const err = maxAbsErr(rows, ref.hf_logits_f64strict);
+    console.log(
+      `  switch capacity ${ref.expert_capacity}: max |gpu − hf f64strict| = ${
+        err.toExponential(2)
+      }`,
+    );
+    assert.ok(err <= 1e-4, `max abs error ${err}`);
+    // Without the capacity limit the same input lands far from the fixture.
+    const free = await plain.logitsSeq2Seq!(ref.encoder_input_ids, ref.decoder_input_ids);
+    assert.ok(maxAbsErr(free, ref.hf_logits_f64strict) > 1e-2, "capacity changes nothing");
+  } finally {
+    engine.dispose();
+    plain.dispose();
+    await Deno.remove(path);
+    await Deno.remove(unlimited);
+  }
+});
