@@ -3,13 +3,16 @@
  * artifact of testdata/hf-oracle/switch_transformers-a gives decoder logits within 1e-4 of
  * `hf_logits` and transformers' greedy ids through `generateSeq2Seq`; with expert capacity 2
  * (testdata/hf-oracle-extra/switch-capacity) tokens are refused in both stacks and the logits
- * still match; both kernel styles.
+ * still match; both kernel styles. The engine's relative-position buckets equal the float64
+ * reference's.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import type { ModelSpec } from "../schemas/model.ts";
 import { loadModel, readbackCount } from "../runtime/mod.ts";
+import { relativeBucket as referenceBucket } from "../compiler/reference/relative_bias.ts";
+import { relativeBucket } from "../runtime/kernels/relative_bias.ts";
 import { collect, compileF32, emitTemp, maxAbsErr } from "./engine_helpers.ts";
 
 const TESTDATA = new URL("../testdata/", import.meta.url).pathname;
@@ -88,5 +91,19 @@ Deno.test("engine seq2seq: capacity 2 refuses tokens in both stacks as transform
     plain.dispose();
     await Deno.remove(path);
     await Deno.remove(unlimited);
+  }
+});
+
+Deno.test("engine relative buckets equal the reference's", () => {
+  for (const [buckets, maxDistance] of [[8, 16], [32, 128], [33, 100], [64, 512]]) {
+    for (const bidirectional of [true, false]) {
+      for (let r = -1200; r <= 1200; r++) {
+        assert.equal(
+          relativeBucket(r, { buckets, maxDistance, bidirectional }),
+          referenceBucket(r, bidirectional, buckets, maxDistance),
+          `${r} (${buckets}, ${maxDistance}, ${bidirectional})`,
+        );
+      }
+    }
   }
 });
