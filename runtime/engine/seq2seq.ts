@@ -40,7 +40,7 @@ import {
   storageBuffer,
 } from "../kernels/kernel.ts";
 import type { RoutingKey } from "../kernels/moe.ts";
-import { elementGroups, embedSource } from "../kernels/ops.ts";
+import { embedSource } from "../kernels/ops.ts";
 import { relativeBiasTable } from "../kernels/relative_bias.ts";
 import { createSampler } from "../kernels/sample.ts";
 import { kvStoreSource, seq2seqAttentionSource } from "../kernels/seq2seq_attention.ts";
