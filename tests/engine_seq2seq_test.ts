@@ -3,17 +3,31 @@
  * artifact of testdata/hf-oracle/switch_transformers-a gives decoder logits within 1e-4 of
  * `hf_logits` and transformers' greedy ids through `generateSeq2Seq`; with expert capacity 2
  * (testdata/hf-oracle-extra/switch-capacity) tokens are refused in both stacks and the logits
- * still match; both kernel styles. The engine's relative-position buckets equal the float64
- * reference's.
+ * still match; both kernel styles. A quantized artifact (experts at 2, 3, 4 and 8 bits, dense
+ * matrices 8-bit, attention and routers f16, the tied embedding bf16) matches the float64 reference
+ * on the same weights within 1e-4 relative. Misuse and limits raise typed errors. The engine's
+ * relative-position buckets equal the float64 reference's.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
+import { artifactToIR, type TensorEncoding } from "../compiler/emit/mod.ts";
+import type { PlacedTensor } from "../compiler/ir.ts";
+import { forwardSeq2Seq, prepareReference } from "../compiler/reference/mod.ts";
 import type { ModelSpec } from "../schemas/model.ts";
-import { loadModel, readbackCount } from "../runtime/mod.ts";
+import type { QuantBits } from "../schemas/packing.ts";
+import { isExpertMatrixRole } from "../schemas/tensors.ts";
+import {
+  createWebGpuEngine,
+  LimitError,
+  loadModel,
+  openArtifact,
+  readbackCount,
+  UsageError,
+} from "../runtime/mod.ts";
 import { relativeBucket as referenceBucket } from "../compiler/reference/relative_bias.ts";
 import { relativeBucket } from "../runtime/kernels/relative_bias.ts";
-import { collect, compileF32, emitTemp, maxAbsErr } from "./engine_helpers.ts";
+import { collect, compileF32, emitTemp, maxAbsErr, relErr } from "./engine_helpers.ts";
 
 const TESTDATA = new URL("../testdata/", import.meta.url).pathname;
 const ORACLE = join(TESTDATA, "hf-oracle/switch_transformers-a");
@@ -105,5 +119,69 @@ Deno.test("engine relative buckets equal the reference's", () => {
         );
       }
     }
+  }
+});
+
+/** Embedding bf16, attention and router f16, expert matrices at `bits`, the rest 8-bit. */
+function encoding(p: PlacedTensor): TensorEncoding {
+  const BITS: QuantBits[] = [2, 3, 4, 8];
+  if (p.ref.shape.length !== 2) return { storage: "f32" };
+  if (p.role === "embed") return { storage: "bf16" };
+  if (p.role.startsWith("attn_") || p.role.startsWith("cross_") || p.role === "router") {
+    return { storage: "f16" };
+  }
+  const b = p.expert >= 0 && isExpertMatrixRole(p.role) ? BITS[p.expert % 4] : 8;
+  return { storage: "q", bits: b, groupSize: 32, method: "rtn" };
+}
+
+Deno.test("engine seq2seq quantized (2/3/4/8-bit experts): logits vs the reference on the same weights, greedy ids", async () => {
+  const ref = await json(join(ORACLE, "reference.json"));
+  const path = await emitTemp(await loadCheckpoint(ORACLE), { encode: encoding });
+  const artifact = await openArtifact(path);
+  const model = await prepareReference(await artifactToIR(artifact));
+  const engine = await createWebGpuEngine(artifact);
+  try {
+    const want = forwardSeq2Seq(model, ref.encoder_input_ids, ref.decoder_input_ids);
+    const got = await engine.logitsSeq2Seq!(ref.encoder_input_ids, ref.decoder_input_ids);
+    const err = relErr(got, want);
+    console.log(`  quantized switch_transformers-a: rel err ${err.toExponential(2)}`);
+    assert.ok(err <= 1e-4, `rel err ${err}`);
+    const ids = await collect(
+      engine.generateSeq2Seq!(ref.encoder_input_ids, { maxTokens: 4, stopIds: [] }),
+    );
+    const wantIds: number[] = [];
+    let decoder = [model.spec.decoderStartTokenId!];
+    for (let i = 0; i < 4; i++) {
+      const rows = forwardSeq2Seq(model, ref.encoder_input_ids, decoder);
+      const last = rows[rows.length - 1];
+      let best = 0;
+      for (let v = 1; v < last.length; v++) if (last[v] > last[best]) best = v;
+      wantIds.push(best);
+      decoder = [...decoder, best];
+    }
+    assert.deepEqual(ids, wantIds);
+  } finally {
+    engine.dispose();
+    artifact.close();
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("engine seq2seq: misuse and limits raise UsageError and LimitError", async () => {
+  const path = await compileF32(ORACLE);
+  const engine = await loadModel(path, { prefillChunk: 8, maxContext: 16 });
+  try {
+    await assert.rejects(() => engine.logits([1, 2]), UsageError);
+    await assert.rejects(() => collect(engine.generate([1, 2])), UsageError);
+    const nine = Array.from({ length: 9 }, (_, i) => i + 2);
+    await assert.rejects(() => engine.logitsSeq2Seq!(nine, [0]), LimitError);
+    await assert.rejects(() => engine.logitsSeq2Seq!([2, 64], [0]), /outside the vocabulary/);
+    await assert.rejects(() => collect(engine.generateSeq2Seq!([], {})), UsageError);
+    // Generation stops at the decoder's KV capacity.
+    const ids = await collect(engine.generateSeq2Seq!([3, 4, 5], { maxTokens: 40, stopIds: [] }));
+    assert.equal(ids.length, 16);
+  } finally {
+    engine.dispose();
+    await Deno.remove(path);
   }
 });

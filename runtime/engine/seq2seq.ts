@@ -458,9 +458,8 @@ export async function createSeq2SeqEngine(
   });
   await device.queue.onSubmittedWorkDone();
 
-  const needsEncoder = (what: string) => () => {
-    throw new UsageError(`${what}: an encoder–decoder model runs through ${what}Seq2Seq`);
-  };
+  const needsEncoder = (what: string) =>
+    new UsageError(`${what}: an encoder–decoder model runs through ${what}Seq2Seq`);
   return {
     model: spec,
     device,
@@ -470,8 +469,11 @@ export async function createSeq2SeqEngine(
     kernels: tiled ? "tiled" : "classic",
     dispatchesPerToken: decodeDispatches.length,
     prefillChunk: chunk,
-    logits: needsEncoder("logits") as never,
-    generate: needsEncoder("generate") as never,
+    logits: () => Promise.reject(needsEncoder("logits")),
+    // deno-lint-ignore require-yield
+    async *generate() {
+      throw needsEncoder("generate");
+    },
     logitsSeq2Seq,
     generateSeq2Seq,
     async profileKernels(T: number, repeats = 5) {
