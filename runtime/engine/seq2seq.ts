@@ -43,7 +43,13 @@ import type { RoutingKey } from "../kernels/moe.ts";
 import { embedSource } from "../kernels/ops.ts";
 import { relativeBiasTable } from "../kernels/relative_bias.ts";
 import { createSampler } from "../kernels/sample.ts";
-import { kvStoreSource, seq2seqAttentionSource } from "../kernels/seq2seq_attention.ts";
+import {
+  kvStoreSource,
+  type Seq2SeqAttentionKey,
+  seq2seqAttentionSource,
+  seq2seqAttentionTiledSource,
+  seq2seqTiledGroups,
+} from "../kernels/seq2seq_attention.ts";
 import { weightBuffers } from "../kernels/weights.ts";
 import { createActivations, createKvCache, type KvCache } from "./activations.ts";
 import type { WebGpuEngine, WebGpuEngineOptions } from "./mod.ts";
@@ -193,14 +199,14 @@ export async function createSeq2SeqEngine(
     }
     const span = encoder ? chunk : maxContext;
     const bias = w.kind === "attention" ? biasOf(w, span) : undefined;
-    const src = seq2seqAttentionSource({
+    const key: Seq2SeqAttentionKey = {
       numHeads: a.numHeads,
       numKvHeads: a.numKvHeads,
       headDim: a.headDim,
       scale: a.scale,
       keys: w.kind === "attention" && !encoder ? "causal" : "all",
       bias: bias ? { bidirectional: w.relativeBias!.spec.bidirectional, span } : null,
-    });
+    };
     const buffers: Record<string, GPUBuffer> = {
       q: acts.q,
       kCache: kv.keys,
@@ -208,7 +214,16 @@ export async function createSeq2SeqEngine(
       out: acts.attention,
     };
     if (bias) buffers.bias = bias;
-    plan.dispatch(src, buffers, (T) => [a.numHeads, T, 1]);
+    // One query: keys strided over lanes; more: query tiles that load each key once.
+    const none: [number, number, number] = [0, 0, 0];
+    plan.dispatch(seq2seqAttentionSource(key), buffers, (T) => T === 1 ? [a.numHeads, 1, 1] : none);
+    if (plan.prefill) {
+      plan.dispatch(
+        seq2seqAttentionTiledSource(key),
+        buffers,
+        (T) => T > 1 ? seq2seqTiledGroups(key, T) : none,
+      );
+    }
     plan.matmul(w.o, acts.attention, acts.hidden, { accumulate: true, scale: rs });
   }
 

@@ -115,6 +115,109 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 
 /**
+ * The same attention for many queries at once (prefill, the encoder), shaped for CPU adapters
+ * where every storage load costs a lane load: one invocation owns head h and `qt` consecutive
+ * queries, walks the keys once (each key and value row loaded once for all its queries, as
+ * vec4s when the head size allows) and keeps one online softmax per query in unrolled
+ * variables. Same bindings and contract as {@link seq2seqAttentionSource}. Dispatch
+ * {@link seq2seqTiledGroups}.
+ */
+export function seq2seqAttentionTiledSource(key: Seq2SeqAttentionKey, qt = 4): KernelSource {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = key;
+  if (nh % nkv !== 0) throw new RangeError(`attention: ${nh} heads over ${nkv} KV heads`);
+  const v4 = hd % 4 === 0;
+  const W = v4 ? 4 : 1, n = hd / W;
+  const T = v4 ? "vec4<f32>" : "f32";
+  const zero = v4 ? "vec4<f32>(0.0)" : "0.0";
+  const b = key.bias;
+  const width = b ? (b.bidirectional ? 2 * b.span - 1 : b.span) : 0;
+  const decls: BindingDecl[] = [
+    ["step", "Step", "uniform"],
+    ["q", `array<${T}>`],
+    ["kCache", `array<${T}>`],
+    ["vCache", `array<${T}>`],
+  ];
+  if (b) decls.push(["bias", "array<f32>"]);
+  decls.push(["out", `array<${T}>`, "storage, read_write"]);
+  const ds = Array.from({ length: n }, (_, d) => d);
+  const qs = Array.from({ length: qt }, (_, c) => c);
+  const perD = (fn: (d: number) => string, sep = "\n") => ds.map(fn).join(sep);
+  const perQ = (fn: (c: number) => string) => qs.map(fn).join("\n");
+  const dot = (c: number) =>
+    perD((d) => v4 ? `dot(q${c}_${d}, k${d})` : `q${c}_${d} * k${d}`, " + ");
+  const visible = (c: number) => key.keys === "causal" ? `j <= qpos${c}` : "true";
+  const biasTerm = (c: number) =>
+    !b
+      ? ""
+      : b.bidirectional
+      ? ` + bias[h * ${u(width)} + j + ${u(b.span - 1)} - qpos${c}]`
+      : ` + bias[h * ${u(width)} + select(0u, qpos${c} - j, j <= qpos${c})]`;
+  const label = `s2s_attention_tiled.${nh}.${nkv}.${hd}.${key.keys}${
+    key.scale === 1 ? "" : `.s${key.scale}`
+  }${b ? `.${b.bidirectional ? "bi" : "causal"}${b.span}` : ""}.t${qt}`;
+  return kernelSource(
+    label,
+    decls,
+    `
+@compute @workgroup_size(1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>) {
+  let h = wg.x;
+  let t0 = wg.y * ${u(qt)};
+  if (t0 >= step.T) { return; }
+  let tLast = min(t0 + ${u(qt - 1)}, step.T - 1u);
+  let jEnd = ${key.keys === "causal" ? "step.pos0 + tLast + 1u" : "step.pad0"};
+  let kvBase = (h / ${u(nh / nkv)}) * ${u(n)};
+${
+      perQ((c) =>
+        `  let qpos${c} = step.pos0 + min(t0 + ${u(c)}, tLast);
+  let qb${c} = min(t0 + ${u(c)}, tLast) * ${u(nh * n)} + h * ${u(n)};
+${perD((d) => `  let q${c}_${d} = q[qb${c} + ${u(d)}] * ${f(key.scale)};`)}
+  var m${c} = -3.0e38;
+  var s${c} = 0.0;
+${perD((d) => `  var a${c}_${d} = ${zero};`)}`
+      )
+    }
+  for (var j = 0u; j < jEnd; j++) {
+    let kb = j * ${u(nkv * n)} + kvBase;
+${perD((d) => `    let k${d} = kCache[kb + ${u(d)}];`)}
+${perD((d) => `    let v${d} = vCache[kb + ${u(d)}];`)}
+${
+      perQ((c) =>
+        `    {
+      let ok = ${visible(c)};
+      let score = ${dot(c)}${biasTerm(c)};
+      let mNew = select(m${c}, max(m${c}, score), ok);
+      let corr = exp(m${c} - mNew);
+      let p = select(0.0, exp(score - mNew), ok);
+      s${c} = s${c} * corr + p;
+${perD((d) => `      a${c}_${d} = a${c}_${d} * corr + p * v${d};`)}
+      m${c} = mNew;
+    }`
+      )
+    }
+  }
+${
+      perQ((c) =>
+        `  if (t0 + ${u(c)} < step.T) {
+    let ob = (t0 + ${u(c)}) * ${u(nh * n)} + h * ${u(n)};
+${perD((d) => `    out[ob + ${u(d)}] = a${c}_${d} / s${c};`)}
+  }`
+      )
+    }
+}`,
+  );
+}
+
+/** Workgroups of {@link seq2seqAttentionTiledSource} for T tokens. */
+export function seq2seqTiledGroups(
+  key: Seq2SeqAttentionKey,
+  T: number,
+  qt = 4,
+): [number, number, number] {
+  return [key.numHeads, Math.ceil(T / qt), 1];
+}
+
+/**
  * Copies a step's keys and values k, v [T, width] into rows pos0.. of kCache and vCache.
  * Dispatch ops.ts elementGroups(width, T).
  */

@@ -1,19 +1,21 @@
 /**
- * The encoder–decoder attention kernel (bidirectional over the encoder's keys with a relative
+ * The encoder–decoder attention kernels, lane-parallel and query-tiled (bidirectional over the encoder's keys with a relative
  * bias, causal over a decoder cache with a causal bias from a non-zero start position, cross over
- * encoder keys without bias; GQA ratios 1 and 2) and the KV store, against a float64 host
+ * encoder keys without bias; GQA ratios 1 and 2; head sizes 6, 8, 16) and the KV store, against a float64 host
  * computation on random non-zero data. Tolerance 1e-5 absolute (f32 dot products of ≤ 16 terms
  * and a softmax over ≤ 23 keys of values in [−1, 1]).
  */
 import assert from "node:assert/strict";
 import { mulberry32 } from "../../schemas/prng.ts";
 import { requestGpu } from "../device.ts";
-import { STEP_BYTES, storageBuffer } from "./kernel.ts";
+import { type KernelSource, STEP_BYTES, storageBuffer } from "./kernel.ts";
 import { elementGroups } from "./ops.ts";
 import {
   kvStoreSource,
   type Seq2SeqAttentionKey,
   seq2seqAttentionSource,
+  seq2seqAttentionTiledSource,
+  seq2seqTiledGroups,
 } from "./seq2seq_attention.ts";
 import { dispatchOnce, readF32 } from "./testing.ts";
 
@@ -116,41 +118,64 @@ const CASES: Case[] = [
     pos0: 2,
     keys: 23,
   },
+  {
+    name: "encoder: head size 6 (scalar loads), GQA 2",
+    key: {
+      numHeads: 2,
+      numKvHeads: 1,
+      headDim: 6,
+      scale: 1,
+      keys: "all",
+      bias: { bidirectional: true, span: 8 },
+    },
+    T: 7,
+    pos0: 0,
+    keys: 7,
+  },
+];
+
+type Groups = [number, number, number];
+const KERNELS: [string, (k: Seq2SeqAttentionKey) => KernelSource, (c: Case) => Groups][] = [
+  ["lanes", seq2seqAttentionSource, (c) => [c.key.numHeads, c.T, 1]],
+  ["tiled 4", (k) => seq2seqAttentionTiledSource(k), (c) => seq2seqTiledGroups(c.key, c.T)],
+  ["tiled 3", (k) => seq2seqAttentionTiledSource(k, 3), (c) => seq2seqTiledGroups(c.key, c.T, 3)],
 ];
 
 for (const c of CASES) {
-  Deno.test(`seq2seq attention kernel, ${c.name}: within ${TOLERANCE} of float64`, async () => {
-    const rand = mulberry32(c.T * 131 + c.keys);
-    const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c.key;
-    const rows = Math.max(c.keys, c.pos0 + c.T);
-    const q = random(c.T * nh * hd, rand);
-    const k = random(rows * nkv * hd, rand);
-    const v = random(rows * nkv * hd, rand);
-    const b = c.key.bias;
-    const bias = random(b ? nh * (b.bidirectional ? 2 * b.span - 1 : b.span) : 1, rand);
-    const out = storageBuffer(device, q.byteLength, "out");
-    const buffers: Record<string, GPUBuffer> = {
-      step: step(c.T, c.pos0, c.keys),
-      q: storageBuffer(device, q.byteLength, "q", q),
-      kCache: storageBuffer(device, k.byteLength, "k", k),
-      vCache: storageBuffer(device, v.byteLength, "v", v),
-      out,
-    };
-    if (b) buffers.bias = storageBuffer(device, bias.byteLength, "bias", bias);
-    dispatchOnce(device, seq2seqAttentionSource(c.key), buffers, [nh, c.T, 1]);
-    const got = await readF32(device, out, q.length);
-    const want = reference(c, q, k, v, bias);
-    let err = 0;
-    for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i] - want[i]));
-    assert.ok(err < TOLERANCE, `max error ${err}`);
-    // The bias matters: without it the reference moves well past the tolerance.
-    if (b) {
-      const plain = reference({ ...c, key: { ...c.key, bias: null } }, q, k, v, bias);
-      let moved = 0;
-      for (let i = 0; i < want.length; i++) moved = Math.max(moved, Math.abs(plain[i] - want[i]));
-      assert.ok(moved > 100 * TOLERANCE, `bias moved the output by only ${moved}`);
-    }
-  });
+  for (const [kernel, source, groups] of KERNELS) {
+    Deno.test(`seq2seq attention kernel (${kernel}), ${c.name}: within ${TOLERANCE} of float64`, async () => {
+      const rand = mulberry32(c.T * 131 + c.keys);
+      const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c.key;
+      const rows = Math.max(c.keys, c.pos0 + c.T);
+      const q = random(c.T * nh * hd, rand);
+      const k = random(rows * nkv * hd, rand);
+      const v = random(rows * nkv * hd, rand);
+      const b = c.key.bias;
+      const bias = random(b ? nh * (b.bidirectional ? 2 * b.span - 1 : b.span) : 1, rand);
+      const out = storageBuffer(device, q.byteLength, "out");
+      const buffers: Record<string, GPUBuffer> = {
+        step: step(c.T, c.pos0, c.keys),
+        q: storageBuffer(device, q.byteLength, "q", q),
+        kCache: storageBuffer(device, k.byteLength, "k", k),
+        vCache: storageBuffer(device, v.byteLength, "v", v),
+        out,
+      };
+      if (b) buffers.bias = storageBuffer(device, bias.byteLength, "bias", bias);
+      dispatchOnce(device, source(c.key), buffers, groups(c));
+      const got = await readF32(device, out, q.length);
+      const want = reference(c, q, k, v, bias);
+      let err = 0;
+      for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i] - want[i]));
+      assert.ok(err < TOLERANCE, `max error ${err}`);
+      // The bias matters: without it the reference moves well past the tolerance.
+      if (b) {
+        const plain = reference({ ...c, key: { ...c.key, bias: null } }, q, k, v, bias);
+        let moved = 0;
+        for (let i = 0; i < want.length; i++) moved = Math.max(moved, Math.abs(plain[i] - want[i]));
+        assert.ok(moved > 100 * TOLERANCE, `bias moved the output by only ${moved}`);
+      }
+    });
+  }
 }
 
 Deno.test("kv store: a step's keys and values land at rows pos0..", async () => {
