@@ -2,8 +2,8 @@
 // --decoder-ids --json` (the float64 values of transformers' strict oracle), `run --encoder-ids
 // --json` (transformers' greedy ids), `eval --spans` of an f32 artifact of the oracle
 // checkpoint (transformers' float64 figure on testdata/hf-oracle-extra/switch-spans), and the one-line usage errors;
-// the same three on the WebGPU engine (an f32 artifact: 1e-4 of `hf_logits`, the greedy ids,
-// 1e-4 relative of the spans figure).
+// the same three and serve on the WebGPU engine (an f32 artifact: 1e-4 of `hf_logits`, the
+// greedy ids, 1e-4 relative of the spans figure).
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -87,7 +87,7 @@ Deno.test("eval --spans of an f32 switch_transformers-a artifact: transformers' 
   }
 });
 
-Deno.test("--device webgpu on an f32 switch_transformers-a artifact: logits, run, eval --spans", async () => {
+Deno.test("--device webgpu on an f32 switch_transformers-a artifact: logits, run, eval --spans, serve", async () => {
   const ref = await json(join(ORACLE, "reference.json"));
   const want = await json(join(SPANS, "reference.json"));
   const dir = await Deno.makeTempDir({ prefix: "moeq-s2s-gpu-" });
@@ -141,6 +141,23 @@ Deno.test("--device webgpu on an f32 switch_transformers-a artifact: logits, run
       `  eval --spans --device webgpu: ${got.bits_per_token} bits/token, relative error ${rel}`,
     );
     assert.ok(rel < 1e-4, `relative error ${rel}`);
+
+    // serve /v1/completions on the WebGPU engine: the prompt feeds the encoder.
+    const { engine, tokenizer } = await openEngine(artifact, "webgpu");
+    const server = serve(engine, tokenizer, { port: 0, onListen: () => {} });
+    try {
+      const res = await fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: g.encoder_input_ids, max_tokens: 6, temperature: 0 }),
+      });
+      const body = await res.json();
+      assert.equal(res.status, 200, JSON.stringify(body));
+      assert.equal(body.choices[0].text, tokenizer.decode(g.generated_ids));
+    } finally {
+      await server.shutdown();
+      engine.dispose();
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
