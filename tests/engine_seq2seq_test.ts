@@ -4,7 +4,7 @@
  * `hf_logits` and transformers' greedy ids through `generateSeq2Seq`; with expert capacity 2
  * (testdata/hf-oracle-extra/switch-capacity) tokens are refused in both stacks and the logits
  * still match; both kernel styles. A quantized artifact (experts at 2, 3, 4 and 8 bits, dense
- * matrices 8-bit, attention and routers f16, the tied embedding bf16) matches the float64 reference
+ * matrices and self-attention 8-bit, cross-attention and routers f16, the tied embedding bf16) matches the float64 reference
  * on the same weights within 1e-4 relative. Misuse and limits raise typed errors. The engine's
  * relative-position buckets equal the float64 reference's.
  */
@@ -122,12 +122,12 @@ Deno.test("engine relative buckets equal the reference's", () => {
   }
 });
 
-/** Embedding bf16, attention and router f16, expert matrices at `bits`, the rest 8-bit. */
+/** Embedding bf16, cross-attention and routers f16, experts 2/3/4/8-bit, the rest (self-attention's stacked q/k/v included) 8-bit. */
 function encoding(p: PlacedTensor): TensorEncoding {
   const BITS: QuantBits[] = [2, 3, 4, 8];
-  if (p.ref.shape.length !== 2) return { storage: "f32" };
+  if (p.ref.shape.length !== 2 || p.role.endsWith("relative_bias")) return { storage: "f32" };
   if (p.role === "embed") return { storage: "bf16" };
-  if (p.role.startsWith("attn_") || p.role.startsWith("cross_") || p.role === "router") {
+  if (p.role.startsWith("cross_") || p.role === "router") {
     return { storage: "f16" };
   }
   const b = p.expert >= 0 && isExpertMatrixRole(p.role) ? BITS[p.expert % 4] : 8;

@@ -110,7 +110,7 @@ export async function createSeq2SeqEngine(
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
 
-  const weights = await uploadSeq2SeqWeights(device, artifact);
+  const weights = await uploadSeq2SeqWeights(device, artifact, { fuse: tiled });
   const acts = createActivations(device, bothStacks(spec), chunk, maxContext);
   const f32 = (floats: number, label: string) => storageBuffer(device, floats * 4, label);
   const encTokens = storageBuffer(device, chunk * 4, "encoder.tokens");
@@ -178,24 +178,33 @@ export async function createSeq2SeqEngine(
   /** Attention block: norm → q (k, v) → attention over its keys → output added to the residual. */
   function attention(plan: PlanBuilder, w: Seq2SeqAttentionWeights, rs: number, encoder: boolean) {
     const a = w.spec;
+    const qWidth = a.numHeads * a.headDim, width = kvWidth(w);
     plan.preNorm(w.norm, w.normWeight);
-    plan.matmul(w.q, acts.normed, acts.q);
-    let kv: KvCache;
-    if (w.kind === "cross_attention") {
-      kv = crossKv.get(w)!;
-    } else if (encoder) {
-      kv = encKv;
-      plan.matmul(w.k, acts.normed, kv.keys);
-      plan.matmul(w.v, acts.normed, kv.values);
+    const kv = w.kind === "cross_attention"
+      ? crossKv.get(w)!
+      : encoder
+      ? encKv
+      : selfCaches.get(w)!;
+    const store = { kCache: kv.keys, vCache: kv.values };
+    let q = acts.q, qStride = qWidth;
+    if (w.qkv) {
+      // One [q | k | v] projection; k and v go to the keys' rows from the packed rows.
+      qStride = qWidth + 2 * width;
+      q = acts.qkv;
+      plan.matmul(w.qkv, acts.normed, acts.qkv);
+      const packed = { stride: qStride, kOffset: qWidth };
+      plan.elementwise(kvStoreSource(width, packed), { qkv: acts.qkv, ...store }, width);
     } else {
-      kv = selfCaches.get(w)!;
-      plan.matmul(w.k, acts.normed, acts.k);
-      plan.matmul(w.v, acts.normed, acts.v);
-      plan.elementwise(
-        kvStoreSource(kvWidth(w)),
-        { k: acts.k, v: acts.v, kCache: kv.keys, vCache: kv.values },
-        kvWidth(w),
-      );
+      plan.matmul(w.q, acts.normed, acts.q);
+      if (w.kind === "attention" && encoder) {
+        // The encoder's keys are this forward's rows 0..T − 1: projected in place.
+        plan.matmul(w.k, acts.normed, kv.keys);
+        plan.matmul(w.v, acts.normed, kv.values);
+      } else if (w.kind === "attention") {
+        plan.matmul(w.k, acts.normed, acts.k);
+        plan.matmul(w.v, acts.normed, acts.v);
+        plan.elementwise(kvStoreSource(width), { k: acts.k, v: acts.v, ...store }, width);
+      }
     }
     const span = encoder ? chunk : maxContext;
     const bias = w.kind === "attention" ? biasOf(w, span) : undefined;
@@ -206,9 +215,10 @@ export async function createSeq2SeqEngine(
       scale: a.scale,
       keys: w.kind === "attention" && !encoder ? "causal" : "all",
       bias: bias ? { bidirectional: w.relativeBias!.spec.bidirectional, span } : null,
+      qStride,
     };
     const buffers: Record<string, GPUBuffer> = {
-      q: acts.q,
+      q,
       kCache: kv.keys,
       vCache: kv.values,
       out: acts.attention,

@@ -4,7 +4,9 @@
  * cross-attention, dense ReLU MLPs and capacity-routed MoE blocks of ReLU experts — read by
  * (stack, layer, expert, role) key as the decoder-only loader (engine/weights.ts) does, in the
  * same GPU formats (kernels/weights.ts): matrices stay in their storage format, vectors become
- * f32, routed experts are grouped per storage format and split under EXPERT_SET_BYTES.
+ * f32, routed experts are grouped per storage format and split under EXPERT_SET_BYTES. For the
+ * tiled kernel style (`fuse`), a self-attention block's q, k and v are also stacked into one
+ * [q; k; v] projection when they share a storage format.
  *
  * @module
  */
@@ -21,6 +23,7 @@ import type {
   StackName,
   StackSpec,
 } from "../../schemas/model.ts";
+import type { QuantizedTensor } from "../../schemas/packing.ts";
 import { describeKey, keyString, matrixShape, type TensorKey } from "../../schemas/tensors.ts";
 import { storageBuffer } from "../kernels/kernel.ts";
 import {
@@ -50,6 +53,8 @@ export interface Seq2SeqAttentionWeights {
   k: WeightSet;
   v: WeightSet;
   o: WeightSet;
+  /** q, k and v stacked row-wise (self-attention, `fuse`, one storage format), else absent. */
+  qkv?: WeightSet;
   relativeBias: HostRelativeBias | null;
 }
 
@@ -98,8 +103,9 @@ export interface Seq2SeqWeights {
 export async function uploadSeq2SeqWeights(
   device: GPUDevice,
   artifact: EngineArtifact,
+  opts: { fuse: boolean },
 ): Promise<Seq2SeqWeights> {
-  const loader = new Loader(device, artifact);
+  const loader = new Loader(device, artifact, opts.fuse);
   const spec = artifact.model;
   const H = spec.hiddenSize, V = spec.vocabSize;
   const top = (role: string): TensorKey => ({ stack: "decoder", layer: -1, expert: -1, role });
@@ -115,7 +121,11 @@ class Loader {
   readonly #byKey = new Map<string, TensorRecord>();
   readonly #biases = new Map<string, Float32Array>();
 
-  constructor(readonly device: GPUDevice, readonly artifact: EngineArtifact) {
+  constructor(
+    readonly device: GPUDevice,
+    readonly artifact: EngineArtifact,
+    readonly fuse: boolean,
+  ) {
     for (const t of artifact.tensors) this.#byKey.set(keyString(t), t);
   }
 
@@ -189,6 +199,9 @@ class Loader {
             k: await this.matrix(at(`${p}_k`), [kvRows, H]),
             v: await this.matrix(at(`${p}_v`), [kvRows, H]),
             o: await this.matrix(at(`${p}_o`), [H, qRows]),
+            qkv: block.kind === "attention" && this.fuse
+              ? await this.stacked([`${p}_q`, `${p}_k`, `${p}_v`].map((r) => at(r)))
+              : undefined,
             relativeBias: await this.relativeBias(stack, p, a),
           });
           continue;
@@ -252,6 +265,22 @@ class Loader {
     return { spec: p, key, table };
   }
 
+  /** Matrices stacked row-wise as one set, when they share a format and fit a binding. */
+  async stacked(keys: TensorKey[]): Promise<WeightSet | undefined> {
+    const ts = keys.map((k) => this.#byKey.get(keyString(k))!);
+    const format = formatOf(ts[0]);
+    if (ts.some((t) => formatName(formatOf(t)) !== formatName(format))) return undefined;
+    const rows = ts.reduce((a, t) => a + t.shape[0], 0), cols = ts[0].shape[1];
+    const limit = this.device.limits.maxStorageBufferBindingSize;
+    if (matrixBytes(format, rows, cols) > limit) return undefined;
+    const hosts: HostMatrix[] = [];
+    for (const t of ts) hosts.push(await this.host(t));
+    const label = ts.map((t) => t.name).join("+");
+    const set = uploadWeightSet(this.device, format, rows, cols, [stackRows(hosts)], label);
+    this.bytes += set.bytes;
+    return set;
+  }
+
   /** One matrix per expert, grouped by storage format, split under EXPERT_SET_BYTES. */
   async expertSets(records: TensorRecord[], label: string): Promise<ExpertSet[]> {
     const groups = new Map<string, TensorRecord[]>();
@@ -277,4 +306,30 @@ class Loader {
     }
     return out;
   }
+}
+
+/** Matrices of one format stacked row-wise (quantized rows are packed per row). */
+function stackRows(parts: HostMatrix[]): HostMatrix {
+  if (parts.every((p) => "raw" in p)) {
+    return { raw: concat(parts.map((p) => (p as { raw: Uint8Array }).raw)) };
+  }
+  const qs = parts as QuantizedTensor[];
+  return {
+    ...qs[0],
+    rows: qs.reduce((a, q) => a + q.rows, 0),
+    codes: concat(qs.map((q) => q.codes)),
+    scales: concat(qs.map((q) => q.scales) as Uint16Array[]),
+    zeros: concat(qs.map((q) => q.zeros) as Uint16Array[]),
+  };
+}
+
+function concat<A extends Uint8Array | Uint16Array | Uint32Array>(arrays: A[]): A {
+  const Ctor = arrays[0].constructor as { new (n: number): A };
+  const out = new Ctor(arrays.reduce((a, r) => a + r.length, 0));
+  let at = 0;
+  for (const r of arrays) {
+    out.set(r as never, at);
+    at += r.length;
+  }
+  return out;
 }

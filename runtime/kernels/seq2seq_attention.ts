@@ -33,6 +33,14 @@ export interface Seq2SeqAttentionKey extends AttentionShape {
    * to `span` positions; null for none.
    */
   bias: { bidirectional: boolean; span: number } | null;
+  /** Floats between consecutive tokens' q rows (default numHeads·headDim; a packed [q | k | v] row). */
+  qStride?: number;
+}
+
+/** Label suffix of a key's q stride when it is not the default. */
+function strideLabel(key: Seq2SeqAttentionKey): string {
+  const s = key.qStride ?? key.numHeads * key.headDim;
+  return s === key.numHeads * key.headDim ? "" : `.q${s}`;
 }
 
 /**
@@ -61,7 +69,7 @@ export function seq2seqAttentionSource(key: Seq2SeqAttentionKey): KernelSource {
     : ` + bias[h * ${u(width)} + qpos - j]`;
   const label = `s2s_attention.${nh}.${nkv}.${hd}.${key.keys}${
     key.scale === 1 ? "" : `.s${key.scale}`
-  }${b ? `.${b.bidirectional ? "bi" : "causal"}${b.span}` : ""}`;
+  }${b ? `.${b.bidirectional ? "bi" : "causal"}${b.span}` : ""}${strideLabel(key)}`;
   return kernelSource(
     label,
     decls,
@@ -79,7 +87,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let qpos = step.pos0 + t;
   let nKeys = ${key.keys === "causal" ? "qpos + 1u" : "step.pad0"};
   let kvBase = (h / ${u(nh / nkv)}) * HD;
-  let qb = t * ${u(nh * hd)} + h * HD;
+  let qb = t * ${u(key.qStride ?? nh * hd)} + h * HD;
   var qv: array<f32, ${hd}>;
   for (var d = 0u; d < HD; d++) { qv[d] = q[qb + d] * ${f(key.scale)}; }
   var m = -3.0e38;
@@ -125,7 +133,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 export function seq2seqAttentionTiledSource(key: Seq2SeqAttentionKey, qt = 4): KernelSource {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = key;
   if (nh % nkv !== 0) throw new RangeError(`attention: ${nh} heads over ${nkv} KV heads`);
-  const v4 = hd % 4 === 0;
+  const qStride = key.qStride ?? nh * hd;
+  const v4 = hd % 4 === 0 && qStride % 4 === 0;
   const W = v4 ? 4 : 1, n = hd / W;
   const T = v4 ? "vec4<f32>" : "f32";
   const zero = v4 ? "vec4<f32>(0.0)" : "0.0";
@@ -154,7 +163,7 @@ export function seq2seqAttentionTiledSource(key: Seq2SeqAttentionKey, qt = 4): K
       : ` + bias[h * ${u(width)} + select(0u, qpos${c} - j, j <= qpos${c})]`;
   const label = `s2s_attention_tiled.${nh}.${nkv}.${hd}.${key.keys}${
     key.scale === 1 ? "" : `.s${key.scale}`
-  }${b ? `.${b.bidirectional ? "bi" : "causal"}${b.span}` : ""}.t${qt}`;
+  }${b ? `.${b.bidirectional ? "bi" : "causal"}${b.span}` : ""}${strideLabel(key)}.t${qt}`;
   return kernelSource(
     label,
     decls,
@@ -170,7 +179,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>) {
 ${
       perQ((c) =>
         `  let qpos${c} = step.pos0 + min(t0 + ${u(c)}, tLast);
-  let qb${c} = min(t0 + ${u(c)}, tLast) * ${u(nh * n)} + h * ${u(n)};
+  let qb${c} = min(t0 + ${u(c)}, tLast) * ${u(qStride / W)} + h * ${u(n)};
 ${perD((d) => `  let q${c}_${d} = q[qb${c} + ${u(d)}] * ${f(key.scale)};`)}
   var m${c} = -3.0e38;
   var s${c} = 0.0;
@@ -217,17 +226,34 @@ export function seq2seqTiledGroups(
   return [key.numHeads, Math.ceil(T / qt), 1];
 }
 
+/** Where {@link kvStoreSource} finds k and v in one packed buffer "qkv" of [q | k | v] rows. */
+export interface PackedKv {
+  /** Floats per token row. */
+  stride: number;
+  /** Offset of k in a row (v follows it). */
+  kOffset: number;
+}
+
 /**
- * Copies a step's keys and values k, v [T, width] into rows pos0.. of kCache and vCache.
- * Dispatch ops.ts elementGroups(width, T).
+ * Copies a step's keys and values — k, v [T, width], or from packed [q | k | v] rows — into rows
+ * pos0.. of kCache and vCache. Dispatch ops.ts elementGroups(width, T).
  */
-export function kvStoreSource(width: number): KernelSource {
+export function kvStoreSource(width: number, packed?: PackedKv): KernelSource {
+  const inputs: BindingDecl[] = packed ? [["qkv", "array<f32>"]] : [
+    ["k", "array<f32>"],
+    ["v", "array<f32>"],
+  ];
+  const kAt = packed
+    ? `qkv[t * ${u(packed.stride)} + ${u(packed.kOffset)} + c]`
+    : `k[t * ${u(width)} + c]`;
+  const vAt = packed
+    ? `qkv[t * ${u(packed.stride)} + ${u(packed.kOffset + width)} + c]`
+    : `v[t * ${u(width)} + c]`;
   return kernelSource(
-    `kv_store.${width}`,
+    `kv_store.${width}${packed ? `.packed${packed.stride}.${packed.kOffset}` : ""}`,
     [
       ["step", "Step", "uniform"],
-      ["k", "array<f32>"],
-      ["v", "array<f32>"],
+      ...inputs,
       ["kCache", "array<f32>", "storage, read_write"],
       ["vCache", "array<f32>", "storage, read_write"],
     ],
@@ -238,8 +264,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let t = id.y;
   if (c >= ${u(width)} || t >= step.T) { return; }
   let dst = (step.pos0 + t) * ${u(width)} + c;
-  kCache[dst] = k[t * ${u(width)} + c];
-  vCache[dst] = v[t * ${u(width)} + c];
+  kCache[dst] = ${kAt};
+  vCache[dst] = ${vAt};
 }`,
   );
 }

@@ -1,7 +1,7 @@
 /**
  * The encoder–decoder attention kernels, lane-parallel and query-tiled (bidirectional over the encoder's keys with a relative
  * bias, causal over a decoder cache with a causal bias from a non-zero start position, cross over
- * encoder keys without bias; GQA ratios 1 and 2; head sizes 6, 8, 16) and the KV store, against a float64 host
+ * encoder keys without bias; GQA ratios 1 and 2; head sizes 6, 8, 16; q in packed [q | k | v] rows) and the KV store, against a float64 host
  * computation on random non-zero data. Tolerance 1e-5 absolute (f32 dot products of ≤ 16 terms
  * and a softmax over ≤ 23 keys of values in [−1, 1]).
  */
@@ -57,9 +57,8 @@ function reference(c: Case, q: Float32Array, k: Float32Array, v: Float32Array, b
       const scores = new Float64Array(n);
       for (let j = 0; j < n; j++) {
         let s = 0;
-        for (let d = 0; d < hd; d++) {
-          s += q[t * nh * hd + h * hd + d] * k[j * nkv * hd + g * hd + d];
-        }
+        const qs = c.key.qStride ?? nh * hd;
+        for (let d = 0; d < hd; d++) s += q[t * qs + h * hd + d] * k[j * nkv * hd + g * hd + d];
         s *= scale;
         const b = c.key.bias;
         if (b) {
@@ -112,6 +111,21 @@ const CASES: Case[] = [
     keys: 8,
   },
   {
+    name: "decoder: packed [q | k | v] rows (q stride 64), causal bias",
+    key: {
+      numHeads: 2,
+      numKvHeads: 1,
+      headDim: 16,
+      scale: 1,
+      keys: "causal",
+      bias: { bidirectional: false, span: 16 },
+      qStride: 64,
+    },
+    T: 5,
+    pos0: 3,
+    keys: 8,
+  },
+  {
     name: "cross: no bias, scaled",
     key: { numHeads: 3, numKvHeads: 3, headDim: 8, scale: 0.35, keys: "all", bias: null },
     T: 4,
@@ -147,12 +161,12 @@ for (const c of CASES) {
       const rand = mulberry32(c.T * 131 + c.keys);
       const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c.key;
       const rows = Math.max(c.keys, c.pos0 + c.T);
-      const q = random(c.T * nh * hd, rand);
+      const q = random(c.T * (c.key.qStride ?? nh * hd), rand);
       const k = random(rows * nkv * hd, rand);
       const v = random(rows * nkv * hd, rand);
       const b = c.key.bias;
       const bias = random(b ? nh * (b.bidirectional ? 2 * b.span - 1 : b.span) : 1, rand);
-      const out = storageBuffer(device, q.byteLength, "out");
+      const out = storageBuffer(device, c.T * nh * hd * 4, "out");
       const buffers: Record<string, GPUBuffer> = {
         step: step(c.T, c.pos0, c.keys),
         q: storageBuffer(device, q.byteLength, "q", q),
@@ -162,7 +176,7 @@ for (const c of CASES) {
       };
       if (b) buffers.bias = storageBuffer(device, bias.byteLength, "bias", bias);
       dispatchOnce(device, source(c.key), buffers, groups(c));
-      const got = await readF32(device, out, q.length);
+      const got = await readF32(device, out, c.T * nh * hd);
       const want = reference(c, q, k, v, bias);
       let err = 0;
       for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i] - want[i]));
@@ -178,7 +192,7 @@ for (const c of CASES) {
   }
 }
 
-Deno.test("kv store: a step's keys and values land at rows pos0..", async () => {
+Deno.test("kv store: a step's keys and values land at rows pos0.., split or packed", async () => {
   const rand = mulberry32(7);
   const width = 12, T = 3, pos0 = 4, rows = 9;
   const k = random(T * width, rand), v = random(T * width, rand);
@@ -195,6 +209,21 @@ Deno.test("kv store: a step's keys and values land at rows pos0..", async () => 
   const wantK = kc.slice(), wantV = vc.slice();
   wantK.set(k, pos0 * width);
   wantV.set(v, pos0 * width);
+  assert.deepEqual(await readF32(device, kCache, kc.length), wantK);
+  assert.deepEqual(await readF32(device, vCache, vc.length), wantV);
+
+  // From packed [q | k | v] rows of 3 · width floats.
+  const qkv = random(T * 3 * width, rand);
+  dispatchOnce(device, kvStoreSource(width, { stride: 3 * width, kOffset: width }), {
+    step: step(T, pos0, 0),
+    qkv: storageBuffer(device, qkv.byteLength, "qkv", qkv),
+    kCache,
+    vCache,
+  }, elementGroups(width, T));
+  for (let t = 0; t < T; t++) {
+    wantK.set(qkv.subarray((3 * t + 1) * width, (3 * t + 2) * width), (pos0 + t) * width);
+    wantV.set(qkv.subarray((3 * t + 2) * width, (3 * t + 3) * width), (pos0 + t) * width);
+  }
   assert.deepEqual(await readF32(device, kCache, kc.length), wantK);
   assert.deepEqual(await readF32(device, vCache, vc.length), wantV);
 });
