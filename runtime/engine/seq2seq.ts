@@ -20,7 +20,9 @@
  * (kernels/relative_bias.ts); the encoder length rides in the Step uniform's third field.
  * Matmuls, norms, the embedding, routed-expert matmuls and the sampler are the decoder-only
  * engine's (PlanBuilder); routing with capacity, ReLU and the top-1 combine are
- * kernels/capacity.ts, attention kernels/seq2seq_attention.ts.
+ * kernels/capacity.ts, attention kernels/seq2seq_attention.ts (one query: keys strided over
+ * lanes; more: query tiles). In the tiled style a self-attention block's q, k and v are one
+ * stacked projection whose packed rows the KV store and the attention read.
  *
  * @module
  */
