@@ -87,8 +87,12 @@ Deno.test("engine seq2seq: capacity 2 refuses tokens in both stacks as transform
   const path = await emitTemp({ ...ir, spec: withCapacity(ir.spec, ref.expert_capacity) });
   const unlimited = await compileF32(ORACLE);
   const engine = await loadModel(path);
+  const classic = await loadModel(path, { kernels: "classic" });
   const plain = await loadModel(unlimited);
   try {
+    // The classic style serves experts by scanning the chosen ids (refused: out of range).
+    const classicRows = await classic.logitsSeq2Seq!(ref.encoder_input_ids, ref.decoder_input_ids);
+    assert.ok(maxAbsErr(classicRows, ref.hf_logits_f64strict) <= 1e-4, "classic kernels");
     const rows = await engine.logitsSeq2Seq!(ref.encoder_input_ids, ref.decoder_input_ids);
     const err = maxAbsErr(rows, ref.hf_logits_f64strict);
     console.log(
@@ -102,6 +106,7 @@ Deno.test("engine seq2seq: capacity 2 refuses tokens in both stacks as transform
     assert.ok(maxAbsErr(free, ref.hf_logits_f64strict) > 1e-2, "capacity changes nothing");
   } finally {
     engine.dispose();
+    classic.dispose();
     plain.dispose();
     await Deno.remove(path);
     await Deno.remove(unlimited);
