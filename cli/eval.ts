@@ -30,7 +30,7 @@ export const spec: CommandSpec = {
     device: {
       type: "string",
       help: "webgpu or cpu (float64 reference)",
-      default: "webgpu (cpu for --spans)",
+      default: "webgpu for artifacts, cpu for checkpoints",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     quiet: { type: "boolean", help: "no progress bar" },
@@ -46,12 +46,7 @@ export async function run(args: Args): Promise<void> {
   if (!text && !spansFile) throw new UsageError("eval: --text FILE or --spans FILE is required");
   if (text && spansFile) throw new UsageError("eval: give --text or --spans, not both");
   const dir = await isDirectory(path);
-  // The WebGPU engine runs decoder-only models: encoder–decoder input defaults to the CPU.
-  const device = args.choice<DeviceKind>(
-    "device",
-    ["cpu", "webgpu"],
-    dir || spansFile ? "cpu" : "webgpu",
-  );
+  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
   const { engine, tokenizer, spec, reference } = await openEngine(path, device, {
     f16: !args.flag("no-f16"),
   });
@@ -64,12 +59,16 @@ export async function run(args: Args): Promise<void> {
       );
     }
     if (spansFile) {
-      if (!reference) throw new UsageError("eval --spans runs on --device cpu");
+      // The reference scores its float64 rows; the WebGPU engine its f32 ones.
+      const logits = reference
+        ? (e: number[], d: number[]) => forwardSeq2Seq(reference, e, d)
+        : engine.logitsSeq2Seq?.bind(engine);
+      if (!logits) throw new UsageError("eval --spans: this engine runs no encoder–decoder models");
       const spans = parseSpans(await Deno.readTextFile(spansFile), spansFile, spec.vocabSize);
       const bar = progressBar(args.flag("quiet") || args.flag("json"));
       const t0 = performance.now();
       const r = await evaluateSpans(
-        (e, d) => forwardSeq2Seq(reference, e, d),
+        logits,
         spans,
         spec.decoderStartTokenId!,
         (d, n) => bar.update("eval", d, n),

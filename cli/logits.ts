@@ -28,7 +28,7 @@ export const spec: CommandSpec = {
     device: {
       type: "string",
       help: "cpu (float64 reference) or webgpu",
-      default: "webgpu for artifacts, cpu for checkpoints and --encoder-ids",
+      default: "webgpu for artifacts, cpu for checkpoints",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     json: {
@@ -43,12 +43,7 @@ export async function run(args: Args): Promise<void> {
   const path = args.positionals[0];
   const encoderIds = args.intList("encoder-ids");
   const dir = await isDirectory(path);
-  // The WebGPU engine runs decoder-only models: encoder–decoder input defaults to the CPU.
-  const device = args.choice<DeviceKind>(
-    "device",
-    ["cpu", "webgpu"],
-    dir || encoderIds ? "cpu" : "webgpu",
-  );
+  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
   const { engine, spec, reference } = await openEngine(path, device, {
     f16: !args.flag("no-f16"),
   });
@@ -81,8 +76,9 @@ export async function run(args: Args): Promise<void> {
     // On the CPU the rows are the reference's float64 values; the engine would round them to f32.
     let rows: ArrayLike<number>[];
     if (seq2seq) {
-      if (!reference) throw new UsageError("logits: encoder–decoder models run on --device cpu");
-      rows = forwardSeq2Seq(reference, encoderIds!, ids);
+      if (reference) rows = forwardSeq2Seq(reference, encoderIds!, ids);
+      else if (engine.logitsSeq2Seq) rows = await engine.logitsSeq2Seq(encoderIds!, ids);
+      else throw new UsageError("logits: this engine runs no encoder–decoder models");
     } else rows = reference ? forward(reference, ids) : await engine.logits(ids);
     if (args.flag("json")) {
       console.log(JSON.stringify({ logits: rows.map((r) => Array.from(r)) }));

@@ -41,7 +41,7 @@ export const spec: CommandSpec = {
     device: {
       type: "string",
       help: "webgpu or cpu (float64 reference)",
-      default: "webgpu (cpu for --encoder-ids)",
+      default: "webgpu",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     json: { type: "boolean", help: 'print {"prompt_ids", "ids", "text", "tokens_per_s"}' },
@@ -57,12 +57,7 @@ export async function run(args: Args): Promise<void> {
   if (given !== 1) {
     throw new UsageError("run: give exactly one of --prompt, --ids and --encoder-ids");
   }
-  // The WebGPU engine runs decoder-only models: --encoder-ids defaults to the CPU.
-  const device = args.choice<DeviceKind>(
-    "device",
-    ["cpu", "webgpu"],
-    encoderIdsFlag ? "cpu" : "webgpu",
-  );
+  const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], "webgpu");
   const options = {
     maxTokens: args.int("max-tokens", 64, 1, 1 << 20),
     temperature: args.number("temperature", 0, 0, 100),

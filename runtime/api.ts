@@ -51,6 +51,12 @@ export interface Engine {
    * engines that run encoder–decoder models.
    */
   generateSeq2Seq?(encoderIds: number[], options?: GenerateOptions): AsyncGenerator<number>;
+  /**
+   * Encoder–decoder models: the encoder over `encoderIds`, then the decoder over `decoderIds`
+   * (positions 0.., routed together in one forward): one Float32Array of vocabSize per decoder
+   * position. Present on engines that run encoder–decoder models.
+   */
+  logitsSeq2Seq?(encoderIds: number[], decoderIds: number[]): Promise<Float32Array[]>;
   /** Frees GPU memory; the engine is unusable afterwards. */
   dispose(): void;
 }

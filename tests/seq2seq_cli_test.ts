@@ -1,7 +1,9 @@
 // Encoder–decoder models through the CLI on the CPU reference: `logits --encoder-ids
 // --decoder-ids --json` (the float64 values of transformers' strict oracle), `run --encoder-ids
 // --json` (transformers' greedy ids), `eval --spans` of an f32 artifact of the oracle
-// checkpoint (transformers' float64 figure on testdata/hf-oracle-extra/switch-spans), and the one-line usage errors.
+// checkpoint (transformers' float64 figure on testdata/hf-oracle-extra/switch-spans), and the one-line usage errors;
+// the same three and serve on the WebGPU engine (an f32 artifact: 1e-4 of `hf_logits`, the
+// greedy ids, 1e-4 relative of the spans figure).
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -80,6 +82,82 @@ Deno.test("eval --spans of an f32 switch_transformers-a artifact: transformers' 
     const rel = Math.abs(got.bits_per_token - want.bits_per_token_f64) / want.bits_per_token_f64;
     console.log(`  eval --spans: ${got.bits_per_token} bits/token, relative error ${rel}`);
     assert.ok(rel < 1e-6, `relative error ${rel}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--device webgpu on an f32 switch_transformers-a artifact: logits, run, eval --spans, serve", async () => {
+  const ref = await json(join(ORACLE, "reference.json"));
+  const want = await json(join(SPANS, "reference.json"));
+  const dir = await Deno.makeTempDir({ prefix: "moeq-s2s-gpu-" });
+  try {
+    const artifact = join(dir, "model.moeq");
+    const f32 = ["--expert-bits", "f32", "--dense-bits", "f32"];
+    const compiled = await runCli(["compile", ORACLE, "-o", artifact, ...f32]);
+    assert.equal(compiled.code, 0, compiled.stderr);
+
+    const logits = await runCli([
+      "logits",
+      artifact,
+      "--device",
+      "webgpu",
+      "--encoder-ids",
+      ref.encoder_input_ids.join(","),
+      "--decoder-ids",
+      ref.decoder_input_ids.join(","),
+      "--json",
+    ]);
+    assert.equal(logits.code, 0, logits.stderr);
+    const rows: number[][] = JSON.parse(logits.stdout).logits;
+    assert.equal(rows.length, ref.decoder_input_ids.length);
+    let err = 0;
+    rows.forEach((row, t) =>
+      row.forEach((x, i) => (err = Math.max(err, Math.abs(x - ref.hf_logits[t * row.length + i]))))
+    );
+    assert.ok(err < 1e-4, `logits max error ${err}`);
+
+    const g = ref.greedy_decode;
+    const run = await runCli([
+      "run",
+      artifact,
+      "--encoder-ids",
+      g.encoder_input_ids.join(","),
+      "--max-tokens",
+      String(g.generated_ids.length),
+      "--json",
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(JSON.parse(run.stdout).ids, g.generated_ids);
+
+    const spans = join(SPANS, "spans.jsonl");
+    const out = await runCli(["eval", artifact, "--spans", spans, "--json"]);
+    assert.equal(out.code, 0, out.stderr);
+    const got = JSON.parse(out.stdout);
+    assert.equal(got.device, "webgpu");
+    assert.equal(got.tokens, want.tokens);
+    const rel = Math.abs(got.bits_per_token - want.bits_per_token_f64) / want.bits_per_token_f64;
+    console.log(
+      `  eval --spans --device webgpu: ${got.bits_per_token} bits/token, relative error ${rel}`,
+    );
+    assert.ok(rel < 1e-4, `relative error ${rel}`);
+
+    // serve /v1/completions on the WebGPU engine: the prompt feeds the encoder.
+    const { engine, tokenizer } = await openEngine(artifact, "webgpu");
+    const server = serve(engine, tokenizer, { port: 0, onListen: () => {} });
+    try {
+      const res = await fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: g.encoder_input_ids, max_tokens: 6, temperature: 0 }),
+      });
+      const body = await res.json();
+      assert.equal(res.status, 200, JSON.stringify(body));
+      assert.equal(body.choices[0].text, tokenizer.decode(g.generated_ids));
+    } finally {
+      await server.shutdown();
+      engine.dispose();
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

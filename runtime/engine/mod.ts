@@ -45,6 +45,7 @@ import {
 import { createGeneration, type Plans } from "./generation.ts";
 import { createMlaCache } from "./mla.ts";
 import { buildPlan, type LogitsMode, type PendingDispatch, type PlanContext } from "./plan.ts";
+import { createSeq2SeqEngine, seq2seqChunk } from "./seq2seq.ts";
 import { checkSupported } from "./support.ts";
 import {
   type EngineArtifact,
@@ -161,13 +162,18 @@ export async function createWebGpuEngine(
 
   // The largest binding decides the device limits we ask for.
   const widths = activationWidths(spec);
+  const tokens = spec.encoder ? seq2seqChunk(spec, opts) : chunk;
   const maxBinding = Math.max(
     largestDenseMatrix(artifact.tensors),
-    chunk * spec.vocabSize * 4,
-    chunk * widths.mlp * 4,
+    tokens * spec.vocabSize * 4,
+    tokens * widths.mlp * 4,
     maxContext * widths.kv * 4,
   );
   const { device, f16, cpu } = await acquireDevice(opts, maxBinding);
+  // Encoder–decoder models run on their own plans (seq2seq.ts).
+  if (spec.encoder) {
+    return await createSeq2SeqEngine(artifact, { device, f16, cpu, owned: !opts.device }, opts);
+  }
   const tiled = (opts.kernels ?? (cpu ? "tiled" : "classic")) === "tiled";
   const tokenTile = opts.prefillTile ?? (tiled ? 8 : 4);
   device.pushErrorScope("validation");

@@ -14,6 +14,12 @@
  * or not;
  * the embedding, residual and head multipliers, tied or untied head, head bias.
  *
+ * Encoder–decoder models (engine/seq2seq.ts): RMSNorm; GQA self-attention without biases, q/k
+ * norms, clamps, sinks or windows, positioned by a T5 relative bias or not at all (bidirectional in
+ * the encoder, causal in the decoder); cross-attention without positions; dense ReLU MLPs and MoE
+ * blocks of ReLU experts behind the top-1 capacity router, without biases or shared experts; tied
+ * or untied head without bias.
+ *
  * @module
  */
 
@@ -34,7 +40,7 @@ export function checkSupported(spec: ModelSpec): void {
       `model ${spec.family}: the WebGPU engine does not implement ${variant} (${where})`,
     );
   };
-  if (spec.encoder) refuse("encoder–decoder models", "encoder stack");
+  if (spec.encoder) return checkEncoderDecoder(spec, refuse);
   const norm = (n: NormSpec, where: string) => {
     if (n.kind === "rms" && n.bias) refuse("RMSNorm biases", where);
   };
@@ -74,6 +80,54 @@ export function checkSupported(spec: ModelSpec): void {
 }
 
 type Refuse = (variant: string, where: string) => never;
+
+/** The variants engine/seq2seq.ts implements (see the module docs). */
+function checkEncoderDecoder(spec: ModelSpec, refuse: Refuse): void {
+  if (spec.head.bias) refuse("a head bias", "encoder–decoder head");
+  const norm = (n: NormSpec, where: string) => {
+    if (n.kind !== "rms" || n.bias) refuse(`${n.kind} norms${n.bias ? " with biases" : ""}`, where);
+  };
+  const mlp = (m: MlpSpec, where: string) => {
+    if (m.activation.kind !== "relu") refuse(`the ${m.activation.kind} activation`, where);
+    if (m.bias) refuse("MLP biases", where);
+  };
+  for (const [name, stack] of [["encoder", spec.encoder!], ["decoder", spec.decoder]] as const) {
+    stack.layers.forEach((layer, l) => {
+      for (const block of layer.blocks) {
+        const where = `${name} layer ${l} ${block.kind} block`;
+        norm(block.norm, where);
+        if (block.kind === "ffn") {
+          const f = block.ffn;
+          if (f.kind === "dense") {
+            mlp(f.mlp, where);
+            continue;
+          }
+          if (f.router.kind !== "capacity") refuse(`${f.router.kind} routing`, where);
+          if (f.shared) refuse("shared experts", where);
+          mlp(f.expert, `${where}, routed experts`);
+          continue;
+        }
+        const a = block.attention;
+        if (a.kind !== "gqa") return refuse(`${a.kind} attention`, where);
+        if (a.numHeads % a.numKvHeads !== 0) {
+          refuse(`${a.numHeads} heads over ${a.numKvHeads} KV heads`, where);
+        }
+        if (a.qkvBias || a.outBias) refuse("attention biases", where);
+        if (a.qkNorm !== "none") refuse("q/k norms", where);
+        if (a.clipQkv !== null) refuse("q/k/v clamping", where);
+        if (a.sinks) refuse("attention sinks", where);
+        if (a.slidingWindow !== null) refuse("sliding windows", where);
+        const p = a.position.kind;
+        if (p === "rope") refuse("RoPE", where);
+        if (block.kind === "cross_attention" && p !== "none") refuse(`${p} positions`, where);
+        if (block.kind === "attention" && a.causal !== (name === "decoder")) {
+          refuse(`${a.causal ? "causal" : "bidirectional"} ${name} self-attention`, where);
+        }
+      }
+    });
+    norm(stack.finalNorm, `${name} final norm`);
+  }
+}
 
 function attention(
   a: AttentionSpec,

@@ -36,8 +36,22 @@ function oneLayer(
   ]], extra);
 }
 
-Deno.test("checkSupported accepts the families' shapes, multipliers, LayerNorm, sparsemixer, MLA", () => {
-  for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE, MLA_LIKE]) checkSupported(spec);
+/** SWITCH_LIKE changed by `change` (on a deep copy; the stacks share block objects). */
+function switchWith(change: (spec: ModelSpec) => void): ModelSpec {
+  const spec = structuredClone(SWITCH_LIKE);
+  change(spec);
+  return spec;
+}
+
+/** Block `b` of layer `l` of a stack. */
+function block(spec: ModelSpec, stack: "encoder" | "decoder", l: number, b: number) {
+  return (stack === "encoder" ? spec.encoder! : spec.decoder).layers[l].blocks[b];
+}
+
+Deno.test("checkSupported accepts the families' shapes, multipliers, LayerNorm, sparsemixer, MLA, Switch", () => {
+  for (const spec of [TINY_MODEL, MIXTRAL_LIKE, QWEN2_MOE_LIKE, MLA_LIKE, SWITCH_LIKE]) {
+    checkSupported(spec);
+  }
   checkSupported(oneLayer({ qkNorm: "head", clipQkv: 8, scale: 0.25 }));
   checkSupported(oneLayer({ qkNorm: "full", qkvBias: true }, {
     router: topkRouter({ normTopK: false, scale: 2.5 }),
@@ -80,7 +94,38 @@ Deno.test("checkSupported accepts the families' shapes, multipliers, LayerNorm, 
 });
 
 const REFUSED: [string, ModelSpec, string][] = [
-  ["encoder–decoder", SWITCH_LIKE, "encoder–decoder models (encoder stack)"],
+  [
+    "SwiGLU experts in an encoder–decoder model",
+    switchWith((s) => {
+      const b = block(s, "decoder", 1, 2);
+      if (b.kind === "ffn" && b.ffn.kind === "moe") b.ffn = { ...b.ffn, expert: mlp(32) };
+    }),
+    "the swiglu activation (decoder layer 1 ffn block, routed experts)",
+  ],
+  [
+    "top-k routing in an encoder–decoder model",
+    switchWith((s) => {
+      const b = block(s, "encoder", 1, 1);
+      if (b.kind === "ffn" && b.ffn.kind === "moe") b.ffn.router = topkRouter();
+    }),
+    "topk routing (encoder layer 1 ffn block)",
+  ],
+  [
+    "positions in cross-attention",
+    switchWith((s) => {
+      const b = block(s, "decoder", 0, 1);
+      if (b.kind === "cross_attention") b.attention.position = rope(1e4, 8);
+    }),
+    "RoPE (decoder layer 0 cross_attention block)",
+  ],
+  [
+    "a causal encoder",
+    switchWith((s) => {
+      const b = block(s, "encoder", 0, 0);
+      if (b.kind === "attention" && b.attention.kind === "gqa") b.attention.causal = true;
+    }),
+    "causal encoder self-attention (encoder layer 0 attention block)",
+  ],
   [
     "MLA with scaled RoPE",
     {
@@ -173,7 +218,7 @@ for (const [label, spec, variant] of REFUSED) {
 Deno.test("createWebGpuEngine refuses an unsupported artifact at load, before any device", async () => {
   for (
     const spec of [
-      SWITCH_LIKE,
+      switchWith((s) => (s.decoder.finalNorm = { kind: "layer", eps: 1e-6, bias: false })),
       oneLayer({}, { expert: mlp(8, { kind: "geglu" }) }, { family: "t" }),
     ]
   ) {
