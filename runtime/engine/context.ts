@@ -20,6 +20,7 @@ import { kvCacheCost } from "../../schemas/kv_cache.ts";
 import type { TensorRecord } from "../../schemas/artifact.ts";
 import { matrixBytes } from "../kernels/weights.ts";
 import { formatOf } from "./weights.ts";
+import { activationBytes, activationWidths } from "./activations.ts";
 
 /** The WebGPU default maxStorageBufferBindingSize: every adapter offers at least this. */
 export const DEFAULT_BINDING_BYTES = 134217728;
@@ -176,4 +177,36 @@ export function chooseContext(r: ContextRequest): number {
     );
   }
   return context;
+}
+
+/**
+ * Tokens per forward (prefill chunk): `requested` or up to 128 (fewer submissions and
+ * dispatches per prompt), fewer for large vocabularies so the logits buffer stays within
+ * 64 MiB; at most `context`, and the route lists hold chunk · top-k rows in workgroup memory
+ * (≤ 4096).
+ */
+export function prefillChunk(
+  spec: ModelSpec,
+  requested: number | undefined,
+  context: number,
+): number {
+  const defaultChunk = Math.max(16, Math.min(128, Math.floor(2 ** 26 / (spec.vocabSize * 4))));
+  const topK = activationWidths(spec).topK;
+  return Math.max(1, Math.min(requested ?? defaultChunk, context, Math.floor(4096 / topK)));
+}
+
+/**
+ * What the device would hold for an artifact's model at `context` tokens (default: the model's
+ * positions) with the default prefill chunk, before any device is involved (`inspect`).
+ */
+export function plannedDeviceBytes(
+  spec: ModelSpec,
+  tensors: readonly TensorRecord[],
+  context = spec.maxPositions > 0 ? spec.maxPositions : UNKNOWN_POSITIONS_CONTEXT,
+): DeviceBytes & { chunk: number } {
+  const chunk = prefillChunk(spec, undefined, context);
+  return {
+    ...deviceBytes(spec, weightDeviceBytes(tensors), activationBytes(spec, chunk), context),
+    chunk,
+  };
 }

@@ -49,6 +49,7 @@ import {
   type DeviceBytes,
   deviceBytes,
   perTokenBytes,
+  prefillChunk,
   UNKNOWN_POSITIONS_CONTEXT,
   weightDeviceBytes,
 } from "./context.ts";
@@ -65,7 +66,13 @@ import {
 
 export { checkSupported } from "./support.ts";
 export { type EngineArtifact, formatOf } from "./weights.ts";
-export { type DeviceBytes, deviceBytes, perTokenBytes, weightDeviceBytes } from "./context.ts";
+export {
+  type DeviceBytes,
+  deviceBytes,
+  perTokenBytes,
+  plannedDeviceBytes,
+  weightDeviceBytes,
+} from "./context.ts";
 
 /** Options of {@link createWebGpuEngine}. */
 export interface WebGpuEngineOptions {
@@ -129,19 +136,6 @@ export interface WebGpuEngine extends Engine {
   readonly prefillChunk: number;
 }
 
-/** Tokens per forward for a model and the options, at most `context`. */
-function prefillChunk(spec: ModelSpec, opts: WebGpuEngineOptions, context: number): number {
-  // Default chunk: up to 128 tokens (fewer submissions and dispatches per prompt), fewer for
-  // large vocabularies so the logits buffer stays within 64 MiB; the route lists hold
-  // chunk · top-k rows in workgroup memory (≤ 4096).
-  const defaultChunk = Math.max(16, Math.min(128, Math.floor(2 ** 26 / (spec.vocabSize * 4))));
-  const topK = activationWidths(spec).topK;
-  return Math.max(
-    1,
-    Math.min(opts.prefillChunk ?? defaultChunk, context, Math.floor(4096 / topK)),
-  );
-}
-
 /** Device memory on a CPU adapter: half of what the host has available now. */
 function hostMemoryBudget(): number {
   return Math.floor(Deno.systemMemoryInfo().available / 2);
@@ -199,7 +193,7 @@ export async function createWebGpuEngine(
   chooseContext({ ...contextRequest, fixedBytes: 0, memoryBytes: opts.memoryBytes ?? null });
   const contextBound = opts.maxContext ??
     Math.min(positions, Math.floor(DEFAULT_BINDING_BYTES / Math.max(1, perToken.widestBuffer)));
-  const chunkBound = prefillChunk(spec, opts, Math.max(1, contextBound));
+  const chunkBound = prefillChunk(spec, opts.prefillChunk, Math.max(1, contextBound));
 
   // The largest binding decides the device limits we ask for.
   const widths = activationWidths(spec);
