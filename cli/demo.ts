@@ -15,6 +15,8 @@ import { formatAllocation } from "./format.ts";
 import type { Engine } from "../runtime/api.ts";
 import { UsageError } from "../schemas/errors.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
+import { firstBatchSize, GenerationClock } from "../runtime/rates.ts";
+import { describeRates } from "./run.ts";
 
 /** Where `--device auto` runs. */
 type DemoDevice = "auto" | "webgpu" | "cpu";
@@ -106,24 +108,21 @@ export async function run(args: Args): Promise<void> {
     const enc = new TextEncoder();
     const decoder = tokenizer.createStreamDecoder();
     await Deno.stdout.write(enc.encode(prompt));
-    const t1 = performance.now();
-    let tFirst = 0;
+    const clock = new GenerationClock();
     let count = 0;
     for await (
       const id of engine.generate(ids, { maxTokens, temperature, seed })
     ) {
-      if (count === 0) tFirst = performance.now();
+      clock.received();
       count++;
       await Deno.stdout.write(enc.encode(decoder.push(id)));
     }
-    const t2 = performance.now();
     await Deno.stdout.write(enc.encode(decoder.flush() + "\n"));
-    const rate = count > 1 ? (count - 1) / ((t2 - tFirst) / 1000) : 0;
-    console.log(
-      `---\n${count} tokens, ${rate.toFixed(1)} tokens/s on ${used} (prefill + first token ${
-        (tFirst - t1).toFixed(0)
-      } ms)`,
-    );
+    // The WebGPU engine reads ids back in batches of 8 (its default); the CPU reference yields
+    // them one by one.
+    const maxContext = (engine as { maxContext?: number }).maxContext;
+    const batch = maxContext === undefined ? 1 : firstBatchSize(count, 8, maxContext);
+    console.log(`---\n${describeRates(count, clock.rates(batch))} on ${used}`);
   } finally {
     engine.dispose();
   }
