@@ -5,7 +5,8 @@
  * 1. support.ts — refuse, by name, any block variant the engine does not implement;
  * 2. weights.ts — upload the tensor records, found by (stack, layer, expert, role) key, as GPU
  *    weight sets grouped per block (with the tiled style's q/k/v and gate/up stacking);
- * 3. activations.ts — the activation buffers, KV caches and RoPE tables;
+ * 3. activations.ts — the activation buffers, KV caches and RoPE tables, for a context that
+ *    context.ts chooses (the model's positions within the device memory, or maxContext, checked);
  * 4. plan.ts + blocks.ts — the dispatch lists: embed → for each layer its blocks → final norm →
  *    head, one plan per (token tile, logits mode); all pipelines compiled in parallel with
  *    createComputePipelineAsync, then bound;
