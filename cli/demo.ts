@@ -16,7 +16,6 @@ import type { Engine } from "../runtime/api.ts";
 import { UsageError } from "../schemas/errors.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
 import { firstBatchSize, GenerationClock } from "../runtime/rates.ts";
-import { describeRates } from "./run.ts";
 
 /** Where `--device auto` runs. */
 type DemoDevice = "auto" | "webgpu" | "cpu";
@@ -122,7 +121,15 @@ export async function run(args: Args): Promise<void> {
     // them one by one.
     const maxContext = (engine as { maxContext?: number }).maxContext;
     const batch = maxContext === undefined ? 1 : firstBatchSize(count, 8, maxContext);
-    console.log(`---\n${describeRates(count, clock.rates(batch))} on ${used}`);
+    const r = clock.rates(batch);
+    const [rate, what] = r?.decodeTokensPerS != null
+      ? [r.decodeTokensPerS, "decode, after the first readback batch"]
+      : [r?.endToEndTokensPerS ?? 0, "end to end"];
+    console.log(
+      `---\n${count} tokens, ${rate.toFixed(1)} tokens/s on ${used} (${what}; first token after ${
+        (r?.ttftMs ?? 0).toFixed(0)
+      } ms, all after ${(r?.totalMs ?? 0).toFixed(0)} ms)`,
+    );
   } finally {
     engine.dispose();
   }
