@@ -1,7 +1,12 @@
 /**
- * `moeq bench decode <artifact> [--tokens N] [--prompt TEXT] [--compare <float artifact>] [--json]`:
- * decode milliseconds per token over a fixed prompt, swept over readback batch sizes 1, 4, 8
- * and 16; the model's active bytes per token (dense weights + the top-k experts' packed bytes,
+ * `moeq bench decode <artifact> [--tokens N] [--prompt TEXT] [--iterations R] [--compare <float
+ * artifact>] [--json]`: first the engine's first request after load and R more identical
+ * requests (N tokens, readback every 8; R = 3 by default): time to first token and decode
+ * ms/token of the first request, and the median (and min) of the others (runtime/rates.ts: TTFT
+ * = request → first id, which includes the prefill, the first batch's steps and one readback;
+ * decode = ids after the first batch over the time from the first id to the last). Run it in a
+ * fresh process: the first request is the cold one. Then decode milliseconds per token swept
+ * over readback batch sizes 1, 4, 8 and 16; the model's active bytes per token (dense weights + the top-k experts' packed bytes,
  * at the layer's mean expert size) and the bytes floor (active bytes ÷ the copy kernel's
  * bandwidth on the same device), with the ratio; the per-dispatch cost times the dispatches per
  * token (what bounds decode on small models); and, with --compare, the same for a float artifact
@@ -21,8 +26,18 @@ import { createWebGpuEngine, formatOf, type WebGpuEngine } from "../runtime/engi
 import { matrixBytes } from "../runtime/kernels/weights.ts";
 import { copyBandwidth, dispatchOverhead } from "../runtime/bench/measure.ts";
 import { tokenizerFor } from "./model_source.ts";
+import { firstBatchSize, GenerationClock } from "../runtime/rates.ts";
 
 const BATCHES = [1, 4, 8, 16];
+/** Readback batch of the first-request and steady requests (the engine's default). */
+const REQUEST_BATCH = 8;
+
+/** TTFT and decode speed of one request, or a summary of several. */
+export interface RequestFigures {
+  ttftMs: number;
+  /** null when every id came in the first readback batch (tokens ≤ 8). */
+  decodeMsPerToken: number | null;
+}
 
 /** Bytes a decode step reads, by part. */
 export interface ActiveBytes {
@@ -39,6 +54,12 @@ export interface DecodeResult {
   floorMs: number;
   dispatchesPerToken: number;
   dispatchBoundMs: number;
+  /** The first request after load. */
+  first: RequestFigures;
+  /** Median and min over the next requests. */
+  steady: { median: RequestFigures; min: RequestFigures; requests: number };
+  /** First-request decode ms/token ÷ the steady median (1 = no cold penalty). */
+  firstOverSteady: number | null;
   /** ms/token per readback batch size. */
   msPerToken: Record<number, number>;
   ratioToFloor: Record<number, number>;
@@ -79,7 +100,29 @@ export function activeBytes(spec: ModelSpec, tensors: readonly TensorRecord[]): 
   return { dense, experts, total: dense + experts };
 }
 
-async function measure(path: string, prompt: string, tokens: number): Promise<DecodeResult> {
+/** Median and min of each field over requests (nulls dropped; null when all are null). */
+export function summarize(
+  requests: RequestFigures[],
+): { median: RequestFigures; min: RequestFigures } {
+  const pick = (f: (r: RequestFigures) => number | null) => {
+    const v = requests.map(f).filter((x): x is number => x !== null).sort((a, b) => a - b);
+    if (v.length === 0) return { median: null, min: null };
+    const m = v.length >> 1;
+    return { median: v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2, min: v[0] };
+  };
+  const ttft = pick((r) => r.ttftMs), decode = pick((r) => r.decodeMsPerToken);
+  return {
+    median: { ttftMs: ttft.median ?? NaN, decodeMsPerToken: decode.median },
+    min: { ttftMs: ttft.min ?? NaN, decodeMsPerToken: decode.min },
+  };
+}
+
+async function measure(
+  path: string,
+  prompt: string,
+  tokens: number,
+  repeats: number,
+): Promise<DecodeResult> {
   const artifact = await openArtifact(path);
   let engine: WebGpuEngine;
   let ids: number[];
@@ -98,6 +141,24 @@ async function measure(path: string, prompt: string, tokens: number): Promise<De
         `bench decode: ${ids.length} prompt + ${tokens} tokens exceed the context ${engine.maxContext}`,
       );
     }
+    const request = async (): Promise<RequestFigures> => {
+      const clock = new GenerationClock();
+      const opts = { maxTokens: tokens, readbackEvery: REQUEST_BATCH, stopIds: [] };
+      for await (const _ of engine.generate(ids, opts)) clock.received();
+      if (clock.tokens !== tokens) {
+        throw new Error(`bench decode: generated ${clock.tokens} of ${tokens} tokens`);
+      }
+      const r = clock.rates(firstBatchSize(tokens, REQUEST_BATCH, engine.maxContext))!;
+      return { ttftMs: r.ttftMs, decodeMsPerToken: r.decodeMsPerToken };
+    };
+    // The first request comes before anything else touches the engine.
+    const first = await request();
+    const later: RequestFigures[] = [];
+    for (let i = 0; i < repeats; i++) later.push(await request());
+    const steady = { ...summarize(later), requests: repeats };
+    const firstOverSteady = first.decodeMsPerToken !== null && steady.median.decodeMsPerToken
+      ? first.decodeMsPerToken / steady.median.decodeMsPerToken
+      : null;
     const active = activeBytes(engine.model, artifact.tensors);
     const copy = await copyBandwidth(engine.device, 16 * 1024 * 1024, 10);
     const overhead = await dispatchOverhead(engine.device);
@@ -110,7 +171,6 @@ async function measure(path: string, prompt: string, tokens: number): Promise<De
       if (got !== n) throw new Error(`bench decode: generated ${got} of ${n} tokens`);
       return performance.now() - t0;
     };
-    await wall(Math.min(8, tokens), 8); // warm-up
     const msPerToken: Record<number, number> = {};
     const ratioToFloor: Record<number, number> = {};
     const floorMs = active.total / copy.bytesPerSecond * 1000;
@@ -127,6 +187,9 @@ async function measure(path: string, prompt: string, tokens: number): Promise<De
       floorMs,
       dispatchesPerToken: engine.dispatchesPerToken,
       dispatchBoundMs: engine.dispatchesPerToken * overhead,
+      first,
+      steady,
+      firstOverSteady,
       msPerToken,
       ratioToFloor,
     };
@@ -142,8 +205,10 @@ export async function benchDecode(args: Args): Promise<void> {
   const tokens = args.int("tokens", 64, 2, 1 << 16);
   const prompt = args.string("prompt", "ROMEO:")!;
   const compare = args.string("compare");
-  const results = [await measure(path, prompt, tokens)];
-  if (compare) results.push(await measure(compare, prompt, tokens));
+  const iterations = args.string("iterations", "auto");
+  const repeats = iterations === "auto" ? 3 : args.int("iterations", 3, 1, 1000);
+  const results = [await measure(path, prompt, tokens, repeats)];
+  if (compare) results.push(await measure(compare, prompt, tokens, repeats));
   const speedup = results.length === 2
     ? Object.fromEntries(
       BATCHES.map((b) => [b, results[1].msPerToken[b] / results[0].msPerToken[b]]),
@@ -164,6 +229,26 @@ export async function benchDecode(args: Args): Promise<void> {
       `  ${r.dispatchesPerToken} dispatches/token × empty-dispatch cost = ${
         r.dispatchBoundMs.toFixed(2)
       } ms/token`,
+    );
+    const ms = (x: number | null) => (x === null ? "n/a" : x.toFixed(2));
+    console.log(
+      `  requests of ${tokens} tokens, readback every ${REQUEST_BATCH}: TTFT = request → first id;` +
+        ` decode = ms per id after the first batch`,
+    );
+    console.log("                      TTFT ms  decode ms/token");
+    const row = (name: string, f: RequestFigures) =>
+      console.log(
+        `  ${name.padEnd(18)} ${f.ttftMs.toFixed(1).padStart(8)} ${
+          ms(f.decodeMsPerToken).padStart(16)
+        }`,
+      );
+    row("first request", r.first);
+    row(`steady median (${r.steady.requests})`, r.steady.median);
+    row("steady min", r.steady.min);
+    console.log(
+      `  first ÷ steady decode: ${
+        r.firstOverSteady === null ? "n/a" : r.firstOverSteady.toFixed(3)
+      }`,
     );
     console.log("  batch  ms/token  ÷floor");
     for (const b of BATCHES) {

@@ -15,6 +15,7 @@ import { formatAllocation } from "./format.ts";
 import type { Engine } from "../runtime/api.ts";
 import { UsageError } from "../schemas/errors.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
+import { firstBatchSize, GenerationClock } from "../runtime/rates.ts";
 
 /** Where `--device auto` runs. */
 type DemoDevice = "auto" | "webgpu" | "cpu";
@@ -106,23 +107,28 @@ export async function run(args: Args): Promise<void> {
     const enc = new TextEncoder();
     const decoder = tokenizer.createStreamDecoder();
     await Deno.stdout.write(enc.encode(prompt));
-    const t1 = performance.now();
-    let tFirst = 0;
+    const clock = new GenerationClock();
     let count = 0;
     for await (
       const id of engine.generate(ids, { maxTokens, temperature, seed })
     ) {
-      if (count === 0) tFirst = performance.now();
+      clock.received();
       count++;
       await Deno.stdout.write(enc.encode(decoder.push(id)));
     }
-    const t2 = performance.now();
     await Deno.stdout.write(enc.encode(decoder.flush() + "\n"));
-    const rate = count > 1 ? (count - 1) / ((t2 - tFirst) / 1000) : 0;
+    // The WebGPU engine reads ids back in batches of 8 (its default); the CPU reference yields
+    // them one by one.
+    const maxContext = (engine as { maxContext?: number }).maxContext;
+    const batch = maxContext === undefined ? 1 : firstBatchSize(count, 8, maxContext);
+    const r = clock.rates(batch);
+    const [rate, what] = r?.decodeTokensPerS != null
+      ? [r.decodeTokensPerS, "decode, after the first readback batch"]
+      : [r?.endToEndTokensPerS ?? 0, "end to end"];
     console.log(
-      `---\n${count} tokens, ${rate.toFixed(1)} tokens/s on ${used} (prefill + first token ${
-        (tFirst - t1).toFixed(0)
-      } ms)`,
+      `---\n${count} tokens, ${rate.toFixed(1)} tokens/s on ${used} (${what}; first token after ${
+        (r?.ttftMs ?? 0).toFixed(0)
+      } ms, all after ${(r?.totalMs ?? 0).toFixed(0)} ms)`,
     );
   } finally {
     engine.dispose();

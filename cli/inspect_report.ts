@@ -7,6 +7,7 @@
  */
 
 import { describeKvCache, kvCacheCost } from "../schemas/kv_cache.ts";
+import { type DeviceBytes, plannedDeviceBytes } from "../runtime/engine/context.ts";
 import {
   type Artifact,
   isRoutedExpertMatrix,
@@ -270,6 +271,15 @@ function layerRows(a: Artifact, experts: InspectExpertRow[]) {
   );
 }
 
+/** One line: what the WebGPU engine's device holds at the model's full context. */
+export function describeDeviceBytes(d: DeviceBytes & { chunk: number }): string {
+  return `device memory (WebGPU) at ${d.context} tokens: weights ${mib(d.weights)} + ` +
+    `activations ${mib(d.activations)} (chunk ${d.chunk}) + KV cache ${d.kvPerToken} bytes/token ` +
+    `× ${d.context} = ${mib(d.kv)} + RoPE tables and token buffers ${mib(d.other)} = ${
+      mib(d.total)
+    }`;
+}
+
 /** The inspect report of an already opened artifact. */
 export function describeArtifact(a: Artifact, opts: InspectOptions = {}): string {
   const experts = expertRows(a);
@@ -298,6 +308,7 @@ export function describeArtifact(a: Artifact, opts: InspectOptions = {}): string
         generator: a.generator,
         model: a.model,
         kvCache: kvCacheCost(a.model),
+        deviceBytes: plannedDeviceBytes(a.model, a.tensors),
         summary: a.summary,
         options: a.options,
         tokenizer: {
@@ -320,6 +331,7 @@ export function describeArtifact(a: Artifact, opts: InspectOptions = {}): string
     `${a.path}: moeq artifact v${a.version} (${a.generator}), ${mib(a.fileLength)}`,
     ...describeModel(a.model),
     describeKvCache(a.model),
+    describeDeviceBytes(plannedDeviceBytes(a.model, a.tensors)),
     `tensors: ${s.numTensors}, weights ${mib(s.totalBytes)}; routed experts ${mib(s.expertBytes)}` +
     ` at ${s.avgExpertBits.toFixed(3)} avg bits (${
       s.expertBitsPerWeight.toFixed(3)

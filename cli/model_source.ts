@@ -149,7 +149,7 @@ export interface OpenedModel {
 export async function openEngine(
   path: string,
   device: DeviceKind,
-  opts: { f16?: boolean } = {},
+  opts: { f16?: boolean; maxContext?: number; contextFlag?: string } = {},
 ): Promise<OpenedModel> {
   const { ir, artifact } = await openIR(path);
   const tokenizer = tokenizerFor(ir.spec, ir.tokenizer);

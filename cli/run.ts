@@ -15,6 +15,8 @@ import type { Tokenizer } from "../runtime/tokenizer.ts";
 import { type DeviceKind, openEngine } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { decoderText, encoderIdsOf } from "../runtime/seq2seq_text.ts";
+import { firstBatchSize, GenerationClock, type GenerationRates } from "../runtime/rates.ts";
+import type { WebGpuEngine } from "../runtime/engine/mod.ts";
 
 /** Flags of `run`. */
 export const spec: CommandSpec = {
@@ -44,7 +46,22 @@ export const spec: CommandSpec = {
       default: "webgpu",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
-    json: { type: "boolean", help: 'print {"prompt_ids", "ids", "text", "tokens_per_s"}' },
+    context: {
+      type: "string",
+      help: "WebGPU: KV-cache length in tokens",
+      default: "max_position_embeddings, capped by the device memory",
+    },
+    verbose: {
+      type: "boolean",
+      help: "also print the device memory (weights, KV cache per token, total) on stderr",
+    },
+    json: {
+      type: "boolean",
+      help: 'print {"prompt_ids", "ids", "text", "tokens_per_s", "ttft_ms", "total_ms"}; ' +
+        "tokens_per_s: ids after the first readback batch ÷ the time from the first id to the " +
+        "last (null when all came in the first batch); ttft_ms: request to first id (prefill + " +
+        "the first batch's steps + one readback)",
+    },
   },
 };
 
@@ -66,10 +83,19 @@ export async function run(args: Args): Promise<void> {
     seed: args.int("seed", 0, 0, 2 ** 32 - 1),
     readbackEvery: args.int("readback-every", 8, 1, 1024),
   };
+  const context = args.string("context") === undefined
+    ? undefined
+    : args.int("context", 0, 1, 2 ** 31);
+  if (context !== undefined && device !== "webgpu") {
+    throw new UsageError("--context: applies to --device webgpu");
+  }
   const { engine, tokenizer } = await openEngine(args.positionals[0], device, {
     f16: !args.flag("no-f16"),
+    maxContext: context,
+    contextFlag: "--context",
   });
   try {
+    if (args.flag("verbose")) console.error(describeEngine(engine));
     if (engine.model.encoder) {
       await runSeq2Seq(engine, tokenizer, prompt, idsFlag ?? encoderIdsFlag, options, args);
       return;
@@ -90,31 +116,25 @@ export async function run(args: Args): Promise<void> {
     const decoder = tokenizer.createStreamDecoder();
     const enc = new TextEncoder();
     if (!json && prompt !== undefined && !chat) await Deno.stdout.write(enc.encode(prompt));
-    const t0 = performance.now();
-    let tFirst = 0;
+    const clock = new GenerationClock();
     for await (const id of engine.generate(ids, options)) {
-      if (out.length === 0) tFirst = performance.now();
+      clock.received();
       out.push(id);
       if (!json) await Deno.stdout.write(enc.encode(decoder.push(id)));
     }
-    const t1 = performance.now();
-    // Decode rate after the first token (which includes the prefill).
-    const tokensPerS = out.length > 1 ? (out.length - 1) / ((t1 - tFirst) / 1000) : 0;
+    const rates = clock.rates(firstBatchOf(engine, out.length, options.readbackEvery));
     if (json) {
       console.log(JSON.stringify({
         prompt_ids: ids,
         ids: out,
         text: tokenizer.decode(out),
-        tokens_per_s: tokensPerS,
-        prefill_ms: tFirst - t0,
+        tokens_per_s: rates?.decodeTokensPerS ?? null,
+        ttft_ms: rates?.ttftMs ?? null,
+        total_ms: rates?.totalMs ?? null,
       }));
     } else {
       await Deno.stdout.write(enc.encode(decoder.flush() + "\n"));
-      console.error(
-        `${out.length} tokens, ${tokensPerS.toFixed(1)} tokens/s (prefill + first token ${
-          (tFirst - t0).toFixed(0)
-        } ms)`,
-      );
+      console.error(describeRates(out.length, rates));
     }
   } finally {
     engine.dispose();
@@ -138,14 +158,64 @@ async function runSeq2Seq(
   const bad = ids.find((id) => id >= spec.vocabSize);
   if (bad !== undefined) throw new UsageError(`--encoder-ids: ${bad} is outside the vocabulary`);
   const out: number[] = [];
-  const t0 = performance.now();
-  for await (const id of engine.generateSeq2Seq(ids, options)) out.push(id);
-  const seconds = (performance.now() - t0) / 1000;
+  const clock = new GenerationClock();
+  for await (const id of engine.generateSeq2Seq(ids, options)) {
+    clock.received();
+    out.push(id);
+  }
+  // The engines that run encoder–decoder models yield ids one by one.
+  const rates = clock.rates(1);
   const text = decoderText(out, spec, tokenizer);
   if (args.flag("json")) {
-    console.log(JSON.stringify({ ids: out, text, tokens_per_s: out.length / seconds }));
+    console.log(JSON.stringify({
+      ids: out,
+      text,
+      tokens_per_s: rates?.decodeTokensPerS ?? null,
+      ttft_ms: rates?.ttftMs ?? null,
+      total_ms: rates?.totalMs ?? null,
+    }));
   } else {
     console.log(text);
-    console.error(`${out.length} tokens, ${(out.length / seconds).toFixed(1)} tokens/s`);
+    console.error(describeRates(out.length, rates));
   }
+}
+
+/** The stderr summary line: ids, decode rate, TTFT and the whole request. */
+export function describeRates(tokens: number, r: GenerationRates | null): string {
+  if (!r) return "0 tokens";
+  const decode = r.decodeTokensPerS === null
+    ? "decode rate n/a (all ids came in the first readback batch)"
+    : `${r.decodeTokensPerS.toFixed(1)} tokens/s decode`;
+  return `${tokens} tokens, ${decode}; first token after ${r.ttftMs.toFixed(0)} ms, all after ${
+    r.totalMs.toFixed(0)
+  } ms`;
+}
+
+/**
+ * Ids in the first readback batch: the WebGPU engine batches readbacks (clamped to half its
+ * context), the CPU reference yields ids one by one.
+ */
+function firstBatchOf(engine: Engine, tokens: number, readbackEvery: number): number {
+  const maxContext = (engine as Partial<WebGpuEngine>).maxContext;
+  return maxContext === undefined ? 1 : firstBatchSize(tokens, readbackEvery, maxContext);
+}
+
+const MIB = 1024 * 1024;
+
+/** `--verbose`: the engine's device, context and the memory the device holds. */
+export function describeEngine(engine: Engine): string {
+  const e = engine as Partial<WebGpuEngine>;
+  if (!e.deviceBytes) return "device: cpu (float64 reference)";
+  const d = e.deviceBytes;
+  const mib = (b: number) => `${(b / MIB).toFixed(1)} MiB`;
+  return [
+    `device: webgpu (${e.kernels} kernels${
+      e.f16 ? ", shader-f16" : ""
+    }), context ${d.context} tokens, prefill chunk ${e.prefillChunk}`,
+    `device memory: weights ${mib(d.weights)} + activations ${
+      mib(d.activations)
+    } + KV cache ${d.kvPerToken} bytes/token × ${d.context} = ${
+      mib(d.kv)
+    } + RoPE tables and token buffers ${mib(d.other)} = ${mib(d.total)}`,
+  ].join("\n");
 }

@@ -1309,6 +1309,19 @@ export const FLAG_CASES: CliCase[] = [
     "--seed",
     "1.5",
   ]),
+  usage(
+    "run-context-positions",
+    "run: --context beyond the model's positions",
+    "--context",
+    async (d) => [
+      "run",
+      await goodArtifact(d),
+      "--ids",
+      "1",
+      "--context",
+      "1000000",
+    ],
+  ),
   // eval
   usage("eval-missing-text", "eval: --text missing", "--text", async (d) => [
     "eval",

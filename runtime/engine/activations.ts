@@ -122,6 +122,24 @@ export function createActivations(
   };
 }
 
+/**
+ * Bytes of the activation buffers {@link createActivations} allocates for batches of `chunk`
+ * tokens, the token buffer excluded (it grows with the context: see context.ts). Counted by
+ * running the allocation against a device that only adds up the sizes, so the figure cannot
+ * drift from the allocation.
+ */
+export function activationBytes(spec: ModelSpec, chunk: number): number {
+  let bytes = 0;
+  const counter = {
+    createBuffer(d: GPUBufferDescriptor) {
+      bytes += d.size;
+      return {} as GPUBuffer;
+    },
+  } as unknown as GPUDevice;
+  createActivations(counter, spec, chunk, 0);
+  return bytes - 16; // the one-entry token buffer (storageBuffer's 16-byte minimum)
+}
+
 /** An attention block's key and value caches, [maxContext, nkv·hd] each. */
 export interface KvCache {
   keys: GPUBuffer;

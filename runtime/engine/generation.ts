@@ -219,11 +219,22 @@ export function createGeneration(ctx: GenerationContext): Generation {
   }
 
   async function warmUp(): Promise<void> {
-    // The prefill plans on two tokens so that their T > 1 kernels (prefill attention) run too.
+    // Software adapters do per-pipeline work at a pipeline's first dispatches, with the step
+    // values (T, pos0) of those dispatches: llvmpipe JIT-compiles a pipeline at its first
+    // launch, and lavapipe (Mesa 22–23) recompiles a shader whose loop bounds read the step
+    // uniform with those values inlined at every dispatch, until a dispatch where inlining
+    // would not halve the shader, when it gives up for good. Small values (loops of ≤ 16
+    // iterations, fully unrolled) never make it give up: after a warm-up on two tokens, the
+    // decode steps of short prompts kept recompiling the pipelines they share with prefill, at
+    // 2–5× the cost per token, until some request prefilled ≥ 17 tokens. So every plan runs
+    // here once with larger values: the prefill plans on WARM_TOKENS tokens (or a whole chunk
+    // when smaller), the decode plan at position WARM_TOKENS.
+    const WARM_TOKENS = 32;
+    const T = Math.max(1, Math.min(chunk, maxContext, WARM_TOKENS));
     for (const mode of ["all", "none", "last"] as LogitsMode[]) {
-      submitForward(Math.min(2, chunk), 0, plans.prefill[mode]);
+      submitForward(T, 0, plans.prefill[mode]);
     }
-    submitForward(1, 0, plans.decode, (enc) => {
+    submitForward(1, Math.min(maxContext - 1, WARM_TOKENS), plans.decode, (enc) => {
       device.queue.writeBuffer(samplerState, 0, new Uint32Array([0, 1]));
       sampler.encode(enc, acts.logits, acts.tokens, { buffer: samplerState, offset: 0 }, {
         temperature: 1,

@@ -5,7 +5,8 @@
  * 1. support.ts — refuse, by name, any block variant the engine does not implement;
  * 2. weights.ts — upload the tensor records, found by (stack, layer, expert, role) key, as GPU
  *    weight sets grouped per block (with the tiled style's q/k/v and gate/up stacking);
- * 3. activations.ts — the activation buffers, KV caches and RoPE tables;
+ * 3. activations.ts — the activation buffers, KV caches and RoPE tables, for a context that
+ *    context.ts chooses (the model's positions within the device memory, or maxContext, checked);
  * 4. plan.ts + blocks.ts — the dispatch lists: embed → for each layer its blocks → final norm →
  *    head, one plan per (token tile, logits mode); all pipelines compiled in parallel with
  *    createComputePipelineAsync, then bound;
@@ -26,7 +27,6 @@
 import type { Engine } from "../api.ts";
 import { describeAdapter, requestGpu } from "../device.ts";
 import { DeviceError, LimitError } from "../../schemas/errors.ts";
-import type { ModelSpec } from "../../schemas/model.ts";
 import {
   bindKernel,
   type Dispatch,
@@ -36,12 +36,23 @@ import {
 } from "../kernels/kernel.ts";
 import { createSampler } from "../kernels/sample.ts";
 import {
+  activationBytes,
   activationWidths,
   createActivations,
   createKvCache,
   type KvCache,
   RopeTables,
 } from "./activations.ts";
+import {
+  chooseContext,
+  DEFAULT_BINDING_BYTES,
+  type DeviceBytes,
+  deviceBytes,
+  perTokenBytes,
+  prefillChunk,
+  UNKNOWN_POSITIONS_CONTEXT,
+  weightDeviceBytes,
+} from "./context.ts";
 import { createGeneration, type Plans } from "./generation.ts";
 import { createMlaCache } from "./mla.ts";
 import { buildPlan, type LogitsMode, type PendingDispatch, type PlanContext } from "./plan.ts";
@@ -56,6 +67,13 @@ import {
 
 export { checkSupported } from "./support.ts";
 export { type EngineArtifact, formatOf } from "./weights.ts";
+export {
+  type DeviceBytes,
+  deviceBytes,
+  perTokenBytes,
+  plannedDeviceBytes,
+  weightDeviceBytes,
+} from "./context.ts";
 
 /** Options of {@link createWebGpuEngine}. */
 export interface WebGpuEngineOptions {
@@ -63,8 +81,20 @@ export interface WebGpuEngineOptions {
   f16?: boolean;
   /** Use this device instead of requesting one. */
   device?: GPUDevice;
-  /** KV-cache length in tokens (default min(model.maxPositions, 4096)). */
+  /**
+   * KV-cache length in tokens. Default: the model's max_position_embeddings, capped by the
+   * device memory and the default binding limit (context.ts). A given value is checked: more
+   * than the model's positions is a UsageError, more than the memory holds a LimitError.
+   */
   maxContext?: number;
+  /**
+   * Device memory the engine may fill (weights + activations + KV cache), bytes. Default: half
+   * the host's available memory on CPU adapters (their buffers live there); unknown on GPUs,
+   * which WebGPU does not size (the default context then caps the KV cache at 1 GiB).
+   */
+  memoryBytes?: number;
+  /** The name of `maxContext` in error messages (e.g. "--context"; default "maxContext"). */
+  contextFlag?: string;
   /** Tokens per prefill batch (default: up to 128, fewer for large vocabularies). */
   prefillChunk?: number;
   /** Tokens per workgroup in prefill matmuls (default 8 tiled, 4 classic). */
@@ -91,6 +121,8 @@ export interface WebGpuEngine extends Engine {
   readonly maxContext: number;
   /** Bytes of weights resident on the GPU. */
   readonly weightBytes: number;
+  /** What the device holds: weights, activations, KV cache per token and at maxContext. */
+  readonly deviceBytes: DeviceBytes;
   /**
    * Diagnostics: runs each dispatch of the decode plan (T = 1) or of the prefill plan (T tokens)
    * alone, `repeats` times, and returns the mean milliseconds per kernel label (summed over
@@ -105,19 +137,9 @@ export interface WebGpuEngine extends Engine {
   readonly prefillChunk: number;
 }
 
-/** KV-cache capacity and tokens per forward for a model and the options. */
-function contextSizes(spec: ModelSpec, opts: WebGpuEngineOptions) {
-  const maxContext = opts.maxContext ?? Math.min(spec.maxPositions || 4096, 4096);
-  // Default chunk: up to 128 tokens (fewer submissions and dispatches per prompt), fewer for
-  // large vocabularies so the logits buffer stays within 64 MiB; the route lists hold
-  // chunk · top-k rows in workgroup memory (≤ 4096).
-  const defaultChunk = Math.max(16, Math.min(128, Math.floor(2 ** 26 / (spec.vocabSize * 4))));
-  const topK = activationWidths(spec).topK;
-  const chunk = Math.max(
-    1,
-    Math.min(opts.prefillChunk ?? defaultChunk, maxContext, Math.floor(4096 / topK)),
-  );
-  return { maxContext, chunk };
+/** Device memory on a CPU adapter: half of what the host has available now. */
+function hostMemoryBudget(): number {
+  return Math.floor(Deno.systemMemoryInfo().available / 2);
 }
 
 /** The device, either given (checked against the model's needs) or requested with them. */
@@ -158,22 +180,50 @@ export async function createWebGpuEngine(
   const spec = artifact.model;
   const file = artifact.path;
   checkSupported(spec);
-  const { maxContext, chunk } = contextSizes(spec, opts);
+  const perToken = perTokenBytes(spec);
+  const positions = spec.maxPositions > 0 ? spec.maxPositions : UNKNOWN_POSITIONS_CONTEXT;
+  // Upper bounds before the context is chosen: the requested context (checked below), else at
+  // most what the default binding limit holds per KV buffer.
+  const contextRequest = {
+    maxPositions: spec.maxPositions,
+    requested: opts.maxContext,
+    perToken,
+    flag: opts.contextFlag ?? "maxContext",
+  };
+  // A requested context is checked against the model (and a given memory) before the device.
+  chooseContext({ ...contextRequest, fixedBytes: 0, memoryBytes: opts.memoryBytes ?? null });
+  const contextBound = opts.maxContext ??
+    Math.min(positions, Math.floor(DEFAULT_BINDING_BYTES / Math.max(1, perToken.widestBuffer)));
+  const chunkBound = prefillChunk(spec, opts.prefillChunk, Math.max(1, contextBound));
 
   // The largest binding decides the device limits we ask for.
   const widths = activationWidths(spec);
-  const tokens = spec.encoder ? seq2seqChunk(spec, opts) : chunk;
+  const tokens = spec.encoder ? seq2seqChunk(spec, opts) : chunkBound;
   const maxBinding = Math.max(
     largestDenseMatrix(artifact.tensors),
     tokens * spec.vocabSize * 4,
     tokens * widths.mlp * 4,
-    maxContext * widths.kv * 4,
+    Math.max(1, contextBound) * perToken.widestBuffer,
   );
   const { device, f16, cpu } = await acquireDevice(opts, maxBinding);
   // Encoder–decoder models run on their own plans (seq2seq.ts).
   if (spec.encoder) {
     return await createSeq2SeqEngine(artifact, { device, f16, cpu, owned: !opts.device }, opts);
   }
+  const weightEstimate = weightDeviceBytes(artifact.tensors);
+  const actBytes = activationBytes(spec, chunkBound);
+  let maxContext: number;
+  try {
+    maxContext = chooseContext({
+      ...contextRequest,
+      fixedBytes: weightEstimate + actBytes,
+      memoryBytes: opts.memoryBytes ?? (cpu ? hostMemoryBudget() : null),
+    });
+  } catch (e) {
+    if (!opts.device) device.destroy();
+    throw e;
+  }
+  const chunk = Math.min(chunkBound, maxContext);
   const tiled = (opts.kernels ?? (cpu ? "tiled" : "classic")) === "tiled";
   const tokenTile = opts.prefillTile ?? (tiled ? 8 : 4);
   device.pushErrorScope("validation");
@@ -261,6 +311,7 @@ export async function createWebGpuEngine(
     f16,
     maxContext,
     weightBytes: weights.bytes,
+    deviceBytes: deviceBytes(spec, weights.bytes, activationBytes(spec, chunk), maxContext),
     kernels: tiled ? "tiled" : "classic",
     dispatchesPerToken: plans.decode.length,
     prefillChunk: chunk,

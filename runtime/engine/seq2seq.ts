@@ -53,7 +53,8 @@ import {
   seq2seqTiledGroups,
 } from "../kernels/seq2seq_attention.ts";
 import { weightBuffers } from "../kernels/weights.ts";
-import { createActivations, createKvCache, type KvCache } from "./activations.ts";
+import { activationBytes, createActivations, createKvCache, type KvCache } from "./activations.ts";
+import { deviceBytes } from "./context.ts";
 import type { WebGpuEngine, WebGpuEngineOptions } from "./mod.ts";
 import { type PendingDispatch, PlanBuilder, type PlanContext } from "./plan.ts";
 import {
@@ -493,6 +494,12 @@ export async function createSeq2SeqEngine(
     f16: gpu.f16,
     maxContext,
     weightBytes: weights.bytes,
+    deviceBytes: deviceBytes(
+      spec,
+      weights.bytes,
+      activationBytes(bothStacks(spec), chunk),
+      maxContext,
+    ),
     kernels: tiled ? "tiled" : "classic",
     dispatchesPerToken: decodeDispatches.length,
     prefillChunk: chunk,

@@ -50,6 +50,9 @@ export type EngineArtifact = Pick<
 /** Largest weight-set binding the engine creates for grouped experts (the WebGPU default). */
 export const EXPERT_SET_BYTES = 128 * 1024 * 1024;
 
+/** Weight bytes uploaded between waits for the staging memory to be freed (see WeightLoader). */
+const STAGING_FLUSH_BYTES = 64 * 1024 * 1024;
+
 /** A weight set of routed experts, with the global expert id of each of its matrices. */
 export interface ExpertSet {
   set: WeightSet;
@@ -271,10 +274,33 @@ class WeightLoader {
     return { raw: await this.#artifact.read(t.data, t.name) };
   }
 
-  #upload(format: WeightFormat, rows: number, cols: number, mats: HostMatrix[], label: string) {
+  async #upload(
+    format: WeightFormat,
+    rows: number,
+    cols: number,
+    mats: HostMatrix[],
+    label: string,
+  ): Promise<WeightSet> {
     const set = uploadWeightSet(this.#device, format, rows, cols, mats, label);
     this.bytes += set.bytes;
+    await this.#releaseStaging(set.bytes);
     return set;
+  }
+
+  #unflushed = 0;
+
+  /**
+   * Bounds host memory while loading: a buffer created mapped is filled through staging memory
+   * that wgpu frees only once a submission carrying its copy has completed, so without this the
+   * whole model would sit in staging until the first forward (on CPU adapters, twice the
+   * weights in RSS). Every STAGING_FLUSH_BYTES, submit and wait.
+   */
+  async #releaseStaging(bytes: number): Promise<void> {
+    this.#unflushed += bytes;
+    if (this.#unflushed < STAGING_FLUSH_BYTES) return;
+    this.#unflushed = 0;
+    this.#device.queue.submit([]);
+    await this.#device.queue.onSubmittedWorkDone();
   }
 
   #buffer(data: Float32Array | Uint32Array, label: string): GPUBuffer {
@@ -529,7 +555,7 @@ class WeightLoader {
           for (const t of ts) hosts.push(await this.#host(t));
           mats.push(hosts.length === 1 ? hosts[0] : stackRows(hosts));
         }
-        const set = this.#upload(format, rows, cols, mats, label);
+        const set = await this.#upload(format, rows, cols, mats, label);
         const ids = new Uint32Array(part.map((ts) => ts[0].expert));
         out.push({ set, experts: this.#buffer(ids, `${label}.experts`) });
       }
