@@ -152,10 +152,17 @@ function gemmBody(): number[] {
 }
 
 /** The module's bytes: one memory (exported as "memory") and the function "gemm". */
-export function gemmModuleBytes(): Uint8Array {
+export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
   const type = [0x60, ...vec(new Array(6).fill([I32])), ...vec([])];
   const bytes = [
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00, // magic, version 1
     ...section(1, vec([type])),
     ...section(3, vec([uleb(0)])),
     ...section(5, vec([[0x00, ...uleb(1)]])), // memory: min 1 page, no max
@@ -196,7 +203,14 @@ function heap(bytes: number): Float32Array {
 const up = (v: number, to: number) => Math.ceil(v / to) * to;
 
 /** Copies rows [rows, k] into `mem` at float index `at`, rows padded to `kp` with zeros. */
-function place(mem: Float32Array, at: number, src: Float32Array, rows: number, k: number, kp: number) {
+function place(
+  mem: Float32Array,
+  at: number,
+  src: Float32Array,
+  rows: number,
+  k: number,
+  kp: number,
+) {
   if (k === kp) {
     mem.set(src.subarray(0, rows * k), at);
     return;
