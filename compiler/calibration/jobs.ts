@@ -12,7 +12,8 @@
 
 import type { ExpertWidth } from "../../schemas/packing.ts";
 import type { ExpertSample } from "../calibration.ts";
-import { expertHessians, type ExpertWeights, quantizeExpert } from "../expert_weights.ts";
+import { expertHessians, type ExpertWeights } from "../expert_weights.ts";
+import { fakeQuantizeExpert } from "./fake_quant.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import { type HeadBlock, headBlockF32, mlpF32 } from "./kernels.ts";
 
@@ -122,7 +123,7 @@ export function runExpertJob(job: ExpertJob): ExpertJobResult {
       costs.push(0);
       continue;
     }
-    const q = quantizeExpert(w, b, c.groupSize, c.quantizer, hessians);
+    const q = fakeQuantizeExpert(w, b, c.groupSize, c.quantizer, hessians);
     costs.push(y ? sampleCost(y, mlpF32(q, inputs, sample.n), sample, H) : 0);
     if (wantFork) fork = mlpF32(q, gather(job.routed, forkRows, H), forkRows.length);
   }
