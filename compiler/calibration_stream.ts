@@ -31,14 +31,15 @@ import type { ExpertWidth } from "../schemas/packing.ts";
 import { InputError, UsageError } from "../schemas/errors.ts";
 import { keyString, type TensorKey } from "../schemas/tensors.ts";
 import type { CalibrationData, ExpertSample } from "./calibration.ts";
-import { readExpert } from "./expert_weights.ts";
+import type { ExpertWeights } from "./expert_weights.ts";
+import type { MatrixName } from "../schemas/model.ts";
 import {
   type CalibrationRunner,
   type ExpertJobResult,
   inlineCalibration,
 } from "./calibration/jobs.ts";
 import { type HeadBlock, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
-import { type ModelIR, moeLayers, type TensorRef } from "./ir.ts";
+import { type ExpertIR, type ModelIR, moeLayers, type RawElements, type TensorRef } from "./ir.ts";
 import type { QuantMethod } from "./quantize/mod.ts";
 import { attentionBlock, type ReferenceAttention } from "./reference/attention.ts";
 import { matmul, notImplemented, sigmoid } from "./reference/math.ts";
@@ -122,11 +123,14 @@ interface Seq {
 /** Vocabulary rows per block of the embedding and head reads (≈ 32 MB of f32 at hidden 2048). */
 const VOCAB_BLOCK_VALUES = 1 << 23;
 
-/** Row blocks [a, b) of a [rows, H] tensor, read with `readRows` when the ref has it. */
+/**
+ * Row blocks [a, b) of a [rows, H] tensor, read with `readRows` when the ref has it; with a ref
+ * that reads raw rows, the blocks are not read here (`rows` is null) and `each` reads them.
+ */
 async function forRowBlocks(
   ref: TensorRef,
   H: number,
-  each: (a: number, b: number, rows: Float32Array) => void | Promise<void>,
+  each: (a: number, b: number, rows: Float32Array | null) => Promise<void>,
 ): Promise<void> {
   const rows = ref.shape[0];
   if (!ref.readRows) {
@@ -136,7 +140,7 @@ async function forRowBlocks(
   const step = Math.max(1, Math.floor(VOCAB_BLOCK_VALUES / H));
   for (let a = 0; a < rows; a += step) {
     const b = Math.min(rows, a + step);
-    await each(a, b, await ref.readRows(a, b - a));
+    await each(a, b, ref.readRawRows ? null : await ref.readRows(a, b - a));
   }
 }
 
@@ -248,16 +252,24 @@ export async function calibrateStream(
   let seqs: Seq[] = [...clean];
 
   // Embedding rows of the tokens, read in vocabulary blocks.
-  await forRowBlocks(top("embed"), H, (a, b, rows) => {
+  // Embedding rows of the tokens: one read per distinct id where the ref reads rows.
+  const embedRow = (id: number, row: Float32Array) => {
     for (const s of clean) {
       for (let t = 0; t < s.n; t++) {
-        const id = ids[s.start + t];
-        if (id < a || id >= b) continue;
-        const row = rows.subarray((id - a) * H, (id - a + 1) * H);
+        if (ids[s.start + t] !== id) continue;
         for (let c = 0; c < H; c++) s.x[t * H + c] = row[c] * spec.embedScale;
       }
     }
-  });
+  };
+  const embed = top("embed");
+  if (embed.readRows) {
+    for (const id of [...new Set(ids)].sort((a, b) => a - b)) {
+      embedRow(id, await embed.readRows(id, 1));
+    }
+  } else {
+    const rows = await embed.read();
+    for (const id of new Set(ids)) embedRow(id, rows.subarray(id * H, (id + 1) * H));
+  }
 
   const counts = moe.map((m) => new Array<number>(m.experts.length).fill(0));
   const samples: ExpertSample[][] = moe.map(() => []);
@@ -406,8 +418,11 @@ export async function calibrateStream(
     const blocks: HeadBlock[] = [];
     const lanes = new Lanes(runner.lanes);
     let index = 0;
-    await forRowBlocks(top(spec.head.tied ? "embed" : "lm_head"), H, async (a, b, rows) => {
+    const headRef = top(spec.head.tied ? "embed" : "lm_head");
+    await forRowBlocks(headRef, H, async (a, b, decoded) => {
       const slot = index++;
+      // Raw bytes where the ref has them: the block is decoded on the runner's thread.
+      const rows = headRef.readRawRows ? await headRef.readRawRows(a, b - a) : decoded!;
       const job = {
         kind: "head" as const,
         x,
@@ -448,6 +463,31 @@ export async function calibrateStream(
     const mean = (slot: number) => total[slot] / Math.max(1, tokens[slot]);
     return { clean: mean(0), layers: Array.from({ length: moeCount }, (_, j) => mean(j + 1)) };
   }
+}
+
+/**
+ * An expert for its job: matrices as raw checkpoint bytes where the refs read them (decoded on
+ * the job's thread), else decoded here; biases decoded here.
+ */
+async function readExpertRaw(
+  e: ExpertIR,
+): Promise<{ weights: ExpertWeights; raw: Partial<Record<MatrixName, RawElements>> }> {
+  const [inter, hidden] = e.matrices[0].weight.shape;
+  const weights: ExpertWeights = {
+    activation: e.activation,
+    hidden,
+    inter,
+    matrices: {},
+    biases: {},
+  };
+  const raw: Partial<Record<MatrixName, RawElements>> = {};
+  for (const m of e.matrices) {
+    const ref = m.weight;
+    if (ref.readRawRows) raw[m.name] = await ref.readRawRows(0, ref.shape[0]);
+    else weights.matrices[m.name] = await ref.read();
+    if (m.bias) weights.biases[m.name] = await m.bias.read();
+  }
+  return { weights, raw };
 }
 
 /** x += r · out. */
@@ -559,13 +599,14 @@ async function moeStream(inp: MoeStreamInput): Promise<{
       await inp.progress();
       continue;
     }
-    const w = await readExpert(layer.experts[e]);
+    const { weights: w, raw } = await readExpertRaw(layer.experts[e]);
     const routed = new Float32Array(list.length * H);
     list.forEach((r, i) => routed.set(hs[r.seq].subarray(r.t * H, (r.t + 1) * H), i * H));
     const own = inp.costSamples?.[e];
     const job = {
       kind: "expert" as const,
       weights: w,
+      raw,
       routed,
       n: list.length,
       costs: costs && {

@@ -2,9 +2,11 @@
  * An expert quantized at a width and decoded again, as `quantizeExpert` (expert_weights.ts)
  * returns it, without packing the codes and unpacking them: the quantizer's unpacked codes,
  * scales and zeros are decoded with the runtime's formula ŵ = f32(f32(q − zero) · scale), which
- * is what `dequantize` computes from the packed tensor. Bit for bit the same values, in a third
- * of the time (the pack and the per-value code lookups were most of it). MXFP4 goes through
- * `quantizeExpert` itself.
+ * is what `dequantize` computes from the packed tensor. RTN (the common case) is fused further:
+ * each group's min-max parameters, then each value's code decoded at once through a table of the
+ * group's 2^b levels, with no codes array. Bit for bit the same values as `quantizeExpert`, in a
+ * fraction of the time (the pack and the per-value code lookups were most of it). MXFP4 goes
+ * through `quantizeExpert` itself.
  *
  * @module
  */
@@ -19,8 +21,60 @@ import {
   outputMatrix,
   quantizeExpert,
 } from "../expert_weights.ts";
-import { type QuantMethod, quantizeUnpacked } from "../quantize/mod.ts";
-import type { UnpackedQuant } from "../quantize/common.ts";
+import { quantizeUnpacked, type QuantMethod } from "../quantize/mod.ts";
+import { checkFinite, inverseScale, minMaxParams, type UnpackedQuant } from "../quantize/common.ts";
+import type { QuantBits, ScaleType } from "../../schemas/packing.ts";
+
+/** 1.5 · 2^52: (v + it) − it is v rounded to an integer, ties to even, for |v| < 2^51. */
+const ROUND_MAGIC = 6755399441055744;
+
+/**
+ * Asymmetric min-max RTN (compiler/quantize/rtn.ts `rtnAsymmetric`) of w [rows, cols], decoded:
+ * the same codes (Math.round of w / scale + zero, clamped) through the same decode formula.
+ */
+export function rtnDecoded(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  bits: QuantBits,
+  groupSize: number,
+  scaleType: ScaleType = "f16",
+  name = "matrix",
+): Float32Array {
+  const qmax = (1 << bits) - 1;
+  const gpr = groupsPerRow(cols, groupSize);
+  const out = new Float32Array(rows * cols);
+  const params = new Float64Array(2);
+  const table = new Float64Array(qmax + 1);
+  for (let r = 0; r < rows; r++) {
+    for (let g = 0; g < gpr; g++) {
+      const start = r * cols + g * groupSize;
+      const end = r * cols + Math.min((g + 1) * groupSize, cols);
+      let lo = Infinity;
+      let hi = -Infinity;
+      let probe = 0; // x − x: 0 for finite x, NaN otherwise
+      for (let i = start; i < end; i++) {
+        const x = w[i];
+        probe += x - x;
+        if (x < lo) lo = x;
+        if (x > hi) hi = x;
+      }
+      if (probe !== 0) checkFinite(w, cols, name);
+      minMaxParams(lo, hi, qmax, scaleType, params, name);
+      const scale = params[0];
+      const zero = params[1];
+      for (let q = 0; q <= qmax; q++) table[q] = Math.fround(Math.fround(q - zero) * scale);
+      const inv = inverseScale(scale);
+      for (let i = start; i < end; i++) {
+        const v = w[i] * inv + zero;
+        let t = (v + ROUND_MAGIC) - ROUND_MAGIC;
+        if (v - t === 0.5) t += 1;
+        out[i] = table[t < 0 ? 0 : t > qmax ? qmax : t];
+      }
+    }
+  }
+  return out;
+}
 
 /** The decoded values of an unpacked quantization, [rows, cols]. */
 export function decodeUnpacked(u: UnpackedQuant): Float32Array {
@@ -54,6 +108,10 @@ export function fakeQuantizeExpert(
   const q: ExpertWeights = { ...w, matrices: {} };
   for (const name of matrixNames(w)) {
     const [rows, cols] = matrixShape(name, w.inter, w.hidden);
+    if (method === "rtn") {
+      q.matrices[name] = rtnDecoded(matrixOf(w, name), rows, cols, bits, groupSize, "f16", name);
+      continue;
+    }
     const hessian = name === out ? hessians?.output : hessians?.input;
     const u = quantizeUnpacked(matrixOf(w, name), rows, cols, {
       bits,

@@ -11,6 +11,9 @@
  */
 
 import type { ExpertWidth } from "../../schemas/packing.ts";
+import type { MatrixName } from "../../schemas/model.ts";
+import type { RawElements } from "../ir.ts";
+import { decodeRaw } from "../checkpoint/raw.ts";
 import type { ExpertSample } from "../calibration.ts";
 import { expertHessians, type ExpertWeights } from "../expert_weights.ts";
 import { fakeQuantizeExpert } from "./fake_quant.ts";
@@ -36,7 +39,10 @@ export interface ExpertCostRequest {
 /** One routed expert's work (see the module doc). */
 export interface ExpertJob {
   kind: "expert";
+  /** The expert; matrices given in `raw` are decoded where the job runs. */
   weights: ExpertWeights;
+  /** Matrices as raw checkpoint bytes (compiler/checkpoint/raw.ts). */
+  raw?: Partial<Record<MatrixName, RawElements>>;
   /** Inputs routed to the expert, [n, H]. */
   routed: Float32Array;
   n: number;
@@ -61,8 +67,8 @@ export interface HeadJob {
   /** Scored rows [k, H], final-normed and scaled. */
   x: Float32Array;
   k: number;
-  /** Head rows [a, a + n), [n, H]. */
-  rows: Float32Array;
+  /** Head rows [a, a + n), [n, H], or their raw checkpoint bytes. */
+  rows: Float32Array | RawElements;
   n: number;
   a: number;
   bias: Float32Array | null;
@@ -101,7 +107,10 @@ function gather(x: Float32Array, rows: Int32Array, H: number): Float32Array {
 
 /** Runs an expert job on this thread. */
 export function runExpertJob(job: ExpertJob): ExpertJobResult {
-  const w = job.weights;
+  const w: ExpertWeights = { ...job.weights, matrices: { ...job.weights.matrices } };
+  for (const [name, raw] of Object.entries(job.raw ?? {})) {
+    if (raw) w.matrices[name as MatrixName] = decodeRaw(raw);
+  }
   const H = w.hidden;
   const routed = mlpF32(w, job.routed, job.n);
   const c = job.costs;
@@ -132,7 +141,8 @@ export function runExpertJob(job: ExpertJob): ExpertJobResult {
 
 /** Runs a head job on this thread. */
 export function runHeadJob(job: HeadJob): HeadBlock {
-  return headBlockF32(job.x, job.k, job.rows, job.n, job.a, job.bias, job.targets);
+  const rows = job.rows instanceof Float32Array ? job.rows : decodeRaw(job.rows);
+  return headBlockF32(job.x, job.k, rows, job.n, job.a, job.bias, job.targets);
 }
 
 /** Runs any calibration job on this thread. */
@@ -141,15 +151,20 @@ export function runCalibrationJob(job: CalibrationJob): ExpertJobResult | HeadBl
 }
 
 /**
- * Buffers of a job that can be moved to a worker instead of copied: only the routed rows, which
- * the calibration pass builds for the job (weights and head rows may be the IR's own storage).
+ * Buffers of a job that can be moved to a worker instead of copied: the routed rows, which the
+ * calibration pass builds for the job, and raw bytes read for it (decoded weights and head rows
+ * may be the IR's own storage, so they are copied).
  */
 export function calibrationJobTransfers(job: CalibrationJob): ArrayBuffer[] {
-  if (job.kind !== "expert") return [];
-  const a = job.routed;
-  const whole = a.buffer instanceof ArrayBuffer && a.byteOffset === 0 &&
-    a.byteLength === a.buffer.byteLength;
-  return whole ? [a.buffer as ArrayBuffer] : [];
+  const arrays: ArrayBufferView[] = job.kind === "expert"
+    ? [job.routed, ...Object.values(job.raw ?? {}).flatMap((r) => r ? [r.bytes] : [])]
+    : job.rows instanceof Float32Array
+    ? []
+    : [job.rows.bytes];
+  const whole = arrays.filter((a) =>
+    a.buffer instanceof ArrayBuffer && a.byteOffset === 0 && a.byteLength === a.buffer.byteLength
+  );
+  return [...new Set(whole.map((a) => a.buffer as ArrayBuffer))];
 }
 
 /** Buffers of a result to move back. */
