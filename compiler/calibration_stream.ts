@@ -18,10 +18,15 @@
  * over vocabulary blocks). Cost: one pass over all tokens plus, per MoE layer, the later layers
  * over the sensitivity tokens.
  *
- * Every kernel is the float64 reference's own (matmul, attention, mlp, router), and each token's
- * arithmetic is the same as in `forward`, so the clean states equal the reference's bit for bit.
- * Reservoir sampling draws from one seeded generator per expert, so a sample does not depend on
- * the order layers are visited.
+ * Arithmetic: the hidden states stay float64 and the small parts are the float64 reference's own
+ * (norms, attention scores, routing); the large products run in float32 on the SIMD kernels of
+ * compiler/calibration/ (the attention projections, the dense, shared and routed experts, the
+ * head), the experts and head blocks as jobs on the compiler's worker pool when one is given.
+ * So the states equal `forward`'s to ≈ 1e-7 relative, not bit for bit (calibration_stream_test.ts
+ * states the tolerances), and the result is the same whatever the number of workers: job outputs
+ * are combined in expert and block order. Quantized experts for the costs are decoded without
+ * packing (compiler/calibration/fake_quant.ts, the same values). Reservoir sampling draws from one
+ * seeded generator per expert, so a sample does not depend on the order layers are visited.
  *
  * @module
  */
@@ -38,7 +43,7 @@ import {
   type ExpertJobResult,
   inlineCalibration,
 } from "./calibration/jobs.ts";
-import { type HeadBlock, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
+import { type HeadBlock, matmulF32, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
 import { type ExpertIR, type ModelIR, moeLayers, type RawElements, type TensorRef } from "./ir.ts";
 import type { QuantMethod } from "./quantize/mod.ts";
 import { attentionBlock, type ReferenceAttention } from "./reference/attention.ts";
@@ -504,8 +509,27 @@ function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla
   }
   const kvDim = a.spec.numKvHeads * a.spec.headDim;
   const cache = { keys: new Float64Array(n * kvDim), values: new Float64Array(n * kvDim) };
-  attentionBlock(out, h, n, a, cache, 0);
+  attentionBlock(out, h, n, a, cache, 0, linearF32);
   return out;
+}
+
+/** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
+const f32Copies = new WeakMap<Float64Array, Float32Array>();
+
+/** The reference's `matmul` signature on the float32 SIMD product (float64 in and out). */
+function linearF32(
+  out: Float64Array,
+  x: Float64Array,
+  w: Float64Array,
+  n: number,
+  rows: number,
+  cols: number,
+): void {
+  let w32 = f32Copies.get(w);
+  if (!w32) f32Copies.set(w, w32 = Float32Array.from(w));
+  const y = new Float32Array(n * rows);
+  matmulF32(y, Float32Array.from(x.subarray(0, n * cols)), w32, n, rows, cols);
+  out.set(y);
 }
 
 /** Inputs of {@link moeStream}. */

@@ -2,8 +2,7 @@
  * The streamed calibration against the whole-model float64 reference on a real (tiny) checkpoint
  * with a gated shared expert. The pass runs its experts, shared expert and head in float32
  * (compiler/calibration/), so the comparisons carry tolerances: the same counts and reservoir
- * picks as `calibrate`, routed inputs within 1e-5 of their largest value (the first MoE layer's
- * exactly: only float64 attention runs before it), output costs within 1e-4 relative of
+ * picks as `calibrate`, routed inputs within 1e-5 of their largest value, output costs within 1e-4 relative of
  * `outputError` on those samples, and layer sensitivities measured in the one pass within 1e-5
  * bits/token of `layerDelta`'s full re-evaluations, on all tokens and on a prefix; and the same
  * record with the jobs on a 2-worker pool as on this thread.
@@ -37,8 +36,8 @@ function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /**
- * Counts and sample sizes equal; sample inputs and weights within `tol` of their largest value
- * (exactly equal in the first MoE layer, before any float32 block). Returns the largest error.
+ * Counts and sample sizes equal; sample inputs and weights within `tol` of their largest value.
+ * Returns the largest error.
  */
 function assertSameRecord(stream: CalibrationData, whole: CalibrationData, tol = 1e-5): number {
   assert.equal(stream.tokens, whole.tokens);
@@ -49,10 +48,6 @@ function assertSameRecord(stream: CalibrationData, whole: CalibrationData, tol =
       const t = stream.samples[m][e];
       assert.deepEqual([t.n, t.seen], [s.n, s.seen], `sample ${m}/${e}`);
       assert.equal(t.inputs.length, s.inputs.length);
-      if (m === 0) {
-        assert.deepEqual(t.inputs, s.inputs, `inputs ${m}/${e}`);
-        assert.deepEqual(t.weights, s.weights, `weights ${m}/${e}`);
-      }
       const err = Math.max(relMax(t.inputs, s.inputs), relMax(t.weights, s.weights));
       assert.ok(err <= tol, `inputs ${m}/${e}: ${err}`);
       worst = Math.max(worst, err);
@@ -73,7 +68,7 @@ Deno.test("calibrateStream: the same routed inputs as calibrate (gated shared ex
   const whole = await calibrate(ref, ids, { context: 16, maxSamplesPerExpert: 1000 });
   const stream = await calibrateStream(ir, ids, { context: 16, maxSamplesPerExpert: 1000 });
   const worst = assertSameRecord(stream, whole);
-  assert.ok(worst > 0, "float32 blocks after the first MoE layer change its inputs a little");
+  assert.ok(worst > 0, "the float32 blocks change the inputs a little");
   console.log(`routed inputs: largest relative error ${worst.toExponential(2)}`);
   // The jobs on worker threads: the same record, bit for bit.
   const pool = new QuantizePool(2);
