@@ -24,13 +24,16 @@ import {
 import { quantizeUnpacked, type QuantMethod } from "../quantize/mod.ts";
 import { checkFinite, inverseScale, minMaxParams, type UnpackedQuant } from "../quantize/common.ts";
 import type { QuantBits, ScaleType } from "../../schemas/packing.ts";
+import { rtnDecodedSimd } from "./simd.ts";
 
 /** 1.5 · 2^52: (v + it) − it is v rounded to an integer, ties to even, for |v| < 2^51. */
 const ROUND_MAGIC = 6755399441055744;
 
 /**
  * Asymmetric min-max RTN (compiler/quantize/rtn.ts `rtnAsymmetric`) of w [rows, cols], decoded:
- * the same codes (Math.round of w / scale + zero, clamped) through the same decode formula.
+ * the same codes (Math.round of w / scale + zero, clamped) through the same decode formula. When
+ * groups tile the rows in multiples of 4 values, on the SIMD kernels (simd.ts `rtnDecodedSimd`,
+ * float64 lanes for the codes as here); else in this loop.
  */
 export function rtnDecoded(
   w: Float32Array,
@@ -42,9 +45,18 @@ export function rtnDecoded(
   name = "matrix",
 ): Float32Array {
   const qmax = (1 << bits) - 1;
+  const params = new Float64Array(2);
+  if (groupSize % 4 === 0 && cols % groupSize === 0 && rows * cols > 0) {
+    return rtnDecodedSimd(w, groupSize, qmax, (lo, hi, out) => {
+      if (!Number.isFinite(lo) || !Number.isFinite(hi)) checkFinite(w, cols, name);
+      minMaxParams(lo, hi, qmax, scaleType, params, name);
+      out[0] = inverseScale(params[0]);
+      out[1] = params[1];
+      out[2] = params[0];
+    });
+  }
   const gpr = groupsPerRow(cols, groupSize);
   const out = new Float32Array(rows * cols);
-  const params = new Float64Array(2);
   const table = new Float64Array(qmax + 1);
   for (let r = 0; r < rows; r++) {
     for (let g = 0; g < gpr; g++) {

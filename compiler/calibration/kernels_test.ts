@@ -19,7 +19,7 @@ import { expertOutputs, type ExpertWeights, quantizeExpert } from "../expert_wei
 import { matmul } from "../reference/math.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
-import { fakeQuantizeExpert } from "./fake_quant.ts";
+import { fakeQuantizeExpert, rtnDecoded } from "./fake_quant.ts";
 import { type ExpertJob, runExpertJob } from "./jobs.ts";
 import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
 import { gemmModuleBytes } from "./simd.ts";
@@ -178,5 +178,13 @@ Deno.test("runExpertJob: outputs, costs and fork rows; the same on a worker thre
     assert.deepEqual(remote.fork, r.fork);
   } finally {
     pool.close();
+  }
+});
+
+Deno.test("rtnDecoded: a non-finite weight is an error naming the matrix, on both paths", () => {
+  for (const [rows, cols, group] of [[2, 64, 32], [2, 40, 32]]) {
+    const w = random(rows * cols, mulberry32(7));
+    w[cols + 3] = NaN;
+    assert.throws(() => rtnDecoded(w, rows, cols, 2, group, "f16", "gate"), /gate: non-finite/);
   }
 });

@@ -89,7 +89,136 @@ const op = {
   extract: (lane: number) => [SIMD, 0x1f, lane],
   vAdd: [SIMD, ...uleb(228)], // f32x4.add
   vMul: [SIMD, ...uleb(230)], // f32x4.mul
+  sub: [0x6b],
+  f32Min: [0x96],
+  f32Max: [0x97],
+  /** f64.load with alignment 2^3 and a constant offset. */
+  f64Load: (offset: number) => [0x2b, 3, ...uleb(offset)],
+  f64: (v: number) => [0x44, ...new Uint8Array(new Float64Array([v]).buffer)],
+  demote: [0xb6], // f32.demote_f64
+  i32ToF64: [0xb7], // f64.convert_i32_s
+  /** v128.store with alignment 2^4. */
+  vStore: [SIMD, 0x0b, 4, 0],
+  shuffle: (lanes: number[]) => [SIMD, 0x0d, ...lanes],
+  f32Splat: [SIMD, 0x13],
+  f64Splat: [SIMD, 0x14],
+  vAnd: [SIMD, ...uleb(78)],
+  f32x4Min: [SIMD, ...uleb(232)],
+  f32x4Max: [SIMD, ...uleb(233)],
+  f64x2Eq: [SIMD, ...uleb(71)],
+  f64x2Add: [SIMD, ...uleb(240)],
+  f64x2Sub: [SIMD, ...uleb(241)],
+  f64x2Mul: [SIMD, ...uleb(242)],
+  f64x2Min: [SIMD, ...uleb(244)],
+  f64x2Max: [SIMD, ...uleb(245)],
+  f64x2Nearest: [SIMD, ...uleb(148)],
+  demoteZero: [SIMD, ...uleb(94)], // f32x4.demote_f64x2_zero
+  promoteLow: [SIMD, ...uleb(95)], // f64x2.promote_low_f32x4
 };
+
+/** A function body from its locals ([count, type] runs) and code. */
+function body(locals: [number, number][], code: number[]): number[] {
+  const b = [...vec(locals.map(([n, t]) => [...uleb(n), t])), ...code, ...op.end];
+  return [...uleb(b.length), ...b];
+}
+
+/**
+ * minmax(w, out, groups, gbytes): for each of `groups` consecutive groups of gbytes bytes
+ * (a multiple of 16) of f32 values at w, out gets [min, max] as two f32 (NaN when the group has
+ * one).
+ */
+function minmaxBody(): number[] {
+  const [W, OUT, GROUPS, GB] = [0, 1, 2, 3];
+  const [G, END] = [4, 5];
+  const [LO, HI, V] = [6, 7, 8];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.i32(0), op.set(G));
+  emit(op.block, op.loop);
+  emit(op.get(G), op.get(GROUPS), op.geU, op.brIf(1));
+  emit(op.get(W), op.get(GB), op.add, op.set(END));
+  emit(op.get(W), op.vLoad, op.tee(LO), op.set(HI));
+  emit(op.get(W), op.i32(16), op.add, op.set(W));
+  emit(op.block, op.loop);
+  emit(op.get(W), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(W), op.vLoad, op.set(V));
+  emit(op.get(LO), op.get(V), op.f32x4Min, op.set(LO));
+  emit(op.get(HI), op.get(V), op.f32x4Max, op.set(HI));
+  emit(op.get(W), op.i32(16), op.add, op.set(W), op.br(0));
+  emit(op.end, op.end);
+  for (const [acc, f, offset] of [[LO, op.f32Min, 0], [HI, op.f32Max, 4]] as const) {
+    emit(op.get(OUT));
+    emit(op.get(acc), op.extract(0), op.get(acc), op.extract(1), f);
+    emit(op.get(acc), op.extract(2), op.get(acc), op.extract(3), f, f);
+    emit(op.f32Store(offset));
+  }
+  emit(op.get(OUT), op.i32(8), op.add, op.set(OUT));
+  emit(op.get(G), op.i32(1), op.add, op.set(G), op.br(0));
+  emit(op.end, op.end);
+  return body([[2, I32], [3, V128]], code);
+}
+
+/**
+ * rtn(w, out, params, groups, gbytes, qmax): asymmetric RTN of each group, decoded. params holds
+ * per group [1/scale, zero, scale] as f64; per value, in float64 as compiler/quantize/rtn.ts:
+ * v = w · (1/scale) + zero, q = round-half-up(v) clamped to [0, qmax]; then out = f32(f32(q −
+ * zero) · scale), the runtime's decode.
+ */
+function rtnBody(): number[] {
+  const [W, OUT, PRM, GROUPS, GB, QMAX] = [0, 1, 2, 3, 4, 5];
+  const [G, END] = [6, 7];
+  const [INV, ZERO, SCALE, X, LO2, HI2, T, V, HALF, ONE, Z0, QM] = [
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+  ];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.f64(0.5), op.f64Splat, op.set(HALF));
+  emit(op.f64(1), op.f64Splat, op.set(ONE));
+  emit(op.f64(0), op.f64Splat, op.set(Z0));
+  emit(op.get(QMAX), op.i32ToF64, op.f64Splat, op.set(QM));
+  emit(op.i32(0), op.set(G));
+  emit(op.block, op.loop);
+  emit(op.get(G), op.get(GROUPS), op.geU, op.brIf(1));
+  emit(op.get(PRM), op.f64Load(0), op.f64Splat, op.set(INV));
+  emit(op.get(PRM), op.f64Load(8), op.f64Splat, op.set(ZERO));
+  emit(op.get(PRM), op.f64Load(16), op.demote, op.f32Splat, op.set(SCALE));
+  emit(op.get(W), op.get(GB), op.add, op.set(END));
+  emit(op.block, op.loop);
+  emit(op.get(W), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(W), op.vLoad, op.tee(X), op.promoteLow, op.set(LO2));
+  const high = [8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7];
+  emit(op.get(X), op.get(X), op.shuffle(high), op.promoteLow, op.set(HI2));
+  for (const half of [LO2, HI2]) {
+    // v = x · inv + zero; t = nearest(v) + (v − t == 0.5); clamp; q − zero.
+    emit(op.get(half), op.get(INV), op.f64x2Mul, op.get(ZERO), op.f64x2Add, op.tee(V));
+    emit(op.f64x2Nearest, op.set(T));
+    emit(op.get(T), op.get(V), op.get(T), op.f64x2Sub, op.get(HALF), op.f64x2Eq);
+    emit(op.get(ONE), op.vAnd, op.f64x2Add);
+    emit(op.get(Z0), op.f64x2Max, op.get(QM), op.f64x2Min);
+    emit(op.get(ZERO), op.f64x2Sub, op.demoteZero, op.set(half));
+  }
+  emit(op.get(OUT), op.get(LO2), op.get(HI2));
+  emit(op.shuffle([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]));
+  emit(op.get(SCALE), op.vMul, op.vStore);
+  emit(op.get(W), op.i32(16), op.add, op.set(W));
+  emit(op.get(OUT), op.i32(16), op.add, op.set(OUT), op.br(0));
+  emit(op.end, op.end);
+  emit(op.get(PRM), op.i32(24), op.add, op.set(PRM));
+  emit(op.get(G), op.i32(1), op.add, op.set(G), op.br(0));
+  emit(op.end, op.end);
+  return body([[2, I32], [12, V128]], code);
+}
 
 /**
  * gemm(a, b, c, n, m, k): c[i·m + j] = Σ_p a[i·k + p] · b[j·k + p] for byte addresses a, b, c,
@@ -151,9 +280,9 @@ function gemmBody(): number[] {
   return [...uleb(body.length), ...body];
 }
 
-/** The module's bytes: one memory (exported as "memory") and the function "gemm". */
+/** The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn". */
 export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
-  const type = [0x60, ...vec(new Array(6).fill([I32])), ...vec([])];
+  const type = (params: number) => [0x60, ...vec(new Array(params).fill([I32])), ...vec([])];
   const bytes = [
     0x00,
     0x61,
@@ -163,11 +292,19 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     0x00, // magic, version 1
-    ...section(1, vec([type])),
-    ...section(3, vec([uleb(0)])),
+    ...section(1, vec([type(6), type(4)])),
+    ...section(3, vec([uleb(0), uleb(1), uleb(0)])),
     ...section(5, vec([[0x00, ...uleb(1)]])), // memory: min 1 page, no max
-    ...section(7, vec([[...name("memory"), 0x02, 0], [...name("gemm"), 0x00, 0]])),
-    ...section(10, vec([gemmBody()])),
+    ...section(
+      7,
+      vec([
+        [...name("memory"), 0x02, 0],
+        [...name("gemm"), 0x00, 0],
+        [...name("minmax"), 0x00, 1],
+        [...name("rtn"), 0x00, 2],
+      ]),
+    ),
+    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody()])),
   ];
   return new Uint8Array(bytes);
 }
@@ -177,6 +314,8 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
 interface Kernel {
   memory: WebAssembly.Memory;
   gemm: (a: number, b: number, c: number, n: number, m: number, k: number) => void;
+  minmax: (w: number, out: number, groups: number, gbytes: number) => void;
+  rtn: (w: number, out: number, prm: number, groups: number, gbytes: number, qmax: number) => void;
 }
 
 let kernel: Kernel | null = null;
@@ -251,4 +390,36 @@ export function matmulF32(
     return;
   }
   for (let i = 0; i < n; i++) out.set(mem.subarray(cAt + i * mp, cAt + i * mp + m), i * m);
+}
+
+/**
+ * Asymmetric RTN of w in groups of `groupSize` consecutive values (a multiple of 4 dividing
+ * w.length), decoded (see the `rtn` kernel): `params(lo, hi, out)` turns a group's min and max
+ * (NaN or ±Infinity when the group has a non-finite value) into out = [1/scale, zero, scale].
+ */
+export function rtnDecodedSimd(
+  w: Float32Array,
+  groupSize: number,
+  qmax: number,
+  params: (lo: number, hi: number, out: Float64Array) => void,
+): Float32Array {
+  const n = w.length;
+  if (groupSize % 4 !== 0 || n % groupSize !== 0 || n === 0) {
+    throw new UsageError(`rtnDecodedSimd: ${n} values in groups of ${groupSize}`);
+  }
+  const groups = n / groupSize;
+  const outAt = n, mmAt = 2 * n, prmAt = up(mmAt + 2 * groups, 2); // f32 indices
+  heap((prmAt + 6 * groups) * 4);
+  const k = instance();
+  new Float32Array(k.memory.buffer).set(w, 0);
+  k.minmax(0, mmAt * 4, groups, groupSize * 4);
+  const mm = new Float32Array(k.memory.buffer, mmAt * 4, 2 * groups);
+  const prm = new Float64Array(k.memory.buffer, prmAt * 4, 3 * groups);
+  const one = new Float64Array(3);
+  for (let g = 0; g < groups; g++) {
+    params(mm[2 * g], mm[2 * g + 1], one);
+    prm.set(one, 3 * g);
+  }
+  k.rtn(0, outAt * 4, prmAt * 4, groups, groupSize * 4, qmax);
+  return new Float32Array(k.memory.buffer, outAt * 4, n).slice();
 }
