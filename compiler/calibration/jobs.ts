@@ -186,7 +186,7 @@ export interface CalibrationRunner {
 /** Runs the jobs on this thread, one at a time as they are awaited. */
 export const inlineCalibration: CalibrationRunner = {
   lanes: 1,
-  // deno-lint-ignore no-explicit-any
   runCalibration:
-    ((job: CalibrationJob) => Promise.resolve().then(() => runCalibrationJob(job))) as any,
+    ((job: CalibrationJob) =>
+      Promise.resolve().then(() => runCalibrationJob(job))) as CalibrationRunner["runCalibration"],
 };
