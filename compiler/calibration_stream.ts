@@ -74,7 +74,10 @@ export interface StreamCosts {
   deltas: number[] | null;
   /** Tokens the sensitivity was scored on. */
   sensitivityTokens: number;
-  /** Milliseconds spent quantizing experts and measuring their output error, and in the head. */
+  /**
+   * Milliseconds spent quantizing experts and measuring their output error (summed over the
+   * threads the jobs ran on), and in the head (wall).
+   */
   costMs: number;
   headMs: number;
 }

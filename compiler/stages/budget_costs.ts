@@ -97,7 +97,8 @@ export async function budgetCosts(
       if (!calib!.spans) {
         notes.push(
           `streamed pass: ${(measured.costMs / 1000).toFixed(1)} s quantizing experts and ` +
-            `measuring output errors, ${(measured.headMs / 1000).toFixed(1)} s scoring the streams`,
+            `measuring output errors (summed over threads), ` +
+            `${(measured.headMs / 1000).toFixed(1)} s scoring the streams`,
         );
       }
     } else {
