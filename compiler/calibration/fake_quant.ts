@@ -33,7 +33,8 @@ const ROUND_MAGIC = 6755399441055744;
  * Asymmetric min-max RTN (compiler/quantize/rtn.ts `rtnAsymmetric`) of w [rows, cols], decoded:
  * the same codes (Math.round of w / scale + zero, clamped) through the same decode formula. When
  * groups tile the rows in multiples of 4 values, on the SIMD kernels (simd.ts `rtnDecodedSimd`,
- * float64 lanes for the codes as here); else in this loop.
+ * float64 lanes for the codes as here); else in this loop. Writes into `into` (default: a new
+ * array) and returns it.
  */
 export function rtnDecoded(
   w: Float32Array,
@@ -43,6 +44,7 @@ export function rtnDecoded(
   groupSize: number,
   scaleType: ScaleType = "f16",
   name = "matrix",
+  into: Float32Array = new Float32Array(rows * cols),
 ): Float32Array {
   const qmax = (1 << bits) - 1;
   const params = new Float64Array(2);
@@ -53,10 +55,10 @@ export function rtnDecoded(
       out[0] = inverseScale(params[0]);
       out[1] = params[1];
       out[2] = params[0];
-    });
+    }, into);
   }
   const gpr = groupsPerRow(cols, groupSize);
-  const out = new Float32Array(rows * cols);
+  const out = into;
   const table = new Float64Array(qmax + 1);
   for (let r = 0; r < rows; r++) {
     for (let g = 0; g < gpr; g++) {
@@ -107,13 +109,18 @@ export function decodeUnpacked(u: UnpackedQuant): Float32Array {
   return out;
 }
 
-/** `quantizeExpert(w, bits, groupSize, method, hessians)`, the same values (see the module doc). */
+/**
+ * `quantizeExpert(w, bits, groupSize, method, hessians)`, the same values (see the module doc).
+ * With `into`, RTN writes each matrix into the array it returns for the matrix's name and size (a
+ * caller's reused buffer) instead of a new one.
+ */
 export function fakeQuantizeExpert(
   w: ExpertWeights,
   bits: ExpertWidth,
   groupSize: number,
   method: QuantMethod,
   hessians?: ExpertHessians,
+  into?: (name: string, values: number) => Float32Array,
 ): ExpertWeights {
   if (bits === MXFP4_WIDTH) return quantizeExpert(w, bits, groupSize, method, hessians);
   const out = outputMatrix(w.activation);
@@ -121,7 +128,9 @@ export function fakeQuantizeExpert(
   for (const name of matrixNames(w)) {
     const [rows, cols] = matrixShape(name, w.inter, w.hidden);
     if (method === "rtn") {
-      q.matrices[name] = rtnDecoded(matrixOf(w, name), rows, cols, bits, groupSize, "f16", name);
+      const buffer = into?.(name, rows * cols);
+      const m = matrixOf(w, name);
+      q.matrices[name] = rtnDecoded(m, rows, cols, bits, groupSize, "f16", name, buffer);
       continue;
     }
     const hessian = name === out ? hessians?.output : hessians?.input;

@@ -105,11 +105,46 @@ function gather(x: Float32Array, rows: Int32Array, H: number): Float32Array {
   return out;
 }
 
+/**
+ * Buffers reused by this thread's jobs, by name: an expert's decoded and quantized matrices are
+ * tens of MB each, and allocating (and collecting) them per job cost more than using them.
+ */
+const scratch = new Map<string, Float32Array>();
+
+/** The reused buffer `key` of exactly `values` values (contents undefined). */
+function scratchOf(key: string, values: number): Float32Array {
+  let a = scratch.get(key);
+  if (!a || a.length !== values) scratch.set(key, a = new Float32Array(values));
+  return a;
+}
+
+/**
+ * `decodeRaw(raw)` into `into` for BF16 (a 16-bit shift per value) when every value is finite;
+ * else, and for other dtypes, `decodeRaw` itself (its error, or zeros for non-finite values).
+ */
+export function decodeInto(raw: RawElements, into: Float32Array): Float32Array {
+  const n = raw.bytes.byteLength >>> 1;
+  if (raw.dtype !== "BF16" || into.length !== n || raw.bytes.byteOffset % 2 !== 0) {
+    return decodeRaw(raw);
+  }
+  const src = new Uint16Array(raw.bytes.buffer, raw.bytes.byteOffset, n);
+  const bits = new Uint32Array(into.buffer, into.byteOffset, n);
+  let exp = 0;
+  for (let i = 0; i < n; i++) {
+    const h = src[i];
+    bits[i] = h << 16;
+    exp |= ((h & 0x7f80) + 0x80) & 0x8000; // 0x8000 exactly when the exponent is all ones
+  }
+  return exp === 0 ? into : decodeRaw(raw);
+}
+
 /** Runs an expert job on this thread. */
 export function runExpertJob(job: ExpertJob): ExpertJobResult {
   const w: ExpertWeights = { ...job.weights, matrices: { ...job.weights.matrices } };
   for (const [name, raw] of Object.entries(job.raw ?? {})) {
-    if (raw) w.matrices[name as MatrixName] = decodeRaw(raw);
+    if (!raw) continue;
+    const [rows, cols] = name === "down" ? [w.hidden, w.inter] : [w.inter, w.hidden];
+    w.matrices[name as MatrixName] = decodeInto(raw, scratchOf(`w.${name}`, rows * cols));
   }
   const H = w.hidden;
   const routed = mlpF32(w, job.routed, job.n);
@@ -132,7 +167,14 @@ export function runExpertJob(job: ExpertJob): ExpertJobResult {
       costs.push(0);
       continue;
     }
-    const q = fakeQuantizeExpert(w, b, c.groupSize, c.quantizer, hessians);
+    const q = fakeQuantizeExpert(
+      w,
+      b,
+      c.groupSize,
+      c.quantizer,
+      hessians,
+      (name, values) => scratchOf(`q.${name}`, values),
+    );
     costs.push(y ? sampleCost(y, mlpF32(q, inputs, sample.n), sample, H) : 0);
     if (wantFork) fork = mlpF32(q, gather(job.routed, forkRows, H), forkRows.length);
   }

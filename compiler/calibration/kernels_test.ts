@@ -20,7 +20,8 @@ import { matmul } from "../reference/math.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import { fakeQuantizeExpert, rtnDecoded } from "./fake_quant.ts";
-import { type ExpertJob, runExpertJob } from "./jobs.ts";
+import { decodeInto, type ExpertJob, runExpertJob } from "./jobs.ts";
+import { decodeRaw } from "../checkpoint/raw.ts";
 import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
 import { gemmModuleBytes } from "./simd.ts";
 
@@ -187,4 +188,19 @@ Deno.test("rtnDecoded: a non-finite weight is an error naming the matrix, on bot
     w[cols + 3] = NaN;
     assert.throws(() => rtnDecoded(w, rows, cols, 2, group, "f16", "gate"), /gate: non-finite/);
   }
+});
+
+Deno.test("decodeInto: decodeRaw's values for BF16 into a reused buffer; non-finite as decodeRaw", () => {
+  const rng = mulberry32(8);
+  const bytes = new Uint8Array(2 * 50).map(() => Math.floor(rng() * 256) & 0x3f);
+  const raw = { bytes, dtype: "BF16", name: "w", file: "f", start: 0, allowNonFinite: false };
+  const into = new Float32Array(50);
+  const got = decodeInto(raw, into);
+  assert.equal(got, into);
+  assert.deepEqual(got, decodeRaw(raw));
+  bytes[7] = 0x7f, bytes[6] = 0x80; // element 3 = +Infinity
+  assert.throws(() => decodeInto(raw, into), /non-finite/);
+  const zeroed = decodeInto({ ...raw, allowNonFinite: true }, into);
+  assert.equal(zeroed[3], 0);
+  assert.deepEqual(zeroed, decodeRaw({ ...raw, allowNonFinite: true }));
 });

@@ -396,12 +396,14 @@ export function matmulF32(
  * Asymmetric RTN of w in groups of `groupSize` consecutive values (a multiple of 4 dividing
  * w.length), decoded (see the `rtn` kernel): `params(lo, hi, out)` turns a group's min and max
  * (NaN or ±Infinity when the group has a non-finite value) into out = [1/scale, zero, scale].
+ * Writes the values into `into` (default: a new array) and returns it.
  */
 export function rtnDecodedSimd(
   w: Float32Array,
   groupSize: number,
   qmax: number,
   params: (lo: number, hi: number, out: Float64Array) => void,
+  into: Float32Array = new Float32Array(w.length),
 ): Float32Array {
   const n = w.length;
   if (groupSize % 4 !== 0 || n % groupSize !== 0 || n === 0) {
@@ -421,5 +423,6 @@ export function rtnDecodedSimd(
     prm.set(one, 3 * g);
   }
   k.rtn(0, outAt * 4, prmAt * 4, groups, groupSize * 4, qmax);
-  return new Float32Array(k.memory.buffer, outAt * 4, n).slice();
+  into.set(new Float32Array(k.memory.buffer, outAt * 4, n));
+  return into;
 }
