@@ -183,7 +183,9 @@ export function runExpertJob(job: ExpertJob): ExpertJobResult {
 
 /** Runs a head job on this thread. */
 export function runHeadJob(job: HeadJob): HeadBlock {
-  const rows = job.rows instanceof Float32Array ? job.rows : decodeRaw(job.rows);
+  const rows = job.rows instanceof Float32Array
+    ? job.rows
+    : decodeInto(job.rows, scratchOf("head", job.rows.bytes.byteLength >>> 1));
   return headBlockF32(job.x, job.k, rows, job.n, job.a, job.bias, job.targets);
 }
 
