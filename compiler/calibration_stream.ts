@@ -6,9 +6,11 @@
  * tokens). Per block: the norm, attention or dense weights are read, every window runs through
  * them, the weights are dropped. A MoE block routes every token first (routing counts and each
  * expert's bounded input sample are then final for the layer), then reads its experts one by
- * one: each runs over all the tokens routed to it and, when asked, is quantized at every
- * candidate width and its output error measured on its sample (the `budget` costs), then dropped.
- * The embedding and the head are read in row blocks; nothing holds the whole model.
+ * one (a few in flight on the worker pool): each runs over all the tokens routed to it and, when
+ * asked, is quantized at every candidate width and its output error measured on its sample (the
+ * `budget` costs), then dropped.
+ * The embedding is read one token row at a time, the head in row blocks; nothing holds the whole
+ * model.
  *
  * The loss-based layer sensitivity of the `budget` allocator (the increase in bits/token when all
  * of one MoE layer's experts are at the lowest width) is measured in the same pass: when MoE
