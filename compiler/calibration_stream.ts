@@ -6,9 +6,11 @@
  * tokens). Per block: the norm, attention or dense weights are read, every window runs through
  * them, the weights are dropped. A MoE block routes every token first (routing counts and each
  * expert's bounded input sample are then final for the layer), then reads its experts one by
- * one: each runs over all the tokens routed to it and, when asked, is quantized at every
- * candidate width and its output error measured on its sample (the `budget` costs), then dropped.
- * The embedding and the head are read in row blocks; nothing holds the whole model.
+ * one (a few in flight on the worker pool): each runs over all the tokens routed to it and, when
+ * asked, is quantized at every candidate width and its output error measured on its sample (the
+ * `budget` costs), then dropped.
+ * The embedding is read one token row at a time, the head in row blocks; nothing holds the whole
+ * model.
  *
  * The loss-based layer sensitivity of the `budget` allocator (the increase in bits/token when all
  * of one MoE layer's experts are at the lowest width) is measured in the same pass: when MoE
@@ -18,10 +20,15 @@
  * over vocabulary blocks). Cost: one pass over all tokens plus, per MoE layer, the later layers
  * over the sensitivity tokens.
  *
- * Every kernel is the float64 reference's own (matmul, attention, mlp, router), and each token's
- * arithmetic is the same as in `forward`, so the clean states equal the reference's bit for bit.
- * Reservoir sampling draws from one seeded generator per expert, so a sample does not depend on
- * the order layers are visited.
+ * Arithmetic: the hidden states stay float64 and the small parts are the float64 reference's own
+ * (norms, attention scores, routing); the large products run in float32 on the SIMD kernels of
+ * compiler/calibration/ (the attention projections, the dense, shared and routed experts, the
+ * head), the experts and head blocks as jobs on the compiler's worker pool when one is given.
+ * So the states equal `forward`'s to ≈ 1e-7 relative, not bit for bit (calibration_stream_test.ts
+ * states the tolerances), and the result is the same whatever the number of workers: job outputs
+ * are combined in expert and block order. Quantized experts for the costs are decoded without
+ * packing (compiler/calibration/fake_quant.ts, the same values). Reservoir sampling draws from one
+ * seeded generator per expert, so a sample does not depend on the order layers are visited.
  *
  * @module
  */
@@ -31,20 +38,19 @@ import type { ExpertWidth } from "../schemas/packing.ts";
 import { InputError, UsageError } from "../schemas/errors.ts";
 import { keyString, type TensorKey } from "../schemas/tensors.ts";
 import type { CalibrationData, ExpertSample } from "./calibration.ts";
-import { outputError } from "./expert_error.ts";
+import type { ExpertWeights } from "./expert_weights.ts";
+import type { MatrixName } from "../schemas/model.ts";
 import {
-  expertHessians,
-  expertOutputs,
-  type ExpertWeights,
-  quantizeExpert,
-  readExpert,
-  toReferenceMlp,
-} from "./expert_weights.ts";
-import { type ModelIR, moeLayers, type TensorRef } from "./ir.ts";
+  type CalibrationRunner,
+  type ExpertJobResult,
+  inlineCalibration,
+} from "./calibration/jobs.ts";
+import { type HeadBlock, matmulF32, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
+import { type ExpertIR, type ModelIR, moeLayers, type RawElements, type TensorRef } from "./ir.ts";
 import type { QuantMethod } from "./quantize/mod.ts";
 import { attentionBlock, type ReferenceAttention } from "./reference/attention.ts";
-import { addBias, matmul, notImplemented, sigmoid } from "./reference/math.ts";
-import { mlp, readMlp } from "./reference/mlp.ts";
+import { matmul, notImplemented, sigmoid } from "./reference/math.ts";
+import { readMlp, type ReferenceMlp } from "./reference/mlp.ts";
 import { readDense } from "./reference/moe.ts";
 import { normRows, readNorm } from "./reference/norms.ts";
 import { checkRouter, route } from "./reference/router.ts";
@@ -70,7 +76,10 @@ export interface StreamCosts {
   deltas: number[] | null;
   /** Tokens the sensitivity was scored on. */
   sensitivityTokens: number;
-  /** Milliseconds spent quantizing experts and measuring their output error, and in the head. */
+  /**
+   * Milliseconds spent quantizing experts and measuring their output error (summed over the
+   * threads the jobs ran on), and in the head (wall).
+   */
   costMs: number;
   headMs: number;
 }
@@ -100,6 +109,11 @@ export interface StreamOptions {
   keepSamples?: boolean;
   /** Progress: (steps done, steps in all); a step is a block or an expert. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Where the expert and head jobs run (compiler/calibration/jobs.ts): the compiler's worker
+   * pool, or (default) this thread. The result does not depend on it.
+   */
+  runner?: CalibrationRunner;
 }
 
 /** The memo key under which {@link calibrateStream} stores its {@link StreamCosts}. */
@@ -119,22 +133,78 @@ interface Seq {
 /** Vocabulary rows per block of the embedding and head reads (≈ 32 MB of f32 at hidden 2048). */
 const VOCAB_BLOCK_VALUES = 1 << 23;
 
-/** Row blocks [a, b) of a [rows, H] tensor, read with `readRows` when the ref has it. */
+/**
+ * Row blocks [a, b) of a [rows, H] tensor, read with `readRows` when the ref has it; with a ref
+ * that reads raw rows, the blocks are not read here (`rows` is null) and `each` reads them.
+ */
 async function forRowBlocks(
   ref: TensorRef,
   H: number,
-  each: (a: number, b: number, rows: Float32Array) => void,
+  each: (a: number, b: number, rows: Float32Array | null) => Promise<void>,
 ): Promise<void> {
   const rows = ref.shape[0];
   if (!ref.readRows) {
-    each(0, rows, await ref.read());
+    await each(0, rows, await ref.read());
     return;
   }
   const step = Math.max(1, Math.floor(VOCAB_BLOCK_VALUES / H));
   for (let a = 0; a < rows; a += step) {
     const b = Math.min(rows, a + step);
-    each(a, b, await ref.readRows(a, b - a));
+    await each(a, b, ref.readRawRows ? null : await ref.readRows(a, b - a));
   }
+}
+
+/**
+ * Runs tasks with at most `lanes` in flight; `submit` starts one. {@link drain} waits for the rest
+ * and rethrows the first failure.
+ */
+class Lanes {
+  readonly #lanes: number;
+  readonly #flying = new Set<Promise<void>>();
+  #error: unknown = null;
+
+  constructor(lanes: number) {
+    this.#lanes = Math.max(1, lanes);
+  }
+
+  /** Starts `task`, first waiting while all lanes are busy. */
+  async submit(task: () => Promise<void>): Promise<void> {
+    while (this.#flying.size >= this.#lanes) await Promise.race(this.#flying);
+    if (this.#error) throw this.#error;
+    const p: Promise<void> = task().catch((e) => {
+      this.#error ??= e;
+    }).finally(() => this.#flying.delete(p));
+    this.#flying.add(p);
+  }
+
+  /** Waits for every task; throws the first failure. */
+  async drain(): Promise<void> {
+    await Promise.all(this.#flying);
+    if (this.#error) throw this.#error;
+  }
+}
+
+/** A float64 reference MLP as the float32 kernels take it (exact: its values came from f32). */
+function mlpOf(m: ReferenceMlp, hidden: number): MlpF32 {
+  const out: MlpF32 = {
+    activation: m.activation,
+    hidden,
+    inter: m.inter,
+    matrices: {},
+    biases: {},
+  };
+  for (const [name, w] of Object.entries(m.matrices)) {
+    if (w) out.matrices[name as keyof MlpF32["matrices"]] = Float32Array.from(w);
+  }
+  for (const [name, b] of Object.entries(m.biases)) {
+    if (b) out.biases[name as keyof MlpF32["biases"]] = Float32Array.from(b);
+  }
+  return out;
+}
+
+/** out [n, H] (float64) = the MLP over h [n, H], in float32. */
+function mlpInto(out: Float64Array, m: MlpF32, h: Float64Array, n: number): void {
+  out.set(mlpF32(m, Float32Array.from(h), n));
 }
 
 /**
@@ -192,16 +262,24 @@ export async function calibrateStream(
   let seqs: Seq[] = [...clean];
 
   // Embedding rows of the tokens, read in vocabulary blocks.
-  await forRowBlocks(top("embed"), H, (a, b, rows) => {
+  // Embedding rows of the tokens: one read per distinct id where the ref reads rows.
+  const embedRow = (id: number, row: Float32Array) => {
     for (const s of clean) {
       for (let t = 0; t < s.n; t++) {
-        const id = ids[s.start + t];
-        if (id < a || id >= b) continue;
-        const row = rows.subarray((id - a) * H, (id - a + 1) * H);
+        if (ids[s.start + t] !== id) continue;
         for (let c = 0; c < H; c++) s.x[t * H + c] = row[c] * spec.embedScale;
       }
     }
-  });
+  };
+  const embed = top("embed");
+  if (embed.readRows) {
+    for (const id of [...new Set(ids)].sort((a, b) => a - b)) {
+      embedRow(id, await embed.readRows(id, 1));
+    }
+  } else {
+    const rows = await embed.read();
+    for (const id of new Set(ids)) embedRow(id, rows.subarray(id * H, (id + 1) * H));
+  }
 
   const counts = moe.map((m) => new Array<number>(m.experts.length).fill(0));
   const samples: ExpertSample[][] = moe.map(() => []);
@@ -244,10 +322,10 @@ export async function calibrateStream(
           : await readAttention(block.attention, weights, 0);
         seqs.forEach((s, i) => addInto(s.x, r, attend(hs[i], s.n, a)));
       } else if (block.ffn.kind === "dense") {
-        const d = await readDense(block.ffn, weights);
+        const d = mlpOf((await readDense(block.ffn, weights)).mlp, H);
         seqs.forEach((s, i) => {
           const out = new Float64Array(s.n * H);
-          mlp(out, hs[i], s.n, d.mlp, H);
+          mlpInto(out, d, hs[i], s.n);
           addInto(s.x, r, out);
         });
       } else {
@@ -268,6 +346,7 @@ export async function calibrateStream(
           costSamples: opts.samples?.[m],
           progress,
           costClock,
+          runner: opts.runner ?? inlineCalibration,
         });
         samples[m] = opts.keepSamples === false
           ? result.samples.map((x) => ({
@@ -291,6 +370,7 @@ export async function calibrateStream(
     }
   }
 
+  const runner = opts.runner ?? inlineCalibration;
   let deltas: number[] | null = null;
   const headStart = performance.now();
   if (sensitivity) {
@@ -341,32 +421,48 @@ export async function calibrateStream(
       }
     }
     const k = rowsOf.length;
-    const x = new Float64Array(k * H);
+    const x = new Float32Array(k * H);
     rowsOf.forEach((row, i) => x.set(row.seq.x.subarray(row.t * H, (row.t + 1) * H), i * H));
+    const targets = Int32Array.from(rowsOf, (r) => r.target);
+    // Vocabulary blocks on the runner; combined in block order (online log-sum-exp).
+    const blocks: HeadBlock[] = [];
+    const lanes = new Lanes(runner.lanes);
+    let index = 0;
+    const headRef = top(spec.head.tied ? "embed" : "lm_head");
+    await forRowBlocks(headRef, H, async (a, b, decoded) => {
+      const slot = index++;
+      // Raw bytes where the ref has them: the block is decoded on the runner's thread.
+      const rows = headRef.readRawRows ? await headRef.readRawRows(a, b - a) : decoded!;
+      const job = {
+        kind: "head" as const,
+        x,
+        k,
+        rows,
+        n: b - a,
+        a,
+        bias: bias ? Float32Array.from(bias.subarray(a, b)) : null,
+        targets,
+      };
+      await lanes.submit(async () => {
+        blocks[slot] = await runner.runCalibration(job);
+      });
+    });
+    await lanes.drain();
     const max = new Float64Array(k).fill(-Infinity);
     const sum = new Float64Array(k);
     const target = new Float64Array(k);
-    await forRowBlocks(top(spec.head.tied ? "embed" : "lm_head"), H, (a, b, rows) => {
-      const n = b - a;
-      const wf = Float64Array.from(rows);
-      const logits = new Float64Array(k * n);
-      matmul(logits, x, wf, k, n, H);
-      if (bias) addBias(logits, bias.subarray(a, b), k);
+    for (const blk of blocks) {
       for (let i = 0; i < k; i++) {
-        const row = logits.subarray(i * n, (i + 1) * n);
-        let bm = -Infinity;
-        for (let j = 0; j < n; j++) if (row[j] > bm) bm = row[j];
+        const bm = blk.max[i];
         if (bm > max[i]) {
-          sum[i] *= Math.exp(max[i] - bm);
+          sum[i] = sum[i] * Math.exp(max[i] - bm) + blk.sum[i];
           max[i] = bm;
+        } else {
+          sum[i] += blk.sum[i] * Math.exp(bm - max[i]);
         }
-        let s = 0;
-        for (let j = 0; j < n; j++) s += Math.exp(row[j] - max[i]);
-        sum[i] += s;
-        const tg = rowsOf[i].target;
-        if (tg >= a && tg < b) target[i] = row[tg - a];
+        if (!Number.isNaN(blk.target[i])) target[i] = blk.target[i];
       }
-    });
+    }
     const total = new Float64Array(moeCount + 1);
     const tokens = new Float64Array(moeCount + 1);
     for (let i = 0; i < k; i++) {
@@ -377,6 +473,31 @@ export async function calibrateStream(
     const mean = (slot: number) => total[slot] / Math.max(1, tokens[slot]);
     return { clean: mean(0), layers: Array.from({ length: moeCount }, (_, j) => mean(j + 1)) };
   }
+}
+
+/**
+ * An expert for its job: matrices as raw checkpoint bytes where the refs read them (decoded on
+ * the job's thread), else decoded here; biases decoded here.
+ */
+async function readExpertRaw(
+  e: ExpertIR,
+): Promise<{ weights: ExpertWeights; raw: Partial<Record<MatrixName, RawElements>> }> {
+  const [inter, hidden] = e.matrices[0].weight.shape;
+  const weights: ExpertWeights = {
+    activation: e.activation,
+    hidden,
+    inter,
+    matrices: {},
+    biases: {},
+  };
+  const raw: Partial<Record<MatrixName, RawElements>> = {};
+  for (const m of e.matrices) {
+    const ref = m.weight;
+    if (ref.readRawRows) raw[m.name] = await ref.readRawRows(0, ref.shape[0]);
+    else weights.matrices[m.name] = await ref.read();
+    if (m.bias) weights.biases[m.name] = await m.bias.read();
+  }
+  return { weights, raw };
 }
 
 /** x += r · out. */
@@ -393,8 +514,27 @@ function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla
   }
   const kvDim = a.spec.numKvHeads * a.spec.headDim;
   const cache = { keys: new Float64Array(n * kvDim), values: new Float64Array(n * kvDim) };
-  attentionBlock(out, h, n, a, cache, 0);
+  attentionBlock(out, h, n, a, cache, 0, linearF32);
   return out;
+}
+
+/** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
+const f32Copies = new WeakMap<Float64Array, Float32Array>();
+
+/** The reference's `matmul` signature on the float32 SIMD product (float64 in and out). */
+function linearF32(
+  out: Float64Array,
+  x: Float64Array,
+  w: Float64Array,
+  n: number,
+  rows: number,
+  cols: number,
+): void {
+  let w32 = f32Copies.get(w);
+  if (!w32) f32Copies.set(w, w32 = Float32Array.from(w));
+  const y = new Float32Array(n * rows);
+  matmulF32(y, Float32Array.from(x.subarray(0, n * cols)), w32, n, rows, cols);
+  out.set(y);
 }
 
 /** Inputs of {@link moeStream}. */
@@ -416,12 +556,15 @@ interface MoeStreamInput {
   progress: () => Promise<void>;
   /** Accumulates the milliseconds spent on costs. */
   costClock: { ms: number };
+  runner: CalibrationRunner;
 }
 
 /**
- * One MoE block over every window of every stream, experts read one at a time: the block outputs
- * per seq, the forked windows' outputs with quantized experts, the clean stream's samples and,
- * with `costs`, each expert's output error per width.
+ * One MoE block over every window of every stream: the block outputs per seq, the forked
+ * windows' outputs with quantized experts, the clean stream's samples and, with `costs`, each
+ * expert's output error per width. Experts are read one at a time and each becomes a job
+ * (compiler/calibration/jobs.ts) on the runner; their outputs are added in expert order, so the
+ * result does not depend on which job finished first.
  */
 async function moeStream(inp: MoeStreamInput): Promise<{
   out: Float64Array[];
@@ -447,6 +590,8 @@ async function moeStream(inp: MoeStreamInput): Promise<{
   );
   // Per expert: (seq, token, weight) of every route, in seq then token order.
   const routes: { seq: number; t: number; w: number }[][] = Array.from({ length: E }, () => []);
+  // Per expert and sample slot: the route the slot holds (its row in the expert's job).
+  const slotRoute: number[][] = Array.from({ length: E }, () => []);
   seqs.forEach((s, si) => {
     const logits = new Float64Array(s.n * E);
     matmul(logits, hs[si], routerRows, s.n, E, H);
@@ -457,7 +602,14 @@ async function moeStream(inp: MoeStreamInput): Promise<{
         routes[e].push({ seq: si, t, w: r.weights[j] });
         if (s.stream === -1) {
           inp.counts[e]++;
-          keep(samples[e], hs[si].subarray(t * H, (t + 1) * H), r.weights[j], cap, rngs[e]);
+          const slot = keep(
+            samples[e],
+            hs[si].subarray(t * H, (t + 1) * H),
+            r.weights[j],
+            cap,
+            rngs[e],
+          );
+          if (slot >= 0) slotRoute[e][slot] = routes[e].length - 1;
         }
       }
     }
@@ -467,52 +619,74 @@ async function moeStream(inp: MoeStreamInput): Promise<{
     s.weights = s.weights.slice(0, s.n);
   }
 
-  const out = seqs.map((s) => new Float64Array(s.n * H));
   const forkIndex = new Map(fork.map((s, i) => [seqs.indexOf(s), i]));
-  const forkOut = fork.map((s) => new Float64Array(s.n * H));
-  const output: number[][] = layer.experts.map(() => []);
+  const results: (ExpertJobResult | null)[] = new Array(E).fill(null);
+  const lanes = new Lanes(inp.runner.lanes);
   for (let e = 0; e < E; e++) {
     const list = routes[e];
-    const needsWeights = list.length > 0 || costs;
-    if (!needsWeights) {
+    if (list.length === 0 && !costs) {
       await inp.progress();
       continue;
     }
-    const w = await readExpert(layer.experts[e]);
-    if (list.length > 0) accumulate(w, list, out);
-    if (costs) {
-      const t0 = performance.now();
-      const sample = inp.costSamples?.[e] ?? samples[e];
-      const hessians = costs.quantizer === "gptq" && sample.n > 0
-        ? expertHessians(w, sample)
-        : undefined;
-      const y = sample.n > 0 ? expertOutputs(w, sample.inputs, sample.n) : undefined;
-      let lowest: ExpertWeights | null = null;
-      for (const b of costs.widths) {
-        const q = quantizeExpert(w, b, costs.groupSize, costs.quantizer, hessians);
-        if (!lowest) lowest = q;
-        output[e].push(outputError(w, q, sample, y).cost);
+    const { weights: w, raw } = await readExpertRaw(layer.experts[e]);
+    const routed = new Float32Array(list.length * H);
+    list.forEach((r, i) => routed.set(hs[r.seq].subarray(r.t * H, (r.t + 1) * H), i * H));
+    const own = inp.costSamples?.[e];
+    const job = {
+      kind: "expert" as const,
+      weights: w,
+      raw,
+      routed,
+      n: list.length,
+      costs: costs && {
+        widths: costs.widths,
+        groupSize: costs.groupSize,
+        quantizer: costs.quantizer,
+        sample: own ?? samples[e],
+        // The collected sample's rows are routed rows: their outputs are reused.
+        sampleRows: own ? undefined : Int32Array.from(slotRoute[e].slice(0, samples[e].n)),
+        forkRows: Int32Array.from(
+          list.flatMap((r, i) => fork.length > 0 && forkIndex.has(r.seq) ? [i] : []),
+        ),
+      },
+    };
+    await lanes.submit(async () => {
+      const r = await inp.runner.runCalibration(job);
+      results[e] = r;
+      inp.costClock.ms += r.costMs;
+      await inp.progress();
+    });
+  }
+  await lanes.drain();
+
+  const out = seqs.map((s) => new Float64Array(s.n * H));
+  const forkOut = fork.map((s) => new Float64Array(s.n * H));
+  const output: number[][] = layer.experts.map(() => []);
+  for (let e = 0; e < E; e++) {
+    const r = results[e];
+    if (!r) continue;
+    output[e] = r.costs;
+    let j = 0;
+    routes[e].forEach((route, i) => {
+      const o = out[route.seq];
+      const y = r.routed.subarray(i * H, (i + 1) * H);
+      for (let c = 0; c < H; c++) o[route.t * H + c] += route.w * y[c];
+      const f = forkIndex.get(route.seq);
+      if (costs && fork.length > 0 && f !== undefined) {
+        const yq = r.fork.subarray(j * H, ++j * H);
+        const fo = forkOut[f];
+        for (let c = 0; c < H; c++) fo[route.t * H + c] += route.w * yq[c];
       }
-      const forked = list.filter((x) => forkIndex.has(x.seq));
-      if (fork.length > 0 && forked.length > 0) {
-        accumulate(
-          lowest!,
-          forked.map((x) => ({ ...x, seq: forkIndex.get(x.seq)! })),
-          forkOut,
-        );
-      }
-      inp.costClock.ms += performance.now() - t0;
-    }
-    await inp.progress();
+    });
   }
 
   // The shared expert, optionally gated, on every seq (its full-precision output on forks too).
   if (spec.shared) {
-    const shared = await readMlp(spec.shared.mlp, "shared", weights);
+    const shared = mlpOf(await readMlp(spec.shared.mlp, "shared", weights), H);
     const gateRow = spec.shared.gated ? await weights.read("shared_expert_gate") : null;
     seqs.forEach((s, si) => {
       const ys = new Float64Array(s.n * H);
-      mlp(ys, hs[si], s.n, shared, H);
+      mlpInto(ys, shared, hs[si], s.n);
       const gate = new Float64Array(s.n);
       if (gateRow) matmul(gate, hs[si], gateRow, s.n, 1, H);
       const targets = [out[si]];
@@ -526,36 +700,24 @@ async function moeStream(inp: MoeStreamInput): Promise<{
     });
   }
   return { out, forkOut, samples, output };
-
-  /** out[seq][t] += w · expert(h[seq][t]) for every route of `list`. */
-  function accumulate(
-    w: ExpertWeights,
-    list: { seq: number; t: number; w: number }[],
-    into: Float64Array[],
-  ): void {
-    const n = list.length;
-    const x = new Float64Array(n * H);
-    list.forEach((r, i) => {
-      const src = into === forkOut ? fork[r.seq] : seqs[r.seq];
-      const h = into === forkOut ? hs[seqs.indexOf(src)] : hs[r.seq];
-      x.set(h.subarray(r.t * H, (r.t + 1) * H), i * H);
-    });
-    const y = new Float64Array(n * H);
-    mlp(y, x, n, toReferenceMlp(w), H);
-    list.forEach((r, i) => {
-      const o = into[r.seq];
-      for (let c = 0; c < H; c++) o[r.t * H + c] += r.w * y[i * H + c];
-    });
-  }
 }
 
-/** Reservoir step: keeps `h` in `s` (growing its buffers as needed) with the reservoir rule. */
-function keep(s: ExpertSample, h: Float64Array, weight: number, cap: number, rng: () => number) {
+/**
+ * Reservoir step: keeps `h` in `s` (growing its buffers as needed) with the reservoir rule;
+ * returns the slot it went to, or −1.
+ */
+function keep(
+  s: ExpertSample,
+  h: Float64Array,
+  weight: number,
+  cap: number,
+  rng: () => number,
+): number {
   const H = h.length;
   s.seen++;
   let slot = s.n < cap ? s.n++ : Math.floor(rng() * s.seen);
   if (slot >= cap) slot = -1;
-  if (slot < 0) return;
+  if (slot < 0) return -1;
   if (s.inputs.length < (slot + 1) * H) {
     const rows = Math.min(cap, Math.max(8, 2 * (s.inputs.length / H), slot + 1));
     const inputs = new Float32Array(rows * H);
@@ -567,4 +729,5 @@ function keep(s: ExpertSample, h: Float64Array, weight: number, cap: number, rng
   }
   s.inputs.set(h, slot * H);
   s.weights[slot] = weight;
+  return slot;
 }

@@ -1,9 +1,11 @@
 /**
- * The streamed calibration against the whole-model reference on a real (tiny) checkpoint with a
- * gated shared expert: the same counts and, bit for bit, the same routed inputs as `calibrate`
- * (so the layer-by-layer states equal the reference's), output costs equal to `outputError` on
- * those samples, and layer sensitivities measured in the one pass equal `layerDelta`'s full
- * re-evaluations (float64 within 1e-9 bits/token), on all tokens and on a prefix.
+ * The streamed calibration against the whole-model float64 reference on a real (tiny) checkpoint
+ * with a gated shared expert. The pass runs its experts, shared expert and head in float32
+ * (compiler/calibration/), so the comparisons carry tolerances: the same counts and reservoir
+ * picks as `calibrate`, routed inputs within 1e-5 of their largest value, output costs within 1e-4 relative of
+ * `outputError` on those samples, and layer sensitivities measured in the one pass within 1e-5
+ * bits/token of `layerDelta`'s full re-evaluations, on all tokens and on a prefix; and the same
+ * record with the jobs on a 2-worker pool as on this thread.
  *
  * @module
  */
@@ -17,23 +19,41 @@ import { quantizeExpert, referenceExpert } from "./expert_weights.ts";
 import { moeLayers } from "./ir.ts";
 import { evaluateReference, prepareReference } from "./reference/mod.ts";
 import { mulberry32 } from "../schemas/prng.ts";
+import { QuantizePool } from "./parallel/pool.ts";
 import type { QuantBits } from "../schemas/packing.ts";
 
 const FIXTURE = new URL("../testdata/hf-oracle/qwen2_moe-a", import.meta.url).pathname;
 const SHAKESPEARE = new URL("../testdata/shakespeare-moe", import.meta.url).pathname;
 
-/** Counts and samples of both calibrations are equal, bit for bit. */
-function assertSameRecord(stream: CalibrationData, whole: CalibrationData): void {
+/** Largest |a − b| over the largest |b|. */
+function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0, r = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    r = Math.max(r, Math.abs(b[i]));
+  }
+  return r > 0 ? d / r : d;
+}
+
+/**
+ * Counts and sample sizes equal; sample inputs and weights within `tol` of their largest value.
+ * Returns the largest error.
+ */
+function assertSameRecord(stream: CalibrationData, whole: CalibrationData, tol = 1e-5): number {
   assert.equal(stream.tokens, whole.tokens);
   assert.deepEqual(stream.counts, whole.counts);
+  let worst = 0;
   for (const [m, row] of whole.samples.entries()) {
     for (const [e, s] of row.entries()) {
       const t = stream.samples[m][e];
       assert.deepEqual([t.n, t.seen], [s.n, s.seen], `sample ${m}/${e}`);
-      assert.deepEqual(t.inputs, s.inputs, `inputs ${m}/${e}`);
-      assert.deepEqual(t.weights, s.weights, `weights ${m}/${e}`);
+      assert.equal(t.inputs.length, s.inputs.length);
+      const err = Math.max(relMax(t.inputs, s.inputs), relMax(t.weights, s.weights));
+      assert.ok(err <= tol, `inputs ${m}/${e}: ${err}`);
+      worst = Math.max(worst, err);
     }
   }
+  return worst;
 }
 
 function randomIds(n: number, vocab: number, seed: number): number[] {
@@ -47,7 +67,22 @@ Deno.test("calibrateStream: the same routed inputs as calibrate (gated shared ex
   const ids = randomIds(40, ir.spec.vocabSize, 7);
   const whole = await calibrate(ref, ids, { context: 16, maxSamplesPerExpert: 1000 });
   const stream = await calibrateStream(ir, ids, { context: 16, maxSamplesPerExpert: 1000 });
-  assertSameRecord(stream, whole);
+  const worst = assertSameRecord(stream, whole);
+  assert.ok(worst > 0, "the float32 blocks change the inputs a little");
+  console.log(`routed inputs: largest relative error ${worst.toExponential(2)}`);
+  // The jobs on worker threads: the same record, bit for bit.
+  const pool = new QuantizePool(2);
+  try {
+    const pooled = await calibrateStream(ir, ids, {
+      context: 16,
+      maxSamplesPerExpert: 1000,
+      runner: pool,
+    });
+    assert.deepEqual(pooled.counts, stream.counts);
+    assert.deepEqual(pooled.samples, stream.samples);
+  } finally {
+    pool.close();
+  }
 });
 
 Deno.test("calibrateStream: costs equal outputError, sensitivities equal layerDelta", async () => {
@@ -67,6 +102,8 @@ Deno.test("calibrateStream: costs equal outputError, sensitivities equal layerDe
   assertSameRecord(stream, whole);
 
   const costs = stream.memo.get(streamCostsKey(req)) as StreamCosts;
+  let costErr = 0;
+  let deltaErr = 0;
   const base = (await evaluateReference(ref, ids, { context })).bitsPerToken;
   for (const [m, layer] of layers.entries()) {
     const lowest = layer.experts.map((_, e) => {
@@ -74,16 +111,22 @@ Deno.test("calibrateStream: costs equal outputError, sensitivities equal layerDe
       widths.forEach((b, k) => {
         const expected = outputError(w, quantizeExpert(w, b, 64, "rtn"), whole.samples[m][e]).cost;
         const got = costs.output[m][e][k];
-        assert.ok(Math.abs(got - expected) <= 1e-12 * Math.abs(expected), `cost ${m}/${e}/${b}`);
+        if (expected > 0) costErr = Math.max(costErr, Math.abs(got - expected) / expected);
+        assert.ok(Math.abs(got - expected) <= 1e-4 * Math.abs(expected), `cost ${m}/${e}/${b}`);
       });
       return quantizeExpert(w, widths[0], 64, "rtn");
     });
     const delta = await layerDelta(ref, ids, context, m, lowest, base);
+    deltaErr = Math.max(deltaErr, Math.abs(costs.deltas![m] - delta));
     assert.ok(
-      Math.abs(costs.deltas![m] - delta) < 1e-9,
+      Math.abs(costs.deltas![m] - delta) < 1e-5,
       `delta ${m}: ${costs.deltas![m]} ${delta}`,
     );
   }
+  console.log(
+    `costs: largest relative error ${costErr.toExponential(2)}; ` +
+      `Δ bits/token: largest error ${deltaErr.toExponential(2)}`,
+  );
   assert.equal(costs.sensitivityTokens, 40);
 
   // Costs on a caller's samples (a 3-row reservoir): outputError on exactly those.
@@ -108,7 +151,7 @@ Deno.test("calibrateStream: costs equal outputError, sensitivities equal layerDe
       const w = referenceExpert(ref, m, e);
       const want = outputError(w, quantizeExpert(w, 3, 64, "rtn"), small.samples[m][e]).cost;
       const got = smallCosts.output[m][e][1];
-      assert.ok(Math.abs(got - want) <= 1e-12 * Math.abs(want), `small cost ${m}/${e}`);
+      assert.ok(Math.abs(got - want) <= 1e-4 * Math.abs(want), `small cost ${m}/${e}`);
     }
   }
 
@@ -123,6 +166,6 @@ Deno.test("calibrateStream: costs equal outputError, sensitivities equal layerDe
       quantizeExpert(referenceExpert(ref, m, e), widths[0], 64, "rtn")
     );
     const delta = await layerDelta(ref, head, context, m, lowest, baseShort);
-    assert.ok(Math.abs(short.deltas![m] - delta) < 1e-9, `prefix delta ${m}`);
+    assert.ok(Math.abs(short.deltas![m] - delta) < 1e-5, `prefix delta ${m}`);
   }
 });

@@ -93,7 +93,7 @@ export async function compileModel(
   };
   const plan = resolvePlan(ir, opts);
   const layers = moeLayers(ir);
-  // The pool serves the MaxVar reads and the emit; closed at the end either way.
+  // The pool serves the MaxVar reads, the calibration's jobs and the emit; closed at the end.
   const pool = opts.workers ? new QuantizePool(opts.workers) : undefined;
   try {
     const scores = await timed("passes", () =>
@@ -103,10 +103,10 @@ export async function compileModel(
         runner: pool ?? inlineRunner,
         onProgress: plan.onProgress,
       }));
-    const calib = await timed("calibration", () => runCalibration(ir, plan));
+    const calib = await timed("calibration", () => runCalibration(ir, plan, pool));
     const frequency = calib ? routingFrequency(calib.counts) : undefined;
     const costs = plan.quantizedExperts && plan.allocator === "budget"
-      ? await timed("costs", () => budgetCosts(ir, layers, plan, calib))
+      ? await timed("costs", () => budgetCosts(ir, layers, plan, calib, pool))
       : null;
     const allocation = await timed(
       "passes",

@@ -17,6 +17,15 @@ import {
 import type { ChunkRequest } from "./quantize_worker.ts";
 import { type BlockJob, type BlockResult, type BlockRunner, jobTransfers } from "./block.ts";
 import {
+  type CalibrationJob,
+  calibrationJobTransfers,
+  type CalibrationRunner,
+  type ExpertJob,
+  type ExpertJobResult,
+  type HeadJob,
+} from "../calibration/jobs.ts";
+import type { HeadBlock } from "../calibration/kernels.ts";
+import {
   InputError,
   LimitError,
   MoeqError,
@@ -44,7 +53,7 @@ function rebuild(e: { name?: string; message: string }): Error {
  * Quantizes matrices, and runs row-block jobs (block.ts), on `size` worker threads. Call
  * {@link close} when done.
  */
-export class QuantizePool implements BlockRunner {
+export class QuantizePool implements BlockRunner, CalibrationRunner {
   readonly size: number;
   readonly #workers: Worker[] = [];
   readonly #busy: number[] = [];
@@ -101,6 +110,17 @@ export class QuantizePool implements BlockRunner {
     let w = 0;
     for (let i = 1; i < this.size; i++) if (this.#busy[i] < this.#busy[w]) w = i;
     return this.#post(w, { kind: "block", job }, jobTransfers(job)) as Promise<BlockResult>;
+  }
+
+  /** Runs one calibration job (compiler/calibration/jobs.ts) on the least busy worker. */
+  runCalibration(job: ExpertJob): Promise<ExpertJobResult>;
+  runCalibration(job: HeadJob): Promise<HeadBlock>;
+  runCalibration(job: CalibrationJob): Promise<ExpertJobResult | HeadBlock> {
+    let w = 0;
+    for (let i = 1; i < this.size; i++) if (this.#busy[i] < this.#busy[w]) w = i;
+    return this.#post(w, { kind: "calibration", job }, calibrationJobTransfers(job)) as Promise<
+      ExpertJobResult | HeadBlock
+    >;
   }
 
   /** A shared buffer of at least `bytes` bytes, reused across matrices (grown when needed). */

@@ -7,6 +7,11 @@
 
 import { type ChunkOptions, quantizeChunk } from "./chunked.ts";
 import { type BlockJob, resultTransfers, runBlock } from "./block.ts";
+import {
+  type CalibrationJob,
+  calibrationResultTransfers,
+  runCalibrationJob,
+} from "../calibration/jobs.ts";
 
 /** A block to quantize: rows [start, end) of the matrix in `buffer`. */
 export interface ChunkRequest {
@@ -20,7 +25,9 @@ export interface ChunkRequest {
 }
 
 const self_ = globalThis as unknown as {
-  onmessage: ((e: MessageEvent<ChunkRequest | BlockRequest>) => void) | null;
+  onmessage:
+    | ((e: MessageEvent<ChunkRequest | BlockRequest | CalibrationRequest>) => void)
+    | null;
   postMessage(msg: unknown, transfer?: Transferable[]): void;
 };
 
@@ -31,7 +38,25 @@ export interface BlockRequest {
   job: BlockJob;
 }
 
-self_.onmessage = (e: MessageEvent<ChunkRequest | BlockRequest>) => {
+/** A calibration job (compiler/calibration/jobs.ts). */
+export interface CalibrationRequest {
+  kind: "calibration";
+  id: number;
+  job: CalibrationJob;
+}
+
+self_.onmessage = (e: MessageEvent<ChunkRequest | BlockRequest | CalibrationRequest>) => {
+  if (e.data.kind === "calibration") {
+    const { id, job } = e.data;
+    try {
+      const result = runCalibrationJob(job);
+      self_.postMessage({ id, result }, calibrationResultTransfers(result));
+    } catch (err) {
+      const x = err as Error;
+      self_.postMessage({ id, error: { name: x?.name, message: x?.message ?? String(err) } });
+    }
+    return;
+  }
   if (e.data.kind === "block") {
     const { id, job } = e.data;
     try {

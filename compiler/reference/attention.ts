@@ -186,7 +186,8 @@ function clamp(vec: Float64Array, limit: number): void {
 /**
  * The attention block over n new tokens h [n, H] at positions start..start+n−1: writes their
  * keys/values into `cache` and the block output into `out` [n, H]. Causal: token t sees keys
- * 0..start+t; bidirectional: every key 0..start+n−1.
+ * 0..start+t; bidirectional: every key 0..start+n−1. `linear` computes the four projections
+ * (default: the float64 `matmul`; the streamed calibration passes a float32 one).
  */
 export function attentionBlock(
   out: Float64Array,
@@ -195,6 +196,7 @@ export function attentionBlock(
   a: ReferenceAttention,
   cache: KvCache,
   start: number,
+  linear: typeof matmul = matmul,
 ): void {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd, qkNorm, clipQkv } = a.spec;
   const H = h.length / n;
@@ -203,9 +205,9 @@ export function attentionBlock(
   const q = new Float64Array(n * qDim);
   const k = cache.keys.subarray(start * kvDim, (start + n) * kvDim);
   const v = cache.values.subarray(start * kvDim, (start + n) * kvDim);
-  matmul(q, h, a.q, n, qDim, H);
-  matmul(k, h, a.k, n, kvDim, H);
-  matmul(v, h, a.v, n, kvDim, H);
+  linear(q, h, a.q, n, qDim, H);
+  linear(k, h, a.k, n, kvDim, H);
+  linear(v, h, a.v, n, kvDim, H);
   if (a.qBias) addBias(q, a.qBias, n);
   if (a.kBias) addBias(k, a.kBias, n);
   if (a.vBias) addBias(v, a.vBias, n);
@@ -247,6 +249,6 @@ export function attentionBlock(
     if (bias) relativeBiasRow(bias, a.relativeBias!, start + t, nKeys, nh);
     attention(at, qt, cache.keys, cache.values, nKeys, nh, nkv, hd, a.spec.scale, scores, extras);
   }
-  matmul(out, att, a.o, n, H, qDim);
+  linear(out, att, a.o, n, H, qDim);
   if (a.oBias) addBias(out, a.oBias, n);
 }

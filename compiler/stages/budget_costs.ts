@@ -31,6 +31,7 @@ import { prepareReference } from "../reference/mod.ts";
 import type { ModelIR, MoeLayerIR } from "../ir.ts";
 import { costRequest } from "./calibration_run.ts";
 import type { CompilePlan } from "./plan.ts";
+import type { CalibrationRunner } from "../calibration/jobs.ts";
 
 /** The budget problem's per-expert tables, `[moeLayer][expert][width index]`. */
 export interface BudgetCosts {
@@ -42,12 +43,16 @@ export interface BudgetCosts {
   notes: string[];
 }
 
-/** The costs for `plan` (see the module doc), from the memo when already measured. */
+/**
+ * The costs for `plan` (see the module doc), from the memo when already measured; a streamed
+ * pass runs its jobs on `runner` (the compile's worker pool) when given.
+ */
 export async function budgetCosts(
   ir: ModelIR,
   layers: readonly MoeLayerIR[],
   plan: CompilePlan,
   calib: CalibrationData | null,
+  runner?: CalibrationRunner,
 ): Promise<BudgetCosts> {
   const mode = plan.budgetCost ?? (calib ? "layer" : "weight");
   if (mode !== "weight" && !calib) {
@@ -78,7 +83,7 @@ export async function budgetCosts(
   } else {
     const measured = calib!.spans
       ? await exampleCosts(ir, layers, plan, calib!, mode === "layer")
-      : await streamCosts(ir, plan, calib!);
+      : await streamCosts(ir, plan, calib!, runner);
     cost = measured.output.map((row) => row.map((c) => [...c]));
     if (mode === "layer") {
       const deltas = measured.deltas!;
@@ -92,7 +97,8 @@ export async function budgetCosts(
       if (!calib!.spans) {
         notes.push(
           `streamed pass: ${(measured.costMs / 1000).toFixed(1)} s quantizing experts and ` +
-            `measuring output errors, ${(measured.headMs / 1000).toFixed(1)} s scoring the streams`,
+            `measuring output errors (summed over threads), ` +
+            `${(measured.headMs / 1000).toFixed(1)} s scoring the streams`,
         );
       }
     } else {
@@ -143,6 +149,7 @@ async function streamCosts(
   ir: ModelIR,
   plan: CompilePlan,
   calib: CalibrationData,
+  runner?: CalibrationRunner,
 ): Promise<StreamCosts> {
   const req = costRequest(plan, true)!;
   const key = streamCostsKey(req);
@@ -154,6 +161,7 @@ async function streamCosts(
       samples: calib.samples,
       sensitivityTokens: plan.sensitivityTokens,
       onProgress: (done, total) => plan.onProgress("costs", done, total),
+      runner,
     });
     found = pass.memo.get(key) as StreamCosts;
     calib.memo.set(key, found);

@@ -17,6 +17,7 @@ import { calibrateStream, type StreamCostRequest } from "../calibration_stream.t
 import { prepareReference } from "../reference/mod.ts";
 import type { ModelIR } from "../ir.ts";
 import type { CompilePlan } from "./plan.ts";
+import type { CalibrationRunner } from "../calibration/jobs.ts";
 
 /** The budget costs' request for the streamed pass, or undefined when they need no data. */
 export function costRequest(plan: CompilePlan, calibrated: boolean): StreamCostRequest | undefined {
@@ -31,10 +32,14 @@ export function costRequest(plan: CompilePlan, calibrated: boolean): StreamCostR
   };
 }
 
-/** The calibration data of this compile, or null when nothing needs it. */
+/**
+ * The calibration data of this compile, or null when nothing needs it; the streamed pass's jobs
+ * run on `runner` (the compile's worker pool) when given.
+ */
 export async function runCalibration(
   ir: ModelIR,
   plan: CompilePlan,
+  runner?: CalibrationRunner,
 ): Promise<CalibrationData | null> {
   if (plan.calibration) return plan.calibration;
   if (!plan.calibrationNeeded) return null;
@@ -53,5 +58,6 @@ export async function runCalibration(
     // After this pass only GPTQ's Hessians (in the emit) read the samples.
     keepSamples: plan.quantizer === "gptq",
     onProgress,
+    runner,
   });
 }

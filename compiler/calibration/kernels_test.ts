@@ -1,0 +1,206 @@
+/**
+ * The streamed calibration's float32 kernels against the float64 reference, on random non-zero
+ * data: the SIMD product A·Bᵀ within 4·k·2⁻²⁴·Σ|a·b| per value (odd shapes exercise the padding),
+ * each activation's MLP (with biases) within 1e-5 of the output's largest value, the head block's
+ * log-sum-exp within 1e-5 (absolute, in nats) and its target logits within 1e-5; the unpacked
+ * quantization equal to `quantizeExpert` bit for bit for every method and width; an expert job's
+ * costs within 1e-4 relative of `outputError`, its fork rows equal to the lowest width's outputs,
+ * and the same job on a worker thread bit for bit the same.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import type { ActivationSpec } from "../../schemas/model.ts";
+import type { QuantBits } from "../../schemas/packing.ts";
+import { mulberry32 } from "../../schemas/prng.ts";
+import { outputError } from "../expert_error.ts";
+import { expertOutputs, type ExpertWeights, quantizeExpert } from "../expert_weights.ts";
+import { matmul } from "../reference/math.ts";
+import { QuantizePool } from "../parallel/pool.ts";
+import type { QuantMethod } from "../quantize/mod.ts";
+import { fakeQuantizeExpert, rtnDecoded } from "./fake_quant.ts";
+import { decodeInto, type ExpertJob, runExpertJob } from "./jobs.ts";
+import { decodeRaw } from "../checkpoint/raw.ts";
+import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
+import { gemmModuleBytes } from "./simd.ts";
+
+function random(n: number, rng: () => number, scale = 1): Float32Array {
+  // Non-zero values in ±[0.05, 1]·scale.
+  return Float32Array.from({ length: n }, () => {
+    const v = 0.05 + 0.95 * rng();
+    return (rng() < 0.5 ? -v : v) * scale;
+  });
+}
+
+/** Largest |a − b| over the largest |b|. */
+function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0, r = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    r = Math.max(r, Math.abs(b[i]));
+  }
+  return d / r;
+}
+
+function expert(activation: ActivationSpec, H: number, I: number, rng: () => number, bias = false) {
+  const w: ExpertWeights = { activation, hidden: H, inter: I, matrices: {}, biases: {} };
+  const inputSide = activation.kind === "relu" ? ["up"] as const : ["gate", "up"] as const;
+  for (const name of inputSide) {
+    w.matrices[name] = random(I * H, rng, 0.1);
+    if (bias) w.biases[name] = random(I, rng, 0.1);
+  }
+  w.matrices.down = random(H * I, rng, 0.1);
+  if (bias) w.biases.down = random(H, rng, 0.1);
+  return w;
+}
+
+Deno.test("matmulF32: A·Bᵀ within the float32 bound of the float64 product", () => {
+  assert.ok(WebAssembly.validate(gemmModuleBytes()));
+  const rng = mulberry32(1);
+  for (const [n, m, k] of [[1, 1, 1], [3, 5, 7], [2, 4, 4], [9, 13, 130], [32, 64, 256]]) {
+    const a = random(n * k, rng), b = random(m * k, rng);
+    const got = new Float32Array(n * m);
+    matmulF32(got, a, b, n, m, k);
+    const want = new Float64Array(n * m);
+    matmul(want, Float64Array.from(a), Float64Array.from(b), n, m, k);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < m; j++) {
+        let mag = 0;
+        for (let p = 0; p < k; p++) mag += Math.abs(a[i * k + p] * b[j * k + p]);
+        const bound = 4 * k * 2 ** -24 * mag;
+        const err = Math.abs(got[i * m + j] - want[i * m + j]);
+        assert.ok(err <= bound, `[${n}, ${m}, ${k}] (${i}, ${j}): ${err} > ${bound}`);
+      }
+    }
+  }
+  assert.throws(() =>
+    matmulF32(new Float32Array(1), new Float32Array(1), new Float32Array(2), 1, 1, 2)
+  );
+});
+
+Deno.test("mlpF32: every activation, with biases, within 1e-5 of the reference", () => {
+  const rng = mulberry32(2);
+  const acts: ActivationSpec[] = [
+    { kind: "swiglu" },
+    { kind: "swiglu_clamped", limit: 0.05, alpha: 1.702 },
+    { kind: "relu" },
+  ];
+  for (const activation of acts) {
+    for (const bias of [false, true]) {
+      const H = 36, I = 20, n = 5;
+      const w = expert(activation, H, I, rng, bias);
+      const x = random(n * H, rng);
+      const got = mlpF32(w as MlpF32, x, n);
+      const want = expertOutputs(w, x, n);
+      const err = relMax(got, want);
+      assert.ok(err > 0 && err < 1e-5, `${activation.kind} bias ${bias}: ${err}`);
+    }
+  }
+  assert.throws(() => mlpF32(expert({ kind: "geglu" }, 8, 4, rng) as MlpF32, random(8, rng), 1));
+});
+
+Deno.test("headBlockF32: log-sum-exp and target logits of a vocabulary block", () => {
+  const rng = mulberry32(3);
+  const k = 5, n = 37, H = 24, a = 100;
+  const x = random(k * H, rng), rows = random(n * H, rng), bias = random(n, rng);
+  const targets = Int32Array.from([100, 136, 5, 120, 137]);
+  const got = headBlockF32(x, k, rows, n, a, bias, targets);
+  const logits = new Float64Array(k * n);
+  matmul(logits, Float64Array.from(x), Float64Array.from(rows), k, n, H);
+  for (let i = 0; i < k; i++) {
+    const row = Array.from(logits.subarray(i * n, (i + 1) * n), (v, j) => v + bias[j]);
+    const max = Math.max(...row);
+    const lse = max + Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0));
+    assert.ok(Math.abs(got.max[i] + Math.log(got.sum[i]) - lse) < 1e-5, `row ${i}`);
+    const t = targets[i] - a;
+    if (t >= 0 && t < n) assert.ok(Math.abs(got.target[i] - row[t]) < 1e-5, `target ${i}`);
+    else assert.ok(Number.isNaN(got.target[i]), `target ${i} outside the block`);
+  }
+});
+
+Deno.test("fakeQuantizeExpert: the values of quantizeExpert, bit for bit", () => {
+  const rng = mulberry32(4);
+  const w = expert({ kind: "swiglu" }, 96, 40, rng);
+  // A constant group and one spanning only positive values exercise minMaxParams' edge cases.
+  w.matrices.gate!.fill(0.25, 0, 32);
+  for (let i = 32; i < 64; i++) w.matrices.gate![i] = Math.abs(w.matrices.gate![i]);
+  const methods: QuantMethod[] = ["rtn", "rtn-sym", "hqq"];
+  for (const method of methods) {
+    for (const bits of [2, 3, 4, 8] as QuantBits[]) {
+      for (const group of [32, 96]) {
+        const want = quantizeExpert(w, bits, group, method);
+        const got = fakeQuantizeExpert(w, bits, group, method);
+        for (const name of ["gate", "up", "down"] as const) {
+          assert.deepEqual(got.matrices[name], want.matrices[name], `${method} ${bits} ${name}`);
+        }
+      }
+    }
+  }
+});
+
+Deno.test("runExpertJob: outputs, costs and fork rows; the same on a worker thread", async () => {
+  const rng = mulberry32(5);
+  const H = 64, I = 32, n = 9;
+  const w = expert({ kind: "swiglu" }, H, I, rng, true);
+  const routed = random(n * H, rng);
+  // The sample: routed rows 1, 4, 7 (reused outputs), seen 6 times.
+  const sampleRows = Int32Array.from([1, 4, 7]);
+  const inputs = new Float32Array(3 * H);
+  sampleRows.forEach((r, j) => inputs.set(routed.subarray(r * H, (r + 1) * H), j * H));
+  const sample = { n: 3, seen: 6, inputs, weights: Float32Array.from([0.5, 0.25, 0.75]) };
+  const widths: QuantBits[] = [2, 3, 4];
+  const forkRows = Int32Array.from([0, 4]);
+  const job = (rows?: Int32Array): ExpertJob => ({
+    kind: "expert",
+    weights: w,
+    routed: routed.slice(),
+    n,
+    costs: { widths, groupSize: 32, quantizer: "rtn", sample, sampleRows: rows, forkRows },
+  });
+  const r = runExpertJob(job(sampleRows));
+  assert.ok(relMax(r.routed, expertOutputs(w, routed, n)) < 1e-5);
+  widths.forEach((b, i) => {
+    const want = outputError(w, quantizeExpert(w, b, 32, "rtn"), sample).cost;
+    assert.ok(Math.abs(r.costs[i] - want) <= 1e-4 * want, `cost at ${b}: ${r.costs[i]} ${want}`);
+  });
+  const lowest = quantizeExpert(w, 2, 32, "rtn");
+  const forkIn = new Float32Array(2 * H);
+  forkRows.forEach((row, j) => forkIn.set(routed.subarray(row * H, (row + 1) * H), j * H));
+  assert.deepEqual(r.fork, mlpF32(lowest as MlpF32, forkIn, 2));
+  // Reused sample outputs equal recomputed ones, so the costs are the same either way.
+  assert.deepEqual(runExpertJob(job()).costs, r.costs);
+
+  const pool = new QuantizePool(1);
+  try {
+    const remote = await pool.runCalibration(job(sampleRows));
+    assert.deepEqual(remote.routed, r.routed);
+    assert.deepEqual(remote.costs, r.costs);
+    assert.deepEqual(remote.fork, r.fork);
+  } finally {
+    pool.close();
+  }
+});
+
+Deno.test("rtnDecoded: a non-finite weight is an error naming the matrix, on both paths", () => {
+  for (const [rows, cols, group] of [[2, 64, 32], [2, 40, 32]]) {
+    const w = random(rows * cols, mulberry32(7));
+    w[cols + 3] = NaN;
+    assert.throws(() => rtnDecoded(w, rows, cols, 2, group, "f16", "gate"), /gate: non-finite/);
+  }
+});
+
+Deno.test("decodeInto: decodeRaw's values for BF16 into a reused buffer; non-finite as decodeRaw", () => {
+  const rng = mulberry32(8);
+  const bytes = new Uint8Array(2 * 50).map(() => Math.floor(rng() * 256) & 0x3f);
+  const raw = { bytes, dtype: "BF16", name: "w", file: "f", start: 0, allowNonFinite: false };
+  const into = new Float32Array(50);
+  const got = decodeInto(raw, into);
+  assert.equal(got, into);
+  assert.deepEqual(got, decodeRaw(raw));
+  bytes[7] = 0x7f, bytes[6] = 0x80; // element 3 = +Infinity
+  assert.throws(() => decodeInto(raw, into), /non-finite/);
+  const zeroed = decodeInto({ ...raw, allowNonFinite: true }, into);
+  assert.equal(zeroed[3], 0);
+  assert.deepEqual(zeroed, decodeRaw({ ...raw, allowNonFinite: true }));
+});

@@ -1,0 +1,428 @@
+/**
+ * A float32 matrix product C = A · Bᵀ in WebAssembly SIMD, for the calibration pass's hot loops
+ * (expert forwards, the head). The module is assembled here, byte by byte, from a few lines of
+ * instruction builders (no toolchain, no binary in the repository) and instantiated once per
+ * thread.
+ *
+ * The kernel walks 4 rows of B (the weights, kept in L1) against every pair of rows of A, with
+ * 2 × 4 accumulators of 4 float32 lanes over the shared dimension k: each lane sums every 4th
+ * product in order, and the four lanes are added at the end ((l0 + l1) + (l2 + l3)). So the
+ * result is float32 arithmetic with a fixed summation order: deterministic on every machine,
+ * within ≈ k · 2⁻²⁴ · Σ|a·b| of the exact sum.
+ *
+ * Operands live in the module's own memory; {@link matmulF32} copies them in (padding k to a
+ * multiple of 4 with zeros, and n, m to multiples of 2 and 4) and the result out, which costs
+ * O(n·k + m·k + n·m) next to the O(n·m·k) product.
+ *
+ * @module
+ */
+
+import { UsageError } from "../../schemas/errors.ts";
+
+// --- A minimal WebAssembly binary writer --------------------------------------------------------
+
+/** Unsigned LEB128. */
+function uleb(v: number): number[] {
+  const out: number[] = [];
+  do {
+    let byte = v & 0x7f;
+    v >>>= 7;
+    if (v !== 0) byte |= 0x80;
+    out.push(byte);
+  } while (v !== 0);
+  return out;
+}
+
+/** Signed LEB128 (32-bit values). */
+function sleb(v: number): number[] {
+  const out: number[] = [];
+  while (true) {
+    const byte = v & 0x7f;
+    v >>= 7;
+    const done = (v === 0 && (byte & 0x40) === 0) || (v === -1 && (byte & 0x40) !== 0);
+    out.push(done ? byte : byte | 0x80);
+    if (done) return out;
+  }
+}
+
+/** A length-prefixed vector of already-encoded items. */
+function vec(items: number[][]): number[] {
+  return [...uleb(items.length), ...items.flat()];
+}
+
+/** A section: id, byte size, contents. */
+function section(id: number, body: number[]): number[] {
+  return [id, ...uleb(body.length), ...body];
+}
+
+/** A UTF-8 name. */
+function name(s: string): number[] {
+  const b = [...new TextEncoder().encode(s)];
+  return [...uleb(b.length), ...b];
+}
+
+const I32 = 0x7f;
+const V128 = 0x7b;
+const SIMD = 0xfd;
+
+/** Instruction builders (the few this kernel uses). */
+const op = {
+  get: (i: number) => [0x20, ...uleb(i)],
+  set: (i: number) => [0x21, ...uleb(i)],
+  tee: (i: number) => [0x22, ...uleb(i)],
+  i32: (v: number) => [0x41, ...sleb(v)],
+  add: [0x6a],
+  mul: [0x6c],
+  ltU: [0x49],
+  geU: [0x4f],
+  block: [0x02, 0x40],
+  loop: [0x03, 0x40],
+  end: [0x0b],
+  br: (d: number) => [0x0c, ...uleb(d)],
+  brIf: (d: number) => [0x0d, ...uleb(d)],
+  f32Add: [0x92],
+  /** f32.store with alignment 2^2 and a constant offset. */
+  f32Store: (offset: number) => [0x38, 2, ...uleb(offset)],
+  /** v128.load with alignment 2^4. */
+  vLoad: [SIMD, 0x00, 4, 0],
+  vZero: [SIMD, 0x0c, ...new Array(16).fill(0)],
+  extract: (lane: number) => [SIMD, 0x1f, lane],
+  vAdd: [SIMD, ...uleb(228)], // f32x4.add
+  vMul: [SIMD, ...uleb(230)], // f32x4.mul
+  sub: [0x6b],
+  f32Min: [0x96],
+  f32Max: [0x97],
+  /** f64.load with alignment 2^3 and a constant offset. */
+  f64Load: (offset: number) => [0x2b, 3, ...uleb(offset)],
+  f64: (v: number) => [0x44, ...new Uint8Array(new Float64Array([v]).buffer)],
+  demote: [0xb6], // f32.demote_f64
+  i32ToF64: [0xb7], // f64.convert_i32_s
+  /** v128.store with alignment 2^4. */
+  vStore: [SIMD, 0x0b, 4, 0],
+  shuffle: (lanes: number[]) => [SIMD, 0x0d, ...lanes],
+  f32Splat: [SIMD, 0x13],
+  f64Splat: [SIMD, 0x14],
+  vAnd: [SIMD, ...uleb(78)],
+  f32x4Min: [SIMD, ...uleb(232)],
+  f32x4Max: [SIMD, ...uleb(233)],
+  f64x2Eq: [SIMD, ...uleb(71)],
+  f64x2Add: [SIMD, ...uleb(240)],
+  f64x2Sub: [SIMD, ...uleb(241)],
+  f64x2Mul: [SIMD, ...uleb(242)],
+  f64x2Min: [SIMD, ...uleb(244)],
+  f64x2Max: [SIMD, ...uleb(245)],
+  f64x2Nearest: [SIMD, ...uleb(148)],
+  demoteZero: [SIMD, ...uleb(94)], // f32x4.demote_f64x2_zero
+  promoteLow: [SIMD, ...uleb(95)], // f64x2.promote_low_f32x4
+};
+
+/** A function body from its locals ([count, type] runs) and code. */
+function body(locals: [number, number][], code: number[]): number[] {
+  const b = [...vec(locals.map(([n, t]) => [...uleb(n), t])), ...code, ...op.end];
+  return [...uleb(b.length), ...b];
+}
+
+/**
+ * minmax(w, out, groups, gbytes): for each of `groups` consecutive groups of gbytes bytes
+ * (a multiple of 16) of f32 values at w, out gets [min, max] as two f32 (NaN when the group has
+ * one).
+ */
+function minmaxBody(): number[] {
+  const [W, OUT, GROUPS, GB] = [0, 1, 2, 3];
+  const [G, END] = [4, 5];
+  const [LO, HI, V] = [6, 7, 8];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.i32(0), op.set(G));
+  emit(op.block, op.loop);
+  emit(op.get(G), op.get(GROUPS), op.geU, op.brIf(1));
+  emit(op.get(W), op.get(GB), op.add, op.set(END));
+  emit(op.get(W), op.vLoad, op.tee(LO), op.set(HI));
+  emit(op.get(W), op.i32(16), op.add, op.set(W));
+  emit(op.block, op.loop);
+  emit(op.get(W), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(W), op.vLoad, op.set(V));
+  emit(op.get(LO), op.get(V), op.f32x4Min, op.set(LO));
+  emit(op.get(HI), op.get(V), op.f32x4Max, op.set(HI));
+  emit(op.get(W), op.i32(16), op.add, op.set(W), op.br(0));
+  emit(op.end, op.end);
+  for (const [acc, f, offset] of [[LO, op.f32Min, 0], [HI, op.f32Max, 4]] as const) {
+    emit(op.get(OUT));
+    emit(op.get(acc), op.extract(0), op.get(acc), op.extract(1), f);
+    emit(op.get(acc), op.extract(2), op.get(acc), op.extract(3), f, f);
+    emit(op.f32Store(offset));
+  }
+  emit(op.get(OUT), op.i32(8), op.add, op.set(OUT));
+  emit(op.get(G), op.i32(1), op.add, op.set(G), op.br(0));
+  emit(op.end, op.end);
+  return body([[2, I32], [3, V128]], code);
+}
+
+/**
+ * rtn(w, out, params, groups, gbytes, qmax): asymmetric RTN of each group, decoded. params holds
+ * per group [1/scale, zero, scale] as f64; per value, in float64 as compiler/quantize/rtn.ts:
+ * v = w · (1/scale) + zero, q = round-half-up(v) clamped to [0, qmax]; then out = f32(f32(q −
+ * zero) · scale), the runtime's decode.
+ */
+function rtnBody(): number[] {
+  const [W, OUT, PRM, GROUPS, GB, QMAX] = [0, 1, 2, 3, 4, 5];
+  const [G, END] = [6, 7];
+  const [INV, ZERO, SCALE, X, LO2, HI2, T, V, HALF, ONE, Z0, QM] = [
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+  ];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.f64(0.5), op.f64Splat, op.set(HALF));
+  emit(op.f64(1), op.f64Splat, op.set(ONE));
+  emit(op.f64(0), op.f64Splat, op.set(Z0));
+  emit(op.get(QMAX), op.i32ToF64, op.f64Splat, op.set(QM));
+  emit(op.i32(0), op.set(G));
+  emit(op.block, op.loop);
+  emit(op.get(G), op.get(GROUPS), op.geU, op.brIf(1));
+  emit(op.get(PRM), op.f64Load(0), op.f64Splat, op.set(INV));
+  emit(op.get(PRM), op.f64Load(8), op.f64Splat, op.set(ZERO));
+  emit(op.get(PRM), op.f64Load(16), op.demote, op.f32Splat, op.set(SCALE));
+  emit(op.get(W), op.get(GB), op.add, op.set(END));
+  emit(op.block, op.loop);
+  emit(op.get(W), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(W), op.vLoad, op.tee(X), op.promoteLow, op.set(LO2));
+  const high = [8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7];
+  emit(op.get(X), op.get(X), op.shuffle(high), op.promoteLow, op.set(HI2));
+  for (const half of [LO2, HI2]) {
+    // v = x · inv + zero; t = nearest(v) + (v − t == 0.5); clamp; q − zero.
+    emit(op.get(half), op.get(INV), op.f64x2Mul, op.get(ZERO), op.f64x2Add, op.tee(V));
+    emit(op.f64x2Nearest, op.set(T));
+    emit(op.get(T), op.get(V), op.get(T), op.f64x2Sub, op.get(HALF), op.f64x2Eq);
+    emit(op.get(ONE), op.vAnd, op.f64x2Add);
+    emit(op.get(Z0), op.f64x2Max, op.get(QM), op.f64x2Min);
+    emit(op.get(ZERO), op.f64x2Sub, op.demoteZero, op.set(half));
+  }
+  emit(op.get(OUT), op.get(LO2), op.get(HI2));
+  emit(op.shuffle([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]));
+  emit(op.get(SCALE), op.vMul, op.vStore);
+  emit(op.get(W), op.i32(16), op.add, op.set(W));
+  emit(op.get(OUT), op.i32(16), op.add, op.set(OUT), op.br(0));
+  emit(op.end, op.end);
+  emit(op.get(PRM), op.i32(24), op.add, op.set(PRM));
+  emit(op.get(G), op.i32(1), op.add, op.set(G), op.br(0));
+  emit(op.end, op.end);
+  return body([[2, I32], [12, V128]], code);
+}
+
+/**
+ * gemm(a, b, c, n, m, k): c[i·m + j] = Σ_p a[i·k + p] · b[j·k + p] for byte addresses a, b, c,
+ * with n even, m a multiple of 4, k a multiple of 4 (the caller pads).
+ */
+function gemmBody(): number[] {
+  // Params 0..5: a b c n m k. Locals: i32 6..15, v128 16..26.
+  const [A, B, C, N, M, K] = [0, 1, 2, 3, 4, 5];
+  const [I, J, P, ROW, PA0, PA1, PB0, PB1, PB2, PB3] = [6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+  const ACC = [16, 17, 18, 19, 20, 21, 22, 23]; // acc[r·4 + q]: A row r, B row q
+  const [VA0, VA1, VB] = [24, 25, 26];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  // ROW = k · 4 bytes per row.
+  emit(op.get(K), op.i32(4), op.mul, op.set(ROW));
+  emit(op.i32(0), op.set(J));
+  emit(op.block, op.loop); // j loop
+  emit(op.get(J), op.get(M), op.geU, op.brIf(1));
+  // PB0..3 = b + j·ROW + q·ROW
+  emit(op.get(B), op.get(J), op.get(ROW), op.mul, op.add, op.tee(PB0));
+  emit(op.get(ROW), op.add, op.tee(PB1), op.get(ROW), op.add, op.tee(PB2));
+  emit(op.get(ROW), op.add, op.set(PB3));
+  emit(op.i32(0), op.set(I));
+  emit(op.block, op.loop); // i loop
+  emit(op.get(I), op.get(N), op.geU, op.brIf(1));
+  emit(op.get(A), op.get(I), op.get(ROW), op.mul, op.add, op.tee(PA0));
+  emit(op.get(ROW), op.add, op.set(PA1));
+  for (const acc of ACC) emit(op.vZero, op.set(acc));
+  emit(op.i32(0), op.set(P));
+  emit(op.loop); // p loop (k ≥ 4 always)
+  emit(op.get(PA0), op.get(P), op.add, op.vLoad, op.set(VA0));
+  emit(op.get(PA1), op.get(P), op.add, op.vLoad, op.set(VA1));
+  [PB0, PB1, PB2, PB3].forEach((pb, q) => {
+    emit(op.get(pb), op.get(P), op.add, op.vLoad, op.set(VB));
+    emit(op.get(ACC[q]), op.get(VA0), op.get(VB), op.vMul, op.vAdd, op.set(ACC[q]));
+    emit(op.get(ACC[4 + q]), op.get(VA1), op.get(VB), op.vMul, op.vAdd, op.set(ACC[4 + q]));
+  });
+  emit(op.get(P), op.i32(16), op.add, op.tee(P), op.get(ROW), op.ltU, op.brIf(0));
+  emit(op.end);
+  // Stores: c[(i + r)·m + j + q] = (l0 + l1) + (l2 + l3) of acc[r·4 + q].
+  for (let r = 0; r < 2; r++) {
+    for (let q = 0; q < 4; q++) {
+      // address = c + ((i + r)·m + j)·4, offset q·4
+      emit(op.get(C), op.get(I), op.i32(r), op.add, op.get(M), op.mul, op.get(J), op.add);
+      emit(op.i32(4), op.mul, op.add);
+      const acc = ACC[r * 4 + q];
+      emit(op.get(acc), op.extract(0), op.get(acc), op.extract(1), op.f32Add);
+      emit(op.get(acc), op.extract(2), op.get(acc), op.extract(3), op.f32Add, op.f32Add);
+      emit(op.f32Store(q * 4));
+    }
+  }
+  emit(op.get(I), op.i32(2), op.add, op.set(I), op.br(0));
+  emit(op.end, op.end); // i loop, block
+  emit(op.get(J), op.i32(4), op.add, op.set(J), op.br(0));
+  emit(op.end, op.end); // j loop, block
+  emit(op.end); // function
+  const locals = vec([[...uleb(10), I32], [...uleb(11), V128]]);
+  const body = [...locals, ...code];
+  return [...uleb(body.length), ...body];
+}
+
+/** The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn". */
+export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
+  const type = (params: number) => [0x60, ...vec(new Array(params).fill([I32])), ...vec([])];
+  const bytes = [
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00, // magic, version 1
+    ...section(1, vec([type(6), type(4)])),
+    ...section(3, vec([uleb(0), uleb(1), uleb(0)])),
+    ...section(5, vec([[0x00, ...uleb(1)]])), // memory: min 1 page, no max
+    ...section(
+      7,
+      vec([
+        [...name("memory"), 0x02, 0],
+        [...name("gemm"), 0x00, 0],
+        [...name("minmax"), 0x00, 1],
+        [...name("rtn"), 0x00, 2],
+      ]),
+    ),
+    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody()])),
+  ];
+  return new Uint8Array(bytes);
+}
+
+// --- The per-thread instance ---------------------------------------------------------------------
+
+interface Kernel {
+  memory: WebAssembly.Memory;
+  gemm: (a: number, b: number, c: number, n: number, m: number, k: number) => void;
+  minmax: (w: number, out: number, groups: number, gbytes: number) => void;
+  rtn: (w: number, out: number, prm: number, groups: number, gbytes: number, qmax: number) => void;
+}
+
+let kernel: Kernel | null = null;
+
+function instance(): Kernel {
+  if (!kernel) {
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(gemmModuleBytes()), {});
+    kernel = inst.exports as unknown as Kernel;
+  }
+  return kernel;
+}
+
+const PAGE = 1 << 16;
+
+/** The module's memory as f32, grown to at least `bytes`. */
+function heap(bytes: number): Float32Array {
+  const { memory } = instance();
+  if (memory.buffer.byteLength < bytes) {
+    memory.grow(Math.ceil((bytes - memory.buffer.byteLength) / PAGE));
+  }
+  return new Float32Array(memory.buffer);
+}
+
+const up = (v: number, to: number) => Math.ceil(v / to) * to;
+
+/** Copies rows [rows, k] into `mem` at float index `at`, rows padded to `kp` with zeros. */
+function place(
+  mem: Float32Array,
+  at: number,
+  src: Float32Array,
+  rows: number,
+  k: number,
+  kp: number,
+) {
+  if (k === kp) {
+    mem.set(src.subarray(0, rows * k), at);
+    return;
+  }
+  for (let r = 0; r < rows; r++) {
+    mem.set(src.subarray(r * k, (r + 1) * k), at + r * kp);
+    mem.fill(0, at + r * kp + k, at + (r + 1) * kp);
+  }
+}
+
+/**
+ * out [n, m] = a [n, k] · bᵀ (b [m, k], a Linear layer's weights), float32 (see the module doc).
+ */
+export function matmulF32(
+  out: Float32Array,
+  a: Float32Array,
+  b: Float32Array,
+  n: number,
+  m: number,
+  k: number,
+): void {
+  if (a.length < n * k || b.length < m * k || out.length < n * m || k < 1) {
+    throw new UsageError(`matmulF32: operands too short for [${n}, ${k}] · [${m}, ${k}]ᵀ`);
+  }
+  if (n === 0 || m === 0) return;
+  const kp = up(k, 4), np = up(n, 2), mp = up(m, 4);
+  const aAt = 0, bAt = np * kp, cAt = bAt + mp * kp;
+  let mem = heap((cAt + np * mp) * 4);
+  place(mem, aAt, a, n, k, kp);
+  place(mem, bAt, b, m, k, kp);
+  // Padding rows are read but their results are dropped: give them zeros, not stale values.
+  if (np > n) mem.fill(0, aAt + n * kp, aAt + np * kp);
+  if (mp > m) mem.fill(0, bAt + m * kp, bAt + mp * kp);
+  instance().gemm(aAt * 4, bAt * 4, cAt * 4, np, mp, kp);
+  mem = new Float32Array(instance().memory.buffer);
+  if (mp === m) {
+    out.set(mem.subarray(cAt, cAt + n * m));
+    return;
+  }
+  for (let i = 0; i < n; i++) out.set(mem.subarray(cAt + i * mp, cAt + i * mp + m), i * m);
+}
+
+/**
+ * Asymmetric RTN of w in groups of `groupSize` consecutive values (a multiple of 4 dividing
+ * w.length), decoded (see the `rtn` kernel): `params(lo, hi, out)` turns a group's min and max
+ * (NaN or ±Infinity when the group has a non-finite value) into out = [1/scale, zero, scale].
+ * Writes the values into `into` (default: a new array) and returns it.
+ */
+export function rtnDecodedSimd(
+  w: Float32Array,
+  groupSize: number,
+  qmax: number,
+  params: (lo: number, hi: number, out: Float64Array) => void,
+  into: Float32Array = new Float32Array(w.length),
+): Float32Array {
+  const n = w.length;
+  if (groupSize % 4 !== 0 || n % groupSize !== 0 || n === 0) {
+    throw new UsageError(`rtnDecodedSimd: ${n} values in groups of ${groupSize}`);
+  }
+  const groups = n / groupSize;
+  const outAt = n, mmAt = 2 * n, prmAt = up(mmAt + 2 * groups, 2); // f32 indices
+  heap((prmAt + 6 * groups) * 4);
+  const k = instance();
+  new Float32Array(k.memory.buffer).set(w, 0);
+  k.minmax(0, mmAt * 4, groups, groupSize * 4);
+  const mm = new Float32Array(k.memory.buffer, mmAt * 4, 2 * groups);
+  const prm = new Float64Array(k.memory.buffer, prmAt * 4, 3 * groups);
+  const one = new Float64Array(3);
+  for (let g = 0; g < groups; g++) {
+    params(mm[2 * g], mm[2 * g + 1], one);
+    prm.set(one, 3 * g);
+  }
+  k.rtn(0, outAt * 4, prmAt * 4, groups, groupSize * 4, qmax);
+  into.set(new Float32Array(k.memory.buffer, outAt * 4, n));
+  return into;
+}
