@@ -25,7 +25,7 @@
 
 import type { Engine } from "../api.ts";
 import { describeAdapter, requestGpu } from "../device.ts";
-import { DeviceError, LimitError } from "../../schemas/errors.ts";
+import { DeviceError, LimitError, UsageError } from "../../schemas/errors.ts";
 import type { ModelSpec } from "../../schemas/model.ts";
 import {
   bindKernel,
@@ -34,7 +34,7 @@ import {
   prepareKernels,
   STEP_BYTES,
 } from "../kernels/kernel.ts";
-import { createSampler } from "../kernels/sample.ts";
+import { createBatchSampler, createSampler } from "../kernels/sample.ts";
 import {
   activationWidths,
   createActivations,
@@ -78,6 +78,13 @@ export interface WebGpuEngineOptions {
   kernels?: "tiled" | "classic";
   /** Output rows per invocation in tiled matmuls (default 8). */
   rowTile?: number;
+  /**
+   * Sequences decoded together (continuous batching slots; default 1, which runs today's
+   * one-sequence loop). Each slot has its own KV-cache region of maxContext positions, so the KV
+   * memory grows by this factor; at most the prefill chunk. Models with MLA attention run one
+   * sequence at a time (1 only).
+   */
+  parallel?: number;
 }
 
 /** The WebGPU engine; see the module docs. */
@@ -102,6 +109,10 @@ export interface WebGpuEngine extends Engine {
   readonly dispatchesPerToken: number;
   /** Tokens per prefill submission. */
   readonly prefillChunk: number;
+  /** Sequences decoded together (see {@link WebGpuEngineOptions.parallel}). */
+  readonly parallel: number;
+  /** Bytes of the KV caches of all slots. */
+  readonly kvCacheBytes: number;
 }
 
 /** KV-cache capacity and tokens per forward for a model and the options. */
@@ -117,6 +128,22 @@ function contextSizes(spec: ModelSpec, opts: WebGpuEngineOptions) {
     Math.min(opts.prefillChunk ?? defaultChunk, maxContext, Math.floor(4096 / topK)),
   );
   return { maxContext, chunk };
+}
+
+/** Validates the `parallel` option for a model: an integer in [1, chunk], 1 for MLA models. */
+function checkParallel(spec: ModelSpec, parallel: number, chunk: number): number {
+  if (!Number.isInteger(parallel) || parallel < 1 || parallel > chunk) {
+    throw new UsageError(
+      `parallel: ${parallel} is not an integer in [1, ${chunk}] (at most the prefill chunk)`,
+    );
+  }
+  const mla = spec.decoder.layers.some((l) =>
+    l.blocks.some((b) => b.kind === "attention" && b.attention.kind === "mla")
+  );
+  if (parallel > 1 && mla) {
+    throw new UsageError("parallel: models with MLA attention run one sequence at a time (1)");
+  }
+  return parallel;
 }
 
 /** The device, either given (checked against the model's needs) or requested with them. */
@@ -158,6 +185,7 @@ export async function createWebGpuEngine(
   const file = artifact.path;
   checkSupported(spec);
   const { maxContext, chunk } = contextSizes(spec, opts);
+  const parallel = checkParallel(spec, opts.parallel ?? 1, chunk);
 
   // The largest binding decides the device limits we ask for.
   const widths = activationWidths(spec);
@@ -165,16 +193,23 @@ export async function createWebGpuEngine(
     largestDenseMatrix(artifact.tensors),
     chunk * spec.vocabSize * 4,
     chunk * widths.mlp * 4,
-    maxContext * widths.kv * 4,
+    parallel * maxContext * widths.kv * 4,
+    parallel * (maxContext + 1) * 4,
   );
-  const { device, f16, cpu } = await acquireDevice(opts, maxBinding);
+  const kvNote = parallel > 1
+    ? ` (the KV cache of ${parallel} slots × ${maxContext} positions: lower parallel or the context)`
+    : "";
+  const { device, f16, cpu } = await acquireDevice(opts, maxBinding).catch((e) => {
+    if (e instanceof LimitError && kvNote) throw new LimitError(`${e.message}${kvNote}`);
+    throw e;
+  });
   const tiled = (opts.kernels ?? (cpu ? "tiled" : "classic")) === "tiled";
   const tokenTile = opts.prefillTile ?? (tiled ? 8 : 4);
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
 
   const weights = await uploadWeights(device, artifact, { fuse: tiled });
-  const acts = createActivations(device, spec, chunk, maxContext);
+  const acts = createActivations(device, spec, chunk, maxContext, parallel);
   const caches = new Map<string, KvCache>();
   const ropes = new Map<string, GPUBuffer>();
   const ropeTables = new RopeTables(device, maxContext);
@@ -186,7 +221,7 @@ export async function createWebGpuEngine(
         `${l}/${b}`,
         a.kind === "mla"
           ? createMlaCache(device, a, maxContext, label)
-          : createKvCache(device, a, maxContext, label),
+          : createKvCache(device, a, maxContext, label, parallel),
       );
       ropes.set(`${l}/${b}`, ropeTables.for(block.attention));
     })
@@ -197,6 +232,13 @@ export async function createWebGpuEngine(
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
   const sampler = createSampler(device, spec.vocabSize);
+  const batchSampler = parallel > 1
+    ? createBatchSampler(device, spec.vocabSize, parallel, maxContext + 1, {
+      logits: acts.logits,
+      ids: acts.tokens,
+      rows: acts.rows,
+    })
+    : undefined;
 
   // Build every plan, compile all their pipelines in parallel, then bind: no pipeline is
   // created at first use.
@@ -212,12 +254,22 @@ export async function createWebGpuEngine(
     threadsPerRow: opts.threadsPerRow ?? (cpu ? 16 : 64),
     chunk,
   };
+  // Multi-slot engines: one-sequence plans take their slot from the Step uniform, the batched
+  // decode plan (one token of each of up to `parallel` slots) reads (slot, position) rows.
+  const one: PlanContext = parallel > 1
+    ? { ...ctx, slots: { context: maxContext, source: "step" } }
+    : ctx;
   const modes: LogitsMode[] = ["all", "none", "last"];
-  const pending = modes.map((mode) => buildPlan(ctx, tokenTile, mode, true));
-  const pendingDecode = buildPlan(ctx, 1, "last", false);
+  const pending = modes.map((mode) => buildPlan(one, tokenTile, mode, true));
+  const pendingDecode = buildPlan(one, 1, "last", false);
+  const batchTile = Math.min(tokenTile, parallel);
+  const pendingBatch = parallel > 1
+    ? buildPlan({ ...ctx, slots: { context: maxContext, source: "rows" } }, batchTile, "all", false)
+    : [];
   await Promise.all([
-    prepareKernels(device, [...pending, pendingDecode].flat().map((p) => p.src)),
+    prepareKernels(device, [...pending, pendingDecode, pendingBatch].flat().map((p) => p.src)),
     sampler.ready,
+    batchSampler?.ready,
   ]);
   const bind = (list: PendingDispatch[]): Dispatch[] =>
     list.map((p) => {
@@ -228,10 +280,13 @@ export async function createWebGpuEngine(
     tokenTile,
     prefill: { all: bind(pending[0]), none: bind(pending[1]), last: bind(pending[2]) },
     decode: bind(pendingDecode),
+    batch: parallel > 1 ? bind(pendingBatch) : undefined,
   };
   const oom = await device.popErrorScope();
   const invalid = await device.popErrorScope();
-  if (oom) throw new LimitError(`GPU out of memory while loading ${file}: ${oom.message}`);
+  if (oom) {
+    throw new LimitError(`GPU out of memory while loading ${file}: ${oom.message}${kvNote}`);
+  }
   if (invalid) {
     throw new DeviceError(`WebGPU validation failed while loading ${file}: ${invalid.message}`);
   }
@@ -245,8 +300,12 @@ export async function createWebGpuEngine(
     sampler,
     maxContext,
     chunk,
+    parallel,
+    batchSampler,
   });
   await generation.warmUp();
+  let kvCacheBytes = 0;
+  for (const c of caches.values()) kvCacheBytes += c.keys.size + c.values.size;
 
   let disposed = false;
   return {
@@ -258,6 +317,8 @@ export async function createWebGpuEngine(
     kernels: tiled ? "tiled" : "classic",
     dispatchesPerToken: plans.decode.length,
     prefillChunk: chunk,
+    parallel,
+    kvCacheBytes,
     logits: generation.logits,
     generate: generation.generate,
     profileKernels: generation.profileKernels,
@@ -266,6 +327,7 @@ export async function createWebGpuEngine(
       disposed = true;
       generation.close();
       sampler.dispose();
+      batchSampler?.dispose();
       if (!opts.device) device.destroy();
     },
   };

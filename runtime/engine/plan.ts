@@ -12,7 +12,9 @@
  */
 
 import type { ModelSpec, NormSpec } from "../../schemas/model.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import type { KernelSource } from "../kernels/kernel.ts";
+import type { SlotLayout } from "../kernels/slots.ts";
 import { layerNormSource } from "../kernels/layer_norm.ts";
 import { matmulGroups, type MatmulKey, matmulSource } from "../kernels/matmul.ts";
 import { routeListsSource, routerSource, type RoutingKey } from "../kernels/moe.ts";
@@ -56,6 +58,11 @@ export interface PlanContext {
   threadsPerRow: number;
   /** Most tokens per forward (the routed-token lists' capacity). */
   chunk: number;
+  /**
+   * Multi-slot engines: where each token's slot and position are (kernels/slots.ts); the "rows"
+   * source reads acts.rows. Absent: one sequence at KV rows 0...
+   */
+  slots?: SlotLayout;
 }
 
 /** Options of {@link PlanBuilder.matmul}. */
@@ -89,9 +96,13 @@ export class PlanBuilder {
     return this.ctx.acts;
   }
 
-  /** Appends a dispatch (the Step uniform is bound for every kernel that declares it). */
+  /**
+   * Appends a dispatch (the Step uniform and the slot rows are bound for every kernel that
+   * declares them).
+   */
   dispatch(src: KernelSource, buffers: Record<string, GPUBuffer>, groups: Groups): void {
-    this.dispatches.push({ src, buffers: { step: this.ctx.step, ...buffers }, groups });
+    const common = { step: this.ctx.step, rows: this.ctx.acts.rows };
+    this.dispatches.push({ src, buffers: { ...common, ...buffers }, groups });
   }
 
   /** An element-wise kernel over `width` columns of `rows(T)` rows. */
@@ -261,7 +272,7 @@ export function buildPlan(
 
   const embed = weights.embed;
   plan.elementwise(
-    embedSource(embed.format, H, spec.embedScale),
+    embedSource(embed.format, H, spec.embedScale, ctx.slots),
     { tokens: acts.tokens, ...weightBuffers(embed), out: acts.hidden },
     H,
   );
@@ -276,6 +287,7 @@ export function buildPlan(
           break;
         }
         case "mla": {
+          if (ctx.slots) throw new UsageError("MLA attention runs one sequence at a time");
           const at = `${l}/${b}`;
           mlaBlock(plan, block, layer.residualScale, ctx.caches.get(at)!, ctx.ropes.get(at)!);
           break;
