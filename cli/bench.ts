@@ -10,7 +10,7 @@ import { UsageError } from "../schemas/errors.ts";
 
 /** Flags of `bench` (the union of every benchmark's flags; each checks its own). */
 export const spec: CommandSpec = {
-  usage: "kernels | decode <artifact> | compile [options]",
+  usage: "kernels | decode <artifact> | batch <artifact> | compile [options]",
   summary: "benchmarks: kernel bandwidth vs copy, decode vs bytes floor, compiler throughput",
   positionals: [1, 2],
   flags: {
@@ -42,6 +42,9 @@ export const spec: CommandSpec = {
     "calibration-tokens": { type: "string", help: "compile: random calibration token ids" },
     "sensitivity-tokens": { type: "string", help: "compile: budget layer sensitivity tokens" },
     workers: { type: "string", help: "compile: worker threads", default: "auto" },
+    streams: { type: "string", help: "batch: concurrent stream counts", default: "1,2,4,8" },
+    rounds: { type: "string", help: "batch: alternating rounds", default: "3" },
+    context: { type: "string", help: "batch: KV-cache positions per slot", default: "256" },
   },
 };
 
@@ -55,7 +58,9 @@ export async function run(args: Args): Promise<void> {
       return (await import("./bench_decode.ts")).benchDecode(args);
     case "compile":
       return (await import("./bench_compile.ts")).benchCompile(args);
+    case "batch":
+      return (await import("./bench_batch.ts")).benchBatch(args);
     default:
-      throw new UsageError(`bench: unknown benchmark "${which}" (kernels, decode, compile)`);
+      throw new UsageError(`bench: unknown benchmark "${which}" (kernels, decode, batch, compile)`);
   }
 }
