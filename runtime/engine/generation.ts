@@ -72,8 +72,6 @@ export interface Generation {
   warmUp(): Promise<void>;
   /** Makes every later call fail (after dispose). */
   close(): void;
-  /** Slots in use and calls waiting for one. */
-  load(): { active: number; queued: number };
 }
 
 /** Creates the generation side of an engine over its bound plans. */
@@ -312,6 +310,5 @@ export function createGeneration(ctx: GenerationContext): Generation {
       closed = true;
       pool.close();
     },
-    load: () => ({ active: pool.active, queued: pool.queued }),
   };
 }

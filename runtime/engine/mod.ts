@@ -9,7 +9,8 @@
  * 4. plan.ts + blocks.ts — the dispatch lists: embed → for each layer its blocks → final norm →
  *    head, one plan per (token tile, logits mode); all pipelines compiled in parallel with
  *    createComputePipelineAsync, then bound;
- * 5. generation.ts — warm-up, then logits, the GPU-resident decode loop and context shifting.
+ * 5. generation.ts — warm-up, then logits, the GPU-resident decode loop and context shifting;
+ *    with option `parallel` > 1, batch.ts's continuous-batching loop over that many slots.
  *
  * Two kernel styles (option `kernels`): "classic" (kernels/matmul.ts, threads cooperate on a
  * row; the default on GPUs) and "tiled" (kernels/tiled.ts, register tiles of rows × tokens; the

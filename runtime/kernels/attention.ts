@@ -5,6 +5,9 @@
  *
  * Layouts: q rows are `qStride` floats apart per token, head h at h·headDim; the caches are
  * [position, numKvHeads · headDim]; query head h reads KV head h / (numHeads / numKvHeads).
+ * Multi-slot engines (key `slots`, kernels/slots.ts) give each slot its own region of cache rows
+ * and take each token's slot and position from the Step uniform (one sequence per forward) or
+ * from per-token rows (the decode kernel and the prologue: one token of each of several slots).
  *
  * @module
  */
