@@ -37,7 +37,7 @@ const path = await compileF32("testdata/shakespeare-moe");
 const opts = { maxContext: MAX_CONTEXT, prefillChunk: CHUNK };
 let single: WebGpuEngine | undefined, multi: WebGpuEngine | undefined;
 /** The one-sequence engine's ids per case (computed once). */
-let expected: number[][] = [];
+const expected: number[][] = [];
 
 async function engines(): Promise<{ single: WebGpuEngine; multi: WebGpuEngine }> {
   single ??= await loadModel(path, opts);

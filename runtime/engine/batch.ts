@@ -31,6 +31,7 @@ import type { GenerateOptions } from "../api.ts";
 import { type Dispatch, mapStaging, storageBuffer } from "../kernels/kernel.ts";
 import type { BatchSampler } from "../kernels/sample.ts";
 import type { Activations } from "./activations.ts";
+import type { BatchPlan } from "./generation.ts";
 import type { LogitsMode } from "./plan.ts";
 import type { SlotPool } from "./slots.ts";
 
@@ -42,8 +43,8 @@ export interface BatchContext {
   prefill: Record<LogitsMode, Dispatch[]>;
   /** The one-token decode plan (slot from the Step uniform). */
   decode: Dispatch[];
-  /** The batched decode plan: T tokens of T slots, (slot, position) in acts.rows. */
-  batch: Dispatch[];
+  /** The batched decode plans per token tile: T tokens of T slots, (slot, position) in acts.rows. */
+  batch: BatchPlan[];
   sampler: BatchSampler;
   pool: SlotPool;
   maxContext: number;
@@ -174,7 +175,8 @@ export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
       ctx.submitForward(1, feedPosition(s), ctx.decode, (enc) => sampler.encode(enc, 1), s.slot);
     } else {
       const B = list.length;
-      ctx.submitForward(B, 0, ctx.batch, (enc) => sampler.encode(enc, B), 0);
+      const plan = ctx.batch.find((p) => p.tile >= B) ?? ctx.batch.at(-1)!;
+      ctx.submitForward(B, 0, plan.dispatches, (enc) => sampler.encode(enc, B), 0);
     }
     for (const s of list) s.produced++;
   }

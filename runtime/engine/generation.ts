@@ -40,8 +40,17 @@ export interface Plans {
   prefill: Record<LogitsMode, Dispatch[]>;
   /** One token, last-position logits. */
   decode: Dispatch[];
-  /** Multi-slot engines: one token of each of T slots, every position's logits. */
-  batch?: Dispatch[];
+  /**
+   * Multi-slot engines: one token of each of T slots, every position's logits; one plan per
+   * token tile, ascending.
+   */
+  batch?: BatchPlan[];
+}
+
+/** A batched decode plan and the tokens per matmul workgroup it was built for. */
+export interface BatchPlan {
+  tile: number;
+  dispatches: Dispatch[];
 }
 
 /** What {@link createGeneration} needs. */
@@ -275,7 +284,7 @@ export function createGeneration(ctx: GenerationContext): Generation {
         seed: 0,
       });
     });
-    if (plans.batch) warmUpBatch(plans.batch);
+    for (const p of plans.batch ?? []) warmUpBatch(p.dispatches);
     await device.queue.onSubmittedWorkDone();
   }
 

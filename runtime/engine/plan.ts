@@ -54,6 +54,12 @@ export interface PlanContext {
   tiled: boolean;
   /** Tiled style: output rows per invocation. */
   rowTile: number;
+  /**
+   * Tiled style: output rows per invocation of the matmuls over packed (quantized) weights, when
+   * they differ from `rowTile` (the batched decode plans; float kernels with many rows take
+   * minutes to JIT-compile on lavapipe).
+   */
+  packedRowTile?: number;
   /** Classic style: most threads per matrix row. */
   threadsPerRow: number;
   /** Most tokens per forward (the routed-token lists' capacity). */
@@ -105,6 +111,11 @@ export class PlanBuilder {
     this.dispatches.push({ src, buffers: { ...common, ...buffers }, groups });
   }
 
+  /** Tiled style: output rows per invocation for a weight set. */
+  rowTileOf(set: WeightSet): number {
+    return set.format.kind === "q" ? this.ctx.packedRowTile ?? this.ctx.rowTile : this.ctx.rowTile;
+  }
+
   /** An element-wise kernel over `width` columns of `rows(T)` rows. */
   elementwise(
     src: KernelSource,
@@ -133,7 +144,8 @@ export class PlanBuilder {
     };
     if (this.ctx.tiled) {
       const rows = opts.gateUp ? set.rows / 2 : set.rows;
-      const key: TiledKey = { ...shared, rows, rowTile: this.ctx.rowTile, gateUp: opts.gateUp };
+      const rowTile = this.rowTileOf(set);
+      const key: TiledKey = { ...shared, rows, rowTile, gateUp: opts.gateUp };
       this.dispatch(tiledMatmulSource(key), buffers, (T) => tiledGroups(key, T));
       return;
     }
@@ -163,7 +175,7 @@ export class PlanBuilder {
           format: set.format,
           rows: gateUp ? set.rows / 2 : set.rows,
           cols: set.cols,
-          rowTile: this.ctx.rowTile,
+          rowTile: this.rowTileOf(set),
           tokenTile: this.tokenTile,
           mode: "list",
           xRows,
