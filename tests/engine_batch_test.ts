@@ -7,7 +7,13 @@
  * batches for all slots together.
  */
 import assert from "node:assert/strict";
-import { loadModel, readbackCount, UsageError, type WebGpuEngine } from "../runtime/mod.ts";
+import {
+  LimitError,
+  loadModel,
+  readbackCount,
+  UsageError,
+  type WebGpuEngine,
+} from "../runtime/mod.ts";
 import type { GenerateOptions } from "../runtime/api.ts";
 import { collect, compileF32, relErr } from "./engine_helpers.ts";
 
@@ -136,8 +142,14 @@ Deno.test({
   },
 });
 
-Deno.test("batch: bad parallel values are one-line usage errors", async () => {
+Deno.test("batch: bad parallel values are usage errors; slots beyond the device a limit error", async () => {
   try {
+    // 4 slots × 8M positions × 256 bytes per KV row: an 8 GB binding, beyond any device.
+    await assert.rejects(
+      () => loadModel(path, { parallel: 4, maxContext: 8_000_000, prefillChunk: CHUNK }),
+      (e: Error) =>
+        e instanceof LimitError && /KV cache of 4 slots × 8000000 positions/.test(e.message),
+    );
     await assert.rejects(() => loadModel(path, { ...opts, parallel: 0 }), UsageError);
     await assert.rejects(() => loadModel(path, { ...opts, parallel: 1.5 }), UsageError);
     await assert.rejects(() => loadModel(path, { ...opts, parallel: CHUNK + 1 }), /parallel/);

@@ -209,14 +209,15 @@ export async function createWebGpuEngine(
 
   // The largest binding decides the device limits we ask for.
   const widths = activationWidths(spec);
-  const maxBinding = Math.max(
+  const others = Math.max(
     largestDenseMatrix(artifact.tensors),
     chunk * spec.vocabSize * 4,
     chunk * widths.mlp * 4,
-    parallel * maxContext * widths.kv * 4,
-    parallel * (maxContext + 1) * 4,
   );
-  const kvNote = parallel > 1
+  const slotBinding = parallel * Math.max(maxContext * widths.kv * 4, (maxContext + 1) * 4);
+  const maxBinding = Math.max(others, slotBinding);
+  // A refusal caused by the slots' KV caches says so.
+  const kvNote = parallel > 1 && slotBinding > others
     ? ` (the KV cache of ${parallel} slots × ${maxContext} positions: lower parallel or the context)`
     : "";
   const { device, f16, cpu } = await acquireDevice(opts, maxBinding).catch((e) => {
@@ -311,7 +312,8 @@ export async function createWebGpuEngine(
   const oom = await device.popErrorScope();
   const invalid = await device.popErrorScope();
   if (oom) {
-    throw new LimitError(`GPU out of memory while loading ${file}: ${oom.message}${kvNote}`);
+    const kv = parallel > 1 ? ` (KV caches of ${parallel} slots × ${maxContext} positions)` : "";
+    throw new LimitError(`GPU out of memory while loading ${file}: ${oom.message}${kv}`);
   }
   if (invalid) {
     throw new DeviceError(`WebGPU validation failed while loading ${file}: ${invalid.message}`);
