@@ -11,7 +11,8 @@
  *   slots for a single user).
  *
  * Reports the median over rounds (and the min), the ratio of each aggregate to the one-stream
- * figure, and the TTFT p50/p99 over all streams of all rounds per stream count.
+ * figure, the TTFT p50/p99 over all streams of all rounds per stream count, and whether every
+ * stream of the largest count yielded the one-slot engine's ids for its prompt.
  *
  * @module
  */
@@ -42,6 +43,8 @@ export interface BatchResult {
   points: BatchPoint[];
   /** One stream alone: tok/s per round on the one-slot and on the multi-slot engine. */
   single: { oneSlot: number[]; multiSlot: number[]; ratio: number };
+  /** The largest count's streams (last round) equal the one-slot engine's ids, prompt by prompt. */
+  idsEqual: boolean;
 }
 
 /** The q-th quantile (nearest rank) of `xs`. */
@@ -57,19 +60,20 @@ async function runStreams(
   engine: WebGpuEngine,
   prompts: number[][],
   tokens: number,
-): Promise<{ tokPerSecond: number; ttft: number[] }> {
+): Promise<{ tokPerSecond: number; ttft: number[]; ids: number[][] }> {
   const t0 = performance.now();
   const ttft: number[] = [];
   let total = 0;
-  await Promise.all(prompts.map(async (p) => {
-    let first = true;
-    for await (const _ of engine.generate(p, { maxTokens: tokens, stopIds: [] })) {
-      if (first) ttft.push(performance.now() - t0);
-      first = false;
+  const ids = await Promise.all(prompts.map(async (p) => {
+    const out: number[] = [];
+    for await (const id of engine.generate(p, { maxTokens: tokens, stopIds: [] })) {
+      if (out.length === 0) ttft.push(performance.now() - t0);
+      out.push(id);
       total++;
     }
+    return out;
   }));
-  return { tokPerSecond: total / ((performance.now() - t0) / 1000), ttft };
+  return { tokPerSecond: total / ((performance.now() - t0) / 1000), ttft, ids };
 }
 
 /** Runs `bench batch`. */
@@ -109,6 +113,7 @@ export async function benchBatch(args: Args): Promise<void> {
   );
   const perStreams = new Map<number, { tps: number[]; ttft: number[] }>();
   const single = { oneSlot: [] as number[], multiSlot: [] as number[] };
+  let idsEqual = true;
   try {
     await runStreams(multi, prompts.slice(0, 1), 4); // first-use costs out of the rounds
     await runStreams(one, prompts.slice(0, 1), 4);
@@ -116,7 +121,13 @@ export async function benchBatch(args: Args): Promise<void> {
       single.oneSlot.push((await runStreams(one, prompts.slice(0, 1), tokens)).tokPerSecond);
       single.multiSlot.push((await runStreams(multi, prompts.slice(0, 1), tokens)).tokPerSecond);
       for (const S of streams) {
-        const { tokPerSecond, ttft } = await runStreams(multi, prompts.slice(0, S), tokens);
+        const { tokPerSecond, ttft, ids } = await runStreams(multi, prompts.slice(0, S), tokens);
+        if (S === parallel && r === rounds - 1) {
+          for (let i = 0; i < S; i++) {
+            const alone = (await runStreams(one, [prompts[i]], tokens)).ids[0];
+            idsEqual &&= alone.join() === ids[i].join();
+          }
+        }
         const p = perStreams.get(S) ?? { tps: [], ttft: [] };
         p.tps.push(tokPerSecond);
         p.ttft.push(...ttft);
@@ -146,6 +157,7 @@ export async function benchBatch(args: Args): Promise<void> {
       };
     }),
     single: { ...single, ratio: median(single.multiSlot) / median(single.oneSlot) },
+    idsEqual,
   };
   if (json) {
     console.log(JSON.stringify(result, null, 2));
@@ -169,5 +181,8 @@ export async function benchBatch(args: Args): Promise<void> {
     `one stream alone: ${median(s.oneSlot).toFixed(2)} tok/s on a one-slot engine, ${
       median(s.multiSlot).toFixed(2)
     } on the parallel-${parallel} engine (× ${s.ratio.toFixed(3)})`,
+  );
+  console.log(
+    `${parallel} streams' ids ${idsEqual ? "equal" : "DIFFER FROM"} the one-slot engine's`,
   );
 }
