@@ -143,6 +143,8 @@ function contextSizes(spec: ModelSpec, opts: WebGpuEngineOptions) {
 const BATCH_TILES = [4];
 /** Rows per invocation of the batch plans' packed-weight matmuls (float ones keep rowTile). */
 const BATCH_ROW_TILE = 32;
+/** Token tile of the batch plans' routed-expert matmuls (each expert sees few of the tokens). */
+const BATCH_EXPERT_TILE = 2;
 
 /** The batch plans' token tiles for `parallel` slots. */
 function batchTiles(parallel: number): number[] {
@@ -286,6 +288,7 @@ export async function createWebGpuEngine(
   const batchCtx: PlanContext = {
     ...ctx,
     packedRowTile: opts.rowTile ?? BATCH_ROW_TILE,
+    expertTokenTile: BATCH_EXPERT_TILE,
     slots: { context: maxContext, source: "rows" },
   };
   const tiles = parallel > 1 ? batchTiles(parallel) : [];

@@ -60,6 +60,11 @@ export interface PlanContext {
    * minutes to JIT-compile on lavapipe).
    */
   packedRowTile?: number;
+  /**
+   * Tokens per workgroup of the routed-expert matmuls, when they differ from the plan's token
+   * tile (the batched decode plans: each expert gets about tokens · top-k / experts of them).
+   */
+  expertTokenTile?: number;
   /** Classic style: most threads per matrix row. */
   threadsPerRow: number;
   /** Most tokens per forward (the routed-token lists' capacity). */
@@ -176,7 +181,7 @@ export class PlanBuilder {
           rows: gateUp ? set.rows / 2 : set.rows,
           cols: set.cols,
           rowTile: this.rowTileOf(set),
-          tokenTile: this.tokenTile,
+          tokenTile: this.ctx.expertTokenTile ?? this.tokenTile,
           mode: "list",
           xRows,
           topK: routing.topK,
