@@ -10,9 +10,9 @@ import { UsageError } from "../schemas/errors.ts";
 
 /** Flags of `bench` (the union of every benchmark's flags; each checks its own). */
 export const spec: CommandSpec = {
-  usage: "kernels | decode <artifact> | compile | serve <artifact> [options]",
+  usage: "kernels | decode <artifact> | batch <artifact> | compile | serve <artifact> [options]",
   summary:
-    "benchmarks: kernel bandwidth vs copy, decode vs bytes floor, compiler throughput, serve load",
+    "benchmarks: kernel bandwidth vs copy, decode vs bytes floor, continuous batching, compiler throughput, serve load",
   positionals: [1, 2],
   flags: {
     json: { type: "boolean", help: "machine-readable output" },
@@ -43,9 +43,15 @@ export const spec: CommandSpec = {
     "calibration-tokens": { type: "string", help: "compile: random calibration token ids" },
     "sensitivity-tokens": { type: "string", help: "compile: budget layer sensitivity tokens" },
     workers: { type: "string", help: "compile: worker threads", default: "auto" },
-    streams: { type: "string", help: "serve: concurrent streams per level", default: "1,2,4,8" },
+    streams: {
+      type: "string",
+      help: "batch, serve: concurrent stream counts per level",
+      default: "1,2,4,8",
+    },
     requests: { type: "string", help: "serve: requests per stream per level", default: "2" },
     parallel: { type: "string", help: "serve: engine slots (default: the most streams)" },
+    rounds: { type: "string", help: "batch: alternating rounds", default: "3" },
+    context: { type: "string", help: "batch: KV-cache positions per slot", default: "256" },
   },
 };
 
@@ -61,7 +67,11 @@ export async function run(args: Args): Promise<void> {
       return (await import("./bench_compile.ts")).benchCompile(args);
     case "serve":
       return (await import("./bench_serve.ts")).benchServe(args);
+    case "batch":
+      return (await import("./bench_batch.ts")).benchBatch(args);
     default:
-      throw new UsageError(`bench: unknown benchmark "${which}" (kernels, decode, compile, serve)`);
+      throw new UsageError(
+        `bench: unknown benchmark "${which}" (kernels, decode, batch, compile, serve)`,
+      );
   }
 }

@@ -48,7 +48,8 @@ export interface Engine {
   /**
    * Encoder–decoder models: runs the encoder over `encoderIds` once, then yields decoder ids one
    * by one, starting from the model's decoder start token (which is not yielded). Present on
-   * engines that run encoder–decoder models.
+   * engines that run encoder–decoder models. Single-stream: encoder–decoder models are not
+   * batched, whatever {@link Engine.parallel} says; concurrent calls run one after the other.
    */
   generateSeq2Seq?(encoderIds: number[], options?: GenerateOptions): AsyncGenerator<number>;
   /**

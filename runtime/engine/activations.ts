@@ -16,9 +16,12 @@ import { createMlaActivations, type MlaActivations } from "./mla.ts";
 export interface Activations {
   /**
    * u32 token ids of the whole sequence (prompt, then generated), position p at p − base: the
-   * embedding reads it, the GPU sampler appends to it. maxContext + 1 entries.
+   * embedding reads it, the GPU sampler appends to it. maxContext + 1 entries per slot, slot s
+   * from s·(maxContext + 1) (kernels/slots.ts).
    */
   tokens: GPUBuffer;
+  /** u32 (slot, position) pairs of a batched decode step's tokens [chunk, 2] (kernels/slots.ts). */
+  rows: GPUBuffer;
   /** The residual stream [T, H]. */
   hidden: GPUBuffer;
   /** A block's input after its norm [T, H]. */
@@ -88,19 +91,24 @@ export function activationWidths(spec: ModelSpec): ActivationWidths {
   return w;
 }
 
-/** Allocates the activations for batches of up to `chunk` tokens and `maxContext` positions. */
+/**
+ * Allocates the activations for batches of up to `chunk` tokens and `maxContext` positions, the
+ * token buffer for `slots` sequences.
+ */
 export function createActivations(
   device: GPUDevice,
   spec: ModelSpec,
   chunk: number,
   maxContext: number,
+  slots = 1,
 ): Activations {
   const w = activationWidths(spec);
   const H = spec.hiddenSize;
   const f32 = (floats: number, label: string) => storageBuffer(device, floats * 4, label);
   const u32 = (count: number, label: string) => storageBuffer(device, count * 4, label);
   return {
-    tokens: u32(maxContext + 1, "tokens"),
+    tokens: u32(slots * (maxContext + 1), "tokens"),
+    rows: u32(2 * chunk, "rows"),
     hidden: f32(chunk * H, "hidden"),
     normed: f32(chunk * H, "normed"),
     q: f32(chunk * w.q, "q"),
@@ -140,24 +148,30 @@ export function activationBytes(spec: ModelSpec, chunk: number): number {
   return bytes - 16; // the one-entry token buffer (storageBuffer's 16-byte minimum)
 }
 
-/** An attention block's key and value caches, [maxContext, nkv·hd] each. */
+/** An attention block's key and value caches, [slots · maxContext, nkv·hd] each. */
 export interface KvCache {
   keys: GPUBuffer;
   values: GPUBuffer;
 }
 
-/** Allocates the KV cache of an attention block. */
+/** Allocates the KV cache of an attention block (`slots` regions of `maxContext` rows). */
 export function createKvCache(
   device: GPUDevice,
   a: GqaAttentionSpec,
   maxContext: number,
   label: string,
+  slots = 1,
 ): KvCache {
-  const bytes = maxContext * a.numKvHeads * a.headDim * 4;
+  const bytes = slots * kvRowBytes(a) * maxContext;
   return {
     keys: storageBuffer(device, bytes, `${label}.keys`),
     values: storageBuffer(device, bytes, `${label}.values`),
   };
+}
+
+/** Bytes of one KV-cache row (one position's keys and values are two such rows). */
+export function kvRowBytes(a: GqaAttentionSpec): number {
+  return a.numKvHeads * a.headDim * 4;
 }
 
 /** RoPE tables on the GPU, one per distinct (rotary dims, θ), shared by the blocks that use it. */

@@ -40,6 +40,7 @@ export function attentionBlock(
   const { acts } = plan;
   const a = w.spec;
   const shape = { numHeads: a.numHeads, numKvHeads: a.numKvHeads, headDim: a.headDim };
+  const slots = plan.ctx.slots;
   const ropeAndCache = { rope, kCache: cache.keys, vCache: cache.values };
   const pairs = a.position.kind === "rope"
     ? { rotaryDim: a.position.rotaryDim, pairing: a.position.pairing }
@@ -51,7 +52,7 @@ export function attentionBlock(
     // One projection [q | k | v] per token (no q/k norm to apply between).
     plan.matmul(w.qkv.qkv, acts.normed, acts.qkv, { bias: w.qkv.bias });
     plan.elementwise(
-      ropeStoreSource({ ...shape, packed: true, clip: a.clipQkv, ...pairs }),
+      ropeStoreSource({ ...shape, packed: true, clip: a.clipQkv, ...pairs, slots }),
       { qkv: acts.qkv, ...ropeAndCache },
       ropeStoreWidth(shape),
     );
@@ -70,7 +71,7 @@ export function attentionBlock(
       plan.rmsNorm(acts.k, w.kNorm!, null, a.numKvHeads * a.headDim, 1, eps);
     }
     plan.elementwise(
-      ropeStoreSource({ ...shape, packed: false, clip: a.clipQkv, ...pairs }),
+      ropeStoreSource({ ...shape, packed: false, clip: a.clipQkv, ...pairs, slots }),
       { q: acts.q, k: acts.k, v: acts.v, ...ropeAndCache },
       ropeStoreWidth(shape),
     );
@@ -78,7 +79,14 @@ export function attentionBlock(
     qStride = a.numHeads * a.headDim;
   }
 
-  const key = { ...shape, qStride, scale: a.scale, sinks: a.sinks, window: a.slidingWindow };
+  const key = {
+    ...shape,
+    qStride,
+    scale: a.scale,
+    sinks: a.sinks,
+    window: a.slidingWindow,
+    slots,
+  };
   attend(plan, key, q, cache, w.sinks);
   // The output bias was uploaded × residualScale (the kernel adds it after the scale).
   const o = { accumulate: true, scale: residualScale, bias: w.oBias };

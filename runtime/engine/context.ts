@@ -91,15 +91,19 @@ export interface DeviceBytes {
   total: number;
 }
 
-/** The device bytes of a model with `weights` and `activations` bytes at `context` tokens. */
+/**
+ * The device bytes of a model with `weights` and `activations` bytes at `context` tokens in each
+ * of `slots` sequences (continuous batching: every slot has its own caches).
+ */
 export function deviceBytes(
   spec: ModelSpec,
   weights: number,
   activations: number,
   context: number,
+  slots = 1,
 ): DeviceBytes {
   const p = perTokenBytes(spec);
-  const kv = context * p.kv, other = context * p.other;
+  const kv = slots * context * p.kv, other = slots * context * p.other;
   return {
     context,
     weights,

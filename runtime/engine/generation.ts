@@ -14,6 +14,12 @@
  * capped at ⌊maxContext/2⌋ tokens so unread ids survive a shift). A generation that fits the
  * context never shifts and is unchanged.
  *
+ * Slots: `generate` and `logits` may be called concurrently. With one slot (option `parallel`
+ * 1, the default) they run one at a time, in call order; with more, every generation gets a slot
+ * and the continuous-batching loop of batch.ts advances them together (one decode step for all
+ * slots, prompts prefilled in chunks between the steps, ids read back for all slots at once).
+ * Calls beyond the slots wait in line (slots.ts).
+ *
  * @module
  */
 
@@ -21,9 +27,11 @@ import type { GenerateOptions } from "../api.ts";
 import { LimitError, UsageError } from "../../schemas/errors.ts";
 import type { ModelSpec } from "../../schemas/model.ts";
 import { type Dispatch, encodeDispatches, mapStaging, storageBuffer } from "../kernels/kernel.ts";
-import type { Sampler } from "../kernels/sample.ts";
+import type { BatchSampler, Sampler } from "../kernels/sample.ts";
 import type { Activations } from "./activations.ts";
+import { createBatchDecoder } from "./batch.ts";
 import type { LogitsMode } from "./plan.ts";
+import { SlotPool } from "./slots.ts";
 
 /** The bound plans a generator runs: prefill plans per logits mode, and the decode plan. */
 export interface Plans {
@@ -32,6 +40,17 @@ export interface Plans {
   prefill: Record<LogitsMode, Dispatch[]>;
   /** One token, last-position logits. */
   decode: Dispatch[];
+  /**
+   * Multi-slot engines: one token of each of T slots, every position's logits; one plan per
+   * token tile, ascending.
+   */
+  batch?: BatchPlan[];
+}
+
+/** A batched decode plan and the tokens per matmul workgroup it was built for. */
+export interface BatchPlan {
+  tile: number;
+  dispatches: Dispatch[];
 }
 
 /** What {@link createGeneration} needs. */
@@ -45,6 +64,9 @@ export interface GenerationContext {
   maxContext: number;
   /** Most tokens per forward. */
   chunk: number;
+  /** Sequence slots (default 1); more need `plans.batch` and `batchSampler`. */
+  parallel?: number;
+  batchSampler?: BatchSampler;
 }
 
 /** The running side of an engine. */
@@ -68,16 +90,22 @@ export function createGeneration(ctx: GenerationContext): Generation {
   const samplerState = storageBuffer(device, 8, "sampler.state");
   const shiftScratch = storageBuffer(device, (maxContext + 1) * 4, "shift");
   const stepData = new Uint32Array(4);
+  const pool = new SlotPool(ctx.parallel ?? 1);
 
-  /** Encodes one forward of T tokens at position pos0 (then `after`, e.g. sampling), submits. */
+  /**
+   * Encodes one forward of T tokens at position pos0 of `slot` (then `after`, e.g. sampling),
+   * submits.
+   */
   function submitForward(
     T: number,
     pos0: number,
     dispatches: Dispatch[],
     after?: (enc: GPUCommandEncoder) => void,
+    slot = 0,
   ): void {
     stepData[0] = T;
     stepData[1] = pos0;
+    stepData[2] = slot;
     device.queue.writeBuffer(step, 0, stepData);
     const enc = device.createCommandEncoder();
     const pass = enc.beginComputePass();
@@ -96,13 +124,31 @@ export function createGeneration(ctx: GenerationContext): Generation {
     }
   }
 
-  let busy = false;
   let closed = false;
-  const enter = () => {
+  /** A slot for one call (waiting in line for one); null when `signal` aborted first. */
+  const enter = async (signal?: AbortSignal) => {
     if (closed) throw new UsageError("the engine was disposed");
-    if (busy) throw new UsageError("the engine is busy with another request");
-    busy = true;
+    const slot = await pool.acquire(signal);
+    if (closed) {
+      if (slot !== null) pool.release(slot);
+      throw new UsageError("the engine was disposed");
+    }
+    return slot;
   };
+  const batch = (ctx.parallel ?? 1) > 1
+    ? createBatchDecoder({
+      device,
+      acts,
+      prefill: plans.prefill,
+      decode: plans.decode,
+      batch: plans.batch!,
+      sampler: ctx.batchSampler!,
+      pool,
+      maxContext,
+      chunk,
+      submitForward,
+    })
+    : null;
   const checkIds = (ids: number[], what: string) => {
     if (ids.length === 0) throw new UsageError(`${what}: no input ids`);
     for (const id of ids) {
@@ -117,10 +163,10 @@ export function createGeneration(ctx: GenerationContext): Generation {
 
   async function logits(ids: number[]): Promise<Float32Array[]> {
     checkIds(ids, "logits");
-    enter();
+    const slot = (await enter())!;
     try {
       const n = ids.length;
-      device.queue.writeBuffer(acts.tokens, 0, new Uint32Array(ids));
+      device.queue.writeBuffer(acts.tokens, slot * (maxContext + 1) * 4, new Uint32Array(ids));
       const staging = device.createBuffer({
         size: n * V * 4,
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -129,14 +175,14 @@ export function createGeneration(ctx: GenerationContext): Generation {
         const T = Math.min(chunk, n - s);
         submitForward(T, s, plans.prefill.all, (enc) => {
           enc.copyBufferToBuffer(acts.logits, 0, staging, s * V * 4, T * V * 4);
-        });
+        }, slot);
       }
       const bytes = await mapStaging(staging, n * V * 4);
       staging.destroy();
       const all = new Float32Array(bytes.buffer, bytes.byteOffset, n * V);
       return Array.from({ length: n }, (_, i) => all.slice(i * V, (i + 1) * V));
     } finally {
-      busy = false;
+      pool.release(slot);
     }
   }
 
@@ -159,7 +205,13 @@ export function createGeneration(ctx: GenerationContext): Generation {
       seed: options.seed ?? 0,
     };
     if (maxTokens <= 0) return;
-    enter();
+    const slot = await enter(options.signal);
+    if (slot === null) return;
+    if (batch) {
+      // The batch decoder releases the slot when the stream ends.
+      yield* batch.run(slot, promptIds, { ...options, maxTokens, stopIds: [...stop] });
+      return;
+    }
     const staging = device.createBuffer({
       size: every * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -214,7 +266,7 @@ export function createGeneration(ctx: GenerationContext): Generation {
       }
     } finally {
       staging.destroy();
-      busy = false;
+      pool.release(slot);
     }
   }
 
@@ -243,7 +295,16 @@ export function createGeneration(ctx: GenerationContext): Generation {
         seed: 0,
       });
     });
+    for (const p of plans.batch ?? []) warmUpBatch(p.dispatches);
     await device.queue.onSubmittedWorkDone();
+  }
+
+  /** Runs the batched decode plan and sampler once on two slots (multi-slot engines). */
+  function warmUpBatch(list: Dispatch[]): void {
+    device.queue.writeBuffer(acts.rows, 0, new Uint32Array([0, 0, 1, 0]));
+    ctx.batchSampler!.setParams(0, { temperature: 1, topK: 0, topP: 0.9, seed: 0 });
+    ctx.batchSampler!.setParams(1, { temperature: 0, topK: 0, topP: 1, seed: 0 });
+    submitForward(2, 0, list, (enc) => ctx.batchSampler!.encode(enc, 2));
   }
 
   async function profileKernels(T: number, repeats = 5): Promise<Map<string, number>> {
@@ -267,6 +328,7 @@ export function createGeneration(ctx: GenerationContext): Generation {
     warmUp,
     close() {
       closed = true;
+      pool.close();
     },
   };
 }

@@ -10,7 +10,8 @@
  * 4. plan.ts + blocks.ts — the dispatch lists: embed → for each layer its blocks → final norm →
  *    head, one plan per (token tile, logits mode); all pipelines compiled in parallel with
  *    createComputePipelineAsync, then bound;
- * 5. generation.ts — warm-up, then logits, the GPU-resident decode loop and context shifting.
+ * 5. generation.ts — warm-up, then logits, the GPU-resident decode loop and context shifting;
+ *    with option `parallel` > 1, batch.ts's continuous-batching loop over that many slots.
  *
  * Two kernel styles (option `kernels`): "classic" (kernels/matmul.ts, threads cooperate on a
  * row; the default on GPUs) and "tiled" (kernels/tiled.ts, register tiles of rows × tokens; the
@@ -26,7 +27,8 @@
 
 import type { Engine } from "../api.ts";
 import { describeAdapter, requestGpu } from "../device.ts";
-import { DeviceError, LimitError } from "../../schemas/errors.ts";
+import { DeviceError, LimitError, UsageError } from "../../schemas/errors.ts";
+import type { ModelSpec } from "../../schemas/model.ts";
 import {
   bindKernel,
   type Dispatch,
@@ -34,7 +36,7 @@ import {
   prepareKernels,
   STEP_BYTES,
 } from "../kernels/kernel.ts";
-import { createSampler } from "../kernels/sample.ts";
+import { createBatchSampler, createSampler } from "../kernels/sample.ts";
 import {
   activationBytes,
   activationWidths,
@@ -48,6 +50,7 @@ import {
   DEFAULT_BINDING_BYTES,
   type DeviceBytes,
   deviceBytes,
+  type PerTokenBytes,
   perTokenBytes,
   prefillChunk,
   UNKNOWN_POSITIONS_CONTEXT,
@@ -109,6 +112,13 @@ export interface WebGpuEngineOptions {
   kernels?: "tiled" | "classic";
   /** Output rows per invocation in tiled matmuls (default 8). */
   rowTile?: number;
+  /**
+   * Sequences decoded together (continuous batching slots; default 1, which runs today's
+   * one-sequence loop). Each slot has its own KV-cache region of maxContext positions, so the KV
+   * memory grows by this factor; at most the prefill chunk. Models with MLA attention run one
+   * sequence at a time (1 only).
+   */
+  parallel?: number;
 }
 
 /** The WebGPU engine; see the module docs. */
@@ -135,11 +145,62 @@ export interface WebGpuEngine extends Engine {
   readonly dispatchesPerToken: number;
   /** Tokens per prefill submission. */
   readonly prefillChunk: number;
+  /** Sequences decoded together (see {@link WebGpuEngineOptions.parallel}). */
+  readonly parallel: number;
+  /** Bytes of the KV caches of all slots. */
+  readonly kvCacheBytes: number;
 }
 
 /** Device memory on a CPU adapter: half of what the host has available now. */
 function hostMemoryBudget(): number {
   return Math.floor(Deno.systemMemoryInfo().available / 2);
+}
+
+/**
+ * Batched decode plans: token tiles (a step of B slots runs the plan of the smallest tile ≥ B, or
+ * the largest) and rows per invocation of their tiled matmuls. A batch needs many rows per
+ * invocation (each loads the tile's activations once for all its rows) and few tokens (more
+ * spill registers on llvmpipe). Measured on lavapipe, 4-bit 2048 × 2048, min of 3 (noisy, load
+ * ~16): per token 2.6–2.8 ms one at a time (8 or 32 rows, tile 1); 1.0–1.1 ms with tile 4 and
+ * 32–64 rows; 1.6 ms with tile 2 (one plan of tile 4 serves 2 slots about as fast, and each plan
+ * costs JIT time at load); tile 8 1.4–2.7 ms.
+ */
+const BATCH_TILES = [4];
+/** Rows per invocation of the batch plans' packed-weight matmuls (float ones keep rowTile). */
+const BATCH_ROW_TILE = 32;
+/** Token tile of the batch plans' routed-expert matmuls (each expert sees few of the tokens). */
+const BATCH_EXPERT_TILE = 2;
+
+/** The batch plans' token tiles for `parallel` slots. */
+function batchTiles(parallel: number): number[] {
+  const tiles = BATCH_TILES.filter((t) => t < parallel);
+  return [...tiles, Math.min(parallel, BATCH_TILES.at(-1)!)];
+}
+
+/** Validates the `parallel` option for a model: a positive integer, 1 for MLA models. */
+function checkParallel(spec: ModelSpec, parallel: number): number {
+  if (!Number.isInteger(parallel) || parallel < 1) {
+    throw new UsageError(`parallel: ${parallel} is not a positive integer`);
+  }
+  const mla = spec.decoder.layers.some((l) =>
+    l.blocks.some((b) => b.kind === "attention" && b.attention.kind === "mla")
+  );
+  if (parallel > 1 && mla) {
+    throw new UsageError("parallel: models with MLA attention run one sequence at a time (1)");
+  }
+  return parallel;
+}
+
+/** A batched decode step holds one token per slot: `parallel` is at most the prefill chunk. */
+function checkParallelChunk(parallel: number, chunk: number): void {
+  if (parallel > chunk) {
+    throw new UsageError(`parallel: ${parallel} exceeds the prefill chunk of ${chunk} tokens`);
+  }
+}
+
+/** Per-token device bytes of `slots` sequences, each with its own caches and token entries. */
+function perSlots(p: PerTokenBytes, slots: number): PerTokenBytes {
+  return { kv: p.kv * slots, other: p.other * slots, widestBuffer: p.widestBuffer * slots };
 }
 
 /** The device, either given (checked against the model's needs) or requested with them. */
@@ -180,7 +241,10 @@ export async function createWebGpuEngine(
   const spec = artifact.model;
   const file = artifact.path;
   checkSupported(spec);
-  const perToken = perTokenBytes(spec);
+  // Encoder–decoder models stay single-stream (seq2seq.ts).
+  const parallel = spec.encoder ? 1 : checkParallel(spec, opts.parallel ?? 1);
+  // Every slot has its own KV cache and token entries: per-token bytes are paid once per slot.
+  const perToken = perSlots(perTokenBytes(spec), parallel);
   const positions = spec.maxPositions > 0 ? spec.maxPositions : UNKNOWN_POSITIONS_CONTEXT;
   // Upper bounds before the context is chosen: the requested context (checked below), else at
   // most what the default binding limit holds per KV buffer.
@@ -195,17 +259,26 @@ export async function createWebGpuEngine(
   const contextBound = opts.maxContext ??
     Math.min(positions, Math.floor(DEFAULT_BINDING_BYTES / Math.max(1, perToken.widestBuffer)));
   const chunkBound = prefillChunk(spec, opts.prefillChunk, Math.max(1, contextBound));
+  checkParallelChunk(parallel, chunkBound);
 
   // The largest binding decides the device limits we ask for.
   const widths = activationWidths(spec);
   const tokens = spec.encoder ? seq2seqChunk(spec, opts) : chunkBound;
-  const maxBinding = Math.max(
+  const others = Math.max(
     largestDenseMatrix(artifact.tensors),
     tokens * spec.vocabSize * 4,
     tokens * widths.mlp * 4,
-    Math.max(1, contextBound) * perToken.widestBuffer,
   );
-  const { device, f16, cpu } = await acquireDevice(opts, maxBinding);
+  const slotBinding = Math.max(1, contextBound) * perToken.widestBuffer;
+  const maxBinding = Math.max(others, slotBinding);
+  // A refusal caused by the slots' KV caches says so.
+  const kvNote = parallel > 1 && slotBinding > others
+    ? ` (the KV cache of ${parallel} slots × ${contextBound} positions: lower parallel or the context)`
+    : "";
+  const { device, f16, cpu } = await acquireDevice(opts, maxBinding).catch((e) => {
+    if (e instanceof LimitError && kvNote) throw new LimitError(`${e.message}${kvNote}`);
+    throw e;
+  });
   // Encoder–decoder models run on their own plans (seq2seq.ts).
   if (spec.encoder) {
     return await createSeq2SeqEngine(artifact, { device, f16, cpu, owned: !opts.device }, opts);
@@ -213,24 +286,26 @@ export async function createWebGpuEngine(
   const weightEstimate = weightDeviceBytes(artifact.tensors);
   const actBytes = activationBytes(spec, chunkBound);
   let maxContext: number;
+  let chunk: number;
   try {
     maxContext = chooseContext({
       ...contextRequest,
       fixedBytes: weightEstimate + actBytes,
       memoryBytes: opts.memoryBytes ?? (cpu ? hostMemoryBudget() : null),
     });
+    chunk = Math.min(chunkBound, maxContext);
+    checkParallelChunk(parallel, chunk);
   } catch (e) {
     if (!opts.device) device.destroy();
     throw e;
   }
-  const chunk = Math.min(chunkBound, maxContext);
   const tiled = (opts.kernels ?? (cpu ? "tiled" : "classic")) === "tiled";
   const tokenTile = opts.prefillTile ?? (tiled ? 8 : 4);
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
 
   const weights = await uploadWeights(device, artifact, { fuse: tiled });
-  const acts = createActivations(device, spec, chunk, maxContext);
+  const acts = createActivations(device, spec, chunk, maxContext, parallel);
   const caches = new Map<string, KvCache>();
   const ropes = new Map<string, GPUBuffer>();
   const ropeTables = new RopeTables(device, maxContext);
@@ -242,7 +317,7 @@ export async function createWebGpuEngine(
         `${l}/${b}`,
         a.kind === "mla"
           ? createMlaCache(device, a, maxContext, label)
-          : createKvCache(device, a, maxContext, label),
+          : createKvCache(device, a, maxContext, label, parallel),
       );
       ropes.set(`${l}/${b}`, ropeTables.for(block.attention));
     })
@@ -253,6 +328,13 @@ export async function createWebGpuEngine(
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
   const sampler = createSampler(device, spec.vocabSize);
+  const batchSampler = parallel > 1
+    ? createBatchSampler(device, spec.vocabSize, parallel, maxContext + 1, {
+      logits: acts.logits,
+      ids: acts.tokens,
+      rows: acts.rows,
+    })
+    : undefined;
 
   // Build every plan, compile all their pipelines in parallel, then bind: no pipeline is
   // created at first use.
@@ -268,12 +350,29 @@ export async function createWebGpuEngine(
     threadsPerRow: opts.threadsPerRow ?? (cpu ? 16 : 64),
     chunk,
   };
+  // Multi-slot engines: one-sequence plans take their slot from the Step uniform, the batched
+  // decode plan (one token of each of up to `parallel` slots) reads (slot, position) rows.
+  const one: PlanContext = parallel > 1
+    ? { ...ctx, slots: { context: maxContext, source: "step" } }
+    : ctx;
   const modes: LogitsMode[] = ["all", "none", "last"];
-  const pending = modes.map((mode) => buildPlan(ctx, tokenTile, mode, true));
-  const pendingDecode = buildPlan(ctx, 1, "last", false);
+  const pending = modes.map((mode) => buildPlan(one, tokenTile, mode, true));
+  const pendingDecode = buildPlan(one, 1, "last", false);
+  const batchCtx: PlanContext = {
+    ...ctx,
+    packedRowTile: opts.rowTile ?? BATCH_ROW_TILE,
+    expertTokenTile: BATCH_EXPERT_TILE,
+    slots: { context: maxContext, source: "rows" },
+  };
+  const tiles = parallel > 1 ? batchTiles(parallel) : [];
+  const pendingBatch = tiles.map((tile) => buildPlan(batchCtx, tile, "all", false));
   await Promise.all([
-    prepareKernels(device, [...pending, pendingDecode].flat().map((p) => p.src)),
+    prepareKernels(
+      device,
+      [...pending, pendingDecode, ...pendingBatch].flat().map((p) => p.src),
+    ),
     sampler.ready,
+    batchSampler?.ready,
   ]);
   const bind = (list: PendingDispatch[]): Dispatch[] =>
     list.map((p) => {
@@ -284,10 +383,14 @@ export async function createWebGpuEngine(
     tokenTile,
     prefill: { all: bind(pending[0]), none: bind(pending[1]), last: bind(pending[2]) },
     decode: bind(pendingDecode),
+    batch: tiles.map((tile, i) => ({ tile, dispatches: bind(pendingBatch[i]) })),
   };
   const oom = await device.popErrorScope();
   const invalid = await device.popErrorScope();
-  if (oom) throw new LimitError(`GPU out of memory while loading ${file}: ${oom.message}`);
+  if (oom) {
+    const kv = parallel > 1 ? ` (KV caches of ${parallel} slots × ${maxContext} positions)` : "";
+    throw new LimitError(`GPU out of memory while loading ${file}: ${oom.message}${kv}`);
+  }
   if (invalid) {
     throw new DeviceError(`WebGPU validation failed while loading ${file}: ${invalid.message}`);
   }
@@ -301,8 +404,12 @@ export async function createWebGpuEngine(
     sampler,
     maxContext,
     chunk,
+    parallel,
+    batchSampler,
   });
   await generation.warmUp();
+  let kvCacheBytes = 0;
+  for (const c of caches.values()) kvCacheBytes += c.keys.size + c.values.size;
 
   let disposed = false;
   return {
@@ -311,10 +418,18 @@ export async function createWebGpuEngine(
     f16,
     maxContext,
     weightBytes: weights.bytes,
-    deviceBytes: deviceBytes(spec, weights.bytes, activationBytes(spec, chunk), maxContext),
+    deviceBytes: deviceBytes(
+      spec,
+      weights.bytes,
+      activationBytes(spec, chunk),
+      maxContext,
+      parallel,
+    ),
     kernels: tiled ? "tiled" : "classic",
     dispatchesPerToken: plans.decode.length,
     prefillChunk: chunk,
+    parallel,
+    kvCacheBytes,
     logits: generation.logits,
     generate: generation.generate,
     profileKernels: generation.profileKernels,
@@ -323,6 +438,7 @@ export async function createWebGpuEngine(
       disposed = true;
       generation.close();
       sampler.dispose();
+      batchSampler?.dispose();
       if (!opts.device) device.destroy();
     },
   };

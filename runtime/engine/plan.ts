@@ -12,7 +12,9 @@
  */
 
 import type { ModelSpec, NormSpec } from "../../schemas/model.ts";
+import { UsageError } from "../../schemas/errors.ts";
 import type { KernelSource } from "../kernels/kernel.ts";
+import type { SlotLayout } from "../kernels/slots.ts";
 import { layerNormSource } from "../kernels/layer_norm.ts";
 import { matmulGroups, type MatmulKey, matmulSource } from "../kernels/matmul.ts";
 import { routeListsSource, routerSource, type RoutingKey } from "../kernels/moe.ts";
@@ -52,10 +54,26 @@ export interface PlanContext {
   tiled: boolean;
   /** Tiled style: output rows per invocation. */
   rowTile: number;
+  /**
+   * Tiled style: output rows per invocation of the matmuls over packed (quantized) weights, when
+   * they differ from `rowTile` (the batched decode plans; float kernels with many rows take
+   * minutes to JIT-compile on lavapipe).
+   */
+  packedRowTile?: number;
+  /**
+   * Tokens per workgroup of the routed-expert matmuls, when they differ from the plan's token
+   * tile (the batched decode plans: each expert gets about tokens · top-k / experts of them).
+   */
+  expertTokenTile?: number;
   /** Classic style: most threads per matrix row. */
   threadsPerRow: number;
   /** Most tokens per forward (the routed-token lists' capacity). */
   chunk: number;
+  /**
+   * Multi-slot engines: where each token's slot and position are (kernels/slots.ts); the "rows"
+   * source reads acts.rows. Absent: one sequence at KV rows 0...
+   */
+  slots?: SlotLayout;
 }
 
 /** Options of {@link PlanBuilder.matmul}. */
@@ -89,9 +107,18 @@ export class PlanBuilder {
     return this.ctx.acts;
   }
 
-  /** Appends a dispatch (the Step uniform is bound for every kernel that declares it). */
+  /**
+   * Appends a dispatch (the Step uniform and the slot rows are bound for every kernel that
+   * declares them).
+   */
   dispatch(src: KernelSource, buffers: Record<string, GPUBuffer>, groups: Groups): void {
-    this.dispatches.push({ src, buffers: { step: this.ctx.step, ...buffers }, groups });
+    const common = { step: this.ctx.step, rows: this.ctx.acts.rows };
+    this.dispatches.push({ src, buffers: { ...common, ...buffers }, groups });
+  }
+
+  /** Tiled style: output rows per invocation for a weight set. */
+  rowTileOf(set: WeightSet): number {
+    return set.format.kind === "q" ? this.ctx.packedRowTile ?? this.ctx.rowTile : this.ctx.rowTile;
   }
 
   /** An element-wise kernel over `width` columns of `rows(T)` rows. */
@@ -122,7 +149,8 @@ export class PlanBuilder {
     };
     if (this.ctx.tiled) {
       const rows = opts.gateUp ? set.rows / 2 : set.rows;
-      const key: TiledKey = { ...shared, rows, rowTile: this.ctx.rowTile, gateUp: opts.gateUp };
+      const rowTile = this.rowTileOf(set);
+      const key: TiledKey = { ...shared, rows, rowTile, gateUp: opts.gateUp };
       this.dispatch(tiledMatmulSource(key), buffers, (T) => tiledGroups(key, T));
       return;
     }
@@ -152,8 +180,8 @@ export class PlanBuilder {
           format: set.format,
           rows: gateUp ? set.rows / 2 : set.rows,
           cols: set.cols,
-          rowTile: this.ctx.rowTile,
-          tokenTile: this.tokenTile,
+          rowTile: this.rowTileOf(set),
+          tokenTile: this.ctx.expertTokenTile ?? this.tokenTile,
           mode: "list",
           xRows,
           topK: routing.topK,
@@ -261,7 +289,7 @@ export function buildPlan(
 
   const embed = weights.embed;
   plan.elementwise(
-    embedSource(embed.format, H, spec.embedScale),
+    embedSource(embed.format, H, spec.embedScale, ctx.slots),
     { tokens: acts.tokens, ...weightBuffers(embed), out: acts.hidden },
     H,
   );
@@ -276,6 +304,7 @@ export function buildPlan(
           break;
         }
         case "mla": {
+          if (ctx.slots) throw new UsageError("MLA attention runs one sequence at a time");
           const at = `${l}/${b}`;
           mlaBlock(plan, block, layer.residualScale, ctx.caches.get(at)!, ctx.ropes.get(at)!);
           break;

@@ -501,6 +501,8 @@ export async function createSeq2SeqEngine(
       maxContext,
     ),
     kernels: tiled ? "tiled" : "classic",
+    parallel: 1,
+    kvCacheBytes: [...selfCaches.values()].reduce((s, c) => s + c.keys.size + c.values.size, 0),
     dispatchesPerToken: decodeDispatches.length,
     prefillChunk: chunk,
     logits: () => Promise.reject(needsEncoder("logits")),

@@ -5,6 +5,9 @@
  *
  * Layouts: q rows are `qStride` floats apart per token, head h at h·headDim; the caches are
  * [position, numKvHeads · headDim]; query head h reads KV head h / (numHeads / numKvHeads).
+ * Multi-slot engines (key `slots`, kernels/slots.ts) give each slot its own region of cache rows
+ * and take each token's slot and position from the Step uniform (one sequence per forward) or
+ * from per-token rows (the decode kernel and the prologue: one token of each of several slots).
  *
  * @module
  */
@@ -12,6 +15,7 @@
 import type { RopeFrequencies } from "../../schemas/rope_frequencies.ts";
 import { f, type KernelSource, kernelSource, u } from "./kernel.ts";
 import { EW } from "./ops.ts";
+import { kvRowBase, slotDecls, slotLabel, type SlotLayout, tokenPosition } from "./slots.ts";
 
 /** The head geometry of a GQA attention block. */
 export interface AttentionShape {
@@ -33,6 +37,8 @@ export interface AttentionKey extends AttentionShape {
   sinks?: boolean;
   /** Sliding window: the query at position p sees keys j > p − window only. */
   window?: number | null;
+  /** Multi-slot engines: where each token's slot and position are (kernels/slots.ts). */
+  slots?: SlotLayout;
 }
 
 /**
@@ -74,6 +80,8 @@ export interface RopeStoreKey extends AttentionShape {
   rotaryDim?: number;
   /** Rotated pairs (i, i + rotaryDim/2) ("half", default) or (2i, 2i + 1) ("interleaved"). */
   pairing?: "half" | "interleaved";
+  /** Multi-slot engines: where each token's slot and position are (kernels/slots.ts). */
+  slots?: SlotLayout;
 }
 
 /** Invocations of {@link ropeStoreSource} per token: q pairs, k pairs, v values. */
@@ -108,7 +116,10 @@ export function ropeStoreSource(key: RopeStoreKey): KernelSource {
     ["rope", "array<vec2<f32>>"],
     ["kCache", "array<f32>", "storage, read_write"],
     ["vCache", "array<f32>", "storage, read_write"],
+    ...slotDecls(key.slots),
   );
+  // The KV-cache row of the token (its slot's rows start at kvb).
+  const cacheRow = key.slots ? "(kvb + pos)" : "pos";
   // Where token t's q, k and v rows start.
   const qRow = packed ? `t * ${u(row)}` : `t * ${u(nh * hd)}`;
   const kRow = packed ? `t * ${u(row)} + ${u(nh * hd)}` : `t * ${u(nkv * hd)}`;
@@ -119,17 +130,22 @@ export function ropeStoreSource(key: RopeStoreKey): KernelSource {
   return kernelSource(
     `rope_store.${nh}.${nkv}.${hd}${packed ? ".packed" : ""}${
       key.clip === null ? "" : `.clip${key.clip}`
-    }${rot === hd ? "" : `.rot${rot}`}${interleaved ? ".il" : ""}`,
+    }${rot === hd ? "" : `.rot${rot}`}${interleaved ? ".il" : ""}${slotLabel(key.slots)}`,
     decls,
     `
 @compute @workgroup_size(${EW})
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let t = id.y;
   if (id.x >= ${u(qPairs + kPairs + vWidth)} || t >= step.T) { return; }
-  let pos = step.pos0 + t;
+  let pos = ${tokenPosition(key.slots, "t")};${
+      key.slots
+        ? `
+  let kvb = ${kvRowBase(key.slots, "t")};`
+        : ""
+    }
   if (id.x >= ${u(qPairs + kPairs)}) {
     let j = id.x - ${u(qPairs + kPairs)};
-    vCache[pos * ${u(vWidth)} + j] = ${load(`${V}[${vRow} + j]`)};
+    vCache[${cacheRow} * ${u(vWidth)} + j] = ${load(`${V}[${vRow} + j]`)};
     return;
   }
   let isK = id.x >= ${u(qPairs)};
@@ -150,7 +166,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   }
   if (isK) {
     let a = ${kRow} + h * ${u(hd)};
-    let o = pos * ${u(nkv * hd)} + h * ${u(hd)};
+    let o = ${cacheRow} * ${u(nkv * hd)} + h * ${u(hd)};
     let x1 = ${load(`${K}[a + d1]`)};
     let x2 = ${load(`${K}[a + d2]`)};
     kCache[o + d1] = x1 * cosSin.x - x2 * cosSin.y;
@@ -172,7 +188,7 @@ function attentionLabel(key: AttentionKey): string {
   const stride = key.qStride !== nh * hd ? `.q${key.qStride}` : "";
   const scale = Math.abs(key.scale * Math.sqrt(hd) - 1) > 1e-12 ? `.s${key.scale}` : "";
   const extras = `${key.sinks ? ".sinks" : ""}${key.window ? `.w${key.window}` : ""}`;
-  return `${nh}.${nkv}.${hd}${stride}${scale}${extras}`;
+  return `${nh}.${nkv}.${hd}${stride}${scale}${extras}${slotLabel(key.slots)}`;
 }
 
 /** The attention kernels' bindings: q, the caches, out, and the sinks when the key has them. */
@@ -185,6 +201,7 @@ function attentionDecls(key: AttentionKey, type: string): [string, string, strin
     ["out", `array<${type}>`, "storage, read_write"],
   ];
   if (key.sinks) decls.push(["sinks", "array<f32>"]);
+  decls.push(...slotDecls(key.slots));
   return decls;
 }
 
@@ -225,8 +242,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let h = wg.x;
   let t = wg.y;
   if (t >= step.T) { return; }
-  let pos = step.pos0 + t;
-  let kvBase = (h / ${u(nh / nkv)}) * HD;
+  let pos = ${tokenPosition(key.slots, "t")};
+  let kvBase = (h / ${u(nh / nkv)}) * HD;${
+      key.slots
+        ? `
+  let kvb = ${kvRowBase(key.slots, "t")};`
+        : ""
+    }
   let qb = t * ${u(key.qStride)} + h * HD;
   let ob = t * ${u(nh * hd)} + h * HD;
   var qv: array<f32, ${hd}>;
@@ -235,7 +257,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   var s = 0.0;
   var acc: array<f32, ${hd}>;
   for (var j = ${firstKey(key, "pos")} + li; j <= pos; j += THREADS) {
-    let kb = j * ${u(nkv * hd)} + kvBase;
+    let kb = ${key.slots ? "(kvb + j)" : "j"} * ${u(nkv * hd)} + kvBase;
     var score = 0.0;
     for (var d = 0u; d < HD; d++) { score += qv[d] * kCache[kb + d]; }
     let mNew = max(m, score);
@@ -318,6 +340,9 @@ export function attentionPrefillSource(
 ): KernelSource {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd, qStride } = key;
   const R = nh / nkv, { qt, rh } = tile;
+  if (key.slots?.source === "rows") {
+    throw new RangeError("attentionPrefillSource: one sequence per forward (slots from the step)");
+  }
   if (!Number.isInteger(R) || R % rh !== 0 || qt < 1) {
     throw new RangeError(
       `attentionPrefillSource: bad tile ${JSON.stringify(tile)} for ${nh}/${nkv}`,
@@ -359,7 +384,9 @@ ${perD((d) => `  var a${c}_${d} = ${zero};`)}`;
       })
     }
   for (var j = ${firstKey(key, "(step.pos0 + t0)")}; j <= jEnd; j++) {
-    let kb = j * ${u(nkv * n)} + g * ${u(n)};
+    let kb = ${key.slots ? `(${kvRowBase(key.slots, "0u")} + j)` : "j"} * ${u(nkv * n)} + g * ${
+      u(n)
+    };
 ${perD((d) => `    let k${d} = kCache[kb + ${u(d)}];`)}
 ${perD((d) => `    let v${d} = vCache[kb + ${u(d)}];`)}
 ${

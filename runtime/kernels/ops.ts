@@ -10,6 +10,7 @@
  */
 
 import { type BindingDecl, f, type KernelSource, kernelSource, u } from "./kernel.ts";
+import { slotDecls, slotLabel, type SlotLayout, tokenEntry } from "./slots.ts";
 import { weightAtFunction, weightDecls, type WeightFormat } from "./weights.ts";
 
 /** Threads per workgroup of the element-wise kernels. */
@@ -22,19 +23,25 @@ export function elementGroups(width: number, rows: number): [number, number, num
 
 /**
  * Embedding lookup: out[t, c] = scale · E[tokens[pos0 + t], c], the ids read from the GPU token
- * buffer, the row decoded by kernels/weights.ts `weightAt`. Dispatch {@link elementGroups}
- * (hidden, T).
+ * buffer, the row decoded by kernels/weights.ts `weightAt`; with a slot layout the id is the
+ * token's entry in its slot (kernels/slots.ts). Dispatch {@link elementGroups} (hidden, T).
  */
-export function embedSource(format: WeightFormat, hidden: number, scale = 1): KernelSource {
+export function embedSource(
+  format: WeightFormat,
+  hidden: number,
+  scale = 1,
+  slots?: SlotLayout,
+): KernelSource {
   const decls: BindingDecl[] = [
     ["step", "Step", "uniform"],
     ["tokens", "array<u32>"],
     ...weightDecls(format, "array<f32>"),
     ["out", "array<f32>", "storage, read_write"],
+    ...slotDecls(slots),
   ];
   const value = scale === 1 ? "weightAt(row, c)" : `${f(scale)} * weightAt(row, c)`;
   return kernelSource(
-    `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}`,
+    `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}${slotLabel(slots)}`,
     decls,
     `${weightAtFunction(format, hidden)}
 @compute @workgroup_size(${EW})
@@ -42,7 +49,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let c = id.x;
   let t = id.y;
   if (c >= ${u(hidden)} || t >= step.T) { return; }
-  let row = tokens[step.pos0 + t];
+  let row = tokens[${tokenEntry(slots, "t")}];
   out[t * ${u(hidden)} + c] = ${value};
 }`,
   );

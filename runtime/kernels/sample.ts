@@ -175,8 +175,36 @@ export function sampleCpu(logits: Float32Array, params: SamplerParams, step: num
   return last;
 }
 
-function shaderSource(vocabSize: number): string {
-  return /* wgsl */ `
+/**
+ * The sampler's WGSL. `batch`: the batched variant ({@link createBatchSampler}): workgroup b
+ * samples logits row b for slot rows[2b], with that slot's params and state, into its token
+ * entries (`tokensPerSlot` apart).
+ */
+function shaderSource(vocabSize: number, batch?: { tokensPerSlot: number }): string {
+  const code = shaderBody(vocabSize);
+  if (!batch) {
+    return `${SINGLE_BINDINGS}${
+      code.replace("/*ENTRY*/", "").replace("/*PROLOGUE*/", "").replaceAll("STATE.", "state.")
+        .replaceAll("LOGIT_BASE + ", "").replaceAll("ID_BASE + ", "")
+    }`;
+  }
+  return `${BATCH_BINDINGS}
+var<private> logitBase: u32;
+${
+    code.replace("/*ENTRY*/", ", @builtin(workgroup_id) wg: vec3<u32>")
+      .replace(
+        "/*PROLOGUE*/",
+        `let slot = rows[2u * wg.x];
+  let params = slotParams[slot];
+  logitBase = wg.x * VOCAB;`,
+      )
+      .replaceAll("STATE.", "states[slot].")
+      .replaceAll("LOGIT_BASE + ", "logitBase + ")
+      .replaceAll("ID_BASE + ", `slot * ${batch.tokensPerSlot}u + `)
+  }`;
+}
+
+const SINGLE_BINDINGS = /* wgsl */ `
 struct Params { temperature: f32, top_k: u32, top_p: f32, seed: u32 }
 struct State { step: u32, pos: u32 }
 
@@ -184,7 +212,22 @@ struct State { step: u32, pos: u32 }
 @group(0) @binding(1) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(2) var<storage, read_write> state: State;
 @group(0) @binding(3) var<uniform> params: Params;
+`;
 
+const BATCH_BINDINGS = /* wgsl */ `
+struct Params { temperature: f32, top_k: u32, top_p: f32, seed: u32 }
+struct State { step: u32, pos: u32 }
+
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(2) var<storage, read_write> states: array<State>;
+@group(0) @binding(3) var<storage, read> slotParams: array<Params>;
+@group(0) @binding(4) var<storage, read> rows: array<u32>;
+`;
+
+/** The sampler's code after the bindings, with the markers shaderSource fills in. */
+function shaderBody(vocabSize: number): string {
+  return /* wgsl */ `
 const WG: u32 = ${SAMPLER_WORKGROUP}u;
 const VOCAB: u32 = ${vocabSize}u;
 const CHUNK: u32 = ${Math.ceil(vocabSize / SAMPLER_WORKGROUP)}u;
@@ -211,7 +254,7 @@ fn pcg2d(a: u32, b: u32) -> u32 {
 
 // NaN -> -FLT_MAX, +-inf -> +-FLT_MAX (bit tests: the compiler may assume no NaN/inf in floats).
 fn logit(i: u32) -> f32 {
-  let b = bitcast<u32>(logits[i]);
+  let b = bitcast<u32>(logits[LOGIT_BASE + i]);
   if ((b & 0x7fffffffu) > 0x7f800000u) { return -FLT_MAX; }
   if (b == 0x7f800000u) { return FLT_MAX; }
   if (b == 0xff800000u) { return -FLT_MAX; }
@@ -254,7 +297,8 @@ fn reduce_sum_u(lid: u32, v: u32) -> u32 {
 }
 
 @compute @workgroup_size(${SAMPLER_WORKGROUP})
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(local_invocation_index) lid: u32/*ENTRY*/) {
+  /*PROLOGUE*/
   // Argmax over keys, lowest index on ties.
   var best_k = 0u;
   var best_i = 0xffffffffu;
@@ -265,7 +309,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   red_u[lid] = best_k;
   red_i[lid] = best_i;
   if (lid == 0u) {
-    sh_u = f32(pcg2d(params.seed, state.step) >> 8u) / 16777216.0;
+    sh_u = f32(pcg2d(params.seed, STATE.step) >> 8u) / 16777216.0;
     atomicStore(&sh_pick, 0xffffffffu);
     atomicStore(&sh_last, 0u);
   }
@@ -288,9 +332,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 
   if (!(params.temperature > 0.0)) {
     if (lid == 0u) {
-      ids[state.pos] = imax;
-      state.step = state.step + 1u;
-      state.pos = state.pos + 1u;
+      ids[ID_BASE + STATE.pos] = imax;
+      STATE.step = STATE.step + 1u;
+      STATE.pos = STATE.pos + 1u;
     }
     return;
   }
@@ -381,9 +425,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
       let l = atomicLoad(&sh_last);
       pick = select(imax, l - 1u, l > 0u);
     }
-    ids[state.pos] = pick;
-    state.step = state.step + 1u;
-    state.pos = state.pos + 1u;
+    ids[ID_BASE + STATE.pos] = pick;
+    STATE.step = STATE.step + 1u;
+    STATE.pos = STATE.pos + 1u;
   }
 }
 `;
@@ -494,6 +538,111 @@ export function createSampler(device: GPUDevice, vocabSize: number): Sampler {
     dispose() {
       paramsBuffer.destroy();
       cached = null;
+    },
+  };
+}
+
+/** A compiled batched sampler ({@link createBatchSampler}). */
+export interface BatchSampler {
+  /** Resolves once the pipeline compiled; rejects with DeviceError if it did not. */
+  readonly ready: Promise<void>;
+  /** Per-slot `{step, pos}` (8 bytes a slot), advanced by every sample of the slot. */
+  readonly states: GPUBuffer;
+  /** Writes slot `slot`'s params (taking effect at the next submit). */
+  setParams(slot: number, params: SamplerParams): void;
+  /** Writes slot `slot`'s `{step, pos}` (taking effect at the next submit). */
+  setState(slot: number, step: number, pos: number): void;
+  /**
+   * Records one dispatch sampling `count` rows: logits row b (of `vocabSize`) for slot
+   * rows[2b], written to ids[slot · tokensPerSlot + states[slot].pos].
+   */
+  encode(encoder: GPUCommandEncoder, count: number): void;
+  /** Frees the sampler's own buffers. */
+  dispose(): void;
+}
+
+/**
+ * The sampler of a multi-slot engine: one workgroup per logits row, each with its own slot's
+ * params, RNG step and write position (same algorithm and draws as {@link createSampler}, so a
+ * slot samples exactly what a one-sequence engine would). `logits` holds the rows, `ids` the
+ * slots' token entries (`tokensPerSlot` apart), `rows` the (slot, position) pairs of the rows
+ * (kernels/slots.ts; only the slots are read).
+ */
+export function createBatchSampler(
+  device: GPUDevice,
+  vocabSize: number,
+  slots: number,
+  tokensPerSlot: number,
+  buffers: { logits: GPUBuffer; ids: GPUBuffer; rows: GPUBuffer },
+): BatchSampler {
+  if (!Number.isInteger(vocabSize) || vocabSize < 1 || vocabSize > 2 ** 24) {
+    throw new UsageError(
+      `createBatchSampler: vocabSize must be an integer in [1, 2^24], got ${vocabSize}`,
+    );
+  }
+  const code = shaderSource(vocabSize, { tokensPerSlot });
+  device.pushErrorScope("validation");
+  const module = device.createShaderModule({ label: "sample.batch", code });
+  const pipeline = device.createComputePipeline({
+    label: "sample.batch",
+    layout: "auto",
+    compute: { module, entryPoint: "main" },
+  });
+  const ready = device.popErrorScope().then((error) => {
+    if (error) throw new DeviceError(`sample shader: ${error.message.trim().split("\n")[0]}`);
+  });
+  ready.catch(() => {}); // reported to whoever awaits `ready`
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  const states = device.createBuffer({ label: "sample.states", size: slots * 8, usage });
+  const params = device.createBuffer({ label: "sample.slotParams", size: slots * 16, usage });
+  const group = device.createBindGroup({
+    label: "sample.batch",
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [buffers.logits, buffers.ids, states, params, buffers.rows].map((buffer, i) => ({
+      binding: i,
+      resource: { buffer },
+    })),
+  });
+  const check = (slot: number) => {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= slots) {
+      throw new UsageError(`sampler: slot ${slot} is outside [0, ${slots})`);
+    }
+  };
+  return {
+    ready,
+    states,
+    setParams(slot, p) {
+      check(slot);
+      if (!Number.isFinite(p.topK) || p.topK < 0) {
+        throw new UsageError(`sampler: topK must be a non-negative integer, got ${p.topK}`);
+      }
+      if (Number.isNaN(p.topP) || Number.isNaN(p.temperature)) {
+        throw new UsageError("sampler: temperature and topP must be numbers");
+      }
+      const data = new ArrayBuffer(16);
+      const f = new Float32Array(data);
+      const u = new Uint32Array(data);
+      f[0] = p.temperature;
+      u[1] = Math.min(Math.floor(p.topK), 0xffffffff);
+      f[2] = p.topP;
+      u[3] = p.seed >>> 0;
+      device.queue.writeBuffer(params, slot * 16, data);
+    },
+    setState(slot, step, pos) {
+      check(slot);
+      device.queue.writeBuffer(states, slot * 8, new Uint32Array([step >>> 0, pos >>> 0]));
+    },
+    encode(encoder, count) {
+      if (count < 1) return;
+      const pass = encoder.beginComputePass({ label: "sample.batch" });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(count);
+      pass.end();
+    },
+    dispose() {
+      states.destroy();
+      params.destroy();
     },
   };
 }

@@ -1,6 +1,7 @@
 import { mulberry32 as rng } from "../../schemas/prng.ts";
 import assert from "node:assert/strict";
 import {
+  createBatchSampler,
   createSampler,
   orderKey,
   sampleCpu,
@@ -270,4 +271,52 @@ Deno.test("order keys are monotone and the uniform draw stays in [0, 1)", () => 
   }
   assert.ok(Math.abs(sum / 10000 - 0.5) < 0.01, `mean ${sum / 10000}`);
   assert.throws(() => createSampler(device, 0), /vocabSize/);
+});
+
+Deno.test("batch sampler: each row with its slot's params, RNG step and write position = sampleCpu", async () => {
+  const V = 1000, slots = 4, perSlot = 40, draws = 12;
+  // Rows sample slots 2, 0, 3 (slot 1 idle) with different params; each slot its own logits row.
+  const rowSlots = [2, 0, 3];
+  const params: SamplerParams[] = [
+    { temperature: 0.9, topK: 0, topP: 0.8, seed: 11 },
+    { temperature: 0, topK: 0, topP: 1, seed: 0 },
+    { temperature: 1.3, topK: 25, topP: 1, seed: 5 },
+  ];
+  const start = [[7, 3], [0, 10], [2, 20]]; // (RNG step, write position) per row's slot
+  const rows = rowSlots.map((_, b) => randomLogits(V, 100 + b, 4));
+  const logits = new Float32Array(rowSlots.length * V);
+  rows.forEach((r, b) => logits.set(r, b * V));
+  const logitsBuf = upload(logits);
+  const ids = idsBuffer(slots * perSlot);
+  const rowsBuf = idsBuffer(2 * rowSlots.length);
+  device.queue.writeBuffer(rowsBuf, 0, new Uint32Array(rowSlots.flatMap((s) => [s, 0])));
+  const sampler = createBatchSampler(device, V, slots, perSlot, {
+    logits: logitsBuf,
+    ids,
+    rows: rowsBuf,
+  });
+  await sampler.ready;
+  rowSlots.forEach((s, b) => {
+    sampler.setParams(s, params[b]);
+    sampler.setState(s, start[b][0], start[b][1]);
+  });
+  const enc = device.createCommandEncoder();
+  for (let i = 0; i < draws; i++) sampler.encode(enc, rowSlots.length);
+  device.queue.submit([enc.finish()]);
+  const got = await readU32(ids, slots * perSlot);
+  rowSlots.forEach((s, b) => {
+    const want = Array.from(
+      { length: draws },
+      (_, i) => sampleCpu(rows[b], params[b], start[b][0] + i),
+    );
+    const at = s * perSlot + start[b][1];
+    assert.deepEqual(Array.from(got.slice(at, at + draws)), want, `row ${b} (slot ${s})`);
+  });
+  assert.ok(new Set(Array.from(got.slice(3 * perSlot + 20, 3 * perSlot + 20 + draws))).size > 1);
+  // The idle slot's entries are untouched.
+  assert.ok(got.slice(perSlot, 2 * perSlot).every((v) => v === 0));
+  sampler.dispose();
+  logitsBuf.destroy();
+  ids.destroy();
+  rowsBuf.destroy();
 });

@@ -1,0 +1,188 @@
+/**
+ * `moeq bench batch <artifact> [--streams 1,2,4,8] [--tokens N] [--rounds R] [--context C]
+ * [--json]`: continuous-batching throughput of the engine. Loads the artifact twice — a
+ * multi-slot engine (parallel = the most streams) and a one-slot engine (today's loop) — then,
+ * in R alternating rounds:
+ *
+ * - for each stream count S: S `generate` calls started together (distinct 8-token prompts,
+ *   greedy, N tokens each, no stop ids) on the multi-slot engine; aggregate tok/s = S·N / wall
+ *   (start to the last stream's end, prefill included), and each stream's time to first token;
+ * - one stream alone on the one-slot engine and alone on the multi-slot engine (the cost of the
+ *   slots for a single user).
+ *
+ * Reports the median over rounds (and the min), the ratio of each aggregate to the one-stream
+ * figure, the TTFT p50/p99 over all streams of all rounds per stream count, and whether every
+ * stream of the largest count yielded the one-slot engine's ids for its prompt.
+ *
+ * @module
+ */
+
+import type { Args } from "./args.ts";
+import { UsageError } from "../schemas/errors.ts";
+import { openArtifact } from "../schemas/artifact.ts";
+import { createWebGpuEngine, type WebGpuEngine } from "../runtime/engine/mod.ts";
+
+/** One stream count's figures. */
+export interface BatchPoint {
+  streams: number;
+  /** Aggregate tok/s per round. */
+  tokPerSecond: number[];
+  median: number;
+  /** median ÷ the one-stream median (of the multi-slot engine). */
+  ratio: number;
+  ttftP50Ms: number;
+  ttftP99Ms: number;
+}
+
+/** What `bench batch` measured. */
+export interface BatchResult {
+  artifact: string;
+  parallel: number;
+  tokens: number;
+  rounds: number;
+  points: BatchPoint[];
+  /** One stream alone: tok/s per round on the one-slot and on the multi-slot engine. */
+  single: { oneSlot: number[]; multiSlot: number[]; ratio: number };
+  /** The largest count's streams (last round) equal the one-slot engine's ids, prompt by prompt. */
+  idsEqual: boolean;
+}
+
+/** The q-th quantile (nearest rank) of `xs`. */
+export function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
+}
+
+const median = (xs: number[]) => quantile(xs, 0.5);
+
+/** S concurrent greedy streams of N tokens: aggregate tok/s and each stream's TTFT (ms). */
+async function runStreams(
+  engine: WebGpuEngine,
+  prompts: number[][],
+  tokens: number,
+): Promise<{ tokPerSecond: number; ttft: number[]; ids: number[][] }> {
+  const t0 = performance.now();
+  const ttft: number[] = [];
+  let total = 0;
+  const ids = await Promise.all(prompts.map(async (p) => {
+    const out: number[] = [];
+    for await (const id of engine.generate(p, { maxTokens: tokens, stopIds: [] })) {
+      if (out.length === 0) ttft.push(performance.now() - t0);
+      out.push(id);
+      total++;
+    }
+    return out;
+  }));
+  return { tokPerSecond: total / ((performance.now() - t0) / 1000), ttft, ids };
+}
+
+/** Runs `bench batch`. */
+export async function benchBatch(args: Args): Promise<void> {
+  const file = args.positionals[1];
+  if (!file) throw new UsageError("bench batch: give an artifact path");
+  const streams = args.string("streams", "1,2,4,8").split(",").map((s) => {
+    const v = Number(s);
+    if (!Number.isInteger(v) || v < 1 || v > 64) {
+      throw new UsageError(`--streams: "${s}" is not an integer in [1, 64]`);
+    }
+    return v;
+  });
+  const tokens = args.int("tokens", 32, 2, 4096);
+  const rounds = args.int("rounds", 3, 1, 100);
+  const context = args.int("context", 256, 16, 1 << 20);
+  const json = args.flag("json");
+  const log = (s: string) => {
+    if (!json) console.error(s);
+  };
+  const parallel = Math.max(...streams);
+
+  const artifact = await openArtifact(file);
+  let multi: WebGpuEngine, one: WebGpuEngine;
+  try {
+    log(`loading ${file} (parallel ${parallel}, then 1) ...`);
+    multi = await createWebGpuEngine(artifact, { parallel, maxContext: context });
+    one = await createWebGpuEngine(artifact, { maxContext: context, device: multi.device });
+  } finally {
+    artifact.close();
+  }
+  const V = multi.model.vocabSize;
+  // Distinct 8-token prompts (fixed ids spread over the vocabulary).
+  const prompts = Array.from(
+    { length: parallel },
+    (_, s) => Array.from({ length: 8 }, (_, i) => (97 + 13 * s + 7 * i) % V),
+  );
+  const perStreams = new Map<number, { tps: number[]; ttft: number[] }>();
+  const single = { oneSlot: [] as number[], multiSlot: [] as number[] };
+  let idsEqual = true;
+  try {
+    await runStreams(multi, prompts.slice(0, 1), 4); // first-use costs out of the rounds
+    await runStreams(one, prompts.slice(0, 1), 4);
+    for (let r = 0; r < rounds; r++) {
+      single.oneSlot.push((await runStreams(one, prompts.slice(0, 1), tokens)).tokPerSecond);
+      single.multiSlot.push((await runStreams(multi, prompts.slice(0, 1), tokens)).tokPerSecond);
+      for (const S of streams) {
+        const { tokPerSecond, ttft, ids } = await runStreams(multi, prompts.slice(0, S), tokens);
+        if (S === parallel && r === rounds - 1) {
+          for (let i = 0; i < S; i++) {
+            const alone = (await runStreams(one, [prompts[i]], tokens)).ids[0];
+            idsEqual &&= alone.join() === ids[i].join();
+          }
+        }
+        const p = perStreams.get(S) ?? { tps: [], ttft: [] };
+        p.tps.push(tokPerSecond);
+        p.ttft.push(...ttft);
+        perStreams.set(S, p);
+        log(`round ${r + 1}: ${S} streams ${tokPerSecond.toFixed(2)} tok/s`);
+      }
+    }
+  } finally {
+    one.dispose();
+    multi.dispose();
+  }
+  const base = median(perStreams.get(streams[0])!.tps);
+  const result: BatchResult = {
+    artifact: file,
+    parallel,
+    tokens,
+    rounds,
+    points: streams.map((S) => {
+      const p = perStreams.get(S)!;
+      return {
+        streams: S,
+        tokPerSecond: p.tps,
+        median: median(p.tps),
+        ratio: median(p.tps) / base,
+        ttftP50Ms: quantile(p.ttft, 0.5),
+        ttftP99Ms: quantile(p.ttft, 0.99),
+      };
+    }),
+    single: { ...single, ratio: median(single.multiSlot) / median(single.oneSlot) },
+    idsEqual,
+  };
+  if (json) {
+    console.log(JSON.stringify(result, null, 2));
+    return;
+  }
+  console.log(
+    `${file}: ${tokens} tokens per stream, ${rounds} rounds, engine parallel ${parallel}`,
+  );
+  console.log("streams  agg tok/s (median, min)  × streams[0]  TTFT p50 ms  TTFT p99 ms");
+  for (const p of result.points) {
+    console.log(
+      `${String(p.streams).padStart(7)}  ${p.median.toFixed(2).padStart(9)} ${
+        Math.min(...p.tokPerSecond).toFixed(2).padStart(9)
+      }      ${p.ratio.toFixed(2).padStart(6)}  ${p.ttftP50Ms.toFixed(0).padStart(11)}  ${
+        p.ttftP99Ms.toFixed(0).padStart(11)
+      }`,
+    );
+  }
+  const s = result.single;
+  console.log(
+    `one stream alone: ${median(s.oneSlot).toFixed(2)} tok/s on a one-slot engine, ${
+      median(s.multiSlot).toFixed(2)
+    } on the parallel-${parallel} engine (× ${s.ratio.toFixed(3)})`,
+  );
+  console.log(
+    `${parallel} streams' ids ${idsEqual ? "equal" : "DIFFER FROM"} the one-slot engine's`,
+  );
+}

@@ -1,0 +1,315 @@
+/**
+ * Continuous batching: the decode loop of a multi-slot engine (option `parallel` > 1).
+ *
+ * Every admitted `generate` call owns a slot (its KV-cache region, token entries, sampler params
+ * and state; kernels/slots.ts). One loop drives all slots; each turn of the loop:
+ *
+ * 1. drops the streams whose caller went away (signal aborted, iterator returned): the slot is
+ *    free for the next call from this step on;
+ * 2. submits one prefill chunk (at most `chunk` tokens) of the first stream still prefilling —
+ *    a new prompt, or the re-prefill of a context shift — so a long prompt never freezes the
+ *    running streams for more than a chunk; its last chunk samples the stream's next token;
+ * 3. submits one decode step for every other stream with tokens still to produce: one forward of
+ *    one token per stream (attention over each stream's own cache at its own position; dense and
+ *    expert matmuls over the batch), then the batched sampler writes each stream's next id with
+ *    its own params into its own token entries. A single stream runs the one-token decode plan;
+ * 4. reads ids back when some stream has `readbackEvery` unread ids (or is at its max tokens): one
+ *    mapAsync for all streams together, never per token or per stream.
+ *
+ * Context shifting is today's rule per slot (generation.ts): when a stream's next token would be
+ * fed at position maxContext, its last ⌊maxContext/2⌋ tokens are copied to the front of its
+ * token entries on the GPU and re-prefilled (in chunks, like a prompt), and decoding goes on.
+ *
+ * At temperature 0 every stream's ids equal a one-sequence engine's for the same prompt and
+ * options: the same prefill plans run on the stream's slot, each token's row of a batched
+ * matmul is summed in the same order as alone, and the sampler draws with the same (seed, step).
+ *
+ * @module
+ */
+
+import type { GenerateOptions } from "../api.ts";
+import { type Dispatch, mapStaging, storageBuffer } from "../kernels/kernel.ts";
+import type { BatchSampler } from "../kernels/sample.ts";
+import type { Activations } from "./activations.ts";
+import type { BatchPlan } from "./generation.ts";
+import type { LogitsMode } from "./plan.ts";
+import type { SlotPool } from "./slots.ts";
+
+/** What {@link createBatchDecoder} needs from the generation side. */
+export interface BatchContext {
+  device: GPUDevice;
+  acts: Activations;
+  /** The one-sequence prefill plans (slot from the Step uniform) per logits mode. */
+  prefill: Record<LogitsMode, Dispatch[]>;
+  /** The one-token decode plan (slot from the Step uniform). */
+  decode: Dispatch[];
+  /** The batched decode plans per token tile: T tokens of T slots, (slot, position) in acts.rows. */
+  batch: BatchPlan[];
+  sampler: BatchSampler;
+  pool: SlotPool;
+  maxContext: number;
+  chunk: number;
+  /** Encodes one forward of T tokens at pos0 for `slot` (then `after`), submits. */
+  submitForward(
+    T: number,
+    pos0: number,
+    dispatches: Dispatch[],
+    after: ((enc: GPUCommandEncoder) => void) | undefined,
+    slot: number,
+  ): void;
+}
+
+/** The running decode loop of a multi-slot engine. */
+export interface BatchDecoder {
+  /** Streams the ids of one request on `slot` (already acquired; released when it ends). */
+  run(slot: number, promptIds: number[], options: GenerateOptions): AsyncGenerator<number>;
+  /** Streams decoding or prefilling now. */
+  readonly active: number;
+}
+
+/** Prefill progress of a stream: tokens 0 .. total − 1 at positions 0.., then a sample. */
+interface Prefill {
+  total: number;
+  done: number;
+  /** RNG step of the sample after the last chunk. */
+  rng: number;
+}
+
+/** One request in a slot. */
+interface Stream {
+  slot: number;
+  /** Prompt length. */
+  n: number;
+  /** Absolute token a (prompt 0..n-1, then generated) sits at position a − base. */
+  base: number;
+  /** Tokens sampled (absolute n .. n + produced − 1). */
+  produced: number;
+  /** Tokens read back and handed to the caller. */
+  read: number;
+  maxTokens: number;
+  every: number;
+  stop: Set<number>;
+  signal?: AbortSignal;
+  prefill: Prefill | null;
+  /** Ids read back, not yet taken by the caller. */
+  queue: number[];
+  ended: boolean;
+  error?: unknown;
+  cancelled: boolean;
+  wake: (() => void) | null;
+}
+
+/** Creates the decode loop over a multi-slot engine's plans. */
+export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
+  const { device, acts, sampler, pool, maxContext: C, chunk } = ctx;
+  const perSlot = C + 1;
+  const keep = Math.max(1, Math.floor(C / 2));
+  const scratch = storageBuffer(device, perSlot * 4, "shift.batch");
+  const staging = device.createBuffer({
+    label: "batch.staging",
+    size: pool.size * keep * 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const rowData = new Uint32Array(2 * pool.size);
+  const active: Stream[] = [];
+  let running = false;
+
+  const wake = (s: Stream) => {
+    const w = s.wake;
+    s.wake = null;
+    w?.();
+  };
+  /** Ends a stream and frees its slot (once). */
+  const end = (s: Stream, error?: unknown) => {
+    if (s.ended) return;
+    s.ended = true;
+    s.error = error;
+    const i = active.indexOf(s);
+    if (i >= 0) active.splice(i, 1);
+    pool.release(s.slot);
+    wake(s);
+  };
+  const writeRows = (list: Stream[]) => {
+    list.forEach((s, i) => {
+      rowData[2 * i] = s.slot;
+      rowData[2 * i + 1] = feedPosition(s);
+    });
+    device.queue.writeBuffer(acts.rows, 0, rowData, 0, 2 * list.length);
+  };
+  /** Position the stream's newest token is fed at. */
+  const feedPosition = (s: Stream) => s.n + s.produced - 1 - s.base;
+
+  function prefillChunk(s: Stream): void {
+    const p = s.prefill!;
+    const T = Math.min(chunk, p.total - p.done);
+    const final = p.done + T >= p.total;
+    if (!final) {
+      ctx.submitForward(T, p.done, ctx.prefill.none, undefined, s.slot);
+      p.done += T;
+      return;
+    }
+    sampler.setState(s.slot, p.rng, p.total);
+    rowData[0] = s.slot;
+    device.queue.writeBuffer(acts.rows, 0, rowData, 0, 2);
+    ctx.submitForward(T, p.done, ctx.prefill.last, (enc) => sampler.encode(enc, 1), s.slot);
+    s.prefill = null;
+    s.produced++;
+  }
+
+  /** Starts a context shift: the last `keep` tokens to the front, then re-prefilled. */
+  function startShift(s: Stream): void {
+    const from = s.n + s.produced - keep - s.base;
+    const enc = device.createCommandEncoder();
+    const at = s.slot * perSlot * 4;
+    enc.copyBufferToBuffer(acts.tokens, at + from * 4, scratch, 0, keep * 4);
+    enc.copyBufferToBuffer(scratch, 0, acts.tokens, at, keep * 4);
+    device.queue.submit([enc.finish()]);
+    s.base = s.n + s.produced - keep;
+    s.prefill = { total: keep, done: 0, rng: s.produced };
+  }
+
+  function decodeStep(list: Stream[]): void {
+    writeRows(list);
+    if (list.length === 1) {
+      const s = list[0];
+      ctx.submitForward(1, feedPosition(s), ctx.decode, (enc) => sampler.encode(enc, 1), s.slot);
+    } else {
+      const B = list.length;
+      const plan = ctx.batch.find((p) => p.tile >= B) ?? ctx.batch.at(-1)!;
+      ctx.submitForward(B, 0, plan.dispatches, (enc) => sampler.encode(enc, B), 0);
+    }
+    for (const s of list) s.produced++;
+  }
+
+  async function readback(): Promise<void> {
+    const list = active.filter((s) => s.produced > s.read);
+    if (list.length === 0) return;
+    const enc = device.createCommandEncoder();
+    const spans: [Stream, number, number][] = [];
+    let off = 0;
+    for (const s of list) {
+      const count = s.produced - s.read;
+      const src = (s.slot * perSlot + s.n + s.read - s.base) * 4;
+      enc.copyBufferToBuffer(acts.tokens, src, staging, off * 4, count * 4);
+      spans.push([s, off, count]);
+      off += count;
+    }
+    device.queue.submit([enc.finish()]);
+    const bytes = await mapStaging(staging, off * 4);
+    const ids = new Uint32Array(bytes.buffer, bytes.byteOffset, off);
+    for (const [s, at, count] of spans) {
+      if (s.ended) continue;
+      for (let i = 0; i < count; i++) {
+        const id = ids[at + i];
+        s.read++;
+        s.queue.push(id);
+        if (s.stop.has(id)) {
+          end(s);
+          break;
+        }
+      }
+      if (s.read >= s.maxTokens) end(s);
+      wake(s);
+    }
+  }
+
+  async function loop(): Promise<void> {
+    while (true) {
+      for (const s of [...active]) if (s.cancelled || s.signal?.aborted) end(s);
+      if (active.length === 0) return;
+      let stepped = false;
+      const pre = active.find((s) => s.prefill);
+      if (pre) {
+        prefillChunk(pre);
+        stepped = true;
+      }
+      const ready: Stream[] = [];
+      for (const s of active) {
+        if (s.prefill || s === pre || s.produced >= s.maxTokens) continue;
+        if (feedPosition(s) >= C) startShift(s);
+        else ready.push(s);
+      }
+      if (ready.length > 0) {
+        decodeStep(ready);
+        stepped = true;
+      }
+      const due = active.some((s) =>
+        s.produced - s.read >= s.every || (s.produced >= s.maxTokens && s.produced > s.read)
+      );
+      if (due || !stepped) await readback();
+    }
+  }
+
+  function kick(): void {
+    if (running || active.length === 0) return;
+    running = true;
+    loop().catch((e) => {
+      for (const s of [...active]) end(s, e);
+    }).finally(() => {
+      running = false;
+      kick();
+    });
+  }
+
+  async function* run(
+    slot: number,
+    promptIds: number[],
+    options: GenerateOptions,
+  ): AsyncGenerator<number> {
+    const s: Stream = {
+      slot,
+      n: promptIds.length,
+      base: 0,
+      produced: 0,
+      read: 0,
+      maxTokens: options.maxTokens ?? 64,
+      every: Math.max(1, Math.min(keep, Math.floor(options.readbackEvery ?? 8))),
+      stop: new Set(options.stopIds ?? []),
+      signal: options.signal,
+      prefill: { total: promptIds.length, done: 0, rng: 0 },
+      queue: [],
+      ended: false,
+      cancelled: false,
+      wake: null,
+    };
+    try {
+      sampler.setParams(slot, {
+        temperature: options.temperature ?? 0,
+        topK: options.topK ?? 0,
+        topP: options.topP ?? 1,
+        seed: options.seed ?? 0,
+      });
+      device.queue.writeBuffer(acts.tokens, slot * perSlot * 4, new Uint32Array(promptIds));
+    } catch (e) {
+      pool.release(slot);
+      throw e;
+    }
+    active.push(s);
+    kick();
+    try {
+      let taken = 0;
+      while (true) {
+        if (taken < s.queue.length) {
+          if (s.signal?.aborted) return;
+          yield s.queue[taken++];
+          continue;
+        }
+        if (s.ended) {
+          if (s.error !== undefined) throw s.error;
+          return;
+        }
+        await new Promise<void>((resolve) => s.wake = resolve);
+      }
+    } finally {
+      s.cancelled = true;
+      // Not yet ended: the loop frees the slot at its next step.
+    }
+  }
+
+  return {
+    run,
+    get active() {
+      return active.length;
+    },
+  };
+}
