@@ -78,7 +78,9 @@ async function loadMoeq(path: string) {
   const info = (engine.device as unknown as { adapterInfo?: GPUAdapterInfo }).adapterInfo;
   return {
     backend: `webgpu (${engine.kernels} kernels)`,
-    device: info ? [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") : "",
+    device: info
+      ? [info.vendor, info.architecture, info.description].filter(Boolean).join(" ")
+      : "",
     request: (ids: number[]) => async (n: number) => {
       const out: number[] = [];
       for await (const id of engine.generate(ids, { maxTokens: n, stopIds: [] })) out.push(id);

@@ -155,7 +155,9 @@ export function ggufTensors(s: MixtralShape, precision: GgufPrecision): Source[]
     from,
     ropeHeads,
   });
-  const out: Source[] = [t("token_embd.weight", [H, s.vocab], dense, ["model.embed_tokens.weight"])];
+  const out: Source[] = [
+    t("token_embd.weight", [H, s.vocab], dense, ["model.embed_tokens.weight"]),
+  ];
   for (let l = 0; l < s.layers; l++) {
     const p = `model.layers.${l}`, b = `blk.${l}`;
     const ex = (w: string) =>
@@ -163,7 +165,13 @@ export function ggufTensors(s: MixtralShape, precision: GgufPrecision): Source[]
     out.push(
       t(`${b}.attn_norm.weight`, [H], "F32", [`${p}.input_layernorm.weight`]),
       t(`${b}.attn_q.weight`, [H, s.heads * hd], dense, [`${p}.self_attn.q_proj.weight`], s.heads),
-      t(`${b}.attn_k.weight`, [H, s.kvHeads * hd], dense, [`${p}.self_attn.k_proj.weight`], s.kvHeads),
+      t(
+        `${b}.attn_k.weight`,
+        [H, s.kvHeads * hd],
+        dense,
+        [`${p}.self_attn.k_proj.weight`],
+        s.kvHeads,
+      ),
       t(`${b}.attn_v.weight`, [H, s.kvHeads * hd], dense, [`${p}.self_attn.v_proj.weight`]),
       t(`${b}.attn_output.weight`, [s.heads * hd, H], dense, [`${p}.self_attn.o_proj.weight`]),
       t(`${b}.ffn_norm.weight`, [H], "F32", [`${p}.post_attention_layernorm.weight`]),

@@ -22,13 +22,14 @@ export const GGML_TYPE = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8 } as const;
 export type GgmlTypeName = keyof typeof GGML_TYPE;
 
 /** Bytes of one block and weights per block, by type. */
-export const TYPE_LAYOUT: Readonly<Record<GgmlTypeName, { blockBytes: number; blockSize: number }>> =
-  {
-    F32: { blockBytes: 4, blockSize: 1 },
-    F16: { blockBytes: 2, blockSize: 1 },
-    Q8_0: { blockBytes: 2 + QK, blockSize: QK },
-    Q4_0: { blockBytes: 2 + QK / 2, blockSize: QK },
-  };
+export const TYPE_LAYOUT: Readonly<
+  Record<GgmlTypeName, { blockBytes: number; blockSize: number }>
+> = {
+  F32: { blockBytes: 4, blockSize: 1 },
+  F16: { blockBytes: 2, blockSize: 1 },
+  Q8_0: { blockBytes: 2 + QK, blockSize: QK },
+  Q4_0: { blockBytes: 2 + QK / 2, blockSize: QK },
+};
 
 /** Bytes of `count` weights (a multiple of the block size) stored as `type`. */
 export function typeBytes(type: GgmlTypeName, count: number): number {
