@@ -4,8 +4,9 @@
  * request A (the prompt, 1 token) and request B (the prompt, N tokens), each from an empty
  * cache, and prints one JSON line:
  *
- * - prefill tok/s = prompt tokens ÷ wall(A) (the prompt pass plus the first token);
- * - decode tok/s = (N − 1) ÷ (wall(B) − wall(A)) (the same formula as `bench decode`);
+ * - prefill tok/s = prompt tokens ÷ wall(A) (the prompt pass plus the first token, read back);
+ * - decode tok/s within B: the ids after the first readback ÷ the time from the first readback to
+ *   the last ({@link decodeRate}; llama.cpp reads back each token, moeq a batch at a time);
  * - the greedy ids of B, the load time, and which backend and device ran.
  *
  * Usage: `deno run -A bench/peer_child.ts moeq <artifact> <ids> <tokens>` or
@@ -34,14 +35,33 @@ export interface ChildResult {
   ids: number[];
 }
 
-type Request = (n: number) => Promise<number[]>;
+/** Generates up to n ids, calling `arrived` as each id reaches the host. */
+type Request = (n: number, arrived: (id: number) => void) => Promise<void>;
 
-async function timed(request: Request, n: number): Promise<{ ms: number; ids: number[] }> {
+/** Ids arriving within this many ms of the first came in the same readback. */
+const SAME_READBACK_MS = 0.5;
+
+async function timed(request: Request, n: number) {
+  const ids: number[] = [], at: number[] = [];
   const t0 = performance.now();
-  const ids = await request(n);
+  await request(n, (id) => {
+    at.push(performance.now());
+    ids.push(id);
+  });
   const ms = performance.now() - t0;
   if (ids.length !== n) throw new Error(`generated ${ids.length} of ${n} tokens`);
-  return { ms, ids };
+  return { ms, ids, at };
+}
+
+/**
+ * Decode tok/s within one request: the ids generated after the first readback ÷ the time from the
+ * first readback to the last (llama.cpp reads back every token; moeq in batches).
+ */
+export function decodeRate(at: readonly number[]): number {
+  let j = 1;
+  while (j < at.length && at[j] - at[0] < SAME_READBACK_MS) j++;
+  if (j >= at.length) return NaN;
+  return (at.length - j) / ((at[at.length - 1] - at[j - 1]) / 1000);
 }
 
 async function measure(
@@ -67,7 +87,7 @@ async function measure(
     promptTokens: prompt.length,
     tokens,
     prefillTokS: prompt.length / (a.ms / 1000),
-    decodeTokS: (tokens - 1) / ((b.ms - a.ms) / 1000),
+    decodeTokS: decodeRate(b.at),
     ids: b.ids,
   };
 }
@@ -81,10 +101,8 @@ async function loadMoeq(path: string) {
     device: info
       ? [info.vendor, info.architecture, info.description].filter(Boolean).join(" ")
       : "",
-    request: (ids: number[]) => async (n: number) => {
-      const out: number[] = [];
-      for await (const id of engine.generate(ids, { maxTokens: n, stopIds: [] })) out.push(id);
-      return out;
+    request: (ids: number[]): Request => async (n, arrived) => {
+      for await (const id of engine.generate(ids, { maxTokens: n, stopIds: [] })) arrived(id);
     },
   };
 }
@@ -128,14 +146,13 @@ async function loadLlama(path: string, gpu: boolean, threads: number, context: n
   return {
     backend: gpu ? `vulkan (${model.gpuLayers} layers offloaded)` : `cpu (${threads} threads)`,
     device: devices.join(", "),
-    request: (ids: number[]) => async (n: number) => {
+    request: (ids: number[]): Request => async (n, arrived) => {
       await seq.clearHistory();
-      const out: number[] = [];
+      let got = 0;
       for await (const t of seq.evaluate(ids, { temperature: 0 })) {
-        out.push(t);
-        if (out.length >= n) break;
+        arrived(t);
+        if (++got >= n) break;
       }
-      return out;
     },
   };
 }

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { f16ToF32, f32ToF16 } from "../../schemas/half.ts";
+import { f16ToF32, f32BitsToF16, f32ToF16 } from "../../schemas/half.ts";
 
 /** Weights per Q8_0 / Q4_0 block. */
 export const QK = 32;
@@ -48,8 +48,9 @@ export function encode(type: GgmlTypeName, x: Float32Array): Uint8Array {
       out.set(new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
       break;
     case "F16": {
-      const dv = new DataView(out.buffer);
-      for (let i = 0; i < x.length; i++) dv.setUint16(2 * i, f32ToF16(x[i]), true);
+      const bits = new Int32Array(x.buffer, x.byteOffset, x.length); // signed: stays a small int
+      const h = new Uint16Array(out.buffer); // little-endian hosts only (x86-64, arm64)
+      for (let i = 0; i < x.length; i++) h[i] = f32BitsToF16(bits[i]);
       break;
     }
     case "Q8_0":
@@ -85,15 +86,14 @@ export function decode(type: GgmlTypeName, bytes: Uint8Array, count: number): Fl
 
 function encodeQ8_0(x: Float32Array, out: Uint8Array): void {
   const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  const q = new Int8Array(out.buffer, out.byteOffset, out.byteLength);
   for (let b = 0, base = 0; b < x.length / QK; b++, base += 2 + QK) {
     let amax = 0;
     for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(x[b * QK + j]));
     const d = amax / 127;
     const id = d !== 0 ? 1 / d : 0;
     dv.setUint16(base, f32ToF16(d), true);
-    for (let j = 0; j < QK; j++) {
-      dv.setInt8(base + 2 + j, roundHalfAway(Math.fround(x[b * QK + j] * id)));
-    }
+    for (let j = 0; j < QK; j++) q[base + 2 + j] = roundHalfAway(Math.fround(x[b * QK + j] * id));
   }
 }
 
@@ -121,5 +121,5 @@ function encodeQ4_0(x: Float32Array, out: Uint8Array): void {
 
 /** C's roundf: halves away from zero. */
 function roundHalfAway(v: number): number {
-  return Math.sign(v) * Math.round(Math.abs(v));
+  return v < 0 ? -Math.round(-v) : Math.round(v);
 }
