@@ -86,7 +86,7 @@ Deno.test("shakespeare-moe as an F16 GGUF: llama metadata, Mixtral expert tensor
       ggufTensors(shape, "f16").map((s) => s.tensor.name),
     );
     const store = await openCheckpointStore(SHAKESPEARE);
-    const read = async (name: string) => {
+    const read = (name: string) => {
       const t = h.tensors.find((t) => t.name === name)!;
       const start = h.dataOffset + t.offset;
       return {
@@ -95,7 +95,7 @@ Deno.test("shakespeare-moe as an F16 GGUF: llama metadata, Mixtral expert tensor
       };
     };
     // Expert 5's down matrix is slice 5 of ffn_down_exps, as f16.
-    const { t, w } = await read("blk.2.ffn_down_exps.weight");
+    const { t, w } = read("blk.2.ffn_down_exps.weight");
     assert.deepEqual(t.dims, [shape.intermediate, shape.hidden, shape.experts]);
     const down = await store.readElements(
       "model.layers.2.block_sparse_moe.experts.5.w2.weight",
@@ -105,7 +105,7 @@ Deno.test("shakespeare-moe as an F16 GGUF: llama metadata, Mixtral expert tensor
     const per = shape.hidden * shape.intermediate;
     for (let i = 0; i < per; i++) assert.equal(w[5 * per + i], roundF16(down[i]));
     // K rows are permuted per KV head.
-    const k = await read("blk.0.attn_k.weight");
+    const k = read("blk.0.attn_k.weight");
     const hfK = await store.readElements("model.layers.0.self_attn.k_proj.weight", 0, k.w.length);
     const hd = shape.headDim, H = shape.hidden;
     for (const [to, from] of [[0, 0], [1, hd / 2], [2, 1], [hd + 3, hd + hd / 2 + 1]]) {
