@@ -46,7 +46,7 @@ if [ ! -d bench/.deps/node_modules/@node-llama-cpp/linux-x64-vulkan ]; then
     node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 @node-llama-cpp/linux-x64-vulkan@3.22.1)
 fi
 if [ ! -s "$G/llama.tar.xz" ]; then
-  excl=(--exclude=node_modules/node-llama-cpp/llama --exclude='*.map' --exclude='*.d.ts')
+  excl=(--exclude=node_modules/node-llama-cpp/llama/gitRelease.bundle --exclude='*.map' --exclude='*.d.ts')
   [ "${SKIP_LLAMA_CPU:-0}" = 1 ] && excl+=(--exclude=node_modules/@node-llama-cpp/linux-x64)
   tar -C bench/.deps "${excl[@]}" -cf - package.json node_modules | xz -T0 -9 > "$G/llama.tar.xz"
 fi
