@@ -12,7 +12,8 @@
 #
 # Each step's .json is its JSON output, .md/.txt its table, .log its stderr; summary.txt lists
 # each step's exit status and seconds. Environment: BUDGET (seconds, default 480), PEER_ARGS
-# (extra bench peer flags), SKIP_SYNTHETIC=1, DENO (a deno binary to use instead of the carried one).
+# (extra bench peer flags), WORK (default /tmp/moeq-peer), SKIP_SYNTHETIC=1, DENO (a deno binary
+# to use instead of the carried one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-/tmp/moeq-gpu}}
@@ -51,6 +52,7 @@ fi
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp} DENO_NO_UPDATE_CHECK=1
 export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
 D=("$DENO" run -A --cached-only)
+WORK=${WORK:-/tmp/moeq-peer} # artifacts, GGUFs and the synthetic checkpoint
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 # step NAME SHARE_OF_WHAT_IS_LEFT_PERCENT cmd...: runs cmd with a timeout, stdout → NAME.out.
@@ -78,13 +80,14 @@ JS
 } > "$OUT/adapter.txt"
 cat "$OUT/adapter.txt"
 
-PEER=("${D[@]}" bench/peer.ts --engines moeq,llama-vulkan ${PEER_ARGS:-})
+# shellcheck disable=SC2206
+PEER=("${D[@]}" bench/peer.ts --engines moeq,llama-vulkan --work "$WORK" ${PEER_ARGS:-})
 step peer-shakespeare.md 20 "${PEER[@]}" --models shakespeare --out "$OUT/peer-shakespeare"
 step kernels.json 15 "${D[@]}" cli.ts bench kernels --json
-step decode.json 20 "${D[@]}" cli.ts bench decode /tmp/moeq-peer/shakespeare-q4.moeq \
-  --compare /tmp/moeq-peer/shakespeare-f16.moeq --json
-step decode.txt 30 "${D[@]}" cli.ts bench decode /tmp/moeq-peer/shakespeare-q4.moeq \
-  --compare /tmp/moeq-peer/shakespeare-f16.moeq
+step decode.json 20 "${D[@]}" cli.ts bench decode "$WORK/shakespeare-q4.moeq" \
+  --compare "$WORK/shakespeare-f16.moeq" --json
+step decode.txt 30 "${D[@]}" cli.ts bench decode "$WORK/shakespeare-q4.moeq" \
+  --compare "$WORK/shakespeare-f16.moeq"
 if [ "${SKIP_SYNTHETIC:-0}" != 1 ]; then
   step peer-synthetic.md 95 "${PEER[@]}" --models synthetic --tokens 32 --out "$OUT/peer-synthetic"
 fi
