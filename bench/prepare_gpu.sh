@@ -5,8 +5,8 @@
 #   .gl/                      Vulkan loader + GL libraries (.deb, amd64), unpacked there with dpkg -x
 #   bench/.gpu/deno.xz        the deno binary that runs this script's Deno (xz -9)
 #   bench/.gpu/deno_dir.tar.xz  Deno's cache for the repo's npm imports (flatbuffers)
-#   bench/.gpu/llama.tar.xz   node-llama-cpp 3.22 (JS) + its linux-x64 Vulkan prebuilt (+ CPU build
-#                             unless SKIP_LLAMA_CPU=1)
+#   bench/.gpu/llama.tar.xz   node-llama-cpp 3.22 (JS) + its linux-x64 Vulkan prebuilt (+ the
+#                             CPU-only build with LLAMA_CPU=1)
 #
 # and prints the total that the device tool must carry (limit 64 MiB with the tracked files).
 set -euo pipefail
@@ -28,13 +28,16 @@ if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
 fi
 
 # 2. deno itself.
-[ -s "$G/deno.xz" ] || xz -T0 -9 -c "$DENO_BIN" > "$G/deno.xz"
+XZ_LEVEL=${XZ_LEVEL:--9} # -1 is ~10x faster and ~25% larger
+if [ ! -s "$G/deno.xz" ]; then
+  xz -T0 "$XZ_LEVEL" -c "$DENO_BIN" > "$G/deno.xz.tmp" && mv "$G/deno.xz.tmp" "$G/deno.xz"
+fi
 
 # 3. Deno's npm cache for the repo (flatbuffers), from a clean DENO_DIR.
 if [ ! -s "$G/deno_dir.tar.xz" ]; then
   tmp=$(mktemp -d)
   DENO_DIR=$tmp/deno_dir "$DENO_BIN" cache cli.ts bench/peer.ts bench/peer_child.ts >/dev/null
-  tar -C "$tmp" -cJf "$G/deno_dir.tar.xz" deno_dir/npm
+  tar -C "$tmp" -cf - deno_dir/npm | xz -T0 "$XZ_LEVEL" > "$G/deno_dir.tar.xz"
   rm -rf "$tmp"
 fi
 
@@ -47,8 +50,10 @@ if [ ! -d bench/.deps/node_modules/@node-llama-cpp/linux-x64-vulkan ]; then
 fi
 if [ ! -s "$G/llama.tar.xz" ]; then
   excl=(--exclude=node_modules/node-llama-cpp/llama/gitRelease.bundle --exclude='*.map' --exclude='*.d.ts')
-  [ "${SKIP_LLAMA_CPU:-0}" = 1 ] && excl+=(--exclude=node_modules/@node-llama-cpp/linux-x64)
-  tar -C bench/.deps "${excl[@]}" -cf - package.json node_modules | xz -T0 -9 > "$G/llama.tar.xz"
+  # gpu.sh runs llama.cpp's Vulkan build only; LLAMA_CPU=1 also packs the CPU-only build.
+  [ "${LLAMA_CPU:-0}" = 1 ] || excl+=(--exclude=node_modules/@node-llama-cpp/linux-x64)
+  tar -C bench/.deps "${excl[@]}" -cf - package.json node_modules | xz -T0 "$XZ_LEVEL" > "$G/llama.tar.xz.tmp"
+  mv "$G/llama.tar.xz.tmp" "$G/llama.tar.xz"
 fi
 
 du -b .gl "$G"/* | sed "s|$ROOT/||"
