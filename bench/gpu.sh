@@ -72,10 +72,13 @@ step() {
 
 {
   echo "date: $(date -u)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "no nvidia-smi"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  fi
   "${D[@]}" --no-config - <<'JS' 2>&1
 const a = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
-console.log("WebGPU adapter:", a ? JSON.stringify(a.info) : "none");
+const i = a?.info;
+console.log("WebGPU adapter:", i ? `${i.vendor} | ${i.architecture} | ${i.device} | ${i.description}` : "none");
 JS
 } > "$OUT/adapter.txt"
 cat "$OUT/adapter.txt"

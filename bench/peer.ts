@@ -132,6 +132,7 @@ export async function benchPeer(argv: string[]): Promise<void> {
       engines: { type: "string", default: ENGINES.join(",") },
       runs: { type: "string", default: "3" },
       "prompt-tokens": { type: "string", default: "32" },
+      // ≥ 3 readback batches of moeq (8 tokens each) for the in-request decode rate
       tokens: { type: "string", default: "64" },
       threads: { type: "string", default: "2" },
       work: { type: "string", default: "/tmp/moeq-peer" },

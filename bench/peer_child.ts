@@ -87,7 +87,8 @@ async function measure(
     promptTokens: prompt.length,
     tokens,
     prefillTokS: prompt.length / (a.ms / 1000),
-    decodeTokS: decodeRate(b.at),
+    // One readback batch only (N ≤ moeq's 8): fall back to bench decode's (N − 1) ÷ (B − A).
+    decodeTokS: decodeRate(b.at) || (tokens - 1) / ((b.ms - a.ms) / 1000),
     ids: b.ids,
   };
 }
