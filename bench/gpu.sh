@@ -34,20 +34,28 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && [ -z "${VK_DRI
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 fi
 
+# xz, or Python's lzma where xz-utils is missing: unxz FILE > OUT; untar_xz FILE DIR.
+unxz() {
+  if command -v xz >/dev/null; then xz -dc "$1"; else
+    python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$1"
+  fi
+}
+untar_xz() { unxz "$1" | tar -C "$2" -xf -; }
+
 # deno: on the PATH, or the carried binary.
 DENO=${DENO:-$(command -v deno || true)}
 if [ -z "$DENO" ]; then
-  xz -dc "$G/deno.xz" > "$T/deno" && chmod +x "$T/deno" && DENO=$T/deno
+  unxz "$G/deno.xz" > "$T/deno" && chmod +x "$T/deno" && DENO=$T/deno
 fi
 export PATH=$(dirname "$DENO"):$PATH
 # Deno's npm cache (flatbuffers), unless this machine's Deno already has one.
 if [ -f "$G/deno_dir.tar.xz" ]; then
-  tar -C "$T" -xJf "$G/deno_dir.tar.xz"
+  untar_xz "$G/deno_dir.tar.xz" "$T"
   export DENO_DIR=$T/deno_dir
 fi
 # node-llama-cpp (JS + prebuilt Vulkan build).
 if [ ! -d bench/.deps/node_modules/node-llama-cpp ] && [ -f "$G/llama.tar.xz" ]; then
-  mkdir -p bench/.deps && tar -C bench/.deps -xJf "$G/llama.tar.xz"
+  mkdir -p bench/.deps && untar_xz "$G/llama.tar.xz" bench/.deps
 fi
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp} DENO_NO_UPDATE_CHECK=1
 export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
