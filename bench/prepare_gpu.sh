@@ -50,6 +50,11 @@ if [ ! -d bench/.deps/node_modules/@node-llama-cpp/linux-x64-vulkan ]; then
 fi
 if [ ! -s "$G/llama.tar.xz" ]; then
   excl=(--exclude=node_modules/node-llama-cpp/llama/gitRelease.bundle --exclude='*.map' --exclude='*.d.ts')
+  # ggml's CPU-variant libraries of the Vulkan build: keep the baseline (x64) and the server
+  # generations a GPU host has (haswell, skylakex, icelake, sapphirerapids, zen4).
+  for v in alderlake cannonlake cascadelake cooperlake ivybridge piledriver sandybridge sse42; do
+    excl+=(--exclude="libggml-cpu-$v.so")
+  done
   # gpu.sh runs llama.cpp's Vulkan build only; LLAMA_CPU=1 also packs the CPU-only build.
   [ "${LLAMA_CPU:-0}" = 1 ] || excl+=(--exclude=node_modules/@node-llama-cpp/linux-x64)
   tar -C bench/.deps "${excl[@]}" -cf - package.json node_modules | xz -T0 "$XZ_LEVEL" > "$G/llama.tar.xz.tmp"
