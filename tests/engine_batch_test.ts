@@ -10,11 +10,13 @@ import assert from "node:assert/strict";
 import {
   LimitError,
   loadModel,
+  openArtifact,
   readbackCount,
   UsageError,
   type WebGpuEngine,
 } from "../runtime/mod.ts";
 import type { GenerateOptions } from "../runtime/api.ts";
+import { perTokenBytes } from "../runtime/engine/context.ts";
 import { collect, compileF32, relErr } from "./engine_helpers.ts";
 
 const MAX_CONTEXT = 24; // small: long generations shift their context (keep 12)
@@ -144,11 +146,14 @@ Deno.test({
 
 Deno.test("batch: bad parallel values are usage errors; slots beyond the device a limit error", async () => {
   try {
-    // 4 slots × 8M positions × 256 bytes per KV row: an 8 GB binding, beyond any device.
+    // A memory that holds one slot's context but not four.
+    const artifact = await openArtifact(path);
+    const p = perTokenBytes(artifact.model);
+    artifact.close();
+    const memoryBytes = 2 * 128 * (p.kv + p.other);
     await assert.rejects(
-      () => loadModel(path, { parallel: 4, maxContext: 8_000_000, prefillChunk: CHUNK }),
-      (e: Error) =>
-        e instanceof LimitError && /KV cache of 4 slots × 8000000 positions/.test(e.message),
+      () => loadModel(path, { parallel: 4, maxContext: 128, prefillChunk: CHUNK, memoryBytes }),
+      (e: Error) => e instanceof LimitError && /× 4 slots\): 128 tokens need/.test(e.message),
     );
     await assert.rejects(() => loadModel(path, { ...opts, parallel: 0 }), UsageError);
     await assert.rejects(() => loadModel(path, { ...opts, parallel: 1.5 }), UsageError);

@@ -252,7 +252,7 @@ export async function createWebGpuEngine(
     maxPositions: spec.maxPositions,
     requested: opts.maxContext,
     perToken,
-    flag: opts.contextFlag ?? "maxContext",
+    flag: `${opts.contextFlag ?? "maxContext"}${parallel > 1 ? ` (× ${parallel} slots)` : ""}`,
   };
   // A requested context is checked against the model (and a given memory) before the device.
   chooseContext({ ...contextRequest, fixedBytes: 0, memoryBytes: opts.memoryBytes ?? null });

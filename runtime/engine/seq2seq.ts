@@ -17,7 +17,7 @@
  *    read back every `readbackEvery` tokens.
  *
  * Relative position biases are expanded once at load into per-distance tables, one per stack
- * (kernels/relative_bias.ts); the encoder length rides in the Step uniform's third field.
+ * (kernels/relative_bias.ts); the encoder length rides in the Step uniform's `encoderLength` field.
  * Matmuls, norms, the embedding, routed-expert matmuls and the sampler are the decoder-only
  * engine's (PlanBuilder); routing with capacity, ReLU and the top-1 combine are
  * kernels/capacity.ts, attention kernels/seq2seq_attention.ts (one query: keys strided over
@@ -348,7 +348,7 @@ export async function createSeq2SeqEngine(
     list: Dispatch[],
     after?: (e: GPUCommandEncoder) => void,
   ) {
-    stepData.set([T, pos0, encoderLength, 0]);
+    stepData.set([T, pos0, 0, encoderLength]);
     device.queue.writeBuffer(step, 0, stepData);
     const enc = device.createCommandEncoder();
     const pass = enc.beginComputePass();

@@ -57,10 +57,11 @@ export interface Kernel extends KernelSource {
 
 /**
  * The per-forward uniform every kernel may read: number of tokens in the batch, the position
- * of the first one (the KV-cache row it writes) and, in multi-slot engines, the slot (sequence)
- * a one-sequence forward runs for (kernels/slots.ts).
+ * of the first one (the KV-cache row it writes), in multi-slot engines the slot (sequence) a
+ * one-sequence forward runs for (kernels/slots.ts), and in encoder–decoder engines the encoder
+ * length, the keys of encoder self-attention and cross-attention (kernels/seq2seq_attention.ts).
  */
-export const STEP_WGSL = `struct Step { T: u32, pos0: u32, slot: u32, pad1: u32 }`;
+export const STEP_WGSL = `struct Step { T: u32, pos0: u32, slot: u32, encoderLength: u32 }`;
 
 /** Byte size of the Step uniform. */
 export const STEP_BYTES = 16;

@@ -6,7 +6,7 @@
  * from a per-stack table (kernels/relative_bias.ts); plus the store of a decoder step's keys and
  * values into its cache.
  *
- * The encoder length is the Step uniform's third field (`step.pad0`), written by the seq2seq
+ * The encoder length is the Step uniform's fourth field (`step.encoderLength`), written by the seq2seq
  * engine into every submission; decoder-only kernels ignore it.
  *
  * Layouts as kernels/attention.ts: q [T, nh·hd]; keys and values [position, nkv·hd]; query head
@@ -25,7 +25,7 @@ export interface Seq2SeqAttentionKey extends AttentionShape {
   scale: number;
   /**
    * "causal": the query at position pos0 + t sees keys 0..pos0 + t (decoder self-attention);
-   * "all": every key 0..step.pad0 − 1 (encoder self-attention, cross-attention).
+   * "all": every key 0..step.encoderLength − 1 (encoder self-attention, cross-attention).
    */
   keys: "causal" | "all";
   /**
@@ -85,7 +85,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let t = wg.y;
   if (t >= step.T) { return; }
   let qpos = step.pos0 + t;
-  let nKeys = ${key.keys === "causal" ? "qpos + 1u" : "step.pad0"};
+  let nKeys = ${key.keys === "causal" ? "qpos + 1u" : "step.encoderLength"};
   let kvBase = (h / ${u(nh / nkv)}) * HD;
   let qb = t * ${u(key.qStride ?? nh * hd)} + h * HD;
   var qv: array<f32, ${hd}>;
@@ -174,7 +174,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>) {
   let t0 = wg.y * ${u(qt)};
   if (t0 >= step.T) { return; }
   let tLast = min(t0 + ${u(qt - 1)}, step.T - 1u);
-  let jEnd = ${key.keys === "causal" ? "step.pos0 + tLast + 1u" : "step.pad0"};
+  let jEnd = ${key.keys === "causal" ? "step.pos0 + tLast + 1u" : "step.encoderLength"};
   let kvBase = (h / ${u(nh / nkv)}) * ${u(n)};
 ${
       perQ((c) =>
