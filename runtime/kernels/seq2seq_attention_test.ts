@@ -32,7 +32,7 @@ function step(T: number, pos0: number, encoderLength: number): GPUBuffer {
     size: STEP_BYTES,
     usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   });
-  device.queue.writeBuffer(b, 0, new Uint32Array([T, pos0, encoderLength, 0]));
+  device.queue.writeBuffer(b, 0, new Uint32Array([T, pos0, 0, encoderLength]));
   return b;
 }
 
