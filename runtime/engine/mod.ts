@@ -46,12 +46,8 @@ import { createGeneration, type Plans } from "./generation.ts";
 import { createMlaCache } from "./mla.ts";
 import { buildPlan, type LogitsMode, type PendingDispatch, type PlanContext } from "./plan.ts";
 import { checkSupported } from "./support.ts";
-import {
-  type EngineArtifact,
-  EXPERT_SET_BYTES,
-  largestDenseMatrix,
-  uploadWeights,
-} from "./weights.ts";
+import { type EngineArtifact, largestDenseMatrix, uploadWeights } from "./weights.ts";
+import { bindingLimit, fitChunk, wantedLimits } from "./limits.ts";
 
 export { checkSupported } from "./support.ts";
 export { type EngineArtifact, formatOf } from "./weights.ts";
@@ -78,6 +74,12 @@ export interface WebGpuEngineOptions {
   kernels?: "tiled" | "classic";
   /** Output rows per invocation in tiled matmuls (default 8). */
   rowTile?: number;
+  /**
+   * Largest buffer binding to use, bytes (default: the device's maxStorageBufferBindingSize and
+   * maxBufferSize). Larger matrices are split into row blocks and the prefill chunk shrinks to
+   * fit; a smaller value forces those paths on any adapter (CLI `--max-binding`).
+   */
+  maxBinding?: number;
 }
 
 /** The WebGPU engine; see the module docs. */
@@ -119,18 +121,23 @@ function contextSizes(spec: ModelSpec, opts: WebGpuEngineOptions) {
   return { maxContext, chunk };
 }
 
-/** The device, either given (checked against the model's needs) or requested with them. */
+/**
+ * The device, either given (checked against the model's needs) or requested with them; the
+ * binding size is only wanted (larger matrices are split), the KV cache's is needed.
+ */
 async function acquireDevice(
   opts: WebGpuEngineOptions,
-  maxBinding: number,
+  needBinding: number,
+  wants: { maxStorageBufferBindingSize: number; maxBufferSize: number },
 ): Promise<{ device: GPUDevice; f16: boolean; cpu: boolean }> {
   if (opts.device) {
     const device = opts.device;
     const cpu = describeAdapter((device as { adapterInfo?: GPUAdapterInfo }).adapterInfo).cpu;
     const f16 = (opts.f16 ?? true) && device.features.has("shader-f16");
-    if (device.limits.maxStorageBufferBindingSize < maxBinding) {
+    const offers = bindingLimit(device.limits);
+    if (offers < needBinding) {
       throw new LimitError(
-        `the model needs maxStorageBufferBindingSize = ${maxBinding} but the device offers ${device.limits.maxStorageBufferBindingSize}`,
+        `the model needs maxStorageBufferBindingSize = ${needBinding} but the device offers ${offers}`,
       );
     }
     return { device, f16, cpu };
@@ -138,10 +145,11 @@ async function acquireDevice(
   return await requestGpu({
     f16: opts.f16,
     needs: {
-      maxBufferSize: maxBinding,
-      maxStorageBufferBindingSize: Math.max(maxBinding, EXPERT_SET_BYTES),
+      maxBufferSize: needBinding,
+      maxStorageBufferBindingSize: needBinding,
       maxStorageBuffersPerShaderStage: 7,
     },
+    wants,
   });
 }
 
@@ -157,23 +165,21 @@ export async function createWebGpuEngine(
   const spec = artifact.model;
   const file = artifact.path;
   checkSupported(spec);
-  const { maxContext, chunk } = contextSizes(spec, opts);
+  const { maxContext, chunk: wantChunk } = contextSizes(spec, opts);
 
-  // The largest binding decides the device limits we ask for.
+  // Bindings as large as the largest matrix and activation are wanted (larger ones are split,
+  // the chunk shrinks); a KV cache cannot be split, so its size is needed.
   const widths = activationWidths(spec);
-  const maxBinding = Math.max(
-    largestDenseMatrix(artifact.tensors),
-    chunk * spec.vocabSize * 4,
-    chunk * widths.mlp * 4,
-    maxContext * widths.kv * 4,
-  );
-  const { device, f16, cpu } = await acquireDevice(opts, maxBinding);
+  const wants = wantedLimits(spec, wantChunk, largestDenseMatrix(artifact.tensors));
+  const { device, f16, cpu } = await acquireDevice(opts, maxContext * widths.kv * 4, wants);
+  const maxBinding = bindingLimit(device.limits, opts.maxBinding);
+  const chunk = fitChunk(spec, wantChunk, maxBinding);
   const tiled = (opts.kernels ?? (cpu ? "tiled" : "classic")) === "tiled";
   const tokenTile = opts.prefillTile ?? (tiled ? 8 : 4);
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
 
-  const weights = await uploadWeights(device, artifact, { fuse: tiled });
+  const weights = await uploadWeights(device, artifact, { fuse: tiled, maxBinding });
   const acts = createActivations(device, spec, chunk, maxContext);
   const caches = new Map<string, KvCache>();
   const ropes = new Map<string, GPUBuffer>();

@@ -22,7 +22,7 @@ import { weightBuffers, type WeightSet } from "../kernels/weights.ts";
 import type { Activations, KvCache } from "./activations.ts";
 import { attentionBlock, denseBlock, moeBlock } from "./blocks.ts";
 import { mlaBlock } from "./mla.ts";
-import type { ExpertSet, ModelWeights } from "./weights.ts";
+import type { ExpertSet, Matrix, ModelWeights } from "./weights.ts";
 
 /** What the logits stage of a plan computes: nothing, the last position's, or every position's. */
 export type LogitsMode = "none" | "last" | "all";
@@ -104,8 +104,27 @@ export class PlanBuilder {
     this.dispatch(src, buffers, (T) => elementGroups(width, rows(T)));
   }
 
-  /** y = scale · W·x (+ bias) (+ y), in the engine's kernel style. */
-  matmul(set: WeightSet, x: GPUBuffer, y: GPUBuffer, opts: MatmulOptions = {}): void {
+  /**
+   * y = scale · W·x (+ bias) (+ y), in the engine's kernel style; a matrix split into row blocks
+   * runs one dispatch per block, each writing its slice of y's rows.
+   */
+  matmul(m: WeightSet | Matrix, x: GPUBuffer, y: GPUBuffer, opts: MatmulOptions = {}): void {
+    if (!("blocks" in m)) {
+      this.#matmulBlock(m, 0, opts.gateUp ? m.rows / 2 : m.rows, x, y, opts);
+      return;
+    }
+    for (const b of m.blocks) this.#matmulBlock(b.set, b.row0, m.rows, x, y, opts);
+  }
+
+  /** One weight set holding output rows row0.. of a y row of `yCols`. */
+  #matmulBlock(
+    set: WeightSet,
+    row0: number,
+    yCols: number,
+    x: GPUBuffer,
+    y: GPUBuffer,
+    opts: MatmulOptions,
+  ): void {
     const buffers: Record<string, GPUBuffer> = { x, y, ...weightBuffers(set) };
     if (opts.bias) buffers.bias = opts.bias;
     const fixedT = opts.lastToken ? 1 : undefined;
@@ -119,6 +138,8 @@ export class PlanBuilder {
       accumulate: opts.accumulate,
       scale: opts.scale,
       fixedT,
+      row0,
+      yCols,
     };
     if (this.ctx.tiled) {
       const rows = opts.gateUp ? set.rows / 2 : set.rows;
@@ -145,7 +166,7 @@ export class PlanBuilder {
     routing: RoutingKey,
     gateUp = false,
   ): void {
-    for (const { set, experts } of sets) {
+    for (const { set, experts, row0, outRows } of sets) {
       const buffers = { x, y, setExperts: experts, ...weightBuffers(set) };
       if (this.ctx.tiled) {
         const key: TiledKey = {
@@ -160,6 +181,8 @@ export class PlanBuilder {
           numExperts: routing.numExperts,
           capacity: this.ctx.chunk,
           gateUp,
+          row0,
+          yCols: outRows,
         };
         this.dispatch(
           tiledMatmulSource(key),
@@ -178,6 +201,8 @@ export class PlanBuilder {
         xRows,
         topK: routing.topK,
         maxThreadsPerRow: this.ctx.threadsPerRow,
+        row0,
+        yCols: outRows,
       };
       this.dispatch(
         matmulSource(key),
@@ -259,12 +284,16 @@ export function buildPlan(
   const { spec, weights, acts } = ctx;
   const H = spec.hiddenSize;
 
+  // A split embedding gathers each token's row from the block that holds it.
   const embed = weights.embed;
-  plan.elementwise(
-    embedSource(embed.format, H, spec.embedScale),
-    { tokens: acts.tokens, ...weightBuffers(embed), out: acts.hidden },
-    H,
-  );
+  for (const { row0, set } of embed.blocks) {
+    const block = embed.blocks.length > 1 ? { row0, rows: set.rows } : undefined;
+    plan.elementwise(
+      embedSource(embed.format, H, spec.embedScale, block),
+      { tokens: acts.tokens, ...weightBuffers(set), out: acts.hidden },
+      H,
+    );
+  }
 
   weights.layers.forEach((layer, l) => {
     layer.blocks.forEach((block, b) => {

@@ -15,6 +15,9 @@
  * Output: y = scale · (W x) + bias (+ y when accumulating), so a residual add with a multiplier
  * (a layer's residual scale, the head's logit scale) costs nothing extra.
  *
+ * Row blocks: a matrix larger than a binding is split into row blocks (engine/weights.ts), one
+ * dispatch each; `row0` and `yCols` place a block's rows in the full output row.
+ *
  * Expert mode ("sparse dispatch"): the weight set holds several experts' matrices back to back;
  * workgroup z serves matrix z (global expert id `setExperts[z]`), reads the router's chosen ids
  * and exits at once when no token of its tile chose that expert.
@@ -57,6 +60,13 @@ export interface MatmulKey {
   accumulate?: boolean;
   /** Multiplier of W x (default 1). */
   scale?: number;
+  /**
+   * Row block of a split matrix: the weight set holds rows `row0 ..` of the full matrix, so
+   * output row r goes to y column row0 + r and reads bias[row0 + r] (default 0).
+   */
+  row0?: number;
+  /** Columns of a y row (the full matrix's output rows when split; default `rows`). */
+  yCols?: number;
   /** Use this token count instead of the Step uniform's T (e.g. 1 for last-position logits). */
   fixedT?: number;
   /**
@@ -148,6 +158,11 @@ function unitBody(format: WeightFormat, cols: number): string {
   }
 }
 
+/** Label suffix of a split matrix's row block ("" for a whole matrix). */
+export function blockLabel(key: { row0?: number; yCols?: number; rows: number }): string {
+  return (key.yCols ?? key.rows) === key.rows ? "" : `.rows${key.row0 ?? 0}of${key.yCols}`;
+}
+
 /** Generates the matmul kernel for a key. */
 export function matmulSource(key: MatmulKey): KernelSource {
   const { format, rows, cols } = key;
@@ -220,6 +235,8 @@ export function matmulSource(key: MatmulKey): KernelSource {
 ${binds.wgsl}
 ${decodeFunctions(format)}
 const ROWS = ${u(rows)};
+const ROW0 = ${u(key.row0 ?? 0)};
+const Y_COLS = ${u(key.yCols ?? rows)};
 const COLS = ${u(cols)};
 const ROW_STRIDE = ${u(layout.rowStride / per)};
 const MATRIX_STRIDE = ${u(layout.matrixStride / per)};
@@ -259,10 +276,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   if (lane == 0u && row < ROWS) {
     for (var tt = 0u; tt < TT; tt++) {
       if (live[tt]) {
-        let o = yRow[tt] * ROWS + row;
+        let o = yRow[tt] * Y_COLS + ROW0 + row;
         let sum = partial[tt * ${u(WORKGROUP)} + li];
         var v = ${scaled};
-        ${key.bias ? "v += bias[row];" : ""}
+        ${key.bias ? "v += bias[ROW0 + row];" : ""}
         ${key.accumulate ? "v += y[o];" : ""}
         y[o] = v;
       }
@@ -271,7 +288,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 `;
   return {
-    label: `matmul.${formatName(format)}.${rows}x${cols}.${key.mode}.t${TT}`,
+    label: `matmul.${formatName(format)}.${rows}x${cols}.${key.mode}.t${TT}${blockLabel(key)}`,
     code,
     bindings: binds.names,
   };

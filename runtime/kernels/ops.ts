@@ -20,12 +20,27 @@ export function elementGroups(width: number, rows: number): [number, number, num
   return [Math.ceil(width / EW), rows, 1];
 }
 
+/** A row block [row0, row0 + rows) of a split embedding matrix. */
+export interface EmbedBlock {
+  row0: number;
+  rows: number;
+}
+
 /**
  * Embedding lookup: out[t, c] = scale · E[tokens[pos0 + t], c], the ids read from the GPU token
  * buffer, the row decoded by kernels/weights.ts `weightAt`. Dispatch {@link elementGroups}
  * (hidden, T).
+ *
+ * With `block` (an embedding split into row blocks, one dispatch each) the weight set holds rows
+ * block.row0 .. block.row0 + block.rows − 1 and the kernel writes only the tokens whose ids fall
+ * there: the dispatches of all blocks together gather every token's row.
  */
-export function embedSource(format: WeightFormat, hidden: number, scale = 1): KernelSource {
+export function embedSource(
+  format: WeightFormat,
+  hidden: number,
+  scale = 1,
+  block?: EmbedBlock,
+): KernelSource {
   const decls: BindingDecl[] = [
     ["step", "Step", "uniform"],
     ["tokens", "array<u32>"],
@@ -33,8 +48,15 @@ export function embedSource(format: WeightFormat, hidden: number, scale = 1): Ke
     ["out", "array<f32>", "storage, read_write"],
   ];
   const value = scale === 1 ? "weightAt(row, c)" : `${f(scale)} * weightAt(row, c)`;
+  // u32 arithmetic: ids below row0 wrap around to large values and fail the test too.
+  const pick = block
+    ? `let row = tokens[step.pos0 + t] - ${u(block.row0)};
+  if (row >= ${u(block.rows)}) { return; }`
+    : "let row = tokens[step.pos0 + t];";
   return kernelSource(
-    `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}`,
+    `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}${
+      block ? `.rows${block.row0}+${block.rows}` : ""
+    }`,
     decls,
     `${weightAtFunction(format, hidden)}
 @compute @workgroup_size(${EW})
@@ -42,7 +64,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let c = id.x;
   let t = id.y;
   if (c >= ${u(hidden)} || t >= step.T) { return; }
-  let row = tokens[step.pos0 + t];
+  ${pick}
   out[t * ${u(hidden)} + c] = ${value};
 }`,
   );
