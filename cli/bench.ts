@@ -42,6 +42,11 @@ export const spec: CommandSpec = {
     "calibration-tokens": { type: "string", help: "compile: random calibration token ids" },
     "sensitivity-tokens": { type: "string", help: "compile: budget layer sensitivity tokens" },
     workers: { type: "string", help: "compile: worker threads", default: "auto" },
+    "max-binding": {
+      type: "string",
+      help: "decode: largest buffer binding in bytes; larger matrices are split into row blocks",
+      default: "the adapter's limits",
+    },
   },
 };
 

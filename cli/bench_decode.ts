@@ -20,7 +20,7 @@ import type { ModelSpec } from "../schemas/model.ts";
 import { createWebGpuEngine, formatOf, type WebGpuEngine } from "../runtime/engine/mod.ts";
 import { matrixBytes } from "../runtime/kernels/weights.ts";
 import { copyBandwidth, dispatchOverhead } from "../runtime/bench/measure.ts";
-import { tokenizerFor } from "./model_source.ts";
+import { maxBindingOption, tokenizerFor } from "./model_source.ts";
 
 const BATCHES = [1, 4, 8, 16];
 
@@ -79,12 +79,17 @@ export function activeBytes(spec: ModelSpec, tensors: readonly TensorRecord[]): 
   return { dense, experts, total: dense + experts };
 }
 
-async function measure(path: string, prompt: string, tokens: number): Promise<DecodeResult> {
+async function measure(
+  path: string,
+  prompt: string,
+  tokens: number,
+  maxBinding?: number,
+): Promise<DecodeResult> {
   const artifact = await openArtifact(path);
   let engine: WebGpuEngine;
   let ids: number[];
   try {
-    engine = await createWebGpuEngine(artifact);
+    engine = await createWebGpuEngine(artifact, { maxBinding });
     const tokenizerJson = await artifact.readTokenizerJson();
     const chatTemplate = artifact.tokenizer.chatTemplate ?? null;
     ids = tokenizerFor(artifact.model, { tokenizerJson, chatTemplate }).encode(prompt);
@@ -142,8 +147,9 @@ export async function benchDecode(args: Args): Promise<void> {
   const tokens = args.int("tokens", 64, 2, 1 << 16);
   const prompt = args.string("prompt", "ROMEO:")!;
   const compare = args.string("compare");
-  const results = [await measure(path, prompt, tokens)];
-  if (compare) results.push(await measure(compare, prompt, tokens));
+  const maxBinding = maxBindingOption(args);
+  const results = [await measure(path, prompt, tokens, maxBinding)];
+  if (compare) results.push(await measure(compare, prompt, tokens, maxBinding));
   const speedup = results.length === 2
     ? Object.fromEntries(
       BATCHES.map((b) => [b, results[1].msPerToken[b] / results[0].msPerToken[b]]),

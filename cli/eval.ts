@@ -6,7 +6,7 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { type DeviceKind, isDirectory, openEngine } from "./model_source.ts";
+import { type DeviceKind, isDirectory, openEngine, MAX_BINDING_FLAG, maxBindingOption } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { evaluateSpans, forwardSeq2Seq, parseSpans } from "../compiler/reference/mod.ts";
 import { openArtifact } from "../schemas/artifact.ts";
@@ -33,6 +33,7 @@ export const spec: CommandSpec = {
       default: "webgpu (cpu for --spans)",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
+    "max-binding": MAX_BINDING_FLAG,
     quiet: { type: "boolean", help: "no progress bar" },
     json: { type: "boolean", help: "print the result as JSON" },
   },
@@ -54,6 +55,7 @@ export async function run(args: Args): Promise<void> {
   );
   const { engine, tokenizer, spec, reference } = await openEngine(path, device, {
     f16: !args.flag("no-f16"),
+    maxBinding: maxBindingOption(args),
   });
   try {
     if ((spec.encoder !== null) !== (spansFile !== undefined)) {

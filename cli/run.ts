@@ -12,7 +12,7 @@
 import type { Args, CommandSpec } from "./args.ts";
 import type { Engine, GenerateOptions } from "../runtime/api.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
-import { type DeviceKind, openEngine } from "./model_source.ts";
+import { type DeviceKind, openEngine, MAX_BINDING_FLAG, maxBindingOption } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { decoderText, encoderIdsOf } from "../runtime/seq2seq_text.ts";
 
@@ -44,6 +44,7 @@ export const spec: CommandSpec = {
       default: "webgpu (cpu for --encoder-ids)",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
+    "max-binding": MAX_BINDING_FLAG,
     json: { type: "boolean", help: 'print {"prompt_ids", "ids", "text", "tokens_per_s"}' },
   },
 };
@@ -73,6 +74,7 @@ export async function run(args: Args): Promise<void> {
   };
   const { engine, tokenizer } = await openEngine(args.positionals[0], device, {
     f16: !args.flag("no-f16"),
+    maxBinding: maxBindingOption(args),
   });
   try {
     if (engine.model.encoder) {

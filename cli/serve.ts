@@ -5,7 +5,7 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { type DeviceKind, openEngine } from "./model_source.ts";
+import { type DeviceKind, openEngine, MAX_BINDING_FLAG, maxBindingOption } from "./model_source.ts";
 import { serve } from "../runtime/server.ts";
 
 /** Flags of `serve`. */
@@ -21,6 +21,7 @@ export const spec: CommandSpec = {
     "max-tokens-limit": { type: "string", help: "largest max_tokens accepted", default: "4096" },
     device: { type: "string", help: "webgpu or cpu (float64 reference)", default: "webgpu" },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
+    "max-binding": MAX_BINDING_FLAG,
   },
 };
 
@@ -32,6 +33,7 @@ export async function run(args: Args): Promise<void> {
   const maxTokensLimit = args.int("max-tokens-limit", 4096, 1, 1 << 20);
   const { engine, tokenizer } = await openEngine(args.positionals[0], device, {
     f16: !args.flag("no-f16"),
+    maxBinding: maxBindingOption(args),
   });
   const stop = new AbortController();
   const onSignal = () => stop.abort();
