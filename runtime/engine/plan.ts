@@ -110,16 +110,16 @@ export class PlanBuilder {
    */
   matmul(m: WeightSet | Matrix, x: GPUBuffer, y: GPUBuffer, opts: MatmulOptions = {}): void {
     if (!("blocks" in m)) {
-      this.#matmulBlock(m, 0, opts.gateUp ? m.rows / 2 : m.rows, x, y, opts);
+      this.#matmulBlock(m, undefined, opts.gateUp ? m.rows / 2 : m.rows, x, y, opts);
       return;
     }
-    for (const b of m.blocks) this.#matmulBlock(b.set, b.row0, m.rows, x, y, opts);
+    for (const b of m.blocks) this.#matmulBlock(b.set, b.rowBlock, m.rows, x, y, opts);
   }
 
-  /** One weight set holding output rows row0.. of a y row of `yCols`. */
+  /** One weight set: a whole matrix, or the row block `rowBlock` of a y row of `yCols`. */
   #matmulBlock(
     set: WeightSet,
-    row0: number,
+    rowBlock: GPUBuffer | undefined,
     yCols: number,
     x: GPUBuffer,
     y: GPUBuffer,
@@ -127,6 +127,7 @@ export class PlanBuilder {
   ): void {
     const buffers: Record<string, GPUBuffer> = { x, y, ...weightBuffers(set) };
     if (opts.bias) buffers.bias = opts.bias;
+    if (rowBlock) buffers.rowBlock = rowBlock;
     const fixedT = opts.lastToken ? 1 : undefined;
     const tokenTile = opts.lastToken ? 1 : this.tokenTile;
     const shared = {
@@ -138,7 +139,7 @@ export class PlanBuilder {
       accumulate: opts.accumulate,
       scale: opts.scale,
       fixedT,
-      row0,
+      rowBlock: rowBlock !== undefined,
       yCols,
     };
     if (this.ctx.tiled) {
@@ -166,8 +167,9 @@ export class PlanBuilder {
     routing: RoutingKey,
     gateUp = false,
   ): void {
-    for (const { set, experts, row0, outRows } of sets) {
-      const buffers = { x, y, setExperts: experts, ...weightBuffers(set) };
+    for (const { set, experts, outRows, rowBlock } of sets) {
+      const buffers: Record<string, GPUBuffer> = { x, y, setExperts: experts, ...weightBuffers(set) };
+      if (rowBlock) buffers.rowBlock = rowBlock;
       if (this.ctx.tiled) {
         const key: TiledKey = {
           format: set.format,
@@ -181,7 +183,7 @@ export class PlanBuilder {
           numExperts: routing.numExperts,
           capacity: this.ctx.chunk,
           gateUp,
-          row0,
+          rowBlock: rowBlock !== undefined,
           yCols: outRows,
         };
         this.dispatch(
@@ -201,7 +203,7 @@ export class PlanBuilder {
         xRows,
         topK: routing.topK,
         maxThreadsPerRow: this.ctx.threadsPerRow,
-        row0,
+        rowBlock: rowBlock !== undefined,
         yCols: outRows,
       };
       this.dispatch(
@@ -286,11 +288,11 @@ export function buildPlan(
 
   // A split embedding gathers each token's row from the block that holds it.
   const embed = weights.embed;
-  for (const { row0, set } of embed.blocks) {
-    const block = embed.blocks.length > 1 ? { row0, rows: set.rows } : undefined;
+  for (const { set, rowBlock } of embed.blocks) {
+    const buffers = { tokens: acts.tokens, ...weightBuffers(set), out: acts.hidden };
     plan.elementwise(
-      embedSource(embed.format, H, spec.embedScale, block),
-      { tokens: acts.tokens, ...weightBuffers(set), out: acts.hidden },
+      embedSource(embed.format, H, spec.embedScale, rowBlock !== undefined),
+      rowBlock ? { ...buffers, rowBlock } : buffers,
       H,
     );
   }

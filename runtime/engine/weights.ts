@@ -43,6 +43,7 @@ import {
   formatName,
   type HostMatrix,
   matrixBytes,
+  rowBlockUniform,
   rowsPerBinding,
   sliceRows,
   uploadWeightSet,
@@ -66,6 +67,8 @@ export interface MatrixBlock {
   row0: number;
   /** The block's rows ([gate rows; up rows] of the block for a stacked gate/up). */
   set: WeightSet;
+  /** The kernels' `rowBlock` uniform (row0, rows) when the matrix has several blocks. */
+  rowBlock?: GPUBuffer;
 }
 
 /**
@@ -88,6 +91,8 @@ export interface ExpertSet {
   row0: number;
   /** Output rows of a whole expert matrix (of gate for a stacked gate/up). */
   outRows: number;
+  /** The kernels' `rowBlock` uniform (row0, rows) when the experts are split in row blocks. */
+  rowBlock?: GPUBuffer;
 }
 
 /** An MLP's matrices: gate and up stacked ([gate; up], fused with SwiGLU) or separate. */
@@ -317,6 +322,11 @@ class WeightLoader {
     return set;
   }
 
+  #rowBlock(row0: number, rows: number): GPUBuffer {
+    this.bytes += 16;
+    return rowBlockUniform(this.#device, row0, rows);
+  }
+
   #buffer(data: Float32Array | Uint32Array, label: string): GPUBuffer {
     this.bytes += data.byteLength;
     return storageBuffer(this.#device, data.byteLength, label, data);
@@ -356,7 +366,8 @@ class WeightLoader {
     const whole: HostMatrix = hosts.length === 1 ? hosts[0] : stackRows(hosts);
     const rows = gateUp ? ts[0].shape[0] : ts.reduce((a, t) => a + t.shape[0], 0);
     const blocks: MatrixBlock[] = [];
-    for (const [r0, r1] of rowBlocks(format, rows, cols, gateUp ? 2 : 1, this.#limit, label)) {
+    const ranges = rowBlocks(format, rows, cols, gateUp ? 2 : 1, this.#limit, label);
+    for (const [r0, r1] of ranges) {
       const part = gateUp
         ? stackRows(hosts.map((h) => sliceRows(h, format, cols, r0, r1)))
         : r0 === 0 && r1 === rows
@@ -364,7 +375,9 @@ class WeightLoader {
         : sliceRows(whole, format, cols, r0, r1);
       const setRows = (r1 - r0) * (gateUp ? 2 : 1);
       const name = r0 === 0 && r1 === rows ? label : `${label}[${r0}:${r1}]`;
-      blocks.push({ row0: r0, set: this.#upload(format, setRows, cols, [part], name) });
+      const set = this.#upload(format, setRows, cols, [part], name);
+      const rowBlock = ranges.length > 1 ? this.#rowBlock(r0, r1 - r0) : undefined;
+      blocks.push({ row0: r0, set, rowBlock });
     }
     return { format, rows, cols, blocks };
   }
@@ -600,7 +613,9 @@ class WeightLoader {
     for (const members of groups.values()) {
       const format = formatOf(members[0][0]);
       const what = `${members[0].map((t) => t.name).join("+")} (expert matrices of ${label})`;
-      for (const [r0, r1] of rowBlocks(format, rows, cols, gateUp ? 2 : 1, limit, what)) {
+      const ranges = rowBlocks(format, rows, cols, gateUp ? 2 : 1, limit, what);
+      for (const [r0, r1] of ranges) {
+        const rowBlock = ranges.length > 1 ? this.#rowBlock(r0, r1 - r0) : undefined;
         const setRows = (r1 - r0) * (gateUp ? 2 : 1);
         let perSet = Math.max(1, Math.floor(limit / matrixBytes(format, setRows, cols)));
         while (perSet > 1 && !weightSetFits(format, setRows, cols, perSet, limit)) perSet--;
@@ -615,7 +630,8 @@ class WeightLoader {
           const name = r1 - r0 === rows ? label : `${label}[${r0}:${r1}]`;
           const set = this.#upload(format, setRows, cols, mats, name);
           const ids = new Uint32Array(part.map((ts) => ts[0].expert));
-          out.push({ set, experts: this.#buffer(ids, `${name}.experts`), row0: r0, outRows: rows });
+          const experts = this.#buffer(ids, `${name}.experts`);
+          out.push({ set, experts, row0: r0, outRows: rows, rowBlock });
         }
       }
     }

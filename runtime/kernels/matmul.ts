@@ -34,6 +34,7 @@ import {
   decodeFunctions,
   formatName,
   loadBlockWords,
+  ROW_BLOCK_WGSL,
   type WeightFormat,
   weightLayout,
 } from "./weights.ts";
@@ -61,10 +62,11 @@ export interface MatmulKey {
   /** Multiplier of W x (default 1). */
   scale?: number;
   /**
-   * Row block of a split matrix: the weight set holds rows `row0 ..` of the full matrix, so
-   * output row r goes to y column row0 + r and reads bias[row0 + r] (default 0).
+   * Row block of a split matrix: the weight set holds rows `row0 ..` of the full matrix (row0
+   * read from the `rowBlock` uniform, kernels/weights.ts ROW_BLOCK_WGSL), so output row r goes
+   * to y column row0 + r and reads bias[row0 + r].
    */
-  row0?: number;
+  rowBlock?: boolean;
   /** Columns of a y row (the full matrix's output rows when split; default `rows`). */
   yCols?: number;
   /** Use this token count instead of the Step uniform's T (e.g. 1 for last-position logits). */
@@ -159,8 +161,8 @@ function unitBody(format: WeightFormat, cols: number): string {
 }
 
 /** Label suffix of a split matrix's row block ("" for a whole matrix). */
-export function blockLabel(key: { row0?: number; yCols?: number; rows: number }): string {
-  return (key.yCols ?? key.rows) === key.rows ? "" : `.rows${key.row0 ?? 0}of${key.yCols}`;
+export function blockLabel(key: { rowBlock?: boolean; yCols?: number }): string {
+  return key.rowBlock ? `.block.of${key.yCols}` : "";
 }
 
 /** Generates the matmul kernel for a key. */
@@ -176,6 +178,7 @@ export function matmulSource(key: MatmulKey): KernelSource {
   const useStep = key.fixedT === undefined;
   const binds = new BindingList();
   if (useStep) binds.add("step", "Step", "uniform");
+  if (key.rowBlock) binds.add("rowBlock", "RowBlock", "uniform");
   binds.add("x", "array<f32>");
   binds.add("y", "array<f32>", "storage, read_write");
   addWeightBindings(binds, format, "array<vec4<f32>>");
@@ -232,11 +235,11 @@ export function matmulSource(key: MatmulKey): KernelSource {
 
   const scaled = key.scale === undefined || key.scale === 1 ? "sum" : `${f(key.scale)} * sum`;
   const code = `${useStep ? STEP_WGSL : ""}
+${key.rowBlock ? ROW_BLOCK_WGSL : ""}
 ${binds.wgsl}
 ${decodeFunctions(format)}
 const ROWS = ${u(rows)};
-const ROW0 = ${u(key.row0 ?? 0)};
-const Y_COLS = ${u(key.yCols ?? rows)};
+${key.rowBlock ? "" : "const ROW0 = 0u;\n"}const Y_COLS = ${u(key.yCols ?? rows)};
 const COLS = ${u(cols)};
 const ROW_STRIDE = ${u(layout.rowStride / per)};
 const MATRIX_STRIDE = ${u(layout.matrixStride / per)};
@@ -253,6 +256,7 @@ ${expert ? `var<workgroup> slot: array<i32, ${TT}>;\nvar<workgroup> anyChosen: u
 
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${key.rowBlock ? "let ROW0 = rowBlock.row0;" : ""}
   let T = ${useStep ? "step.T" : u(key.fixedT!)};
   let t0 = wg.y * TT;
   let lane = li % THREADS_PER_ROW;

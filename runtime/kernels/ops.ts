@@ -10,7 +10,12 @@
  */
 
 import { type BindingDecl, f, type KernelSource, kernelSource, u } from "./kernel.ts";
-import { weightAtFunction, weightDecls, type WeightFormat } from "./weights.ts";
+import {
+  ROW_BLOCK_WGSL,
+  weightAtFunction,
+  weightDecls,
+  type WeightFormat,
+} from "./weights.ts";
 
 /** Threads per workgroup of the element-wise kernels. */
 export const EW = 64;
@@ -20,45 +25,42 @@ export function elementGroups(width: number, rows: number): [number, number, num
   return [Math.ceil(width / EW), rows, 1];
 }
 
-/** A row block [row0, row0 + rows) of a split embedding matrix. */
-export interface EmbedBlock {
-  row0: number;
-  rows: number;
-}
-
 /**
  * Embedding lookup: out[t, c] = scale · E[tokens[pos0 + t], c], the ids read from the GPU token
  * buffer, the row decoded by kernels/weights.ts `weightAt`. Dispatch {@link elementGroups}
  * (hidden, T).
  *
- * With `block` (an embedding split into row blocks, one dispatch each) the weight set holds rows
- * block.row0 .. block.row0 + block.rows − 1 and the kernel writes only the tokens whose ids fall
- * there: the dispatches of all blocks together gather every token's row.
+ * With `rowBlock` (an embedding split into row blocks, one dispatch each) the weight set holds
+ * the rows given by the `rowBlock` uniform (kernels/weights.ts ROW_BLOCK_WGSL) and the kernel
+ * writes only the tokens whose ids fall there: the dispatches of all blocks together gather
+ * every token's row.
  */
 export function embedSource(
   format: WeightFormat,
   hidden: number,
   scale = 1,
-  block?: EmbedBlock,
+  rowBlock = false,
 ): KernelSource {
   const decls: BindingDecl[] = [
     ["step", "Step", "uniform"],
+    ...(rowBlock ? [["rowBlock", "RowBlock", "uniform"] as BindingDecl] : []),
     ["tokens", "array<u32>"],
     ...weightDecls(format, "array<f32>"),
     ["out", "array<f32>", "storage, read_write"],
   ];
   const value = scale === 1 ? "weightAt(row, c)" : `${f(scale)} * weightAt(row, c)`;
   // u32 arithmetic: ids below row0 wrap around to large values and fail the test too.
-  const pick = block
-    ? `let row = tokens[step.pos0 + t] - ${u(block.row0)};
-  if (row >= ${u(block.rows)}) { return; }`
+  const pick = rowBlock
+    ? `let row = tokens[step.pos0 + t] - rowBlock.row0;
+  if (row >= rowBlock.rows) { return; }`
     : "let row = tokens[step.pos0 + t];";
   return kernelSource(
     `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}${
-      block ? `.rows${block.row0}+${block.rows}` : ""
+      rowBlock ? ".block" : ""
     }`,
     decls,
-    `${weightAtFunction(format, hidden)}
+    `${rowBlock ? ROW_BLOCK_WGSL : ""}
+${weightAtFunction(format, hidden)}
 @compute @workgroup_size(${EW})
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let c = id.x;

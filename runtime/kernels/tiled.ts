@@ -40,6 +40,7 @@ import {
   decodeFunctions,
   formatName,
   loadBlockWords,
+  ROW_BLOCK_WGSL,
   type WeightFormat,
   weightLayout,
 } from "./weights.ts";
@@ -75,10 +76,11 @@ export interface TiledKey {
   /** Multiplier of W x (default 1). */
   scale?: number;
   /**
-   * Row block of a split matrix: the weight set holds rows `row0 ..` of the full matrix, so
-   * output row r goes to y column row0 + r and reads bias[row0 + r] (default 0).
+   * Row block of a split matrix: the weight set holds rows `row0 ..` of the full matrix (row0
+   * read from the `rowBlock` uniform, kernels/weights.ts ROW_BLOCK_WGSL), so output row r goes
+   * to y column row0 + r and reads bias[row0 + r].
    */
-  row0?: number;
+  rowBlock?: boolean;
   /** Columns of a y row (the full matrix's output rows when split; default `rows`). */
   yCols?: number;
   /** Use this token count instead of the Step uniform's T. */
@@ -123,6 +125,7 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   const WG = tiledWorkgroup(key);
   const binds = new BindingList();
   if (useStep) binds.add("step", "Step", "uniform");
+  if (key.rowBlock) binds.add("rowBlock", "RowBlock", "uniform");
   binds.add("x", "array<f32>");
   binds.add("y", "array<f32>", "storage, read_write");
   addWeightBindings(binds, format, "array<f32>");
@@ -248,11 +251,11 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   }
 
   const code = `${useStep ? STEP_WGSL : ""}
+${key.rowBlock ? ROW_BLOCK_WGSL : ""}
 ${binds.wgsl}
 ${decodeFunctions(format)}
 const ROWS = ${u(rows)};
-const ROW0 = ${u(key.row0 ?? 0)};
-const Y_COLS = ${u(key.yCols ?? rows)};
+${key.rowBlock ? "" : "const ROW0 = 0u;\n"}const Y_COLS = ${u(key.yCols ?? rows)};
 const COLS = ${u(cols)};
 const ROW_STRIDE = ${u(layout.rowStride)};
 const MATRIX_STRIDE = ${u(layout.matrixStride)};
@@ -265,6 +268,7 @@ const CAPACITY = ${u(key.capacity ?? 1)};
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${key.rowBlock ? "let ROW0 = rowBlock.row0;" : ""}
   let r0 = (wg.x * ${u(WG)} + li) * ${u(RT)};
   if (r0 >= ROWS) { return; }
   ${tokenSetup.join("\n  ")}

@@ -245,6 +245,26 @@ export function uploadWeightSet(
   return { format, rows, cols, count: n, buffers, bytes: out.byteLength };
 }
 
+/**
+ * A row block's place in its matrix, the uniform `rowBlock` of the kernels that read a block of
+ * a split matrix: its first row and its row count. Kept out of the generated WGSL so the blocks
+ * of one matrix share their pipelines.
+ */
+export const ROW_BLOCK_WGSL = "struct RowBlock { row0: u32, rows: u32, pad0: u32, pad1: u32 }";
+
+/** The 16-byte {@link ROW_BLOCK_WGSL} uniform of a row block. */
+export function rowBlockUniform(device: GPUDevice, row0: number, rows: number): GPUBuffer {
+  const buffer = device.createBuffer({
+    label: `rowBlock.${row0}+${rows}`,
+    size: 16,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    mappedAtCreation: true,
+  });
+  new Uint32Array(buffer.getMappedRange()).set([row0, rows, 0, 0]);
+  buffer.unmap();
+  return buffer;
+}
+
 /** Binding names of a weight set's buffers, in order. */
 export function weightBindings(format: WeightFormat): string[] {
   if (format.kind === "q" && isMxfp4(format)) return ["weights", "scales"];
