@@ -7,7 +7,13 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { type DeviceKind, isDirectory, openEngine, MAX_BINDING_FLAG, maxBindingOption } from "./model_source.ts";
+import {
+  type DeviceKind,
+  isDirectory,
+  MAX_BINDING_FLAG,
+  maxBindingOption,
+  openEngine,
+} from "./model_source.ts";
 import { forward, forwardSeq2Seq } from "../compiler/reference/mod.ts";
 import { UsageError } from "../schemas/errors.ts";
 

@@ -12,7 +12,7 @@
 import type { Args, CommandSpec } from "./args.ts";
 import type { Engine, GenerateOptions } from "../runtime/api.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
-import { type DeviceKind, openEngine, MAX_BINDING_FLAG, maxBindingOption } from "./model_source.ts";
+import { type DeviceKind, MAX_BINDING_FLAG, maxBindingOption, openEngine } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { decoderText, encoderIdsOf } from "../runtime/seq2seq_text.ts";
 

@@ -5,7 +5,7 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { type DeviceKind, openEngine, MAX_BINDING_FLAG, maxBindingOption } from "./model_source.ts";
+import { type DeviceKind, MAX_BINDING_FLAG, maxBindingOption, openEngine } from "./model_source.ts";
 import { serve } from "../runtime/server.ts";
 
 /** Flags of `serve`. */

@@ -46,9 +46,9 @@ type Styles = ("tiled" | "classic")[];
  * kernel styles it runs in (both for f32 and a q-format; the others share their code paths).
  */
 const FORMATS: { name: string; storage: Storage; maxBinding: number; styles: Styles }[] = [
-  { name: "f32", storage: { kind: "f32" }, maxBinding: 4096, styles: ["tiled", "classic"] },
-  { name: "f16", storage: { kind: "f16" }, maxBinding: 4096, styles: ["tiled"] },
-  { name: "bf16", storage: { kind: "bf16" }, maxBinding: 4096, styles: ["classic"] },
+  { name: "f32", storage: { kind: "f32" }, maxBinding: 8192, styles: ["tiled", "classic"] },
+  { name: "f16", storage: { kind: "f16" }, maxBinding: 8192, styles: ["tiled"] },
+  { name: "bf16", storage: { kind: "bf16" }, maxBinding: 8192, styles: ["classic"] },
   {
     name: "q4g32f16",
     storage: { kind: "q", bits: 4, groupSize: 32, scaleType: "f16" },
@@ -136,16 +136,16 @@ for (const { name, storage, maxBinding, styles } of FORMATS) {
     for (const kernels of styles) {
       const whole = await createWebGpuEngine(await openArtifactBytes(bytes), {
         kernels,
-        prefillChunk: 8,
+        prefillChunk: 16,
       });
       const split = await createWebGpuEngine(await openArtifactBytes(bytes), {
         kernels,
-        prefillChunk: 8,
+        prefillChunk: 16,
         maxBinding,
       });
       try {
         assert.ok(split.dispatchesPerToken > whole.dispatchesPerToken);
-        assert.ok(split.prefillChunk < 8, `chunk ${split.prefillChunk}`);
+        assert.ok(split.prefillChunk < 16, `chunk ${split.prefillChunk}`);
         const got = await split.logits(IDS);
         const err = relErr(got, want);
         const vsWhole = relErr(got, await whole.logits(IDS));

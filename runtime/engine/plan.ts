@@ -168,7 +168,12 @@ export class PlanBuilder {
     gateUp = false,
   ): void {
     for (const { set, experts, outRows, rowBlock } of sets) {
-      const buffers: Record<string, GPUBuffer> = { x, y, setExperts: experts, ...weightBuffers(set) };
+      const buffers: Record<string, GPUBuffer> = {
+        x,
+        y,
+        setExperts: experts,
+        ...weightBuffers(set),
+      };
       if (rowBlock) buffers.rowBlock = rowBlock;
       if (this.ctx.tiled) {
         const key: TiledKey = {

@@ -10,12 +10,7 @@
  */
 
 import { type BindingDecl, f, type KernelSource, kernelSource, u } from "./kernel.ts";
-import {
-  ROW_BLOCK_WGSL,
-  weightAtFunction,
-  weightDecls,
-  type WeightFormat,
-} from "./weights.ts";
+import { ROW_BLOCK_WGSL, weightAtFunction, weightDecls, type WeightFormat } from "./weights.ts";
 
 /** Threads per workgroup of the element-wise kernels. */
 export const EW = 64;
@@ -55,9 +50,7 @@ export function embedSource(
   if (row >= rowBlock.rows) { return; }`
     : "let row = tokens[step.pos0 + t];";
   return kernelSource(
-    `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}${
-      rowBlock ? ".block" : ""
-    }`,
+    `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}${rowBlock ? ".block" : ""}`,
     decls,
     `${rowBlock ? ROW_BLOCK_WGSL : ""}
 ${weightAtFunction(format, hidden)}
