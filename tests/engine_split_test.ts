@@ -22,6 +22,7 @@ import type { ExpectedTensor } from "../schemas/tensors.ts";
 import { requestGpu } from "../runtime/device.ts";
 import { createWebGpuEngine } from "../runtime/engine/mod.ts";
 import { rowBlocks, uploadWeights } from "../runtime/engine/weights.ts";
+import { isOneLineError, runCli } from "./cli_helpers.ts";
 import { collect, referenceGreedy, relErr } from "./engine_helpers.ts";
 
 /**
@@ -204,6 +205,28 @@ Deno.test("split: a limit below one row is one LimitError naming the tensor or a
     (e: unknown) =>
       e instanceof LimitError && /^activation hidden: one token needs 512 bytes/.test(e.message),
   );
+});
+
+Deno.test("cli logits --max-binding: split logits = reference; too small → exit 5; bad value → 2", async () => {
+  const bytes = artifactBytes(splitModel(), { kind: "f16" }, 7);
+  const want = forward(await referenceOf(bytes), IDS.slice(0, 3));
+  const path = await Deno.makeTempFile({ dir: ".tmp", suffix: ".moeq" });
+  try {
+    await Deno.writeFile(path, bytes);
+    const ids = ["--ids", IDS.slice(0, 3).join(",")];
+    const ok = await runCli(["logits", path, ...ids, "--max-binding", "8192", "--json"]);
+    assert.equal(ok.code, 0, ok.stderr);
+    const err = relErr(JSON.parse(ok.stdout).logits, want);
+    assert.ok(err <= TOL, `rel err ${err}`);
+    const small = await runCli(["logits", path, ...ids, "--max-binding", "256"]);
+    assert.equal(small.code, 5);
+    assert.ok(isOneLineError(small.stderr) && /activation hidden/.test(small.stderr));
+    const bad = await runCli(["logits", path, ...ids, "--max-binding", "1k"]);
+    assert.equal(bad.code, 2);
+    assert.ok(isOneLineError(bad.stderr) && /--max-binding/.test(bad.stderr), bad.stderr);
+  } finally {
+    await Deno.remove(path);
+  }
 });
 
 Deno.test("rowBlocks: fewest equal blocks, multiples of 8 rows when free, all rows once", () => {
