@@ -46,7 +46,14 @@ type Styles = ("tiled" | "classic")[];
  * Each format with a binding limit that splits its matrices into blocks of a few rows, and the
  * kernel styles it runs in (both for f32 and a q-format; the others share their code paths).
  */
-const FORMATS: { name: string; storage: Storage; maxBinding: number; styles: Styles }[] = [
+const FORMATS: {
+  name: string;
+  storage: Storage;
+  maxBinding: number;
+  styles: Styles;
+  /** Tolerance vs the float64 reference (default TOL; vs the unsplit engine always TOL). */
+  refTol?: number;
+}[] = [
   { name: "f32", storage: { kind: "f32" }, maxBinding: 8192, styles: ["tiled", "classic"] },
   { name: "f16", storage: { kind: "f16" }, maxBinding: 8192, styles: ["tiled"] },
   { name: "bf16", storage: { kind: "bf16" }, maxBinding: 8192, styles: ["classic"] },
@@ -67,6 +74,8 @@ const FORMATS: { name: string; storage: Storage; maxBinding: number; styles: Sty
     storage: { kind: "q", bits: 4, groupSize: 32, scaleType: "e8m0" },
     maxBinding: 2048,
     styles: ["tiled"],
+    // e2m1 values up to 6 × scale: larger activations, more f32 rounding than the others.
+    refTol: 5e-5,
   },
 ];
 
@@ -102,8 +111,8 @@ async function referenceOf(bytes: Uint8Array): Promise<ReferenceModel> {
 const IDS = [3, 17, 5, 40, 22, 9, 31, 95, 0];
 const TOL = 1e-5;
 
-for (const { name, storage, maxBinding, styles } of FORMATS) {
-  Deno.test(`split: ${name} with maxBinding ${maxBinding} = reference (rel ≤ ${TOL}) = unsplit, ${styles}`, async () => {
+for (const { name, storage, maxBinding, styles, refTol = TOL } of FORMATS) {
+  Deno.test(`split: ${name} with maxBinding ${maxBinding} = reference (rel ≤ ${refTol}) = unsplit (rel ≤ ${TOL}), ${styles}`, async () => {
     const spec = splitModel();
     const bytes = artifactBytes(spec, storage, 3);
     const model = await referenceOf(bytes);
@@ -155,7 +164,7 @@ for (const { name, storage, maxBinding, styles } of FORMATS) {
             `${whole.dispatchesPerToken} dispatches/token; rel err vs reference ` +
             `${err.toExponential(2)}, vs unsplit ${vsWhole.toExponential(2)}`,
         );
-        assert.ok(err <= TOL, `rel err vs reference ${err}`);
+        assert.ok(err <= refTol, `rel err vs reference ${err}`);
         assert.ok(vsWhole <= TOL, `rel err vs unsplit ${vsWhole}`);
         const ids = await collect(split.generate(IDS.slice(0, 4), { maxTokens: 5, stopIds: [] }));
         assert.deepEqual(ids, wantIds);
