@@ -52,6 +52,11 @@ export const spec: CommandSpec = {
     parallel: { type: "string", help: "serve: engine slots (default: the most streams)" },
     rounds: { type: "string", help: "batch: alternating rounds", default: "3" },
     context: { type: "string", help: "batch: KV-cache positions per slot", default: "256" },
+    "max-binding": {
+      type: "string",
+      help: "decode: largest buffer binding in bytes; larger matrices are split into row blocks",
+      default: "the adapter's limits",
+    },
   },
 };
 

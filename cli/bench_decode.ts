@@ -25,7 +25,7 @@ import type { ModelSpec } from "../schemas/model.ts";
 import { createWebGpuEngine, formatOf, type WebGpuEngine } from "../runtime/engine/mod.ts";
 import { matrixBytes } from "../runtime/kernels/weights.ts";
 import { copyBandwidth, dispatchOverhead } from "../runtime/bench/measure.ts";
-import { tokenizerFor } from "./model_source.ts";
+import { maxBindingOption, tokenizerFor } from "./model_source.ts";
 import { firstBatchSize, GenerationClock } from "../runtime/rates.ts";
 
 const BATCHES = [1, 4, 8, 16];
@@ -122,12 +122,13 @@ async function measure(
   prompt: string,
   tokens: number,
   repeats: number,
+  maxBinding?: number,
 ): Promise<DecodeResult> {
   const artifact = await openArtifact(path);
   let engine: WebGpuEngine;
   let ids: number[];
   try {
-    engine = await createWebGpuEngine(artifact);
+    engine = await createWebGpuEngine(artifact, { maxBinding });
     const tokenizerJson = await artifact.readTokenizerJson();
     const chatTemplate = artifact.tokenizer.chatTemplate ?? null;
     ids = tokenizerFor(artifact.model, { tokenizerJson, chatTemplate }).encode(prompt);
@@ -207,8 +208,9 @@ export async function benchDecode(args: Args): Promise<void> {
   const compare = args.string("compare");
   const iterations = args.string("iterations", "auto");
   const repeats = iterations === "auto" ? 3 : args.int("iterations", 3, 1, 1000);
-  const results = [await measure(path, prompt, tokens, repeats)];
-  if (compare) results.push(await measure(compare, prompt, tokens, repeats));
+  const maxBinding = maxBindingOption(args);
+  const results = [await measure(path, prompt, tokens, repeats, maxBinding)];
+  if (compare) results.push(await measure(compare, prompt, tokens, repeats, maxBinding));
   const speedup = results.length === 2
     ? Object.fromEntries(
       BATCHES.map((b) => [b, results[1].msPerToken[b] / results[0].msPerToken[b]]),

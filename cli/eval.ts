@@ -6,7 +6,13 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { type DeviceKind, isDirectory, openEngine } from "./model_source.ts";
+import {
+  type DeviceKind,
+  isDirectory,
+  MAX_BINDING_FLAG,
+  maxBindingOption,
+  openEngine,
+} from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { evaluateSpans, forwardSeq2Seq, parseSpans } from "../compiler/reference/mod.ts";
 import { openArtifact } from "../schemas/artifact.ts";
@@ -33,6 +39,7 @@ export const spec: CommandSpec = {
       default: "webgpu for artifacts, cpu for checkpoints",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
+    "max-binding": MAX_BINDING_FLAG,
     quiet: { type: "boolean", help: "no progress bar" },
     json: { type: "boolean", help: "print the result as JSON" },
   },
@@ -49,6 +56,7 @@ export async function run(args: Args): Promise<void> {
   const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
   const { engine, tokenizer, spec, reference } = await openEngine(path, device, {
     f16: !args.flag("no-f16"),
+    maxBinding: maxBindingOption(args),
   });
   try {
     if ((spec.encoder !== null) !== (spansFile !== undefined)) {

@@ -7,7 +7,13 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { type DeviceKind, isDirectory, openEngine } from "./model_source.ts";
+import {
+  type DeviceKind,
+  isDirectory,
+  MAX_BINDING_FLAG,
+  maxBindingOption,
+  openEngine,
+} from "./model_source.ts";
 import { forward, forwardSeq2Seq } from "../compiler/reference/mod.ts";
 import { UsageError } from "../schemas/errors.ts";
 
@@ -31,6 +37,7 @@ export const spec: CommandSpec = {
       default: "webgpu for artifacts, cpu for checkpoints",
     },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
+    "max-binding": MAX_BINDING_FLAG,
     json: {
       type: "boolean",
       help: 'print {"logits": [[...]...]} (cpu: the float64 values, unrounded)',
@@ -46,6 +53,7 @@ export async function run(args: Args): Promise<void> {
   const device = args.choice<DeviceKind>("device", ["cpu", "webgpu"], dir ? "cpu" : "webgpu");
   const { engine, spec, reference } = await openEngine(path, device, {
     f16: !args.flag("no-f16"),
+    maxBinding: maxBindingOption(args),
   });
   try {
     const seq2seq = spec.encoder !== null;

@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { WebGpuEngineOptions } from "../runtime/engine/mod.ts";
+import type { Args, FlagSpec } from "./args.ts";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { artifactToIR } from "../compiler/emit/mod.ts";
 import type { ModelIR, TokenizerData } from "../compiler/ir.ts";
@@ -23,6 +25,20 @@ import { createTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 
 /** Where a model runs. */
 export type DeviceKind = "cpu" | "webgpu";
+
+/** The `--max-binding BYTES` flag of the commands that run the WebGPU engine. */
+export const MAX_BINDING_FLAG: FlagSpec = {
+  type: "string",
+  help: "WebGPU: largest buffer binding in bytes; larger matrices are split into row blocks",
+  default: "the adapter's limits",
+};
+
+/** `--max-binding` as the engine's `maxBinding` option (undefined when absent). */
+export function maxBindingOption(args: Args): number | undefined {
+  return args.string("max-binding") === undefined
+    ? undefined
+    : args.int("max-binding", 0, 16, Number.MAX_SAFE_INTEGER);
+}
 
 /** True when `path` is a directory (a checkpoint), false for a file (an artifact). */
 export async function isDirectory(path: string): Promise<boolean> {
@@ -149,7 +165,10 @@ export interface OpenedModel {
 export async function openEngine(
   path: string,
   device: DeviceKind,
-  opts: { f16?: boolean; maxContext?: number; contextFlag?: string } = {},
+  opts: Pick<
+    WebGpuEngineOptions,
+    "f16" | "maxContext" | "contextFlag" | "maxBinding" | "parallel"
+  > = {},
 ): Promise<OpenedModel> {
   const { ir, artifact } = await openIR(path);
   const tokenizer = tokenizerFor(ir.spec, ir.tokenizer);

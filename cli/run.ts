@@ -12,7 +12,7 @@
 import type { Args, CommandSpec } from "./args.ts";
 import type { Engine, GenerateOptions } from "../runtime/api.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
-import { type DeviceKind, openEngine } from "./model_source.ts";
+import { type DeviceKind, MAX_BINDING_FLAG, maxBindingOption, openEngine } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { decoderText, encoderIdsOf } from "../runtime/seq2seq_text.ts";
 import { firstBatchSize, GenerationClock, type GenerationRates } from "../runtime/rates.ts";
@@ -62,6 +62,7 @@ export const spec: CommandSpec = {
         "last (null when all came in the first batch); ttft_ms: request to first id (prefill + " +
         "the first batch's steps + one readback)",
     },
+    "max-binding": MAX_BINDING_FLAG,
   },
 };
 
@@ -93,6 +94,7 @@ export async function run(args: Args): Promise<void> {
     f16: !args.flag("no-f16"),
     maxContext: context,
     contextFlag: "--context",
+    maxBinding: maxBindingOption(args),
   });
   try {
     if (args.flag("verbose")) console.error(describeEngine(engine));

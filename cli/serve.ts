@@ -9,7 +9,7 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { type DeviceKind, openEngine } from "./model_source.ts";
+import { type DeviceKind, MAX_BINDING_FLAG, maxBindingOption, openEngine } from "./model_source.ts";
 import { formatRequestLog, isLoopbackHost, serve } from "../runtime/server.ts";
 import { UsageError } from "../schemas/errors.ts";
 
@@ -43,6 +43,7 @@ export const spec: CommandSpec = {
     quiet: { type: "boolean", help: "no per-request log lines" },
     device: { type: "string", help: "webgpu or cpu (float64 reference)", default: "webgpu" },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
+    "max-binding": MAX_BINDING_FLAG,
   },
 };
 
@@ -59,10 +60,10 @@ export async function run(args: Args): Promise<void> {
   if (apiKey !== undefined && /\s/.test(apiKey)) {
     throw new UsageError("--api-key must not contain whitespace");
   }
-  // `parallel` is spread in so that this compiles whether or not the engine options declare it.
   const { engine, tokenizer } = await openEngine(args.positionals[0], device, {
     f16: !args.flag("no-f16"),
-    ...{ parallel },
+    parallel,
+    maxBinding: maxBindingOption(args),
   });
   const stop = new AbortController();
   const onSignal = () => stop.abort();

@@ -1,9 +1,10 @@
 /**
  * WebGPU adapter and device acquisition.
  *
- * The device is requested with exactly the limits a model needs (taken from the adapter's
- * limits, never more than it offers), so a model that cannot fit fails early with a
- * {@link LimitError} naming the limit and both sizes. `shader-f16` is enabled when the adapter
+ * The device is requested with the limits a model needs (taken from the adapter's limits, never
+ * more than it offers), so a model that cannot fit fails early with a {@link LimitError} naming
+ * the limit and both sizes. Limits the engine can adapt to (the binding size: it splits larger
+ * matrices) are "wants": asked for up to what the adapter offers, never an error. `shader-f16` is enabled when the adapter
  * has it and the caller does not disable it; every kernel also has an f32-only path.
  *
  * @module
@@ -31,6 +32,8 @@ export interface DeviceOptions {
   f16?: boolean;
   /** Limits the model needs; checked against the adapter before the device is created. */
   needs?: DeviceNeeds;
+  /** Limits the model would use if offered: each requested up to the adapter's value. */
+  wants?: DeviceNeeds;
   /** Optional features to enable when the adapter has them (e.g. "timestamp-query"). */
   optionalFeatures?: GPUFeatureName[];
 }
@@ -77,7 +80,7 @@ export async function requestGpu(opts: DeviceOptions = {}): Promise<GpuContext> 
       "no WebGPU adapter found (on Linux without a GPU, install mesa-vulkan-drivers and set XDG_RUNTIME_DIR)",
     );
   }
-  const requiredLimits = negotiateLimits(adapter.limits, opts.needs ?? {});
+  const requiredLimits = negotiateLimits(adapter.limits, opts.needs ?? {}, opts.wants ?? {});
   const f16 = (opts.f16 ?? true) && adapter.features.has("shader-f16");
   const features = (opts.optionalFeatures ?? []).filter((f) => adapter.features.has(f));
   let device: GPUDevice;
@@ -105,16 +108,18 @@ export function describeAdapter(
 }
 
 /**
- * The limits to request: each needed value (at least the WebGPU default), checked against the
- * adapter. Throws {@link LimitError} naming the first limit the adapter cannot meet.
+ * The limits to request: each needed or wanted value (at least the WebGPU default), capped at
+ * the adapter's. Throws {@link LimitError} naming the first needed limit the adapter cannot meet;
+ * a wanted one it cannot meet is requested at the adapter's value.
  */
 export function negotiateLimits(
   adapterLimits: GPUSupportedLimits,
   needs: DeviceNeeds,
+  wants: DeviceNeeds = {},
 ): Record<string, number> {
   const out: Record<string, number> = {};
   for (const name of Object.keys(DEFAULTS) as (keyof DeviceNeeds)[]) {
-    const want = Math.max(needs[name] ?? 0, DEFAULTS[name]);
+    const want = Math.max(needs[name] ?? 0, wants[name] ?? 0, DEFAULTS[name]);
     const have = adapterLimits[name] as number;
     if ((needs[name] ?? 0) > have) {
       throw new LimitError(

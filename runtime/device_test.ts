@@ -37,3 +37,14 @@ Deno.test("describeAdapter recognises software adapters", () => {
   assert.equal(describeAdapter({ description: "llvmpipe (LLVM 15)" } as GPUAdapterInfo).cpu, true);
   assert.equal(describeAdapter({ description: "NVIDIA H100" } as GPUAdapterInfo).cpu, false);
 });
+
+Deno.test("negotiateLimits asks for a wanted limit up to the adapter's, never failing on it", () => {
+  const got = negotiateLimits(limits, {}, {
+    maxStorageBufferBindingSize: 622_329_856,
+    maxBufferSize: 200_000_000,
+  });
+  assert.equal(got.maxStorageBufferBindingSize, 1 << 28);
+  assert.equal(got.maxBufferSize, 268435456);
+  const more = negotiateLimits(limits, {}, { maxBufferSize: 500_000_000 });
+  assert.equal(more.maxBufferSize, 500_000_000);
+});

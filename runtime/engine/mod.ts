@@ -61,12 +61,8 @@ import { createMlaCache } from "./mla.ts";
 import { buildPlan, type LogitsMode, type PendingDispatch, type PlanContext } from "./plan.ts";
 import { createSeq2SeqEngine, seq2seqChunk } from "./seq2seq.ts";
 import { checkSupported } from "./support.ts";
-import {
-  type EngineArtifact,
-  EXPERT_SET_BYTES,
-  largestDenseMatrix,
-  uploadWeights,
-} from "./weights.ts";
+import { type EngineArtifact, largestDenseMatrix, uploadWeights } from "./weights.ts";
+import { bindingLimit, fitChunk, wantedLimits } from "./limits.ts";
 
 export { checkSupported } from "./support.ts";
 export { type EngineArtifact, formatOf } from "./weights.ts";
@@ -119,6 +115,12 @@ export interface WebGpuEngineOptions {
    * sequence at a time (1 only).
    */
   parallel?: number;
+  /**
+   * Largest buffer binding to use, bytes (default: the device's maxStorageBufferBindingSize and
+   * maxBufferSize). Larger matrices are split into row blocks and the prefill chunk shrinks to
+   * fit; a smaller value forces those paths on any adapter (CLI `--max-binding`).
+   */
+  maxBinding?: number;
 }
 
 /** The WebGPU engine; see the module docs. */
@@ -203,18 +205,23 @@ function perSlots(p: PerTokenBytes, slots: number): PerTokenBytes {
   return { kv: p.kv * slots, other: p.other * slots, widestBuffer: p.widestBuffer * slots };
 }
 
-/** The device, either given (checked against the model's needs) or requested with them. */
+/**
+ * The device, either given (checked against the model's needs) or requested with them; the
+ * binding size is only wanted (larger matrices are split), the KV cache's is needed.
+ */
 async function acquireDevice(
   opts: WebGpuEngineOptions,
-  maxBinding: number,
+  needBinding: number,
+  wants: { maxStorageBufferBindingSize: number; maxBufferSize: number },
 ): Promise<{ device: GPUDevice; f16: boolean; cpu: boolean }> {
   if (opts.device) {
     const device = opts.device;
     const cpu = describeAdapter((device as { adapterInfo?: GPUAdapterInfo }).adapterInfo).cpu;
     const f16 = (opts.f16 ?? true) && device.features.has("shader-f16");
-    if (device.limits.maxStorageBufferBindingSize < maxBinding) {
+    const offers = bindingLimit(device.limits);
+    if (offers < needBinding) {
       throw new LimitError(
-        `the model needs maxStorageBufferBindingSize = ${maxBinding} but the device offers ${device.limits.maxStorageBufferBindingSize}`,
+        `the model needs maxStorageBufferBindingSize = ${needBinding} but the device offers ${offers}`,
       );
     }
     return { device, f16, cpu };
@@ -222,10 +229,11 @@ async function acquireDevice(
   return await requestGpu({
     f16: opts.f16,
     needs: {
-      maxBufferSize: maxBinding,
-      maxStorageBufferBindingSize: Math.max(maxBinding, EXPERT_SET_BYTES),
+      maxBufferSize: needBinding,
+      maxStorageBufferBindingSize: needBinding,
       maxStorageBuffersPerShaderStage: 7,
     },
+    wants,
   });
 }
 
@@ -261,21 +269,17 @@ export async function createWebGpuEngine(
   const chunkBound = prefillChunk(spec, opts.prefillChunk, Math.max(1, contextBound));
   checkParallelChunk(parallel, chunkBound);
 
-  // The largest binding decides the device limits we ask for.
+  // Bindings as large as the largest matrix and activation are wanted (larger ones are split,
+  // the chunk shrinks); a KV cache cannot be split, so its size is needed.
   const widths = activationWidths(spec);
   const tokens = spec.encoder ? seq2seqChunk(spec, opts) : chunkBound;
-  const others = Math.max(
-    largestDenseMatrix(artifact.tensors),
-    tokens * spec.vocabSize * 4,
-    tokens * widths.mlp * 4,
-  );
+  const wants = wantedLimits(spec, tokens, largestDenseMatrix(artifact.tensors));
   const slotBinding = Math.max(1, contextBound) * perToken.widestBuffer;
-  const maxBinding = Math.max(others, slotBinding);
   // A refusal caused by the slots' KV caches says so.
-  const kvNote = parallel > 1 && slotBinding > others
+  const kvNote = parallel > 1
     ? ` (the KV cache of ${parallel} slots × ${contextBound} positions: lower parallel or the context)`
     : "";
-  const { device, f16, cpu } = await acquireDevice(opts, maxBinding).catch((e) => {
+  const { device, f16, cpu } = await acquireDevice(opts, slotBinding, wants).catch((e) => {
     if (e instanceof LimitError && kvNote) throw new LimitError(`${e.message}${kvNote}`);
     throw e;
   });
@@ -283,6 +287,7 @@ export async function createWebGpuEngine(
   if (spec.encoder) {
     return await createSeq2SeqEngine(artifact, { device, f16, cpu, owned: !opts.device }, opts);
   }
+  const maxBinding = bindingLimit(device.limits, opts.maxBinding);
   const weightEstimate = weightDeviceBytes(artifact.tensors);
   const actBytes = activationBytes(spec, chunkBound);
   let maxContext: number;
@@ -293,7 +298,7 @@ export async function createWebGpuEngine(
       fixedBytes: weightEstimate + actBytes,
       memoryBytes: opts.memoryBytes ?? (cpu ? hostMemoryBudget() : null),
     });
-    chunk = Math.min(chunkBound, maxContext);
+    chunk = fitChunk(spec, Math.min(chunkBound, maxContext), maxBinding);
     checkParallelChunk(parallel, chunk);
   } catch (e) {
     if (!opts.device) device.destroy();
@@ -304,7 +309,7 @@ export async function createWebGpuEngine(
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
 
-  const weights = await uploadWeights(device, artifact, { fuse: tiled });
+  const weights = await uploadWeights(device, artifact, { fuse: tiled, maxBinding });
   const acts = createActivations(device, spec, chunk, maxContext, parallel);
   const caches = new Map<string, KvCache>();
   const ropes = new Map<string, GPUBuffer>();

@@ -24,7 +24,7 @@ import { weightBuffers, type WeightSet } from "../kernels/weights.ts";
 import type { Activations, KvCache } from "./activations.ts";
 import { attentionBlock, denseBlock, moeBlock } from "./blocks.ts";
 import { mlaBlock } from "./mla.ts";
-import type { ExpertSet, ModelWeights } from "./weights.ts";
+import type { ExpertSet, Matrix, ModelWeights } from "./weights.ts";
 
 /** What the logits stage of a plan computes: nothing, the last position's, or every position's. */
 export type LogitsMode = "none" | "last" | "all";
@@ -131,10 +131,30 @@ export class PlanBuilder {
     this.dispatch(src, buffers, (T) => elementGroups(width, rows(T)));
   }
 
-  /** y = scale · W·x (+ bias) (+ y), in the engine's kernel style. */
-  matmul(set: WeightSet, x: GPUBuffer, y: GPUBuffer, opts: MatmulOptions = {}): void {
+  /**
+   * y = scale · W·x (+ bias) (+ y), in the engine's kernel style; a matrix split into row blocks
+   * runs one dispatch per block, each writing its slice of y's rows.
+   */
+  matmul(m: WeightSet | Matrix, x: GPUBuffer, y: GPUBuffer, opts: MatmulOptions = {}): void {
+    if (!("blocks" in m)) {
+      this.#matmulBlock(m, undefined, opts.gateUp ? m.rows / 2 : m.rows, x, y, opts);
+      return;
+    }
+    for (const b of m.blocks) this.#matmulBlock(b.set, b.rowBlock, m.rows, x, y, opts);
+  }
+
+  /** One weight set: a whole matrix, or the row block `rowBlock` of a y row of `yCols`. */
+  #matmulBlock(
+    set: WeightSet,
+    rowBlock: GPUBuffer | undefined,
+    yCols: number,
+    x: GPUBuffer,
+    y: GPUBuffer,
+    opts: MatmulOptions,
+  ): void {
     const buffers: Record<string, GPUBuffer> = { x, y, ...weightBuffers(set) };
     if (opts.bias) buffers.bias = opts.bias;
+    if (rowBlock) buffers.rowBlock = rowBlock;
     const fixedT = opts.lastToken ? 1 : undefined;
     const tokenTile = opts.lastToken ? 1 : this.tokenTile;
     const shared = {
@@ -146,6 +166,8 @@ export class PlanBuilder {
       accumulate: opts.accumulate,
       scale: opts.scale,
       fixedT,
+      rowBlock: rowBlock !== undefined,
+      yCols,
     };
     if (this.ctx.tiled) {
       const rows = opts.gateUp ? set.rows / 2 : set.rows;
@@ -173,8 +195,14 @@ export class PlanBuilder {
     routing: RoutingKey,
     gateUp = false,
   ): void {
-    for (const { set, experts } of sets) {
-      const buffers = { x, y, setExperts: experts, ...weightBuffers(set) };
+    for (const { set, experts, outRows, rowBlock } of sets) {
+      const buffers: Record<string, GPUBuffer> = {
+        x,
+        y,
+        setExperts: experts,
+        ...weightBuffers(set),
+      };
+      if (rowBlock) buffers.rowBlock = rowBlock;
       if (this.ctx.tiled) {
         const key: TiledKey = {
           format: set.format,
@@ -188,6 +216,8 @@ export class PlanBuilder {
           numExperts: routing.numExperts,
           capacity: this.ctx.chunk,
           gateUp,
+          rowBlock: rowBlock !== undefined,
+          yCols: outRows,
         };
         this.dispatch(
           tiledMatmulSource(key),
@@ -206,6 +236,8 @@ export class PlanBuilder {
         xRows,
         topK: routing.topK,
         maxThreadsPerRow: this.ctx.threadsPerRow,
+        rowBlock: rowBlock !== undefined,
+        yCols: outRows,
       };
       this.dispatch(
         matmulSource(key),
@@ -287,12 +319,16 @@ export function buildPlan(
   const { spec, weights, acts } = ctx;
   const H = spec.hiddenSize;
 
+  // A split embedding gathers each token's row from the block that holds it.
   const embed = weights.embed;
-  plan.elementwise(
-    embedSource(embed.format, H, spec.embedScale, ctx.slots),
-    { tokens: acts.tokens, ...weightBuffers(embed), out: acts.hidden },
-    H,
-  );
+  for (const { set, rowBlock } of embed.blocks) {
+    const buffers = { tokens: acts.tokens, ...weightBuffers(set), out: acts.hidden };
+    plan.elementwise(
+      embedSource(embed.format, H, spec.embedScale, ctx.slots, rowBlock !== undefined),
+      rowBlock ? { ...buffers, rowBlock } : buffers,
+      H,
+    );
+  }
 
   weights.layers.forEach((layer, l) => {
     layer.blocks.forEach((block, b) => {

@@ -301,7 +301,7 @@ class Loader {
         const set = uploadWeightSet(this.device, format, rows, cols, mats, label);
         this.bytes += set.bytes;
         const ids = new Uint32Array(part.map((t) => t.expert));
-        out.push({ set, experts: this.buffer(ids, `${label}.experts`) });
+        out.push({ set, experts: this.buffer(ids, `${label}.experts`), row0: 0, outRows: rows });
       }
     }
     return out;

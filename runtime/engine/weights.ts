@@ -7,19 +7,27 @@
  * matrices keep the packed codes/scales/zeros of schemas/packing.ts and are decoded inside the
  * matmul kernels (kernels/weights.ts). Norm weights and biases are converted to f32.
  *
+ * Binding limit: no buffer the engine binds may exceed the device's maxStorageBufferBindingSize
+ * and maxBufferSize (or the smaller `maxBinding` the caller forces). A matrix larger than that is
+ * split into row blocks, each its own weight set (a {@link Matrix} of {@link MatrixBlock}s); the
+ * plan runs one matmul per block, each writing its slice of the output row, and one embedding
+ * gather per block. This holds in every storage format: a row block of a quantized matrix is a
+ * contiguous run of its codes and of its scales and zeros.
+ *
  * Routed experts of a block are grouped per matrix by storage format ("precision group"), each
- * group one weight set, split so no binding exceeds 128 MiB (the WebGPU default); the plan runs
- * one dispatch per group per matrix.
+ * group split into weight sets of as many experts as fit a binding (at most 128 MiB); an expert
+ * larger than a binding is split into row blocks too. The plan runs one dispatch per set.
  *
  * Fusions made here for the tiled kernel style: q/k/v stacked into one projection when there is
  * no q/k norm, and gate/up stacked (of routed experts, shared experts and dense MLPs) for the
- * fused gate/up + SwiGLU kernel — each when the parts share a storage format and fit a binding.
+ * fused gate/up + SwiGLU kernel — each when the parts share a storage format. A stacked gate/up
+ * split into row blocks stacks the same rows of gate and up in each block.
  *
  * @module
  */
 
 import { type Artifact, floatBytesToF32, type TensorRecord } from "../../schemas/artifact.ts";
-import { InputError } from "../../schemas/errors.ts";
+import { InputError, LimitError } from "../../schemas/errors.ts";
 import type {
   DenseFfnSpec,
   GqaAttentionSpec,
@@ -35,9 +43,13 @@ import {
   formatName,
   type HostMatrix,
   matrixBytes,
+  rowBlockUniform,
+  rowsPerBinding,
+  sliceRows,
   uploadWeightSet,
   type WeightFormat,
   type WeightSet,
+  weightSetFits,
 } from "../kernels/weights.ts";
 import { loadMla, type MlaWeights } from "./mla.ts";
 
@@ -53,17 +65,43 @@ export const EXPERT_SET_BYTES = 128 * 1024 * 1024;
 /** Weight bytes uploaded between waits for the staging memory to be freed (see WeightLoader). */
 const STAGING_FLUSH_BYTES = 64 * 1024 * 1024;
 
+/** One row block of a {@link Matrix}: rows row0 .. row0 + set.rows − 1 (of gate and of up). */
+export interface MatrixBlock {
+  row0: number;
+  /** The block's rows ([gate rows; up rows] of the block for a stacked gate/up). */
+  set: WeightSet;
+  /** The kernels' `rowBlock` uniform (row0, rows) when the matrix has several blocks. */
+  rowBlock?: GPUBuffer;
+}
+
+/**
+ * A weight matrix on the GPU as row blocks that each fit a binding (one block when it fits
+ * whole). `rows` counts output rows: for a stacked [gate; up] matrix, the rows of gate.
+ */
+export interface Matrix {
+  format: WeightFormat;
+  rows: number;
+  cols: number;
+  blocks: MatrixBlock[];
+}
+
 /** A weight set of routed experts, with the global expert id of each of its matrices. */
 export interface ExpertSet {
   set: WeightSet;
   /** u32 expert ids, one per matrix of the set (the kernels' `setExperts`). */
   experts: GPUBuffer;
+  /** First output row the set's matrices hold (0 unless the experts are split in row blocks). */
+  row0: number;
+  /** Output rows of a whole expert matrix (of gate for a stacked gate/up). */
+  outRows: number;
+  /** The kernels' `rowBlock` uniform (row0, rows) when the experts are split in row blocks. */
+  rowBlock?: GPUBuffer;
 }
 
 /** An MLP's matrices: gate and up stacked ([gate; up], fused with SwiGLU) or separate. */
 export type MlpWeights =
-  | { kind: "stacked"; gateUp: WeightSet; down: WeightSet }
-  | { kind: "split"; gate: WeightSet; up: WeightSet; down: WeightSet };
+  | { kind: "stacked"; gateUp: Matrix; down: Matrix }
+  | { kind: "split"; gate: Matrix; up: Matrix; down: Matrix };
 
 /** Routed experts' matrices, in precision groups. */
 export type ExpertWeights =
@@ -72,12 +110,12 @@ export type ExpertWeights =
 
 /** q, k and v projections: one stacked [q; k; v] projection, or three. */
 export type QkvWeights =
-  | { kind: "stacked"; qkv: WeightSet; bias?: GPUBuffer }
+  | { kind: "stacked"; qkv: Matrix; bias?: GPUBuffer }
   | {
     kind: "split";
-    q: WeightSet;
-    k: WeightSet;
-    v: WeightSet;
+    q: Matrix;
+    k: Matrix;
+    v: Matrix;
     qBias?: GPUBuffer;
     kBias?: GPUBuffer;
     vBias?: GPUBuffer;
@@ -94,7 +132,7 @@ export interface AttentionWeights {
   qkv: QkvWeights;
   qNorm?: GPUBuffer;
   kNorm?: GPUBuffer;
-  o: WeightSet;
+  o: Matrix;
   /** The output projection's bias × the layer's residual scale. */
   oBias?: GPUBuffer;
   /** [nh] sink logits (gpt-oss). */
@@ -109,7 +147,7 @@ export interface MoeWeights {
   /** LayerNorm's bias, when it has one. */
   normBias?: GPUBuffer;
   spec: MoeFfnSpec;
-  router: WeightSet;
+  router: Matrix;
   /** [E] router bias (gpt-oss). */
   routerBias?: GPUBuffer;
   /** [E] the router's selection-only bias (router_selection_bias), when it has one. */
@@ -119,7 +157,7 @@ export interface MoeWeights {
   expertBiases?: Record<"gate" | "up" | "down", GPUBuffer>;
   shared?: MlpWeights;
   /** The shared expert's gate row [1, H] (when the shared expert is gated). */
-  sharedGate?: WeightSet;
+  sharedGate?: Matrix;
 }
 
 /** A dense feed-forward block's weights. */
@@ -144,12 +182,12 @@ export interface LayerWeights {
 
 /** Every weight of a decoder-only model on the GPU. */
 export interface ModelWeights {
-  embed: WeightSet;
+  embed: Matrix;
   layers: LayerWeights[];
   finalNorm: GPUBuffer;
   finalNormBias?: GPUBuffer;
   /** The embedding when tied. */
-  head: WeightSet;
+  head: Matrix;
   headBias?: GPUBuffer;
   /** Bytes on the GPU. */
   bytes: number;
@@ -178,6 +216,11 @@ export function largestDenseMatrix(tensors: readonly TensorRecord[]): number {
 export interface UploadOptions {
   /** Stack q/k/v and gate/up for the tiled kernels' fusions. */
   fuse: boolean;
+  /**
+   * Largest buffer the engine may bind, bytes (the device's binding and buffer limits, or less):
+   * larger matrices are split into row blocks.
+   */
+  maxBinding: number;
 }
 
 /** Uploads every weight of `artifact` (decoder-only; see support.ts). */
@@ -186,7 +229,7 @@ export async function uploadWeights(
   artifact: EngineArtifact,
   opts: UploadOptions,
 ): Promise<ModelWeights> {
-  const loader = new WeightLoader(device, artifact);
+  const loader = new WeightLoader(device, artifact, opts.maxBinding);
   const spec: ModelSpec = artifact.model;
   const H = spec.hiddenSize;
   const at = (layer: number, role: string): TensorKey => ({
@@ -195,7 +238,7 @@ export async function uploadWeights(
     expert: -1,
     role,
   });
-  const embed = await loader.matrix(at(-1, "embed"), [spec.vocabSize, H]);
+  const embed = await loader.blocks(at(-1, "embed"), [spec.vocabSize, H]);
   const layers: LayerWeights[] = [];
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const blocks: BlockWeights[] = [];
@@ -223,7 +266,7 @@ export async function uploadWeights(
   }
   const finalNorm = await loader.vector(at(-1, "final_norm"), [H]);
   const finalNormBias = await loader.normBias(at(-1, "final_norm_bias"), spec.decoder.finalNorm);
-  const head = spec.head.tied ? embed : await loader.matrix(at(-1, "lm_head"), [spec.vocabSize, H]);
+  const head = spec.head.tied ? embed : await loader.blocks(at(-1, "lm_head"), [spec.vocabSize, H]);
   const headBias = spec.head.bias
     ? await loader.vector(at(-1, "lm_head_bias"), [spec.vocabSize])
     : undefined;
@@ -236,10 +279,12 @@ class WeightLoader {
   readonly #byKey = new Map<string, TensorRecord>();
   readonly #device: GPUDevice;
   readonly #artifact: EngineArtifact;
+  readonly #limit: number;
 
-  constructor(device: GPUDevice, artifact: EngineArtifact) {
+  constructor(device: GPUDevice, artifact: EngineArtifact, maxBinding: number) {
     this.#device = device;
     this.#artifact = artifact;
+    this.#limit = maxBinding;
     for (const t of artifact.tensors) this.#byKey.set(keyString(t), t);
   }
 
@@ -303,15 +348,64 @@ class WeightLoader {
     await this.#device.queue.onSubmittedWorkDone();
   }
 
+  #rowBlock(row0: number, rows: number): GPUBuffer {
+    this.bytes += 16;
+    return rowBlockUniform(this.#device, row0, rows);
+  }
+
   #buffer(data: Float32Array | Uint32Array, label: string): GPUBuffer {
     this.bytes += data.byteLength;
     return storageBuffer(this.#device, data.byteLength, label, data);
   }
 
-  /** One matrix as a weight set. */
+  /**
+   * One matrix as a single weight set (MLA's matrices, which the kernels read whole); a
+   * {@link LimitError} when it exceeds the binding limit.
+   */
   async matrix(key: TensorKey, shape: number[]): Promise<WeightSet> {
     const t = this.need(key, shape);
-    return this.#upload(formatOf(t), shape[0], shape[1], [await this.#host(t)], t.name);
+    const format = formatOf(t);
+    if (!weightSetFits(format, shape[0], shape[1], 1, this.#limit)) {
+      throw new LimitError(
+        `tensor ${t.name} (${matrixBytes(format, shape[0], shape[1])} bytes) exceeds the ` +
+          `${this.#limit}-byte binding limit and cannot be split`,
+      );
+    }
+    return this.#upload(format, shape[0], shape[1], [await this.#host(t)], t.name);
+  }
+
+  /** One matrix, in row blocks when it exceeds the binding limit. */
+  async blocks(key: TensorKey, shape: number[]): Promise<Matrix> {
+    const t = this.need(key, shape);
+    return this.#split([t], [await this.#host(t)], false);
+  }
+
+  /**
+   * Matrices of one format and width as row blocks that each fit a binding: stacked row-wise
+   * (`gateUp` false: [q; k; v], or one matrix), or as [gate; up] pairs of the same rows in each
+   * block (`gateUp` true, two parts of equal rows).
+   */
+  async #split(ts: TensorRecord[], hosts: HostMatrix[], gateUp: boolean): Promise<Matrix> {
+    const format = formatOf(ts[0]);
+    const cols = ts[0].shape[1];
+    const label = ts.map((t) => t.name).join("+");
+    const whole: HostMatrix = hosts.length === 1 ? hosts[0] : stackRows(hosts);
+    const rows = gateUp ? ts[0].shape[0] : ts.reduce((a, t) => a + t.shape[0], 0);
+    const blocks: MatrixBlock[] = [];
+    const ranges = rowBlocks(format, rows, cols, gateUp ? 2 : 1, this.#limit, label);
+    for (const [r0, r1] of ranges) {
+      const part = gateUp
+        ? stackRows(hosts.map((h) => sliceRows(h, format, cols, r0, r1)))
+        : r0 === 0 && r1 === rows
+        ? whole
+        : sliceRows(whole, format, cols, r0, r1);
+      const setRows = (r1 - r0) * (gateUp ? 2 : 1);
+      const name = r0 === 0 && r1 === rows ? label : `${label}[${r0}:${r1}]`;
+      const set = await this.#upload(format, setRows, cols, [part], name);
+      const rowBlock = ranges.length > 1 ? this.#rowBlock(r0, r1 - r0) : undefined;
+      blocks.push({ row0: r0, set, rowBlock });
+    }
+    return { format, rows, cols, blocks };
   }
 
   /** A vector (norm weight, bias) as f32, times `scale`. */
@@ -338,22 +432,20 @@ class WeightLoader {
     return this.#buffer(all, parts.map(([k]) => describeKey(k)).join("+"));
   }
 
-  /** Whether these records can be stacked row-wise into one weight set within the limit. */
+  /** Whether these records share a storage format, so they can be stacked row-wise. */
   stackable(ts: TensorRecord[]): boolean {
     const name = formatName(formatOf(ts[0]));
-    if (!ts.every((t) => formatName(formatOf(t)) === name)) return false;
-    const rows = ts.reduce((a, t) => a + t.shape[0], 0);
-    const bytes = matrixBytes(formatOf(ts[0]), rows, ts[0].shape[1]);
-    return bytes <= this.#device.limits.maxStorageBufferBindingSize;
+    return ts.every((t) => formatName(formatOf(t)) === name);
   }
 
-  /** Same-format matrices stacked row-wise as one weight set. */
-  async stacked(ts: TensorRecord[]): Promise<WeightSet> {
+  /**
+   * Same-format matrices stacked row-wise ([q; k; v]), or `gateUp`: [gate; up] paired per row
+   * block; in row blocks when they exceed the binding limit.
+   */
+  async stacked(ts: TensorRecord[], gateUp = false): Promise<Matrix> {
     const hosts = [];
     for (const t of ts) hosts.push(await this.#host(t));
-    const rows = ts.reduce((a, t) => a + t.shape[0], 0);
-    const label = ts.map((t) => t.name).join("+");
-    return this.#upload(formatOf(ts[0]), rows, ts[0].shape[1], [stackRows(hosts)], label);
+    return this.#split(ts, hosts, gateUp);
   }
 
   async attention(
@@ -382,9 +474,9 @@ class WeightLoader {
     } else {
       qkv = {
         kind: "split",
-        q: await this.matrix(key("attn_q"), [qRows, H]),
-        k: await this.matrix(key("attn_k"), [kvRows, H]),
-        v: await this.matrix(key("attn_v"), [kvRows, H]),
+        q: await this.blocks(key("attn_q"), [qRows, H]),
+        k: await this.blocks(key("attn_k"), [kvRows, H]),
+        v: await this.blocks(key("attn_v"), [kvRows, H]),
       };
       if (a.qkvBias) {
         qkv.qBias = await this.vector(key("attn_q_bias"), [qRows]);
@@ -403,7 +495,7 @@ class WeightLoader {
       qkv,
       qNorm: a.qkNorm !== "none" ? await this.vector(key("attn_q_norm"), [qNormWidth]) : undefined,
       kNorm: a.qkNorm !== "none" ? await this.vector(key("attn_k_norm"), [kNormWidth]) : undefined,
-      o: await this.matrix(key("attn_o"), [H, qRows]),
+      o: await this.blocks(key("attn_o"), [H, qRows]),
       oBias: a.outBias ? await this.vector(key("attn_o_bias"), [H], residualScale) : undefined,
       sinks: a.sinks ? await this.vector(key("attn_sinks"), [a.numHeads]) : undefined,
     };
@@ -443,14 +535,14 @@ class WeightLoader {
     });
     const gate = this.need(key("gate"), [I, H]);
     const up = this.need(key("up"), [I, H]);
-    const down = await this.matrix(key("down"), matrixShape("down", I, H));
+    const down = await this.blocks(key("down"), matrixShape("down", I, H));
     if (opts.fuse && this.stackable([gate, up])) {
-      return { kind: "stacked", gateUp: await this.stacked([gate, up]), down };
+      return { kind: "stacked", gateUp: await this.stacked([gate, up], true), down };
     }
     return {
       kind: "split",
-      gate: await this.matrix(key("gate"), [I, H]),
-      up: await this.matrix(key("up"), [I, H]),
+      gate: await this.blocks(key("gate"), [I, H]),
+      up: await this.blocks(key("up"), [I, H]),
       down,
     };
   }
@@ -494,7 +586,7 @@ class WeightLoader {
       normWeight: await this.vector(key("ffn_norm"), [H]),
       normBias: await this.normBias(key("ffn_norm_bias"), norm),
       spec: f,
-      router: await this.matrix(key("router"), [E, H]),
+      router: await this.blocks(key("router"), [E, H]),
       routerBias: f.router.kind === "topk" && f.router.bias
         ? await this.vector(key("router_bias"), [E])
         : undefined,
@@ -505,7 +597,7 @@ class WeightLoader {
       expertBiases: f.expert.bias ? await this.expertBiases(layer, f) : undefined,
       shared: f.shared ? await this.mlp(layer, "shared", f.shared.mlp, opts) : undefined,
       sharedGate: f.shared?.gated
-        ? await this.matrix(key("shared_expert_gate"), [1, H])
+        ? await this.blocks(key("shared_expert_gate"), [1, H])
         : undefined,
     };
   }
@@ -527,9 +619,10 @@ class WeightLoader {
   }
 
   /**
-   * Uploads routed experts' matrices (per expert one record, or several stacked row-wise, e.g.
-   * [gate, up]) grouped by storage format, each group split so no binding exceeds
-   * EXPERT_SET_BYTES.
+   * Uploads routed experts' matrices (per expert one record, or [gate, up] stacked per row block)
+   * grouped by storage format, each group split into sets of as many experts as fit a binding
+   * (at most EXPERT_SET_BYTES); an expert matrix larger than a binding is split into row blocks,
+   * each block's rows of every expert of the group forming sets of their own.
    */
   async expertSets(perExpert: TensorRecord[][], layer: number): Promise<ExpertSet[]> {
     const groups = new Map<string, TensorRecord[][]>();
@@ -538,30 +631,68 @@ class WeightLoader {
       if (!groups.has(name)) groups.set(name, []);
       groups.get(name)!.push(ts);
     }
-    const [rows, cols] = [
-      perExpert[0].reduce((a, t) => a + t.shape[0], 0),
-      perExpert[0][0].shape[1],
-    ];
+    const gateUp = perExpert[0].length === 2;
+    const [rows, cols] = perExpert[0][0].shape;
     const label = `${perExpert[0].map((t) => t.role).join("+")}.${layer}`;
+    const limit = Math.min(this.#limit, EXPERT_SET_BYTES);
     const out: ExpertSet[] = [];
     for (const members of groups.values()) {
       const format = formatOf(members[0][0]);
-      const perSet = Math.max(1, Math.floor(EXPERT_SET_BYTES / matrixBytes(format, rows, cols)));
-      for (let i = 0; i < members.length; i += perSet) {
-        const part = members.slice(i, i + perSet);
-        const mats: HostMatrix[] = [];
-        for (const ts of part) {
-          const hosts = [];
-          for (const t of ts) hosts.push(await this.#host(t));
-          mats.push(hosts.length === 1 ? hosts[0] : stackRows(hosts));
+      const what = `${members[0].map((t) => t.name).join("+")} (expert matrices of ${label})`;
+      const ranges = rowBlocks(format, rows, cols, gateUp ? 2 : 1, limit, what);
+      for (const [r0, r1] of ranges) {
+        const rowBlock = ranges.length > 1 ? this.#rowBlock(r0, r1 - r0) : undefined;
+        const setRows = (r1 - r0) * (gateUp ? 2 : 1);
+        let perSet = Math.max(1, Math.floor(limit / matrixBytes(format, setRows, cols)));
+        while (perSet > 1 && !weightSetFits(format, setRows, cols, perSet, limit)) perSet--;
+        for (let i = 0; i < members.length; i += perSet) {
+          const part = members.slice(i, i + perSet);
+          const mats: HostMatrix[] = [];
+          for (const ts of part) {
+            const hosts = [];
+            for (const t of ts) hosts.push(sliceRows(await this.#host(t), format, cols, r0, r1));
+            mats.push(hosts.length === 1 ? hosts[0] : stackRows(hosts));
+          }
+          const name = r1 - r0 === rows ? label : `${label}[${r0}:${r1}]`;
+          const set = await this.#upload(format, setRows, cols, mats, name);
+          const ids = new Uint32Array(part.map((ts) => ts[0].expert));
+          const experts = this.#buffer(ids, `${name}.experts`);
+          out.push({ set, experts, row0: r0, outRows: rows, rowBlock });
         }
-        const set = await this.#upload(format, rows, cols, mats, label);
-        const ids = new Uint32Array(part.map((ts) => ts[0].expert));
-        out.push({ set, experts: this.#buffer(ids, `${label}.experts`) });
       }
     }
     return out;
   }
+}
+
+/**
+ * Row blocks [r0, r1) of a matrix of `rows` rows (each block `factor` × as many set rows: 2 for
+ * [gate; up] pairs) that each fit a binding of `limit` bytes: as few as possible, of equal size
+ * (a multiple of 8 rows when that costs no extra block). Throws a {@link LimitError} naming `what`
+ * when not even one row fits.
+ */
+export function rowBlocks(
+  format: WeightFormat,
+  rows: number,
+  cols: number,
+  factor: number,
+  limit: number,
+  what: string,
+): [number, number][] {
+  const fit = Math.floor(rowsPerBinding(format, cols, limit) / factor);
+  if (fit < 1) {
+    throw new LimitError(
+      `tensor ${what}: one row (${factor * matrixBytes(format, 1, cols)} bytes) exceeds the ` +
+        `${limit}-byte binding limit`,
+    );
+  }
+  if (fit >= rows) return [[0, rows]];
+  const count = Math.ceil(rows / fit);
+  let per = Math.ceil(rows / count);
+  if (Math.ceil(per / 8) * 8 <= fit) per = Math.ceil(per / 8) * 8;
+  const out: [number, number][] = [];
+  for (let r0 = 0; r0 < rows; r0 += per) out.push([r0, Math.min(rows, r0 + per)]);
+  return out;
 }
 
 /** Matrices of one format stacked row-wise ([gate; up] or [q; k; v]). */

@@ -15,6 +15,9 @@
  * Output: y = scale · (W x) + bias (+ y when accumulating), so a residual add with a multiplier
  * (a layer's residual scale, the head's logit scale) costs nothing extra.
  *
+ * Row blocks: a matrix larger than a binding is split into row blocks (engine/weights.ts), one
+ * dispatch each; `row0` and `yCols` place a block's rows in the full output row.
+ *
  * Expert mode ("sparse dispatch"): the weight set holds several experts' matrices back to back;
  * workgroup z serves matrix z (global expert id `setExperts[z]`), reads the router's chosen ids
  * and exits at once when no token of its tile chose that expert.
@@ -31,6 +34,7 @@ import {
   decodeFunctions,
   formatName,
   loadBlockWords,
+  ROW_BLOCK_WGSL,
   type WeightFormat,
   weightLayout,
 } from "./weights.ts";
@@ -57,6 +61,14 @@ export interface MatmulKey {
   accumulate?: boolean;
   /** Multiplier of W x (default 1). */
   scale?: number;
+  /**
+   * Row block of a split matrix: the weight set holds rows `row0 ..` of the full matrix (row0
+   * read from the `rowBlock` uniform, kernels/weights.ts ROW_BLOCK_WGSL), so output row r goes
+   * to y column row0 + r and reads bias[row0 + r].
+   */
+  rowBlock?: boolean;
+  /** Columns of a y row (the full matrix's output rows when split; default `rows`). */
+  yCols?: number;
   /** Use this token count instead of the Step uniform's T (e.g. 1 for last-position logits). */
   fixedT?: number;
   /**
@@ -148,6 +160,11 @@ function unitBody(format: WeightFormat, cols: number): string {
   }
 }
 
+/** Label suffix of a split matrix's row block ("" for a whole matrix). */
+export function blockLabel(key: { rowBlock?: boolean; yCols?: number }): string {
+  return key.rowBlock ? `.block.of${key.yCols}` : "";
+}
+
 /** Generates the matmul kernel for a key. */
 export function matmulSource(key: MatmulKey): KernelSource {
   const { format, rows, cols } = key;
@@ -161,6 +178,7 @@ export function matmulSource(key: MatmulKey): KernelSource {
   const useStep = key.fixedT === undefined;
   const binds = new BindingList();
   if (useStep) binds.add("step", "Step", "uniform");
+  if (key.rowBlock) binds.add("rowBlock", "RowBlock", "uniform");
   binds.add("x", "array<f32>");
   binds.add("y", "array<f32>", "storage, read_write");
   addWeightBindings(binds, format, "array<vec4<f32>>");
@@ -217,9 +235,11 @@ export function matmulSource(key: MatmulKey): KernelSource {
 
   const scaled = key.scale === undefined || key.scale === 1 ? "sum" : `${f(key.scale)} * sum`;
   const code = `${useStep ? STEP_WGSL : ""}
+${key.rowBlock ? ROW_BLOCK_WGSL : ""}
 ${binds.wgsl}
 ${decodeFunctions(format)}
 const ROWS = ${u(rows)};
+${key.rowBlock ? "" : "const ROW0 = 0u;\n"}const Y_COLS = ${u(key.yCols ?? rows)};
 const COLS = ${u(cols)};
 const ROW_STRIDE = ${u(layout.rowStride / per)};
 const MATRIX_STRIDE = ${u(layout.matrixStride / per)};
@@ -236,6 +256,7 @@ ${expert ? `var<workgroup> slot: array<i32, ${TT}>;\nvar<workgroup> anyChosen: u
 
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${key.rowBlock ? "let ROW0 = rowBlock.row0;" : ""}
   let T = ${useStep ? "step.T" : u(key.fixedT!)};
   let t0 = wg.y * TT;
   let lane = li % THREADS_PER_ROW;
@@ -259,10 +280,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   if (lane == 0u && row < ROWS) {
     for (var tt = 0u; tt < TT; tt++) {
       if (live[tt]) {
-        let o = yRow[tt] * ROWS + row;
+        let o = yRow[tt] * Y_COLS + ROW0 + row;
         let sum = partial[tt * ${u(WORKGROUP)} + li];
         var v = ${scaled};
-        ${key.bias ? "v += bias[row];" : ""}
+        ${key.bias ? "v += bias[ROW0 + row];" : ""}
         ${key.accumulate ? "v += y[o];" : ""}
         y[o] = v;
       }
@@ -271,7 +292,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 `;
   return {
-    label: `matmul.${formatName(format)}.${rows}x${cols}.${key.mode}.t${TT}`,
+    label: `matmul.${formatName(format)}.${rows}x${cols}.${key.mode}.t${TT}${blockLabel(key)}`,
     code,
     bindings: binds.names,
   };

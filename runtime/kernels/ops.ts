@@ -11,7 +11,7 @@
 
 import { type BindingDecl, f, type KernelSource, kernelSource, u } from "./kernel.ts";
 import { slotDecls, slotLabel, type SlotLayout, tokenEntry } from "./slots.ts";
-import { weightAtFunction, weightDecls, type WeightFormat } from "./weights.ts";
+import { ROW_BLOCK_WGSL, weightAtFunction, weightDecls, type WeightFormat } from "./weights.ts";
 
 /** Threads per workgroup of the element-wise kernels. */
 export const EW = 64;
@@ -25,31 +25,46 @@ export function elementGroups(width: number, rows: number): [number, number, num
  * Embedding lookup: out[t, c] = scale · E[tokens[pos0 + t], c], the ids read from the GPU token
  * buffer, the row decoded by kernels/weights.ts `weightAt`; with a slot layout the id is the
  * token's entry in its slot (kernels/slots.ts). Dispatch {@link elementGroups} (hidden, T).
+ *
+ * With `rowBlock` (an embedding split into row blocks, one dispatch each) the weight set holds
+ * the rows given by the `rowBlock` uniform (kernels/weights.ts ROW_BLOCK_WGSL) and the kernel
+ * writes only the tokens whose ids fall there: the dispatches of all blocks together gather
+ * every token's row.
  */
 export function embedSource(
   format: WeightFormat,
   hidden: number,
   scale = 1,
   slots?: SlotLayout,
+  rowBlock = false,
 ): KernelSource {
   const decls: BindingDecl[] = [
     ["step", "Step", "uniform"],
+    ...(rowBlock ? [["rowBlock", "RowBlock", "uniform"] as BindingDecl] : []),
     ["tokens", "array<u32>"],
     ...weightDecls(format, "array<f32>"),
     ["out", "array<f32>", "storage, read_write"],
     ...slotDecls(slots),
   ];
   const value = scale === 1 ? "weightAt(row, c)" : `${f(scale)} * weightAt(row, c)`;
+  // u32 arithmetic: ids below row0 wrap around to large values and fail the test too.
+  const pick = rowBlock
+    ? `let row = tokens[${tokenEntry(slots, "t")}] - rowBlock.row0;
+  if (row >= rowBlock.rows) { return; }`
+    : `let row = tokens[${tokenEntry(slots, "t")}];`;
   return kernelSource(
-    `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}${slotLabel(slots)}`,
+    `embed.${format.kind}.${hidden}${scale === 1 ? "" : `.x${scale}`}${slotLabel(slots)}${
+      rowBlock ? ".block" : ""
+    }`,
     decls,
-    `${weightAtFunction(format, hidden)}
+    `${rowBlock ? ROW_BLOCK_WGSL : ""}
+${weightAtFunction(format, hidden)}
 @compute @workgroup_size(${EW})
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   let c = id.x;
   let t = id.y;
   if (c >= ${u(hidden)} || t >= step.T) { return; }
-  let row = tokens[${tokenEntry(slots, "t")}];
+  ${pick}
   out[t * ${u(hidden)} + c] = ${value};
 }`,
   );

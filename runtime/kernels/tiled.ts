@@ -12,7 +12,8 @@
  * (float), with no workgroup memory and no barriers. (The classic kernel in matmul.ts has one
  * load per MAC per token.) Weights are decoded by the snippets of kernels/weights.ts.
  *
- * Output: y = scale · (W x) + bias (+ y when accumulating).
+ * Output: y = scale · (W x) + bias (+ y when accumulating); a row block of a split matrix
+ * (`row0`, `yCols`) writes its slice of the full output row.
  *
  * Modes:
  * - "dense": token tile `wg.y` covers tokens wg.y·TT .. wg.y·TT + TT − 1 of the batch;
@@ -31,6 +32,7 @@
 
 import { BLOCK_CODES } from "../../schemas/packing.ts";
 import { BindingList, f, type KernelSource, nextPow2, STEP_WGSL, u } from "./kernel.ts";
+import { blockLabel } from "./matmul.ts";
 import {
   addWeightBindings,
   blockCode,
@@ -38,6 +40,7 @@ import {
   decodeFunctions,
   formatName,
   loadBlockWords,
+  ROW_BLOCK_WGSL,
   type WeightFormat,
   weightLayout,
 } from "./weights.ts";
@@ -72,6 +75,14 @@ export interface TiledKey {
   accumulate?: boolean;
   /** Multiplier of W x (default 1). */
   scale?: number;
+  /**
+   * Row block of a split matrix: the weight set holds rows `row0 ..` of the full matrix (row0
+   * read from the `rowBlock` uniform, kernels/weights.ts ROW_BLOCK_WGSL), so output row r goes
+   * to y column row0 + r and reads bias[row0 + r].
+   */
+  rowBlock?: boolean;
+  /** Columns of a y row (the full matrix's output rows when split; default `rows`). */
+  yCols?: number;
   /** Use this token count instead of the Step uniform's T. */
   fixedT?: number;
 }
@@ -114,6 +125,7 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   const WG = tiledWorkgroup(key);
   const binds = new BindingList();
   if (useStep) binds.add("step", "Step", "uniform");
+  if (key.rowBlock) binds.add("rowBlock", "RowBlock", "uniform");
   binds.add("x", "array<f32>");
   binds.add("y", "array<f32>", "storage, read_write");
   addWeightBindings(binds, format, "array<f32>");
@@ -197,9 +209,9 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
       const a = `acc${i}_${tt}`;
       const val = key.gateUp ? `${a} / (1.0 + exp(-${a})) * up${i}_${tt}` : a;
       stores.push(`if (live${tt} && r0 + ${u(i)} < ROWS) {
-    let o = yRow${tt} * ROWS + r0 + ${u(i)};
+    let o = yRow${tt} * Y_COLS + ROW0 + r0 + ${u(i)};
     var v = ${scale}${val};
-    ${key.bias ? `v += bias[r0 + ${u(i)}];` : ""}
+    ${key.bias ? `v += bias[ROW0 + r0 + ${u(i)}];` : ""}
     ${key.accumulate ? "v += y[o];" : ""}
     y[o] = v;
   }`);
@@ -239,9 +251,11 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   }
 
   const code = `${useStep ? STEP_WGSL : ""}
+${key.rowBlock ? ROW_BLOCK_WGSL : ""}
 ${binds.wgsl}
 ${decodeFunctions(format)}
 const ROWS = ${u(rows)};
+${key.rowBlock ? "" : "const ROW0 = 0u;\n"}const Y_COLS = ${u(key.yCols ?? rows)};
 const COLS = ${u(cols)};
 const ROW_STRIDE = ${u(layout.rowStride)};
 const MATRIX_STRIDE = ${u(layout.matrixStride)};
@@ -254,6 +268,7 @@ const CAPACITY = ${u(key.capacity ?? 1)};
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  ${key.rowBlock ? "let ROW0 = rowBlock.row0;" : ""}
   let r0 = (wg.x * ${u(WG)} + li) * ${u(RT)};
   if (r0 >= ROWS) { return; }
   ${tokenSetup.join("\n  ")}
@@ -273,7 +288,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   return {
     label: `tiled.${formatName(format)}.${rows}x${cols}.${key.mode}${
       key.gateUp ? ".gateup" : ""
-    }.r${RT}t${TT}`,
+    }.r${RT}t${TT}${blockLabel(key)}`,
     code,
     bindings: binds.names,
   };

@@ -107,6 +107,77 @@ export function matrixBytes(format: WeightFormat, rows: number, cols: number): n
 }
 
 /**
+ * Byte sizes of the buffers {@link uploadWeightSet} creates for `count` [rows, cols] matrices,
+ * in {@link weightBindings} order, as allocated (kernel.ts `storageBuffer` rounds up to 16 bytes):
+ * each is one binding, so each must fit the device's binding and buffer limits.
+ */
+export function weightSetBufferBytes(
+  format: WeightFormat,
+  rows: number,
+  cols: number,
+  count: number,
+): number[] {
+  const l = weightLayout(format, rows, cols);
+  const alloc = (bytes: number) => Math.max(16, Math.ceil(bytes / 16) * 16);
+  const codes = alloc(count * l.matrixStride * 4);
+  if (format.kind !== "q") return [codes];
+  if (isMxfp4(format)) return [codes, alloc(Math.ceil((count * l.groupStride) / 4) * 4 + 4)];
+  const params = alloc(
+    format.scaleType === "f16" ? (count * l.groupStride + 2) * 2 : count * l.groupStride * 4,
+  );
+  return [codes, params, params];
+}
+
+/** Whether a set of `count` [rows, cols] matrices fits bindings of at most `limit` bytes. */
+export function weightSetFits(
+  format: WeightFormat,
+  rows: number,
+  cols: number,
+  count: number,
+  limit: number,
+): boolean {
+  return weightSetBufferBytes(format, rows, cols, count).every((b) => b <= limit);
+}
+
+/**
+ * The most rows of a [·, cols] matrix one weight set can hold with every binding within `limit`
+ * bytes (0 when not even one row fits).
+ */
+export function rowsPerBinding(format: WeightFormat, cols: number, limit: number): number {
+  // The codes (or values) buffer is the largest per row; the others and padding may take a few
+  // rows off.
+  let rows = Math.floor(limit / (weightLayout(format, 1, cols).rowStride * 4));
+  while (rows > 0 && !weightSetFits(format, rows, cols, 1, limit)) rows--;
+  return rows;
+}
+
+/**
+ * Rows r0 ≤ r < r1 of a host matrix stored in `format` (views where possible): a row block of
+ * a matrix that is split across several weight sets.
+ */
+export function sliceRows(
+  m: HostMatrix,
+  format: WeightFormat,
+  cols: number,
+  r0: number,
+  r1: number,
+): HostMatrix {
+  if ("raw" in m) {
+    const rowBytes = cols * (format.kind === "f32" ? 4 : 2);
+    return { raw: m.raw.subarray(r0 * rowBytes, r1 * rowBytes) };
+  }
+  const wpr = wordsPerRow(cols, m.bits);
+  const gpr = groupsPerRow(cols, m.groupSize);
+  return {
+    ...m,
+    rows: r1 - r0,
+    codes: m.codes.subarray(r0 * wpr, r1 * wpr),
+    scales: m.scales.subarray(r0 * gpr, r1 * gpr),
+    zeros: m.zeros.length === 0 ? m.zeros : m.zeros.subarray(r0 * gpr, r1 * gpr),
+  };
+}
+
+/**
  * Uploads matrices of one format and shape as a {@link WeightSet}. Float rows are padded to the
  * layout's row stride with zeros; quantized codes are copied verbatim (their layout is already
  * the kernels'), scales and zeros concatenated.
@@ -172,6 +243,26 @@ export function uploadWeightSet(
   });
   const buffers = [storageBuffer(device, out.byteLength, `${label}.data`, out)];
   return { format, rows, cols, count: n, buffers, bytes: out.byteLength };
+}
+
+/**
+ * A row block's place in its matrix, the uniform `rowBlock` of the kernels that read a block of
+ * a split matrix: its first row and its row count. Kept out of the generated WGSL so the blocks
+ * of one matrix share their pipelines.
+ */
+export const ROW_BLOCK_WGSL = "struct RowBlock { row0: u32, rows: u32, pad0: u32, pad1: u32 }";
+
+/** The 16-byte {@link ROW_BLOCK_WGSL} uniform of a row block. */
+export function rowBlockUniform(device: GPUDevice, row0: number, rows: number): GPUBuffer {
+  const buffer = device.createBuffer({
+    label: `rowBlock.${row0}+${rows}`,
+    size: 16,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    mappedAtCreation: true,
+  });
+  new Uint32Array(buffer.getMappedRange()).set([row0, rows, 0, 0]);
+  buffer.unmap();
+  return buffer;
 }
 
 /** Binding names of a weight set's buffers, in order. */
