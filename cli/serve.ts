@@ -44,6 +44,11 @@ export const spec: CommandSpec = {
     device: { type: "string", help: "webgpu or cpu (float64 reference)", default: "webgpu" },
     "no-f16": { type: "boolean", help: "WebGPU: do not use shader-f16" },
     "max-binding": MAX_BINDING_FLAG,
+    context: {
+      type: "string",
+      help: "WebGPU: KV-cache length in tokens per slot",
+      default: "max_position_embeddings, capped by the device memory",
+    },
   },
 };
 
@@ -60,10 +65,18 @@ export async function run(args: Args): Promise<void> {
   if (apiKey !== undefined && /\s/.test(apiKey)) {
     throw new UsageError("--api-key must not contain whitespace");
   }
+  const context = args.string("context") === undefined
+    ? undefined
+    : args.int("context", 0, 1, 2 ** 31);
+  if (context !== undefined && device !== "webgpu") {
+    throw new UsageError("--context: applies to --device webgpu");
+  }
   const { engine, tokenizer } = await openEngine(args.positionals[0], device, {
     f16: !args.flag("no-f16"),
     parallel,
     maxBinding: maxBindingOption(args),
+    maxContext: context,
+    contextFlag: "--context",
   });
   const stop = new AbortController();
   const onSignal = () => stop.abort();

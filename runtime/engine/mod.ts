@@ -39,7 +39,6 @@ import {
 import { createBatchSampler, createSampler } from "../kernels/sample.ts";
 import {
   activationBytes,
-  activationWidths,
   createActivations,
   createKvCache,
   type KvCache,
@@ -271,7 +270,6 @@ export async function createWebGpuEngine(
 
   // Bindings as large as the largest matrix and activation are wanted (larger ones are split,
   // the chunk shrinks); a KV cache cannot be split, so its size is needed.
-  const widths = activationWidths(spec);
   const tokens = spec.encoder ? seq2seqChunk(spec, opts) : chunkBound;
   const wants = wantedLimits(spec, tokens, largestDenseMatrix(artifact.tensors));
   const slotBinding = Math.max(1, contextBound) * perToken.widestBuffer;
