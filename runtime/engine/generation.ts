@@ -26,7 +26,13 @@
 import type { GenerateOptions } from "../api.ts";
 import { LimitError, UsageError } from "../../schemas/errors.ts";
 import type { ModelSpec } from "../../schemas/model.ts";
-import { type Dispatch, encodeDispatches, mapStaging, storageBuffer } from "../kernels/kernel.ts";
+import {
+  type Dispatch,
+  encodeDispatches,
+  mapStaging,
+  readIds,
+  storageBuffer,
+} from "../kernels/kernel.ts";
 import type { BatchSampler, Sampler } from "../kernels/sample.ts";
 import type { Activations } from "./activations.ts";
 import { createBatchDecoder } from "./batch.ts";
@@ -252,11 +258,7 @@ export function createGeneration(ctx: GenerationContext): Generation {
           produced++;
         }
         const count = produced - yielded;
-        const enc = device.createCommandEncoder();
-        enc.copyBufferToBuffer(acts.tokens, (n + yielded - base) * 4, staging, 0, count * 4);
-        device.queue.submit([enc.finish()]);
-        const bytes = await mapStaging(staging, count * 4);
-        const got = new Uint32Array(bytes.buffer, bytes.byteOffset, count);
+        const got = await readIds(device, acts.tokens, n + yielded - base, count, staging);
         for (const id of got) {
           if (options.signal?.aborted) return;
           yielded++;

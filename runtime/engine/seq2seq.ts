@@ -38,6 +38,7 @@ import {
   getKernel,
   mapStaging,
   prepareKernels,
+  readIds,
   STEP_BYTES,
   storageBuffer,
 } from "../kernels/kernel.ts";
@@ -455,11 +456,7 @@ export async function createSeq2SeqEngine(
           produced++;
         }
         const count = produced - yielded;
-        const enc = device.createCommandEncoder();
-        enc.copyBufferToBuffer(acts.tokens, (1 + yielded) * 4, staging, 0, count * 4);
-        device.queue.submit([enc.finish()]);
-        const bytes = await mapStaging(staging, count * 4);
-        for (const id of new Uint32Array(bytes.buffer, bytes.byteOffset, count)) {
+        for (const id of await readIds(device, acts.tokens, 1 + yielded, count, staging)) {
           if (options.signal?.aborted) return;
           yielded++;
           yield id;

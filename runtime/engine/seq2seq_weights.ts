@@ -23,7 +23,6 @@ import type {
   StackName,
   StackSpec,
 } from "../../schemas/model.ts";
-import type { QuantizedTensor } from "../../schemas/packing.ts";
 import { describeKey, keyString, matrixShape, type TensorKey } from "../../schemas/tensors.ts";
 import { storageBuffer } from "../kernels/kernel.ts";
 import {
@@ -33,7 +32,13 @@ import {
   uploadWeightSet,
   type WeightSet,
 } from "../kernels/weights.ts";
-import { type EngineArtifact, EXPERT_SET_BYTES, type ExpertSet, formatOf } from "./weights.ts";
+import {
+  type EngineArtifact,
+  EXPERT_SET_BYTES,
+  type ExpertSet,
+  formatOf,
+  stackRows,
+} from "./weights.ts";
 
 /** A relative bias: its description and the owner layer's table [buckets, numHeads]. */
 export interface HostRelativeBias {
@@ -306,30 +311,4 @@ class Loader {
     }
     return out;
   }
-}
-
-/** Matrices of one format stacked row-wise (quantized rows are packed per row). */
-function stackRows(parts: HostMatrix[]): HostMatrix {
-  if (parts.every((p) => "raw" in p)) {
-    return { raw: concat(parts.map((p) => (p as { raw: Uint8Array }).raw)) };
-  }
-  const qs = parts as QuantizedTensor[];
-  return {
-    ...qs[0],
-    rows: qs.reduce((a, q) => a + q.rows, 0),
-    codes: concat(qs.map((q) => q.codes)),
-    scales: concat(qs.map((q) => q.scales) as Uint16Array[]),
-    zeros: concat(qs.map((q) => q.zeros) as Uint16Array[]),
-  };
-}
-
-function concat<A extends Uint8Array | Uint16Array | Uint32Array>(arrays: A[]): A {
-  const Ctor = arrays[0].constructor as { new (n: number): A };
-  const out = new Ctor(arrays.reduce((a, r) => a + r.length, 0));
-  let at = 0;
-  for (const r of arrays) {
-    out.set(r as never, at);
-    at += r.length;
-  }
-  return out;
 }

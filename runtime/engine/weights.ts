@@ -696,7 +696,7 @@ export function rowBlocks(
 }
 
 /** Matrices of one format stacked row-wise ([gate; up] or [q; k; v]). */
-function stackRows(parts: HostMatrix[]): HostMatrix {
+export function stackRows(parts: HostMatrix[]): HostMatrix {
   if (parts.every((p) => "raw" in p)) {
     return { raw: concat(parts.map((p) => (p as { raw: Uint8Array }).raw)) };
   }

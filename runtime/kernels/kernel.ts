@@ -229,6 +229,24 @@ export async function readBuffer(
   return out;
 }
 
+/**
+ * Reads `count` token ids from `tokens` starting at entry `first` through `staging` (one copy,
+ * one counted readback): the decode loops' batched id readback.
+ */
+export async function readIds(
+  device: GPUDevice,
+  tokens: GPUBuffer,
+  first: number,
+  count: number,
+  staging: GPUBuffer,
+): Promise<Uint32Array> {
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(tokens, first * 4, staging, 0, count * 4);
+  device.queue.submit([enc.finish()]);
+  const bytes = await mapStaging(staging, count * 4);
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, count);
+}
+
 /** Maps a MAP_READ buffer and copies out its first `bytes` bytes (counted readback). */
 export async function mapStaging(staging: GPUBuffer, bytes: number): Promise<Uint8Array> {
   mapCount++;
