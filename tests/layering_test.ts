@@ -1,7 +1,8 @@
 /**
  * The layering rule, checked on the import graph: `compiler/` never imports `runtime/`,
  * `runtime/` never imports `compiler/` (tests included), and `schemas/` (the format layer both
- * read) imports neither. `cli/`, `tests/` and `examples/` may import anything.
+ * read) imports neither; none of the three imports `bench/` (the dev-only comparison with
+ * llama.cpp). `cli/`, `tests/`, `bench/` and `examples/` may import anything.
  *
  * Every .ts file of the repository is scanned for its static imports and re-exports
  * (`import … from`, `import "…"`, `export … from`, type-only ones included) and its dynamic
@@ -191,9 +192,9 @@ export function importsOf(src: string): ImportRef[] {
 
 /** The rule: which top-level folders a folder must not import. */
 const FORBIDDEN: Record<string, readonly string[]> = {
-  compiler: ["runtime"],
-  runtime: ["compiler"],
-  schemas: ["compiler", "runtime"],
+  compiler: ["runtime", "bench"],
+  runtime: ["compiler", "bench"],
+  schemas: ["compiler", "runtime", "bench"],
 };
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -273,7 +274,7 @@ Deno.test("layering: the import scanner finds static, type, re-export and dynami
   ]);
 });
 
-Deno.test("layering: compiler/ ↛ runtime/, runtime/ ↛ compiler/, schemas/ ↛ either", () => {
+Deno.test("layering: compiler/ ↛ runtime/, runtime/ ↛ compiler/, schemas/ ↛ either, none ↛ bench/", () => {
   const found = violations();
   assert.ok(found.length === 0, `${found.length} layering violations:\n${found.join("\n")}`);
 });
