@@ -434,6 +434,27 @@ fn main(@builtin(local_invocation_index) lid: u32/*ENTRY*/) {
 }
 
 /**
+ * The sampler's 16-byte parameter block (temperature f32, top-k u32, top-p f32, seed u32), checked:
+ * one layout for the one-sequence and the batched sampler.
+ */
+function packSamplerParams(p: SamplerParams): ArrayBuffer {
+  if (!Number.isFinite(p.topK) || p.topK < 0) {
+    throw new UsageError(`sampler: topK must be a non-negative integer, got ${p.topK}`);
+  }
+  if (Number.isNaN(p.topP) || Number.isNaN(p.temperature)) {
+    throw new UsageError("sampler: temperature and topP must be numbers");
+  }
+  const data = new ArrayBuffer(16);
+  const f = new Float32Array(data);
+  const u = new Uint32Array(data);
+  f[0] = p.temperature;
+  u[1] = Math.min(Math.floor(p.topK), 0xffffffff);
+  f[2] = p.topP;
+  u[3] = p.seed >>> 0;
+  return data;
+}
+
+/**
  * Compiles the sampler for `vocabSize` tokens on `device`.
  * Throws UsageError for a bad vocabulary size, DeviceError when the shader fails to compile.
  */
@@ -463,20 +484,8 @@ export function createSampler(device: GPUDevice, vocabSize: number): Sampler {
   let cached: { key: unknown[]; group: GPUBindGroup } | null = null;
 
   function writeParams(p: SamplerParams): void {
-    if (!Number.isFinite(p.topK) || p.topK < 0) {
-      throw new UsageError(`sampler: topK must be a non-negative integer, got ${p.topK}`);
-    }
-    if (Number.isNaN(p.topP) || Number.isNaN(p.temperature)) {
-      throw new UsageError("sampler: temperature and topP must be numbers");
-    }
-    const data = new ArrayBuffer(16);
-    const f = new Float32Array(data);
-    const u = new Uint32Array(data);
-    f[0] = p.temperature;
-    u[1] = Math.min(Math.floor(p.topK), 0xffffffff);
-    f[2] = p.topP;
-    u[3] = p.seed >>> 0;
-    const key = Array.from(u).join(",");
+    const data = packSamplerParams(p);
+    const key = Array.from(new Uint32Array(data)).join(",");
     if (key !== lastParams) {
       device.queue.writeBuffer(paramsBuffer, 0, data);
       lastParams = key;
@@ -613,20 +622,7 @@ export function createBatchSampler(
     states,
     setParams(slot, p) {
       check(slot);
-      if (!Number.isFinite(p.topK) || p.topK < 0) {
-        throw new UsageError(`sampler: topK must be a non-negative integer, got ${p.topK}`);
-      }
-      if (Number.isNaN(p.topP) || Number.isNaN(p.temperature)) {
-        throw new UsageError("sampler: temperature and topP must be numbers");
-      }
-      const data = new ArrayBuffer(16);
-      const f = new Float32Array(data);
-      const u = new Uint32Array(data);
-      f[0] = p.temperature;
-      u[1] = Math.min(Math.floor(p.topK), 0xffffffff);
-      f[2] = p.topP;
-      u[3] = p.seed >>> 0;
-      device.queue.writeBuffer(params, slot * 16, data);
+      device.queue.writeBuffer(params, slot * 16, packSamplerParams(p));
     },
     setState(slot, step, pos) {
       check(slot);
