@@ -328,3 +328,18 @@ export function withPreamble(bytes: Uint8Array, edit: Partial<Preamble>): Uint8A
   out.set(encodePreamble({ ...decodePreamble(bytes, "test"), ...edit }), 0);
   return out;
 }
+
+/** The description with every capacity router's capacity set to `capacity` (capacity tests). */
+export function withCapacity(spec: ModelSpec, capacity: number): ModelSpec {
+  const out = structuredClone(spec);
+  for (const stack of [out.encoder, out.decoder]) {
+    for (const layer of stack?.layers ?? []) {
+      for (const b of layer.blocks) {
+        if (b.kind === "ffn" && b.ffn.kind === "moe" && b.ffn.router.kind === "capacity") {
+          b.ffn.router.capacity = capacity;
+        }
+      }
+    }
+  }
+  return out;
+}

@@ -14,7 +14,6 @@ import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { artifactToIR, type TensorEncoding } from "../compiler/emit/mod.ts";
 import type { PlacedTensor } from "../compiler/ir.ts";
 import { forwardSeq2Seq, prepareReference } from "../compiler/reference/mod.ts";
-import type { ModelSpec } from "../schemas/model.ts";
 import type { QuantBits } from "../schemas/packing.ts";
 import { isExpertMatrixRole } from "../schemas/tensors.ts";
 import {
@@ -28,6 +27,7 @@ import {
 import { relativeBucket as referenceBucket } from "../compiler/reference/relative_bias.ts";
 import { relativeBucket } from "../runtime/kernels/relative_bias.ts";
 import { collect, compileF32, emitTemp, maxAbsErr, relErr } from "./engine_helpers.ts";
+import { withCapacity } from "../schemas/testing.ts";
 
 const TESTDATA = new URL("../testdata/", import.meta.url).pathname;
 const ORACLE = join(TESTDATA, "hf-oracle/switch_transformers-a");
@@ -35,21 +35,6 @@ const CAPACITY = join(TESTDATA, "hf-oracle-extra/switch-capacity/reference.json"
 
 async function json(path: string) {
   return JSON.parse(await Deno.readTextFile(path));
-}
-
-/** The description with every capacity router's capacity set to `capacity`. */
-function withCapacity(spec: ModelSpec, capacity: number): ModelSpec {
-  const out = structuredClone(spec);
-  for (const stack of [out.encoder!, out.decoder]) {
-    for (const layer of stack.layers) {
-      for (const b of layer.blocks) {
-        if (b.kind === "ffn" && b.ffn.kind === "moe" && b.ffn.router.kind === "capacity") {
-          b.ffn.router.capacity = capacity;
-        }
-      }
-    }
-  }
-  return out;
 }
 
 for (const kernels of ["tiled", "classic"] as const) {

@@ -6,11 +6,11 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import type { ModelSpec } from "../../schemas/model.ts";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
 import { prepareReference } from "./model.ts";
 import { forwardSeq2Seq, ReferenceSession } from "./session.ts";
 import { argmax, maxAbsError } from "./testing.ts";
+import { withCapacity } from "../../schemas/testing.ts";
 
 const TESTDATA = new URL("../../testdata/", import.meta.url).pathname;
 const FIXTURE = join(TESTDATA, "hf-oracle/switch_transformers-a");
@@ -18,21 +18,6 @@ const STRICT_TOLERANCE = 1e-9;
 
 async function json(path: string) {
   return JSON.parse(await Deno.readTextFile(path));
-}
-
-/** The description with every capacity router's capacity set to `capacity`. */
-function withCapacity(spec: ModelSpec, capacity: number): ModelSpec {
-  const out = structuredClone(spec);
-  for (const stack of [out.encoder!, out.decoder]) {
-    for (const layer of stack.layers) {
-      for (const b of layer.blocks) {
-        if (b.kind === "ffn" && b.ffn.kind === "moe" && b.ffn.router.kind === "capacity") {
-          b.ffn.router.capacity = capacity;
-        }
-      }
-    }
-  }
-  return out;
 }
 
 Deno.test("switch_transformers-a: decoder logits within 1e-9 of hf_logits_f64strict", async () => {
