@@ -260,21 +260,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let kb = ${key.slots ? "(kvb + j)" : "j"} * ${u(nkv * hd)} + kvBase;
     var score = 0.0;
     for (var d = 0u; d < HD; d++) { score += qv[d] * kCache[kb + d]; }
-    let mNew = max(m, score);
-    let corr = exp(m - mNew);
-    let p = exp(score - mNew);
-    s = s * corr + p;
-    for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * corr + p * vCache[kb + d]; }
-    m = mNew;
+${ONLINE_SOFTMAX_STEP}
   }
-  laneMax[li] = m;
-  laneSum[li] = s;
-  for (var d = 0u; d < HD; d++) { laneAcc[li * HD + d] = acc[d]; }
-  workgroupBarrier();
-  var M = ${key.sinks ? "sinks[h]" : "-3.0e38"};
-  for (var i = 0u; i < THREADS; i++) { M = max(M, laneMax[i]); }
-  var S = ${key.sinks ? "exp(sinks[h] - M)" : "0.0"};
-  for (var i = 0u; i < THREADS; i++) { S += laneSum[i] * exp(laneMax[i] - M); }
+${laneMerge(key.sinks ? "sinks[h]" : "-3.0e38", key.sinks ? "exp(sinks[h] - M)" : "0.0")}
   for (var d = li; d < HD; d += THREADS) {
     var o = 0.0;
     for (var i = 0u; i < THREADS; i++) { o += laneAcc[i * HD + d] * exp(laneMax[i] - M); }
@@ -417,4 +405,31 @@ ${perD((d) => `    out[ob + ${u(d)}] = a${c}_${d} * keep${c} / s${c};`)}
     }
 }`,
   );
+}
+
+/**
+ * WGSL, one query over a lane's keys: folds `score` (of the key whose values start at
+ * `vCache[kb]`) into the lane's running max `m`, sum `s` and value accumulator `acc` (online
+ * softmax). Shared by every one-query attention kernel.
+ */
+export const ONLINE_SOFTMAX_STEP = `    let mNew = max(m, score);
+    let corr = exp(m - mNew);
+    let p = exp(score - mNew);
+    s = s * corr + p;
+    for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * corr + p * vCache[kb + d]; }
+    m = mNew;`;
+
+/**
+ * WGSL: publishes each lane's (m, s, acc) to workgroup memory and merges them into the global max
+ * `M` and sum `S`, starting from `m0` and `s0` (a sink's logit, or nothing).
+ */
+export function laneMerge(m0: string, s0: string): string {
+  return `  laneMax[li] = m;
+  laneSum[li] = s;
+  for (var d = 0u; d < HD; d++) { laneAcc[li * HD + d] = acc[d]; }
+  workgroupBarrier();
+  var M = ${m0};
+  for (var i = 0u; i < THREADS; i++) { M = max(M, laneMax[i]); }
+  var S = ${s0};
+  for (var i = 0u; i < THREADS; i++) { S += laneSum[i] * exp(laneMax[i] - M); }`;
 }

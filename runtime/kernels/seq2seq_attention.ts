@@ -15,7 +15,12 @@
  * @module
  */
 
-import { type AttentionShape, attentionThreads } from "./attention.ts";
+import {
+  type AttentionShape,
+  attentionThreads,
+  laneMerge,
+  ONLINE_SOFTMAX_STEP,
+} from "./attention.ts";
 import { type BindingDecl, f, type KernelSource, kernelSource, u } from "./kernel.ts";
 import { EW } from "./ops.ts";
 
@@ -98,21 +103,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var dot = 0.0;
     for (var d = 0u; d < HD; d++) { dot += qv[d] * kCache[kb + d]; }
     let score = dot${biasTerm};
-    let mNew = max(m, score);
-    let corr = exp(m - mNew);
-    let p = exp(score - mNew);
-    s = s * corr + p;
-    for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * corr + p * vCache[kb + d]; }
-    m = mNew;
+${ONLINE_SOFTMAX_STEP}
   }
-  laneMax[li] = m;
-  laneSum[li] = s;
-  for (var d = 0u; d < HD; d++) { laneAcc[li * HD + d] = acc[d]; }
-  workgroupBarrier();
-  var M = -3.0e38;
-  for (var i = 0u; i < THREADS; i++) { M = max(M, laneMax[i]); }
-  var S = 0.0;
-  for (var i = 0u; i < THREADS; i++) { S += laneSum[i] * exp(laneMax[i] - M); }
+${laneMerge("-3.0e38", "0.0")}
   for (var d = li; d < HD; d += THREADS) {
     var o = 0.0;
     for (var i = 0u; i < THREADS; i++) { o += laneAcc[i * HD + d] * exp(laneMax[i] - M); }
