@@ -40,6 +40,19 @@ export function maxBindingOption(args: Args): number | undefined {
     : args.int("max-binding", 0, 16, Number.MAX_SAFE_INTEGER);
 }
 
+/**
+ * `--context` (WebGPU KV-cache length in tokens) as the engine options it sets; undefined when the
+ * flag is absent. UsageError with another device.
+ */
+export function contextOption(
+  args: Args,
+  device: DeviceKind,
+): Pick<WebGpuEngineOptions, "maxContext" | "contextFlag"> {
+  if (args.string("context") === undefined) return {};
+  if (device !== "webgpu") throw new UsageError("--context: applies to --device webgpu");
+  return { maxContext: args.int("context", 0, 1, 2 ** 31), contextFlag: "--context" };
+}
+
 /** True when `path` is a directory (a checkpoint), false for a file (an artifact). */
 export async function isDirectory(path: string): Promise<boolean> {
   try {

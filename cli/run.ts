@@ -12,7 +12,13 @@
 import type { Args, CommandSpec } from "./args.ts";
 import type { Engine, GenerateOptions } from "../runtime/api.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
-import { type DeviceKind, MAX_BINDING_FLAG, maxBindingOption, openEngine } from "./model_source.ts";
+import {
+  contextOption,
+  type DeviceKind,
+  MAX_BINDING_FLAG,
+  maxBindingOption,
+  openEngine,
+} from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { decoderText, encoderIdsOf } from "../runtime/seq2seq_text.ts";
 import { firstBatchSize, GenerationClock, type GenerationRates } from "../runtime/rates.ts";
@@ -84,16 +90,9 @@ export async function run(args: Args): Promise<void> {
     seed: args.int("seed", 0, 0, 2 ** 32 - 1),
     readbackEvery: args.int("readback-every", 8, 1, 1024),
   };
-  const context = args.string("context") === undefined
-    ? undefined
-    : args.int("context", 0, 1, 2 ** 31);
-  if (context !== undefined && device !== "webgpu") {
-    throw new UsageError("--context: applies to --device webgpu");
-  }
   const { engine, tokenizer } = await openEngine(args.positionals[0], device, {
     f16: !args.flag("no-f16"),
-    maxContext: context,
-    contextFlag: "--context",
+    ...contextOption(args, device),
     maxBinding: maxBindingOption(args),
   });
   try {

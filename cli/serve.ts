@@ -9,7 +9,13 @@
  */
 
 import type { Args, CommandSpec } from "./args.ts";
-import { type DeviceKind, MAX_BINDING_FLAG, maxBindingOption, openEngine } from "./model_source.ts";
+import {
+  contextOption,
+  type DeviceKind,
+  MAX_BINDING_FLAG,
+  maxBindingOption,
+  openEngine,
+} from "./model_source.ts";
 import { formatRequestLog, isLoopbackHost, serve } from "../runtime/server.ts";
 import { UsageError } from "../schemas/errors.ts";
 
@@ -65,18 +71,11 @@ export async function run(args: Args): Promise<void> {
   if (apiKey !== undefined && /\s/.test(apiKey)) {
     throw new UsageError("--api-key must not contain whitespace");
   }
-  const context = args.string("context") === undefined
-    ? undefined
-    : args.int("context", 0, 1, 2 ** 31);
-  if (context !== undefined && device !== "webgpu") {
-    throw new UsageError("--context: applies to --device webgpu");
-  }
   const { engine, tokenizer } = await openEngine(args.positionals[0], device, {
     f16: !args.flag("no-f16"),
     parallel,
     maxBinding: maxBindingOption(args),
-    maxContext: context,
-    contextFlag: "--context",
+    ...contextOption(args, device),
   });
   const stop = new AbortController();
   const onSignal = () => stop.abort();

@@ -143,21 +143,7 @@ Deno.test("--device webgpu on an f32 switch_transformers-a artifact: logits, run
     assert.ok(rel < 1e-4, `relative error ${rel}`);
 
     // serve /v1/completions on the WebGPU engine: the prompt feeds the encoder.
-    const { engine, tokenizer } = await openEngine(artifact, "webgpu");
-    const server = serve(engine, tokenizer, { port: 0, onListen: () => {} });
-    try {
-      const res = await fetch(`${server.url}/v1/completions`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ prompt: g.encoder_input_ids, max_tokens: 6, temperature: 0 }),
-      });
-      const body = await res.json();
-      assert.equal(res.status, 200, JSON.stringify(body));
-      assert.equal(body.choices[0].text, tokenizer.decode(g.generated_ids));
-    } finally {
-      await server.shutdown();
-      engine.dispose();
-    }
+    await checkServedCompletion(artifact, "webgpu");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -226,8 +212,13 @@ Deno.test("study --spans: allocators compared on teacher-forced examples", async
 });
 
 Deno.test("serve /v1/completions on an encoder–decoder model: the prompt feeds the encoder", async () => {
+  await checkServedCompletion(ORACLE, "cpu");
+});
+
+/** serve's /v1/completions on `model`: the prompt feeds the encoder, the text is transformers' greedy decode. */
+async function checkServedCompletion(model: string, device: "cpu" | "webgpu"): Promise<void> {
   const g = (await json(join(ORACLE, "reference.json"))).greedy_decode;
-  const { engine, tokenizer } = await openEngine(ORACLE, "cpu");
+  const { engine, tokenizer } = await openEngine(model, device);
   const server = serve(engine, tokenizer, { port: 0, onListen: () => {} });
   try {
     const res = await fetch(`${server.url}/v1/completions`, {
@@ -243,4 +234,4 @@ Deno.test("serve /v1/completions on an encoder–decoder model: the prompt feeds
     await server.shutdown();
     engine.dispose();
   }
-});
+}

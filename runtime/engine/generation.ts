@@ -38,6 +38,8 @@ import type { Activations } from "./activations.ts";
 import { createBatchDecoder } from "./batch.ts";
 import type { LogitsMode } from "./plan.ts";
 import { SlotPool } from "./slots.ts";
+import { profileDispatches } from "./profile.ts";
+import { handIds, warmUpShape } from "./stream.ts";
 
 /** The bound plans a generator runs: prefill plans per logits mode, and the decode plan. */
 export interface Plans {
@@ -259,12 +261,8 @@ export function createGeneration(ctx: GenerationContext): Generation {
         }
         const count = produced - yielded;
         const got = await readIds(device, acts.tokens, n + yielded - base, count, staging);
-        for (const id of got) {
-          if (options.signal?.aborted) return;
-          yielded++;
-          yield id;
-          if (stop.has(id)) return;
-        }
+        if (yield* handIds(got, stop, options.signal)) return;
+        yielded += got.length;
       }
     } finally {
       staging.destroy();
@@ -273,22 +271,12 @@ export function createGeneration(ctx: GenerationContext): Generation {
   }
 
   async function warmUp(): Promise<void> {
-    // Software adapters do per-pipeline work at a pipeline's first dispatches, with the step
-    // values (T, pos0) of those dispatches: llvmpipe JIT-compiles a pipeline at its first
-    // launch, and lavapipe (Mesa 22–23) recompiles a shader whose loop bounds read the step
-    // uniform with those values inlined at every dispatch, until a dispatch where inlining
-    // would not halve the shader, when it gives up for good. Small values (loops of ≤ 16
-    // iterations, fully unrolled) never make it give up: after a warm-up on two tokens, the
-    // decode steps of short prompts kept recompiling the pipelines they share with prefill, at
-    // 2–5× the cost per token, until some request prefilled ≥ 17 tokens. So every plan runs
-    // here once with larger values: the prefill plans on WARM_TOKENS tokens (or a whole chunk
-    // when smaller), the decode plan at position WARM_TOKENS.
-    const WARM_TOKENS = 32;
-    const T = Math.max(1, Math.min(chunk, maxContext, WARM_TOKENS));
+    // Every plan runs once with step values that stop lavapipe re-specialising it (stream.ts).
+    const warm = warmUpShape(chunk, maxContext);
     for (const mode of ["all", "none", "last"] as LogitsMode[]) {
-      submitForward(T, 0, plans.prefill[mode]);
+      submitForward(warm.tokens, 0, plans.prefill[mode]);
     }
-    submitForward(1, Math.min(maxContext - 1, WARM_TOKENS), plans.decode, (enc) => {
+    submitForward(1, warm.position, plans.decode, (enc) => {
       device.queue.writeBuffer(samplerState, 0, new Uint32Array([0, 1]));
       sampler.encode(enc, acts.logits, acts.tokens, { buffer: samplerState, offset: 0 }, {
         temperature: 1,
@@ -311,16 +299,8 @@ export function createGeneration(ctx: GenerationContext): Generation {
 
   async function profileKernels(T: number, repeats = 5): Promise<Map<string, number>> {
     if (T < 1 || T > chunk) throw new UsageError(`profileKernels: T must be in [1, ${chunk}]`);
-    const out = new Map<string, number>();
-    for (const d of T === 1 ? plans.decode : plans.prefill.all) {
-      await device.queue.onSubmittedWorkDone();
-      const t0 = performance.now();
-      for (let r = 0; r < repeats; r++) submitForward(T, 0, [d]);
-      await device.queue.onSubmittedWorkDone();
-      const key = d.kernel.label.replace(/\.\d+x\d+/, "");
-      out.set(key, (out.get(key) ?? 0) + (performance.now() - t0) / repeats);
-    }
-    return out;
+    const plan = T === 1 ? plans.decode : plans.prefill.all;
+    return await profileDispatches(device, plan, repeats, (list) => submitForward(T, 0, list));
   }
 
   return {

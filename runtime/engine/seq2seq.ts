@@ -65,6 +65,8 @@ import {
   type Seq2SeqStackWeights,
   uploadSeq2SeqWeights,
 } from "./seq2seq_weights.ts";
+import { profileDispatches } from "./profile.ts";
+import { handIds, warmUpShape } from "./stream.ts";
 import type { EngineArtifact } from "./weights.ts";
 
 /** The device the engine runs on, acquired by createWebGpuEngine. */
@@ -456,12 +458,9 @@ export async function createSeq2SeqEngine(
           produced++;
         }
         const count = produced - yielded;
-        for (const id of await readIds(device, acts.tokens, 1 + yielded, count, staging)) {
-          if (options.signal?.aborted) return;
-          yielded++;
-          yield id;
-          if (stop.has(id)) return;
-        }
+        const got = await readIds(device, acts.tokens, 1 + yielded, count, staging);
+        if (yield* handIds(got, stop, options.signal)) return;
+        yielded += got.length;
       }
     } finally {
       staging.destroy();
@@ -469,10 +468,13 @@ export async function createSeq2SeqEngine(
     }
   }
 
-  // Warm-up: software adapters JIT-compile a pipeline at its first dispatch.
-  encode([0, 0].slice(0, Math.min(2, chunk)));
-  submit(Math.min(2, chunk, maxContext), 0, prefillDispatches);
-  submit(1, 0, decodeDispatches, (enc) => {
+  // Warm-up: every plan runs once with step values that stop lavapipe re-specialising it
+  // (stream.ts): the encoder and the decoder's prefill on warm.tokens, a decode step at
+  // warm.position.
+  const warm = warmUpShape(chunk, maxContext);
+  encode(new Array(warm.tokens).fill(0));
+  submit(warm.tokens, 0, prefillDispatches);
+  submit(1, warm.position, decodeDispatches, (enc) => {
     device.queue.writeBuffer(samplerState, 0, new Uint32Array([0, 1]));
     sampler.encode(enc, acts.logits, acts.tokens, { buffer: samplerState, offset: 0 }, {
       temperature: 1,
@@ -511,17 +513,9 @@ export async function createSeq2SeqEngine(
     generateSeq2Seq,
     async profileKernels(T: number, repeats = 5) {
       if (T < 1 || T > chunk) throw new UsageError(`profileKernels: T must be in [1, ${chunk}]`);
-      const out = new Map<string, number>();
       encoderLength = Math.max(encoderLength, 1);
-      for (const d of T === 1 ? decodeDispatches : prefillDispatches) {
-        await device.queue.onSubmittedWorkDone();
-        const t0 = performance.now();
-        for (let r = 0; r < repeats; r++) submit(T, 0, [d]);
-        await device.queue.onSubmittedWorkDone();
-        const key = d.kernel.label.replace(/\.\d+x\d+/, "");
-        out.set(key, (out.get(key) ?? 0) + (performance.now() - t0) / repeats);
-      }
-      return out;
+      const plan = T === 1 ? decodeDispatches : prefillDispatches;
+      return await profileDispatches(device, plan, repeats, (list) => submit(T, 0, list));
     },
     dispose() {
       if (closed) return;

@@ -11,19 +11,17 @@
  * @module
  */
 
-import { floatBytesToF32, type TensorRecord } from "../../schemas/artifact.ts";
-import { InputError } from "../../schemas/errors.ts";
+import type { TensorRecord } from "../../schemas/artifact.ts";
 import type {
   DenseFfnSpec,
   GqaAttentionSpec,
-  ModelSpec,
   MoeFfnSpec,
   NormSpec,
   RelativeBiasSpec,
   StackName,
   StackSpec,
 } from "../../schemas/model.ts";
-import { describeKey, keyString, matrixShape, type TensorKey } from "../../schemas/tensors.ts";
+import { describeKey, matrixShape, type TensorKey } from "../../schemas/tensors.ts";
 import { storageBuffer } from "../kernels/kernel.ts";
 import {
   formatName,
@@ -33,6 +31,7 @@ import {
   type WeightSet,
 } from "../kernels/weights.ts";
 import {
+  ArtifactTensors,
   type EngineArtifact,
   EXPERT_SET_BYTES,
   type ExpertSet,
@@ -121,48 +120,16 @@ export async function uploadSeq2SeqWeights(
   return { embed, head, encoder, decoder, bytes: loader.bytes };
 }
 
-class Loader {
+class Loader extends ArtifactTensors {
   bytes = 0;
-  readonly #byKey = new Map<string, TensorRecord>();
   readonly #biases = new Map<string, Float32Array>();
 
   constructor(
     readonly device: GPUDevice,
-    readonly artifact: EngineArtifact,
+    artifact: EngineArtifact,
     readonly fuse: boolean,
   ) {
-    for (const t of artifact.tensors) this.#byKey.set(keyString(t), t);
-  }
-
-  get spec(): ModelSpec {
-    return this.artifact.model;
-  }
-
-  need(key: TensorKey, shape: number[]): TensorRecord {
-    const t = this.#byKey.get(keyString(key));
-    const file = this.artifact.path;
-    if (!t) throw new InputError(`missing tensor ${describeKey(key)}`, file);
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-      throw new InputError(
-        `tensor ${t.name} (${describeKey(key)}) has shape [${t.shape}], expected [${shape}]`,
-        file,
-      );
-    }
-    return t;
-  }
-
-  async floats(key: TensorKey, shape: number[]): Promise<Float32Array> {
-    const t = this.need(key, shape);
-    if (t.storage === "q" || !t.data) {
-      throw new InputError(`tensor ${t.name} must be stored as floats`, this.artifact.path);
-    }
-    return floatBytesToF32(await this.artifact.read(t.data, t.name), t.storage);
-  }
-
-  async host(t: TensorRecord): Promise<HostMatrix> {
-    if (t.storage === "q") return await this.artifact.readQuantized(t);
-    if (!t.data) throw new InputError(`tensor ${t.name} has no data segment`, this.artifact.path);
-    return { raw: await this.artifact.read(t.data, t.name) };
+    super(artifact);
   }
 
   async matrix(key: TensorKey, shape: number[]): Promise<WeightSet> {
@@ -180,7 +147,7 @@ class Loader {
   }
 
   async vector(key: TensorKey, n: number): Promise<GPUBuffer> {
-    return this.buffer(await this.floats(key, [n]), describeKey(key));
+    return this.buffer(await this.floats(this.need(key, [n])), describeKey(key));
   }
 
   async stack(stack: StackName, s: StackSpec): Promise<Seq2SeqStackWeights> {
@@ -261,10 +228,8 @@ class Loader {
     const key = `${stack}/${p.ownerLayer}`;
     let table = this.#biases.get(key);
     if (!table) {
-      table = await this.floats(
-        { stack, layer: p.ownerLayer, expert: -1, role: `${prefix}_relative_bias` },
-        [p.buckets, a.numHeads],
-      );
+      const bias = { stack, layer: p.ownerLayer, expert: -1, role: `${prefix}_relative_bias` };
+      table = await this.floats(this.need(bias, [p.buckets, a.numHeads]));
       this.#biases.set(key, table);
     }
     return { spec: p, key, table };
@@ -272,7 +237,7 @@ class Loader {
 
   /** Matrices stacked row-wise as one set, when they share a format and fit a binding. */
   async stacked(keys: TensorKey[]): Promise<WeightSet | undefined> {
-    const ts = keys.map((k) => this.#byKey.get(keyString(k))!);
+    const ts = keys.map((k) => this.find(k)!);
     const format = formatOf(ts[0]);
     if (ts.some((t) => formatName(formatOf(t)) !== formatName(format))) return undefined;
     const rows = ts.reduce((a, t) => a + t.shape[0], 0), cols = ts[0].shape[1];

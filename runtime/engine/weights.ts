@@ -273,29 +273,28 @@ export async function uploadWeights(
   return { embed, layers, finalNorm, finalNormBias, head, headBias, bytes: loader.bytes };
 }
 
-/** Reads records by key and uploads them, counting the bytes. */
-class WeightLoader {
-  bytes = 0;
+/** An artifact's tensor records by key: found, shape-checked and read to the host. */
+export class ArtifactTensors {
   readonly #byKey = new Map<string, TensorRecord>();
-  readonly #device: GPUDevice;
-  readonly #artifact: EngineArtifact;
-  readonly #limit: number;
 
-  constructor(device: GPUDevice, artifact: EngineArtifact, maxBinding: number) {
-    this.#device = device;
-    this.#artifact = artifact;
-    this.#limit = maxBinding;
+  constructor(readonly artifact: EngineArtifact) {
     for (const t of artifact.tensors) this.#byKey.set(keyString(t), t);
   }
 
-  get #spec(): ModelSpec {
-    return this.#artifact.model;
+  /** The model the artifact holds. */
+  get spec(): ModelSpec {
+    return this.artifact.model;
+  }
+
+  /** The record at `key`, if there is one. */
+  find(key: TensorKey): TensorRecord | undefined {
+    return this.#byKey.get(keyString(key));
   }
 
   /** The record at `key`, checked against `shape`. */
   need(key: TensorKey, shape: number[]): TensorRecord {
-    const t = this.#byKey.get(keyString(key));
-    const file = this.#artifact.path;
+    const t = this.find(key);
+    const file = this.artifact.path;
     if (!t) throw new InputError(`missing tensor ${describeKey(key)}`, file);
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       throw new InputError(
@@ -306,17 +305,32 @@ class WeightLoader {
     return t;
   }
 
-  async #floats(t: TensorRecord): Promise<Float32Array> {
+  /** A float-stored tensor's values as float32. */
+  async floats(t: TensorRecord): Promise<Float32Array> {
     if (t.storage === "q" || !t.data) {
-      throw new InputError(`vector ${t.name} must be stored as floats`, this.#artifact.path);
+      throw new InputError(`tensor ${t.name} must be stored as floats`, this.artifact.path);
     }
-    return floatBytesToF32(await this.#artifact.read(t.data, t.name), t.storage);
+    return floatBytesToF32(await this.artifact.read(t.data, t.name), t.storage);
   }
 
-  async #host(t: TensorRecord): Promise<HostMatrix> {
-    if (t.storage === "q") return await this.#artifact.readQuantized(t);
-    if (!t.data) throw new InputError(`tensor ${t.name} has no data segment`, this.#artifact.path);
-    return { raw: await this.#artifact.read(t.data, t.name) };
+  /** A matrix as read from the artifact: raw float bytes, or packed codes and scales. */
+  async host(t: TensorRecord): Promise<HostMatrix> {
+    if (t.storage === "q") return await this.artifact.readQuantized(t);
+    if (!t.data) throw new InputError(`tensor ${t.name} has no data segment`, this.artifact.path);
+    return { raw: await this.artifact.read(t.data, t.name) };
+  }
+}
+
+/** Reads records by key and uploads them, counting the bytes. */
+class WeightLoader extends ArtifactTensors {
+  bytes = 0;
+  readonly #device: GPUDevice;
+  readonly #limit: number;
+
+  constructor(device: GPUDevice, artifact: EngineArtifact, maxBinding: number) {
+    super(artifact);
+    this.#device = device;
+    this.#limit = maxBinding;
   }
 
   async #upload(
@@ -371,13 +385,13 @@ class WeightLoader {
           `${this.#limit}-byte binding limit and cannot be split`,
       );
     }
-    return this.#upload(format, shape[0], shape[1], [await this.#host(t)], t.name);
+    return this.#upload(format, shape[0], shape[1], [await this.host(t)], t.name);
   }
 
   /** One matrix, in row blocks when it exceeds the binding limit. */
   async blocks(key: TensorKey, shape: number[]): Promise<Matrix> {
     const t = this.need(key, shape);
-    return this.#split([t], [await this.#host(t)], false);
+    return this.#split([t], [await this.host(t)], false);
   }
 
   /**
@@ -411,14 +425,14 @@ class WeightLoader {
   /** A vector (norm weight, bias) as f32, times `scale`. */
   async vector(key: TensorKey, shape: number[], scale = 1): Promise<GPUBuffer> {
     const t = this.need(key, shape);
-    const v = await this.#floats(t);
+    const v = await this.floats(t);
     if (scale !== 1) { for (let i = 0; i < v.length; i++) v[i] *= scale; }
     return this.#buffer(v, t.name);
   }
 
   /** A norm's bias vector at `key`, when the norm has one. */
   async normBias(key: TensorKey, norm: NormSpec): Promise<GPUBuffer | undefined> {
-    return norm.bias ? await this.vector(key, [this.#spec.hiddenSize]) : undefined;
+    return norm.bias ? await this.vector(key, [this.spec.hiddenSize]) : undefined;
   }
 
   /** Several vectors concatenated (the bias of a stacked projection). */
@@ -426,7 +440,7 @@ class WeightLoader {
     const all = new Float32Array(parts.reduce((a, [, n]) => a + n, 0));
     let at = 0;
     for (const [key, n] of parts) {
-      all.set(await this.#floats(this.need(key, [n])), at);
+      all.set(await this.floats(this.need(key, [n])), at);
       at += n;
     }
     return this.#buffer(all, parts.map(([k]) => describeKey(k)).join("+"));
@@ -444,7 +458,7 @@ class WeightLoader {
    */
   async stacked(ts: TensorRecord[], gateUp = false): Promise<Matrix> {
     const hosts = [];
-    for (const t of ts) hosts.push(await this.#host(t));
+    for (const t of ts) hosts.push(await this.host(t));
     return this.#split(ts, hosts, gateUp);
   }
 
@@ -455,7 +469,7 @@ class WeightLoader {
     opts: UploadOptions,
     residualScale = 1,
   ): Promise<AttentionWeights> {
-    const H = this.#spec.hiddenSize;
+    const H = this.spec.hiddenSize;
     const key = (role: string): TensorKey => ({ stack: "decoder", layer, expert: -1, role });
     const qRows = a.numHeads * a.headDim, kvRows = a.numKvHeads * a.headDim;
     const q = this.need(key("attn_q"), [qRows, H]);
@@ -508,7 +522,7 @@ class WeightLoader {
     opts: UploadOptions,
   ): Promise<DenseWeights> {
     const key: TensorKey = { stack: "decoder", layer, expert: -1, role: "ffn_norm" };
-    const normWeight = await this.vector(key, [this.#spec.hiddenSize]);
+    const normWeight = await this.vector(key, [this.spec.hiddenSize]);
     return {
       kind: "dense",
       norm,
@@ -526,7 +540,7 @@ class WeightLoader {
     m: MlpSpec,
     opts: UploadOptions,
   ): Promise<MlpWeights> {
-    const H = this.#spec.hiddenSize, I = m.intermediate;
+    const H = this.spec.hiddenSize, I = m.intermediate;
     const key = (name: string): TensorKey => ({
       stack: "decoder",
       layer,
@@ -553,7 +567,7 @@ class WeightLoader {
     f: MoeFfnSpec,
     opts: UploadOptions,
   ): Promise<MoeWeights> {
-    const H = this.#spec.hiddenSize, I = f.expert.intermediate, E = f.numExperts;
+    const H = this.spec.hiddenSize, I = f.expert.intermediate, E = f.numExperts;
     const key = (role: string, expert = -1): TensorKey => ({
       stack: "decoder",
       layer,
@@ -607,7 +621,7 @@ class WeightLoader {
     layer: number,
     f: MoeFfnSpec,
   ): Promise<Record<"gate" | "up" | "down", GPUBuffer>> {
-    const I = f.expert.intermediate, H = this.#spec.hiddenSize;
+    const I = f.expert.intermediate, H = this.spec.hiddenSize;
     const all = (name: string, n: number) =>
       this.concatenated(
         Array.from({ length: f.numExperts }, (_, e): [TensorKey, number] => [
@@ -650,7 +664,7 @@ class WeightLoader {
           const mats: HostMatrix[] = [];
           for (const ts of part) {
             const hosts = [];
-            for (const t of ts) hosts.push(sliceRows(await this.#host(t), format, cols, r0, r1));
+            for (const t of ts) hosts.push(sliceRows(await this.host(t), format, cols, r0, r1));
             mats.push(hosts.length === 1 ? hosts[0] : stackRows(hosts));
           }
           const name = r1 - r0 === rows ? label : `${label}[${r0}:${r1}]`;

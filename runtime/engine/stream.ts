@@ -1,0 +1,47 @@
+/**
+ * What the one-sequence decode loops (generation.ts, seq2seq.ts) share: the size of the warm-up
+ * forwards, and handing read-back ids to the caller.
+ *
+ * @module
+ */
+
+/**
+ * Tokens of the warm-up forwards. Software adapters do per-pipeline work at a pipeline's first
+ * dispatches, with the step values (T, pos0) of those dispatches: llvmpipe JIT-compiles a
+ * pipeline at its first launch, and lavapipe (Mesa 22–23) recompiles a shader whose loop bounds
+ * read the step uniform with those values inlined at every dispatch, until a dispatch where
+ * inlining would not halve the shader, when it gives up for good. Small values (loops of ≤ 16
+ * iterations, fully unrolled) never make it give up: after a warm-up on two tokens, the decode
+ * steps of short prompts kept recompiling the pipelines they share with prefill, at 2–5× the
+ * cost per token, until some request prefilled ≥ 17 tokens. So every plan runs once with
+ * larger values.
+ */
+export const WARM_TOKENS = 32;
+
+/** The warm-up's shape: prefill (and encoder) forwards of `tokens`, a decode step at `position`. */
+export function warmUpShape(
+  chunk: number,
+  maxContext: number,
+): { tokens: number; position: number } {
+  return {
+    tokens: Math.max(1, Math.min(chunk, maxContext, WARM_TOKENS)),
+    position: Math.min(maxContext - 1, WARM_TOKENS),
+  };
+}
+
+/**
+ * Hands read-back ids to the caller in order. Returns true when the stream is over: the caller's
+ * signal aborted (nothing more is yielded) or a stop id was yielded.
+ */
+export function* handIds(
+  ids: Iterable<number>,
+  stop: ReadonlySet<number>,
+  signal: AbortSignal | undefined,
+): Generator<number, boolean> {
+  for (const id of ids) {
+    if (signal?.aborted) return true;
+    yield id;
+    if (stop.has(id)) return true;
+  }
+  return false;
+}
