@@ -28,7 +28,6 @@
 import type { Engine } from "../api.ts";
 import { describeAdapter, requestGpu } from "../device.ts";
 import { DeviceError, LimitError, UsageError } from "../../schemas/errors.ts";
-import type { ModelSpec } from "../../schemas/model.ts";
 import {
   bindKernel,
   type Dispatch,
