@@ -1,8 +1,10 @@
 /**
  * Multi-head latent attention in the engine: its weights (kv_b in its storage format, read by
  * the two absorption kernels through the shared random-access decode), its activation
- * buffers, its latent KV cache ([maxContext, kvLoraRank + qkRopeHeadDim] per block) and the
- * block function (kernels in ../kernels/mla.ts).
+ * buffers, its latent KV cache ([maxContext, kvLoraRank + qkRopeHeadDim] per block and slot)
+ * and the block function (kernels in ../kernels/mla.ts). Multi-slot engines give every slot its
+ * own region of cache rows, found as the GQA caches' are (the plan's slot layout,
+ * kernels/slots.ts).
  *
  * @module
  */
@@ -127,15 +129,20 @@ export function mlaCacheWidth(a: MlaAttentionSpec): number {
   return a.kvLoraRank + a.qkRopeHeadDim;
 }
 
-/** The latent cache of an MLA block in `keys` ([maxContext, R + rope] f32); `values` is unused. */
+/**
+ * The latent cache of an MLA block in `keys` ([slots · maxContext, R + rope] f32: `slots` regions
+ * of `maxContext` rows); `values` is unused.
+ */
 export function createMlaCache(
   device: GPUDevice,
   a: MlaAttentionSpec,
   maxContext: number,
   label: string,
+  slots = 1,
 ): KvCache {
+  const bytes = slots * maxContext * mlaCacheWidth(a) * 4;
   return {
-    keys: storageBuffer(device, maxContext * mlaCacheWidth(a) * 4, `${label}.latent`),
+    keys: storageBuffer(device, bytes, `${label}.latent`),
     values: storageBuffer(device, 4, `${label}.unused`),
   };
 }
@@ -154,6 +161,8 @@ export function mlaBlock(
 ): void {
   const acts = plan.acts, m = acts.mla!;
   const a = w.spec;
+  // Multi-slot engines: each token's slot and position (Step uniform or rows; kernels/slots.ts).
+  const slots = plan.ctx.slots;
   const key: MlaKey = {
     numHeads: a.numHeads,
     kvLoraRank: a.kvLoraRank,
@@ -171,7 +180,7 @@ export function mlaBlock(
   }
   plan.matmul(w.kvA, acts.normed, m.kva);
   plan.dispatch(
-    mlaStoreSource({ ...key, eps, pairing: a.position.pairing }),
+    mlaStoreSource({ ...key, eps, pairing: a.position.pairing, slots }),
     { kva: m.kva, latentNorm: w.kvANorm, rope, q: m.q, cache: cache.keys },
     (T) => [T, 1, 1],
   );
@@ -182,7 +191,7 @@ export function mlaBlock(
     a.numHeads * a.kvLoraRank,
   );
   plan.dispatch(
-    mlaAttentionSource({ ...key, scale: a.scale }),
+    mlaAttentionSource({ ...key, scale: a.scale, slots }),
     { qLat: m.qLat, q: m.q, cache: cache.keys, oLat: m.oLat },
     (T) => [a.numHeads, T, 1],
   );

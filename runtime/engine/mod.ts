@@ -28,7 +28,6 @@
 import type { Engine } from "../api.ts";
 import { describeAdapter, requestGpu } from "../device.ts";
 import { DeviceError, LimitError, UsageError } from "../../schemas/errors.ts";
-import type { ModelSpec } from "../../schemas/model.ts";
 import {
   bindKernel,
   type Dispatch,
@@ -110,8 +109,8 @@ export interface WebGpuEngineOptions {
   /**
    * Sequences decoded together (continuous batching slots; default 1, which runs today's
    * one-sequence loop). Each slot has its own KV-cache region of maxContext positions, so the KV
-   * memory grows by this factor; at most the prefill chunk. Models with MLA attention run one
-   * sequence at a time (1 only).
+   * memory grows by this factor (GQA caches and MLA latent caches alike); at most the prefill
+   * chunk. Encoder–decoder models run one sequence at a time (the option is ignored).
    */
   parallel?: number;
   /**
@@ -178,16 +177,10 @@ function batchTiles(parallel: number): number[] {
   return [...tiles, Math.min(parallel, BATCH_TILES.at(-1)!)];
 }
 
-/** Validates the `parallel` option for a model: a positive integer, 1 for MLA models. */
-function checkParallel(spec: ModelSpec, parallel: number): number {
+/** Validates the `parallel` option: a positive integer (GQA and MLA caches both take slots). */
+function checkParallel(parallel: number): number {
   if (!Number.isInteger(parallel) || parallel < 1) {
     throw new UsageError(`parallel: ${parallel} is not a positive integer`);
-  }
-  const mla = spec.decoder.layers.some((l) =>
-    l.blocks.some((b) => b.kind === "attention" && b.attention.kind === "mla")
-  );
-  if (parallel > 1 && mla) {
-    throw new UsageError("parallel: models with MLA attention run one sequence at a time (1)");
   }
   return parallel;
 }
@@ -249,7 +242,7 @@ export async function createWebGpuEngine(
   const file = artifact.path;
   checkSupported(spec);
   // Encoder–decoder models stay single-stream (seq2seq.ts).
-  const parallel = spec.encoder ? 1 : checkParallel(spec, opts.parallel ?? 1);
+  const parallel = spec.encoder ? 1 : checkParallel(opts.parallel ?? 1);
   // Every slot has its own KV cache and token entries: per-token bytes are paid once per slot.
   const perToken = perSlots(perTokenBytes(spec), parallel);
   const positions = spec.maxPositions > 0 ? spec.maxPositions : UNKNOWN_POSITIONS_CONTEXT;
@@ -319,7 +312,7 @@ export async function createWebGpuEngine(
       caches.set(
         `${l}/${b}`,
         a.kind === "mla"
-          ? createMlaCache(device, a, maxContext, label)
+          ? createMlaCache(device, a, maxContext, label, parallel)
           : createKvCache(device, a, maxContext, label, parallel),
       );
       ropes.set(`${l}/${b}`, ropeTables.for(block.attention));

@@ -12,7 +12,6 @@
  */
 
 import type { ModelSpec, NormSpec } from "../../schemas/model.ts";
-import { UsageError } from "../../schemas/errors.ts";
 import type { KernelSource } from "../kernels/kernel.ts";
 import type { SlotLayout } from "../kernels/slots.ts";
 import { layerNormSource } from "../kernels/layer_norm.ts";
@@ -340,7 +339,6 @@ export function buildPlan(
           break;
         }
         case "mla": {
-          if (ctx.slots) throw new UsageError("MLA attention runs one sequence at a time");
           const at = `${l}/${b}`;
           mlaBlock(plan, block, layer.residualScale, ctx.caches.get(at)!, ctx.ropes.get(at)!);
           break;

@@ -18,6 +18,7 @@
 
 import { f, type KernelSource, kernelSource, u } from "./kernel.ts";
 import { EW } from "./ops.ts";
+import { kvRowBase, slotDecls, slotLabel, type SlotLayout, tokenPosition } from "./slots.ts";
 import { formatName, weightAtFunction, weightDecls, type WeightFormat } from "./weights.ts";
 
 /** The geometry of one MLA block. */
@@ -27,6 +28,16 @@ export interface MlaKey {
   qkNopeHeadDim: number;
   qkRopeHeadDim: number;
   vHeadDim: number;
+}
+
+/**
+ * Where the cache-reading kernels find each token's slot and position: absent, one sequence at
+ * cache rows 0..; otherwise slot s owns rows s·context .. s·context + context − 1 and token t's
+ * slot and position come from the Step uniform ("step") or from binding `rows` ("rows"), as for
+ * the GQA caches (kernels/slots.ts).
+ */
+export interface MlaSlots {
+  slots?: SlotLayout;
 }
 
 /** Lanes of the per-token and per-head MLA workgroups. */
@@ -48,12 +59,12 @@ fn reduceLanes(li: u32, op: u32) {
 }`;
 
 /**
- * The latent store: for token t at pos0 + t, cache[pos] = [RMSNorm(kva[t, :R]) · latentNorm |
- * RoPE(kva[t, R:])] and q's RoPE parts rotated in place. `rope` is the table of rotary width
- * qkRopeHeadDim. Dispatch (T, 1, 1).
+ * The latent store: for token t at position pos (pos0 + t, or its `rows` entry in slot mode),
+ * cache[pos] of its slot = [RMSNorm(kva[t, :R]) · latentNorm | RoPE(kva[t, R:])] and q's RoPE
+ * parts rotated in place. `rope` is the table of rotary width qkRopeHeadDim. Dispatch (T, 1, 1).
  */
 export function mlaStoreSource(
-  key: MlaKey & { eps: number; pairing: "half" | "interleaved" },
+  key: MlaKey & MlaSlots & { eps: number; pairing: "half" | "interleaved" },
 ): KernelSource {
   const { numHeads: nh, kvLoraRank: R, qkNopeHeadDim: dn, qkRopeHeadDim: dr } = key;
   const W = R + dr, qk = dn + dr, half = dr / 2;
@@ -61,7 +72,7 @@ export function mlaStoreSource(
     ? `let d1 = i; let d2 = i + ${u(half)};`
     : `let d1 = 2u * i; let d2 = 2u * i + 1u;`;
   return kernelSource(
-    `mla_store.${label(key)}.${key.pairing}`,
+    `mla_store.${label(key)}.${key.pairing}${slotLabel(key.slots)}`,
     [
       ["step", "Step", "uniform"],
       ["kva", "array<f32>"],
@@ -69,28 +80,31 @@ export function mlaStoreSource(
       ["rope", "array<vec2<f32>>"],
       ["q", "array<f32>", "storage, read_write"],
       ["cache", "array<f32>", "storage, read_write"],
+      ...slotDecls(key.slots),
     ],
     `${REDUCE}
 @compute @workgroup_size(${LW})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let t = wid.x;
   if (t >= step.T) { return; }
-  let pos = step.pos0 + t;
+  let pos = ${tokenPosition(key.slots, "t")};
+  // The token's cache row: its slot's first row + its position.
+  let row = ${kvRowBase(key.slots, "t")} + pos;
   var ss = 0.0;
   for (var j = li; j < ${u(R)}; j += ${u(LW)}) { let x = kva[t * ${u(W)} + j]; ss += x * x; }
   red[li] = ss;
   reduceLanes(li, 1u);
   let inv = inverseSqrt(red[0] / ${f(R)} + ${f(key.eps)});
   for (var j = li; j < ${u(R)}; j += ${u(LW)}) {
-    cache[pos * ${u(W)} + j] = kva[t * ${u(W)} + j] * inv * latentNorm[j];
+    cache[row * ${u(W)} + j] = kva[t * ${u(W)} + j] * inv * latentNorm[j];
   }
   for (var i = li; i < ${u(half)}; i += ${u(LW)}) {
     ${pair}
     let cs = rope[pos * ${u(half)} + i];
     let x1 = kva[t * ${u(W)} + ${u(R)} + d1];
     let x2 = kva[t * ${u(W)} + ${u(R)} + d2];
-    cache[pos * ${u(W)} + ${u(R)} + d1] = x1 * cs.x - x2 * cs.y;
-    cache[pos * ${u(W)} + ${u(R)} + d2] = x2 * cs.x + x1 * cs.y;
+    cache[row * ${u(W)} + ${u(R)} + d1] = x1 * cs.x - x2 * cs.y;
+    cache[row * ${u(W)} + ${u(R)} + d2] = x2 * cs.x + x1 * cs.y;
   }
   for (var p = li; p < ${u(nh * half)}; p += ${u(LW)}) {
     let h = p / ${u(half)};
@@ -138,21 +152,23 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 }
 
 /**
- * Attention of token t (position pos0 + t), head h over the cached positions 0..pos0 + t:
- * scores scale · (q_lat · c_p + q_rope · k_rope_p), softmax, o_lat = Σ p · c_p, in tiles of LW
- * keys with a running max (one key per lane per tile). Dispatch (nh, T, 1).
+ * Attention of token t (position pos: pos0 + t, or its `rows` entry in slot mode), head h over
+ * its slot's cached positions 0..pos: scores scale · (q_lat · c_p + q_rope · k_rope_p), softmax,
+ * o_lat = Σ p · c_p, in tiles of LW keys with a running max (one key per lane per tile).
+ * Dispatch (nh, T, 1).
  */
-export function mlaAttentionSource(key: MlaKey & { scale: number }): KernelSource {
+export function mlaAttentionSource(key: MlaKey & MlaSlots & { scale: number }): KernelSource {
   const { numHeads: nh, kvLoraRank: R, qkNopeHeadDim: dn, qkRopeHeadDim: dr } = key;
   const W = R + dr, qk = dn + dr, perLane = Math.ceil(R / LW);
   return kernelSource(
-    `mla_attention.${label(key)}.${key.scale}`,
+    `mla_attention.${label(key)}.${key.scale}${slotLabel(key.slots)}`,
     [
       ["step", "Step", "uniform"],
       ["qLat", "array<f32>"],
       ["q", "array<f32>"],
       ["cache", "array<f32>"],
       ["oLat", "array<f32>", "storage, read_write"],
+      ...slotDecls(key.slots),
     ],
     `${REDUCE}
 var<workgroup> query: array<f32, ${W}>;
@@ -162,7 +178,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let h = wid.x;
   let t = wid.y;
   if (t >= step.T) { return; }
-  let n = step.pos0 + t + 1u;
+  let n = ${tokenPosition(key.slots, "t")} + 1u;
+  // The slot's first cache row (0 for one sequence).
+  let base = ${kvRowBase(key.slots, "t")};
   for (var j = li; j < ${u(R)}; j += ${u(LW)}) { query[j] = qLat[(t * ${u(nh)} + h) * ${
       u(R)
     } + j]; }
@@ -179,7 +197,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var s = -3.4e38;
     if (p < n) {
       var d = 0.0;
-      for (var j = 0u; j < ${u(W)}; j++) { d += query[j] * cache[p * ${u(W)} + j]; }
+      for (var j = 0u; j < ${u(W)}; j++) { d += query[j] * cache[(base + p) * ${u(W)} + j]; }
       s = ${f(key.scale)} * d;
     }
     red[li] = s;
@@ -197,7 +215,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let j = li + r * ${u(LW)};
       if (j < ${u(R)}) {
         var v = acc[r] * alpha;
-        for (var k = 0u; k < count; k++) { v += weights[k] * cache[(tile + k) * ${u(W)} + j]; }
+        for (var k = 0u; k < count; k++) {
+          v += weights[k] * cache[(base + tile + k) * ${u(W)} + j];
+        }
         acc[r] = v;
       }
     }
