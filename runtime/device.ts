@@ -92,7 +92,28 @@ export async function requestGpu(opts: DeviceOptions = {}): Promise<GpuContext> 
   } catch (e) {
     throw new DeviceError(`requestDevice failed: ${(e as Error).message}`, { cause: e });
   }
+  destroyAtExit(device);
   return { device, f16, features, ...describeAdapter(adapter.info) };
+}
+
+/** Devices requested by this module and not yet lost. */
+const liveDevices = new Set<GPUDevice>();
+
+/**
+ * Destroys `device` when the program unloads, unless it was lost (destroyed) before. Software
+ * adapters run queue threads of their own; a device left alive at exit was seen to corrupt the
+ * heap while the process tore down (lavapipe: "corrupted size vs. prev_size", SIGABRT after
+ * every test had passed).
+ */
+function destroyAtExit(device: GPUDevice): void {
+  if (liveDevices.size === 0) {
+    globalThis.addEventListener("unload", () => {
+      for (const d of liveDevices) d.destroy();
+      liveDevices.clear();
+    });
+  }
+  liveDevices.add(device);
+  device.lost.then(() => liveDevices.delete(device));
 }
 
 /** Description and CPU-ness of an adapter (from `adapter.info` or `device.adapterInfo`). */
