@@ -90,6 +90,33 @@ export function rtnDecoded(
   return out;
 }
 
+/**
+ * Per group g, the `rtn` kernel's parameters prm[3g..3g+2] = [1/scale, zero, scale] from the
+ * group's [min, max] mm[2g..2g+1] (simd.ts `minmaxAt`), as {@link rtnDecoded} computes them. A
+ * non-finite min or max is `checkFinite`'s error on `values()` ([·, cols], read only then).
+ */
+export function rtnGroupParams(
+  mm: Float32Array,
+  prm: Float64Array,
+  groups: number,
+  bits: QuantBits,
+  scaleType: ScaleType,
+  values: () => Float32Array,
+  cols: number,
+  name: string,
+): void {
+  const qmax = (1 << bits) - 1;
+  const params = new Float64Array(2);
+  for (let g = 0; g < groups; g++) {
+    const lo = mm[2 * g], hi = mm[2 * g + 1];
+    if (!Number.isFinite(lo) || !Number.isFinite(hi)) checkFinite(values(), cols, name);
+    minMaxParams(lo, hi, qmax, scaleType, params, name);
+    prm[3 * g] = inverseScale(params[0]);
+    prm[3 * g + 1] = params[1];
+    prm[3 * g + 2] = params[0];
+  }
+}
+
 /** The decoded values of an unpacked quantization, [rows, cols]. */
 export function decodeUnpacked(u: UnpackedQuant): Float32Array {
   const { rows, cols, groupSize, codes, scales, zeros } = u;

@@ -19,6 +19,7 @@ import { expertHessians, type ExpertWeights } from "../expert_weights.ts";
 import { fakeQuantizeExpert } from "./fake_quant.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import { type HeadBlock, headBlockF32, mlpF32 } from "./kernels.ts";
+import { residentFits, runResidentExpertJob } from "./resident.ts";
 
 /** The costs part of an {@link ExpertJob}. */
 export interface ExpertCostRequest {
@@ -138,8 +139,12 @@ export function decodeInto(raw: RawElements, into: Float32Array): Float32Array {
   return exp === 0 ? into : decodeRaw(raw);
 }
 
-/** Runs an expert job on this thread. */
-export function runExpertJob(job: ExpertJob): ExpertJobResult {
+/**
+ * Runs an expert job on this thread: with the expert resident in the kernel memory (resident.ts)
+ * when it fits, else on the general kernels (`resident` false forces those; the same values).
+ */
+export function runExpertJob(job: ExpertJob, resident = residentFits(job)): ExpertJobResult {
+  if (resident) return runResidentExpertJob(job);
   const w: ExpertWeights = { ...job.weights, matrices: { ...job.weights.matrices } };
   for (const [name, raw] of Object.entries(job.raw ?? {})) {
     if (!raw) continue;

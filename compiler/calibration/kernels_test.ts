@@ -204,3 +204,47 @@ Deno.test("decodeInto: decodeRaw's values for BF16 into a reused buffer; non-fin
   assert.equal(zeroed[3], 0);
   assert.deepEqual(zeroed, decodeRaw({ ...raw, allowNonFinite: true }));
 });
+
+Deno.test("runExpertJob: the resident path gives the general path's values bit for bit", () => {
+  const rng = mulberry32(9);
+  const H = 64, I = 32, n = 7;
+  for (
+    const [activation, bias] of [[{ kind: "swiglu" }, true], [{ kind: "relu" }, false]] as const
+  ) {
+    const w = expert(activation, H, I, rng, bias);
+    // Raw BF16 bytes for one matrix (decoded where the job runs), decoded values for the others.
+    const bf16 = new Uint16Array(I * H).map(() => 0x3c00 + Math.floor(rng() * 0x300) - 0x180);
+    const raw = {
+      up: {
+        bytes: new Uint8Array(bf16.buffer),
+        dtype: "BF16" as const,
+        name: "up",
+        file: "f",
+        start: 0,
+        allowNonFinite: false,
+      },
+    };
+    const routed = random(n * H, rng);
+    const sample = { n: 3, seen: 5, inputs: random(3 * H, rng), weights: random(3, rng) };
+    const job = (): ExpertJob => ({
+      kind: "expert",
+      weights: { ...w, matrices: { ...w.matrices, up: undefined } },
+      raw,
+      routed: routed.slice(),
+      n,
+      costs: {
+        widths: [2, 3, 4, 8],
+        groupSize: 32,
+        quantizer: "rtn",
+        sample,
+        forkRows: Int32Array.from([1, 2, 6]),
+      },
+    });
+    const general = runExpertJob(job(), false);
+    const resident = runExpertJob(job(), true);
+    assert.deepEqual(resident.routed, general.routed);
+    assert.deepEqual(resident.costs, general.costs);
+    assert.deepEqual(resident.fork, general.fork);
+    assert.ok(general.costs.every((c) => c > 0));
+  }
+});

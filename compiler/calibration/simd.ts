@@ -341,6 +341,78 @@ function heap(bytes: number): Float32Array {
 
 const up = (v: number, to: number) => Math.ceil(v / to) * to;
 
+// --- A stack of regions in the kernel's memory --------------------------------------------------
+
+/** First free byte of the kernel memory; regions below it belong to a caller. */
+let top = 0;
+
+/**
+ * Reserves `floats` float32 values (16-byte aligned) in the kernel's memory, growing it as needed,
+ * and returns their byte address. Release with {@link kernelRelease}(mark) where mark is
+ * {@link kernelMark}() taken before: regions live until then.
+ */
+export function kernelAlloc(floats: number): number {
+  const at = top;
+  top = up(at + floats * 4, 16);
+  heap(top);
+  return at;
+}
+
+/** The current top of the region stack (see {@link kernelAlloc}). */
+export function kernelMark(): number {
+  return top;
+}
+
+/** Frees every region above `mark`. */
+export function kernelRelease(mark: number): void {
+  top = mark;
+}
+
+/** A float32 view of `floats` values at byte address `at` (a fresh view: memory may have grown). */
+export function kernelF32(at: number, floats: number): Float32Array {
+  return new Float32Array(instance().memory.buffer, at, floats);
+}
+
+/** A float64 view of `values` values at byte address `at` (8-byte aligned). */
+export function kernelF64(at: number, values: number): Float64Array {
+  return new Float64Array(instance().memory.buffer, at, values);
+}
+
+/**
+ * The product kernel on operands already in the kernel memory (byte addresses): c [n, m] = a
+ * [n, k] · b [m, k]ᵀ, with n even and m, k multiples of 4 (see the module doc for the order).
+ */
+export function gemmAt(a: number, b: number, c: number, n: number, m: number, k: number): void {
+  if (n % 2 !== 0 || m % 4 !== 0 || k % 4 !== 0 || k < 4) {
+    throw new UsageError(`gemmAt: [${n}, ${k}] · [${m}, ${k}]ᵀ is not padded`);
+  }
+  if (n === 0 || m === 0) return;
+  instance().gemm(a, b, c, n, m, k);
+}
+
+/**
+ * Per group of `groupSize` values (a multiple of 4) of the `groups · groupSize` float32 at `w`:
+ * its [min, max] as two float32 at `out` (NaN when the group holds one).
+ */
+export function minmaxAt(w: number, out: number, groups: number, groupSize: number): void {
+  instance().minmax(w, out, groups, groupSize * 4);
+}
+
+/**
+ * The `rtn` kernel (see {@link rtnDecodedSimd}) on values at `w` into `out`, per-group parameters
+ * [1/scale, zero, scale] as float64 at `prm`.
+ */
+export function rtnAt(
+  w: number,
+  out: number,
+  prm: number,
+  groups: number,
+  groupSize: number,
+  qmax: number,
+): void {
+  instance().rtn(w, out, prm, groups, groupSize * 4, qmax);
+}
+
 /** Copies rows [rows, k] into `mem` at float index `at`, rows padded to `kp` with zeros. */
 function place(
   mem: Float32Array,
@@ -376,8 +448,10 @@ export function matmulF32(
   }
   if (n === 0 || m === 0) return;
   const kp = up(k, 4), np = up(n, 2), mp = up(m, 4);
-  const aAt = 0, bAt = np * kp, cAt = bAt + mp * kp;
-  let mem = heap((cAt + np * mp) * 4);
+  const mark = kernelMark();
+  const base = kernelAlloc(np * kp + mp * kp + np * mp) / 4;
+  const aAt = base, bAt = aAt + np * kp, cAt = bAt + mp * kp;
+  let mem = new Float32Array(instance().memory.buffer);
   place(mem, aAt, a, n, k, kp);
   place(mem, bAt, b, m, k, kp);
   // Padding rows are read but their results are dropped: give them zeros, not stale values.
@@ -385,11 +459,11 @@ export function matmulF32(
   if (mp > m) mem.fill(0, bAt + m * kp, bAt + mp * kp);
   instance().gemm(aAt * 4, bAt * 4, cAt * 4, np, mp, kp);
   mem = new Float32Array(instance().memory.buffer);
-  if (mp === m) {
-    out.set(mem.subarray(cAt, cAt + n * m));
-    return;
+  if (mp === m) out.set(mem.subarray(cAt, cAt + n * m));
+  else {
+    for (let i = 0; i < n; i++) out.set(mem.subarray(cAt + i * mp, cAt + i * mp + m), i * m);
   }
-  for (let i = 0; i < n; i++) out.set(mem.subarray(cAt + i * mp, cAt + i * mp + m), i * m);
+  kernelRelease(mark);
 }
 
 /**
@@ -410,19 +484,20 @@ export function rtnDecodedSimd(
     throw new UsageError(`rtnDecodedSimd: ${n} values in groups of ${groupSize}`);
   }
   const groups = n / groupSize;
-  const outAt = n, mmAt = 2 * n, prmAt = up(mmAt + 2 * groups, 2); // f32 indices
-  heap((prmAt + 6 * groups) * 4);
-  const k = instance();
-  new Float32Array(k.memory.buffer).set(w, 0);
-  k.minmax(0, mmAt * 4, groups, groupSize * 4);
-  const mm = new Float32Array(k.memory.buffer, mmAt * 4, 2 * groups);
-  const prm = new Float64Array(k.memory.buffer, prmAt * 4, 3 * groups);
+  const mark = kernelMark();
+  const wAt = kernelAlloc(n), outAt = kernelAlloc(n);
+  const mmAt = kernelAlloc(2 * groups), prmAt = kernelAlloc(6 * groups);
+  kernelF32(wAt, n).set(w);
+  minmaxAt(wAt, mmAt, groups, groupSize);
+  const mm = kernelF32(mmAt, 2 * groups);
+  const prm = kernelF64(prmAt, 3 * groups);
   const one = new Float64Array(3);
   for (let g = 0; g < groups; g++) {
     params(mm[2 * g], mm[2 * g + 1], one);
     prm.set(one, 3 * g);
   }
-  k.rtn(0, outAt * 4, prmAt * 4, groups, groupSize * 4, qmax);
-  into.set(new Float32Array(k.memory.buffer, outAt * 4, n));
+  rtnAt(wAt, outAt, prmAt, groups, groupSize, qmax);
+  into.set(kernelF32(outAt, n));
+  kernelRelease(mark);
   return into;
 }
