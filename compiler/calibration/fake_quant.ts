@@ -92,12 +92,20 @@ export function rtnDecoded(
 
 /**
  * Per group g, the `rtn` kernel's parameters prm[3g..3g+2] = [1/scale, zero, scale] from the
- * group's [min, max] mm[2g..2g+1] (simd.ts `minmaxAt`), as {@link rtnDecoded} computes them. A
+ * group's [min, max] mm[2g..2g+1] (simd.ts `minmaxAt`), as {@link rtnDecoded} computes them, and
+ * the float32 kernel's (simd.ts `rtnFastAt`) prm32[4g..4g+3] = [1/scale, zero, scale, limit]. A
  * non-finite min or max is `checkFinite`'s error on `values()` ([·, cols], read only then).
+ *
+ * The limit: every |v − v₆₄| between the float32 v = f32(f32(w · f32(1/scale)) + zero) and the
+ * float64 one is ≤ 2⁻²⁴ · (3.01 · |w| / scale + |zero|) (three roundings of relative 2⁻²⁴, and
+ * 2⁻⁵³ ones for v₆₄), with |w| ≤ max(|min|, |max|) in the group; twice that bound is E, and a
+ * value whose v lies within 0.5 − E of its nearest integer t rounds to t in float64 as well
+ * (round half up included: v₆₄ is then strictly within 0.5 of t). limit = 0.5 − E, rounded down.
  */
 export function rtnGroupParams(
   mm: Float32Array,
   prm: Float64Array,
+  prm32: Float32Array | null,
   groups: number,
   bits: QuantBits,
   scaleType: ScaleType,
@@ -111,9 +119,17 @@ export function rtnGroupParams(
     const lo = mm[2 * g], hi = mm[2 * g + 1];
     if (!Number.isFinite(lo) || !Number.isFinite(hi)) checkFinite(values(), cols, name);
     minMaxParams(lo, hi, qmax, scaleType, params, name);
-    prm[3 * g] = inverseScale(params[0]);
-    prm[3 * g + 1] = params[1];
-    prm[3 * g + 2] = params[0];
+    const [scale, zero] = params;
+    const inv = inverseScale(scale);
+    prm[3 * g] = inv;
+    prm[3 * g + 1] = zero;
+    prm[3 * g + 2] = scale;
+    if (!prm32) continue;
+    const e = 2 * 2 ** -24 * (3.01 * Math.max(Math.abs(lo), Math.abs(hi)) * inv + Math.abs(zero));
+    prm32[4 * g] = inv;
+    prm32[4 * g + 1] = zero;
+    prm32[4 * g + 2] = scale;
+    prm32[4 * g + 3] = 0.5 - e - 2 ** -24; // rounds to at most 0.5 − e
   }
 }
 

@@ -19,11 +19,20 @@ import { expertOutputs, type ExpertWeights, quantizeExpert } from "../expert_wei
 import { matmul } from "../reference/math.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
-import { fakeQuantizeExpert, rtnDecoded } from "./fake_quant.ts";
+import { fakeQuantizeExpert, rtnDecoded, rtnGroupParams } from "./fake_quant.ts";
 import { decodeInto, type ExpertJob, runExpertJob } from "./jobs.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
-import { gemmModuleBytes } from "./simd.ts";
+import {
+  gemmModuleBytes,
+  kernelAlloc,
+  kernelF32,
+  kernelF64,
+  kernelMark,
+  kernelRelease,
+  minmaxAt,
+  rtnFastAt,
+} from "./simd.ts";
 
 function random(n: number, rng: () => number, scale = 1): Float32Array {
   // Non-zero values in ±[0.05, 1]·scale.
@@ -246,5 +255,59 @@ Deno.test("runExpertJob: the resident path gives the general path's values bit f
     assert.deepEqual(resident.costs, general.costs);
     assert.deepEqual(resident.fork, general.fork);
     assert.ok(general.costs.every((c) => c > 0));
+  }
+});
+
+Deno.test("rtnFastAt: rtnDecoded's values bit for bit, values at rounding ties redone in float64", () => {
+  const rng = mulberry32(10);
+  const rows = 16, cols = 128, group = 32, n = rows * cols, groups = n / group;
+  for (const bits of [2, 3, 4, 8] as QuantBits[]) {
+    const qmax = (1 << bits) - 1;
+    const w = random(n, rng, 0.3);
+    // Half the groups get values at exact half-steps of their grid: v within float32 error of
+    // a tie, which the float32 kernel must flag and the float64 kernel round up.
+    const prm0 = new Float64Array(3 * groups);
+    const mm0 = new Float32Array(2 * groups);
+    for (let g = 0; g < groups; g++) {
+      const x = w.subarray(g * group, (g + 1) * group);
+      mm0[2 * g] = Math.min(...x);
+      mm0[2 * g + 1] = Math.max(...x);
+    }
+    rtnGroupParams(mm0, prm0, null, groups, bits, "f16", () => w, cols, "w");
+    let ties = 0;
+    for (let g = 0; g < groups; g += 2) {
+      const [, zero, scale] = prm0.subarray(3 * g, 3 * g + 3);
+      for (let i = 0; i < group; i += 3) {
+        const v = Math.fround((Math.floor(rng() * qmax) + 0.5 - zero) * scale);
+        const [lo, hi] = mm0.subarray(2 * g, 2 * g + 2);
+        const j = g * group + i;
+        if (v > lo && v < hi && w[j] !== lo && w[j] !== hi) w[j] = v, ties++;
+      }
+    }
+    assert.ok(ties > groups, `${ties} ties`);
+    const mark = kernelMark();
+    try {
+      const wAt = kernelAlloc(n), out = kernelAlloc(n), mm = kernelAlloc(2 * groups);
+      const prm = kernelAlloc(6 * groups), prm32 = kernelAlloc(4 * groups);
+      const flags = kernelAlloc(groups);
+      kernelF32(wAt, n).set(w);
+      minmaxAt(wAt, mm, groups, group);
+      rtnGroupParams(
+        kernelF32(mm, 2 * groups),
+        kernelF64(prm, 3 * groups),
+        kernelF32(prm32, 4 * groups),
+        groups,
+        bits,
+        "f16",
+        () => w,
+        cols,
+        "w",
+      );
+      const redone = rtnFastAt(wAt, out, prm32, prm, flags, groups, group, qmax);
+      // Tied groups are redone; most of the others are not.
+      assert.ok(redone >= groups / 2 && redone < 0.75 * groups, `${bits}: ${redone} redone`);
+    } finally {
+      kernelRelease(mark);
+    }
   }
 });

@@ -30,7 +30,7 @@ import {
   kernelMark,
   kernelRelease,
   minmaxAt,
-  rtnAt,
+  rtnFastAt,
 } from "./simd.ts";
 import { decodeInto, type ExpertJob, type ExpertJobResult, sampleCost } from "./jobs.ts";
 
@@ -43,6 +43,17 @@ export function residentFits(job: ExpertJob): boolean {
   const g = c.groupSize;
   return c.quantizer === "rtn" && g > 0 && g % 4 === 0 && H % g === 0 && I % g === 0 &&
     c.widths.every((b) => b !== MXFP4_WIDTH);
+}
+
+/** Byte addresses of a matrix's per-group regions and quantized values (see {@link run}). */
+interface GroupRegions {
+  mm: number;
+  prm: number;
+  prm32: number;
+  flags: number;
+  q: number;
+  /** Groups. */
+  n: number;
 }
 
 /** Byte addresses of an MLP's matrices in the kernel memory. */
@@ -136,13 +147,20 @@ function run(job: ExpertJob): ExpertJobResult {
   }
 
   // Each group's min and max, once; the quantized matrices and parameters, reused per width.
-  const groups: Partial<Record<MatrixName, { mm: number; prm: number; q: number; n: number }>> = {};
+  const groups: Partial<Record<MatrixName, GroupRegions>> = {};
   for (const name of names) {
     const [rows, cols] = shape(name);
     const n = (rows * cols) / c.groupSize;
     const mm = kernelAlloc(2 * n);
     minmaxAt(weights[name]!, mm, n, c.groupSize);
-    groups[name] = { mm, prm: kernelAlloc(6 * n), q: kernelAlloc(rows * cols), n };
+    groups[name] = {
+      mm,
+      prm: kernelAlloc(6 * n),
+      prm32: kernelAlloc(4 * n),
+      flags: kernelAlloc(n),
+      q: kernelAlloc(rows * cols),
+      n,
+    };
   }
   const costs: number[] = [];
   let fork: Float32Array = new Float32Array(0);
@@ -159,6 +177,7 @@ function run(job: ExpertJob): ExpertJobResult {
       rtnGroupParams(
         kernelF32(g.mm, 2 * g.n),
         kernelF64(g.prm, 3 * g.n),
+        kernelF32(g.prm32, 4 * g.n),
         g.n,
         b as QuantBits,
         "f16",
@@ -166,7 +185,8 @@ function run(job: ExpertJob): ExpertJobResult {
         cols,
         name,
       );
-      rtnAt(weights[name]!, g.q, g.prm, g.n, c.groupSize, (1 << (b as number)) - 1);
+      const qmax = (1 << (b as number)) - 1;
+      rtnFastAt(weights[name]!, g.q, g.prm32, g.prm, g.flags, g.n, c.groupSize, qmax);
       quantized[name] = g.q;
     }
     costs.push(y ? sampleCost(y, forward(quantized, inputs, sample.n), sample, H) : 0);

@@ -112,6 +112,14 @@ const op = {
   f64x2Min: [SIMD, ...uleb(244)],
   f64x2Max: [SIMD, ...uleb(245)],
   f64x2Nearest: [SIMD, ...uleb(148)],
+  f32Load: (offset: number) => [0x2a, 2, ...uleb(offset)],
+  i32Store: (offset: number) => [0x36, 2, ...uleb(offset)],
+  vOr: [SIMD, ...uleb(80)],
+  anyTrue: [SIMD, ...uleb(83)],
+  f32x4Ge: [SIMD, ...uleb(70)],
+  f32x4Nearest: [SIMD, ...uleb(106)],
+  f32x4Abs: [SIMD, ...uleb(224)],
+  vSub: [SIMD, ...uleb(229)], // f32x4.sub
   demoteZero: [SIMD, ...uleb(94)], // f32x4.demote_f64x2_zero
   promoteLow: [SIMD, ...uleb(95)], // f64x2.promote_low_f32x4
 };
@@ -221,6 +229,51 @@ function rtnBody(): number[] {
 }
 
 /**
+ * rtn32(w, out, params, groups, gbytes, qmax, flags): {@link rtnBody}'s RTN in float32 lanes, for
+ * speed. params holds per group [1/scale, zero, scale, limit] as f32. Per value v = w · (1/scale)
+ * + zero, t = nearest(v), out = f32((clamp(t, 0, qmax) − zero) · scale); and flags[g] (an i32)
+ * is 1 when some value of the group had |v − t| ≥ limit, i.e. lay so near a half-integer that the
+ * float32 v might round differently from the float64 one (the caller redoes those groups on the
+ * float64 kernel), else 0.
+ */
+function rtn32Body(): number[] {
+  const [W, OUT, PRM, GROUPS, GB, QMAX, FLAGS] = [0, 1, 2, 3, 4, 5, 6];
+  const [G, END] = [7, 8];
+  const [INV, ZERO, SCALE, LIMIT, QM, Z0, V, T, NEAR] = [9, 10, 11, 12, 13, 14, 15, 16, 17];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.get(QMAX), op.i32ToF64, op.demote, op.f32Splat, op.set(QM));
+  emit(op.vZero, op.set(Z0));
+  emit(op.i32(0), op.set(G));
+  emit(op.block, op.loop);
+  emit(op.get(G), op.get(GROUPS), op.geU, op.brIf(1));
+  emit(op.get(PRM), op.f32Load(0), op.f32Splat, op.set(INV));
+  emit(op.get(PRM), op.f32Load(4), op.f32Splat, op.set(ZERO));
+  emit(op.get(PRM), op.f32Load(8), op.f32Splat, op.set(SCALE));
+  emit(op.get(PRM), op.f32Load(12), op.f32Splat, op.set(LIMIT));
+  emit(op.vZero, op.set(NEAR));
+  emit(op.get(W), op.get(GB), op.add, op.set(END));
+  emit(op.block, op.loop);
+  emit(op.get(W), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(W), op.vLoad, op.get(INV), op.vMul, op.get(ZERO), op.vAdd, op.tee(V));
+  emit(op.f32x4Nearest, op.set(T));
+  emit(op.get(NEAR), op.get(V), op.get(T), op.vSub, op.f32x4Abs, op.get(LIMIT), op.f32x4Ge);
+  emit(op.vOr, op.set(NEAR));
+  emit(op.get(OUT));
+  emit(op.get(T), op.get(Z0), op.f32x4Max, op.get(QM), op.f32x4Min);
+  emit(op.get(ZERO), op.vSub, op.get(SCALE), op.vMul, op.vStore);
+  emit(op.get(W), op.i32(16), op.add, op.set(W));
+  emit(op.get(OUT), op.i32(16), op.add, op.set(OUT), op.br(0));
+  emit(op.end, op.end);
+  emit(op.get(FLAGS), op.get(NEAR), op.anyTrue, op.i32Store(0));
+  emit(op.get(FLAGS), op.i32(4), op.add, op.set(FLAGS));
+  emit(op.get(PRM), op.i32(16), op.add, op.set(PRM));
+  emit(op.get(G), op.i32(1), op.add, op.set(G), op.br(0));
+  emit(op.end, op.end);
+  return body([[2, I32], [9, V128]], code);
+}
+
+/**
  * gemm(a, b, c, n, m, k): c[i·m + j] = Σ_p a[i·k + p] · b[j·k + p] for byte addresses a, b, c,
  * with n even, m a multiple of 4, k a multiple of 4 (the caller pads).
  */
@@ -280,7 +333,7 @@ function gemmBody(): number[] {
   return [...uleb(body.length), ...body];
 }
 
-/** The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn". */
+/** The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn", "rtn32". */
 export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
   const type = (params: number) => [0x60, ...vec(new Array(params).fill([I32])), ...vec([])];
   const bytes = [
@@ -292,8 +345,8 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     0x00, // magic, version 1
-    ...section(1, vec([type(6), type(4)])),
-    ...section(3, vec([uleb(0), uleb(1), uleb(0)])),
+    ...section(1, vec([type(6), type(4), type(7)])),
+    ...section(3, vec([uleb(0), uleb(1), uleb(0), uleb(2)])),
     ...section(5, vec([[0x00, ...uleb(1)]])), // memory: min 1 page, no max
     ...section(
       7,
@@ -302,9 +355,10 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
         [...name("gemm"), 0x00, 0],
         [...name("minmax"), 0x00, 1],
         [...name("rtn"), 0x00, 2],
+        [...name("rtn32"), 0x00, 3],
       ]),
     ),
-    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody()])),
+    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody(), rtn32Body()])),
   ];
   return new Uint8Array(bytes);
 }
@@ -316,6 +370,15 @@ interface Kernel {
   gemm: (a: number, b: number, c: number, n: number, m: number, k: number) => void;
   minmax: (w: number, out: number, groups: number, gbytes: number) => void;
   rtn: (w: number, out: number, prm: number, groups: number, gbytes: number, qmax: number) => void;
+  rtn32: (
+    w: number,
+    out: number,
+    prm: number,
+    groups: number,
+    gbytes: number,
+    qmax: number,
+    flags: number,
+  ) => void;
 }
 
 let kernel: Kernel | null = null;
@@ -464,6 +527,35 @@ export function matmulF32(
     for (let i = 0; i < n; i++) out.set(mem.subarray(cAt + i * mp, cAt + i * mp + m), i * m);
   }
   kernelRelease(mark);
+}
+
+/**
+ * The RTN of {@link rtnAt} in float32 lanes where that is provably the same (see the `rtn32`
+ * kernel): `prm32` holds per group [1/scale, zero, scale, limit] as f32, `prm` the float64
+ * parameters of {@link rtnAt}, `flags` room for one i32 per group. Groups with a value too near a
+ * rounding tie for float32 are redone by {@link rtnAt}; returns how many.
+ */
+export function rtnFastAt(
+  w: number,
+  out: number,
+  prm32: number,
+  prm: number,
+  flags: number,
+  groups: number,
+  groupSize: number,
+  qmax: number,
+): number {
+  const k = instance();
+  const gbytes = groupSize * 4;
+  k.rtn32(w, out, prm32, groups, gbytes, qmax, flags);
+  const flagged = new Int32Array(k.memory.buffer, flags, groups);
+  let redone = 0;
+  for (let g = 0; g < groups; g++) {
+    if (flagged[g] === 0) continue;
+    k.rtn(w + g * gbytes, out + g * gbytes, prm + g * 24, 1, gbytes, qmax);
+    redone++;
+  }
+  return redone;
 }
 
 /**
