@@ -75,6 +75,7 @@ const op = {
   mul: [0x6c],
   ltU: [0x49],
   geU: [0x4f],
+  gtU: [0x4b],
   block: [0x02, 0x40],
   loop: [0x03, 0x40],
   end: [0x0b],
@@ -85,6 +86,8 @@ const op = {
   f32Store: (offset: number) => [0x38, 2, ...uleb(offset)],
   /** v128.load with alignment 2^4. */
   vLoad: [SIMD, 0x00, 4, 0],
+  /** v128.load with alignment 2^4 and a constant offset. */
+  vLoadAt: (offset: number) => [SIMD, 0x00, 4, ...uleb(offset)],
   vZero: [SIMD, 0x0c, ...new Array(16).fill(0)],
   extract: (lane: number) => [SIMD, 0x1f, lane],
   vAdd: [SIMD, ...uleb(228)], // f32x4.add
@@ -278,11 +281,12 @@ function rtn32Body(): number[] {
  * with n even, m a multiple of 4, k a multiple of 4 (the caller pads).
  */
 function gemmBody(): number[] {
-  // Params 0..5: a b c n m k. Locals: i32 6..15, v128 16..26.
+  // Params 0..5: a b c n m k. Locals: i32 6..21, v128 22..32.
   const [A, B, C, N, M, K] = [0, 1, 2, 3, 4, 5];
   const [I, J, P, ROW, PA0, PA1, PB0, PB1, PB2, PB3] = [6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-  const ACC = [16, 17, 18, 19, 20, 21, 22, 23]; // acc[r·4 + q]: A row r, B row q
-  const [VA0, VA1, VB] = [24, 25, 26];
+  const X = [16, 17, 18, 19, 20, 21]; // this turn's addresses of PA0, PA1, PB0..PB3
+  const ACC = [22, 23, 24, 25, 26, 27, 28, 29]; // acc[r·4 + q]: A row r, B row q
+  const [VA0, VA1, VB] = [30, 31, 32];
   const code: number[] = [];
   const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
   // ROW = k · 4 bytes per row.
@@ -300,17 +304,33 @@ function gemmBody(): number[] {
   emit(op.get(A), op.get(I), op.get(ROW), op.mul, op.add, op.tee(PA0));
   emit(op.get(ROW), op.add, op.set(PA1));
   for (const acc of ACC) emit(op.vZero, op.set(acc));
+  // One step of 4 values of the shared dimension at byte offset `at` from this turn's addresses;
+  // a turn is 4 steps while they fit, then 1 (the same products in the same order either way).
+  const step = (at: number) => {
+    emit(op.get(X[0]), op.vLoadAt(at), op.set(VA0));
+    emit(op.get(X[1]), op.vLoadAt(at), op.set(VA1));
+    for (let q = 0; q < 4; q++) {
+      emit(op.get(X[2 + q]), op.vLoadAt(at), op.set(VB));
+      emit(op.get(ACC[q]), op.get(VA0), op.get(VB), op.vMul, op.vAdd, op.set(ACC[q]));
+      emit(op.get(ACC[4 + q]), op.get(VA1), op.get(VB), op.vMul, op.vAdd, op.set(ACC[4 + q]));
+    }
+  };
+  const turn = (steps: number) => {
+    [PA0, PA1, PB0, PB1, PB2, PB3].forEach((ptr, x) => {
+      emit(op.get(ptr), op.get(P), op.add, op.set(X[x]));
+    });
+    for (let u = 0; u < steps; u++) step(16 * u);
+    emit(op.get(P), op.i32(16 * steps), op.add, op.set(P));
+  };
   emit(op.i32(0), op.set(P));
-  emit(op.loop); // p loop (k ≥ 4 always)
-  emit(op.get(PA0), op.get(P), op.add, op.vLoad, op.set(VA0));
-  emit(op.get(PA1), op.get(P), op.add, op.vLoad, op.set(VA1));
-  [PB0, PB1, PB2, PB3].forEach((pb, q) => {
-    emit(op.get(pb), op.get(P), op.add, op.vLoad, op.set(VB));
-    emit(op.get(ACC[q]), op.get(VA0), op.get(VB), op.vMul, op.vAdd, op.set(ACC[q]));
-    emit(op.get(ACC[4 + q]), op.get(VA1), op.get(VB), op.vMul, op.vAdd, op.set(ACC[4 + q]));
-  });
-  emit(op.get(P), op.i32(16), op.add, op.tee(P), op.get(ROW), op.ltU, op.brIf(0));
-  emit(op.end);
+  emit(op.block, op.loop); // p loop, 4 steps a turn
+  emit(op.get(P), op.i32(64), op.add, op.get(ROW), op.gtU, op.brIf(1));
+  turn(4);
+  emit(op.br(0), op.end, op.end);
+  emit(op.block, op.loop); // p loop, the last steps
+  emit(op.get(P), op.get(ROW), op.geU, op.brIf(1));
+  turn(1);
+  emit(op.br(0), op.end, op.end);
   // Stores: c[(i + r)·m + j + q] = (l0 + l1) + (l2 + l3) of acc[r·4 + q].
   for (let r = 0; r < 2; r++) {
     for (let q = 0; q < 4; q++) {
@@ -328,7 +348,7 @@ function gemmBody(): number[] {
   emit(op.get(J), op.i32(4), op.add, op.set(J), op.br(0));
   emit(op.end, op.end); // j loop, block
   emit(op.end); // function
-  const locals = vec([[...uleb(10), I32], [...uleb(11), V128]]);
+  const locals = vec([[...uleb(16), I32], [...uleb(11), V128]]);
   const body = [...locals, ...code];
   return [...uleb(body.length), ...body];
 }
