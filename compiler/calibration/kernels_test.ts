@@ -24,6 +24,7 @@ import { decodeInto, type ExpertJob, runExpertJob } from "./jobs.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
 import {
+  bf16At,
   gemmModuleBytes,
   kernelAlloc,
   kernelF32,
@@ -306,6 +307,27 @@ Deno.test("rtnFastAt: rtnDecoded's values bit for bit, values at rounding ties r
       const redone = rtnFastAt(wAt, out, prm32, prm, flags, groups, group, qmax);
       // Tied groups are redone; most of the others are not.
       assert.ok(redone >= groups / 2 && redone < 0.75 * groups, `${bits}: ${redone} redone`);
+    } finally {
+      kernelRelease(mark);
+    }
+  }
+});
+
+Deno.test("bf16At: decodeRaw's values in the kernel memory; false on a non-finite value", () => {
+  const rng = mulberry32(11);
+  for (const n of [64, 37, 5]) {
+    const bytes = new Uint8Array(2 * n).map(() => Math.floor(rng() * 256));
+    for (let i = 1; i < bytes.length; i += 2) bytes[i] &= 0xbf; // exponents below all ones
+    const raw = { bytes, dtype: "BF16", name: "w", file: "f", start: 0, allowNonFinite: false };
+    const mark = kernelMark();
+    try {
+      const at = kernelAlloc(n + 4);
+      kernelF32(at, n + 4).fill(7);
+      assert.ok(bf16At(bytes, at, n));
+      assert.deepEqual(kernelF32(at, n).slice(), decodeRaw(raw));
+      assert.deepEqual([...kernelF32(at + 4 * n, 4)], [7, 7, 7, 7], "nothing written past n");
+      bytes[2 * (n - 1) + 1] = 0xff, bytes[2 * (n - 1)] = 0x80; // the last value: -Infinity
+      assert.equal(bf16At(bytes, at, n), false);
     } finally {
       kernelRelease(mark);
     }

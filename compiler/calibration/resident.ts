@@ -23,6 +23,7 @@ import { matrixNames, matrixOf } from "../expert_weights.ts";
 import { rtnGroupParams } from "./fake_quant.ts";
 import { activateInPlace, addBias } from "./kernels.ts";
 import {
+  bf16At,
   gemmAt,
   kernelAlloc,
   kernelF32,
@@ -78,12 +79,15 @@ function run(job: ExpertJob): ExpertJobResult {
   for (const name of names) {
     const [rows, cols] = shape(name);
     const at = kernelAlloc(rows * cols);
-    const view = kernelF32(at, rows * cols);
     const raw = job.raw?.[name];
-    if (raw) {
-      const values = decodeInto(raw, view);
+    const widened = raw?.dtype === "BF16" && raw.bytes.byteLength === 2 * rows * cols &&
+      bf16At(raw.bytes, at, rows * cols);
+    // Else other dtypes, non-finite values (decodeRaw's error, or zeros), decoded matrices.
+    if (!widened) {
+      const view = kernelF32(at, rows * cols);
+      const values = raw ? decodeInto(raw, view) : matrixOf(w, name);
       if (values !== view) view.set(values);
-    } else view.set(matrixOf(w, name));
+    }
     weights[name] = at;
   }
 

@@ -102,6 +102,8 @@ const op = {
   i32ToF64: [0xb7], // f64.convert_i32_s
   /** v128.store with alignment 2^4. */
   vStore: [SIMD, 0x0b, 4, 0],
+  /** v128.store with alignment 2^4 and a constant offset. */
+  vStoreAt: (offset: number) => [SIMD, 0x0b, 4, ...uleb(offset)],
   shuffle: (lanes: number[]) => [SIMD, 0x0d, ...lanes],
   f32Splat: [SIMD, 0x13],
   f64Splat: [SIMD, 0x14],
@@ -123,6 +125,11 @@ const op = {
   f32x4Nearest: [SIMD, ...uleb(106)],
   f32x4Abs: [SIMD, ...uleb(224)],
   vSub: [SIMD, ...uleb(229)], // f32x4.sub
+  i16Splat: [SIMD, ...uleb(16)],
+  i16x8Eq: [SIMD, ...uleb(45)],
+  extendLowU: [SIMD, ...uleb(169)], // i32x4.extend_low_i16x8_u
+  extendHighU: [SIMD, ...uleb(170)], // i32x4.extend_high_i16x8_u
+  i32x4Shl: [SIMD, ...uleb(171)],
   demoteZero: [SIMD, ...uleb(94)], // f32x4.demote_f64x2_zero
   promoteLow: [SIMD, ...uleb(95)], // f64x2.promote_low_f32x4
 };
@@ -277,6 +284,33 @@ function rtn32Body(): number[] {
 }
 
 /**
+ * bf16(src, dst, n8) → i32: widens 8·n8 bf16 values at src to float32 at dst (each a 16-bit
+ * shift); returns 1 when one of them is non-finite (exponent bits all ones), else 0.
+ */
+function bf16Body(): number[] {
+  const [SRC, DST, N8] = [0, 1, 2];
+  const [END] = [3];
+  const [V, BAD, MASK] = [4, 5, 6];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.i32(0x7f80), op.i16Splat, op.set(MASK));
+  emit(op.vZero, op.set(BAD));
+  emit(op.get(SRC), op.get(N8), op.i32(16), op.mul, op.add, op.set(END));
+  emit(op.block, op.loop);
+  emit(op.get(SRC), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(SRC), op.vLoad, op.set(V));
+  emit(op.get(BAD), op.get(V), op.get(MASK), op.vAnd, op.get(MASK), op.i16x8Eq, op.vOr);
+  emit(op.set(BAD));
+  emit(op.get(DST), op.get(V), op.extendLowU, op.i32(16), op.i32x4Shl, op.vStore);
+  emit(op.get(DST), op.get(V), op.extendHighU, op.i32(16), op.i32x4Shl, op.vStoreAt(16));
+  emit(op.get(SRC), op.i32(16), op.add, op.set(SRC));
+  emit(op.get(DST), op.i32(32), op.add, op.set(DST), op.br(0));
+  emit(op.end, op.end);
+  emit(op.get(BAD), op.anyTrue);
+  return body([[1, I32], [3, V128]], code);
+}
+
+/**
  * gemm(a, b, c, n, m, k): c[i·m + j] = Σ_p a[i·k + p] · b[j·k + p] for byte addresses a, b, c,
  * with n even, m a multiple of 4, k a multiple of 4 (the caller pads).
  */
@@ -353,9 +387,16 @@ function gemmBody(): number[] {
   return [...uleb(body.length), ...body];
 }
 
-/** The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn", "rtn32". */
+/**
+ * The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn", "rtn32",
+ * "bf16".
+ */
 export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
-  const type = (params: number) => [0x60, ...vec(new Array(params).fill([I32])), ...vec([])];
+  const type = (params: number, results = 0) => [
+    0x60,
+    ...vec(new Array(params).fill([I32])),
+    ...vec(new Array(results).fill([I32])),
+  ];
   const bytes = [
     0x00,
     0x61,
@@ -365,8 +406,8 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     0x00, // magic, version 1
-    ...section(1, vec([type(6), type(4), type(7)])),
-    ...section(3, vec([uleb(0), uleb(1), uleb(0), uleb(2)])),
+    ...section(1, vec([type(6), type(4), type(7), type(3, 1)])),
+    ...section(3, vec([uleb(0), uleb(1), uleb(0), uleb(2), uleb(3)])),
     ...section(5, vec([[0x00, ...uleb(1)]])), // memory: min 1 page, no max
     ...section(
       7,
@@ -376,9 +417,10 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
         [...name("minmax"), 0x00, 1],
         [...name("rtn"), 0x00, 2],
         [...name("rtn32"), 0x00, 3],
+        [...name("bf16"), 0x00, 4],
       ]),
     ),
-    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody(), rtn32Body()])),
+    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody(), rtn32Body(), bf16Body()])),
   ];
   return new Uint8Array(bytes);
 }
@@ -399,6 +441,7 @@ interface Kernel {
     qmax: number,
     flags: number,
   ) => void;
+  bf16: (src: number, dst: number, n8: number) => number;
 }
 
 let kernel: Kernel | null = null;
@@ -459,6 +502,30 @@ export function kernelF32(at: number, floats: number): Float32Array {
 /** A float64 view of `values` values at byte address `at` (8-byte aligned). */
 export function kernelF64(at: number, values: number): Float64Array {
   return new Float64Array(instance().memory.buffer, at, values);
+}
+
+/**
+ * Widens `n` bf16 values (raw little-endian bytes) to float32 at byte address `dst` of the kernel
+ * memory. Returns false, with `dst` undefined, when one of them is non-finite.
+ */
+export function bf16At(bytes: Uint8Array, dst: number, n: number): boolean {
+  const mark = kernelMark();
+  const n8 = Math.ceil(n / 8);
+  const src = kernelAlloc(n8 * 4); // 8 bf16 = 4 floats' bytes
+  const view = new Uint8Array(instance().memory.buffer, src, n8 * 16);
+  view.set(bytes.subarray(0, 2 * n));
+  view.fill(0, 2 * n);
+  // The widened tail beyond n would overwrite what follows dst: widen whole groups of 8 only,
+  // then the last few values one by one.
+  const whole = Math.floor(n / 8);
+  let bad = instance().bf16(src, dst, whole);
+  if (whole < n8) {
+    const tail = kernelAlloc(8);
+    bad |= instance().bf16(src + whole * 16, tail, 1);
+    kernelF32(dst + whole * 32, n - whole * 8).set(kernelF32(tail, n - whole * 8));
+  }
+  kernelRelease(mark);
+  return bad === 0;
 }
 
 /**
