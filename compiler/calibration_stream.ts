@@ -307,11 +307,34 @@ export async function calibrateStream(
   };
 
   const costClock = { ms: 0 };
+  // Attention weights by (layer, block), read ahead: a MoE block starts the read of the next
+  // layer's attention blocks, so it overlaps with the expert jobs instead of following them.
+  const attentionReads = new Map<string, Promise<ReferenceAttention | ReferenceMla>>();
+  const readAttentionAt = (l: number, b: number) => {
+    const key = `${l}/${b}`;
+    let p = attentionReads.get(key);
+    if (!p) {
+      const block = spec.decoder.layers[l].blocks[b];
+      if (block.kind !== "attention") throw new Error(`block ${key} is not attention`);
+      const w = reader.layer("decoder", l);
+      p = (block.attention.kind === "mla"
+        ? readMla(block.attention, w, 0)
+        : readAttention(block.attention, w, 0)).then(withF32Copies);
+      p.catch(() => {}); // awaited (and thrown) where used
+      attentionReads.set(key, p);
+    }
+    return p;
+  };
+  const readAhead = (l: number) => {
+    spec.decoder.layers[l + 1]?.blocks.forEach((blk, b) => {
+      if (blk.kind === "attention") readAttentionAt(l + 1, b);
+    });
+  };
   let m = 0;
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const weights = reader.layer("decoder", l);
     const r = layer.residualScale;
-    for (const block of layer.blocks) {
+    for (const [b, block] of layer.blocks.entries()) {
       if (block.kind === "cross_attention") throw notImplemented("cross-attention");
       const norm = await readNorm(
         block.norm,
@@ -324,9 +347,8 @@ export async function calibrateStream(
         return h;
       });
       if (block.kind === "attention") {
-        const a = block.attention.kind === "mla"
-          ? await readMla(block.attention, weights, 0)
-          : await readAttention(block.attention, weights, 0);
+        const a = await readAttentionAt(l, b);
+        attentionReads.delete(`${l}/${b}`);
         seqs.forEach((s, i) => addInto(s.x, r, attend(hs[i], s.n, a)));
       } else if (block.ffn.kind === "dense") {
         const d = mlpOf((await readDense(block.ffn, weights)).mlp, H);
@@ -338,6 +360,7 @@ export async function calibrateStream(
       } else {
         const layerIR = moe[m];
         if (layerIR.layer !== l) throw new Error(`MoE layer ${m} is not decoder layer ${l}`);
+        readAhead(l);
         const fork = sensitivity ? scoredWindows.map((w) => clean[w]) : [];
         const forkRows = sensitivity ? scoredRows : [];
         const result = await moeStream({
@@ -533,6 +556,18 @@ function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla
 
 /** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
 const f32Copies = new WeakMap<Float64Array, Float32Array>();
+
+/** Makes the float32 copies of an attention block's GQA projections (one per task turn). */
+async function withF32Copies(
+  a: ReferenceAttention | ReferenceMla,
+): Promise<ReferenceAttention | ReferenceMla> {
+  if ("kvB" in a) return a;
+  for (const w of [a.q, a.k, a.v, a.o]) {
+    if (!f32Copies.has(w)) f32Copies.set(w, Float32Array.from(w));
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  return a;
+}
 
 /** The reference's `matmul` signature on the float32 SIMD product (float64 in and out). */
 function linearF32(
