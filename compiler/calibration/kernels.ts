@@ -128,11 +128,27 @@ export function headBlockF32(
   const H = rows.length / n;
   const logits = new Float32Array(k * n);
   matmulF32(logits, x, rows, k, n, H);
+  return reduceHeadLogits(logits, n, k, n, a, bias, targets);
+}
+
+/**
+ * {@link headBlockF32}'s reduction of the logits of its k rows, row i at logits[i · stride, +n)
+ * (the bias is added in place).
+ */
+export function reduceHeadLogits(
+  logits: Float32Array,
+  stride: number,
+  k: number,
+  n: number,
+  a: number,
+  bias: Float32Array | null,
+  targets: Int32Array,
+): HeadBlock {
   const max = new Float64Array(k);
   const sum = new Float64Array(k);
   const target = new Float64Array(k).fill(NaN);
   for (let i = 0; i < k; i++) {
-    const row = logits.subarray(i * n, (i + 1) * n);
+    const row = logits.subarray(i * stride, i * stride + n);
     if (bias) { for (let j = 0; j < n; j++) row[j] += bias[j]; }
     let m = -Infinity;
     for (let j = 0; j < n; j++) if (row[j] > m) m = row[j];

@@ -20,7 +20,7 @@ import { matmul } from "../reference/math.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import { fakeQuantizeExpert, rtnDecoded, rtnGroupParams } from "./fake_quant.ts";
-import { decodeInto, type ExpertJob, runExpertJob } from "./jobs.ts";
+import { decodeInto, type ExpertJob, runExpertJob, runHeadJob } from "./jobs.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
 import {
@@ -332,4 +332,35 @@ Deno.test("bf16At: decodeRaw's values in the kernel memory; false on a non-finit
       kernelRelease(mark);
     }
   }
+});
+
+Deno.test("runHeadJob: raw BF16 rows in the kernel memory give the general path's block", () => {
+  const rng = mulberry32(12);
+  const H = 32, k = 5, n = 11, a = 40;
+  const bf16 = new Uint16Array(n * H).map(() => 0x3c00 + Math.floor(rng() * 0x300) - 0x180);
+  const job = {
+    kind: "head" as const,
+    x: random(k * H, rng),
+    k,
+    rows: {
+      bytes: new Uint8Array(bf16.buffer),
+      dtype: "BF16" as const,
+      name: "lm_head",
+      file: "f",
+      start: a * H,
+      allowNonFinite: false,
+    },
+    n,
+    a,
+    bias: random(n, rng),
+    targets: Int32Array.from([41, 3, 50, 45, 40]),
+  };
+  const general = runHeadJob({ ...job, bias: job.bias.slice() }, false);
+  const resident = runHeadJob({ ...job, bias: job.bias.slice() }, true);
+  assert.deepEqual(resident, general);
+  assert.deepEqual(
+    general,
+    headBlockF32(job.x, k, decodeRaw(job.rows), n, a, job.bias, job.targets),
+  );
+  assert.equal(Number.isNaN(general.target[1]), true);
 });

@@ -21,7 +21,7 @@ import { MXFP4_WIDTH, type QuantBits } from "../../schemas/packing.ts";
 import { matrixShape } from "../../schemas/tensors.ts";
 import { matrixNames, matrixOf } from "../expert_weights.ts";
 import { rtnGroupParams } from "./fake_quant.ts";
-import { activateInPlace, addBias } from "./kernels.ts";
+import { activateInPlace, addBias, type HeadBlock, reduceHeadLogits } from "./kernels.ts";
 import {
   bf16At,
   gemmAt,
@@ -33,7 +33,13 @@ import {
   minmaxAt,
   rtnFastAt,
 } from "./simd.ts";
-import { decodeInto, type ExpertJob, type ExpertJobResult, sampleCost } from "./jobs.ts";
+import {
+  decodeInto,
+  type ExpertJob,
+  type ExpertJobResult,
+  type HeadJob,
+  sampleCost,
+} from "./jobs.ts";
 
 /** Whether {@link runResidentExpertJob} takes `job` (see the module doc). */
 export function residentFits(job: ExpertJob): boolean {
@@ -197,4 +203,33 @@ function run(job: ExpertJob): ExpertJobResult {
     if (wantFork) fork = forward(quantized, forkAt, forkRows.length);
   }
   return { routed, costs, fork, costMs: performance.now() - t0 };
+}
+
+/**
+ * A head job whose rows are raw BF16 bytes, widened straight into the kernel memory and
+ * multiplied there (`headBlockF32`'s values bit for bit); null, having done nothing, when the
+ * rows are not BF16, hold a non-finite value or the hidden size is not a multiple of 4.
+ */
+export function runResidentHeadJob(job: HeadJob): HeadBlock | null {
+  const { k, n, rows } = job;
+  const H = job.x.length / k;
+  if (rows instanceof Float32Array || rows.dtype !== "BF16" || H % 4 !== 0 || k === 0) return null;
+  if (rows.bytes.byteLength !== 2 * n * H) return null;
+  const mark = kernelMark();
+  try {
+    const kp = k + (k & 1), np = Math.ceil(n / 4) * 4;
+    const rowsAt = kernelAlloc(np * H);
+    if (!bf16At(rows.bytes, rowsAt, n * H)) return null;
+    kernelF32(rowsAt + n * H * 4, (np - n) * H).fill(0);
+    const xAt = kernelAlloc(kp * H);
+    const x = kernelF32(xAt, kp * H);
+    x.set(job.x.subarray(0, k * H));
+    x.fill(0, k * H);
+    const logitsAt = kernelAlloc(kp * np);
+    gemmAt(xAt, rowsAt, logitsAt, kp, np, H);
+    const logits = kernelF32(logitsAt, kp * np);
+    return reduceHeadLogits(logits, np, k, n, job.a, job.bias, job.targets);
+  } finally {
+    kernelRelease(mark);
+  }
 }
