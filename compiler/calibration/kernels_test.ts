@@ -364,3 +364,11 @@ Deno.test("runHeadJob: raw BF16 rows in the kernel memory give the general path'
   );
   assert.equal(Number.isNaN(general.target[1]), true);
 });
+
+Deno.test("kernel regions: a failed RTN releases what it reserved", () => {
+  const before = kernelMark();
+  const w = random(2 * 64, mulberry32(13));
+  w[70] = NaN;
+  assert.throws(() => rtnDecoded(w, 2, 64, 2, 32, "f16", "up"), /up: non-finite/);
+  assert.equal(kernelMark(), before);
+});

@@ -12,7 +12,10 @@
  *
  * Operands live in the module's own memory; {@link matmulF32} copies them in (padding k to a
  * multiple of 4 with zeros, and n, m to multiples of 2 and 4) and the result out, which costs
- * O(n·k + m·k + n·m) next to the O(n·m·k) product.
+ * O(n·k + m·k + n·m) next to the O(n·m·k) product. Callers that keep operands there (an expert
+ * resident for its whole job, resident.ts) reserve regions of that memory as a stack
+ * ({@link kernelAlloc}, {@link kernelMark}, {@link kernelRelease}) and call the kernels on byte
+ * addresses ({@link gemmAt}, {@link minmaxAt}, {@link rtnAt}, {@link rtnFastAt}, {@link bf16At}).
  *
  * @module
  */
@@ -674,19 +677,22 @@ export function rtnDecodedSimd(
   }
   const groups = n / groupSize;
   const mark = kernelMark();
-  const wAt = kernelAlloc(n), outAt = kernelAlloc(n);
-  const mmAt = kernelAlloc(2 * groups), prmAt = kernelAlloc(6 * groups);
-  kernelF32(wAt, n).set(w);
-  minmaxAt(wAt, mmAt, groups, groupSize);
-  const mm = kernelF32(mmAt, 2 * groups);
-  const prm = kernelF64(prmAt, 3 * groups);
-  const one = new Float64Array(3);
-  for (let g = 0; g < groups; g++) {
-    params(mm[2 * g], mm[2 * g + 1], one);
-    prm.set(one, 3 * g);
+  try {
+    const wAt = kernelAlloc(n), outAt = kernelAlloc(n);
+    const mmAt = kernelAlloc(2 * groups), prmAt = kernelAlloc(6 * groups);
+    kernelF32(wAt, n).set(w);
+    minmaxAt(wAt, mmAt, groups, groupSize);
+    const mm = kernelF32(mmAt, 2 * groups);
+    const prm = kernelF64(prmAt, 3 * groups);
+    const one = new Float64Array(3);
+    for (let g = 0; g < groups; g++) {
+      params(mm[2 * g], mm[2 * g + 1], one); // throws on a non-finite group
+      prm.set(one, 3 * g);
+    }
+    rtnAt(wAt, outAt, prmAt, groups, groupSize, qmax);
+    into.set(kernelF32(outAt, n));
+    return into;
+  } finally {
+    kernelRelease(mark);
   }
-  rtnAt(wAt, outAt, prmAt, groups, groupSize, qmax);
-  into.set(kernelF32(outAt, n));
-  kernelRelease(mark);
-  return into;
 }
