@@ -14,11 +14,11 @@
  *
  * The loss-based layer sensitivity of the `budget` allocator (the increase in bits/token when all
  * of one MoE layer's experts are at the lowest width) is measured in the same pass: when MoE
- * layer m is reached, the first `sensitivityTokens` tokens' windows are forked into a perturbed
- * stream whose layer-m experts are the quantized ones; that stream then runs through the later
- * layers beside the clean one, and the head scores every stream at the end (online log-sum-exp
- * over vocabulary blocks). Cost: one pass over all tokens plus, per MoE layer, the later layers
- * over the sensitivity tokens.
+ * layer m is reached, the first `sensitivityTokens` tokens (whole windows, the last one cut:
+ * the model is causal) are forked into a perturbed stream whose layer-m experts are the quantized
+ * ones; that stream then runs through the later layers beside the clean one, and the head scores
+ * every stream at the end (online log-sum-exp over vocabulary blocks). Cost: one pass over all
+ * tokens plus, per MoE layer, the later layers over the sensitivity tokens.
  *
  * Arithmetic: the hidden states stay float64 and the small parts are the float64 reference's own
  * (norms, attention scores, routing); the large products run in float32 on the SIMD kernels of
@@ -99,7 +99,10 @@ export interface StreamOptions {
    * pass collects): a caller's earlier calibration record, so its costs use its samples.
    */
   samples?: ExpertSample[][];
-  /** Tokens (whole windows from the start, at least one) the layer sensitivity is scored on. */
+  /**
+   * Tokens the layer sensitivity is scored on: the first ones of the text (whole windows, then the
+   * first tokens of the next one; default all).
+   */
   sensitivityTokens?: number;
   /**
    * Keep each expert's input sample in the record (default true; GPTQ's Hessians need them). When
@@ -251,13 +254,17 @@ export async function calibrateStream(
     n: length,
     x: new Float64Array(length * H),
   }));
+  // The scored prefix: whole windows, the last one cut to the first tokens that fit (a window's
+  // first t states are those of a window of t tokens: the model is causal).
   const scoredWindows: number[] = [];
+  const scoredRows: number[] = [];
   let scoredTokens = 0;
-  const limit = opts.sensitivityTokens ?? Infinity;
-  for (let w = 0; w < clean.length; w++) {
-    if (w > 0 && scoredTokens + clean[w].n > limit) break;
+  const limit = Math.max(1, opts.sensitivityTokens ?? Infinity);
+  for (let w = 0; w < clean.length && scoredTokens < limit; w++) {
+    const rows = Math.min(clean[w].n, limit - scoredTokens);
     scoredWindows.push(w);
-    scoredTokens += clean[w].n;
+    scoredRows.push(rows);
+    scoredTokens += rows;
   }
   let seqs: Seq[] = [...clean];
 
@@ -300,11 +307,34 @@ export async function calibrateStream(
   };
 
   const costClock = { ms: 0 };
+  // Attention weights by (layer, block), read ahead: a MoE block starts the read of the next
+  // layer's attention blocks, so it overlaps with the expert jobs instead of following them.
+  const attentionReads = new Map<string, Promise<ReferenceAttention | ReferenceMla>>();
+  const readAttentionAt = (l: number, b: number) => {
+    const key = `${l}/${b}`;
+    let p = attentionReads.get(key);
+    if (!p) {
+      const block = spec.decoder.layers[l].blocks[b];
+      if (block.kind !== "attention") throw new Error(`block ${key} is not attention`);
+      const w = reader.layer("decoder", l);
+      p = (block.attention.kind === "mla"
+        ? readMla(block.attention, w, 0)
+        : readAttention(block.attention, w, 0)).then(withF32Copies);
+      p.catch(() => {}); // awaited (and thrown) where used
+      attentionReads.set(key, p);
+    }
+    return p;
+  };
+  const readAhead = (l: number) => {
+    spec.decoder.layers[l + 1]?.blocks.forEach((blk, b) => {
+      if (blk.kind === "attention") readAttentionAt(l + 1, b);
+    });
+  };
   let m = 0;
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const weights = reader.layer("decoder", l);
     const r = layer.residualScale;
-    for (const block of layer.blocks) {
+    for (const [b, block] of layer.blocks.entries()) {
       if (block.kind === "cross_attention") throw notImplemented("cross-attention");
       const norm = await readNorm(
         block.norm,
@@ -317,9 +347,8 @@ export async function calibrateStream(
         return h;
       });
       if (block.kind === "attention") {
-        const a = block.attention.kind === "mla"
-          ? await readMla(block.attention, weights, 0)
-          : await readAttention(block.attention, weights, 0);
+        const a = await readAttentionAt(l, b);
+        attentionReads.delete(`${l}/${b}`);
         seqs.forEach((s, i) => addInto(s.x, r, attend(hs[i], s.n, a)));
       } else if (block.ffn.kind === "dense") {
         const d = mlpOf((await readDense(block.ffn, weights)).mlp, H);
@@ -331,13 +360,16 @@ export async function calibrateStream(
       } else {
         const layerIR = moe[m];
         if (layerIR.layer !== l) throw new Error(`MoE layer ${m} is not decoder layer ${l}`);
+        readAhead(l);
         const fork = sensitivity ? scoredWindows.map((w) => clean[w]) : [];
+        const forkRows = sensitivity ? scoredRows : [];
         const result = await moeStream({
           ir: layerIR,
           weights,
           seqs,
           hs,
           fork,
+          forkRows,
           m,
           cap,
           seed,
@@ -358,9 +390,10 @@ export async function calibrateStream(
           : result.samples;
         output[m] = result.output;
         const forked = fork.map((s, i) => {
-          const x = s.x.slice();
+          const n = forkRows[i];
+          const x = s.x.slice(0, n * H);
           addInto(x, r, result.forkOut[i]);
-          return { stream: m, start: s.start, n: s.n, x };
+          return { stream: m, start: s.start, n, x };
         });
         seqs.forEach((s, i) => addInto(s.x, r, result.out[i]));
         seqs = [...seqs, ...forked];
@@ -374,7 +407,10 @@ export async function calibrateStream(
   let deltas: number[] | null = null;
   const headStart = performance.now();
   if (sensitivity) {
-    const scored = seqs.filter((s) => s.stream >= 0 || scoredWindows.includes(clean.indexOf(s)));
+    const scored = [
+      ...scoredWindows.map((w, i) => ({ seq: clean[w], n: scoredRows[i] })),
+      ...seqs.filter((s) => s.stream >= 0).map((seq) => ({ seq, n: seq.n })),
+    ];
     const bits = await scoreStreams(ir, top, scored, ids, moe.length);
     deltas = bits.layers.map((b) => b - bits.clean);
   }
@@ -403,7 +439,7 @@ export async function calibrateStream(
   async function scoreStreams(
     ir: ModelIR,
     top: (role: string) => TensorRef,
-    scored: Seq[],
+    scored: { seq: Seq; n: number }[],
     ids: readonly number[],
     moeCount: number,
   ): Promise<{ clean: number; layers: number[] }> {
@@ -412,10 +448,10 @@ export async function calibrateStream(
     const bias = spec.head.bias ? await w.read("lm_head_bias") : null;
     // Rows that predict a token, gathered: [k, H].
     const rowsOf: { seq: Seq; t: number; target: number }[] = [];
-    for (const s of scored) {
-      normRows(s.x, s.x, s.n, finalNorm);
-      if (spec.head.scale !== 1) { for (let i = 0; i < s.x.length; i++) s.x[i] *= spec.head.scale; }
-      for (let t = 0; t < s.n; t++) {
+    for (const { seq: s, n } of scored) {
+      normRows(s.x, s.x, n, finalNorm);
+      if (spec.head.scale !== 1) { for (let i = 0; i < n * H; i++) s.x[i] *= spec.head.scale; }
+      for (let t = 0; t < n; t++) {
         const next = s.start + t + 1;
         if (next < ids.length) rowsOf.push({ seq: s, t, target: ids[next] });
       }
@@ -521,6 +557,18 @@ function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla
 /** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
 const f32Copies = new WeakMap<Float64Array, Float32Array>();
 
+/** Makes the float32 copies of an attention block's GQA projections (one per task turn). */
+async function withF32Copies(
+  a: ReferenceAttention | ReferenceMla,
+): Promise<ReferenceAttention | ReferenceMla> {
+  if ("kvB" in a) return a;
+  for (const w of [a.q, a.k, a.v, a.o]) {
+    if (!f32Copies.has(w)) f32Copies.set(w, Float32Array.from(w));
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  return a;
+}
+
 /** The reference's `matmul` signature on the float32 SIMD product (float64 in and out). */
 function linearF32(
   out: Float64Array,
@@ -546,6 +594,8 @@ interface MoeStreamInput {
   hs: Float64Array[];
   /** Clean windows to fork with this layer's experts quantized at the lowest width. */
   fork: Seq[];
+  /** Rows forked of each of `fork` (its first ones). */
+  forkRows: number[];
   m: number;
   cap: number;
   seed: number;
@@ -620,6 +670,11 @@ async function moeStream(inp: MoeStreamInput): Promise<{
   }
 
   const forkIndex = new Map(fork.map((s, i) => [seqs.indexOf(s), i]));
+  /** Whether a route's row is one of the forked rows. */
+  const forked = (r: { seq: number; t: number }): boolean => {
+    const f = forkIndex.get(r.seq);
+    return f !== undefined && r.t < inp.forkRows[f];
+  };
   const results: (ExpertJobResult | null)[] = new Array(E).fill(null);
   const lanes = new Lanes(inp.runner.lanes);
   for (let e = 0; e < E; e++) {
@@ -645,9 +700,7 @@ async function moeStream(inp: MoeStreamInput): Promise<{
         sample: own ?? samples[e],
         // The collected sample's rows are routed rows: their outputs are reused.
         sampleRows: own ? undefined : Int32Array.from(slotRoute[e].slice(0, samples[e].n)),
-        forkRows: Int32Array.from(
-          list.flatMap((r, i) => fork.length > 0 && forkIndex.has(r.seq) ? [i] : []),
-        ),
+        forkRows: Int32Array.from(list.flatMap((r, i) => forked(r) ? [i] : [])),
       },
     };
     await lanes.submit(async () => {
@@ -660,7 +713,7 @@ async function moeStream(inp: MoeStreamInput): Promise<{
   await lanes.drain();
 
   const out = seqs.map((s) => new Float64Array(s.n * H));
-  const forkOut = fork.map((s) => new Float64Array(s.n * H));
+  const forkOut = fork.map((_, i) => new Float64Array(inp.forkRows[i] * H));
   const output: number[][] = layer.experts.map(() => []);
   for (let e = 0; e < E; e++) {
     const r = results[e];
@@ -671,10 +724,9 @@ async function moeStream(inp: MoeStreamInput): Promise<{
       const o = out[route.seq];
       const y = r.routed.subarray(i * H, (i + 1) * H);
       for (let c = 0; c < H; c++) o[route.t * H + c] += route.w * y[c];
-      const f = forkIndex.get(route.seq);
-      if (costs && fork.length > 0 && f !== undefined) {
+      if (costs && forked(route)) {
         const yq = r.fork.subarray(j * H, ++j * H);
-        const fo = forkOut[f];
+        const fo = forkOut[forkIndex.get(route.seq)!];
         for (let c = 0; c < H; c++) fo[route.t * H + c] += route.w * yq[c];
       }
     });
@@ -692,7 +744,7 @@ async function moeStream(inp: MoeStreamInput): Promise<{
       const targets = [out[si]];
       if (forkIndex.has(si)) targets.push(forkOut[forkIndex.get(si)!]);
       for (const o of targets) {
-        for (let t = 0; t < s.n; t++) {
+        for (let t = 0; t < o.length / H; t++) {
           const g = gateRow ? sigmoid(gate[t]) : 1;
           for (let c = 0; c < H; c++) o[t * H + c] += g * ys[t * H + c];
         }

@@ -168,4 +168,20 @@ Deno.test("calibrateStream: costs equal outputError, sensitivities equal layerDe
     const delta = await layerDelta(ref, head, context, m, lowest, baseShort);
     assert.ok(Math.abs(short.deltas![m] - delta) < 1e-5, `prefix delta ${m}`);
   }
+
+  // A prefix that cuts a window (20 = 16 + 4 tokens): the same as re-evaluating those tokens.
+  const cut = await calibrateStream(ir, ids, { context, costs: req, sensitivityTokens: 20 });
+  const cutCosts = cut.memo.get(streamCostsKey(req)) as StreamCosts;
+  assert.equal(cutCosts.sensitivityTokens, 20);
+  assert.deepEqual(cutCosts.output, costs.output);
+  const head20 = ids.slice(0, 21);
+  const base20 = (await evaluateReference(ref, head20, { context })).bitsPerToken;
+  for (const m of layers.keys()) {
+    const lowest = layers[m].experts.map((_, e) =>
+      quantizeExpert(referenceExpert(ref, m, e), widths[0], 64, "rtn")
+    );
+    const delta = await layerDelta(ref, head20, context, m, lowest, base20);
+    assert.ok(Math.abs(cutCosts.deltas![m] - delta) < 1e-5, `cut delta ${m}`);
+    assert.ok(Math.abs(cutCosts.deltas![m] - short.deltas![m]) > 1e-9, `cut ${m} differs`);
+  }
 });

@@ -90,6 +90,49 @@ export function rtnDecoded(
   return out;
 }
 
+/**
+ * Per group g, the `rtn` kernel's parameters prm[3g..3g+2] = [1/scale, zero, scale] from the
+ * group's [min, max] mm[2g..2g+1] (simd.ts `minmaxAt`), as {@link rtnDecoded} computes them, and
+ * the float32 kernel's (simd.ts `rtnFastAt`) prm32[4g..4g+3] = [1/scale, zero, scale, limit]. A
+ * non-finite min or max is `checkFinite`'s error on `values()` ([·, cols], read only then).
+ *
+ * The limit: every |v − v₆₄| between the float32 v = f32(f32(w · f32(1/scale)) + zero) and the
+ * float64 one is ≤ 2⁻²⁴ · (3.01 · |w| / scale + |zero|) (three roundings of relative 2⁻²⁴, and
+ * 2⁻⁵³ ones for v₆₄), with |w| ≤ max(|min|, |max|) in the group; twice that bound is E, and a
+ * value whose v lies within 0.5 − E of its nearest integer t rounds to t in float64 as well
+ * (round half up included: v₆₄ is then strictly within 0.5 of t). limit = 0.5 − E, rounded down.
+ */
+export function rtnGroupParams(
+  mm: Float32Array,
+  prm: Float64Array,
+  prm32: Float32Array | null,
+  groups: number,
+  bits: QuantBits,
+  scaleType: ScaleType,
+  values: () => Float32Array,
+  cols: number,
+  name: string,
+): void {
+  const qmax = (1 << bits) - 1;
+  const params = new Float64Array(2);
+  for (let g = 0; g < groups; g++) {
+    const lo = mm[2 * g], hi = mm[2 * g + 1];
+    if (!Number.isFinite(lo) || !Number.isFinite(hi)) checkFinite(values(), cols, name);
+    minMaxParams(lo, hi, qmax, scaleType, params, name);
+    const [scale, zero] = params;
+    const inv = inverseScale(scale);
+    prm[3 * g] = inv;
+    prm[3 * g + 1] = zero;
+    prm[3 * g + 2] = scale;
+    if (!prm32) continue;
+    const e = 2 * 2 ** -24 * (3.01 * Math.max(Math.abs(lo), Math.abs(hi)) * inv + Math.abs(zero));
+    prm32[4 * g] = inv;
+    prm32[4 * g + 1] = zero;
+    prm32[4 * g + 2] = scale;
+    prm32[4 * g + 3] = 0.5 - e - 2 ** -24; // rounds to at most 0.5 − e
+  }
+}
+
 /** The decoded values of an unpacked quantization, [rows, cols]. */
 export function decodeUnpacked(u: UnpackedQuant): Float32Array {
   const { rows, cols, groupSize, codes, scales, zeros } = u;

@@ -19,6 +19,7 @@ import { expertHessians, type ExpertWeights } from "../expert_weights.ts";
 import { fakeQuantizeExpert } from "./fake_quant.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import { type HeadBlock, headBlockF32, mlpF32 } from "./kernels.ts";
+import { residentFits, runResidentExpertJob, runResidentHeadJob } from "./resident.ts";
 
 /** The costs part of an {@link ExpertJob}. */
 export interface ExpertCostRequest {
@@ -138,8 +139,12 @@ export function decodeInto(raw: RawElements, into: Float32Array): Float32Array {
   return exp === 0 ? into : decodeRaw(raw);
 }
 
-/** Runs an expert job on this thread. */
-export function runExpertJob(job: ExpertJob): ExpertJobResult {
+/**
+ * Runs an expert job on this thread: with the expert resident in the kernel memory (resident.ts)
+ * when it fits, else on the general kernels (`resident` false forces those; the same values).
+ */
+export function runExpertJob(job: ExpertJob, resident = residentFits(job)): ExpertJobResult {
+  if (resident) return runResidentExpertJob(job);
   const w: ExpertWeights = { ...job.weights, matrices: { ...job.weights.matrices } };
   for (const [name, raw] of Object.entries(job.raw ?? {})) {
     if (!raw) continue;
@@ -181,8 +186,13 @@ export function runExpertJob(job: ExpertJob): ExpertJobResult {
   return { routed, costs, fork, costMs: performance.now() - t0 };
 }
 
-/** Runs a head job on this thread. */
-export function runHeadJob(job: HeadJob): HeadBlock {
+/**
+ * Runs a head job on this thread: raw BF16 rows in the kernel memory (resident.ts) unless
+ * `resident` is false or they do not fit there; the same values either way.
+ */
+export function runHeadJob(job: HeadJob, resident = true): HeadBlock {
+  const done = resident ? runResidentHeadJob(job) : null;
+  if (done) return done;
   const rows = job.rows instanceof Float32Array
     ? job.rows
     : decodeInto(job.rows, scratchOf("head", job.rows.bytes.byteLength >>> 1));

@@ -23,8 +23,8 @@ export interface MlpF32 {
   biases: Partial<Record<MatrixName, Float32Array>>;
 }
 
-/** y [n, cols] += bias per row. */
-function addBias(y: Float32Array, bias: Float32Array | undefined, n: number): void {
+/** y [n, cols] += bias per row (nothing without a bias). */
+export function addBias(y: Float32Array, bias: Float32Array | undefined, n: number): void {
   if (!bias) return;
   const cols = bias.length;
   for (let t = 0; t < n; t++) {
@@ -40,14 +40,14 @@ function matrix(w: MlpF32, name: MatrixName): Float32Array {
 }
 
 /**
- * The activation's output a [n, I] for inputs x [n, H]: the input-side matrices' products, then
- * the activation (reference formulas). {@link mlpF32} multiplies it by the output matrix.
+ * The activation (reference formulas) applied to the input-side products, in place: `up` for
+ * relu, else `gate` (which it returns) from `gate` and `up`.
  */
-export function activationF32(w: MlpF32, x: Float32Array, n: number): Float32Array {
-  const { hidden: H, inter: I, activation: act } = w;
-  const up = new Float32Array(n * I);
-  matmulF32(up, x, matrix(w, "up"), n, I, H);
-  addBias(up, w.biases.up, n);
+export function activateInPlace(
+  act: ActivationSpec,
+  up: Float32Array,
+  gate: Float32Array | null,
+): Float32Array {
   if (act.kind === "relu") {
     for (let i = 0; i < up.length; i++) up[i] = Math.max(0, up[i]);
     return up;
@@ -55,9 +55,7 @@ export function activationF32(w: MlpF32, x: Float32Array, n: number): Float32Arr
   if (act.kind !== "swiglu" && act.kind !== "swiglu_clamped") {
     throw notImplemented(`activation "${act.kind}"`);
   }
-  const gate = new Float32Array(n * I);
-  matmulF32(gate, x, matrix(w, "gate"), n, I, H);
-  addBias(gate, w.biases.gate, n);
+  if (!gate) throw notImplemented("an expert without its gate matrix");
   if (act.kind === "swiglu_clamped") {
     const { limit, alpha } = act;
     for (let i = 0; i < gate.length; i++) {
@@ -72,6 +70,25 @@ export function activationF32(w: MlpF32, x: Float32Array, n: number): Float32Arr
     }
   }
   return gate;
+}
+
+/**
+ * The activation's output a [n, I] for inputs x [n, H]: the input-side matrices' products, then
+ * the activation (reference formulas). {@link mlpF32} multiplies it by the output matrix.
+ */
+export function activationF32(w: MlpF32, x: Float32Array, n: number): Float32Array {
+  const { hidden: H, inter: I, activation: act } = w;
+  const up = new Float32Array(n * I);
+  matmulF32(up, x, matrix(w, "up"), n, I, H);
+  addBias(up, w.biases.up, n);
+  if (act.kind === "relu") return activateInPlace(act, up, null);
+  if (act.kind !== "swiglu" && act.kind !== "swiglu_clamped") {
+    throw notImplemented(`activation "${act.kind}"`);
+  }
+  const gate = new Float32Array(n * I);
+  matmulF32(gate, x, matrix(w, "gate"), n, I, H);
+  addBias(gate, w.biases.gate, n);
+  return activateInPlace(act, up, gate);
 }
 
 /** The MLP over n rows: x [n, H] → y [n, H], float32 (see the module doc). */
@@ -111,11 +128,27 @@ export function headBlockF32(
   const H = rows.length / n;
   const logits = new Float32Array(k * n);
   matmulF32(logits, x, rows, k, n, H);
+  return reduceHeadLogits(logits, n, k, n, a, bias, targets);
+}
+
+/**
+ * {@link headBlockF32}'s reduction of the logits of its k rows, row i at logits[i · stride, +n)
+ * (the bias is added in place).
+ */
+export function reduceHeadLogits(
+  logits: Float32Array,
+  stride: number,
+  k: number,
+  n: number,
+  a: number,
+  bias: Float32Array | null,
+  targets: Int32Array,
+): HeadBlock {
   const max = new Float64Array(k);
   const sum = new Float64Array(k);
   const target = new Float64Array(k).fill(NaN);
   for (let i = 0; i < k; i++) {
-    const row = logits.subarray(i * n, (i + 1) * n);
+    const row = logits.subarray(i * stride, i * stride + n);
     if (bias) { for (let j = 0; j < n; j++) row[j] += bias[j]; }
     let m = -Infinity;
     for (let j = 0; j < n; j++) if (row[j] > m) m = row[j];

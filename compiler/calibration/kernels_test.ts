@@ -19,11 +19,21 @@ import { expertOutputs, type ExpertWeights, quantizeExpert } from "../expert_wei
 import { matmul } from "../reference/math.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
-import { fakeQuantizeExpert, rtnDecoded } from "./fake_quant.ts";
-import { decodeInto, type ExpertJob, runExpertJob } from "./jobs.ts";
+import { fakeQuantizeExpert, rtnDecoded, rtnGroupParams } from "./fake_quant.ts";
+import { decodeInto, type ExpertJob, runExpertJob, runHeadJob } from "./jobs.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
-import { gemmModuleBytes } from "./simd.ts";
+import {
+  bf16At,
+  gemmModuleBytes,
+  kernelAlloc,
+  kernelF32,
+  kernelF64,
+  kernelMark,
+  kernelRelease,
+  minmaxAt,
+  rtnFastAt,
+} from "./simd.ts";
 
 function random(n: number, rng: () => number, scale = 1): Float32Array {
   // Non-zero values in ±[0.05, 1]·scale.
@@ -203,4 +213,162 @@ Deno.test("decodeInto: decodeRaw's values for BF16 into a reused buffer; non-fin
   const zeroed = decodeInto({ ...raw, allowNonFinite: true }, into);
   assert.equal(zeroed[3], 0);
   assert.deepEqual(zeroed, decodeRaw({ ...raw, allowNonFinite: true }));
+});
+
+Deno.test("runExpertJob: the resident path gives the general path's values bit for bit", () => {
+  const rng = mulberry32(9);
+  const H = 64, I = 32, n = 7;
+  for (
+    const [activation, bias] of [[{ kind: "swiglu" }, true], [{ kind: "relu" }, false]] as const
+  ) {
+    const w = expert(activation, H, I, rng, bias);
+    // Raw BF16 bytes for one matrix (decoded where the job runs), decoded values for the others.
+    const bf16 = new Uint16Array(I * H).map(() => 0x3c00 + Math.floor(rng() * 0x300) - 0x180);
+    const raw = {
+      up: {
+        bytes: new Uint8Array(bf16.buffer),
+        dtype: "BF16" as const,
+        name: "up",
+        file: "f",
+        start: 0,
+        allowNonFinite: false,
+      },
+    };
+    const routed = random(n * H, rng);
+    const sample = { n: 3, seen: 5, inputs: random(3 * H, rng), weights: random(3, rng) };
+    const job = (): ExpertJob => ({
+      kind: "expert",
+      weights: { ...w, matrices: { ...w.matrices, up: undefined } },
+      raw,
+      routed: routed.slice(),
+      n,
+      costs: {
+        widths: [2, 3, 4, 8],
+        groupSize: 32,
+        quantizer: "rtn",
+        sample,
+        forkRows: Int32Array.from([1, 2, 6]),
+      },
+    });
+    const general = runExpertJob(job(), false);
+    const resident = runExpertJob(job(), true);
+    assert.deepEqual(resident.routed, general.routed);
+    assert.deepEqual(resident.costs, general.costs);
+    assert.deepEqual(resident.fork, general.fork);
+    assert.ok(general.costs.every((c) => c > 0));
+  }
+});
+
+Deno.test("rtnFastAt: rtnDecoded's values bit for bit, values at rounding ties redone in float64", () => {
+  const rng = mulberry32(10);
+  const rows = 16, cols = 128, group = 32, n = rows * cols, groups = n / group;
+  for (const bits of [2, 3, 4, 8] as QuantBits[]) {
+    const qmax = (1 << bits) - 1;
+    const w = random(n, rng, 0.3);
+    // Half the groups get values at exact half-steps of their grid: v within float32 error of
+    // a tie, which the float32 kernel must flag and the float64 kernel round up.
+    const prm0 = new Float64Array(3 * groups);
+    const mm0 = new Float32Array(2 * groups);
+    for (let g = 0; g < groups; g++) {
+      const x = w.subarray(g * group, (g + 1) * group);
+      mm0[2 * g] = Math.min(...x);
+      mm0[2 * g + 1] = Math.max(...x);
+    }
+    rtnGroupParams(mm0, prm0, null, groups, bits, "f16", () => w, cols, "w");
+    let ties = 0;
+    for (let g = 0; g < groups; g += 2) {
+      const [, zero, scale] = prm0.subarray(3 * g, 3 * g + 3);
+      for (let i = 0; i < group; i += 3) {
+        const v = Math.fround((Math.floor(rng() * qmax) + 0.5 - zero) * scale);
+        const [lo, hi] = mm0.subarray(2 * g, 2 * g + 2);
+        const j = g * group + i;
+        if (v > lo && v < hi && w[j] !== lo && w[j] !== hi) w[j] = v, ties++;
+      }
+    }
+    assert.ok(ties > groups, `${ties} ties`);
+    const mark = kernelMark();
+    try {
+      const wAt = kernelAlloc(n), out = kernelAlloc(n), mm = kernelAlloc(2 * groups);
+      const prm = kernelAlloc(6 * groups), prm32 = kernelAlloc(4 * groups);
+      const flags = kernelAlloc(groups);
+      kernelF32(wAt, n).set(w);
+      minmaxAt(wAt, mm, groups, group);
+      rtnGroupParams(
+        kernelF32(mm, 2 * groups),
+        kernelF64(prm, 3 * groups),
+        kernelF32(prm32, 4 * groups),
+        groups,
+        bits,
+        "f16",
+        () => w,
+        cols,
+        "w",
+      );
+      const redone = rtnFastAt(wAt, out, prm32, prm, flags, groups, group, qmax);
+      // Tied groups are redone; most of the others are not.
+      assert.ok(redone >= groups / 2 && redone < 0.75 * groups, `${bits}: ${redone} redone`);
+    } finally {
+      kernelRelease(mark);
+    }
+  }
+});
+
+Deno.test("bf16At: decodeRaw's values in the kernel memory; false on a non-finite value", () => {
+  const rng = mulberry32(11);
+  for (const n of [64, 37, 5]) {
+    const bytes = new Uint8Array(2 * n).map(() => Math.floor(rng() * 256));
+    for (let i = 1; i < bytes.length; i += 2) bytes[i] &= 0xbf; // exponents below all ones
+    const raw = { bytes, dtype: "BF16", name: "w", file: "f", start: 0, allowNonFinite: false };
+    const mark = kernelMark();
+    try {
+      const at = kernelAlloc(n + 4);
+      kernelF32(at, n + 4).fill(7);
+      assert.ok(bf16At(bytes, at, n));
+      assert.deepEqual(kernelF32(at, n).slice(), decodeRaw(raw));
+      assert.deepEqual([...kernelF32(at + 4 * n, 4)], [7, 7, 7, 7], "nothing written past n");
+      bytes[2 * (n - 1) + 1] = 0xff, bytes[2 * (n - 1)] = 0x80; // the last value: -Infinity
+      assert.equal(bf16At(bytes, at, n), false);
+    } finally {
+      kernelRelease(mark);
+    }
+  }
+});
+
+Deno.test("runHeadJob: raw BF16 rows in the kernel memory give the general path's block", () => {
+  const rng = mulberry32(12);
+  const H = 32, k = 5, n = 11, a = 40;
+  const bf16 = new Uint16Array(n * H).map(() => 0x3c00 + Math.floor(rng() * 0x300) - 0x180);
+  const job = {
+    kind: "head" as const,
+    x: random(k * H, rng),
+    k,
+    rows: {
+      bytes: new Uint8Array(bf16.buffer),
+      dtype: "BF16" as const,
+      name: "lm_head",
+      file: "f",
+      start: a * H,
+      allowNonFinite: false,
+    },
+    n,
+    a,
+    bias: random(n, rng),
+    targets: Int32Array.from([41, 3, 50, 45, 40]),
+  };
+  const general = runHeadJob({ ...job, bias: job.bias.slice() }, false);
+  const resident = runHeadJob({ ...job, bias: job.bias.slice() }, true);
+  assert.deepEqual(resident, general);
+  assert.deepEqual(
+    general,
+    headBlockF32(job.x, k, decodeRaw(job.rows), n, a, job.bias, job.targets),
+  );
+  assert.equal(Number.isNaN(general.target[1]), true);
+});
+
+Deno.test("kernel regions: a failed RTN releases what it reserved", () => {
+  const before = kernelMark();
+  const w = random(2 * 64, mulberry32(13));
+  w[70] = NaN;
+  assert.throws(() => rtnDecoded(w, 2, 64, 2, 32, "f16", "up"), /up: non-finite/);
+  assert.equal(kernelMark(), before);
 });

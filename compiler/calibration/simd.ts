@@ -12,7 +12,10 @@
  *
  * Operands live in the module's own memory; {@link matmulF32} copies them in (padding k to a
  * multiple of 4 with zeros, and n, m to multiples of 2 and 4) and the result out, which costs
- * O(n·k + m·k + n·m) next to the O(n·m·k) product.
+ * O(n·k + m·k + n·m) next to the O(n·m·k) product. Callers that keep operands there (an expert
+ * resident for its whole job, resident.ts) reserve regions of that memory as a stack
+ * ({@link kernelAlloc}, {@link kernelMark}, {@link kernelRelease}) and call the kernels on byte
+ * addresses ({@link gemmAt}, {@link minmaxAt}, {@link rtnAt}, {@link rtnFastAt}, {@link bf16At}).
  *
  * @module
  */
@@ -75,6 +78,7 @@ const op = {
   mul: [0x6c],
   ltU: [0x49],
   geU: [0x4f],
+  gtU: [0x4b],
   block: [0x02, 0x40],
   loop: [0x03, 0x40],
   end: [0x0b],
@@ -85,6 +89,8 @@ const op = {
   f32Store: (offset: number) => [0x38, 2, ...uleb(offset)],
   /** v128.load with alignment 2^4. */
   vLoad: [SIMD, 0x00, 4, 0],
+  /** v128.load with alignment 2^4 and a constant offset. */
+  vLoadAt: (offset: number) => [SIMD, 0x00, 4, ...uleb(offset)],
   vZero: [SIMD, 0x0c, ...new Array(16).fill(0)],
   extract: (lane: number) => [SIMD, 0x1f, lane],
   vAdd: [SIMD, ...uleb(228)], // f32x4.add
@@ -99,6 +105,8 @@ const op = {
   i32ToF64: [0xb7], // f64.convert_i32_s
   /** v128.store with alignment 2^4. */
   vStore: [SIMD, 0x0b, 4, 0],
+  /** v128.store with alignment 2^4 and a constant offset. */
+  vStoreAt: (offset: number) => [SIMD, 0x0b, 4, ...uleb(offset)],
   shuffle: (lanes: number[]) => [SIMD, 0x0d, ...lanes],
   f32Splat: [SIMD, 0x13],
   f64Splat: [SIMD, 0x14],
@@ -112,6 +120,19 @@ const op = {
   f64x2Min: [SIMD, ...uleb(244)],
   f64x2Max: [SIMD, ...uleb(245)],
   f64x2Nearest: [SIMD, ...uleb(148)],
+  f32Load: (offset: number) => [0x2a, 2, ...uleb(offset)],
+  i32Store: (offset: number) => [0x36, 2, ...uleb(offset)],
+  vOr: [SIMD, ...uleb(80)],
+  anyTrue: [SIMD, ...uleb(83)],
+  f32x4Ge: [SIMD, ...uleb(70)],
+  f32x4Nearest: [SIMD, ...uleb(106)],
+  f32x4Abs: [SIMD, ...uleb(224)],
+  vSub: [SIMD, ...uleb(229)], // f32x4.sub
+  i16Splat: [SIMD, ...uleb(16)],
+  i16x8Eq: [SIMD, ...uleb(45)],
+  extendLowU: [SIMD, ...uleb(169)], // i32x4.extend_low_i16x8_u
+  extendHighU: [SIMD, ...uleb(170)], // i32x4.extend_high_i16x8_u
+  i32x4Shl: [SIMD, ...uleb(171)],
   demoteZero: [SIMD, ...uleb(94)], // f32x4.demote_f64x2_zero
   promoteLow: [SIMD, ...uleb(95)], // f64x2.promote_low_f32x4
 };
@@ -221,15 +242,88 @@ function rtnBody(): number[] {
 }
 
 /**
+ * rtn32(w, out, params, groups, gbytes, qmax, flags): {@link rtnBody}'s RTN in float32 lanes, for
+ * speed. params holds per group [1/scale, zero, scale, limit] as f32. Per value v = w · (1/scale)
+ * + zero, t = nearest(v), out = f32((clamp(t, 0, qmax) − zero) · scale); and flags[g] (an i32)
+ * is 1 when some value of the group had |v − t| ≥ limit, i.e. lay so near a half-integer that the
+ * float32 v might round differently from the float64 one (the caller redoes those groups on the
+ * float64 kernel), else 0.
+ */
+function rtn32Body(): number[] {
+  const [W, OUT, PRM, GROUPS, GB, QMAX, FLAGS] = [0, 1, 2, 3, 4, 5, 6];
+  const [G, END] = [7, 8];
+  const [INV, ZERO, SCALE, LIMIT, QM, Z0, V, T, NEAR] = [9, 10, 11, 12, 13, 14, 15, 16, 17];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.get(QMAX), op.i32ToF64, op.demote, op.f32Splat, op.set(QM));
+  emit(op.vZero, op.set(Z0));
+  emit(op.i32(0), op.set(G));
+  emit(op.block, op.loop);
+  emit(op.get(G), op.get(GROUPS), op.geU, op.brIf(1));
+  emit(op.get(PRM), op.f32Load(0), op.f32Splat, op.set(INV));
+  emit(op.get(PRM), op.f32Load(4), op.f32Splat, op.set(ZERO));
+  emit(op.get(PRM), op.f32Load(8), op.f32Splat, op.set(SCALE));
+  emit(op.get(PRM), op.f32Load(12), op.f32Splat, op.set(LIMIT));
+  emit(op.vZero, op.set(NEAR));
+  emit(op.get(W), op.get(GB), op.add, op.set(END));
+  emit(op.block, op.loop);
+  emit(op.get(W), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(W), op.vLoad, op.get(INV), op.vMul, op.get(ZERO), op.vAdd, op.tee(V));
+  emit(op.f32x4Nearest, op.set(T));
+  emit(op.get(NEAR), op.get(V), op.get(T), op.vSub, op.f32x4Abs, op.get(LIMIT), op.f32x4Ge);
+  emit(op.vOr, op.set(NEAR));
+  emit(op.get(OUT));
+  emit(op.get(T), op.get(Z0), op.f32x4Max, op.get(QM), op.f32x4Min);
+  emit(op.get(ZERO), op.vSub, op.get(SCALE), op.vMul, op.vStore);
+  emit(op.get(W), op.i32(16), op.add, op.set(W));
+  emit(op.get(OUT), op.i32(16), op.add, op.set(OUT), op.br(0));
+  emit(op.end, op.end);
+  emit(op.get(FLAGS), op.get(NEAR), op.anyTrue, op.i32Store(0));
+  emit(op.get(FLAGS), op.i32(4), op.add, op.set(FLAGS));
+  emit(op.get(PRM), op.i32(16), op.add, op.set(PRM));
+  emit(op.get(G), op.i32(1), op.add, op.set(G), op.br(0));
+  emit(op.end, op.end);
+  return body([[2, I32], [9, V128]], code);
+}
+
+/**
+ * bf16(src, dst, n8) → i32: widens 8·n8 bf16 values at src to float32 at dst (each a 16-bit
+ * shift); returns 1 when one of them is non-finite (exponent bits all ones), else 0.
+ */
+function bf16Body(): number[] {
+  const [SRC, DST, N8] = [0, 1, 2];
+  const [END] = [3];
+  const [V, BAD, MASK] = [4, 5, 6];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.i32(0x7f80), op.i16Splat, op.set(MASK));
+  emit(op.vZero, op.set(BAD));
+  emit(op.get(SRC), op.get(N8), op.i32(16), op.mul, op.add, op.set(END));
+  emit(op.block, op.loop);
+  emit(op.get(SRC), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(SRC), op.vLoad, op.set(V));
+  emit(op.get(BAD), op.get(V), op.get(MASK), op.vAnd, op.get(MASK), op.i16x8Eq, op.vOr);
+  emit(op.set(BAD));
+  emit(op.get(DST), op.get(V), op.extendLowU, op.i32(16), op.i32x4Shl, op.vStore);
+  emit(op.get(DST), op.get(V), op.extendHighU, op.i32(16), op.i32x4Shl, op.vStoreAt(16));
+  emit(op.get(SRC), op.i32(16), op.add, op.set(SRC));
+  emit(op.get(DST), op.i32(32), op.add, op.set(DST), op.br(0));
+  emit(op.end, op.end);
+  emit(op.get(BAD), op.anyTrue);
+  return body([[1, I32], [3, V128]], code);
+}
+
+/**
  * gemm(a, b, c, n, m, k): c[i·m + j] = Σ_p a[i·k + p] · b[j·k + p] for byte addresses a, b, c,
  * with n even, m a multiple of 4, k a multiple of 4 (the caller pads).
  */
 function gemmBody(): number[] {
-  // Params 0..5: a b c n m k. Locals: i32 6..15, v128 16..26.
+  // Params 0..5: a b c n m k. Locals: i32 6..21, v128 22..32.
   const [A, B, C, N, M, K] = [0, 1, 2, 3, 4, 5];
   const [I, J, P, ROW, PA0, PA1, PB0, PB1, PB2, PB3] = [6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-  const ACC = [16, 17, 18, 19, 20, 21, 22, 23]; // acc[r·4 + q]: A row r, B row q
-  const [VA0, VA1, VB] = [24, 25, 26];
+  const X = [16, 17, 18, 19, 20, 21]; // this turn's addresses of PA0, PA1, PB0..PB3
+  const ACC = [22, 23, 24, 25, 26, 27, 28, 29]; // acc[r·4 + q]: A row r, B row q
+  const [VA0, VA1, VB] = [30, 31, 32];
   const code: number[] = [];
   const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
   // ROW = k · 4 bytes per row.
@@ -247,17 +341,33 @@ function gemmBody(): number[] {
   emit(op.get(A), op.get(I), op.get(ROW), op.mul, op.add, op.tee(PA0));
   emit(op.get(ROW), op.add, op.set(PA1));
   for (const acc of ACC) emit(op.vZero, op.set(acc));
+  // One step of 4 values of the shared dimension at byte offset `at` from this turn's addresses;
+  // a turn is 4 steps while they fit, then 1 (the same products in the same order either way).
+  const step = (at: number) => {
+    emit(op.get(X[0]), op.vLoadAt(at), op.set(VA0));
+    emit(op.get(X[1]), op.vLoadAt(at), op.set(VA1));
+    for (let q = 0; q < 4; q++) {
+      emit(op.get(X[2 + q]), op.vLoadAt(at), op.set(VB));
+      emit(op.get(ACC[q]), op.get(VA0), op.get(VB), op.vMul, op.vAdd, op.set(ACC[q]));
+      emit(op.get(ACC[4 + q]), op.get(VA1), op.get(VB), op.vMul, op.vAdd, op.set(ACC[4 + q]));
+    }
+  };
+  const turn = (steps: number) => {
+    [PA0, PA1, PB0, PB1, PB2, PB3].forEach((ptr, x) => {
+      emit(op.get(ptr), op.get(P), op.add, op.set(X[x]));
+    });
+    for (let u = 0; u < steps; u++) step(16 * u);
+    emit(op.get(P), op.i32(16 * steps), op.add, op.set(P));
+  };
   emit(op.i32(0), op.set(P));
-  emit(op.loop); // p loop (k ≥ 4 always)
-  emit(op.get(PA0), op.get(P), op.add, op.vLoad, op.set(VA0));
-  emit(op.get(PA1), op.get(P), op.add, op.vLoad, op.set(VA1));
-  [PB0, PB1, PB2, PB3].forEach((pb, q) => {
-    emit(op.get(pb), op.get(P), op.add, op.vLoad, op.set(VB));
-    emit(op.get(ACC[q]), op.get(VA0), op.get(VB), op.vMul, op.vAdd, op.set(ACC[q]));
-    emit(op.get(ACC[4 + q]), op.get(VA1), op.get(VB), op.vMul, op.vAdd, op.set(ACC[4 + q]));
-  });
-  emit(op.get(P), op.i32(16), op.add, op.tee(P), op.get(ROW), op.ltU, op.brIf(0));
-  emit(op.end);
+  emit(op.block, op.loop); // p loop, 4 steps a turn
+  emit(op.get(P), op.i32(64), op.add, op.get(ROW), op.gtU, op.brIf(1));
+  turn(4);
+  emit(op.br(0), op.end, op.end);
+  emit(op.block, op.loop); // p loop, the last steps
+  emit(op.get(P), op.get(ROW), op.geU, op.brIf(1));
+  turn(1);
+  emit(op.br(0), op.end, op.end);
   // Stores: c[(i + r)·m + j + q] = (l0 + l1) + (l2 + l3) of acc[r·4 + q].
   for (let r = 0; r < 2; r++) {
     for (let q = 0; q < 4; q++) {
@@ -275,14 +385,21 @@ function gemmBody(): number[] {
   emit(op.get(J), op.i32(4), op.add, op.set(J), op.br(0));
   emit(op.end, op.end); // j loop, block
   emit(op.end); // function
-  const locals = vec([[...uleb(10), I32], [...uleb(11), V128]]);
+  const locals = vec([[...uleb(16), I32], [...uleb(11), V128]]);
   const body = [...locals, ...code];
   return [...uleb(body.length), ...body];
 }
 
-/** The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn". */
+/**
+ * The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn", "rtn32",
+ * "bf16".
+ */
 export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
-  const type = (params: number) => [0x60, ...vec(new Array(params).fill([I32])), ...vec([])];
+  const type = (params: number, results = 0) => [
+    0x60,
+    ...vec(new Array(params).fill([I32])),
+    ...vec(new Array(results).fill([I32])),
+  ];
   const bytes = [
     0x00,
     0x61,
@@ -292,8 +409,8 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     0x00, // magic, version 1
-    ...section(1, vec([type(6), type(4)])),
-    ...section(3, vec([uleb(0), uleb(1), uleb(0)])),
+    ...section(1, vec([type(6), type(4), type(7), type(3, 1)])),
+    ...section(3, vec([uleb(0), uleb(1), uleb(0), uleb(2), uleb(3)])),
     ...section(5, vec([[0x00, ...uleb(1)]])), // memory: min 1 page, no max
     ...section(
       7,
@@ -302,9 +419,11 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
         [...name("gemm"), 0x00, 0],
         [...name("minmax"), 0x00, 1],
         [...name("rtn"), 0x00, 2],
+        [...name("rtn32"), 0x00, 3],
+        [...name("bf16"), 0x00, 4],
       ]),
     ),
-    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody()])),
+    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody(), rtn32Body(), bf16Body()])),
   ];
   return new Uint8Array(bytes);
 }
@@ -316,6 +435,16 @@ interface Kernel {
   gemm: (a: number, b: number, c: number, n: number, m: number, k: number) => void;
   minmax: (w: number, out: number, groups: number, gbytes: number) => void;
   rtn: (w: number, out: number, prm: number, groups: number, gbytes: number, qmax: number) => void;
+  rtn32: (
+    w: number,
+    out: number,
+    prm: number,
+    groups: number,
+    gbytes: number,
+    qmax: number,
+    flags: number,
+  ) => void;
+  bf16: (src: number, dst: number, n8: number) => number;
 }
 
 let kernel: Kernel | null = null;
@@ -340,6 +469,112 @@ function heap(bytes: number): Float32Array {
 }
 
 const up = (v: number, to: number) => Math.ceil(v / to) * to;
+
+// --- A stack of regions in the kernel's memory --------------------------------------------------
+
+/** First free byte of the kernel memory; regions below it belong to a caller. */
+let top = 0;
+
+/**
+ * Reserves `floats` float32 values (16-byte aligned) in the kernel's memory, growing it as needed,
+ * and returns their byte address. Release with {@link kernelRelease}(mark) where mark is
+ * {@link kernelMark}() taken before: regions live until then.
+ */
+export function kernelAlloc(floats: number): number {
+  const at = top;
+  top = up(at + floats * 4, 16);
+  heap(top);
+  return at;
+}
+
+/** The current top of the region stack (see {@link kernelAlloc}). */
+export function kernelMark(): number {
+  return top;
+}
+
+/** Frees every region above `mark`. */
+export function kernelRelease(mark: number): void {
+  top = mark;
+}
+
+/** A float32 view of `floats` values at byte address `at` (a fresh view: memory may have grown). */
+export function kernelF32(at: number, floats: number): Float32Array {
+  return new Float32Array(instance().memory.buffer, at, floats);
+}
+
+/** A float64 view of `values` values at byte address `at` (8-byte aligned). */
+export function kernelF64(at: number, values: number): Float64Array {
+  return new Float64Array(instance().memory.buffer, at, values);
+}
+
+/**
+ * Widens `n` bf16 values (raw little-endian bytes) to float32 at byte address `dst` of the kernel
+ * memory. Returns false, with `dst` undefined, when one of them is non-finite.
+ */
+export function bf16At(bytes: Uint8Array, dst: number, n: number): boolean {
+  const mark = kernelMark();
+  const n8 = Math.ceil(n / 8);
+  const src = kernelAlloc(n8 * 4); // 8 bf16 = 4 floats' bytes
+  const view = new Uint8Array(instance().memory.buffer, src, n8 * 16);
+  view.set(bytes.subarray(0, 2 * n));
+  view.fill(0, 2 * n);
+  // The widened tail beyond n would overwrite what follows dst: widen whole groups of 8 only,
+  // then the last few values one by one.
+  const whole = Math.floor(n / 8);
+  let bad = instance().bf16(src, dst, whole);
+  if (whole < n8) {
+    const tail = kernelAlloc(8);
+    bad |= instance().bf16(src + whole * 16, tail, 1);
+    kernelF32(dst + whole * 32, n - whole * 8).set(kernelF32(tail, n - whole * 8));
+  }
+  kernelRelease(mark);
+  return bad === 0;
+}
+
+/**
+ * The product kernel on operands already in the kernel memory (byte addresses): c [n, m] = a
+ * [n, k] · b [m, k]ᵀ, with n even and m, k multiples of 4 (see the module doc for the order).
+ */
+export function gemmAt(a: number, b: number, c: number, n: number, m: number, k: number): void {
+  if (n % 2 !== 0 || m % 4 !== 0 || k % 4 !== 0 || k < 4) {
+    throw new UsageError(`gemmAt: [${n}, ${k}] · [${m}, ${k}]ᵀ is not padded`);
+  }
+  if (n === 0 || m === 0) return;
+  // The kernel streams all of a for every 4 rows of b: in chunks of rows that stay in a core's
+  // L2 cache (b, streamed once per chunk, is read in 4-row blocks that stay in L1). Each value
+  // is computed as in one call.
+  const chunk = Math.max(2, 2 * Math.floor(A_CHUNK_BYTES / (8 * k)));
+  const { gemm } = instance();
+  for (let i = 0; i < n; i += chunk) {
+    gemm(a + i * k * 4, b, c + i * m * 4, Math.min(chunk, n - i), m, k);
+  }
+}
+
+/** Bytes of the a operand per call of the product kernel (see {@link gemmAt}). */
+const A_CHUNK_BYTES = 192 << 10;
+
+/**
+ * Per group of `groupSize` values (a multiple of 4) of the `groups · groupSize` float32 at `w`:
+ * its [min, max] as two float32 at `out` (NaN when the group holds one).
+ */
+export function minmaxAt(w: number, out: number, groups: number, groupSize: number): void {
+  instance().minmax(w, out, groups, groupSize * 4);
+}
+
+/**
+ * The `rtn` kernel (see {@link rtnDecodedSimd}) on values at `w` into `out`, per-group parameters
+ * [1/scale, zero, scale] as float64 at `prm`.
+ */
+export function rtnAt(
+  w: number,
+  out: number,
+  prm: number,
+  groups: number,
+  groupSize: number,
+  qmax: number,
+): void {
+  instance().rtn(w, out, prm, groups, groupSize * 4, qmax);
+}
 
 /** Copies rows [rows, k] into `mem` at float index `at`, rows padded to `kp` with zeros. */
 function place(
@@ -376,20 +611,51 @@ export function matmulF32(
   }
   if (n === 0 || m === 0) return;
   const kp = up(k, 4), np = up(n, 2), mp = up(m, 4);
-  const aAt = 0, bAt = np * kp, cAt = bAt + mp * kp;
-  let mem = heap((cAt + np * mp) * 4);
+  const mark = kernelMark();
+  const base = kernelAlloc(np * kp + mp * kp + np * mp) / 4;
+  const aAt = base, bAt = aAt + np * kp, cAt = bAt + mp * kp;
+  let mem = new Float32Array(instance().memory.buffer);
   place(mem, aAt, a, n, k, kp);
   place(mem, bAt, b, m, k, kp);
   // Padding rows are read but their results are dropped: give them zeros, not stale values.
   if (np > n) mem.fill(0, aAt + n * kp, aAt + np * kp);
   if (mp > m) mem.fill(0, bAt + m * kp, bAt + mp * kp);
-  instance().gemm(aAt * 4, bAt * 4, cAt * 4, np, mp, kp);
+  gemmAt(aAt * 4, bAt * 4, cAt * 4, np, mp, kp);
   mem = new Float32Array(instance().memory.buffer);
-  if (mp === m) {
-    out.set(mem.subarray(cAt, cAt + n * m));
-    return;
+  if (mp === m) out.set(mem.subarray(cAt, cAt + n * m));
+  else {
+    for (let i = 0; i < n; i++) out.set(mem.subarray(cAt + i * mp, cAt + i * mp + m), i * m);
   }
-  for (let i = 0; i < n; i++) out.set(mem.subarray(cAt + i * mp, cAt + i * mp + m), i * m);
+  kernelRelease(mark);
+}
+
+/**
+ * The RTN of {@link rtnAt} in float32 lanes where that is provably the same (see the `rtn32`
+ * kernel): `prm32` holds per group [1/scale, zero, scale, limit] as f32, `prm` the float64
+ * parameters of {@link rtnAt}, `flags` room for one i32 per group. Groups with a value too near a
+ * rounding tie for float32 are redone by {@link rtnAt}; returns how many.
+ */
+export function rtnFastAt(
+  w: number,
+  out: number,
+  prm32: number,
+  prm: number,
+  flags: number,
+  groups: number,
+  groupSize: number,
+  qmax: number,
+): number {
+  const k = instance();
+  const gbytes = groupSize * 4;
+  k.rtn32(w, out, prm32, groups, gbytes, qmax, flags);
+  const flagged = new Int32Array(k.memory.buffer, flags, groups);
+  let redone = 0;
+  for (let g = 0; g < groups; g++) {
+    if (flagged[g] === 0) continue;
+    k.rtn(w + g * gbytes, out + g * gbytes, prm + g * 24, 1, gbytes, qmax);
+    redone++;
+  }
+  return redone;
 }
 
 /**
@@ -410,19 +676,23 @@ export function rtnDecodedSimd(
     throw new UsageError(`rtnDecodedSimd: ${n} values in groups of ${groupSize}`);
   }
   const groups = n / groupSize;
-  const outAt = n, mmAt = 2 * n, prmAt = up(mmAt + 2 * groups, 2); // f32 indices
-  heap((prmAt + 6 * groups) * 4);
-  const k = instance();
-  new Float32Array(k.memory.buffer).set(w, 0);
-  k.minmax(0, mmAt * 4, groups, groupSize * 4);
-  const mm = new Float32Array(k.memory.buffer, mmAt * 4, 2 * groups);
-  const prm = new Float64Array(k.memory.buffer, prmAt * 4, 3 * groups);
-  const one = new Float64Array(3);
-  for (let g = 0; g < groups; g++) {
-    params(mm[2 * g], mm[2 * g + 1], one);
-    prm.set(one, 3 * g);
+  const mark = kernelMark();
+  try {
+    const wAt = kernelAlloc(n), outAt = kernelAlloc(n);
+    const mmAt = kernelAlloc(2 * groups), prmAt = kernelAlloc(6 * groups);
+    kernelF32(wAt, n).set(w);
+    minmaxAt(wAt, mmAt, groups, groupSize);
+    const mm = kernelF32(mmAt, 2 * groups);
+    const prm = kernelF64(prmAt, 3 * groups);
+    const one = new Float64Array(3);
+    for (let g = 0; g < groups; g++) {
+      params(mm[2 * g], mm[2 * g + 1], one); // throws on a non-finite group
+      prm.set(one, 3 * g);
+    }
+    rtnAt(wAt, outAt, prmAt, groups, groupSize, qmax);
+    into.set(kernelF32(outAt, n));
+    return into;
+  } finally {
+    kernelRelease(mark);
   }
-  k.rtn(0, outAt * 4, prmAt * 4, groups, groupSize * 4, qmax);
-  into.set(new Float32Array(k.memory.buffer, outAt * 4, n));
-  return into;
 }

@@ -1,0 +1,235 @@
+/**
+ * An expert job (jobs.ts) with the expert resident in the SIMD kernels' memory (simd.ts): its
+ * matrices are decoded from their raw BF16 bytes straight into that memory, each group's min and
+ * max found once, then at each candidate width the RTN kernel writes the quantized matrices beside
+ * them and the forwards multiply by them in place. Nothing of the expert is copied in or out per
+ * product or per width, which is what the general path (`matmulF32`, `rtnDecoded`) spends most of
+ * its non-arithmetic time on.
+ *
+ * The arithmetic is the general path's, operation for operation: the same product kernel (same
+ * summation order), the same activation code, the same RTN parameters and kernel. So the results
+ * are bit for bit those of the general path (kernels_test.ts checks it); only where they are
+ * computed differs. It takes asymmetric RTN with groups of a multiple of 4 values that tile both
+ * matrix shapes, and hidden and intermediate sizes that are multiples of 4 ({@link residentFits});
+ * anything else goes the general way.
+ *
+ * @module
+ */
+
+import type { MatrixName } from "../../schemas/model.ts";
+import { MXFP4_WIDTH, type QuantBits } from "../../schemas/packing.ts";
+import { matrixShape } from "../../schemas/tensors.ts";
+import { matrixNames, matrixOf } from "../expert_weights.ts";
+import { rtnGroupParams } from "./fake_quant.ts";
+import { activateInPlace, addBias, type HeadBlock, reduceHeadLogits } from "./kernels.ts";
+import {
+  bf16At,
+  gemmAt,
+  kernelAlloc,
+  kernelF32,
+  kernelF64,
+  kernelMark,
+  kernelRelease,
+  minmaxAt,
+  rtnFastAt,
+} from "./simd.ts";
+import {
+  decodeInto,
+  type ExpertJob,
+  type ExpertJobResult,
+  type HeadJob,
+  sampleCost,
+} from "./jobs.ts";
+
+/** Whether {@link runResidentExpertJob} takes `job` (see the module doc). */
+export function residentFits(job: ExpertJob): boolean {
+  const { hidden: H, inter: I } = job.weights;
+  if (H % 4 !== 0 || I % 4 !== 0 || H === 0 || I === 0) return false;
+  const c = job.costs;
+  if (!c) return true;
+  const g = c.groupSize;
+  return c.quantizer === "rtn" && g > 0 && g % 4 === 0 && H % g === 0 && I % g === 0 &&
+    c.widths.every((b) => b !== MXFP4_WIDTH);
+}
+
+/** Byte addresses of a matrix's per-group regions and quantized values (see {@link run}). */
+interface GroupRegions {
+  mm: number;
+  prm: number;
+  prm32: number;
+  flags: number;
+  q: number;
+  /** Groups. */
+  n: number;
+}
+
+/** Byte addresses of an MLP's matrices in the kernel memory. */
+type Matrices = Partial<Record<MatrixName, number>>;
+
+/** Runs `job` (which {@link residentFits}) with its expert resident in the kernel memory. */
+export function runResidentExpertJob(job: ExpertJob): ExpertJobResult {
+  const mark = kernelMark();
+  try {
+    return run(job);
+  } finally {
+    kernelRelease(mark);
+  }
+}
+
+function run(job: ExpertJob): ExpertJobResult {
+  const w = job.weights;
+  const { hidden: H, inter: I, activation } = w;
+  const names = matrixNames(w);
+  const shape = (name: MatrixName) => matrixShape(name, I, H) as [number, number];
+  const weights: Matrices = {};
+  for (const name of names) {
+    const [rows, cols] = shape(name);
+    const at = kernelAlloc(rows * cols);
+    const raw = job.raw?.[name];
+    const widened = raw?.dtype === "BF16" && raw.bytes.byteLength === 2 * rows * cols &&
+      bf16At(raw.bytes, at, rows * cols);
+    // Else other dtypes, non-finite values (decodeRaw's error, or zeros), decoded matrices.
+    if (!widened) {
+      const view = kernelF32(at, rows * cols);
+      const values = raw ? decodeInto(raw, view) : matrixOf(w, name);
+      if (values !== view) view.set(values);
+    }
+    weights[name] = at;
+  }
+
+  /** Rows [n, H] placed in the kernel memory, padded to an even count with a zero row. */
+  const place = (x: Float32Array, n: number): number => {
+    const np = n + (n & 1);
+    const at = kernelAlloc(np * H);
+    const view = kernelF32(at, np * H);
+    view.set(x.subarray(0, n * H));
+    view.fill(0, n * H);
+    return at;
+  };
+
+  /** The MLP with matrices `m` over the n rows at `x`: [n, H], a new array. */
+  const forward = (m: Matrices, x: number, n: number): Float32Array => {
+    if (n === 0) return new Float32Array(0);
+    const mark = kernelMark();
+    const np = n + (n & 1);
+    const upAt = kernelAlloc(np * I);
+    gemmAt(x, m.up!, upAt, np, I, H);
+    const up = kernelF32(upAt, n * I);
+    addBias(up, w.biases.up, n);
+    let act = upAt;
+    if (activation.kind === "relu") activateInPlace(activation, up, null);
+    else {
+      const gateAt = kernelAlloc(np * I);
+      gemmAt(x, m.gate!, gateAt, np, I, H);
+      const gate = kernelF32(gateAt, n * I);
+      addBias(gate, w.biases.gate, n);
+      activateInPlace(activation, kernelF32(upAt, n * I), gate);
+      act = gateAt;
+    }
+    const out = names[names.length - 1];
+    const yAt = kernelAlloc(np * H);
+    gemmAt(act, m[out]!, yAt, np, H, I);
+    const y = kernelF32(yAt, n * H).slice();
+    addBias(y, w.biases[out], n);
+    kernelRelease(mark);
+    return y;
+  };
+
+  const routed = forward(weights, place(job.routed, job.n), job.n);
+  const c = job.costs;
+  if (!c) return { routed, costs: [], fork: new Float32Array(0), costMs: 0 };
+  const t0 = performance.now();
+  const { sample, forkRows, sampleRows } = c;
+  let y: Float32Array | null = null;
+  if (sample.n > 0) {
+    if (sampleRows && sampleRows.length === sample.n) {
+      y = new Float32Array(sample.n * H);
+      sampleRows.forEach((r, j) => y!.set(routed.subarray(r * H, (r + 1) * H), j * H));
+    }
+  }
+  const inputs = sample.n > 0 ? place(sample.inputs, sample.n) : 0;
+  if (sample.n > 0 && !y) y = forward(weights, inputs, sample.n);
+  let forkAt = 0;
+  if (forkRows.length > 0) {
+    const rows = new Float32Array(forkRows.length * H);
+    forkRows.forEach((r, j) => rows.set(job.routed.subarray(r * H, (r + 1) * H), j * H));
+    forkAt = place(rows, forkRows.length);
+  }
+
+  // Each group's min and max, once; the quantized matrices and parameters, reused per width.
+  const groups: Partial<Record<MatrixName, GroupRegions>> = {};
+  for (const name of names) {
+    const [rows, cols] = shape(name);
+    const n = (rows * cols) / c.groupSize;
+    const mm = kernelAlloc(2 * n);
+    minmaxAt(weights[name]!, mm, n, c.groupSize);
+    groups[name] = {
+      mm,
+      prm: kernelAlloc(6 * n),
+      prm32: kernelAlloc(4 * n),
+      flags: kernelAlloc(n),
+      q: kernelAlloc(rows * cols),
+      n,
+    };
+  }
+  const costs: number[] = [];
+  let fork: Float32Array = new Float32Array(0);
+  for (const [i, b] of c.widths.entries()) {
+    const wantFork = i === 0 && forkRows.length > 0;
+    if (!y && !wantFork) {
+      costs.push(0);
+      continue;
+    }
+    const quantized: Matrices = {};
+    for (const name of names) {
+      const [rows, cols] = shape(name);
+      const g = groups[name]!;
+      rtnGroupParams(
+        kernelF32(g.mm, 2 * g.n),
+        kernelF64(g.prm, 3 * g.n),
+        kernelF32(g.prm32, 4 * g.n),
+        g.n,
+        b as QuantBits,
+        "f16",
+        () => kernelF32(weights[name]!, rows * cols).slice(),
+        cols,
+        name,
+      );
+      const qmax = (1 << (b as number)) - 1;
+      rtnFastAt(weights[name]!, g.q, g.prm32, g.prm, g.flags, g.n, c.groupSize, qmax);
+      quantized[name] = g.q;
+    }
+    costs.push(y ? sampleCost(y, forward(quantized, inputs, sample.n), sample, H) : 0);
+    if (wantFork) fork = forward(quantized, forkAt, forkRows.length);
+  }
+  return { routed, costs, fork, costMs: performance.now() - t0 };
+}
+
+/**
+ * A head job whose rows are raw BF16 bytes, widened straight into the kernel memory and
+ * multiplied there (`headBlockF32`'s values bit for bit); null, having done nothing, when the
+ * rows are not BF16, hold a non-finite value or the hidden size is not a multiple of 4.
+ */
+export function runResidentHeadJob(job: HeadJob): HeadBlock | null {
+  const { k, n, rows } = job;
+  const H = job.x.length / k;
+  if (rows instanceof Float32Array || rows.dtype !== "BF16" || H % 4 !== 0 || k === 0) return null;
+  if (rows.bytes.byteLength !== 2 * n * H) return null;
+  const mark = kernelMark();
+  try {
+    const kp = k + (k & 1), np = Math.ceil(n / 4) * 4;
+    const rowsAt = kernelAlloc(np * H);
+    if (!bf16At(rows.bytes, rowsAt, n * H)) return null;
+    kernelF32(rowsAt + n * H * 4, (np - n) * H).fill(0);
+    const xAt = kernelAlloc(kp * H);
+    const x = kernelF32(xAt, kp * H);
+    x.set(job.x.subarray(0, k * H));
+    x.fill(0, k * H);
+    const logitsAt = kernelAlloc(kp * np);
+    gemmAt(xAt, rowsAt, logitsAt, kp, np, H);
+    const logits = kernelF32(logitsAt, kp * np);
+    return reduceHeadLogits(logits, np, k, n, job.a, job.bias, job.targets);
+  } finally {
+    kernelRelease(mark);
+  }
+}
