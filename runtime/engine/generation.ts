@@ -23,7 +23,7 @@
  * @module
  */
 
-import type { GenerateOptions } from "../api.ts";
+import type { EngineStats, GenerateOptions } from "../api.ts";
 import { LimitError, UsageError } from "../../schemas/errors.ts";
 import type { ModelSpec } from "../../schemas/model.ts";
 import {
@@ -85,6 +85,8 @@ export interface Generation {
    * this happens at load, not at the first request).
    */
   warmUp(): Promise<void>;
+  /** Slots in use, calls waiting for one, streams prefilling (see {@link EngineStats}). */
+  stats(): EngineStats;
   /** Makes every later call fail (after dispose). */
   close(): void;
 }
@@ -328,6 +330,12 @@ export function createGeneration(ctx: GenerationContext): Generation {
     generate,
     profileKernels,
     warmUp,
+    stats: () => ({
+      slots: pool.size,
+      active: pool.active,
+      waiting: pool.queued,
+      prefilling: batch?.prefilling ?? 0,
+    }),
     close() {
       closed = true;
       pool.close();
