@@ -18,7 +18,8 @@
  * 1, the default) they run one at a time, in call order; with more, every generation gets a slot
  * and the continuous-batching loop of batch.ts advances them together (one decode step for all
  * slots, prompts prefilled in chunks between the steps, ids read back for all slots at once).
- * Calls beyond the slots wait in line (slots.ts).
+ * Calls beyond the slots wait in line (slots.ts). `stats()` counts the slots in use, the calls
+ * waiting and the streams prefilling (api.ts EngineStats).
  *
  * @module
  */
