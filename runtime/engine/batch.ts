@@ -6,9 +6,11 @@
  *
  * 1. drops the streams whose caller went away (signal aborted, iterator returned): the slot is
  *    free for the next call from this step on;
- * 2. submits one prefill chunk (at most `chunk` tokens) of the first stream still prefilling —
- *    a new prompt, or the re-prefill of a context shift — so a long prompt never freezes the
- *    running streams for more than a chunk; its last chunk samples the stream's next token;
+ * 2. submits prefill chunks of the streams still prefilling — a new prompt, or the re-prefill
+ *    of a context shift — first come first served, at most `chunk` tokens in all (the first
+ *    stream's chunk always): a long prompt never freezes the running streams for more than a
+ *    chunk, and short prompts arriving together are prefilled in the same turn (each with its
+ *    own forward on its slot); a stream's last chunk samples its next token;
  * 3. submits one decode step for every other stream with tokens still to produce: one forward of
  *    one token per stream (attention over each stream's own cache at its own position; dense and
  *    expert matmuls over the batch), then the batched sampler writes each stream's next id with
@@ -26,8 +28,8 @@
  *    The loop does not wait for it: the ids reach their streams when the map resolves, while
  *    the next steps run (one readback in flight at a time).
  *
- * A context shift's re-prefill is one prefill chunk per turn like a prompt's, so the other
- * streams keep decoding during it.
+ * A context shift's re-prefill is chunked like a prompt (at most `chunk` tokens a turn), so the
+ * other streams keep decoding during it, one step a turn.
  *
  * Context shifting is today's rule per slot (generation.ts): when a stream's next token would be
  * fed at position maxContext, its last ⌊maxContext/2⌋ tokens are copied to the front of its
@@ -276,17 +278,27 @@ export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
     }).finally(() => pending = null);
   }
 
-  /** Submits one step: a prefill chunk of one stream, a decode step of the others. */
+  /**
+   * Submits one step: prefill chunks of the first streams still prefilling, up to `chunk` tokens
+   * in all (the first one always), then one decode step of the others.
+   */
   function submitStep(): boolean {
     let stepped = false;
-    const pre = active.find((s) => s.prefill);
-    if (pre) {
-      prefillChunk(pre);
+    let budget = chunk;
+    const prefilled = new Set<Stream>();
+    for (const s of active) {
+      if (!s.prefill) continue;
+      const T = Math.min(chunk, s.prefill.total - s.prefill.done);
+      if (prefilled.size > 0 && T > budget) break; // first come, first served
+      prefillChunk(s);
+      prefilled.add(s);
       stepped = true;
+      budget -= T;
+      if (budget <= 0) break;
     }
     const ready: Stream[] = [];
     for (const s of active) {
-      if (s.prefill || s === pre || s.produced >= s.maxTokens) continue;
+      if (s.prefill || prefilled.has(s) || s.produced >= s.maxTokens) continue;
       if (feedPosition(s) >= C) startShift(s);
       else ready.push(s);
     }
