@@ -332,19 +332,20 @@ export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
       }
       while (fences.length > FENCES_AHEAD) {
         const f = fences.shift()!;
-        if (f.at === null) lastYield = performance.now();
+        const waits = f.at === null; // not resolved yet: the event loop runs meanwhile
         await f.done;
+        if (waits) lastYield = performance.now();
       }
       if (readbackDue()) {
         if (pending) {
-          lastYield = performance.now();
           await pending;
+          lastYield = performance.now();
         }
         startReadback();
       } else if (!stepped) {
         // Every stream waits for ids already being read back.
-        lastYield = performance.now();
         await (pending ?? macrotask());
+        lastYield = performance.now();
       }
       if (performance.now() - lastYield > YIELD_MS) {
         // Fences resolved before they were awaited: let I/O (new requests) in between steps.
@@ -372,6 +373,8 @@ export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
       // idle overestimates the step, which only spaces the fences closer).
       const ms = (f.at - prev.at) / (f.steps - prev.steps);
       stepMs = stepMs === 0 ? ms : 0.7 * stepMs + 0.3 * ms;
+    }, () => {
+      // A lost device fails the readbacks, which end the streams with the error.
     });
     return f;
   }
