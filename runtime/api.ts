@@ -27,6 +27,18 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 
+/** What an engine is doing at one moment ({@link Engine.stats}). */
+export interface EngineStats {
+  /** Sequence slots: {@link Engine.parallel} (1 for a one-sequence engine). */
+  slots: number;
+  /** Slots in use: `generate` calls prefilling or decoding, and `logits` calls running. */
+  active: number;
+  /** Calls waiting inside the engine for a free slot (first come, first served). */
+  waiting: number;
+  /** Of the active `generate` calls, those prefilling (a prompt, or a context shift's tokens). */
+  prefilling: number;
+}
+
 /** A loaded model ready to run. */
 export interface Engine {
   /** The model description (schemas/model.ts). */
@@ -58,6 +70,11 @@ export interface Engine {
    * position. Present on engines that run encoder–decoder models.
    */
   logitsSeq2Seq?(encoderIds: number[], decoderIds: number[]): Promise<Float32Array[]>;
+  /**
+   * The engine's own counts of its slots and calls, read at the moment of the call (a server's
+   * `/health` reports them). Optional: engines without slots may leave it out.
+   */
+  stats?(): EngineStats;
   /** Frees GPU memory; the engine is unusable afterwards. */
   dispose(): void;
 }

@@ -15,7 +15,7 @@
 import { type Artifact, openArtifact, openArtifactBytes } from "../schemas/artifact.ts";
 import { createWebGpuEngine, type WebGpuEngine, type WebGpuEngineOptions } from "./engine/mod.ts";
 
-export type { Engine, GenerateOptions } from "./api.ts";
+export type { Engine, EngineStats, GenerateOptions } from "./api.ts";
 export { type Artifact, openArtifact, openArtifactBytes } from "../schemas/artifact.ts";
 export { requestGpu } from "./device.ts";
 export type { DeviceNeeds, DeviceOptions, GpuContext } from "./device.ts";

@@ -12,7 +12,8 @@
  * the engine yields their ids. Further requests wait in a bounded FIFO queue (429 when it is
  * full). A client that disconnects while queued leaves the queue; one that disconnects while
  * generating cancels its request through `GenerateOptions.signal`, which frees its slot.
- * `GET /health` reports the active and queued counts.
+ * `GET /health` reports the active and queued counts: the engine's own ({@link Engine.stats})
+ * when it has them, with the server's queue.
  *
  * Access control: with `apiKey`, every `/v1/*` request must carry `Authorization: Bearer <key>`
  * (compared in constant time) or gets 401 with an OpenAI-style error body; `/health` stays open.
@@ -189,6 +190,25 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
   const created = Math.floor(Date.now() / 1000);
   const log = opts.onRequestLog;
 
+  /**
+   * `/health`: `active` and `queued` are the engine's own counts when it has
+   * {@link Engine.stats} (slots in use; the server's queue plus calls waiting inside the engine),
+   * the server's admission counts otherwise; `engine` is the engine's stats object.
+   */
+  function health() {
+    const load = queue.load();
+    const stats = engine.stats?.();
+    if (!stats) return { status: "ok", ...load, parallel, max_queue: maxQueue };
+    return {
+      status: "ok",
+      active: stats.active,
+      queued: load.queued + stats.waiting,
+      parallel,
+      max_queue: maxQueue,
+      engine: stats,
+    };
+  }
+
   async function handle(request: Request): Promise<Response> {
     const path = new URL(request.url).pathname.replace(/\/+$/, "") || "/";
     if (apiKey !== undefined && (path === "/v1" || path.startsWith("/v1/"))) {
@@ -207,9 +227,7 @@ export function serve(engine: Engine, tokenizer: Tokenizer, opts: ServeOptions =
       const error = new HttpError(405, `${request.method} ${path} is not allowed`);
       return errorResponse(error, { allow: method });
     }
-    if (path === "/health") {
-      return json({ status: "ok", ...queue.load(), parallel, max_queue: maxQueue });
-    }
+    if (path === "/health") return json(health());
     if (path === "/v1/models") {
       return json({
         object: "list",

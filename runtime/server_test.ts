@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import type { Engine, GenerateOptions } from "./api.ts";
+import type { Engine, EngineStats, GenerateOptions } from "./api.ts";
 import type { ModelSpec } from "../schemas/model.ts";
 import {
   constantTimeEqual,
@@ -508,6 +508,62 @@ function gate(): { promise: Promise<void>; open: () => void } {
 async function health(url: string): Promise<{ active: number; queued: number; parallel: number }> {
   return await (await fetch(`${url}/health`)).json();
 }
+
+/** A fake engine with {@link Engine.stats}: its own counts, plus scripted waiting/prefilling. */
+class StatsEngine extends FakeEngine {
+  extraWaiting = 0;
+  prefilling = 0;
+  stats(): EngineStats {
+    return {
+      slots: this.parallel ?? 1,
+      active: this.active,
+      waiting: this.extraWaiting,
+      prefilling: this.prefilling,
+    };
+  }
+}
+
+Deno.test("health: active and queued come from the engine's stats when it has them", async () => {
+  const engine = new StatsEngine();
+  engine.parallel = 2;
+  const held = gate();
+  engine.gate = held.promise;
+  await withServer(
+    { parallel: 2, maxQueue: 4 },
+    async (url, _engine, server) => {
+      const empty = await (await fetch(`${url}/health`)).json();
+      assert.deepEqual(empty, {
+        status: "ok",
+        active: 0,
+        queued: 0,
+        parallel: 2,
+        max_queue: 4,
+        engine: { slots: 2, active: 0, waiting: 0, prefilling: 0 },
+      });
+      const pending = Array.from(
+        { length: 3 },
+        (_, i) => post(`${url}/v1/completions`, { prompt: "p", max_tokens: 3, seed: i }),
+      );
+      await until(() => engine.active === 2 && server.load().queued === 1, "2 active, 1 queued");
+      // The engine says one of its slots is still prefilling and that one call (say a library
+      // caller beside the server) waits inside it: /health reports the engine's numbers.
+      engine.prefilling = 1;
+      engine.extraWaiting = 1;
+      const busy = await (await fetch(`${url}/health`)).json();
+      assert.equal(busy.active, 2);
+      assert.equal(busy.queued, 2, "the server's queue plus the calls waiting in the engine");
+      assert.deepEqual(busy.engine, { slots: 2, active: 2, waiting: 1, prefilling: 1 });
+      engine.extraWaiting = 0;
+      engine.prefilling = 0;
+      held.open();
+      for (const r of await Promise.all(pending)) assert.equal(r.status, 200);
+      const idle = await (await fetch(`${url}/health`)).json();
+      assert.deepEqual([idle.active, idle.queued], [0, 0]);
+    },
+    tokenizer,
+    engine,
+  );
+});
 
 Deno.test("parallel: N generate at once, the queue holds maxQueue more, 429 beyond; all finish", async () => {
   const engine = new FakeEngine();

@@ -1,7 +1,8 @@
 /**
  * Continuous batching (engine option `parallel`): every stream of a multi-slot engine yields
  * exactly the ids a one-sequence engine yields for the same prompt and options, whatever runs
- * beside it — concurrent and staggered arrivals, more calls than slots, different prompt
+ * beside it — concurrent and staggered arrivals (also inside another stream's readback window,
+ * and while all 8 slots decode), more calls than slots, different prompt
  * lengths, max tokens and readback batches, a cancellation and an early return mid-stream, stop
  * ids, context shifts in some slots, sampled streams beside greedy ones — and ids come back in
  * batches for all slots together.
@@ -20,7 +21,8 @@ import { perTokenBytes } from "../runtime/engine/context.ts";
 import { collect, compileF32, relErr } from "./engine_helpers.ts";
 
 const MAX_CONTEXT = 24; // small: long generations shift their context (keep 12)
-const CHUNK = 4; // prompts take several prefill chunks, interleaved with the others' steps
+const CHUNK = 8; // long prompts and re-prefills take several chunks, between the others' steps
+const SLOTS = 8; // at most the chunk
 
 /** Byte-level prompts of the Shakespeare model (vocab 256, bos 2) of several lengths. */
 const PROMPTS = ["ROMEO:", "To be", "KING HENRY:\nNow", "O", "JULIET:\nWhat"].map(
@@ -49,7 +51,7 @@ const expected: number[][] = [];
 
 async function engines(): Promise<{ single: WebGpuEngine; multi: WebGpuEngine }> {
   single ??= await loadModel(path, opts);
-  multi ??= await loadModel(path, { ...opts, parallel: 4 });
+  multi ??= await loadModel(path, { ...opts, parallel: SLOTS });
   if (expected.length === 0) {
     for (const c of CASES) expected.push(await collect(single.generate(c.prompt, c.options)));
   }
@@ -60,17 +62,20 @@ Deno.test({
   name: "batch: concurrent streams (more calls than slots) equal the one-sequence engine",
   async fn() {
     const { multi } = await engines();
-    assert.equal(multi.parallel, 4);
+    assert.equal(multi.parallel, SLOTS);
+    const calls = [...CASES.keys(), ...CASES.keys()]; // 12 calls for 8 slots
     const before = readbackCount();
-    const got = await Promise.all(CASES.map((c) => collect(multi.generate(c.prompt, c.options))));
+    const got = await Promise.all(
+      calls.map((i) => collect(multi.generate(CASES[i].prompt, CASES[i].options))),
+    );
     const readbacks = readbackCount() - before;
-    got.forEach((ids, i) => assert.deepEqual(ids, expected[i], `case ${i}`));
+    got.forEach((ids, k) => assert.deepEqual(ids, expected[calls[k]], `call ${k}`));
     assert.ok(expected[0].length === 30 && expected[2].length === 14, "the shift cases ran long");
     // Ids come back in batches for all slots together: fewer readbacks than one per batch of
     // each stream (a stream's batch is at most its readbackEvery).
     const total = got.reduce((n, ids) => n + ids.length, 0);
-    const perStream = CASES.reduce(
-      (n, c, i) => n + Math.ceil(got[i].length / (c.options.readbackEvery ?? 8)),
+    const perStream = calls.reduce(
+      (n, i, k) => n + Math.ceil(got[k].length / (CASES[i].options.readbackEvery ?? 8)),
       0,
     );
     assert.ok(readbacks < perStream, `${readbacks} readbacks for ${total} ids (${perStream})`);
@@ -129,6 +134,48 @@ Deno.test({
     // Every slot is free again, and a slot used by a cancelled stream serves a new one.
     const again = await collect(multi.generate(CASES[2].prompt, CASES[2].options));
     assert.deepEqual(again, expected[2]);
+  },
+});
+
+Deno.test({
+  name: "batch: arrivals in the middle of a readback window, beside a stream's context shifts",
+  async fn() {
+    const { multi } = await engines();
+    // Case 0 shifts twice (prompt 7, 30 tokens, context 24); the others arrive after its 3rd
+    // id, inside its 8-id readback window, and run through its shifts' re-prefills.
+    const first = multi.generate(CASES[0].prompt, CASES[0].options);
+    const head: number[] = [];
+    for (let i = 0; i < 3; i++) head.push((await first.next()).value as number);
+    const late = [1, 4, 5].map((i) => collect(multi.generate(CASES[i].prompt, CASES[i].options)));
+    // One more arrives after the next id of case 0 (another point in its window).
+    const next = (await first.next()).value as number;
+    const last = collect(multi.generate(CASES[2].prompt, CASES[2].options));
+    const rest = collect(first);
+    assert.deepEqual([...head, next, ...await rest], expected[0]);
+    const got = await Promise.all(late);
+    [1, 4, 5].forEach((c, k) => assert.deepEqual(got[k], expected[c], `case ${c}`));
+    assert.deepEqual(await last, expected[2]);
+  },
+});
+
+Deno.test({
+  name: "batch: a call arriving while all 8 slots decode waits, then equals the one-slot engine",
+  async fn() {
+    const { multi } = await engines();
+    const long = { maxTokens: 18, stopIds: [] }; // still running when the 8th starts
+    const calls = PROMPTS.flatMap((p) => [p, p.slice(0, -1)]).slice(0, SLOTS);
+    const want = await Promise.all(calls.map((p) => collect(single!.generate(p, long))));
+    const its = calls.map((p) => multi.generate(p, long));
+    // Every stream has its first id: all 8 slots decode.
+    const heads = await Promise.all(its.map(async (it) => (await it.next()).value as number));
+    assert.deepEqual(multi.stats!(), { slots: SLOTS, active: SLOTS, waiting: 0, prefilling: 0 });
+    const ninth = collect(multi.generate(CASES[4].prompt, CASES[4].options));
+    await new Promise((r) => setTimeout(r, 0));
+    assert.equal(multi.stats!().waiting, 1, "the ninth call waits for a slot");
+    const rests = await Promise.all(its.map((it) => collect(it)));
+    rests.forEach((ids, k) => assert.deepEqual([heads[k], ...ids], want[k], `stream ${k}`));
+    assert.deepEqual(await ninth, expected[4]);
+    assert.deepEqual(multi.stats!(), { slots: SLOTS, active: 0, waiting: 0, prefilling: 0 });
   },
 });
 

@@ -6,15 +6,30 @@
  *
  * 1. drops the streams whose caller went away (signal aborted, iterator returned): the slot is
  *    free for the next call from this step on;
- * 2. submits one prefill chunk (at most `chunk` tokens) of the first stream still prefilling —
- *    a new prompt, or the re-prefill of a context shift — so a long prompt never freezes the
- *    running streams for more than a chunk; its last chunk samples the stream's next token;
+ * 2. submits prefill chunks of the streams still prefilling — a new prompt, or the re-prefill
+ *    of a context shift — first come first served, at most `chunk` tokens in all (the first
+ *    stream's chunk always): a long prompt never freezes the running streams for more than a
+ *    chunk, and short prompts arriving together are prefilled in the same turn (each with its
+ *    own forward on its slot); a stream's last chunk samples its next token;
  * 3. submits one decode step for every other stream with tokens still to produce: one forward of
  *    one token per stream (attention over each stream's own cache at its own position; dense and
  *    expert matmuls over the batch), then the batched sampler writes each stream's next id with
  *    its own params into its own token entries. A single stream runs the one-token decode plan;
- * 4. reads ids back when some stream has `readbackEvery` unread ids (or is at its max tokens): one
- *    mapAsync for all streams together, never per token or per stream.
+ * 4. bounds the work queued ahead of the GPU: it takes a completion fence (onSubmittedWorkDone)
+ *    every few steps and, with more than two fences open, waits for the oldest — waiting for
+ *    step k − 2 while step k is queued when steps are slow (1 s on a 1 GB model), spacing the
+ *    fences to ~15 ms of work when they are fast (a fence costs ≥ 10 ms of latency in Deno, so
+ *    one per 5 ms step would pace the loop). Those waits yield to the event loop, so a request
+ *    that arrives is admitted at the next turn, behind at most ~2 fences of queued work, not
+ *    behind everything the host could submit before its next readback;
+ * 5. starts a readback when a stream awaits its first id (so time to first token is its queue,
+ *    its prefill and about one step), has `readbackEvery` ids not yet read, or is at its max
+ *    tokens: one copy and one mapAsync for all streams together, never per token or per stream.
+ *    The loop does not wait for it: the ids reach their streams when the map resolves, while
+ *    the next steps run (one readback in flight at a time).
+ *
+ * A context shift's re-prefill is chunked like a prompt (at most `chunk` tokens a turn), so the
+ * other streams keep decoding during it, one step a turn.
  *
  * Context shifting is today's rule per slot (generation.ts): when a stream's next token would be
  * fed at position maxContext, its last ⌊maxContext/2⌋ tokens are copied to the front of its
@@ -65,6 +80,8 @@ export interface BatchDecoder {
   run(slot: number, promptIds: number[], options: GenerateOptions): AsyncGenerator<number>;
   /** Streams decoding or prefilling now. */
   readonly active: number;
+  /** Of those, streams prefilling a prompt or re-prefilling after a context shift. */
+  readonly prefilling: number;
 }
 
 /** Prefill progress of a stream: tokens 0 .. total − 1 at positions 0.., then a sample. */
@@ -84,6 +101,8 @@ interface Stream {
   base: number;
   /** Tokens sampled (absolute n .. n + produced − 1). */
   produced: number;
+  /** Tokens copied for a readback (read back, or in the readback in flight). */
+  copied: number;
   /** Tokens read back and handed to the caller. */
   read: number;
   maxTokens: number;
@@ -99,6 +118,27 @@ interface Stream {
   wake: (() => void) | null;
 }
 
+/** A completion signal of the steps submitted up to a point. */
+interface Fence {
+  /** Steps submitted when it was taken. */
+  steps: number;
+  /** performance.now() when it resolved, null before. */
+  at: number | null;
+  done: Promise<void>;
+}
+
+/** GPU work (ms) a fence should cover: the spacing of fences follows the measured step time. */
+const FENCE_MS = 15;
+/** Fences left open while the loop submits: waiting for fence k − 2 while step k is queued. */
+const FENCES_AHEAD = 2;
+/** Most steps between fences. */
+const MAX_SPACING = 16;
+/** Longest the loop runs without yielding to the event loop (new requests), ms. */
+const YIELD_MS = 25;
+
+/** Resolves after the event loop has had a turn (timers, I/O). */
+const macrotask = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
 /** Creates the decode loop over a multi-slot engine's plans. */
 export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
   const { device, acts, sampler, pool, maxContext: C, chunk } = ctx;
@@ -113,6 +153,8 @@ export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
   const rowData = new Uint32Array(2 * pool.size);
   const active: Stream[] = [];
   let running = false;
+  /** The readback in flight (ids handed out when it resolves), or null. */
+  let pending: Promise<void> | null = null;
 
   const wake = (s: Stream) => {
     const w = s.wake;
@@ -181,63 +223,160 @@ export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
     for (const s of list) s.produced++;
   }
 
-  async function readback(): Promise<void> {
-    const list = active.filter((s) => s.produced > s.read);
+  /** Streams with ids sampled but not yet copied for a readback. */
+  const uncopied = () => active.filter((s) => s.produced > s.copied);
+
+  /**
+   * A readback is due when a stream awaits its first id (TTFT), has `every` ids not yet copied,
+   * or is at its max tokens with ids not yet copied.
+   */
+  const readbackDue = () =>
+    active.some((s) =>
+      s.produced > s.copied &&
+      (s.copied === 0 || s.produced - s.copied >= s.every || s.produced >= s.maxTokens)
+    );
+
+  /**
+   * Copies every stream's ids not yet copied to the staging buffer (queued after the steps that
+   * sample them) and maps it: one mapAsync for all streams. Does not wait: the ids are handed
+   * to their streams when the map resolves, while the loop goes on submitting steps. One
+   * readback is in flight at a time ({@link pending}).
+   */
+  function startReadback(): void {
+    const list = uncopied();
     if (list.length === 0) return;
     const enc = device.createCommandEncoder();
     const spans: [Stream, number, number][] = [];
     let off = 0;
     for (const s of list) {
-      const count = s.produced - s.read;
-      const src = (s.slot * perSlot + s.n + s.read - s.base) * 4;
+      const count = s.produced - s.copied;
+      const src = (s.slot * perSlot + s.n + s.copied - s.base) * 4;
       enc.copyBufferToBuffer(acts.tokens, src, staging, off * 4, count * 4);
       spans.push([s, off, count]);
+      s.copied += count;
       off += count;
     }
     device.queue.submit([enc.finish()]);
-    const bytes = await mapStaging(staging, off * 4);
-    const ids = new Uint32Array(bytes.buffer, bytes.byteOffset, off);
-    for (const [s, at, count] of spans) {
-      if (s.ended) continue;
-      for (let i = 0; i < count; i++) {
-        const id = ids[at + i];
-        s.read++;
-        s.queue.push(id);
-        if (s.stop.has(id)) {
-          end(s);
-          break;
+    pending = mapStaging(staging, off * 4).then((bytes) => {
+      const ids = new Uint32Array(bytes.buffer, bytes.byteOffset, off);
+      for (const [s, at, count] of spans) {
+        if (s.ended) continue;
+        for (let i = 0; i < count; i++) {
+          const id = ids[at + i];
+          s.read++;
+          s.queue.push(id);
+          if (s.stop.has(id)) {
+            end(s);
+            break;
+          }
         }
+        if (s.read >= s.maxTokens) end(s);
+        wake(s);
       }
-      if (s.read >= s.maxTokens) end(s);
-      wake(s);
+    }, (e) => {
+      for (const [s] of spans) end(s, e);
+    }).finally(() => pending = null);
+  }
+
+  /**
+   * Submits one step: prefill chunks of the first streams still prefilling, up to `chunk` tokens
+   * in all (the first one always), then one decode step of the others.
+   */
+  function submitStep(): boolean {
+    let stepped = false;
+    let budget = chunk;
+    const prefilled = new Set<Stream>();
+    for (const s of active) {
+      if (!s.prefill) continue;
+      const T = Math.min(chunk, s.prefill.total - s.prefill.done);
+      if (prefilled.size > 0 && T > budget) break; // first come, first served
+      prefillChunk(s);
+      prefilled.add(s);
+      stepped = true;
+      budget -= T;
+      if (budget <= 0) break;
     }
+    const ready: Stream[] = [];
+    for (const s of active) {
+      if (s.prefill || prefilled.has(s) || s.produced >= s.maxTokens) continue;
+      if (feedPosition(s) >= C) startShift(s);
+      else ready.push(s);
+    }
+    if (ready.length > 0) {
+      decodeStep(ready);
+      stepped = true;
+    }
+    return stepped;
   }
 
   async function loop(): Promise<void> {
+    // Work queued ahead of the GPU is bounded: after every `spacing` steps the loop takes a
+    // fence (onSubmittedWorkDone) and, with more than FENCES_AHEAD fences open, waits for the
+    // oldest. The spacing is chosen from the measured step time so that a fence covers about
+    // FENCE_MS of work: one fence per step for slow steps (at most ~2 steps queued ahead), fewer
+    // for fast ones (a fence costs ≥ 10 ms of latency in Deno, which must not pace 5 ms steps).
+    const fences: Fence[] = [];
+    let sinceFence = 0;
+    let steps = 0;
+    let lastYield = performance.now();
     while (true) {
       for (const s of [...active]) if (s.cancelled || s.signal?.aborted) end(s);
       if (active.length === 0) return;
-      let stepped = false;
-      const pre = active.find((s) => s.prefill);
-      if (pre) {
-        prefillChunk(pre);
-        stepped = true;
+      const stepped = submitStep();
+      if (stepped) {
+        steps++;
+        if (++sinceFence >= spacing()) {
+          fences.push(fence(steps));
+          sinceFence = 0;
+        }
       }
-      const ready: Stream[] = [];
-      for (const s of active) {
-        if (s.prefill || s === pre || s.produced >= s.maxTokens) continue;
-        if (feedPosition(s) >= C) startShift(s);
-        else ready.push(s);
+      while (fences.length > FENCES_AHEAD) {
+        const f = fences.shift()!;
+        const waits = f.at === null; // not resolved yet: the event loop runs meanwhile
+        await f.done;
+        if (waits) lastYield = performance.now();
       }
-      if (ready.length > 0) {
-        decodeStep(ready);
-        stepped = true;
+      if (readbackDue()) {
+        if (pending) {
+          await pending;
+          lastYield = performance.now();
+        }
+        startReadback();
+      } else if (!stepped) {
+        // Every stream waits for ids already being read back.
+        await (pending ?? macrotask());
+        lastYield = performance.now();
       }
-      const due = active.some((s) =>
-        s.produced - s.read >= s.every || (s.produced >= s.maxTokens && s.produced > s.read)
-      );
-      if (due || !stepped) await readback();
+      if (performance.now() - lastYield > YIELD_MS) {
+        // Fences resolved before they were awaited: let I/O (new requests) in between steps.
+        await macrotask();
+        lastYield = performance.now();
+      }
     }
+  }
+
+  /** Estimated GPU time of one step (ms), from the fences; 0 until measured. */
+  let stepMs = 0;
+  let lastFence: Fence | null = null;
+  /** Steps between fences: about FENCE_MS of work each, 1 until the step time is known. */
+  const spacing = () =>
+    stepMs > 0 ? Math.max(1, Math.min(MAX_SPACING, Math.round(FENCE_MS / stepMs))) : 1;
+  /** A completion signal for the steps submitted so far (the `steps`-th included). */
+  function fence(steps: number): Fence {
+    const f: Fence = { steps, at: null, done: Promise.resolve() };
+    f.done = device.queue.onSubmittedWorkDone().then(() => {
+      f.at = performance.now();
+      const prev = lastFence;
+      lastFence = f;
+      if (prev?.at == null || f.steps <= prev.steps) return;
+      // Fences resolve on polls: average over several intervals (an interval where the GPU went
+      // idle overestimates the step, which only spaces the fences closer).
+      const ms = (f.at - prev.at) / (f.steps - prev.steps);
+      stepMs = stepMs === 0 ? ms : 0.7 * stepMs + 0.3 * ms;
+    }, () => {
+      // A lost device fails the readbacks, which end the streams with the error.
+    });
+    return f;
   }
 
   function kick(): void {
@@ -261,6 +400,7 @@ export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
       n: promptIds.length,
       base: 0,
       produced: 0,
+      copied: 0,
       read: 0,
       maxTokens: options.maxTokens ?? 64,
       every: Math.max(1, Math.min(keep, Math.floor(options.readbackEvery ?? 8))),
@@ -310,6 +450,9 @@ export function createBatchDecoder(ctx: BatchContext): BatchDecoder {
     run,
     get active() {
       return active.length;
+    },
+    get prefilling() {
+      return active.filter((s) => s.prefill).length;
     },
   };
 }

@@ -18,12 +18,13 @@
  * 1, the default) they run one at a time, in call order; with more, every generation gets a slot
  * and the continuous-batching loop of batch.ts advances them together (one decode step for all
  * slots, prompts prefilled in chunks between the steps, ids read back for all slots at once).
- * Calls beyond the slots wait in line (slots.ts).
+ * Calls beyond the slots wait in line (slots.ts). `stats()` counts the slots in use, the calls
+ * waiting and the streams prefilling (api.ts EngineStats).
  *
  * @module
  */
 
-import type { GenerateOptions } from "../api.ts";
+import type { EngineStats, GenerateOptions } from "../api.ts";
 import { LimitError, UsageError } from "../../schemas/errors.ts";
 import type { ModelSpec } from "../../schemas/model.ts";
 import {
@@ -87,6 +88,8 @@ export interface Generation {
    * this happens at load, not at the first request).
    */
   warmUp(): Promise<void>;
+  /** Slots in use, calls waiting for one, streams prefilling (see {@link EngineStats}). */
+  stats(): EngineStats;
   /** Makes every later call fail (after dispose). */
   close(): void;
 }
@@ -308,6 +311,12 @@ export function createGeneration(ctx: GenerationContext): Generation {
     generate,
     profileKernels,
     warmUp,
+    stats: () => ({
+      slots: pool.size,
+      active: pool.active,
+      waiting: pool.queued,
+      prefilling: batch?.prefilling ?? 0,
+    }),
     close() {
       closed = true;
       pool.close();

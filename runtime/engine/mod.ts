@@ -429,6 +429,7 @@ export async function createWebGpuEngine(
     logits: generation.logits,
     generate: generation.generate,
     profileKernels: generation.profileKernels,
+    stats: generation.stats,
     dispose() {
       if (disposed) return;
       disposed = true;
