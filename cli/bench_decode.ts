@@ -26,7 +26,7 @@ import { createWebGpuEngine, formatOf, type WebGpuEngine } from "../runtime/engi
 import { matrixBytes } from "../runtime/kernels/weights.ts";
 import { copyBandwidth, dispatchOverhead } from "../runtime/bench/measure.ts";
 import { maxBindingOption, tokenizerFor } from "./model_source.ts";
-import { firstBatchSize, GenerationClock } from "../runtime/rates.ts";
+import { GenerationClock } from "../runtime/rates.ts";
 
 const BATCHES = [1, 4, 8, 16];
 /** Readback batch of the first-request and steady requests (the engine's default). */
@@ -35,7 +35,7 @@ const REQUEST_BATCH = 8;
 /** TTFT and decode speed of one request, or a summary of several. */
 export interface RequestFigures {
   ttftMs: number;
-  /** null when every id came in the first readback batch (tokens ≤ 8). */
+  /** null for a request of one id. */
   decodeMsPerToken: number | null;
 }
 
@@ -149,7 +149,7 @@ async function measure(
       if (clock.tokens !== tokens) {
         throw new Error(`bench decode: generated ${clock.tokens} of ${tokens} tokens`);
       }
-      const r = clock.rates(firstBatchSize(tokens, REQUEST_BATCH, engine.maxContext))!;
+      const r = clock.rates()!;
       return { ttftMs: r.ttftMs, decodeMsPerToken: r.decodeMsPerToken };
     };
     // The first request comes before anything else touches the engine.

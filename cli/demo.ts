@@ -15,7 +15,7 @@ import { formatAllocation } from "./format.ts";
 import type { Engine } from "../runtime/api.ts";
 import { UsageError } from "../schemas/errors.ts";
 import type { Tokenizer } from "../runtime/tokenizer.ts";
-import { firstBatchSize, GenerationClock } from "../runtime/rates.ts";
+import { GenerationClock } from "../runtime/rates.ts";
 
 /** Where `--device auto` runs. */
 type DemoDevice = "auto" | "webgpu" | "cpu";
@@ -117,13 +117,9 @@ export async function run(args: Args): Promise<void> {
       await Deno.stdout.write(enc.encode(decoder.push(id)));
     }
     await Deno.stdout.write(enc.encode(decoder.flush() + "\n"));
-    // The WebGPU engine reads ids back in batches of 8 (its default); the CPU reference yields
-    // them one by one.
-    const maxContext = (engine as { maxContext?: number }).maxContext;
-    const batch = maxContext === undefined ? 1 : firstBatchSize(count, 8, maxContext);
-    const r = clock.rates(batch);
+    const r = clock.rates();
     const [rate, what] = r?.decodeTokensPerS != null
-      ? [r.decodeTokensPerS, "decode, after the first readback batch"]
+      ? [r.decodeTokensPerS, "decode, after the first id"]
       : [r?.endToEndTokensPerS ?? 0, "end to end"];
     console.log(
       `---\n${count} tokens, ${rate.toFixed(1)} tokens/s on ${used} (${what}; first token after ${

@@ -21,7 +21,7 @@ import {
 } from "./model_source.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { decoderText, encoderIdsOf } from "../runtime/seq2seq_text.ts";
-import { firstBatchSize, GenerationClock, type GenerationRates } from "../runtime/rates.ts";
+import { GenerationClock, type GenerationRates } from "../runtime/rates.ts";
 import type { WebGpuEngine } from "../runtime/engine/mod.ts";
 
 /** Flags of `run`. */
@@ -64,9 +64,8 @@ export const spec: CommandSpec = {
     json: {
       type: "boolean",
       help: 'print {"prompt_ids", "ids", "text", "tokens_per_s", "ttft_ms", "total_ms"}; ' +
-        "tokens_per_s: ids after the first readback batch ÷ the time from the first id to the " +
-        "last (null when all came in the first batch); ttft_ms: request to first id (prefill + " +
-        "the first batch's steps + one readback)",
+        "tokens_per_s: ids after the first ÷ the time from the first id to the last (null " +
+        "for one id); ttft_ms: request to first id (prefill + one readback)",
     },
     "max-binding": MAX_BINDING_FLAG,
   },
@@ -123,7 +122,7 @@ export async function run(args: Args): Promise<void> {
       out.push(id);
       if (!json) await Deno.stdout.write(enc.encode(decoder.push(id)));
     }
-    const rates = clock.rates(firstBatchOf(engine, out.length, options.readbackEvery));
+    const rates = clock.rates();
     if (json) {
       console.log(JSON.stringify({
         prompt_ids: ids,
@@ -165,7 +164,7 @@ async function runSeq2Seq(
     out.push(id);
   }
   // The engines that run encoder–decoder models yield ids one by one.
-  const rates = clock.rates(1);
+  const rates = clock.rates();
   const text = decoderText(out, spec, tokenizer);
   if (args.flag("json")) {
     console.log(JSON.stringify({
@@ -185,20 +184,11 @@ async function runSeq2Seq(
 export function describeRates(tokens: number, r: GenerationRates | null): string {
   if (!r) return "0 tokens";
   const decode = r.decodeTokensPerS === null
-    ? "decode rate n/a (all ids came in the first readback batch)"
+    ? "decode rate n/a (one id)"
     : `${r.decodeTokensPerS.toFixed(1)} tokens/s decode`;
   return `${tokens} tokens, ${decode}; first token after ${r.ttftMs.toFixed(0)} ms, all after ${
     r.totalMs.toFixed(0)
   } ms`;
-}
-
-/**
- * Ids in the first readback batch: the WebGPU engine batches readbacks (clamped to half its
- * context), the CPU reference yields ids one by one.
- */
-function firstBatchOf(engine: Engine, tokens: number, readbackEvery: number): number {
-  const maxContext = (engine as Partial<WebGpuEngine>).maxContext;
-  return maxContext === undefined ? 1 : firstBatchSize(tokens, readbackEvery, maxContext);
 }
 
 const MIB = 1024 * 1024;

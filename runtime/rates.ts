@@ -1,17 +1,18 @@
 /**
  * Generation rates as a caller measures them from outside `generate`.
  *
- * The WebGPU engine reads sampled ids back in batches of `readbackEvery` (never per token), so
- * the first `b` ids arrive together, after the prefill, b − 1 decode steps and one readback;
- * the CPU reference yields ids one by one (b = 1). With the request made at t_req, the first id
- * received at t_first and the last (n-th) at t_last:
+ * An engine may hand ids over in batches: the first `b` ids then arrive together. moeq's engines
+ * hand the first id alone (b = 1): the WebGPU engine reads it back on its own right after the
+ * prefill has sampled it, then reads the others in batches of `readbackEvery` (never per token);
+ * the CPU reference yields ids one by one. With the request made at t_req, the first id received
+ * at t_first and the last (n-th) at t_last:
  *
  * - **TTFT** (time to first token) = t_first − t_req: what a user waits before text appears
- *   (prefill + the first batch's decode steps + one readback).
+ *   (prefill + one readback on the WebGPU engine).
  * - **decode rate** = (n − b) / (t_last − t_first): the ids that arrived after the first batch
  *   over the time they took (their decode steps and readbacks). Counting n − 1 ids over that
- *   time, as `run` used to, overstates it by (n − 1) / (n − b). Undefined when every id came in
- *   the first batch (n ≤ b, e.g. a stop id early on).
+ *   time when the first batch holds b > 1 ids would overstate it by (n − 1) / (n − b). Undefined
+ *   when every id came in the first batch (n ≤ b, e.g. a stop id early on).
  * - **end-to-end rate** = n / (t_last − t_req): everything included.
  *
  * @module
@@ -62,17 +63,6 @@ export function generationRates(t: GenerationTiming): GenerationRates {
   };
 }
 
-/**
- * Ids in the first readback batch of a generation of `tokens` ids read back every
- * `readbackEvery` steps; `maxContext` when the engine clamps batches to half its context (the
- * WebGPU engine, so that unread ids survive a context shift). 1 for engines without batching.
- */
-export function firstBatchSize(tokens: number, readbackEvery: number, maxContext?: number): number {
-  const clamp = maxContext === undefined ? Infinity : Math.max(1, Math.floor(maxContext / 2));
-  const every = Math.max(1, Math.min(clamp, Math.floor(readbackEvery)));
-  return Math.max(1, Math.min(tokens, every));
-}
-
 /** A recorder for {@link GenerationTiming}: call `received()` as each id arrives. */
 export class GenerationClock {
   readonly requestMs: number;
@@ -96,8 +86,11 @@ export class GenerationClock {
     return this.#tokens;
   }
 
-  /** The rates, given the first batch's size; null when no id arrived. */
-  rates(firstBatch: number): GenerationRates | null {
+  /**
+   * The rates, given the size of the batch the first id came in (1 for moeq's engines, which
+   * hand the first id alone); null when no id arrived.
+   */
+  rates(firstBatch = 1): GenerationRates | null {
     if (this.#tokens === 0) return null;
     return generationRates({
       requestMs: this.requestMs,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { firstBatchSize, GenerationClock, generationRates } from "./rates.ts";
+import { GenerationClock, generationRates } from "./rates.ts";
 
 /**
  * Arrival times of a simulated batched engine: prefill `p` ms, then one decode step every `s`
@@ -65,14 +65,6 @@ Deno.test("generationRates: one-by-one ids; a generation within the first batch 
   assert.throws(() =>
     generationRates({ requestMs: 0, firstMs: 1, lastMs: 1, tokens: 0, firstBatch: 1 })
   );
-});
-
-Deno.test("firstBatchSize: readbackEvery, clamped to half the context and to the ids", () => {
-  assert.equal(firstBatchSize(64, 8), 8);
-  assert.equal(firstBatchSize(3, 8), 3);
-  assert.equal(firstBatchSize(64, 8, 10), 5);
-  assert.equal(firstBatchSize(64, 8, 1), 1);
-  assert.equal(firstBatchSize(64, 0.5), 1);
 });
 
 Deno.test("GenerationClock records first and last arrivals", () => {

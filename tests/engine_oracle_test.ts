@@ -67,7 +67,11 @@ Deno.test("engine decode loop: chunked prefill, one readback per readbackEvery t
       engine.generate([1, 2, 3], { maxTokens: 24, readbackEvery: 8, stopIds: [] }),
     );
     assert.equal(all.length, 24);
-    assert.equal(readbackCount() - before, 3, "3 readbacks for 24 tokens at readbackEvery 8");
+    assert.equal(
+      readbackCount() - before,
+      4,
+      "24 tokens at readbackEvery 8: the first id alone, then 7 + 8 + 8",
+    );
 
     // Stop on a token: the stop id is yielded, overshoot discarded.
     const stopAt = all.findIndex((id, i) => all.indexOf(id) === i && i > 0);

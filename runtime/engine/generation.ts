@@ -40,7 +40,7 @@ import { createBatchDecoder } from "./batch.ts";
 import type { LogitsMode } from "./plan.ts";
 import { SlotPool } from "./slots.ts";
 import { profileDispatches } from "./profile.ts";
-import { handIds, warmUpShape } from "./stream.ts";
+import { handIds, readFirstId, warmUpShape } from "./stream.ts";
 
 /** The bound plans a generator runs: prefill plans per logits mode, and the decode plan. */
 export interface Plans {
@@ -236,6 +236,7 @@ export function createGeneration(ctx: GenerationContext): Generation {
       };
       // Prefill: all chunks but the last compute no logits; the last samples token n.
       prefill(n, "last", sample(n, 0));
+      const firstId = readFirstId(device, acts.tokens, n);
       // Absolute token a (prompt 0..n-1, then generated) lives at tokens[a - base].
       let base = 0;
       let produced = 1; // tokens sampled so far (absolute n .. n + produced)
@@ -262,7 +263,12 @@ export function createGeneration(ctx: GenerationContext): Generation {
           }
           produced++;
         }
+        if (yielded === 0) {
+          if (yield* handIds(await firstId, stop, options.signal)) return;
+          yielded = 1;
+        }
         const count = produced - yielded;
+        if (count === 0) continue;
         const got = await readIds(device, acts.tokens, n + yielded - base, count, staging);
         if (yield* handIds(got, stop, options.signal)) return;
         yielded += got.length;

@@ -66,7 +66,7 @@ import {
   uploadSeq2SeqWeights,
 } from "./seq2seq_weights.ts";
 import { profileDispatches } from "./profile.ts";
-import { handIds, warmUpShape } from "./stream.ts";
+import { handIds, readFirstId, warmUpShape } from "./stream.ts";
 import type { EngineArtifact } from "./weights.ts";
 
 /** The device the engine runs on, acquired by createWebGpuEngine. */
@@ -440,6 +440,7 @@ export async function createSeq2SeqEngine(
       // Token i (0-based) is sampled after feeding position i and lands at tokens[i + 1].
       let produced = 0;
       let yielded = 0;
+      let firstId: Promise<Uint32Array> | undefined;
       while (yielded < max) {
         const target = Math.min(max, yielded + every);
         while (produced < target) {
@@ -456,8 +457,15 @@ export async function createSeq2SeqEngine(
             );
           });
           produced++;
+          // The first id is read back on its own, behind its step (stream.ts).
+          if (produced === 1) firstId = readFirstId(device, acts.tokens, 1);
+        }
+        if (yielded === 0) {
+          if (yield* handIds(await firstId!, stop, options.signal)) return;
+          yielded = 1;
         }
         const count = produced - yielded;
+        if (count === 0) continue;
         const got = await readIds(device, acts.tokens, 1 + yielded, count, staging);
         if (yield* handIds(got, stop, options.signal)) return;
         yielded += got.length;

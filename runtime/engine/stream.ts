@@ -1,9 +1,11 @@
 /**
  * What the one-sequence decode loops (generation.ts, seq2seq.ts) share: the size of the warm-up
- * forwards, and handing read-back ids to the caller.
+ * forwards, reading the first id back on its own, and handing read-back ids to the caller.
  *
  * @module
  */
+
+import { readIds } from "../kernels/kernel.ts";
 
 /**
  * Tokens of the warm-up forwards. Software adapters do per-pipeline work at a pipeline's first
@@ -44,4 +46,26 @@ export function* handIds(
     if (stop.has(id)) return true;
   }
   return false;
+}
+
+/**
+ * Starts reading back the one id at entry `entry` of `tokens` (the prefill's sample), through a
+ * staging buffer of its own: submitted right after the prefill, so it resolves when the prefill is
+ * done while the first decode steps queued behind it run. The time to first token is then the
+ * prefill and one readback, not the prefill and a whole readback batch. The promise is marked
+ * handled (a caller that stops early never awaits it); awaiting it still throws.
+ */
+export function readFirstId(
+  device: GPUDevice,
+  tokens: GPUBuffer,
+  entry: number,
+): Promise<Uint32Array> {
+  const staging = device.createBuffer({
+    label: "first-id.staging",
+    size: 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const read = readIds(device, tokens, entry, 1, staging).finally(() => staging.destroy());
+  read.catch(() => {});
+  return read;
 }
