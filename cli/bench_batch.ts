@@ -65,10 +65,17 @@ export function quantile(xs: number[], q: number): number {
 
 const median = (xs: number[]) => quantile(xs, 0.5);
 
+/** Median of the finite values (NaN when none). */
+function finiteMedian(xs: number[]): number {
+  const f = xs.filter(Number.isFinite);
+  return f.length ? median(f) : NaN;
+}
+
 /**
  * S concurrent greedy streams of N tokens: aggregate tok/s (wall, prefill included), decode
- * tok/s (the tokens after the last stream's first token ÷ the time from then to the end: every
- * stream decoding, no prefill) and each stream's TTFT (ms).
+ * tok/s (the tokens yielded while all S streams were decoding together — after the last
+ * stream's first token and up to the first stream's last — ÷ that window; NaN when the streams
+ * never overlapped: raise the token count) and each stream's TTFT (ms).
  */
 async function runStreams(
   engine: WebGpuEngine,
@@ -78,6 +85,7 @@ async function runStreams(
   const t0 = performance.now();
   const ttft: number[] = [];
   const times: number[] = [];
+  const ends: number[] = [];
   const ids = await Promise.all(prompts.map(async (p) => {
     const out: number[] = [];
     for await (const id of engine.generate(p, { maxTokens: tokens, stopIds: [] })) {
@@ -86,14 +94,15 @@ async function runStreams(
       times.push(now);
       out.push(id);
     }
+    ends.push(times.at(-1)!);
     return out;
   }));
   const end = performance.now() - t0;
-  const allStarted = Math.max(...ttft);
-  const after = times.filter((t) => t > allStarted).length;
+  const allStarted = Math.max(...ttft), firstEnd = Math.min(...ends);
+  const together = times.filter((t) => t > allStarted && t <= firstEnd).length;
   return {
     tokPerSecond: times.length / (end / 1000),
-    decodeTokPerSecond: after / ((end - allStarted) / 1000),
+    decodeTokPerSecond: firstEnd > allStarted ? together / ((firstEnd - allStarted) / 1000) : NaN,
     ttft,
     ids,
   };
@@ -190,7 +199,7 @@ export async function benchBatch(args: Args): Promise<void> {
     multi.dispose();
   }
   const base = median(perStreams.get(streams[0])!.tps);
-  const decodeBase = median(perStreams.get(streams[0])!.dec);
+  const decodeBase = finiteMedian(perStreams.get(streams[0])!.dec);
   const result: BatchResult = {
     artifact: file,
     parallel,
@@ -204,14 +213,17 @@ export async function benchBatch(args: Args): Promise<void> {
         median: median(p.tps),
         ratio: median(p.tps) / base,
         decodeTokPerSecond: p.dec,
-        decodeMedian: median(p.dec),
-        decodeRatio: median(p.dec) / decodeBase,
+        decodeMedian: finiteMedian(p.dec),
+        decodeRatio: finiteMedian(p.dec) / decodeBase,
         ceiling: ceilings.get(S)! / ceilings.get(streams[0])!,
         ttftP50Ms: quantile(p.ttft, 0.5),
         ttftP99Ms: quantile(p.ttft, 0.99),
       };
     }),
-    single: { ...single, ratio: median(single.multiSlot) / median(single.oneSlot) },
+    single: {
+      ...single,
+      ratio: finiteMedian(single.multiSlot) / finiteMedian(single.oneSlot),
+    },
     idsEqual,
     loadMs,
   };
@@ -240,8 +252,8 @@ export async function benchBatch(args: Args): Promise<void> {
   }
   const s = result.single;
   console.log(
-    `one stream alone, decode: ${median(s.oneSlot).toFixed(2)} tok/s on a one-slot engine, ${
-      median(s.multiSlot).toFixed(2)
+    `one stream alone, decode: ${finiteMedian(s.oneSlot).toFixed(2)} tok/s on a one-slot engine, ${
+      finiteMedian(s.multiSlot).toFixed(2)
     } on the parallel-${parallel} engine (× ${s.ratio.toFixed(3)})`,
   );
   console.log(
