@@ -190,7 +190,9 @@ export async function benchBatch(args: Args): Promise<void> {
         log(
           `round ${r + 1}: ${S} streams ${tokPerSecond.toFixed(2)} tok/s, decode ${
             decodeTokPerSecond.toFixed(2)
-          }`,
+          }, TTFT p50 ${quantile(ttft, 0.5).toFixed(0)} ms, p99 ${
+            quantile(ttft, 0.99).toFixed(0)
+          } ms`,
         );
       }
     }
