@@ -21,15 +21,23 @@ import type { Args } from "./args.ts";
 import { UsageError } from "../schemas/errors.ts";
 import { openArtifact } from "../schemas/artifact.ts";
 import { createWebGpuEngine, type WebGpuEngine } from "../runtime/engine/mod.ts";
+import { batchCeiling } from "./batch_ceiling.ts";
 
 /** One stream count's figures. */
 export interface BatchPoint {
   streams: number;
-  /** Aggregate tok/s per round. */
+  /** Aggregate tok/s per round (wall clock, prefill included). */
   tokPerSecond: number[];
   median: number;
   /** median ÷ the one-stream median (of the multi-slot engine). */
   ratio: number;
+  /** Aggregate decode tok/s per round (every stream past its first token; no prefill). */
+  decodeTokPerSecond: number[];
+  decodeMedian: number;
+  /** decodeMedian ÷ the one-stream decode median. */
+  decodeRatio: number;
+  /** The structural ceiling of the ratio (cli/batch_ceiling.ts). */
+  ceiling: number;
   ttftP50Ms: number;
   ttftP99Ms: number;
 }
@@ -41,8 +49,10 @@ export interface BatchResult {
   tokens: number;
   rounds: number;
   points: BatchPoint[];
-  /** One stream alone: tok/s per round on the one-slot and on the multi-slot engine. */
+  /** One stream alone: decode tok/s per round on the one-slot and on the multi-slot engine. */
   single: { oneSlot: number[]; multiSlot: number[]; ratio: number };
+  /** Load time (artifact opened, engine created and warmed up), ms: multi-slot, one-slot. */
+  loadMs: { multiSlot: number; oneSlot: number };
   /** The largest count's streams (last round) equal the one-slot engine's ids, prompt by prompt. */
   idsEqual: boolean;
 }
@@ -55,25 +65,47 @@ export function quantile(xs: number[], q: number): number {
 
 const median = (xs: number[]) => quantile(xs, 0.5);
 
-/** S concurrent greedy streams of N tokens: aggregate tok/s and each stream's TTFT (ms). */
+/** Median of the finite values (NaN when none). */
+function finiteMedian(xs: number[]): number {
+  const f = xs.filter(Number.isFinite);
+  return f.length ? median(f) : NaN;
+}
+
+/**
+ * S concurrent greedy streams of N tokens: aggregate tok/s (wall, prefill included), decode
+ * tok/s (the tokens yielded while all S streams were decoding together — after the last
+ * stream's first token and up to the first stream's last — ÷ that window; NaN when the streams
+ * never overlapped: raise the token count) and each stream's TTFT (ms).
+ */
 async function runStreams(
   engine: WebGpuEngine,
   prompts: number[][],
   tokens: number,
-): Promise<{ tokPerSecond: number; ttft: number[]; ids: number[][] }> {
+): Promise<{ tokPerSecond: number; decodeTokPerSecond: number; ttft: number[]; ids: number[][] }> {
   const t0 = performance.now();
   const ttft: number[] = [];
-  let total = 0;
+  const times: number[] = [];
+  const ends: number[] = [];
   const ids = await Promise.all(prompts.map(async (p) => {
     const out: number[] = [];
     for await (const id of engine.generate(p, { maxTokens: tokens, stopIds: [] })) {
-      if (out.length === 0) ttft.push(performance.now() - t0);
+      const now = performance.now() - t0;
+      if (out.length === 0) ttft.push(now);
+      times.push(now);
       out.push(id);
-      total++;
     }
+    ends.push(times.at(-1)!);
     return out;
   }));
-  return { tokPerSecond: total / ((performance.now() - t0) / 1000), ttft, ids };
+  const end = performance.now() - t0;
+  const allStarted = Math.max(...ttft), firstEnd = Math.min(...ends);
+  const together = times.filter((t) => t > allStarted && t <= firstEnd).length;
+  return {
+    tokPerSecond: times.length / (end / 1000),
+    decodeTokPerSecond: firstEnd > allStarted ? together / ((firstEnd - allStarted) / 1000) : NaN,
+    ttft,
+    ids,
+  };
 }
 
 /** Runs `bench batch`. */
@@ -98,10 +130,24 @@ export async function benchBatch(args: Args): Promise<void> {
 
   const artifact = await openArtifact(file);
   let multi: WebGpuEngine, one: WebGpuEngine;
+  const loadMs = { multiSlot: 0, oneSlot: 0 };
+  const ceilings = new Map(
+    streams.map((S) => [S, batchCeiling(artifact.model, artifact.tensors, S).ceiling]),
+  );
   try {
-    log(`loading ${file} (parallel ${parallel}, then 1) ...`);
+    // The one-slot engine first, on its own device (its load pays the same device start-up).
+    log(`loading ${file} (parallel 1, then ${parallel}) ...`);
+    let t = performance.now();
+    one = await createWebGpuEngine(artifact, { maxContext: context });
+    loadMs.oneSlot = performance.now() - t;
+    t = performance.now();
     multi = await createWebGpuEngine(artifact, { parallel, maxContext: context });
-    one = await createWebGpuEngine(artifact, { maxContext: context, device: multi.device });
+    loadMs.multiSlot = performance.now() - t;
+    log(
+      `loaded in ${(loadMs.oneSlot / 1000).toFixed(1)} s (parallel 1), ${
+        (loadMs.multiSlot / 1000).toFixed(1)
+      } s (parallel ${parallel})`,
+    );
   } finally {
     artifact.close();
   }
@@ -111,28 +157,43 @@ export async function benchBatch(args: Args): Promise<void> {
     { length: parallel },
     (_, s) => Array.from({ length: 8 }, (_, i) => (97 + 13 * s + 7 * i) % V),
   );
-  const perStreams = new Map<number, { tps: number[]; ttft: number[] }>();
+  const perStreams = new Map<number, { tps: number[]; dec: number[]; ttft: number[] }>();
   const single = { oneSlot: [] as number[], multiSlot: [] as number[] };
   let idsEqual = true;
   try {
     await runStreams(multi, prompts.slice(0, 1), 4); // first-use costs out of the rounds
     await runStreams(one, prompts.slice(0, 1), 4);
     for (let r = 0; r < rounds; r++) {
-      single.oneSlot.push((await runStreams(one, prompts.slice(0, 1), tokens)).tokPerSecond);
-      single.multiSlot.push((await runStreams(multi, prompts.slice(0, 1), tokens)).tokPerSecond);
+      single.oneSlot.push(
+        (await runStreams(one, prompts.slice(0, 1), tokens)).decodeTokPerSecond,
+      );
+      single.multiSlot.push(
+        (await runStreams(multi, prompts.slice(0, 1), tokens)).decodeTokPerSecond,
+      );
       for (const S of streams) {
-        const { tokPerSecond, ttft, ids } = await runStreams(multi, prompts.slice(0, S), tokens);
+        const { tokPerSecond, decodeTokPerSecond, ttft, ids } = await runStreams(
+          multi,
+          prompts.slice(0, S),
+          tokens,
+        );
         if (S === parallel && r === rounds - 1) {
           for (let i = 0; i < S; i++) {
             const alone = (await runStreams(one, [prompts[i]], tokens)).ids[0];
             idsEqual &&= alone.join() === ids[i].join();
           }
         }
-        const p = perStreams.get(S) ?? { tps: [], ttft: [] };
+        const p = perStreams.get(S) ?? { tps: [], dec: [], ttft: [] };
         p.tps.push(tokPerSecond);
+        p.dec.push(decodeTokPerSecond);
         p.ttft.push(...ttft);
         perStreams.set(S, p);
-        log(`round ${r + 1}: ${S} streams ${tokPerSecond.toFixed(2)} tok/s`);
+        log(
+          `round ${r + 1}: ${S} streams ${tokPerSecond.toFixed(2)} tok/s, decode ${
+            decodeTokPerSecond.toFixed(2)
+          }, TTFT p50 ${quantile(ttft, 0.5).toFixed(0)} ms, p99 ${
+            quantile(ttft, 0.99).toFixed(0)
+          } ms`,
+        );
       }
     }
   } finally {
@@ -140,6 +201,7 @@ export async function benchBatch(args: Args): Promise<void> {
     multi.dispose();
   }
   const base = median(perStreams.get(streams[0])!.tps);
+  const decodeBase = finiteMedian(perStreams.get(streams[0])!.dec);
   const result: BatchResult = {
     artifact: file,
     parallel,
@@ -152,12 +214,20 @@ export async function benchBatch(args: Args): Promise<void> {
         tokPerSecond: p.tps,
         median: median(p.tps),
         ratio: median(p.tps) / base,
+        decodeTokPerSecond: p.dec,
+        decodeMedian: finiteMedian(p.dec),
+        decodeRatio: finiteMedian(p.dec) / decodeBase,
+        ceiling: ceilings.get(S)! / ceilings.get(streams[0])!,
         ttftP50Ms: quantile(p.ttft, 0.5),
         ttftP99Ms: quantile(p.ttft, 0.99),
       };
     }),
-    single: { ...single, ratio: median(single.multiSlot) / median(single.oneSlot) },
+    single: {
+      ...single,
+      ratio: finiteMedian(single.multiSlot) / finiteMedian(single.oneSlot),
+    },
     idsEqual,
+    loadMs,
   };
   if (json) {
     console.log(JSON.stringify(result, null, 2));
@@ -166,21 +236,32 @@ export async function benchBatch(args: Args): Promise<void> {
   console.log(
     `${file}: ${tokens} tokens per stream, ${rounds} rounds, engine parallel ${parallel}`,
   );
-  console.log("streams  agg tok/s (median, min)  × streams[0]  TTFT p50 ms  TTFT p99 ms");
+  console.log(
+    "streams  agg tok/s (median, min)  ×     decode tok/s (median, min)  ×      ceiling" +
+      "  TTFT p50 ms  TTFT p99 ms",
+  );
+  const n2 = (x: number, w: number) => x.toFixed(2).padStart(w);
   for (const p of result.points) {
     console.log(
-      `${String(p.streams).padStart(7)}  ${p.median.toFixed(2).padStart(9)} ${
-        Math.min(...p.tokPerSecond).toFixed(2).padStart(9)
-      }      ${p.ratio.toFixed(2).padStart(6)}  ${p.ttftP50Ms.toFixed(0).padStart(11)}  ${
+      `${String(p.streams).padStart(7)}  ${n2(p.median, 9)} ${
+        n2(Math.min(...p.tokPerSecond), 9)
+      }  ${n2(p.ratio, 5)}  ${n2(p.decodeMedian, 9)} ${
+        n2(Math.min(...p.decodeTokPerSecond), 9)
+      }     ${n2(p.decodeRatio, 5)}  ${n2(p.ceiling, 7)}  ${p.ttftP50Ms.toFixed(0).padStart(11)}  ${
         p.ttftP99Ms.toFixed(0).padStart(11)
       }`,
     );
   }
   const s = result.single;
   console.log(
-    `one stream alone: ${median(s.oneSlot).toFixed(2)} tok/s on a one-slot engine, ${
-      median(s.multiSlot).toFixed(2)
+    `one stream alone, decode: ${finiteMedian(s.oneSlot).toFixed(2)} tok/s on a one-slot engine, ${
+      finiteMedian(s.multiSlot).toFixed(2)
     } on the parallel-${parallel} engine (× ${s.ratio.toFixed(3)})`,
+  );
+  console.log(
+    `load: ${(loadMs.oneSlot / 1000).toFixed(1)} s one-slot, ${
+      (loadMs.multiSlot / 1000).toFixed(1)
+    } s parallel ${parallel}`,
   );
   console.log(
     `${parallel} streams' ids ${idsEqual ? "equal" : "DIFFER FROM"} the one-slot engine's`,

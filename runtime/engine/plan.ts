@@ -60,6 +60,12 @@ export interface PlanContext {
    */
   packedRowTile?: number;
   /**
+   * Tiled style: output rows per invocation of the routed-expert matmuls over packed weights,
+   * when they differ from `packedRowTile` (the batched decode plans: fewer rows JIT-compile
+   * several times faster on lavapipe at a small cost in speed).
+   */
+  expertRowTile?: number;
+  /**
    * Tokens per workgroup of the routed-expert matmuls, when they differ from the plan's token
    * tile (the batched decode plans: each expert gets about tokens · top-k / experts of them).
    */
@@ -207,7 +213,9 @@ export class PlanBuilder {
           format: set.format,
           rows: gateUp ? set.rows / 2 : set.rows,
           cols: set.cols,
-          rowTile: this.rowTileOf(set),
+          rowTile: set.format.kind === "q"
+            ? this.ctx.expertRowTile ?? this.rowTileOf(set)
+            : this.rowTileOf(set),
           tokenTile: this.ctx.expertTokenTile ?? this.tokenTile,
           mode: "list",
           xRows,

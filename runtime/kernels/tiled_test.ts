@@ -197,7 +197,14 @@ for (const format of [FORMATS[1], FORMATS[3], FORMATS[4], FORMATS.at(-1)!]) {
     const route = new Uint32Array(E + E * cap);
     ids.forEach((e, r) => route[E + e * cap + route[e]++] = r);
     const SENT = 777;
-    for (const [xRows, gateUp, tokenTile] of [["token", true, 4], ["slot", false, 1]] as const) {
+    // Row/token tiles of the one-sequence plans and, for packed weights, of the batched decode
+    // plans (16 rows × 2 tokens).
+    const tiles: ["token" | "slot", boolean, number, number][] = [
+      ["token", true, 4, 4],
+      ["slot", false, 1, 4],
+    ];
+    if (format.kind === "q") tiles.push(["token", true, 2, 16], ["slot", false, 2, 16]);
+    for (const [xRows, gateUp, tokenTile, rowTile] of tiles) {
       const xn = xRows === "slot" ? T * K : T;
       const x = Float32Array.from({ length: xn * COLS }, () => rand() * 2 - 1);
       const set = uploadWeightSet(
@@ -211,7 +218,7 @@ for (const format of [FORMATS[1], FORMATS[3], FORMATS[4], FORMATS.at(-1)!]) {
         format,
         rows: ROWS,
         cols: COLS,
-        rowTile: 4,
+        rowTile,
         tokenTile,
         mode: "list",
         xRows,
@@ -251,7 +258,7 @@ for (const format of [FORMATS[1], FORMATS[3], FORMATS[4], FORMATS.at(-1)!]) {
         got.map((v, i) => ref[i] === SENT ? 0 : v),
         ref.map((v) => v === SENT ? 0 : v),
       );
-      assert.ok(err <= 1e-4, `${xRows}: rel err ${err}`);
+      assert.ok(err <= 1e-4, `${xRows} r${rowTile}t${tokenTile}: rel err ${err}`);
     }
   });
 }
