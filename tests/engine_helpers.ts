@@ -9,6 +9,10 @@ import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { emitArtifact, type EmitOptions } from "../compiler/emit/mod.ts";
 import type { ModelIR } from "../compiler/ir.ts";
 import { type ReferenceModel, ReferenceSession } from "../compiler/reference/mod.ts";
+import { syntheticIR } from "../compiler/emit/testing.ts";
+import type { ModelSpec } from "../schemas/model.ts";
+import { mulberry32 } from "../schemas/prng.ts";
+import type { ExpectedTensor } from "../schemas/tensors.ts";
 
 await Deno.mkdir(".tmp", { recursive: true });
 
@@ -104,4 +108,23 @@ export async function collect(gen: AsyncGenerator<number>): Promise<number[]> {
   const out: number[] = [];
   for await (const id of gen) out.push(id);
   return out;
+}
+
+/**
+ * A synthetic model of `spec` with seeded values: norm weights 1 ± 0.2, embedding and router
+ * ±1, other tensors ±0.3 (seed·1000 + tensor index per tensor).
+ */
+export function seededSynthetic(spec: ModelSpec, seed: number): ModelIR {
+  return syntheticIR(spec, {
+    values: (t: ExpectedTensor, i: number) => {
+      const rand = mulberry32(seed * 1000 + i);
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      const [center, scale] = t.role.endsWith("norm")
+        ? [1, 0.2]
+        : t.role === "embed" || t.role.startsWith("router")
+        ? [0, 1]
+        : [0, 0.3];
+      return Float32Array.from({ length: n }, () => center + scale * (rand() * 2 - 1));
+    },
+  });
 }

@@ -11,13 +11,16 @@
 import assert from "node:assert/strict";
 import { loadCheckpoint } from "../compiler/checkpoint/mod.ts";
 import { prepareReference } from "../compiler/reference/mod.ts";
-import { syntheticIR } from "../compiler/emit/testing.ts";
 import { MLA_LIKE } from "../schemas/example_specs.ts";
-import { mulberry32 } from "../schemas/prng.ts";
-import type { ExpectedTensor } from "../schemas/tensors.ts";
 import { loadModel, type WebGpuEngine } from "../runtime/mod.ts";
 import type { GenerateOptions } from "../runtime/api.ts";
-import { collect, emitTemp, referenceShiftGreedy, relErr } from "./engine_helpers.ts";
+import {
+  collect,
+  emitTemp,
+  referenceShiftGreedy,
+  relErr,
+  seededSynthetic,
+} from "./engine_helpers.ts";
 
 const MAX_CONTEXT = 24; // small: long generations shift their context (keep 12)
 const CHUNK = 4; // prompts take several prefill chunks, interleaved with the others' steps
@@ -124,20 +127,8 @@ for (const fixture of FIXTURES) {
   });
 }
 
-/** Seeded MLA_LIKE values: norm weights 1 ± 0.2, embedding and router ±1, other tensors ±0.3. */
-function syntheticValues(t: ExpectedTensor, i: number): Float32Array {
-  const rand = mulberry32(5000 + i);
-  const n = t.shape.reduce((a, b) => a * b, 1);
-  const [center, scale] = t.role.endsWith("norm")
-    ? [1, 0.2]
-    : t.role === "embed" || t.role.startsWith("router")
-    ? [0, 1]
-    : [0, 0.3];
-  return Float32Array.from({ length: n }, () => center + scale * (rand() * 2 - 1));
-}
-
 Deno.test("MLA batch, classic kernels (synthetic q LoRA, interleaved RoPE): streams equal the one-slot engine", async () => {
-  const path = await emitTemp(syntheticIR(MLA_LIKE, { values: syntheticValues }));
+  const path = await emitTemp(seededSynthetic(MLA_LIKE, 5));
   const opts = { maxContext: MAX_CONTEXT, prefillChunk: CHUNK, kernels: "classic" as const };
   const single = await loadModel(path, opts);
   const multi = await loadModel(path, { ...opts, parallel: 4 });

@@ -6,31 +6,11 @@
  * over several key tiles and cache rows written by earlier chunks.
  */
 import assert from "node:assert/strict";
-import type { ModelIR } from "../compiler/ir.ts";
-import { syntheticIR } from "../compiler/emit/testing.ts";
 import { forward, prepareReference } from "../compiler/reference/mod.ts";
 import { MLA_LIKE } from "../schemas/example_specs.ts";
 import type { ModelSpec } from "../schemas/model.ts";
-import { mulberry32 } from "../schemas/prng.ts";
-import type { ExpectedTensor } from "../schemas/tensors.ts";
 import { loadModel } from "../runtime/mod.ts";
-import { emitTemp, relErr } from "./engine_helpers.ts";
-
-/** Seeded values: norm weights 1 ± 0.2, embedding, router and bias ±1, other tensors ±0.3. */
-function synthetic(spec: ModelSpec, seed: number): ModelIR {
-  return syntheticIR(spec, {
-    values: (t: ExpectedTensor, i: number) => {
-      const rand = mulberry32(seed * 1000 + i);
-      const n = t.shape.reduce((a, b) => a * b, 1);
-      const [center, scale] = t.role.endsWith("norm")
-        ? [1, 0.2]
-        : t.role === "embed" || t.role.startsWith("router")
-        ? [0, 1]
-        : [0, 0.3];
-      return Float32Array.from({ length: n }, () => center + scale * (rand() * 2 - 1));
-    },
-  });
-}
+import { emitTemp, relErr, seededSynthetic } from "./engine_helpers.ts";
 
 /** MLA_LIKE with half-split RoPE and V2 routing (softmax, groups by max, no bias). */
 const HALF_V2: ModelSpec = {
@@ -101,7 +81,7 @@ const CASES: [string, ModelSpec, number[], number][] = [
 
 for (const [label, spec, ids, chunk] of CASES) {
   Deno.test(`engine MLA synthetic: ${label} vs the reference, tiled and classic (rel ≤ ${TOL})`, async () => {
-    const ir = synthetic(spec, 11);
+    const ir = seededSynthetic(spec, 11);
     const want = forward(await prepareReference(ir), ids);
     const path = await emitTemp(ir);
     try {
