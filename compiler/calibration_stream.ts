@@ -45,7 +45,8 @@ import {
   type ExpertJobResult,
   inlineCalibration,
 } from "./calibration/jobs.ts";
-import { type HeadBlock, matmulF32, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
+import { type HeadBlock, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
+import { attendGrouped, f32Of, groupable, linearF32 } from "./calibration/attention.ts";
 import { type ExpertIR, type ModelIR, moeLayers, type RawElements, type TensorRef } from "./ir.ts";
 import type { QuantMethod } from "./quantize/mod.ts";
 import { attentionBlock, type ReferenceAttention } from "./reference/attention.ts";
@@ -349,7 +350,8 @@ export async function calibrateStream(
       if (block.kind === "attention") {
         const a = await readAttentionAt(l, b);
         attentionReads.delete(`${l}/${b}`);
-        seqs.forEach((s, i) => addInto(s.x, r, attend(hs[i], s.n, a)));
+        const outs = await attendAll(hs, seqs.map((s) => s.n), a, opts.runner ?? inlineCalibration);
+        seqs.forEach((s, i) => addInto(s.x, r, outs[i]));
       } else if (block.ffn.kind === "dense") {
         const d = mlpOf((await readDense(block.ffn, weights)).mlp, H);
         seqs.forEach((s, i) => {
@@ -554,8 +556,22 @@ function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla
   return out;
 }
 
-/** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
-const f32Copies = new WeakMap<Float64Array, Float32Array>();
+/**
+ * The attention block over every window `hs` ([n_i, H] each): as jobs on a worker pool where
+ * compiler/calibration/attention.ts splits the block (the same values), else {@link attend} per
+ * window on this thread.
+ */
+function attendAll(
+  hs: Float64Array[],
+  ns: number[],
+  a: ReferenceAttention | ReferenceMla,
+  runner: CalibrationRunner,
+): Promise<Float64Array[]> {
+  if (runner.lanes < 2 || "kvB" in a || !groupable(a)) {
+    return Promise.resolve(hs.map((h, i) => attend(h, ns[i], a)));
+  }
+  return attendGrouped(a, hs, ns, runner);
+}
 
 /** Makes the float32 copies of an attention block's GQA projections (one per task turn). */
 async function withF32Copies(
@@ -563,26 +579,10 @@ async function withF32Copies(
 ): Promise<ReferenceAttention | ReferenceMla> {
   if ("kvB" in a) return a;
   for (const w of [a.q, a.k, a.v, a.o]) {
-    if (!f32Copies.has(w)) f32Copies.set(w, Float32Array.from(w));
+    f32Of(w);
     await new Promise((resolve) => setTimeout(resolve, 0));
   }
   return a;
-}
-
-/** The reference's `matmul` signature on the float32 SIMD product (float64 in and out). */
-function linearF32(
-  out: Float64Array,
-  x: Float64Array,
-  w: Float64Array,
-  n: number,
-  rows: number,
-  cols: number,
-): void {
-  let w32 = f32Copies.get(w);
-  if (!w32) f32Copies.set(w, w32 = Float32Array.from(w));
-  const y = new Float32Array(n * rows);
-  matmulF32(y, Float32Array.from(x.subarray(0, n * cols)), w32, n, rows, cols);
-  out.set(y);
 }
 
 /** Inputs of {@link moeStream}. */
