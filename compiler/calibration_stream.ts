@@ -46,7 +46,7 @@ import {
   inlineCalibration,
 } from "./calibration/jobs.ts";
 import { type HeadBlock, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
-import { attendGrouped, f32Of, groupable, linearF32 } from "./calibration/attention.ts";
+import { attendF32, attendGrouped, f32Of, groupable, linearF32 } from "./calibration/attention.ts";
 import { type ExpertIR, type ModelIR, moeLayers, type RawElements, type TensorRef } from "./ir.ts";
 import type { QuantMethod } from "./quantize/mod.ts";
 import { attentionBlock, type ReferenceAttention } from "./reference/attention.ts";
@@ -550,6 +550,7 @@ function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla
     mlaBlock(out, h, n, a, new Float64Array(n * mlaCacheWidth(a.spec)), 0);
     return out;
   }
+  if (!a.relativeBias) return attendF32(a, h, n);
   const kvDim = a.spec.numKvHeads * a.spec.headDim;
   const cache = { keys: new Float64Array(n * kvDim), values: new Float64Array(n * kvDim) };
   attentionBlock(out, h, n, a, cache, 0, linearF32);

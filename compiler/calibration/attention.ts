@@ -19,9 +19,10 @@
  */
 
 import type { GqaAttentionSpec } from "../../schemas/model.ts";
-import { attentionBlock, type ReferenceAttention } from "../reference/attention.ts";
-import type { ReferenceRope } from "../reference/rope.ts";
-import { addBias } from "../reference/math.ts";
+import type { ReferenceAttention } from "../reference/attention.ts";
+import { type ReferenceRope, rope, ropeTables } from "../reference/rope.ts";
+import { addBias, softmax } from "../reference/math.ts";
+import { rmsNorm } from "../reference/norms.ts";
 import { matmulF32 } from "./simd.ts";
 
 /** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
@@ -136,56 +137,169 @@ export function attentionGroups(
 
 /** Runs an {@link AttentionGroupJob} on this thread. */
 export function runAttentionGroup(job: AttentionGroupJob): AttentionGroupResult {
-  const { spec, xs, ns } = job;
-  const hd = spec.headDim;
-  const width = spec.numHeads * hd;
-  // The reference block with the group's weights as markers its projections look up; the output
-  // projection is left out (an identity: the attention outputs come back as they are).
-  const marker = { q: new Float64Array(0), k: new Float64Array(0), v: new Float64Array(0) };
-  const o = new Float64Array(0);
-  const byMarker = new Map<Float64Array, Float32Array>([[marker.q, job.q], [marker.k, job.k], [
-    marker.v,
-    job.v,
-  ]]);
-  const linear = (
-    out: Float64Array,
-    x: Float64Array,
-    w: Float64Array,
-    n: number,
-    rows: number,
-    cols: number,
-  ) => {
-    if (w === o) {
-      out.set(x.subarray(0, n * cols));
-      return;
-    }
+  return { att: job.xs.map((x, i) => headsF32(job, x, job.ns[i])) };
+}
+
+/** An attention block's heads with float32 projection weights (the block, or one KV head's). */
+export type HeadsF32 = Omit<AttentionGroupJob, "kind" | "xs" | "ns">;
+
+/** Rows of query scores per product in {@link headsF32} (bounds its [rows, n] scratch). */
+const SCORE_VALUES = 1 << 20;
+
+/**
+ * The heads' attention outputs [n, nh · hd] (before the output projection) over one window of
+ * states x [n, H] at positions 0..n−1, as `attentionBlock` computes them (compiler/reference/
+ * attention.ts) except that the products are float32 SIMD ones: the q/k/v projections, each
+ * head's scores q·kᵀ and its weighted sum of values. Biases, q/k norms, clamps, RoPE, the scale,
+ * window, sinks and softmax are the reference's float64 steps on those values; the softmax
+ * weights are rounded to float32 for the value product. Queries go in row blocks of about
+ * `scoreValues` / n rows (the same values whatever the blocks).
+ */
+export function headsF32(
+  a: HeadsF32,
+  x: Float32Array,
+  n: number,
+  scoreValues = SCORE_VALUES,
+): Float64Array {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd, qkNorm, clipQkv } = a.spec;
+  const H = x.length / n;
+  const qDim = nh * hd, kvDim = nkv * hd;
+  const project = (w: Float32Array, rows: number, bias: Float64Array | null) => {
     const y = new Float32Array(n * rows);
-    matmulF32(y, Float32Array.from(x.subarray(0, n * cols)), byMarker.get(w)!, n, rows, cols);
-    out.set(y);
-  };
-  const a: ReferenceAttention = {
-    spec,
-    ...marker,
-    o,
-    oBias: null,
-    qBias: job.qBias,
-    kBias: job.kBias,
-    vBias: job.vBias,
-    qNorm: job.qNorm,
-    kNorm: job.kNorm,
-    sinks: job.sinks,
-    rope: job.rope,
-    relativeBias: null,
-    cacheSlot: 0,
-  };
-  const att = xs.map((x, i) => {
-    const n = ns[i];
-    const out = new Float64Array(n * width);
-    const cache = { keys: new Float64Array(n * hd), values: new Float64Array(n * hd) };
-    attentionBlock(out, Float64Array.from(x), n, a, cache, 0, linear);
+    matmulF32(y, x, w, n, rows, H);
+    const out = Float64Array.from(y);
+    if (bias) addBias(out, bias, n);
     return out;
-  });
-  return { att };
+  };
+  const q = project(a.q, qDim, a.qBias);
+  const k = project(a.k, kvDim, a.kBias);
+  const v = project(a.v, kvDim, a.vBias);
+  const eps = a.spec.qkNormSpec.eps;
+  for (let t = 0; t < n; t++) {
+    const qt = q.subarray(t * qDim, (t + 1) * qDim);
+    const kt = k.subarray(t * kvDim, (t + 1) * kvDim);
+    if (a.qNorm && a.kNorm) {
+      normSlices(qt, a.qNorm, qkNorm === "head" ? nh : 1, eps);
+      normSlices(kt, a.kNorm, qkNorm === "head" ? nkv : 1, eps);
+    }
+    if (clipQkv !== null) {
+      for (const vec of [qt, kt, v.subarray(t * kvDim, (t + 1) * kvDim)]) {
+        for (let i = 0; i < vec.length; i++) vec[i] = Math.min(clipQkv, Math.max(-clipQkv, vec[i]));
+      }
+    }
+  }
+  if (a.rope) {
+    const { rotaryDim, invFreq, pairing } = a.rope;
+    const half = rotaryDim / 2;
+    const { cos, sin } = ropeTables(invFreq, 0, n, a.rope.mscale);
+    for (let t = 0; t < n; t++) {
+      const c = cos.subarray(t * half, (t + 1) * half);
+      const s = sin.subarray(t * half, (t + 1) * half);
+      rope(q.subarray(t * qDim, (t + 1) * qDim), nh, hd, c, s, rotaryDim, pairing);
+      rope(k.subarray(t * kvDim, (t + 1) * kvDim), nkv, hd, c, s, rotaryDim, pairing);
+    }
+  }
+
+  const att = new Float64Array(n * qDim);
+  const group = nh / nkv;
+  const window = a.spec.slidingWindow;
+  const step = Math.max(1, Math.min(n, Math.floor(scoreValues / n)));
+  const qh = new Float32Array(step * hd);
+  const kh = new Float32Array(n * hd);
+  const vt = new Float32Array(hd * n);
+  const scores = new Float32Array(step * n);
+  const p = new Float32Array(step * n);
+  const row = new Float64Array(n + 1);
+  const oh = new Float32Array(step * hd);
+  for (let h = 0; h < nh; h++) {
+    const ko = Math.floor(h / group) * hd;
+    if (h % group === 0) {
+      // This KV head's keys [n, hd] and values transposed [hd, n].
+      for (let j = 0; j < n; j++) {
+        for (let i = 0; i < hd; i++) {
+          kh[j * hd + i] = k[j * kvDim + ko + i];
+          vt[i * n + j] = v[j * kvDim + ko + i];
+        }
+      }
+    }
+    for (let t0 = 0; t0 < n; t0 += step) {
+      const rows = Math.min(step, n - t0);
+      for (let r = 0; r < rows; r++) {
+        for (let i = 0; i < hd; i++) qh[r * hd + i] = q[(t0 + r) * qDim + h * hd + i];
+      }
+      // Causal rows [t0, t0 + rows) see keys below t0 + rows only.
+      const keys = a.spec.causal ? t0 + rows : n;
+      matmulF32(scores, qh, kh, rows, keys, hd);
+      p.fill(0, 0, rows * keys);
+      for (let r = 0; r < rows; r++) {
+        const t = t0 + r;
+        const nKeys = a.spec.causal ? t + 1 : n;
+        const first = window ? Math.max(0, nKeys - window) : 0;
+        for (let j = first; j < nKeys; j++) row[j] = scores[r * keys + j] * a.spec.scale;
+        if (a.sinks) {
+          row[nKeys] = a.sinks[h];
+          softmax(row.subarray(first, nKeys + 1));
+        } else {
+          softmax(row.subarray(first, nKeys));
+        }
+        for (let j = first; j < nKeys; j++) p[r * keys + j] = row[j];
+      }
+      // Values transposed to the keys in view: [hd, keys].
+      const vk = keys === n ? vt : compactRows(vt, hd, n, keys);
+      matmulF32(oh, p, vk, rows, hd, keys);
+      for (let r = 0; r < rows; r++) {
+        for (let i = 0; i < hd; i++) att[(t0 + r) * qDim + h * hd + i] = oh[r * hd + i];
+      }
+    }
+  }
+  return att;
+}
+
+/** The first `cols` columns of m [rows, stride], contiguous. */
+function compactRows(m: Float32Array, rows: number, stride: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) out.set(m.subarray(r * stride, r * stride + cols), r * cols);
+  return out;
+}
+
+/** RMSNorm of each of `groups` equal slices of `vec` with the shared weight `w`, in place. */
+function normSlices(vec: Float64Array, w: Float64Array, groups: number, eps: number): void {
+  const size = vec.length / groups;
+  for (let g = 0; g < groups; g++) {
+    const slice = vec.subarray(g * size, (g + 1) * size);
+    rmsNorm(slice, slice, w, eps);
+  }
+}
+
+/**
+ * A GQA block without a relative bias over one window h [n, H] (float64 states), on this thread:
+ * {@link headsF32} over the whole block, then the output projection (float32) and its bias.
+ * The same values as {@link attendGrouped}.
+ */
+export function attendF32(a: ReferenceAttention, h: Float64Array, n: number): Float64Array {
+  const heads = headsF32(wholeHeads(a), Float32Array.from(h.subarray(0, n * (h.length / n))), n);
+  const H = h.length / n;
+  const out = new Float64Array(n * H);
+  linearF32(out, heads, a.o, n, H, a.spec.numHeads * a.spec.headDim);
+  if (a.oBias) addBias(out, a.oBias, n);
+  return out;
+}
+
+/** The whole block as {@link HeadsF32}. */
+export function wholeHeads(a: ReferenceAttention): HeadsF32 {
+  return {
+    spec: a.spec,
+    q: f32Of(a.q),
+    k: f32Of(a.k),
+    v: f32Of(a.v),
+    qBias: a.qBias,
+    kBias: a.kBias,
+    vBias: a.vBias,
+    qNorm: a.qNorm,
+    kNorm: a.kNorm,
+    sinks: a.sinks,
+    rope: a.rope,
+  };
 }
 
 /** Runs a {@link LinearJob} on this thread. */

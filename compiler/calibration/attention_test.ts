@@ -14,12 +14,14 @@ import { attentionBlock, type ReferenceAttention } from "../reference/attention.
 import { prepareRope } from "../reference/rope.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import {
+  attendF32,
   attendGrouped,
   type AttentionRunner,
   groupable,
-  linearF32,
+  headsF32,
   runAttentionGroup,
   runLinear,
+  wholeHeads,
 } from "./attention.ts";
 import type { AttentionGroupJob, LinearJob } from "./attention.ts";
 
@@ -73,15 +75,14 @@ function block(rng: () => number, extras: boolean): ReferenceAttention {
   };
 }
 
-/** The block over one window on this thread, with `linear` for the projections. */
-function whole(a: ReferenceAttention, h: Float64Array, n: number, f32: boolean): Float64Array {
+/** The float64 reference block over one window. */
+function whole(a: ReferenceAttention, h: Float64Array, n: number): Float64Array {
   const out = new Float64Array(n * H);
   const cache = {
     keys: new Float64Array(n * NKV * HD),
     values: new Float64Array(n * NKV * HD),
   };
-  if (f32) attentionBlock(out, h, n, a, cache, 0, linearF32);
-  else attentionBlock(out, h, n, a, cache, 0);
+  attentionBlock(out, h, n, a, cache, 0);
   return out;
 }
 
@@ -110,7 +111,7 @@ for (const extras of [false, true]) {
     assert.ok(groupable(a));
     const ns = [9, 3];
     const hs = ns.map((n) => random(n * H, rng));
-    const want = hs.map((h, i) => whole(a, h, ns[i], true));
+    const want = hs.map((h, i) => attendF32(a, h, ns[i]));
     const got = await attendGrouped(a, hs, ns, inline);
     got.forEach((g, i) => assert.deepEqual(g, want[i], `window ${i}`));
     const pool = new QuantizePool(2);
@@ -120,15 +121,40 @@ for (const extras of [false, true]) {
     } finally {
       pool.close();
     }
-    // Against the all-float64 block: the float32 projections' rounding only.
+    // Against the float64 reference block: float32 products.
+    let worst = 0;
     for (const [i, h] of hs.entries()) {
-      const err = relMax(got[i], whole(a, h, ns[i], false));
+      const err = relMax(got[i], whole(a, h, ns[i]));
       assert.ok(err > 0 && err < 1e-5, `window ${i}: ${err}`);
+      worst = Math.max(worst, err);
     }
+    console.log(`largest error over the largest output: ${worst.toExponential(2)}`);
   });
 }
 
-Deno.test("groupable: a q/k norm over the whole projection runs whole", () => {
-  const a = block(mulberry32(1), true);
-  assert.equal(groupable({ ...a, spec: { ...a.spec, qkNorm: "full" } }), false);
+Deno.test("attendF32: a q/k norm over the whole projection (not groupable)", () => {
+  const rng = mulberry32(11);
+  const a = block(rng, true);
+  const full: ReferenceAttention = {
+    ...a,
+    spec: { ...a.spec, qkNorm: "full" },
+    qNorm: random(NH * HD, rng),
+    kNorm: random(NKV * HD, rng),
+  };
+  assert.equal(groupable(full), false);
+  const n = 11;
+  const h = random(n * H, rng);
+  const err = relMax(attendF32(full, h, n), whole(full, h, n));
+  assert.ok(err > 0 && err < 1e-5, `${err}`);
+});
+
+Deno.test("headsF32: the same values whatever the query row blocks", () => {
+  for (const extras of [false, true]) {
+    const rng = mulberry32(13);
+    const a = wholeHeads(block(rng, extras));
+    const n = 10;
+    const x = Float32Array.from(random(n * H, rng));
+    const once = headsF32(a, x, n);
+    for (const values of [10, 30, 70]) assert.deepEqual(headsF32(a, x, n, values), once);
+  }
 });
