@@ -21,9 +21,11 @@
  * tokens plus, per MoE layer, the later layers over the sensitivity tokens.
  *
  * Arithmetic: the hidden states stay float64 and the small parts are the float64 reference's own
- * (norms, attention scores, routing); the large products run in float32 on the SIMD kernels of
- * compiler/calibration/ (the attention projections, the dense, shared and routed experts, the
- * head), the experts and head blocks as jobs on the compiler's worker pool when one is given.
+ * (norms, RoPE, softmax, routing); the large products run in float32 on the SIMD kernels of
+ * compiler/calibration/ (the attention projections, each head's scores and value sums, the dense,
+ * shared and routed experts, the head), the experts and head blocks as jobs on the compiler's
+ * worker pool when one is given (the attention blocks too, per KV head, with a pool of 4 workers
+ * or more: `attentionJobs`).
  * So the states equal `forward`'s to ≈ 1e-7 relative, not bit for bit (calibration_stream_test.ts
  * states the tolerances), and the result is the same whatever the number of workers: job outputs
  * are combined in expert and block order. Quantized experts for the costs are decoded without
@@ -118,7 +120,17 @@ export interface StreamOptions {
    * pool, or (default) this thread. The result does not depend on it.
    */
   runner?: CalibrationRunner;
+  /**
+   * Run the GQA attention blocks as jobs on `runner` too, one per KV head (the same values;
+   * compiler/calibration/attention.ts). Default: when the runner keeps at least
+   * {@link ATTENTION_JOB_LANES} jobs in flight. On a loaded 2-worker machine the jobs cost more
+   * CPU than they save (docs/STUDY.md §6), so the block then runs on this thread.
+   */
+  attentionJobs?: boolean;
 }
+
+/** Lanes from which the attention blocks run as pool jobs by default (4 workers). */
+export const ATTENTION_JOB_LANES = 8;
 
 /** The memo key under which {@link calibrateStream} stores its {@link StreamCosts}. */
 export function streamCostsKey(req: StreamCostRequest): string {
@@ -331,6 +343,9 @@ export async function calibrateStream(
       if (blk.kind === "attention") readAttentionAt(l + 1, b);
     });
   };
+  const runner = opts.runner ?? inlineCalibration;
+  const attentionJobs = runner.lanes > 1 &&
+    (opts.attentionJobs ?? runner.lanes >= ATTENTION_JOB_LANES);
   let m = 0;
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const weights = reader.layer("decoder", l);
@@ -350,7 +365,7 @@ export async function calibrateStream(
       if (block.kind === "attention") {
         const a = await readAttentionAt(l, b);
         attentionReads.delete(`${l}/${b}`);
-        const outs = await attendAll(hs, seqs.map((s) => s.n), a, opts.runner ?? inlineCalibration);
+        const outs = await attendAll(hs, seqs.map((s) => s.n), a, runner, attentionJobs);
         seqs.forEach((s, i) => addInto(s.x, r, outs[i]));
       } else if (block.ffn.kind === "dense") {
         const d = mlpOf((await readDense(block.ffn, weights)).mlp, H);
@@ -380,7 +395,7 @@ export async function calibrateStream(
           costSamples: opts.samples?.[m],
           progress,
           costClock,
-          runner: opts.runner ?? inlineCalibration,
+          runner,
         });
         samples[m] = opts.keepSamples === false
           ? result.samples.map((x) => ({
@@ -405,7 +420,6 @@ export async function calibrateStream(
     }
   }
 
-  const runner = opts.runner ?? inlineCalibration;
   let deltas: number[] | null = null;
   const headStart = performance.now();
   if (sensitivity) {
@@ -558,17 +572,18 @@ function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla
 }
 
 /**
- * The attention block over every window `hs` ([n_i, H] each): as jobs on a worker pool where
- * compiler/calibration/attention.ts splits the block (the same values), else {@link attend} per
- * window on this thread.
+ * The attention block over every window `hs` ([n_i, H] each): with `jobs`, as jobs on `runner`
+ * where compiler/calibration/attention.ts splits the block (the same values), else
+ * {@link attend} per window on this thread.
  */
 function attendAll(
   hs: Float64Array[],
   ns: number[],
   a: ReferenceAttention | ReferenceMla,
   runner: CalibrationRunner,
+  jobs: boolean,
 ): Promise<Float64Array[]> {
-  if (runner.lanes < 2 || "kvB" in a || !groupable(a)) {
+  if (!jobs || "kvB" in a || !groupable(a)) {
     return Promise.resolve(hs.map((h, i) => attend(h, ns[i], a)));
   }
   return attendGrouped(a, hs, ns, runner);

@@ -1,19 +1,22 @@
 /**
- * The streamed calibration's GQA attention block split into jobs for the worker pool, with the
- * same values as the block on one thread (`attentionBlock` with {@link linearF32}):
+ * The streamed calibration's GQA attention block on float32 SIMD products (simd.ts): the q/k/v
+ * projections, each head's scores q·kᵀ and its softmax-weighted sum of values, and the output
+ * projection; the biases, q/k norms, clamps, RoPE, scale, window, sinks and softmax are the float64
+ * reference's steps (compiler/reference/attention.ts `attentionBlock`) on those values.
+ * attention_test.ts holds it to the float64 reference block within 1e-5 of the largest output.
  *
- * - one {@link AttentionGroupJob} per KV head: the q/k/v projections of that KV head's query
- *   heads (the rows of attn_q, attn_k, attn_v it owns), the per-head q/k norms, clamps and RoPE,
- *   and the float64 attention core, over every window of a block; it returns the heads'
- *   attention outputs [n, group · hd] per window;
+ * The block runs on one thread ({@link attendF32}) or as jobs on the worker pool
+ * ({@link attendGrouped}):
+ *
+ * - one {@link AttentionGroupJob} per KV head: the projections of that KV head's query heads
+ *   (the rows of attn_q, attn_k, attn_v it owns) and their attention, over every window of a
+ *   block; it returns the heads' attention outputs [n, group · hd] per window;
  * - {@link LinearJob}s for the output projection, one per block of its output rows.
  *
- * Both are the reference's own code (compiler/reference/attention.ts `attentionBlock`) on a
- * block of one KV head whose float32 products see the same operands as the whole block's: the
- * SIMD product's value at (t, r) depends only on row t of the input and row r of the weights
- * (compiler/calibration/simd.ts), so splitting the weights by rows changes no value. Blocks the
- * split does not cover (a q/k norm over the whole projection, the T5 relative bias, MLA) run
- * whole ({@link groupable}).
+ * Both give the same values: the SIMD product's value at (t, r) depends only on row t of the left
+ * operand and row r of the right one (simd.ts), so splitting the weights by rows, or the queries
+ * into row blocks, changes no value. Blocks the split does not cover (a q/k norm over the whole
+ * projection, the T5 relative bias, MLA) run whole ({@link groupable}).
  *
  * @module
  */
