@@ -149,6 +149,9 @@ export type HeadsF32 = Omit<AttentionGroupJob, "kind" | "xs" | "ns">;
 /** Rows of query scores per product in {@link headsF32} (bounds its [rows, n] scratch). */
 const SCORE_VALUES = 1 << 20;
 
+/** Query rows per block at most (smaller blocks skip more of the keys a causal row cannot see). */
+const QUERY_ROWS = 64;
+
 /**
  * The heads' attention outputs [n, nh · hd] (before the output projection) over one window of
  * states x [n, H] at positions 0..n−1, as `attentionBlock` computes them (compiler/reference/
@@ -206,7 +209,8 @@ export function headsF32(
   const att = new Float64Array(n * qDim);
   const group = nh / nkv;
   const window = a.spec.slidingWindow;
-  const step = Math.max(1, Math.min(n, Math.floor(scoreValues / n)));
+  // Row blocks of at most QUERY_ROWS: causal rows t0.. see keys below t0 + rows only.
+  const step = Math.max(1, Math.min(n, QUERY_ROWS, Math.floor(scoreValues / n)));
   const qh = new Float32Array(step * hd);
   const kh = new Float32Array(n * hd);
   const vt = new Float32Array(hd * n);
