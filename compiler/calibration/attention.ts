@@ -173,7 +173,8 @@ export function headsF32(
   const project = (w: Float32Array, rows: number, bias: Float64Array | null) => {
     const y = new Float32Array(n * rows);
     matmulF32(y, x, w, n, rows, H);
-    const out = Float64Array.from(y);
+    const out = new Float64Array(n * rows);
+    out.set(y);
     if (bias) addBias(out, bias, n);
     return out;
   };
