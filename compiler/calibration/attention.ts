@@ -219,6 +219,7 @@ export function headsF32(
   const p = new Float32Array(step * n);
   const row = new Float64Array(n + 1);
   const oh = new Float32Array(step * hd);
+  const vkBuf = new Float32Array(hd * n);
   for (let h = 0; h < nh; h++) {
     const ko = Math.floor(h / group) * hd;
     if (h % group === 0) {
@@ -253,7 +254,7 @@ export function headsF32(
         for (let j = first; j < nKeys; j++) p[r * keys + j] = row[j];
       }
       // Values transposed to the keys in view: [hd, keys].
-      const vk = keys === n ? vt : compactRows(vt, hd, n, keys);
+      const vk = keys === n ? vt : compactRows(vt, hd, n, keys, vkBuf);
       matmulF32(oh, p, vk, rows, hd, keys);
       for (let r = 0; r < rows; r++) {
         for (let i = 0; i < hd; i++) att[(t0 + r) * qDim + h * hd + i] = oh[r * hd + i];
@@ -263,9 +264,15 @@ export function headsF32(
   return att;
 }
 
-/** The first `cols` columns of m [rows, stride], contiguous. */
-function compactRows(m: Float32Array, rows: number, stride: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
+/** The first `cols` columns of m [rows, stride], contiguous, in `into` (returns its view). */
+function compactRows(
+  m: Float32Array,
+  rows: number,
+  stride: number,
+  cols: number,
+  into: Float32Array,
+): Float32Array {
+  const out = into.subarray(0, rows * cols);
   for (let r = 0; r < rows; r++) out.set(m.subarray(r * stride, r * stride + cols), r * cols);
   return out;
 }
