@@ -21,9 +21,11 @@
  * tokens plus, per MoE layer, the later layers over the sensitivity tokens.
  *
  * Arithmetic: the hidden states stay float64 and the small parts are the float64 reference's own
- * (norms, attention scores, routing); the large products run in float32 on the SIMD kernels of
- * compiler/calibration/ (the attention projections, the dense, shared and routed experts, the
- * head), the experts and head blocks as jobs on the compiler's worker pool when one is given.
+ * (norms, RoPE, softmax, routing); the large products run in float32 on the SIMD kernels of
+ * compiler/calibration/ (the attention projections, each head's scores and value sums, the dense,
+ * shared and routed experts, the head), the experts and head blocks as jobs on the compiler's
+ * worker pool when one is given (the attention blocks too, per KV head, with a pool of 4 workers
+ * or more: `attentionJobs`).
  * So the states equal `forward`'s to ≈ 1e-7 relative, not bit for bit (calibration_stream_test.ts
  * states the tolerances), and the result is the same whatever the number of workers: job outputs
  * are combined in expert and block order. Quantized experts for the costs are decoded without
@@ -45,7 +47,8 @@ import {
   type ExpertJobResult,
   inlineCalibration,
 } from "./calibration/jobs.ts";
-import { type HeadBlock, matmulF32, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
+import { type HeadBlock, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
+import { attendF32, attendGrouped, f32Of, groupable, linearF32 } from "./calibration/attention.ts";
 import { type ExpertIR, type ModelIR, moeLayers, type RawElements, type TensorRef } from "./ir.ts";
 import type { QuantMethod } from "./quantize/mod.ts";
 import { attentionBlock, type ReferenceAttention } from "./reference/attention.ts";
@@ -117,7 +120,17 @@ export interface StreamOptions {
    * pool, or (default) this thread. The result does not depend on it.
    */
   runner?: CalibrationRunner;
+  /**
+   * Run the GQA attention blocks as jobs on `runner` too, one per KV head (the same values;
+   * compiler/calibration/attention.ts). Default: when the runner keeps at least
+   * {@link ATTENTION_JOB_LANES} jobs in flight. On a loaded 2-worker machine the jobs cost more
+   * CPU than they save (docs/STUDY.md §6), so the block then runs on this thread.
+   */
+  attentionJobs?: boolean;
 }
+
+/** Lanes from which the attention blocks run as pool jobs by default (4 workers). */
+export const ATTENTION_JOB_LANES = 8;
 
 /** The memo key under which {@link calibrateStream} stores its {@link StreamCosts}. */
 export function streamCostsKey(req: StreamCostRequest): string {
@@ -330,6 +343,9 @@ export async function calibrateStream(
       if (blk.kind === "attention") readAttentionAt(l + 1, b);
     });
   };
+  const runner = opts.runner ?? inlineCalibration;
+  const attentionJobs = runner.lanes > 1 &&
+    (opts.attentionJobs ?? runner.lanes >= ATTENTION_JOB_LANES);
   let m = 0;
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const weights = reader.layer("decoder", l);
@@ -349,7 +365,14 @@ export async function calibrateStream(
       if (block.kind === "attention") {
         const a = await readAttentionAt(l, b);
         attentionReads.delete(`${l}/${b}`);
-        seqs.forEach((s, i) => addInto(s.x, r, attend(hs[i], s.n, a)));
+        if (attentionJobs && !("kvB" in a) && groupable(a)) {
+          const outs = await attendGrouped(a, hs, seqs.map((s) => s.n), runner);
+          seqs.forEach((s, i) => addInto(s.x, r, outs[i]));
+        } else {
+          // On this thread, one window at a time (with an await here, and every window's output
+          // held, the pass's peak RSS was 0.2 GiB higher on the Qwen3-shaped synthetic).
+          seqs.forEach((s, i) => addInto(s.x, r, attend(hs[i], s.n, a)));
+        }
       } else if (block.ffn.kind === "dense") {
         const d = mlpOf((await readDense(block.ffn, weights)).mlp, H);
         seqs.forEach((s, i) => {
@@ -378,7 +401,7 @@ export async function calibrateStream(
           costSamples: opts.samples?.[m],
           progress,
           costClock,
-          runner: opts.runner ?? inlineCalibration,
+          runner,
         });
         samples[m] = opts.keepSamples === false
           ? result.samples.map((x) => ({
@@ -403,7 +426,6 @@ export async function calibrateStream(
     }
   }
 
-  const runner = opts.runner ?? inlineCalibration;
   let deltas: number[] | null = null;
   const headStart = performance.now();
   if (sensitivity) {
@@ -548,14 +570,12 @@ function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla
     mlaBlock(out, h, n, a, new Float64Array(n * mlaCacheWidth(a.spec)), 0);
     return out;
   }
+  if (!a.relativeBias) return attendF32(a, h, n);
   const kvDim = a.spec.numKvHeads * a.spec.headDim;
   const cache = { keys: new Float64Array(n * kvDim), values: new Float64Array(n * kvDim) };
   attentionBlock(out, h, n, a, cache, 0, linearF32);
   return out;
 }
-
-/** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
-const f32Copies = new WeakMap<Float64Array, Float32Array>();
 
 /** Makes the float32 copies of an attention block's GQA projections (one per task turn). */
 async function withF32Copies(
@@ -563,26 +583,10 @@ async function withF32Copies(
 ): Promise<ReferenceAttention | ReferenceMla> {
   if ("kvB" in a) return a;
   for (const w of [a.q, a.k, a.v, a.o]) {
-    if (!f32Copies.has(w)) f32Copies.set(w, Float32Array.from(w));
+    f32Of(w);
     await new Promise((resolve) => setTimeout(resolve, 0));
   }
   return a;
-}
-
-/** The reference's `matmul` signature on the float32 SIMD product (float64 in and out). */
-function linearF32(
-  out: Float64Array,
-  x: Float64Array,
-  w: Float64Array,
-  n: number,
-  rows: number,
-  cols: number,
-): void {
-  let w32 = f32Copies.get(w);
-  if (!w32) f32Copies.set(w, w32 = Float32Array.from(w));
-  const y = new Float32Array(n * rows);
-  matmulF32(y, Float32Array.from(x.subarray(0, n * cols)), w32, n, rows, cols);
-  out.set(y);
 }
 
 /** Inputs of {@link moeStream}. */

@@ -80,6 +80,15 @@ Deno.test("calibrateStream: the same routed inputs as calibrate (gated shared ex
     });
     assert.deepEqual(pooled.counts, stream.counts);
     assert.deepEqual(pooled.samples, stream.samples);
+    // And the attention blocks as KV-head jobs on the pool too.
+    const split = await calibrateStream(ir, ids, {
+      context: 16,
+      maxSamplesPerExpert: 1000,
+      runner: pool,
+      attentionJobs: true,
+    });
+    assert.deepEqual(split.counts, stream.counts);
+    assert.deepEqual(split.samples, stream.samples);
   } finally {
     pool.close();
   }

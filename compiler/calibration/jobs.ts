@@ -5,7 +5,9 @@
  * - an expert job: one routed expert over every row routed to it (its block outputs), and with
  *   costs, its output error at each candidate width on its calibration sample and the outputs of
  *   its lowest-width version on the rows of the sensitivity forks;
- * - a head job: one vocabulary block's share of the scored rows' log-sum-exp.
+ * - a head job: one vocabulary block's share of the scored rows' log-sum-exp;
+ * - an attention job: one KV head's share of a GQA attention block, or a block of rows of its
+ *   output projection (attention.ts).
  *
  * @module
  */
@@ -19,6 +21,14 @@ import { expertHessians, type ExpertWeights } from "../expert_weights.ts";
 import { fakeQuantizeExpert } from "./fake_quant.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
 import { type HeadBlock, headBlockF32, mlpF32 } from "./kernels.ts";
+import {
+  type AttentionGroupJob,
+  type AttentionGroupResult,
+  type LinearJob,
+  type LinearResult,
+  runAttentionGroup,
+  runLinear,
+} from "./attention.ts";
 import { residentFits, runResidentExpertJob, runResidentHeadJob } from "./resident.ts";
 
 /** The costs part of an {@link ExpertJob}. */
@@ -77,7 +87,10 @@ export interface HeadJob {
 }
 
 /** A calibration job. */
-export type CalibrationJob = ExpertJob | HeadJob;
+export type CalibrationJob = ExpertJob | HeadJob | AttentionGroupJob | LinearJob;
+
+/** What a {@link CalibrationJob} gives back. */
+export type CalibrationResult = ExpertJobResult | HeadBlock | AttentionGroupResult | LinearResult;
 
 /** Output damage (seen / n) · Σ_t w_t² ‖y_q,t − y_t‖² (expert_error.ts), from float32 outputs. */
 export function sampleCost(
@@ -200,8 +213,17 @@ export function runHeadJob(job: HeadJob, resident = true): HeadBlock {
 }
 
 /** Runs any calibration job on this thread. */
-export function runCalibrationJob(job: CalibrationJob): ExpertJobResult | HeadBlock {
-  return job.kind === "expert" ? runExpertJob(job) : runHeadJob(job);
+export function runCalibrationJob(job: CalibrationJob): CalibrationResult {
+  switch (job.kind) {
+    case "expert":
+      return runExpertJob(job);
+    case "head":
+      return runHeadJob(job);
+    case "attention":
+      return runAttentionGroup(job);
+    case "linear":
+      return runLinear(job);
+  }
 }
 
 /**
@@ -212,6 +234,10 @@ export function runCalibrationJob(job: CalibrationJob): ExpertJobResult | HeadBl
 export function calibrationJobTransfers(job: CalibrationJob): ArrayBuffer[] {
   const arrays: ArrayBufferView[] = job.kind === "expert"
     ? [job.routed, ...Object.values(job.raw ?? {}).flatMap((r) => r ? [r.bytes] : [])]
+    : job.kind === "attention"
+    ? [job.q, job.k, job.v]
+    : job.kind === "linear"
+    ? [job.w]
     : job.rows instanceof Float32Array
     ? []
     : [job.rows.bytes];
@@ -222,8 +248,14 @@ export function calibrationJobTransfers(job: CalibrationJob): ArrayBuffer[] {
 }
 
 /** Buffers of a result to move back. */
-export function calibrationResultTransfers(r: ExpertJobResult | HeadBlock): ArrayBuffer[] {
-  const arrays: ArrayBufferView[] = "routed" in r ? [r.routed, r.fork] : [r.max, r.sum, r.target];
+export function calibrationResultTransfers(r: CalibrationResult): ArrayBuffer[] {
+  const arrays: ArrayBufferView[] = "routed" in r
+    ? [r.routed, r.fork]
+    : "att" in r
+    ? r.att
+    : "ys" in r
+    ? r.ys
+    : [r.max, r.sum, r.target];
   return [...new Set(arrays.map((a) => a.buffer))].filter((b): b is ArrayBuffer =>
     b instanceof ArrayBuffer
   );
@@ -235,6 +267,8 @@ export interface CalibrationRunner {
   readonly lanes: number;
   runCalibration(job: ExpertJob): Promise<ExpertJobResult>;
   runCalibration(job: HeadJob): Promise<HeadBlock>;
+  runCalibration(job: AttentionGroupJob): Promise<AttentionGroupResult>;
+  runCalibration(job: LinearJob): Promise<LinearResult>;
 }
 
 /** Runs the jobs on this thread, one at a time as they are awaited. */

@@ -19,12 +19,19 @@ import { type BlockJob, type BlockResult, type BlockRunner, jobTransfers } from 
 import {
   type CalibrationJob,
   calibrationJobTransfers,
+  type CalibrationResult,
   type CalibrationRunner,
   type ExpertJob,
   type ExpertJobResult,
   type HeadJob,
 } from "../calibration/jobs.ts";
 import type { HeadBlock } from "../calibration/kernels.ts";
+import type {
+  AttentionGroupJob,
+  AttentionGroupResult,
+  LinearJob,
+  LinearResult,
+} from "../calibration/attention.ts";
 import {
   InputError,
   LimitError,
@@ -115,12 +122,16 @@ export class QuantizePool implements BlockRunner, CalibrationRunner {
   /** Runs one calibration job (compiler/calibration/jobs.ts) on the least busy worker. */
   runCalibration(job: ExpertJob): Promise<ExpertJobResult>;
   runCalibration(job: HeadJob): Promise<HeadBlock>;
-  runCalibration(job: CalibrationJob): Promise<ExpertJobResult | HeadBlock> {
+  runCalibration(job: AttentionGroupJob): Promise<AttentionGroupResult>;
+  runCalibration(job: LinearJob): Promise<LinearResult>;
+  runCalibration(job: CalibrationJob): Promise<CalibrationResult> {
     let w = 0;
     for (let i = 1; i < this.size; i++) if (this.#busy[i] < this.#busy[w]) w = i;
-    return this.#post(w, { kind: "calibration", job }, calibrationJobTransfers(job)) as Promise<
-      ExpertJobResult | HeadBlock
-    >;
+    return this.#post(
+      w,
+      { kind: "calibration", job },
+      calibrationJobTransfers(job),
+    ) as Promise<CalibrationResult>;
   }
 
   /** A shared buffer of at least `bytes` bytes, reused across matrices (grown when needed). */

@@ -1,0 +1,403 @@
+/**
+ * The streamed calibration's GQA attention block on float32 SIMD products (simd.ts): the q/k/v
+ * projections, each head's scores q·kᵀ and its softmax-weighted sum of values, and the output
+ * projection; the biases, q/k norms, clamps, RoPE, scale, window, sinks and softmax are the float64
+ * reference's steps (compiler/reference/attention.ts `attentionBlock`) on those values.
+ * attention_test.ts holds it to the float64 reference block within 1e-5 of the largest output.
+ *
+ * The block runs on one thread ({@link attendF32}) or as jobs on the worker pool
+ * ({@link attendGrouped}):
+ *
+ * - one {@link AttentionGroupJob} per KV head: the projections of that KV head's query heads
+ *   (the rows of attn_q, attn_k, attn_v it owns) and their attention, over every window of a
+ *   block; it returns the heads' attention outputs [n, group · hd] per window;
+ * - {@link LinearJob}s for the output projection, one per block of its output rows.
+ *
+ * Both give the same values: the SIMD product's value at (t, r) depends only on row t of the left
+ * operand and row r of the right one (simd.ts), so splitting the weights by rows, or the queries
+ * into row blocks, changes no value. Blocks the split does not cover (a q/k norm over the whole
+ * projection, the T5 relative bias, MLA) run whole ({@link groupable}).
+ *
+ * @module
+ */
+
+import type { GqaAttentionSpec } from "../../schemas/model.ts";
+import type { ReferenceAttention } from "../reference/attention.ts";
+import { type ReferenceRope, rope, ropeTables } from "../reference/rope.ts";
+import { addBias, softmax } from "../reference/math.ts";
+import { rmsNorm } from "../reference/norms.ts";
+import { matmulF32 } from "./simd.ts";
+
+/** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
+const f32Copies = new WeakMap<Float64Array, Float32Array>();
+
+/** The float32 copy of a weight (made once, then kept with it). */
+export function f32Of(w: Float64Array): Float32Array {
+  let w32 = f32Copies.get(w);
+  if (!w32) f32Copies.set(w, w32 = Float32Array.from(w));
+  return w32;
+}
+
+/**
+ * The reference's `matmul` signature on the float32 SIMD product (float64 in and out): x is
+ * rounded to float32, the weights' float32 copy is used.
+ */
+export function linearF32(
+  out: Float64Array,
+  x: Float64Array,
+  w: Float64Array,
+  n: number,
+  rows: number,
+  cols: number,
+): void {
+  const y = new Float32Array(n * rows);
+  matmulF32(y, Float32Array.from(x.subarray(0, n * cols)), f32Of(w), n, rows, cols);
+  out.set(y);
+}
+
+/** Whether {@link attentionGroups} covers the block (else it runs whole on one thread). */
+export function groupable(a: ReferenceAttention): boolean {
+  return a.spec.qkNorm !== "full" && a.relativeBias === null;
+}
+
+/** One KV head's share of an attention block over a list of windows (see the module doc). */
+export interface AttentionGroupJob {
+  kind: "attention";
+  /** The block's spec with `numHeads` the group's query heads and one KV head. */
+  spec: GqaAttentionSpec;
+  /** The windows' normed states [n_i, H], rounded to float32 (as the projections take them). */
+  xs: Float32Array[];
+  ns: number[];
+  /** Float32 rows of attn_q [group · hd, H], attn_k and attn_v [hd, H] of the group. */
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  qBias: Float64Array | null;
+  kBias: Float64Array | null;
+  vBias: Float64Array | null;
+  qNorm: Float64Array | null;
+  kNorm: Float64Array | null;
+  /** The group's sink logits. */
+  sinks: Float64Array | null;
+  rope: ReferenceRope | null;
+}
+
+/** The attention outputs of an {@link AttentionGroupJob}'s heads per window, [n_i, group · hd]. */
+export interface AttentionGroupResult {
+  att: Float64Array[];
+}
+
+/** out [n, rows] = x [n, cols] · wᵀ (w [rows, cols]) in float32: a block of a projection's rows. */
+export interface LinearJob {
+  kind: "linear";
+  xs: Float32Array[];
+  ns: number[];
+  w: Float32Array;
+  rows: number;
+  cols: number;
+}
+
+/** A {@link LinearJob}'s outputs per input, [n_i, rows]. */
+export interface LinearResult {
+  ys: Float32Array[];
+}
+
+/**
+ * The jobs of an attention block's KV heads over windows `hs` ([n_i, H] each): one per KV head
+ * (see the module doc). The block must be {@link groupable}.
+ */
+export function attentionGroups(
+  a: ReferenceAttention,
+  hs: Float64Array[],
+  ns: number[],
+): AttentionGroupJob[] {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = a.spec;
+  const g = nh / nkv;
+  const H = a.q.length / (nh * hd);
+  const xs = hs.map((h, i) => Float32Array.from(h.subarray(0, ns[i] * H)));
+  const rows = (w: Float32Array, from: number, count: number) =>
+    w.slice(from * hd * H, (from + count) * hd * H);
+  const part = (b: Float64Array | null, from: number, count: number, width = hd) =>
+    b ? b.slice(from * width, (from + count) * width) : null;
+  const [q, k, v] = [f32Of(a.q), f32Of(a.k), f32Of(a.v)];
+  return Array.from({ length: nkv }, (_, j) => ({
+    kind: "attention" as const,
+    spec: { ...a.spec, numHeads: g, numKvHeads: 1 },
+    xs,
+    ns,
+    q: rows(q, j * g, g),
+    k: rows(k, j, 1),
+    v: rows(v, j, 1),
+    qBias: part(a.qBias, j * g, g),
+    kBias: part(a.kBias, j, 1),
+    vBias: part(a.vBias, j, 1),
+    qNorm: a.qNorm,
+    kNorm: a.kNorm,
+    sinks: part(a.sinks, j * g, g, 1),
+    rope: a.rope,
+  }));
+}
+
+/** Runs an {@link AttentionGroupJob} on this thread. */
+export function runAttentionGroup(job: AttentionGroupJob): AttentionGroupResult {
+  return { att: job.xs.map((x, i) => headsF32(job, x, job.ns[i])) };
+}
+
+/** An attention block's heads with float32 projection weights (the block, or one KV head's). */
+export type HeadsF32 = Omit<AttentionGroupJob, "kind" | "xs" | "ns">;
+
+/** Rows of query scores per product in {@link headsF32} (bounds its [rows, n] scratch). */
+const SCORE_VALUES = 1 << 20;
+
+/** Query rows per block at most (smaller blocks skip more of the keys a causal row cannot see). */
+const QUERY_ROWS = 64;
+
+/**
+ * The heads' attention outputs [n, nh · hd] (before the output projection) over one window of
+ * states x [n, H] at positions 0..n−1, as `attentionBlock` computes them (compiler/reference/
+ * attention.ts) except that the products are float32 SIMD ones: the q/k/v projections, each
+ * head's scores q·kᵀ and its weighted sum of values. Biases, q/k norms, clamps, RoPE, the scale,
+ * window, sinks and softmax are the reference's float64 steps on those values; the softmax
+ * weights are rounded to float32 for the value product. Queries go in row blocks of about
+ * `scoreValues` / n rows (the same values whatever the blocks).
+ */
+export function headsF32(
+  a: HeadsF32,
+  x: Float32Array,
+  n: number,
+  scoreValues = SCORE_VALUES,
+): Float64Array {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd, qkNorm, clipQkv } = a.spec;
+  const H = x.length / n;
+  const qDim = nh * hd, kvDim = nkv * hd;
+  const project = (w: Float32Array, rows: number, bias: Float64Array | null) => {
+    const y = new Float32Array(n * rows);
+    matmulF32(y, x, w, n, rows, H);
+    const out = new Float64Array(n * rows);
+    out.set(y);
+    if (bias) addBias(out, bias, n);
+    return out;
+  };
+  const q = project(a.q, qDim, a.qBias);
+  const k = project(a.k, kvDim, a.kBias);
+  const v = project(a.v, kvDim, a.vBias);
+  const eps = a.spec.qkNormSpec.eps;
+  for (let t = 0; t < n; t++) {
+    const qt = q.subarray(t * qDim, (t + 1) * qDim);
+    const kt = k.subarray(t * kvDim, (t + 1) * kvDim);
+    if (a.qNorm && a.kNorm) {
+      normSlices(qt, a.qNorm, qkNorm === "head" ? nh : 1, eps);
+      normSlices(kt, a.kNorm, qkNorm === "head" ? nkv : 1, eps);
+    }
+    if (clipQkv !== null) {
+      for (const vec of [qt, kt, v.subarray(t * kvDim, (t + 1) * kvDim)]) {
+        for (let i = 0; i < vec.length; i++) vec[i] = Math.min(clipQkv, Math.max(-clipQkv, vec[i]));
+      }
+    }
+  }
+  if (a.rope) {
+    const { rotaryDim, invFreq, pairing } = a.rope;
+    const half = rotaryDim / 2;
+    const { cos, sin } = ropeTables(invFreq, 0, n, a.rope.mscale);
+    for (let t = 0; t < n; t++) {
+      const c = cos.subarray(t * half, (t + 1) * half);
+      const s = sin.subarray(t * half, (t + 1) * half);
+      rope(q.subarray(t * qDim, (t + 1) * qDim), nh, hd, c, s, rotaryDim, pairing);
+      rope(k.subarray(t * kvDim, (t + 1) * kvDim), nkv, hd, c, s, rotaryDim, pairing);
+    }
+  }
+
+  const att = new Float64Array(n * qDim);
+  const group = nh / nkv;
+  const window = a.spec.slidingWindow;
+  // Row blocks of at most QUERY_ROWS: causal rows t0.. see keys below t0 + rows only.
+  const step = Math.max(1, Math.min(n, QUERY_ROWS, Math.floor(scoreValues / n)));
+  const qh = new Float32Array(step * hd);
+  const kh = new Float32Array(n * hd);
+  const vt = new Float32Array(hd * n);
+  const scores = new Float32Array(step * n);
+  const p = new Float32Array(step * n);
+  const row = new Float64Array(n + 1);
+  const oh = new Float32Array(step * hd);
+  const vkBuf = new Float32Array(hd * n);
+  for (let h = 0; h < nh; h++) {
+    const ko = Math.floor(h / group) * hd;
+    if (h % group === 0) {
+      // This KV head's keys [n, hd] and values transposed [hd, n].
+      for (let j = 0; j < n; j++) {
+        for (let i = 0; i < hd; i++) {
+          kh[j * hd + i] = k[j * kvDim + ko + i];
+          vt[i * n + j] = v[j * kvDim + ko + i];
+        }
+      }
+    }
+    for (let t0 = 0; t0 < n; t0 += step) {
+      const rows = Math.min(step, n - t0);
+      for (let r = 0; r < rows; r++) {
+        for (let i = 0; i < hd; i++) qh[r * hd + i] = q[(t0 + r) * qDim + h * hd + i];
+      }
+      // Causal rows [t0, t0 + rows) see keys below t0 + rows only.
+      const keys = a.spec.causal ? t0 + rows : n;
+      matmulF32(scores, qh, kh, rows, keys, hd);
+      p.fill(0, 0, rows * keys);
+      for (let r = 0; r < rows; r++) {
+        const t = t0 + r;
+        const nKeys = a.spec.causal ? t + 1 : n;
+        const first = window ? Math.max(0, nKeys - window) : 0;
+        for (let j = first; j < nKeys; j++) row[j] = scores[r * keys + j] * a.spec.scale;
+        if (a.sinks) {
+          row[nKeys] = a.sinks[h];
+          softmax(row.subarray(first, nKeys + 1));
+        } else {
+          softmax(row.subarray(first, nKeys));
+        }
+        for (let j = first; j < nKeys; j++) p[r * keys + j] = row[j];
+      }
+      // Values transposed to the keys in view: [hd, keys].
+      const vk = keys === n ? vt : compactRows(vt, hd, n, keys, vkBuf);
+      matmulF32(oh, p, vk, rows, hd, keys);
+      for (let r = 0; r < rows; r++) {
+        for (let i = 0; i < hd; i++) att[(t0 + r) * qDim + h * hd + i] = oh[r * hd + i];
+      }
+    }
+  }
+  return att;
+}
+
+/** The first `cols` columns of m [rows, stride], contiguous, in `into` (returns its view). */
+function compactRows(
+  m: Float32Array,
+  rows: number,
+  stride: number,
+  cols: number,
+  into: Float32Array,
+): Float32Array {
+  const out = into.subarray(0, rows * cols);
+  for (let r = 0; r < rows; r++) out.set(m.subarray(r * stride, r * stride + cols), r * cols);
+  return out;
+}
+
+/** RMSNorm of each of `groups` equal slices of `vec` with the shared weight `w`, in place. */
+function normSlices(vec: Float64Array, w: Float64Array, groups: number, eps: number): void {
+  const size = vec.length / groups;
+  for (let g = 0; g < groups; g++) {
+    const slice = vec.subarray(g * size, (g + 1) * size);
+    rmsNorm(slice, slice, w, eps);
+  }
+}
+
+/**
+ * A GQA block without a relative bias over one window h [n, H] (float64 states), on this thread:
+ * {@link headsF32} over the whole block, then the output projection (float32) and its bias.
+ * The same values as {@link attendGrouped}.
+ */
+export function attendF32(a: ReferenceAttention, h: Float64Array, n: number): Float64Array {
+  const heads = headsF32(wholeHeads(a), Float32Array.from(h.subarray(0, n * (h.length / n))), n);
+  const H = h.length / n;
+  const out = new Float64Array(n * H);
+  linearF32(out, heads, a.o, n, H, a.spec.numHeads * a.spec.headDim);
+  if (a.oBias) addBias(out, a.oBias, n);
+  return out;
+}
+
+/** The whole block as {@link HeadsF32}. */
+export function wholeHeads(a: ReferenceAttention): HeadsF32 {
+  return {
+    spec: a.spec,
+    q: f32Of(a.q),
+    k: f32Of(a.k),
+    v: f32Of(a.v),
+    qBias: a.qBias,
+    kBias: a.kBias,
+    vBias: a.vBias,
+    qNorm: a.qNorm,
+    kNorm: a.kNorm,
+    sinks: a.sinks,
+    rope: a.rope,
+  };
+}
+
+/** Runs a {@link LinearJob} on this thread. */
+export function runLinear(job: LinearJob): LinearResult {
+  return {
+    ys: job.xs.map((x, i) => {
+      const y = new Float32Array(job.ns[i] * job.rows);
+      matmulF32(y, x, job.w, job.ns[i], job.rows, job.cols);
+      return y;
+    }),
+  };
+}
+
+/**
+ * The output projection's jobs over the heads' outputs `atts` ([n_i, nh · hd] each, rounded to
+ * float32 as the projection takes them): `parts` blocks of attn_o's rows.
+ */
+export function outputJobs(
+  a: ReferenceAttention,
+  atts: Float64Array[],
+  ns: number[],
+  parts: number,
+): LinearJob[] {
+  const cols = a.spec.numHeads * a.spec.headDim;
+  const H = a.o.length / cols;
+  const xs = atts.map((x) => Float32Array.from(x));
+  const o = f32Of(a.o);
+  const step = Math.ceil(H / Math.max(1, parts));
+  const jobs: LinearJob[] = [];
+  for (let r = 0; r < H; r += step) {
+    const rows = Math.min(step, H - r);
+    jobs.push({ kind: "linear", xs, ns, w: o.slice(r * cols, (r + rows) * cols), rows, cols });
+  }
+  return jobs;
+}
+
+/** Where {@link attendGrouped} runs its jobs (the worker pool, or this thread in tests). */
+export interface AttentionRunner {
+  /** Output-projection blocks to make. */
+  readonly lanes: number;
+  runCalibration(job: AttentionGroupJob): Promise<AttentionGroupResult>;
+  runCalibration(job: LinearJob): Promise<LinearResult>;
+}
+
+/**
+ * A {@link groupable} GQA block over windows `hs` ([n_i, H] each) as jobs on `runner`: the KV
+ * heads' jobs, their outputs placed side by side, then `runner.lanes` blocks of the output
+ * projection and its bias (float64). The same values as `attentionBlock` with {@link linearF32}
+ * per window, whatever the runner.
+ */
+export async function attendGrouped(
+  a: ReferenceAttention,
+  hs: Float64Array[],
+  ns: number[],
+  runner: AttentionRunner,
+): Promise<Float64Array[]> {
+  const { numHeads: nh, headDim: hd } = a.spec;
+  const qDim = nh * hd;
+  const H = a.q.length / qDim;
+  const atts = ns.map((n) => new Float64Array(n * qDim));
+  await Promise.all(
+    attentionGroups(a, hs, ns).map(async (job, j) => {
+      const { att } = await runner.runCalibration(job);
+      // Group j's heads are columns [j · w, (j + 1) · w) of the heads' outputs.
+      const w = job.spec.numHeads * hd;
+      att.forEach((part, i) => {
+        for (let t = 0; t < ns[i]; t++) {
+          atts[i].set(part.subarray(t * w, (t + 1) * w), t * qDim + j * w);
+        }
+      });
+    }),
+  );
+  const outs = ns.map((n) => new Float64Array(n * H));
+  const jobs = outputJobs(a, atts, ns, runner.lanes);
+  const firsts = jobs.map((_, i) => jobs.slice(0, i).reduce((s, j) => s + j.rows, 0));
+  await Promise.all(jobs.map(async (job, k) => {
+    const { ys } = await runner.runCalibration(job);
+    ys.forEach((y, i) => {
+      for (let t = 0; t < ns[i]; t++) {
+        outs[i].set(y.subarray(t * job.rows, (t + 1) * job.rows), t * H + firsts[k]);
+      }
+    });
+  }));
+  if (a.oBias) outs.forEach((o, i) => addBias(o, a.oBias!, ns[i]));
+  return outs;
+}
