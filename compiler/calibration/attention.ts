@@ -22,10 +22,9 @@
  */
 
 import type { GqaAttentionSpec } from "../../schemas/model.ts";
-import type { ReferenceAttention } from "../reference/attention.ts";
-import { type ReferenceRope, rope, ropeTables } from "../reference/rope.ts";
+import { prepareQkv, type ReferenceAttention } from "../reference/attention.ts";
+import type { ReferenceRope } from "../reference/rope.ts";
 import { addBias, softmax } from "../reference/math.ts";
-import { rmsNorm } from "../reference/norms.ts";
 import { matmulF32 } from "./simd.ts";
 
 /** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
@@ -167,7 +166,7 @@ export function headsF32(
   n: number,
   scoreValues = SCORE_VALUES,
 ): Float64Array {
-  const { numHeads: nh, numKvHeads: nkv, headDim: hd, qkNorm, clipQkv } = a.spec;
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = a.spec;
   const H = x.length / n;
   const qDim = nh * hd, kvDim = nkv * hd;
   const project = (w: Float32Array, rows: number, bias: Float64Array | null) => {
@@ -181,31 +180,7 @@ export function headsF32(
   const q = project(a.q, qDim, a.qBias);
   const k = project(a.k, kvDim, a.kBias);
   const v = project(a.v, kvDim, a.vBias);
-  const eps = a.spec.qkNormSpec.eps;
-  for (let t = 0; t < n; t++) {
-    const qt = q.subarray(t * qDim, (t + 1) * qDim);
-    const kt = k.subarray(t * kvDim, (t + 1) * kvDim);
-    if (a.qNorm && a.kNorm) {
-      normSlices(qt, a.qNorm, qkNorm === "head" ? nh : 1, eps);
-      normSlices(kt, a.kNorm, qkNorm === "head" ? nkv : 1, eps);
-    }
-    if (clipQkv !== null) {
-      for (const vec of [qt, kt, v.subarray(t * kvDim, (t + 1) * kvDim)]) {
-        for (let i = 0; i < vec.length; i++) vec[i] = Math.min(clipQkv, Math.max(-clipQkv, vec[i]));
-      }
-    }
-  }
-  if (a.rope) {
-    const { rotaryDim, invFreq, pairing } = a.rope;
-    const half = rotaryDim / 2;
-    const { cos, sin } = ropeTables(invFreq, 0, n, a.rope.mscale);
-    for (let t = 0; t < n; t++) {
-      const c = cos.subarray(t * half, (t + 1) * half);
-      const s = sin.subarray(t * half, (t + 1) * half);
-      rope(q.subarray(t * qDim, (t + 1) * qDim), nh, hd, c, s, rotaryDim, pairing);
-      rope(k.subarray(t * kvDim, (t + 1) * kvDim), nkv, hd, c, s, rotaryDim, pairing);
-    }
-  }
+  prepareQkv(a, q, k, v, n, 0);
 
   const att = new Float64Array(n * qDim);
   const group = nh / nkv;
@@ -275,15 +250,6 @@ function compactRows(
   const out = into.subarray(0, rows * cols);
   for (let r = 0; r < rows; r++) out.set(m.subarray(r * stride, r * stride + cols), r * cols);
   return out;
-}
-
-/** RMSNorm of each of `groups` equal slices of `vec` with the shared weight `w`, in place. */
-function normSlices(vec: Float64Array, w: Float64Array, groups: number, eps: number): void {
-  const size = vec.length / groups;
-  for (let g = 0; g < groups; g++) {
-    const slice = vec.subarray(g * size, (g + 1) * size);
-    rmsNorm(slice, slice, w, eps);
-  }
 }
 
 /**

@@ -178,40 +178,29 @@ function normGroups(vec: Float64Array, w: Float64Array, groups: number, eps: num
   }
 }
 
-/** Clamps every value to [−limit, limit]. */
-function clamp(vec: Float64Array, limit: number): void {
-  for (let i = 0; i < vec.length; i++) vec[i] = Math.min(limit, Math.max(-limit, vec[i]));
+/** What {@link prepareQkv} reads of an attention block. */
+export interface QkvSteps {
+  spec: GqaAttentionSpec;
+  qNorm: Float64Array | null;
+  kNorm: Float64Array | null;
+  rope: ReferenceRope | null;
 }
 
 /**
- * The attention block over n new tokens h [n, H] at positions start..start+n−1: writes their
- * keys/values into `cache` and the block output into `out` [n, H]. Causal: token t sees keys
- * 0..start+t; bidirectional: every key 0..start+n−1. `linear` computes the four projections
- * (default: the float64 `matmul`; the streamed calibration passes a float32 one).
+ * The per-token steps between the q/k/v projections and the scores, in place on n tokens at
+ * positions start..start+n−1 (q [n, nh·hd], k and v [n, nkv·hd]): the q/k norms, the clip, RoPE.
  */
-export function attentionBlock(
-  out: Float64Array,
-  h: Float64Array,
+export function prepareQkv(
+  a: QkvSteps,
+  q: Float64Array,
+  k: Float64Array,
+  v: Float64Array,
   n: number,
-  a: ReferenceAttention,
-  cache: KvCache,
   start: number,
-  linear: typeof matmul = matmul,
 ): void {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd, qkNorm, clipQkv } = a.spec;
-  const H = h.length / n;
   const qDim = nh * hd;
   const kvDim = nkv * hd;
-  const q = new Float64Array(n * qDim);
-  const k = cache.keys.subarray(start * kvDim, (start + n) * kvDim);
-  const v = cache.values.subarray(start * kvDim, (start + n) * kvDim);
-  linear(q, h, a.q, n, qDim, H);
-  linear(k, h, a.k, n, kvDim, H);
-  linear(v, h, a.v, n, kvDim, H);
-  if (a.qBias) addBias(q, a.qBias, n);
-  if (a.kBias) addBias(k, a.kBias, n);
-  if (a.vBias) addBias(v, a.vBias, n);
-
   const eps = a.spec.qkNormSpec.eps;
   for (let t = 0; t < n; t++) {
     const qt = q.subarray(t * qDim, (t + 1) * qDim);
@@ -237,6 +226,43 @@ export function attentionBlock(
       rope(k.subarray(t * kvDim, (t + 1) * kvDim), nkv, hd, c, s, rotaryDim, pairing);
     }
   }
+}
+
+/** Clamps every value to [−limit, limit]. */
+function clamp(vec: Float64Array, limit: number): void {
+  for (let i = 0; i < vec.length; i++) vec[i] = Math.min(limit, Math.max(-limit, vec[i]));
+}
+
+/**
+ * The attention block over n new tokens h [n, H] at positions start..start+n−1: writes their
+ * keys/values into `cache` and the block output into `out` [n, H]. Causal: token t sees keys
+ * 0..start+t; bidirectional: every key 0..start+n−1. `linear` computes the four projections
+ * (default: the float64 `matmul`; the streamed calibration passes a float32 one).
+ */
+export function attentionBlock(
+  out: Float64Array,
+  h: Float64Array,
+  n: number,
+  a: ReferenceAttention,
+  cache: KvCache,
+  start: number,
+  linear: typeof matmul = matmul,
+): void {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = a.spec;
+  const H = h.length / n;
+  const qDim = nh * hd;
+  const kvDim = nkv * hd;
+  const q = new Float64Array(n * qDim);
+  const k = cache.keys.subarray(start * kvDim, (start + n) * kvDim);
+  const v = cache.values.subarray(start * kvDim, (start + n) * kvDim);
+  linear(q, h, a.q, n, qDim, H);
+  linear(k, h, a.k, n, kvDim, H);
+  linear(v, h, a.v, n, kvDim, H);
+  if (a.qBias) addBias(q, a.qBias, n);
+  if (a.kBias) addBias(k, a.kBias, n);
+  if (a.vBias) addBias(v, a.vBias, n);
+
+  prepareQkv(a, q, k, v, n, start);
 
   const att = new Float64Array(n * qDim);
   const scores = new Float64Array(start + n + 1);
