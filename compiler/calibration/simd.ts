@@ -113,6 +113,11 @@ const op = {
   vAnd: [SIMD, ...uleb(78)],
   f32x4Min: [SIMD, ...uleb(232)],
   f32x4Max: [SIMD, ...uleb(233)],
+  /** f32x4.pmin(a, b) = b < a ? b : a (one instruction; no NaN or ±0 rules). */
+  f32x4Pmin: [SIMD, ...uleb(234)],
+  /** f32x4.pmax(a, b) = a < b ? b : a. */
+  f32x4Pmax: [SIMD, ...uleb(235)],
+  f32x4Ne: [SIMD, ...uleb(66)],
   f64x2Eq: [SIMD, ...uleb(71)],
   f64x2Add: [SIMD, ...uleb(240)],
   f64x2Sub: [SIMD, ...uleb(241)],
@@ -146,27 +151,33 @@ function body(locals: [number, number][], code: number[]): number[] {
 /**
  * minmax(w, out, groups, gbytes): for each of `groups` consecutive groups of gbytes bytes
  * (a multiple of 16) of f32 values at w, out gets [min, max] as two f32 (NaN when the group has
- * one).
+ * one). The running min and max are pmin / pmax (one instruction each, where f32x4.min and max
+ * cost several for their NaN and ±0 rules); NaN lanes are tracked apart and OR-ed in (all ones
+ * is a NaN) before the lanes are reduced with f32.min / f32.max, which propagate it. Which zero a
+ * group of ±0 reports may differ from f32x4.min's; the RTN parameters do not depend on it.
  */
 function minmaxBody(): number[] {
   const [W, OUT, GROUPS, GB] = [0, 1, 2, 3];
   const [G, END] = [4, 5];
-  const [LO, HI, V] = [6, 7, 8];
+  const [LO, HI, V, NAN] = [6, 7, 8, 9];
   const code: number[] = [];
   const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
   emit(op.i32(0), op.set(G));
   emit(op.block, op.loop);
   emit(op.get(G), op.get(GROUPS), op.geU, op.brIf(1));
   emit(op.get(W), op.get(GB), op.add, op.set(END));
-  emit(op.get(W), op.vLoad, op.tee(LO), op.set(HI));
+  emit(op.get(W), op.vLoad, op.tee(LO), op.tee(HI), op.get(HI), op.f32x4Ne, op.set(NAN));
   emit(op.get(W), op.i32(16), op.add, op.set(W));
   emit(op.block, op.loop);
   emit(op.get(W), op.get(END), op.geU, op.brIf(1));
   emit(op.get(W), op.vLoad, op.set(V));
-  emit(op.get(LO), op.get(V), op.f32x4Min, op.set(LO));
-  emit(op.get(HI), op.get(V), op.f32x4Max, op.set(HI));
+  emit(op.get(LO), op.get(V), op.f32x4Pmin, op.set(LO));
+  emit(op.get(HI), op.get(V), op.f32x4Pmax, op.set(HI));
+  emit(op.get(NAN), op.get(V), op.get(V), op.f32x4Ne, op.vOr, op.set(NAN));
   emit(op.get(W), op.i32(16), op.add, op.set(W), op.br(0));
   emit(op.end, op.end);
+  emit(op.get(LO), op.get(NAN), op.vOr, op.set(LO));
+  emit(op.get(HI), op.get(NAN), op.vOr, op.set(HI));
   for (const [acc, f, offset] of [[LO, op.f32Min, 0], [HI, op.f32Max, 4]] as const) {
     emit(op.get(OUT));
     emit(op.get(acc), op.extract(0), op.get(acc), op.extract(1), f);
@@ -176,7 +187,7 @@ function minmaxBody(): number[] {
   emit(op.get(OUT), op.i32(8), op.add, op.set(OUT));
   emit(op.get(G), op.i32(1), op.add, op.set(G), op.br(0));
   emit(op.end, op.end);
-  return body([[2, I32], [3, V128]], code);
+  return body([[2, I32], [4, V128]], code);
 }
 
 /**
@@ -273,7 +284,8 @@ function rtn32Body(): number[] {
   emit(op.get(NEAR), op.get(V), op.get(T), op.vSub, op.f32x4Abs, op.get(LIMIT), op.f32x4Ge);
   emit(op.vOr, op.set(NEAR));
   emit(op.get(OUT));
-  emit(op.get(T), op.get(Z0), op.f32x4Max, op.get(QM), op.f32x4Min);
+  // clamp as pmax(0, t), pmin(qmax, ·): max(t, 0) and min(·, qmax) for the finite t here.
+  emit(op.get(Z0), op.get(T), op.f32x4Pmax, op.get(QM), op.f32x4Pmin);
   emit(op.get(ZERO), op.vSub, op.get(SCALE), op.vMul, op.vStore);
   emit(op.get(W), op.i32(16), op.add, op.set(W));
   emit(op.get(OUT), op.i32(16), op.add, op.set(OUT), op.br(0));
