@@ -41,14 +41,21 @@ import { InputError, UsageError } from "../schemas/errors.ts";
 import { keyString, type TensorKey } from "../schemas/tensors.ts";
 import type { CalibrationData, ExpertSample } from "./calibration.ts";
 import type { ExpertWeights } from "./expert_weights.ts";
-import type { MatrixName } from "../schemas/model.ts";
+import type { AttentionSpec, MatrixName } from "../schemas/model.ts";
 import {
   type CalibrationRunner,
   type ExpertJobResult,
   inlineCalibration,
 } from "./calibration/jobs.ts";
 import { type HeadBlock, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
-import { attendF32, attendGrouped, f32Of, groupable, linearF32 } from "./calibration/attention.ts";
+import {
+  attendF32,
+  attendGrouped,
+  type AttentionF32,
+  f32Of,
+  groupable,
+  linearF32,
+} from "./calibration/attention.ts";
 import { type ExpertIR, type ModelIR, moeLayers, type RawElements, type TensorRef } from "./ir.ts";
 import type { QuantMethod } from "./quantize/mod.ts";
 import { attentionBlock, type ReferenceAttention } from "./reference/attention.ts";
@@ -58,7 +65,7 @@ import { readDense } from "./reference/moe.ts";
 import { normRows, readNorm } from "./reference/norms.ts";
 import { checkRouter, route } from "./reference/router.ts";
 import { windows } from "./reference/eval.ts";
-import { WeightReader } from "./reference/weights.ts";
+import { type LayerWeights, WeightReader } from "./reference/weights.ts";
 import { readAttention } from "./reference/attention.ts";
 import { mlaBlock, mlaCacheWidth, readMla, type ReferenceMla } from "./reference/mla.ts";
 
@@ -281,26 +288,6 @@ export async function calibrateStream(
   }
   let seqs: Seq[] = [...clean];
 
-  // Embedding rows of the tokens, read in vocabulary blocks.
-  // Embedding rows of the tokens: one read per distinct id where the ref reads rows.
-  const embedRow = (id: number, row: Float32Array) => {
-    for (const s of clean) {
-      for (let t = 0; t < s.n; t++) {
-        if (ids[s.start + t] !== id) continue;
-        for (let c = 0; c < H; c++) s.x[t * H + c] = row[c] * spec.embedScale;
-      }
-    }
-  };
-  const embed = top("embed");
-  if (embed.readRows) {
-    for (const id of [...new Set(ids)].sort((a, b) => a - b)) {
-      embedRow(id, await embed.readRows(id, 1));
-    }
-  } else {
-    const rows = await embed.read();
-    for (const id of new Set(ids)) embedRow(id, rows.subarray(id * H, (id + 1) * H));
-  }
-
   const counts = moe.map((m) => new Array<number>(m.experts.length).fill(0));
   const samples: ExpertSample[][] = moe.map(() => []);
   const output: number[][][] = moe.map((m) => m.experts.map(() => []));
@@ -321,8 +308,9 @@ export async function calibrateStream(
 
   const costClock = { ms: 0 };
   // Attention weights by (layer, block), read ahead: a MoE block starts the read of the next
-  // layer's attention blocks, so it overlaps with the expert jobs instead of following them.
-  const attentionReads = new Map<string, Promise<ReferenceAttention | ReferenceMla>>();
+  // layer's attention blocks, so it overlaps with the expert jobs instead of following them, and
+  // layer 0's are read while the embedding rows are.
+  const attentionReads = new Map<string, Promise<AttentionF32 | ReferenceMla>>();
   const readAttentionAt = (l: number, b: number) => {
     const key = `${l}/${b}`;
     let p = attentionReads.get(key);
@@ -330,9 +318,9 @@ export async function calibrateStream(
       const block = spec.decoder.layers[l].blocks[b];
       if (block.kind !== "attention") throw new Error(`block ${key} is not attention`);
       const w = reader.layer("decoder", l);
-      p = (block.attention.kind === "mla"
+      p = block.attention.kind === "mla"
         ? readMla(block.attention, w, 0)
-        : readAttention(block.attention, w, 0)).then(withF32Copies);
+        : readAttentionF32(block.attention, w);
       p.catch(() => {}); // awaited (and thrown) where used
       attentionReads.set(key, p);
     }
@@ -343,6 +331,27 @@ export async function calibrateStream(
       if (blk.kind === "attention") readAttentionAt(l + 1, b);
     });
   };
+
+  readAhead(-1);
+  // Embedding rows of the tokens: one read per distinct id where the ref reads rows.
+  const embedRow = (id: number, row: Float32Array) => {
+    for (const s of clean) {
+      for (let t = 0; t < s.n; t++) {
+        if (ids[s.start + t] !== id) continue;
+        for (let c = 0; c < H; c++) s.x[t * H + c] = row[c] * spec.embedScale;
+      }
+    }
+  };
+  const embed = top("embed");
+  if (embed.readRows) {
+    for (const id of [...new Set(ids)].sort((a, b) => a - b)) {
+      embedRow(id, await embed.readRows(id, 1));
+    }
+  } else {
+    const rows = await embed.read();
+    for (const id of new Set(ids)) embedRow(id, rows.subarray(id * H, (id + 1) * H));
+  }
+
   const runner = opts.runner ?? inlineCalibration;
   const attentionJobs = runner.lanes > 1 &&
     (opts.attentionJobs ?? runner.lanes >= ATTENTION_JOB_LANES);
@@ -564,28 +573,49 @@ function addInto(x: Float64Array, r: number, out: Float64Array): void {
 }
 
 /** The attention block over one whole window (positions 0..n−1, a fresh cache). */
-function attend(h: Float64Array, n: number, a: ReferenceAttention | ReferenceMla): Float64Array {
+function attend(h: Float64Array, n: number, a: AttentionF32 | ReferenceMla): Float64Array {
   const out = new Float64Array(h.length);
   if ("kvB" in a) {
     mlaBlock(out, h, n, a, new Float64Array(n * mlaCacheWidth(a.spec)), 0);
     return out;
   }
   if (!a.relativeBias) return attendF32(a, h, n);
+  // A relative-bias block is read in float64 (readAttentionF32), as attentionBlock takes it.
   const kvDim = a.spec.numKvHeads * a.spec.headDim;
   const cache = { keys: new Float64Array(n * kvDim), values: new Float64Array(n * kvDim) };
-  attentionBlock(out, h, n, a, cache, 0, linearF32);
+  attentionBlock(out, h, n, a as ReferenceAttention, cache, 0, linearF32);
   return out;
 }
 
-/** Makes the float32 copies of an attention block's GQA projections (one per task turn). */
-async function withF32Copies(
-  a: ReferenceAttention | ReferenceMla,
-): Promise<ReferenceAttention | ReferenceMla> {
-  if ("kvB" in a) return a;
-  for (const w of [a.q, a.k, a.v, a.o]) {
-    f32Of(w);
-    await new Promise((resolve) => setTimeout(resolve, 0));
+/** The projections of a GQA block, read in float32 by {@link readAttentionF32}. */
+const PROJECTIONS = ["q", "k", "v", "o"] as const;
+
+/**
+ * A GQA block's weights for the float32 attention (calibration/attention.ts): the q/k/v/o
+ * projections as read, in float32, with no float64 copy; the rest (norms, biases, sinks, RoPE)
+ * as the reference reads them. A block with a relative bias, or weights without `readF32`, is
+ * read in float64 and its projections' float32 copies made one per task turn.
+ */
+async function readAttentionF32(
+  spec: AttentionSpec,
+  w: LayerWeights,
+): Promise<AttentionF32 | ReferenceAttention> {
+  if (spec.kind !== "gqa" || spec.position.kind === "relative_bias" || !w.readF32) {
+    const a = await readAttention(spec, w, 0);
+    for (const p of PROJECTIONS) {
+      f32Of(a[p]);
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    return a;
   }
+  // The reference reads everything but the projections, which are left empty here.
+  const roles = new Set(PROJECTIONS.map((p) => `attn_${p}`));
+  const empty = new Float64Array(0);
+  const rest = await readAttention(spec, {
+    read: (role, expert) => roles.has(role) ? Promise.resolve(empty) : w.read(role, expert),
+  }, 0);
+  const a: AttentionF32 = { ...rest };
+  for (const p of PROJECTIONS) a[p] = await w.readF32(`attn_${p}`);
   return a;
 }
 

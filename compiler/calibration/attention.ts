@@ -30,8 +30,23 @@ import { matmulF32 } from "./simd.ts";
 /** Float32 copies of the float64 reference's weights (exact: they were read as f32). */
 const f32Copies = new WeakMap<Float64Array, Float32Array>();
 
-/** The float32 copy of a weight (made once, then kept with it). */
-export function f32Of(w: Float64Array): Float32Array {
+/** A projection's weights: the float64 reference's, or float32 as read (the same values). */
+export type ProjectionWeights = Float64Array | Float32Array;
+
+/**
+ * A GQA block as {@link ReferenceAttention}, its q/k/v/o projections possibly float32 as read
+ * (the calibration reads them so, with no float64 copy; everything else is the reference's).
+ */
+export type AttentionF32 = Omit<ReferenceAttention, "q" | "k" | "v" | "o"> & {
+  q: ProjectionWeights;
+  k: ProjectionWeights;
+  v: ProjectionWeights;
+  o: ProjectionWeights;
+};
+
+/** The float32 values of a weight: itself when float32, else its copy (made once, then kept). */
+export function f32Of(w: ProjectionWeights): Float32Array {
+  if (w instanceof Float32Array) return w;
   let w32 = f32Copies.get(w);
   if (!w32) f32Copies.set(w, w32 = Float32Array.from(w));
   return w32;
@@ -44,7 +59,7 @@ export function f32Of(w: Float64Array): Float32Array {
 export function linearF32(
   out: Float64Array,
   x: Float64Array,
-  w: Float64Array,
+  w: ProjectionWeights,
   n: number,
   rows: number,
   cols: number,
@@ -55,7 +70,7 @@ export function linearF32(
 }
 
 /** Whether {@link attentionGroups} covers the block (else it runs whole on one thread). */
-export function groupable(a: ReferenceAttention): boolean {
+export function groupable(a: AttentionF32): boolean {
   return a.spec.qkNorm !== "full" && a.relativeBias === null;
 }
 
@@ -106,7 +121,7 @@ export interface LinearResult {
  * (see the module doc). The block must be {@link groupable}.
  */
 export function attentionGroups(
-  a: ReferenceAttention,
+  a: AttentionF32,
   hs: Float64Array[],
   ns: number[],
 ): AttentionGroupJob[] {
@@ -257,7 +272,7 @@ function compactRows(
  * {@link headsF32} over the whole block, then the output projection (float32) and its bias.
  * The same values as {@link attendGrouped}.
  */
-export function attendF32(a: ReferenceAttention, h: Float64Array, n: number): Float64Array {
+export function attendF32(a: AttentionF32, h: Float64Array, n: number): Float64Array {
   const heads = headsF32(wholeHeads(a), Float32Array.from(h.subarray(0, n * (h.length / n))), n);
   const H = h.length / n;
   const out = new Float64Array(n * H);
@@ -267,7 +282,7 @@ export function attendF32(a: ReferenceAttention, h: Float64Array, n: number): Fl
 }
 
 /** The whole block as {@link HeadsF32}. */
-export function wholeHeads(a: ReferenceAttention): HeadsF32 {
+export function wholeHeads(a: AttentionF32): HeadsF32 {
   return {
     spec: a.spec,
     q: f32Of(a.q),
@@ -299,7 +314,7 @@ export function runLinear(job: LinearJob): LinearResult {
  * float32 as the projection takes them): `parts` blocks of attn_o's rows.
  */
 export function outputJobs(
-  a: ReferenceAttention,
+  a: AttentionF32,
   atts: Float64Array[],
   ns: number[],
   parts: number,
@@ -332,7 +347,7 @@ export interface AttentionRunner {
  * per window, whatever the runner.
  */
 export async function attendGrouped(
-  a: ReferenceAttention,
+  a: AttentionF32,
   hs: Float64Array[],
   ns: number[],
   runner: AttentionRunner,

@@ -15,6 +15,8 @@ import type { ModelIR, TensorRef } from "../ir.ts";
 export interface LayerWeights {
   /** The tensor with `role` (of routed expert `expert`), read and widened to float64. */
   read(role: string, expert?: number): Promise<Float64Array>;
+  /** The same tensor as read, in float32 (no float64 copy; may be the IR's own storage: read only). */
+  readF32?(role: string, expert?: number): Promise<Float32Array>;
 }
 
 /** Reads an IR's tensors by key, checking shapes against the description. */
@@ -29,11 +31,19 @@ export class WeightReader {
 
   /** The weights of one layer of one stack. */
   layer(stack: StackName, layer: number): LayerWeights {
-    return { read: (role, expert = -1) => this.read({ stack, layer, expert, role }) };
+    return {
+      read: (role, expert = -1) => this.read({ stack, layer, expert, role }),
+      readF32: (role, expert = -1) => this.readF32({ stack, layer, expert, role }),
+    };
   }
 
   /** One tensor in float64; InputError when it is absent, unexpected or misshapen. */
   async read(key: TensorKey): Promise<Float64Array> {
+    return new Float64Array(await this.readF32(key));
+  }
+
+  /** One tensor as read (float32), checked as {@link read} checks it. */
+  async readF32(key: TensorKey): Promise<Float32Array> {
     const id = keyString(key);
     const ref = this.#refs.get(id);
     const shape = this.#shapes.get(id);
@@ -57,6 +67,6 @@ export class WeightReader {
         source,
       );
     }
-    return Float64Array.from(values);
+    return values;
   }
 }
