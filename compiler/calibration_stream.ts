@@ -56,7 +56,14 @@ import {
   groupable,
   linearF32,
 } from "./calibration/attention.ts";
-import { type ExpertIR, type ModelIR, moeLayers, type RawElements, type TensorRef } from "./ir.ts";
+import {
+  type ExpertIR,
+  type ModelIR,
+  moeLayers,
+  type RawElements,
+  type RawLocation,
+  type TensorRef,
+} from "./ir.ts";
 import type { QuantMethod } from "./quantize/mod.ts";
 import { attentionBlock, type ReferenceAttention } from "./reference/attention.ts";
 import { matmul, notImplemented, sigmoid } from "./reference/math.ts";
@@ -543,12 +550,15 @@ export async function calibrateStream(
 }
 
 /**
- * An expert for its job: matrices as raw checkpoint bytes where the refs read them (decoded on
- * the job's thread), else decoded here; biases decoded here.
+ * An expert for its job: BF16 matrices as the place of their checkpoint bytes where the refs give
+ * it (the job's thread reads them straight into its kernel memory), else as raw bytes where the
+ * refs read them (decoded on the job's thread), else decoded here; biases decoded here.
  */
-async function readExpertRaw(
-  e: ExpertIR,
-): Promise<{ weights: ExpertWeights; raw: Partial<Record<MatrixName, RawElements>> }> {
+async function readExpertRaw(e: ExpertIR): Promise<{
+  weights: ExpertWeights;
+  raw: Partial<Record<MatrixName, RawElements>>;
+  located: Partial<Record<MatrixName, RawLocation>>;
+}> {
   const [inter, hidden] = e.matrices[0].weight.shape;
   const weights: ExpertWeights = {
     activation: e.activation,
@@ -558,13 +568,16 @@ async function readExpertRaw(
     biases: {},
   };
   const raw: Partial<Record<MatrixName, RawElements>> = {};
+  const located: Partial<Record<MatrixName, RawLocation>> = {};
   for (const m of e.matrices) {
     const ref = m.weight;
-    if (ref.readRawRows) raw[m.name] = await ref.readRawRows(0, ref.shape[0]);
+    if (ref.locateRawRows && ref.dtype === "BF16") {
+      located[m.name] = ref.locateRawRows(0, ref.shape[0]);
+    } else if (ref.readRawRows) raw[m.name] = await ref.readRawRows(0, ref.shape[0]);
     else weights.matrices[m.name] = await ref.read();
     if (m.bias) weights.biases[m.name] = await m.bias.read();
   }
-  return { weights, raw };
+  return { weights, raw, located };
 }
 
 /** x += r · out. */
@@ -717,7 +730,7 @@ async function moeStream(inp: MoeStreamInput): Promise<{
       await inp.progress();
       continue;
     }
-    const { weights: w, raw } = await readExpertRaw(layer.experts[e]);
+    const { weights: w, raw, located } = await readExpertRaw(layer.experts[e]);
     const routed = new Float32Array(list.length * H);
     list.forEach((r, i) => routed.set(hs[r.seq].subarray(r.t * H, (r.t + 1) * H), i * H));
     const own = inp.costSamples?.[e];
@@ -725,6 +738,7 @@ async function moeStream(inp: MoeStreamInput): Promise<{
       kind: "expert" as const,
       weights: w,
       raw,
+      located,
       routed,
       n: list.length,
       costs: costs && {

@@ -39,6 +39,24 @@ export interface RawElements {
   allowNonFinite: boolean;
 }
 
+/**
+ * Where raw rows lie in a checkpoint file (see {@link TensorRef.locateRawRows}): a thread with
+ * read access reads `length` bytes at `offset` of `path` itself; they are then what
+ * `readRawRows` returns, as {@link RawElements} with the same fields.
+ */
+export interface RawLocation {
+  /** The file (RawElements.file). */
+  path: string;
+  /** Absolute byte offset of the first element. */
+  offset: number;
+  /** Bytes. */
+  length: number;
+  dtype: string;
+  name: string;
+  start: number;
+  allowNonFinite: boolean;
+}
+
 /** A lazy 2-D (or 1-D) tensor: `read()` returns its values row-major as f32 (dequantized if needed). */
 export interface TensorRef {
   /** Where it comes from, for messages (checkpoint tensor name, with a slice when packed). */
@@ -53,6 +71,8 @@ export interface TensorRef {
   readRows?(start: number, count: number): Promise<Float32Array>;
   /** The same rows as raw source bytes, to be decoded elsewhere (checkpoint refs only). */
   readRawRows?(start: number, count: number): Promise<RawElements>;
+  /** Where the bytes `readRawRows` would read lie, without reading them (checkpoint refs only). */
+  locateRawRows?(start: number, count: number): RawLocation;
   /**
    * The matrix as released in MXFP4 (codes and e8m0 scales verbatim, schemas/packing.ts), when
    * the checkpoint stores it so: an MXFP4 encoding then writes these bytes, with no error.

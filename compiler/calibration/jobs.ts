@@ -14,7 +14,8 @@
 
 import type { ExpertWidth } from "../../schemas/packing.ts";
 import type { MatrixName } from "../../schemas/model.ts";
-import type { RawElements } from "../ir.ts";
+import type { RawElements, RawLocation } from "../ir.ts";
+import { readLocation } from "./raw_read.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import type { ExpertSample } from "../calibration.ts";
 import { expertHessians, type ExpertWeights } from "../expert_weights.ts";
@@ -54,6 +55,8 @@ export interface ExpertJob {
   weights: ExpertWeights;
   /** Matrices as raw checkpoint bytes (compiler/checkpoint/raw.ts). */
   raw?: Partial<Record<MatrixName, RawElements>>;
+  /** Matrices as the place of their raw bytes, read where the job runs (raw_read.ts). */
+  located?: Partial<Record<MatrixName, RawLocation>>;
   /** Inputs routed to the expert, [n, H]. */
   routed: Float32Array;
   n: number;
@@ -159,7 +162,11 @@ export function decodeInto(raw: RawElements, into: Float32Array): Float32Array {
 export function runExpertJob(job: ExpertJob, resident = residentFits(job)): ExpertJobResult {
   if (resident) return runResidentExpertJob(job);
   const w: ExpertWeights = { ...job.weights, matrices: { ...job.weights.matrices } };
-  for (const [name, raw] of Object.entries(job.raw ?? {})) {
+  const raws = { ...job.raw };
+  for (const [name, loc] of Object.entries(job.located ?? {})) {
+    if (loc) raws[name as MatrixName] = readLocation(loc);
+  }
+  for (const [name, raw] of Object.entries(raws)) {
     if (!raw) continue;
     const [rows, cols] = name === "down" ? [w.hidden, w.inter] : [w.inter, w.hidden];
     w.matrices[name as MatrixName] = decodeInto(raw, scratchOf(`w.${name}`, rows * cols));

@@ -1,6 +1,7 @@
 /**
  * An expert job (jobs.ts) with the expert resident in the SIMD kernels' memory (simd.ts): its
- * matrices are decoded from their raw BF16 bytes straight into that memory, each group's min and
+ * matrices are read from the checkpoint file into that memory when the job has their location
+ * (else copied there from their raw bytes), widened from BF16 there, each group's min and
  * max found once, then at each candidate width the RTN kernel writes the quantized matrices beside
  * them and the forwards multiply by them in place. Nothing of the expert is copied in or out per
  * product or per width, which is what the general path (`matmulF32`, `rtnDecoded`) spends most of
@@ -22,8 +23,10 @@ import { matrixShape } from "../../schemas/tensors.ts";
 import { matrixNames, matrixOf } from "../expert_weights.ts";
 import { rtnGroupParams } from "./fake_quant.ts";
 import { activateInPlace, addBias, type HeadBlock, reduceHeadLogits } from "./kernels.ts";
+import { readLocation, readLocationInto } from "./raw_read.ts";
 import {
   bf16At,
+  bf16Into,
   gemmAt,
   kernelAlloc,
   kernelF32,
@@ -85,13 +88,23 @@ function run(job: ExpertJob): ExpertJobResult {
   for (const name of names) {
     const [rows, cols] = shape(name);
     const at = kernelAlloc(rows * cols);
-    const raw = job.raw?.[name];
-    const widened = raw?.dtype === "BF16" && raw.bytes.byteLength === 2 * rows * cols &&
-      bf16At(raw.bytes, at, rows * cols);
+    const loc = job.located?.[name];
+    const raw = loc && !(loc.dtype === "BF16" && loc.length === 2 * rows * cols)
+      ? readLocation(loc)
+      : job.raw?.[name];
+    const widened = loc && !raw
+      ? bf16Into((view) => readLocationInto(loc, view), at, rows * cols)
+      : raw?.dtype === "BF16" && raw.bytes.byteLength === 2 * rows * cols &&
+        bf16At(raw.bytes, at, rows * cols);
     // Else other dtypes, non-finite values (decodeRaw's error, or zeros), decoded matrices.
+    // A located BF16 matrix is read again for decodeRaw's error or zeros (a rare path).
     if (!widened) {
       const view = kernelF32(at, rows * cols);
-      const values = raw ? decodeInto(raw, view) : matrixOf(w, name);
+      const values = raw
+        ? decodeInto(raw, view)
+        : loc
+        ? decodeInto(readLocation(loc), view)
+        : matrixOf(w, name);
       if (values !== view) view.set(values);
     }
     weights[name] = at;

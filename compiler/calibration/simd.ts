@@ -524,23 +524,33 @@ export function kernelF64(at: number, values: number): Float64Array {
  * memory. Returns false, with `dst` undefined, when one of them is non-finite.
  */
 export function bf16At(bytes: Uint8Array, dst: number, n: number): boolean {
+  return bf16Into((view) => view.set(bytes.subarray(0, 2 * n)), dst, n);
+}
+
+/**
+ * {@link bf16At} with the `2n` raw bytes written by `fill` into a view of the kernel memory (a
+ * file read straight there, raw_read.ts); what `fill` throws is thrown, with nothing reserved.
+ */
+export function bf16Into(fill: (view: Uint8Array) => void, dst: number, n: number): boolean {
   const mark = kernelMark();
-  const n8 = Math.ceil(n / 8);
-  const src = kernelAlloc(n8 * 4); // 8 bf16 = 4 floats' bytes
-  const view = new Uint8Array(instance().memory.buffer, src, n8 * 16);
-  view.set(bytes.subarray(0, 2 * n));
-  view.fill(0, 2 * n);
-  // The widened tail beyond n would overwrite what follows dst: widen whole groups of 8 only,
-  // then the last few values one by one.
-  const whole = Math.floor(n / 8);
-  let bad = instance().bf16(src, dst, whole);
-  if (whole < n8) {
-    const tail = kernelAlloc(8);
-    bad |= instance().bf16(src + whole * 16, tail, 1);
-    kernelF32(dst + whole * 32, n - whole * 8).set(kernelF32(tail, n - whole * 8));
+  try {
+    const n8 = Math.ceil(n / 8);
+    const src = kernelAlloc(n8 * 4); // 8 bf16 = 4 floats' bytes
+    fill(new Uint8Array(instance().memory.buffer, src, 2 * n));
+    new Uint8Array(instance().memory.buffer, src, n8 * 16).fill(0, 2 * n);
+    // The widened tail beyond n would overwrite what follows dst: widen whole groups of 8 only,
+    // then the last few values one by one.
+    const whole = Math.floor(n / 8);
+    let bad = instance().bf16(src, dst, whole);
+    if (whole < n8) {
+      const tail = kernelAlloc(8);
+      bad |= instance().bf16(src + whole * 16, tail, 1);
+      kernelF32(dst + whole * 32, n - whole * 8).set(kernelF32(tail, n - whole * 8));
+    }
+    return bad === 0;
+  } finally {
+    kernelRelease(mark);
   }
-  kernelRelease(mark);
-  return bad === 0;
 }
 
 /**

@@ -8,7 +8,7 @@
 import { InputError, UnsupportedError } from "../../schemas/errors.ts";
 import type { TensorRef } from "../ir.ts";
 import { decodeFp8Rows, FP8_BLOCK, FP8_DTYPE, fp8ScaleName, fp8ScaleShape } from "./fp8.ts";
-import { FLOAT_DTYPES, type ReadOptions } from "./safetensors.ts";
+import { DTYPE_SIZES, FLOAT_DTYPES, type ReadOptions } from "./safetensors.ts";
 import { checkMxfp4Pair, mxfp4Names, mxfp4Ref, type Mxfp4Slice } from "./mxfp4.ts";
 import type { CheckpointStore } from "./store.ts";
 
@@ -234,6 +234,23 @@ export class TensorClaims {
           dtype,
           name,
           file: store.fileOf(name).path,
+          start: s,
+          allowNonFinite: options.allowNonFinite ?? false,
+        };
+      },
+      locateRawRows: (r0, n) => {
+        const [s, c] = rowRange(r0, n);
+        const t = store.info(name);
+        const size = DTYPE_SIZES[t.dtype];
+        if (!FLOAT_DTYPES.includes(t.dtype) || !size) {
+          throw new UnsupportedError(`tensor "${name}" has dtype ${t.dtype}, not a float dtype`);
+        }
+        return {
+          path: store.fileOf(name).path,
+          offset: t.begin + s * size,
+          length: c * size,
+          dtype,
+          name,
           start: s,
           allowNonFinite: options.allowNonFinite ?? false,
         };
