@@ -120,35 +120,42 @@ function run(job: ExpertJob): ExpertJobResult {
     return at;
   };
 
-  /** The MLP with matrices `m` over the n rows at `x`: [n, H], a new array. */
-  const forward = (m: Matrices, x: number, n: number): Float32Array => {
-    if (n === 0) return new Float32Array(0);
+  /**
+   * The MLP with matrices `m` over the n rows at `x`: `use` gets its outputs [n, H] (a view of the
+   * kernel memory, valid during the call) and what it returns is returned.
+   */
+  const forward = <T>(m: Matrices, x: number, n: number, use: (y: Float32Array) => T): T => {
+    if (n === 0) return use(new Float32Array(0));
     const mark = kernelMark();
-    const np = n + (n & 1);
-    const upAt = kernelAlloc(np * I);
-    gemmAt(x, m.up!, upAt, np, I, H);
-    const up = kernelF32(upAt, n * I);
-    addBias(up, w.biases.up, n);
-    let act = upAt;
-    if (activation.kind === "relu") activateInPlace(activation, up, null);
-    else {
-      const gateAt = kernelAlloc(np * I);
-      gemmAt(x, m.gate!, gateAt, np, I, H);
-      const gate = kernelF32(gateAt, n * I);
-      addBias(gate, w.biases.gate, n);
-      activateInPlace(activation, kernelF32(upAt, n * I), gate);
-      act = gateAt;
+    try {
+      const np = n + (n & 1);
+      const upAt = kernelAlloc(np * I);
+      gemmAt(x, m.up!, upAt, np, I, H);
+      const up = kernelF32(upAt, n * I);
+      addBias(up, w.biases.up, n);
+      let act = upAt;
+      if (activation.kind === "relu") activateInPlace(activation, up, null);
+      else {
+        const gateAt = kernelAlloc(np * I);
+        gemmAt(x, m.gate!, gateAt, np, I, H);
+        const gate = kernelF32(gateAt, n * I);
+        addBias(gate, w.biases.gate, n);
+        activateInPlace(activation, kernelF32(upAt, n * I), gate);
+        act = gateAt;
+      }
+      const out = names[names.length - 1];
+      const yAt = kernelAlloc(np * H);
+      gemmAt(act, m[out]!, yAt, np, H, I);
+      const y = kernelF32(yAt, n * H);
+      addBias(y, w.biases[out], n);
+      return use(y);
+    } finally {
+      kernelRelease(mark);
     }
-    const out = names[names.length - 1];
-    const yAt = kernelAlloc(np * H);
-    gemmAt(act, m[out]!, yAt, np, H, I);
-    const y = kernelF32(yAt, n * H).slice();
-    addBias(y, w.biases[out], n);
-    kernelRelease(mark);
-    return y;
   };
+  const copy = (y: Float32Array) => y.slice();
 
-  const routed = forward(weights, place(job.routed, job.n), job.n);
+  const routed = forward(weights, place(job.routed, job.n), job.n, copy);
   const c = job.costs;
   if (!c) return { routed, costs: [], fork: new Float32Array(0), costMs: 0 };
   const t0 = performance.now();
@@ -160,14 +167,14 @@ function run(job: ExpertJob): ExpertJobResult {
       sampleRows.forEach((r, j) => y!.set(routed.subarray(r * H, (r + 1) * H), j * H));
     }
   }
-  const inputs = sample.n > 0 ? place(sample.inputs, sample.n) : 0;
-  if (sample.n > 0 && !y) y = forward(weights, inputs, sample.n);
-  let forkAt = 0;
-  if (forkRows.length > 0) {
-    const rows = new Float32Array(forkRows.length * H);
-    forkRows.forEach((r, j) => rows.set(job.routed.subarray(r * H, (r + 1) * H), j * H));
-    forkAt = place(rows, forkRows.length);
-  }
+  // The sample's rows, then the fork rows: the lowest width runs over both at once (a row's
+  // outputs do not depend on the other rows: the same values as two forwards).
+  const f = forkRows.length;
+  const rows = new Float32Array((sample.n + f) * H);
+  rows.set(sample.inputs.subarray(0, sample.n * H));
+  forkRows.forEach((r, j) => rows.set(job.routed.subarray(r * H, (r + 1) * H), (sample.n + j) * H));
+  const inputs = place(rows, sample.n + f);
+  if (sample.n > 0 && !y) y = forward(weights, inputs, sample.n, copy);
 
   // Each group's min and max, once; the quantized matrices and parameters, reused per width.
   const groups: Partial<Record<MatrixName, GroupRegions>> = {};
@@ -212,8 +219,12 @@ function run(job: ExpertJob): ExpertJobResult {
       rtnFastAt(weights[name]!, g.q, g.prm32, g.prm, g.flags, g.n, c.groupSize, qmax);
       quantized[name] = g.q;
     }
-    costs.push(y ? sampleCost(y, forward(quantized, inputs, sample.n), sample, H) : 0);
-    if (wantFork) fork = forward(quantized, forkAt, forkRows.length);
+    // Without y the sample is empty: the fork rows are the first rows at `inputs`.
+    const wanted = (y ? sample.n : 0) + (wantFork ? f : 0);
+    costs.push(forward(quantized, inputs, wanted, (yq) => {
+      if (wantFork) fork = yq.slice((wanted - f) * H);
+      return y ? sampleCost(y, yq, sample, H) : 0;
+    }));
   }
   return { routed, costs, fork, costMs: performance.now() - t0 };
 }
