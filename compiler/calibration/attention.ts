@@ -181,9 +181,14 @@ export function headsF32(
   n: number,
   scoreValues = SCORE_VALUES,
 ): Float64Array {
+  const { q, k, v } = projectQkv(a, x, n);
+  return attendHeads(a, q, k, v, n, scoreValues);
+}
+
+/** The q/k/v projections of rows x [n, H] (float32 products, float64 out, biases added). */
+function projectQkv(a: HeadsF32, x: Float32Array, n: number) {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = a.spec;
   const H = x.length / n;
-  const qDim = nh * hd, kvDim = nkv * hd;
   const project = (w: Float32Array, rows: number, bias: Float64Array | null) => {
     const y = new Float32Array(n * rows);
     matmulF32(y, x, w, n, rows, H);
@@ -192,9 +197,27 @@ export function headsF32(
     if (bias) addBias(out, bias, n);
     return out;
   };
-  const q = project(a.q, qDim, a.qBias);
-  const k = project(a.k, kvDim, a.kBias);
-  const v = project(a.v, kvDim, a.vBias);
+  return {
+    q: project(a.q, nh * hd, a.qBias),
+    k: project(a.k, nkv * hd, a.kBias),
+    v: project(a.v, nkv * hd, a.vBias),
+  };
+}
+
+/**
+ * {@link headsF32} after the projections: q [n, nh · hd], k, v [n, nkv · hd] of one window (its
+ * rows at positions 0..n−1), prepared in place (norms, clamps, RoPE), then attended.
+ */
+function attendHeads(
+  a: HeadsF32,
+  q: Float64Array,
+  k: Float64Array,
+  v: Float64Array,
+  n: number,
+  scoreValues = SCORE_VALUES,
+): Float64Array {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = a.spec;
+  const qDim = nh * hd, kvDim = nkv * hd;
   prepareQkv(a, q, k, v, n, 0);
 
   const att = new Float64Array(n * qDim);
@@ -273,12 +296,49 @@ function compactRows(
  * The same values as {@link attendGrouped}.
  */
 export function attendF32(a: AttentionF32, h: Float64Array, n: number): Float64Array {
-  const heads = headsF32(wholeHeads(a), Float32Array.from(h.subarray(0, n * (h.length / n))), n);
-  const H = h.length / n;
-  const out = new Float64Array(n * H);
-  linearF32(out, heads, a.o, n, H, a.spec.numHeads * a.spec.headDim);
-  if (a.oBias) addBias(out, a.oBias, n);
-  return out;
+  return attendWindows(a, [h], [n])[0];
+}
+
+/** Rows per batch of {@link attendWindows}' projections (at least one whole window). */
+const BATCH_ROWS = 512;
+
+/**
+ * {@link attendF32} over several windows (hs[i] [ns[i], H]), the same values: the projections
+ * run over batches of whole windows' rows (up to {@link BATCH_ROWS}, or one larger window), so a
+ * projection's weights are placed in the kernel memory once per batch, not once per window (the
+ * sensitivity forks add a 32-token window per earlier MoE layer); each window is attended on its
+ * own. A row's projection does not depend on the other rows (simd.ts), hence the same values.
+ */
+export function attendWindows(a: AttentionF32, hs: Float64Array[], ns: number[]): Float64Array[] {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = a.spec;
+  const qDim = nh * hd, kvDim = nkv * hd;
+  const H = a.q.length / qDim;
+  const heads = wholeHeads(a);
+  const outs: Float64Array[] = [];
+  for (let i = 0; i < ns.length;) {
+    // Windows [i, j) make the batch.
+    let j = i, rows = 0;
+    while (j < ns.length && (j === i || rows + ns[j] <= BATCH_ROWS)) rows += ns[j++];
+    const x = new Float32Array(rows * H);
+    for (let w = i, at = 0; w < j; at += ns[w++]) x.set(hs[w].subarray(0, ns[w] * H), at * H);
+    const { q, k, v } = projectQkv(heads, x, rows);
+    const att = new Float32Array(rows * qDim);
+    for (let w = i, at = 0; w < j; at += ns[w++]) {
+      const n = ns[w];
+      const part = (m: Float64Array, d: number) => m.subarray(at * d, (at + n) * d);
+      att.set(attendHeads(heads, part(q, qDim), part(k, kvDim), part(v, kvDim), n), at * qDim);
+    }
+    const y = new Float32Array(rows * H);
+    matmulF32(y, att, f32Of(a.o), rows, H, qDim);
+    for (let w = i, at = 0; w < j; at += ns[w++]) {
+      const out = new Float64Array(ns[w] * H);
+      out.set(y.subarray(at * H, (at + ns[w]) * H));
+      if (a.oBias) addBias(out, a.oBias, ns[w]);
+      outs.push(out);
+    }
+    i = j;
+  }
+  return outs;
 }
 
 /** The whole block as {@link HeadsF32}. */

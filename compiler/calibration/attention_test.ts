@@ -2,7 +2,9 @@
  * The attention block split into KV-head and output-projection jobs: bit for bit the block on one
  * thread with the float32 projections (`attentionBlock` with `linearF32`), on this thread and on
  * a 2-worker pool, with RoPE, per-head q/k norms, clamps, biases, sinks and a sliding window; and
- * within 1e-5 of the largest output of the float64 reference block (all-float64 projections).
+ * within 1e-5 of the largest output of the float64 reference block (all-float64 projections);
+ * several windows at once (`attendWindows`, projections batched across windows) bit for bit each
+ * window alone, with float64 or float32 weights.
  *
  * @module
  */
@@ -16,9 +18,12 @@ import { QuantizePool } from "../parallel/pool.ts";
 import {
   attendF32,
   attendGrouped,
+  attendWindows,
+  type AttentionF32,
   type AttentionRunner,
   groupable,
   headsF32,
+  linearF32,
   runAttentionGroup,
   runLinear,
   wholeHeads,
@@ -156,5 +161,35 @@ Deno.test("headsF32: the same values whatever the query row blocks", () => {
     const x = Float32Array.from(random(n * H, rng));
     const once = headsF32(a, x, n);
     for (const values of [10, 30, 70]) assert.deepEqual(headsF32(a, x, n, values), once);
+  }
+});
+
+Deno.test("attendWindows: each window's values alone, batched or not, f32 or f64 weights", () => {
+  for (const extras of [false, true]) {
+    const rng = mulberry32(17);
+    const a = block(rng, extras);
+    // Batches: [5, 300] (the next would pass 512 rows), [250, 3], [600] (one larger window).
+    const ns = [5, 300, 250, 3, 600];
+    const hs = ns.map((n) => random(n * H, rng));
+    // Each window alone: its heads, then the output projection of their float32 values.
+    const want = hs.map((h, i) => {
+      const heads = headsF32(wholeHeads(a), Float32Array.from(h), ns[i]);
+      const out = new Float64Array(ns[i] * H);
+      linearF32(out, heads, a.o, ns[i], H, NH * HD);
+      if (a.oBias) out.forEach((_, j) => out[j] += a.oBias![j % H]);
+      return out;
+    });
+    const f32: AttentionF32 = {
+      ...a,
+      q: Float32Array.from(a.q),
+      k: Float32Array.from(a.k),
+      v: Float32Array.from(a.v),
+      o: Float32Array.from(a.o),
+    };
+    for (const weights of [a, f32]) {
+      const got = attendWindows(weights, hs, ns);
+      got.forEach((g, i) => assert.deepEqual(g, want[i], `window ${i}`));
+    }
+    assert.deepEqual(attendF32(f32, hs[3], ns[3]), want[3]);
   }
 });
