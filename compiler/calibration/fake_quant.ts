@@ -24,7 +24,7 @@ import {
 import { quantizeUnpacked, type QuantMethod } from "../quantize/mod.ts";
 import { checkFinite, inverseScale, minMaxParams, type UnpackedQuant } from "../quantize/common.ts";
 import type { QuantBits, ScaleType } from "../../schemas/packing.ts";
-import { rtnDecodedSimd } from "./simd.ts";
+import { kernelF32, kernelF64, paramsAt, rtnDecodedSimd } from "./simd.ts";
 
 /** 1.5 · 2^52: (v + it) − it is v rounded to an integer, ties to even, for |v| < 2^51. */
 const ROUND_MAGIC = 6755399441055744;
@@ -130,6 +130,41 @@ export function rtnGroupParams(
     prm32[4 * g + 1] = zero;
     prm32[4 * g + 2] = scale;
     prm32[4 * g + 3] = 0.5 - e - 2 ** -24; // rounds to at most 0.5 − e
+  }
+}
+
+/**
+ * {@link rtnGroupParams} (f16 scales, with `prm32`) on regions of the kernel memory (byte
+ * addresses; `flags` room for one i32 per group): the `params` kernel (simd.ts) computes the
+ * common groups with the same float operations, and the groups it leaves (degenerate ranges,
+ * f16 overflow, non-finite values) are done here one by one, errors included. The same values.
+ */
+export function rtnParamsAt(
+  mm: number,
+  prm: number,
+  prm32: number,
+  flags: number,
+  groups: number,
+  bits: QuantBits,
+  values: () => Float32Array,
+  cols: number,
+  name: string,
+): void {
+  if (paramsAt(mm, prm, prm32, flags, groups, (1 << bits) - 1) === 0) return;
+  const flagged = new Int32Array(kernelF32(flags, groups).buffer, flags, groups);
+  for (let g = 0; g < groups; g++) {
+    if (flagged[g] === 0) continue;
+    rtnGroupParams(
+      kernelF32(mm + 8 * g, 2),
+      kernelF64(prm + 24 * g, 3),
+      kernelF32(prm32 + 16 * g, 4),
+      1,
+      bits,
+      "f16",
+      values,
+      cols,
+      name,
+    );
   }
 }
 

@@ -19,7 +19,7 @@ import { expertOutputs, type ExpertWeights, quantizeExpert } from "../expert_wei
 import { matmul } from "../reference/math.ts";
 import { QuantizePool } from "../parallel/pool.ts";
 import type { QuantMethod } from "../quantize/mod.ts";
-import { fakeQuantizeExpert, rtnDecoded, rtnGroupParams } from "./fake_quant.ts";
+import { fakeQuantizeExpert, rtnDecoded, rtnGroupParams, rtnParamsAt } from "./fake_quant.ts";
 import { decodeInto, type ExpertJob, runExpertJob, runHeadJob } from "./jobs.ts";
 import { decodeRaw } from "../checkpoint/raw.ts";
 import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
@@ -371,4 +371,73 @@ Deno.test("kernel regions: a failed RTN releases what it reserved", () => {
   w[70] = NaN;
   assert.throws(() => rtnDecoded(w, 2, 64, 2, 32, "f16", "up"), /up: non-finite/);
   assert.equal(kernelMark(), before);
+});
+
+Deno.test("rtnParamsAt: rtnGroupParams' parameters bit for bit (f16 ties, subnormals, edge groups)", () => {
+  const rng = mulberry32(14);
+  // [lo, hi] per group: ordinary, tiny (subnormal f16 scales), large, one-signed, constant, zero,
+  // and ranges whose scale (hi − lo) / qmax is exactly halfway between two f16 values.
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < 400; i++) {
+    const mag = [1, 1e-3, 1e-6, 2e-8, 3e3, 4e4][i % 6];
+    const a = (rng() * 2 - 1) * mag, b = (rng() * 2 - 1) * mag;
+    pairs.push([Math.min(a, b), Math.max(a, b)]);
+  }
+  pairs.push([0.25, 0.75], [-0.75, -0.25], [0.5, 0.5], [-2, -2], [0, 0], [-0, 0], [0, 1e-30]);
+  const ties = (qmax: number) =>
+    [-20, -14, -12, 0, 3].map((k) => {
+      const half = Math.fround((qmax * (1 + 2 ** -11) * 2 ** k) / 2);
+      return [-half, half] as [number, number];
+    });
+  for (const bits of [2, 3, 4, 8] as QuantBits[]) {
+    const all = [...pairs, ...ties((1 << bits) - 1)];
+    const groups = all.length;
+    const mm = Float32Array.from(all.flat());
+    const want = new Float64Array(3 * groups), want32 = new Float32Array(4 * groups);
+    rtnGroupParams(mm, want, want32, groups, bits, "f16", () => mm, 2, "w");
+    const mark = kernelMark();
+    try {
+      const mmAt = kernelAlloc(2 * groups), prm = kernelAlloc(6 * groups);
+      const prm32 = kernelAlloc(4 * groups), flags = kernelAlloc(groups);
+      kernelF32(mmAt, 2 * groups).set(mm);
+      rtnParamsAt(mmAt, prm, prm32, flags, groups, bits, () => mm, 2, "w");
+      const bytes = (a: Float32Array | Float64Array) =>
+        new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+      assert.deepEqual(bytes(kernelF64(prm, 3 * groups)), bytes(want), `${bits}: f64 parameters`);
+      assert.deepEqual(
+        bytes(kernelF32(prm32, 4 * groups)),
+        bytes(want32),
+        `${bits}: f32 parameters`,
+      );
+      // The degenerate groups (and tiny ones, whose scale is below f16's) went the JS way;
+      // the ordinary ones not.
+      const flagged = new Int32Array(kernelF32(flags, groups).buffer, flags, groups);
+      const count = flagged.reduce((s, f) => s + f, 0);
+      assert.ok(count >= 4 && count < groups / 2, `${bits}: ${count} flagged`);
+      for (let g = 0; g < 400; g += 6) assert.equal(flagged[g], 0, `${bits}: group ${g}`);
+    } finally {
+      kernelRelease(mark);
+    }
+  }
+  // Errors as rtnGroupParams raises them: f16 overflow, a non-finite value.
+  for (
+    const [lo, hi, error] of [[-4e5, 4e5, /overflows the f16 scale/], [
+      NaN,
+      1,
+      /non-finite/,
+    ]] as const
+  ) {
+    const mark = kernelMark();
+    try {
+      const mmAt = kernelAlloc(4),
+        prm = kernelAlloc(12),
+        prm32 = kernelAlloc(8),
+        flags = kernelAlloc(2);
+      kernelF32(mmAt, 4).set([-1, 1, lo, hi]);
+      const values = Float32Array.of(-1, 1, lo, hi);
+      assert.throws(() => rtnParamsAt(mmAt, prm, prm32, flags, 2, 2, () => values, 2, "w"), error);
+    } finally {
+      kernelRelease(mark);
+    }
+  }
 });

@@ -21,7 +21,7 @@ import type { MatrixName } from "../../schemas/model.ts";
 import { MXFP4_WIDTH, type QuantBits } from "../../schemas/packing.ts";
 import { matrixShape } from "../../schemas/tensors.ts";
 import { matrixNames, matrixOf } from "../expert_weights.ts";
-import { rtnGroupParams } from "./fake_quant.ts";
+import { rtnParamsAt } from "./fake_quant.ts";
 import { activateInPlace, addBias, type HeadBlock, reduceHeadLogits } from "./kernels.ts";
 import { readLocation, readLocationInto } from "./raw_read.ts";
 import {
@@ -204,13 +204,13 @@ function run(job: ExpertJob): ExpertJobResult {
     for (const name of names) {
       const [rows, cols] = shape(name);
       const g = groups[name]!;
-      rtnGroupParams(
-        kernelF32(g.mm, 2 * g.n),
-        kernelF64(g.prm, 3 * g.n),
-        kernelF32(g.prm32, 4 * g.n),
+      rtnParamsAt(
+        g.mm,
+        g.prm,
+        g.prm32,
+        g.flags,
         g.n,
         b as QuantBits,
-        "f16",
         () => kernelF32(weights[name]!, rows * cols).slice(),
         cols,
         name,

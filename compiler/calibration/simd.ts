@@ -65,6 +65,7 @@ function name(s: string): number[] {
 }
 
 const I32 = 0x7f;
+const F64 = 0x7c;
 const V128 = 0x7b;
 const SIMD = 0xfd;
 
@@ -140,6 +141,25 @@ const op = {
   i32x4Shl: [SIMD, ...uleb(171)],
   demoteZero: [SIMD, ...uleb(94)], // f32x4.demote_f64x2_zero
   promoteLow: [SIMD, ...uleb(95)], // f64x2.promote_low_f32x4
+  // Scalar float and integer steps of the `params` kernel.
+  i32And: [0x71],
+  i32Or: [0x72],
+  eqz: [0x45],
+  select: [0x1b],
+  f32Sub: [0x93],
+  f64Add: [0xa0],
+  f64Sub: [0xa1],
+  f64Mul: [0xa2],
+  f64Div: [0xa3],
+  f64Neg: [0x9a],
+  f64Abs: [0x99],
+  f64Max: [0xa5],
+  f64Gt: [0x64],
+  promote: [0xbb], // f64.promote_f32
+  i32FromF32: [0xbc], // i32.reinterpret_f32
+  f32FromI32: [0xbe], // f32.reinterpret_i32
+  /** f64.store with alignment 2^3 and a constant offset. */
+  f64Store: (offset: number) => [0x39, 3, ...uleb(offset)],
 };
 
 /** A function body from its locals ([count, type] runs) and code. */
@@ -299,6 +319,78 @@ function rtn32Body(): number[] {
 }
 
 /**
+ * params(mm, prm, prm32, flags, groups, qmax) → i32: the RTN parameters of fake_quant.ts
+ * `rtnGroupParams` (f16 scales) per group, the same operations in the same order on IEEE floats:
+ * from [lo, hi] (two f32 at mm), scale = r16((hi − lo) / qmax), zero = r16(−lo / scale), then
+ * prm (f64) [1/scale, zero, scale] and prm32 (f32) [1/scale, zero, scale, limit] with
+ * limit = (0.5 − e) − 2⁻²⁴, e = 2⁻²³ · (3.01 · max(|lo|, |hi|) · (1/scale) + |zero|). r16 is
+ * schemas/half.ts `roundF16`: to f32 (round to nearest even), then to the f16 grid (the same) by
+ * adding and subtracting c = 2^(max(E, −14) + 13) for the f32's exponent E, whose sum's last bit
+ * is then the f16's last bit (a carry into the next binade included; 2⁻²⁴ steps below 2⁻¹⁴);
+ * the sign is put back. A group outside the common case (not hi > lo, a scale not > 0, a value
+ * that rounds to f16 infinity, NaN) gets flags[g] = 1 and nothing else: the caller redoes it in
+ * `minMaxParams`, which also raises its errors; the others get 0. Returns how many were flagged.
+ */
+function paramsBody(): number[] {
+  const [MM, PRM, PRM32, FLAGS, GROUPS, QMAX] = [0, 1, 2, 3, 4, 5];
+  const [G, BAD, B, A, C, FLAGGED] = [6, 7, 8, 9, 10, 11];
+  const [LO, HI, S, Z, INV, E, QM] = [12, 13, 14, 15, 16, 17, 18];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  /** f64 on the stack → its roundF16, as f64; BAD |= it rounds to ±Infinity or is NaN. */
+  const r16 = () => {
+    emit(op.demote, op.i32FromF32, op.tee(B), op.i32(0x7fffffff), op.i32And, op.tee(A));
+    emit(op.i32(0x477ff000), op.geU, op.get(BAD), op.i32Or, op.set(BAD)); // |x| ≥ 65520
+    emit(op.get(A), op.i32(0x7f800000), op.i32And, op.tee(C), op.i32(113 << 23));
+    emit(op.get(C), op.i32(113 << 23), op.gtU, op.select, op.i32(13 << 23), op.add, op.set(C));
+    emit(op.get(A), op.f32FromI32, op.get(C), op.f32FromI32, op.f32Add);
+    emit(op.get(C), op.f32FromI32, op.f32Sub, op.i32FromF32);
+    emit(op.get(B), op.i32(-0x80000000), op.i32And, op.i32Or, op.f32FromI32, op.promote);
+  };
+  emit(op.get(QMAX), op.i32ToF64, op.set(QM));
+  emit(op.i32(0), op.set(G), op.i32(0), op.set(FLAGGED));
+  emit(op.block, op.loop);
+  emit(op.get(G), op.get(GROUPS), op.geU, op.brIf(1));
+  emit(op.i32(0), op.set(BAD));
+  emit(op.get(MM), op.f32Load(0), op.promote, op.set(LO));
+  emit(op.get(MM), op.f32Load(4), op.promote, op.set(HI));
+  emit(op.block); // done
+  emit(op.block); // flag
+  emit(op.get(HI), op.get(LO), op.f64Gt, op.eqz, op.brIf(0));
+  emit(op.get(HI), op.get(LO), op.f64Sub, op.get(QM), op.f64Div);
+  r16();
+  emit(op.tee(S), op.f64(0), op.f64Gt, op.eqz, op.get(BAD), op.i32Or, op.brIf(0));
+  emit(op.get(LO), op.f64Neg, op.get(S), op.f64Div);
+  r16();
+  emit(op.set(Z), op.get(BAD), op.brIf(0));
+  emit(op.f64(1), op.get(S), op.f64Div, op.set(INV));
+  emit(op.get(PRM), op.get(INV), op.f64Store(0));
+  emit(op.get(PRM), op.get(Z), op.f64Store(8));
+  emit(op.get(PRM), op.get(S), op.f64Store(16));
+  emit(op.f64(2 * 2 ** -24), op.f64(3.01), op.get(LO), op.f64Abs, op.get(HI), op.f64Abs);
+  emit(op.f64Max, op.f64Mul, op.get(INV), op.f64Mul, op.get(Z), op.f64Abs, op.f64Add);
+  emit(op.f64Mul, op.set(E));
+  emit(op.get(PRM32), op.get(INV), op.demote, op.f32Store(0));
+  emit(op.get(PRM32), op.get(Z), op.demote, op.f32Store(4));
+  emit(op.get(PRM32), op.get(S), op.demote, op.f32Store(8));
+  emit(op.get(PRM32), op.f64(0.5), op.get(E), op.f64Sub, op.f64(2 ** -24), op.f64Sub);
+  emit(op.demote, op.f32Store(12));
+  emit(op.get(FLAGS), op.i32(0), op.i32Store(0), op.br(1));
+  emit(op.end); // flag
+  emit(op.get(FLAGS), op.i32(1), op.i32Store(0));
+  emit(op.get(FLAGGED), op.i32(1), op.add, op.set(FLAGGED));
+  emit(op.end); // done
+  emit(op.get(MM), op.i32(8), op.add, op.set(MM));
+  emit(op.get(PRM), op.i32(24), op.add, op.set(PRM));
+  emit(op.get(PRM32), op.i32(16), op.add, op.set(PRM32));
+  emit(op.get(FLAGS), op.i32(4), op.add, op.set(FLAGS));
+  emit(op.get(G), op.i32(1), op.add, op.set(G), op.br(0));
+  emit(op.end, op.end);
+  emit(op.get(FLAGGED));
+  return body([[6, I32], [7, F64]], code);
+}
+
+/**
  * bf16(src, dst, n8) → i32: widens 8·n8 bf16 values at src to float32 at dst (each a 16-bit
  * shift); returns 1 when one of them is non-finite (exponent bits all ones), else 0.
  */
@@ -404,7 +496,7 @@ function gemmBody(): number[] {
 
 /**
  * The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn", "rtn32",
- * "bf16".
+ * "bf16", "params".
  */
 export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
   const type = (params: number, results = 0) => [
@@ -421,8 +513,8 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     0x00, // magic, version 1
-    ...section(1, vec([type(6), type(4), type(7), type(3, 1)])),
-    ...section(3, vec([uleb(0), uleb(1), uleb(0), uleb(2), uleb(3)])),
+    ...section(1, vec([type(6), type(4), type(7), type(3, 1), type(6, 1)])),
+    ...section(3, vec([uleb(0), uleb(1), uleb(0), uleb(2), uleb(3), uleb(4)])),
     ...section(5, vec([[0x00, ...uleb(1)]])), // memory: min 1 page, no max
     ...section(
       7,
@@ -433,9 +525,13 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
         [...name("rtn"), 0x00, 2],
         [...name("rtn32"), 0x00, 3],
         [...name("bf16"), 0x00, 4],
+        [...name("params"), 0x00, 5],
       ]),
     ),
-    ...section(10, vec([gemmBody(), minmaxBody(), rtnBody(), rtn32Body(), bf16Body()])),
+    ...section(
+      10,
+      vec([gemmBody(), minmaxBody(), rtnBody(), rtn32Body(), bf16Body(), paramsBody()]),
+    ),
   ];
   return new Uint8Array(bytes);
 }
@@ -457,6 +553,14 @@ interface Kernel {
     flags: number,
   ) => void;
   bf16: (src: number, dst: number, n8: number) => number;
+  params: (
+    mm: number,
+    prm: number,
+    prm32: number,
+    flags: number,
+    groups: number,
+    qmax: number,
+  ) => number;
 }
 
 let kernel: Kernel | null = null;
@@ -581,6 +685,22 @@ const A_CHUNK_BYTES = 192 << 10;
  */
 export function minmaxAt(w: number, out: number, groups: number, groupSize: number): void {
   instance().minmax(w, out, groups, groupSize * 4);
+}
+
+/**
+ * The `params` kernel: RTN parameters (f16 scales) of `groups` groups from their [min, max] at
+ * `mm` into `prm` (3 f64 each) and `prm32` (4 f32 each); `flags` (one i32 each) marks the groups
+ * it leaves to the caller (see the kernel). Returns how many.
+ */
+export function paramsAt(
+  mm: number,
+  prm: number,
+  prm32: number,
+  flags: number,
+  groups: number,
+  qmax: number,
+): number {
+  return instance().params(mm, prm, prm32, flags, groups, qmax);
 }
 
 /**
