@@ -510,8 +510,12 @@ export async function calibrateStream(
     const headRef = top(spec.head.tied ? "embed" : "lm_head");
     await forRowBlocks(headRef, H, async (a, b, decoded) => {
       const slot = index++;
-      // Raw bytes where the ref has them: the block is decoded on the runner's thread.
-      const rows = headRef.readRawRows ? await headRef.readRawRows(a, b - a) : decoded!;
+      // Where the BF16 rows lie (the runner's thread reads them), or raw bytes (decoded there).
+      const rows = headRef.locateRawRows && headRef.dtype === "BF16"
+        ? headRef.locateRawRows(a, b - a)
+        : headRef.readRawRows
+        ? await headRef.readRawRows(a, b - a)
+        : decoded!;
       const job = {
         kind: "head" as const,
         x,

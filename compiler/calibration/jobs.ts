@@ -81,8 +81,8 @@ export interface HeadJob {
   /** Scored rows [k, H], final-normed and scaled. */
   x: Float32Array;
   k: number;
-  /** Head rows [a, a + n), [n, H], or their raw checkpoint bytes. */
-  rows: Float32Array | RawElements;
+  /** Head rows [a, a + n), [n, H], their raw checkpoint bytes, or where those lie. */
+  rows: Float32Array | RawElements | RawLocation;
   n: number;
   a: number;
   bias: Float32Array | null;
@@ -213,9 +213,12 @@ export function runExpertJob(job: ExpertJob, resident = residentFits(job)): Expe
 export function runHeadJob(job: HeadJob, resident = true): HeadBlock {
   const done = resident ? runResidentHeadJob(job) : null;
   if (done) return done;
-  const rows = job.rows instanceof Float32Array
+  const raw = job.rows instanceof Float32Array || !("offset" in job.rows)
     ? job.rows
-    : decodeInto(job.rows, scratchOf("head", job.rows.bytes.byteLength >>> 1));
+    : readLocation(job.rows);
+  const rows = raw instanceof Float32Array
+    ? raw
+    : decodeInto(raw, scratchOf("head", raw.bytes.byteLength >>> 1));
   return headBlockF32(job.x, job.k, rows, job.n, job.a, job.bias, job.targets);
 }
 
@@ -245,7 +248,7 @@ export function calibrationJobTransfers(job: CalibrationJob): ArrayBuffer[] {
     ? [job.q, job.k, job.v]
     : job.kind === "linear"
     ? [job.w]
-    : job.rows instanceof Float32Array
+    : job.rows instanceof Float32Array || "offset" in job.rows
     ? []
     : [job.rows.bytes];
   const whole = arrays.filter((a) =>

@@ -2,7 +2,8 @@
  * Raw rows read where a job runs: a checkpoint ref's location reads the bytes its `readRawRows`
  * returns; an expert job given its matrices' locations gives the values of the same job given
  * their raw bytes, on the resident and the general path, non-finite values included (decodeRaw's
- * error naming the file, or zeros); a file that ends early is an InputError naming it.
+ * error naming the file, or zeros); so does a head job given its rows' location; a file that
+ * ends early is an InputError naming it.
  *
  * @module
  */
@@ -12,8 +13,8 @@ import { mulberry32 } from "../../schemas/prng.ts";
 import { loadCheckpoint } from "../checkpoint/mod.ts";
 import { moeLayers, type RawElements, type RawLocation } from "../ir.ts";
 import type { ExpertWeights } from "../expert_weights.ts";
-import { type ExpertJob, runExpertJob } from "./jobs.ts";
-import { readLocation, readLocationInto } from "./raw_read.ts";
+import { type ExpertJob, runExpertJob, runHeadJob } from "./jobs.ts";
+import { rawAt, readLocation, readLocationInto } from "./raw_read.ts";
 
 const SHAKESPEARE = new URL("../../testdata/shakespeare-moe", import.meta.url).pathname;
 
@@ -142,6 +143,53 @@ Deno.test("readLocationInto: a file that ends early is an InputError naming it",
         e.message.includes(path),
     );
     assert.throws(() => readLocation({ ...loc, path: `${dir}/none.bin` }), /not found/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("runHeadJob: head rows at a file location give their raw bytes' block", async () => {
+  const rng = mulberry32(22);
+  const H = 32, k = 3, n = 9, a = 100;
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/head.bin`;
+    const bytes = bf16Matrix(n * H, rng);
+    const file = new Uint8Array(6 + bytes.length);
+    file.set(bytes, 6);
+    await Deno.writeFile(path, file);
+    const loc: RawLocation = {
+      path,
+      offset: 6,
+      length: bytes.length,
+      dtype: "BF16",
+      name: "lm_head",
+      start: a * H,
+      allowNonFinite: false,
+    };
+    const job = (rows: RawElements | RawLocation) => ({
+      kind: "head" as const,
+      x: Float32Array.from({ length: k * H }, () => rng() - 0.5),
+      k,
+      rows,
+      n,
+      a,
+      bias: null,
+      targets: Int32Array.of(101, 3, 108),
+    });
+    const j = job(loc);
+    const raw = { ...j, rows: rawAt(loc, bytes.slice()) };
+    for (const resident of [true, false]) {
+      assert.deepEqual(runHeadJob(j, resident), runHeadJob(raw, resident));
+    }
+    file[6 + 2 * 40 + 1] = 0xff, file[6 + 2 * 40] = 0x80; // element 40: -Infinity
+    await Deno.writeFile(path, file);
+    for (const resident of [true, false]) {
+      assert.throws(
+        () => runHeadJob(j, resident),
+        /non-finite value \(-Infinity\) at element 3240/,
+      );
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

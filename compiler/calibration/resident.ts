@@ -230,20 +230,24 @@ function run(job: ExpertJob): ExpertJobResult {
 }
 
 /**
- * A head job whose rows are raw BF16 bytes, widened straight into the kernel memory and
- * multiplied there (`headBlockF32`'s values bit for bit); null, having done nothing, when the
+ * A head job whose rows are raw BF16 bytes (or their place in the file, read straight into the
+ * kernel memory), widened there and multiplied there (`headBlockF32`'s values bit for bit); null, having done nothing, when the
  * rows are not BF16, hold a non-finite value or the hidden size is not a multiple of 4.
  */
 export function runResidentHeadJob(job: HeadJob): HeadBlock | null {
   const { k, n, rows } = job;
   const H = job.x.length / k;
   if (rows instanceof Float32Array || rows.dtype !== "BF16" || H % 4 !== 0 || k === 0) return null;
-  if (rows.bytes.byteLength !== 2 * n * H) return null;
+  const located = "offset" in rows;
+  if ((located ? rows.length : rows.bytes.byteLength) !== 2 * n * H) return null;
   const mark = kernelMark();
   try {
     const kp = k + (k & 1), np = Math.ceil(n / 4) * 4;
     const rowsAt = kernelAlloc(np * H);
-    if (!bf16At(rows.bytes, rowsAt, n * H)) return null;
+    const widened = located
+      ? bf16Into((view) => readLocationInto(rows, view), rowsAt, n * H)
+      : bf16At(rows.bytes, rowsAt, n * H);
+    if (!widened) return null;
     kernelF32(rowsAt + n * H * 4, (np - n) * H).fill(0);
     const xAt = kernelAlloc(kp * H);
     const x = kernelF32(xAt, kp * H);
