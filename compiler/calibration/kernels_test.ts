@@ -5,7 +5,8 @@
  * log-sum-exp within 1e-5 (absolute, in nats) and its target logits within 1e-5; the unpacked
  * quantization equal to `quantizeExpert` bit for bit for every method and width; an expert job's
  * costs within 1e-4 relative of `outputError`, its fork rows equal to the lowest width's outputs,
- * and the same job on a worker thread bit for bit the same.
+ * and the same job on a worker thread bit for bit the same; the WebAssembly RTN parameters and
+ * the widening with each group's min and max bit for bit their references.
  *
  * @module
  */
@@ -25,6 +26,7 @@ import { decodeRaw } from "../checkpoint/raw.ts";
 import { headBlockF32, matmulF32, type MlpF32, mlpF32 } from "./kernels.ts";
 import {
   bf16At,
+  bf16MinmaxInto,
   gemmModuleBytes,
   kernelAlloc,
   kernelF32,
@@ -305,6 +307,7 @@ Deno.test("rtnFastAt: rtnDecoded's values bit for bit, values at rounding ties r
         "w",
       );
       const redone = rtnFastAt(wAt, out, prm32, prm, flags, groups, group, qmax);
+      assert.deepEqual(kernelF32(out, n).slice(), rtnDecoded(w, rows, cols, bits, group));
       // Tied groups are redone; most of the others are not.
       assert.ok(redone >= groups / 2 && redone < 0.75 * groups, `${bits}: ${redone} redone`);
     } finally {
@@ -440,4 +443,31 @@ Deno.test("rtnParamsAt: rtnGroupParams' parameters bit for bit (f16 ties, subnor
       kernelRelease(mark);
     }
   }
+});
+
+Deno.test("bf16MinmaxInto: bf16At's values and minmaxAt's [min, max], bit for bit", () => {
+  const rng = mulberry32(15);
+  for (const group of [8, 64]) {
+    const n = 4 * 64;
+    const h = new Uint16Array(n).map(() => Math.floor(rng() * 0x10000) & 0xbfff);
+    h[3] = 0x8000, h[5] = 0x0000; // −0 and +0 in one group
+    const bytes = new Uint8Array(h.buffer);
+    const groups = n / group;
+    const mark = kernelMark();
+    try {
+      const a = kernelAlloc(n), b = kernelAlloc(n);
+      const mmA = kernelAlloc(2 * groups), mmB = kernelAlloc(2 * groups);
+      assert.ok(bf16MinmaxInto((view) => view.set(bytes), a, n, mmA, group));
+      assert.ok(bf16At(bytes, b, n));
+      minmaxAt(b, mmB, groups, group);
+      const bits = (at: number, len: number) => new Uint32Array(kernelF32(at, len).slice().buffer);
+      assert.deepEqual(bits(a, n), bits(b, n), `${group}: values`);
+      assert.deepEqual(bits(mmA, 2 * groups), bits(mmB, 2 * groups), `${group}: min, max`);
+      h[n - 1] = 0x7fc0; // NaN
+      assert.equal(bf16MinmaxInto((view) => view.set(bytes), a, n, mmA, group), false);
+    } finally {
+      kernelRelease(mark);
+    }
+  }
+  assert.throws(() => bf16MinmaxInto(() => {}, 0, 60, 0, 12), /groups of 12/);
 });

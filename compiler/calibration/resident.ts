@@ -27,10 +27,10 @@ import { readLocation, readLocationInto } from "./raw_read.ts";
 import {
   bf16At,
   bf16Into,
+  bf16MinmaxInto,
   gemmAt,
   kernelAlloc,
   kernelF32,
-  kernelF64,
   kernelMark,
   kernelRelease,
   minmaxAt,
@@ -85,17 +85,27 @@ function run(job: ExpertJob): ExpertJobResult {
   const names = matrixNames(w);
   const shape = (name: MatrixName) => matrixShape(name, I, H) as [number, number];
   const weights: Matrices = {};
+  const c = job.costs;
+  // With costs, each group's [min, max] (`minmax`), found while BF16 is widened when it can be.
+  const minmax: Matrices = {};
+  const fused = c !== undefined && c.groupSize % 8 === 0;
   for (const name of names) {
     const [rows, cols] = shape(name);
     const at = kernelAlloc(rows * cols);
+    const mm = c ? kernelAlloc(2 * (rows * cols) / c.groupSize) : 0;
     const loc = job.located?.[name];
     const raw = loc && !(loc.dtype === "BF16" && loc.length === 2 * rows * cols)
       ? readLocation(loc)
       : job.raw?.[name];
-    const widened = loc && !raw
-      ? bf16Into((view) => readLocationInto(loc, view), at, rows * cols)
-      : raw?.dtype === "BF16" && raw.bytes.byteLength === 2 * rows * cols &&
-        bf16At(raw.bytes, at, rows * cols);
+    const bf16 = loc && !raw
+      ? (view: Uint8Array) => readLocationInto(loc, view)
+      : raw?.dtype === "BF16" && raw.bytes.byteLength === 2 * rows * cols
+      ? (view: Uint8Array) => view.set(raw.bytes)
+      : null;
+    let found = false;
+    let widened = false;
+    if (bf16 && fused) found = widened = bf16MinmaxInto(bf16, at, rows * cols, mm, c.groupSize);
+    else if (bf16) widened = bf16Into(bf16, at, rows * cols);
     // Else other dtypes, non-finite values (decodeRaw's error, or zeros), decoded matrices.
     // A located BF16 matrix is read again for decodeRaw's error or zeros (a rare path).
     if (!widened) {
@@ -107,7 +117,9 @@ function run(job: ExpertJob): ExpertJobResult {
         : matrixOf(w, name);
       if (values !== view) view.set(values);
     }
+    if (c && !found) minmaxAt(at, mm, (rows * cols) / c.groupSize, c.groupSize);
     weights[name] = at;
+    minmax[name] = mm;
   }
 
   /** Rows [n, H] placed in the kernel memory, padded to an even count with a zero row. */
@@ -156,7 +168,6 @@ function run(job: ExpertJob): ExpertJobResult {
   const copy = (y: Float32Array) => y.slice();
 
   const routed = forward(weights, place(job.routed, job.n), job.n, copy);
-  const c = job.costs;
   if (!c) return { routed, costs: [], fork: new Float32Array(0), costMs: 0 };
   const t0 = performance.now();
   const { sample, forkRows, sampleRows } = c;
@@ -176,15 +187,13 @@ function run(job: ExpertJob): ExpertJobResult {
   const inputs = place(rows, sample.n + f);
   if (sample.n > 0 && !y) y = forward(weights, inputs, sample.n, copy);
 
-  // Each group's min and max, once; the quantized matrices and parameters, reused per width.
+  // The quantized matrices and parameters, reused per width.
   const groups: Partial<Record<MatrixName, GroupRegions>> = {};
   for (const name of names) {
     const [rows, cols] = shape(name);
     const n = (rows * cols) / c.groupSize;
-    const mm = kernelAlloc(2 * n);
-    minmaxAt(weights[name]!, mm, n, c.groupSize);
     groups[name] = {
-      mm,
+      mm: minmax[name]!,
       prm: kernelAlloc(6 * n),
       prm32: kernelAlloc(4 * n),
       flags: kernelAlloc(n),

@@ -110,6 +110,7 @@ const op = {
   vStoreAt: (offset: number) => [SIMD, 0x0b, 4, ...uleb(offset)],
   shuffle: (lanes: number[]) => [SIMD, 0x0d, ...lanes],
   f32Splat: [SIMD, 0x13],
+  i32Splat: [SIMD, 0x11],
   f64Splat: [SIMD, 0x14],
   vAnd: [SIMD, ...uleb(78)],
   f32x4Min: [SIMD, ...uleb(232)],
@@ -418,6 +419,51 @@ function bf16Body(): number[] {
 }
 
 /**
+ * bf16mm(src, dst, n8, mm, g8) → i32: {@link bf16Body}'s widening, and per group of g8 blocks of
+ * 8 values the group's [min, max] as two f32 at mm, as the `minmax` kernel finds them (the same
+ * lanes in the same order, pmin / pmax from ±Infinity; no NaN rule: a non-finite value makes the
+ * result 1 and the caller redoes the matrix). n8 is a multiple of g8.
+ */
+function bf16mmBody(): number[] {
+  const [SRC, DST, N8, MM, G8] = [0, 1, 2, 3, 4];
+  const [END, GEND] = [5, 6];
+  const [V, BAD, MASK, LO, HI, A, B] = [7, 8, 9, 10, 11, 12, 13];
+  const code: number[] = [];
+  const emit = (...parts: number[][]) => parts.forEach((p) => code.push(...p));
+  emit(op.i32(0x7f80), op.i16Splat, op.set(MASK));
+  emit(op.vZero, op.set(BAD));
+  emit(op.get(SRC), op.get(N8), op.i32(16), op.mul, op.add, op.set(END));
+  emit(op.block, op.loop); // groups
+  emit(op.get(SRC), op.get(END), op.geU, op.brIf(1));
+  emit(op.get(SRC), op.get(G8), op.i32(16), op.mul, op.add, op.set(GEND));
+  emit(op.i32(0x7f800000), op.i32Splat, op.set(LO)); // +Infinity
+  emit(op.i32(-0x800000), op.i32Splat, op.set(HI)); // -Infinity
+  emit(op.block, op.loop); // blocks of 8 values
+  emit(op.get(SRC), op.get(GEND), op.geU, op.brIf(1));
+  emit(op.get(SRC), op.vLoad, op.set(V));
+  emit(op.get(BAD), op.get(V), op.get(MASK), op.vAnd, op.get(MASK), op.i16x8Eq, op.vOr);
+  emit(op.set(BAD));
+  emit(op.get(V), op.extendLowU, op.i32(16), op.i32x4Shl, op.set(A));
+  emit(op.get(V), op.extendHighU, op.i32(16), op.i32x4Shl, op.set(B));
+  emit(op.get(DST), op.get(A), op.vStore, op.get(DST), op.get(B), op.vStoreAt(16));
+  emit(op.get(LO), op.get(A), op.f32x4Pmin, op.get(B), op.f32x4Pmin, op.set(LO));
+  emit(op.get(HI), op.get(A), op.f32x4Pmax, op.get(B), op.f32x4Pmax, op.set(HI));
+  emit(op.get(SRC), op.i32(16), op.add, op.set(SRC));
+  emit(op.get(DST), op.i32(32), op.add, op.set(DST), op.br(0));
+  emit(op.end, op.end);
+  for (const [acc, f, offset] of [[LO, op.f32Min, 0], [HI, op.f32Max, 4]] as const) {
+    emit(op.get(MM));
+    emit(op.get(acc), op.extract(0), op.get(acc), op.extract(1), f);
+    emit(op.get(acc), op.extract(2), op.get(acc), op.extract(3), f, f);
+    emit(op.f32Store(offset));
+  }
+  emit(op.get(MM), op.i32(8), op.add, op.set(MM), op.br(0));
+  emit(op.end, op.end);
+  emit(op.get(BAD), op.anyTrue);
+  return body([[2, I32], [7, V128]], code);
+}
+
+/**
  * gemm(a, b, c, n, m, k): c[i·m + j] = Σ_p a[i·k + p] · b[j·k + p] for byte addresses a, b, c,
  * with n even, m a multiple of 4, k a multiple of 4 (the caller pads).
  */
@@ -496,7 +542,7 @@ function gemmBody(): number[] {
 
 /**
  * The module's bytes: one memory (exported as "memory") and "gemm", "minmax", "rtn", "rtn32",
- * "bf16", "params".
+ * "bf16", "params", "bf16mm".
  */
 export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
   const type = (params: number, results = 0) => [
@@ -513,8 +559,8 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     0x00, // magic, version 1
-    ...section(1, vec([type(6), type(4), type(7), type(3, 1), type(6, 1)])),
-    ...section(3, vec([uleb(0), uleb(1), uleb(0), uleb(2), uleb(3), uleb(4)])),
+    ...section(1, vec([type(6), type(4), type(7), type(3, 1), type(6, 1), type(5, 1)])),
+    ...section(3, vec([uleb(0), uleb(1), uleb(0), uleb(2), uleb(3), uleb(4), uleb(5)])),
     ...section(5, vec([[0x00, ...uleb(1)]])), // memory: min 1 page, no max
     ...section(
       7,
@@ -526,11 +572,20 @@ export function gemmModuleBytes(): Uint8Array<ArrayBuffer> {
         [...name("rtn32"), 0x00, 3],
         [...name("bf16"), 0x00, 4],
         [...name("params"), 0x00, 5],
+        [...name("bf16mm"), 0x00, 6],
       ]),
     ),
     ...section(
       10,
-      vec([gemmBody(), minmaxBody(), rtnBody(), rtn32Body(), bf16Body(), paramsBody()]),
+      vec([
+        gemmBody(),
+        minmaxBody(),
+        rtnBody(),
+        rtn32Body(),
+        bf16Body(),
+        paramsBody(),
+        bf16mmBody(),
+      ]),
     ),
   ];
   return new Uint8Array(bytes);
@@ -561,6 +616,7 @@ interface Kernel {
     groups: number,
     qmax: number,
   ) => number;
+  bf16mm: (src: number, dst: number, n8: number, mm: number, g8: number) => number;
 }
 
 let kernel: Kernel | null = null;
@@ -652,6 +708,31 @@ export function bf16Into(fill: (view: Uint8Array) => void, dst: number, n: numbe
       kernelF32(dst + whole * 32, n - whole * 8).set(kernelF32(tail, n - whole * 8));
     }
     return bad === 0;
+  } finally {
+    kernelRelease(mark);
+  }
+}
+
+/**
+ * {@link bf16Into} that also finds each group's [min, max] of the widened values, as
+ * {@link minmaxAt} does, into `mm` (groups of `groupSize` values, a multiple of 8 dividing n),
+ * in the same pass. Returns false, with `dst` and `mm` undefined, on a non-finite value.
+ */
+export function bf16MinmaxInto(
+  fill: (view: Uint8Array) => void,
+  dst: number,
+  n: number,
+  mm: number,
+  groupSize: number,
+): boolean {
+  if (groupSize % 8 !== 0 || n % groupSize !== 0) {
+    throw new UsageError(`bf16MinmaxInto: ${n} values in groups of ${groupSize}`);
+  }
+  const mark = kernelMark();
+  try {
+    const src = kernelAlloc(n / 2); // n bf16 = n / 2 floats' bytes
+    fill(new Uint8Array(instance().memory.buffer, src, 2 * n));
+    return instance().bf16mm(src, dst, n / 8, mm, groupSize / 8) === 0;
   } finally {
     kernelRelease(mark);
   }
