@@ -44,11 +44,9 @@ import type { ExpertWeights } from "./expert_weights.ts";
 import type { AttentionSpec, MatrixName } from "../schemas/model.ts";
 import {
   type CalibrationRunner,
-  decodeInto,
   type ExpertJobResult,
   inlineCalibration,
 } from "./calibration/jobs.ts";
-import { rawAt, readLocationInto } from "./calibration/raw_read.ts";
 import { type HeadBlock, type MlpF32, mlpF32 } from "./calibration/kernels.ts";
 import {
   attendF32,
@@ -321,26 +319,6 @@ export async function calibrateStream(
   // layer's attention blocks, so it overlaps with the expert jobs instead of following them, and
   // layer 0's are read while the embedding rows are.
   const attentionReads = new Map<string, Promise<AttentionF32 | ReferenceMla>>();
-  // The attention projections go to buffers reused by layer parity (a layer's are read while the
-  // previous layer's MoE block runs, after that layer's attention): on a fresh 33 MB array the
-  // page faults cost more than the decoding.
-  const projectionBuffers = new Map<string, Float32Array>();
-  let rawScratch = new Uint8Array(0);
-  const projectionReader = (l: number, b: number): ProjectionReader => (role, rows, cols) => {
-    const ref = refs.get(keyString({ stack: "decoder", layer: l, expert: -1, role }));
-    if (!ref?.locateRawRows || ref.dtype !== "BF16") return null;
-    if (ref.shape.length !== 2 || ref.shape[0] !== rows || ref.shape[1] !== cols) return null;
-    const loc = ref.locateRawRows(0, rows);
-    if (rawScratch.length < loc.length) rawScratch = new Uint8Array(loc.length);
-    const bytes = rawScratch.subarray(0, loc.length);
-    readLocationInto(loc, bytes);
-    const key = `${l % 2}/${b}/${role}`;
-    let into = projectionBuffers.get(key);
-    if (!into || into.length !== rows * cols) {
-      projectionBuffers.set(key, into = new Float32Array(rows * cols));
-    }
-    return decodeInto(rawAt(loc, bytes), into);
-  };
   const readAttentionAt = (l: number, b: number) => {
     const key = `${l}/${b}`;
     let p = attentionReads.get(key);
@@ -350,7 +328,7 @@ export async function calibrateStream(
       const w = reader.layer("decoder", l);
       p = block.attention.kind === "mla"
         ? readMla(block.attention, w, 0)
-        : readAttentionF32(block.attention, w, H, projectionReader(l, b));
+        : readAttentionF32(block.attention, w);
       p.catch(() => {}); // awaited (and thrown) where used
       attentionReads.set(key, p);
     }
@@ -643,8 +621,6 @@ const PROJECTIONS = ["q", "k", "v", "o"] as const;
 async function readAttentionF32(
   spec: AttentionSpec,
   w: LayerWeights,
-  hidden: number,
-  located?: ProjectionReader,
 ): Promise<AttentionF32 | ReferenceAttention> {
   if (spec.kind !== "gqa" || spec.position.kind === "relative_bias" || !w.readF32) {
     const a = await readAttention(spec, w, 0);
@@ -661,21 +637,9 @@ async function readAttentionF32(
     read: (role, expert) => roles.has(role) ? Promise.resolve(empty) : w.read(role, expert),
   }, 0);
   const a: AttentionF32 = { ...rest };
-  const qDim = spec.numHeads * spec.headDim, kvDim = spec.numKvHeads * spec.headDim;
-  const shapes = { q: [qDim, hidden], k: [kvDim, hidden], v: [kvDim, hidden], o: [hidden, qDim] };
-  for (const p of PROJECTIONS) {
-    const [rows, cols] = shapes[p];
-    a[p] = located?.(`attn_${p}`, rows, cols) ?? await w.readF32(`attn_${p}`);
-  }
+  for (const p of PROJECTIONS) a[p] = await w.readF32(`attn_${p}`);
   return a;
 }
-
-/**
- * A projection [rows, cols] with `role` read from its place in the checkpoint file into a
- * buffer reused across layers, or null (then it is read as usual): for BF16 refs with
- * `locateRawRows` and that shape.
- */
-type ProjectionReader = (role: string, rows: number, cols: number) => Float32Array | null;
 
 /** Inputs of {@link moeStream}. */
 interface MoeStreamInput {
