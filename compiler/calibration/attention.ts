@@ -302,6 +302,73 @@ export function attendF32(a: AttentionF32, h: Float64Array, n: number): Float64A
 /** Rows per batch of {@link attendWindows}' projections (at least one whole window). */
 const BATCH_ROWS = 512;
 
+/** The batches of {@link attendWindows}: windows [i, j) of up to {@link BATCH_ROWS} rows. */
+function batches(ns: number[]): [number, number][] {
+  const out: [number, number][] = [];
+  for (let i = 0; i < ns.length;) {
+    let j = i, rows = 0;
+    while (j < ns.length && (j === i || rows + ns[j] <= BATCH_ROWS)) rows += ns[j++];
+    out.push([i, j]);
+    i = j;
+  }
+  return out;
+}
+
+/** A batch's states [rows, H] in float32, windows side by side (in a shared buffer if asked). */
+function batchRows(
+  hs: Float64Array[],
+  ns: number[],
+  [i, j]: [number, number],
+  H: number,
+  shared = false,
+): Float32Array {
+  let rows = 0;
+  for (let w = i; w < j; w++) rows += ns[w];
+  const x = shared
+    ? new Float32Array(new SharedArrayBuffer(rows * H * 4))
+    : new Float32Array(rows * H);
+  for (let w = i, at = 0; w < j; at += ns[w++]) x.set(hs[w].subarray(0, ns[w] * H), at * H);
+  return x;
+}
+
+/** A batch's heads' outputs [rows, nh · hd] from its projections, each window attended alone. */
+function attendBatch(
+  heads: HeadsF32,
+  q: Float64Array,
+  k: Float64Array,
+  v: Float64Array,
+  ns: number[],
+  [i, j]: [number, number],
+  att: Float32Array,
+): Float32Array {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = heads.spec;
+  const qDim = nh * hd, kvDim = nkv * hd;
+  for (let w = i, at = 0; w < j; at += ns[w++]) {
+    const n = ns[w];
+    const part = (m: Float64Array, d: number) => m.subarray(at * d, (at + n) * d);
+    att.set(attendHeads(heads, part(q, qDim), part(k, kvDim), part(v, kvDim), n), at * qDim);
+  }
+  return att;
+}
+
+/** A batch's outputs y [rows, H] per window, float64, with the output bias. */
+function batchOutputs(
+  a: AttentionF32,
+  y: Float32Array,
+  ns: number[],
+  [i, j]: [number, number],
+  H: number,
+): Float64Array[] {
+  const outs: Float64Array[] = [];
+  for (let w = i, at = 0; w < j; at += ns[w++]) {
+    const out = new Float64Array(ns[w] * H);
+    out.set(y.subarray(at * H, (at + ns[w]) * H));
+    if (a.oBias) addBias(out, a.oBias, ns[w]);
+    outs.push(out);
+  }
+  return outs;
+}
+
 /**
  * {@link attendF32} over several windows (hs[i] [ns[i], H]), the same values: the projections
  * run over batches of whole windows' rows (up to {@link BATCH_ROWS}, or one larger window), so a
@@ -310,35 +377,149 @@ const BATCH_ROWS = 512;
  * own. A row's projection does not depend on the other rows (simd.ts), hence the same values.
  */
 export function attendWindows(a: AttentionF32, hs: Float64Array[], ns: number[]): Float64Array[] {
-  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = a.spec;
-  const qDim = nh * hd, kvDim = nkv * hd;
+  const { numHeads: nh, headDim: hd } = a.spec;
+  const qDim = nh * hd;
   const H = a.q.length / qDim;
   const heads = wholeHeads(a);
-  const outs: Float64Array[] = [];
-  for (let i = 0; i < ns.length;) {
-    // Windows [i, j) make the batch.
-    let j = i, rows = 0;
-    while (j < ns.length && (j === i || rows + ns[j] <= BATCH_ROWS)) rows += ns[j++];
-    const x = new Float32Array(rows * H);
-    for (let w = i, at = 0; w < j; at += ns[w++]) x.set(hs[w].subarray(0, ns[w] * H), at * H);
+  return batches(ns).flatMap((batch) => {
+    const x = batchRows(hs, ns, batch, H);
+    const rows = x.length / H;
     const { q, k, v } = projectQkv(heads, x, rows);
-    const att = new Float32Array(rows * qDim);
-    for (let w = i, at = 0; w < j; at += ns[w++]) {
-      const n = ns[w];
-      const part = (m: Float64Array, d: number) => m.subarray(at * d, (at + n) * d);
-      att.set(attendHeads(heads, part(q, qDim), part(k, kvDim), part(v, kvDim), n), at * qDim);
-    }
+    const att = attendBatch(heads, q, k, v, ns, batch, new Float32Array(rows * qDim));
     const y = new Float32Array(rows * H);
     matmulF32(y, att, f32Of(a.o), rows, H, qDim);
-    for (let w = i, at = 0; w < j; at += ns[w++]) {
-      const out = new Float64Array(ns[w] * H);
-      out.set(y.subarray(at * H, (at + ns[w]) * H));
-      if (a.oBias) addBias(out, a.oBias, ns[w]);
-      outs.push(out);
-    }
-    i = j;
+    return batchOutputs(a, y, ns, batch, H);
+  });
+}
+
+/**
+ * Rows [from, to) of each of `ws` ([·, cols] each), stacked into one new array: a job's share of
+ * several projections (its rows of each).
+ */
+function stackedRows(ws: [Float32Array, number, number][], cols: number): Float32Array {
+  const out = new Float32Array(ws.reduce((s, [, from, to]) => s + (to - from) * cols, 0));
+  let at = 0;
+  for (const [w, from, to] of ws) {
+    out.set(w.subarray(from * cols, to * cols), at);
+    at += (to - from) * cols;
   }
-  return outs;
+  return out;
+}
+
+/** [from, to) of `parts` near-equal blocks of `count` rows, in multiples of 4 where possible. */
+function rowBlocks(count: number, parts: number): [number, number][] {
+  const step = Math.max(4, Math.ceil(count / parts / 4) * 4);
+  const out: [number, number][] = [];
+  for (let r = 0; r < count; r += step) out.push([r, Math.min(count, r + step)]);
+  return out;
+}
+
+/**
+ * The products y = x · [w_1; w_2; …]ᵀ of the batch rows x [rows, cols] (in a shared buffer: the
+ * jobs read it in place) with several weights ([outs_i, cols] each), as `parts` jobs on `runner`
+ * (job p takes block p of every weight's rows); returns each weight's y_i [rows, outs_i].
+ */
+async function projectOnPool(
+  runner: ProjectionRunner,
+  x: Float32Array,
+  rows: number,
+  cols: number,
+  ws: Float32Array[],
+  parts: number,
+): Promise<Float32Array[]> {
+  const outs = ws.map((w) => w.length / cols);
+  const ys = outs.map((o) => new Float32Array(rows * o));
+  const blocks = outs.map((o) => rowBlocks(o, parts));
+  await Promise.all(
+    Array.from({ length: parts }, async (_, p) => {
+      const share = ws.flatMap((w, i) => {
+        const b = blocks[i][p];
+        return b ? [[w, b[0], b[1]] as [Float32Array, number, number]] : [];
+      });
+      const width = share.reduce((s, [, from, to]) => s + to - from, 0);
+      if (width === 0) return;
+      const job: LinearJob = {
+        kind: "linear",
+        xs: [x],
+        ns: [rows],
+        w: stackedRows(share, cols),
+        rows: width,
+        cols,
+      };
+      const y = (await runner.runCalibration(job)).ys[0];
+      // Columns [c, c + to − from) of y are rows [from, to) of weight i's outputs.
+      let c = 0;
+      ws.forEach((_, i) => {
+        const b = blocks[i][p];
+        if (!b) return;
+        const [from, to] = b;
+        for (let t = 0; t < rows; t++) {
+          ys[i].set(y.subarray(t * width + c, t * width + c + to - from), t * outs[i] + from);
+        }
+        c += to - from;
+      });
+    }),
+  );
+  return ys;
+}
+
+/** Where {@link attendWindowsPooled} runs its projection jobs. */
+export interface ProjectionRunner {
+  /** Jobs worth keeping in flight. */
+  readonly lanes: number;
+  runCalibration(job: LinearJob): Promise<LinearResult>;
+}
+
+/**
+ * {@link attendWindows} with the q/k/v and o projections as jobs on `runner` (`parts` blocks of
+ * each projection's rows a batch, default half the runner's lanes: one per pool worker), the
+ * same values: a product's value at (t, r) depends only on row t of x and row r of the weight
+ * (simd.ts). This thread attends each batch's windows as soon as their projections are back,
+ * while the next batch's q/k/v and the previous batch's o projections run on the pool.
+ */
+export async function attendWindowsPooled(
+  a: AttentionF32,
+  hs: Float64Array[],
+  ns: number[],
+  runner: ProjectionRunner,
+  parts = Math.max(1, Math.ceil(runner.lanes / 2)),
+): Promise<Float64Array[]> {
+  const { numHeads: nh, headDim: hd } = a.spec;
+  const qDim = nh * hd;
+  const H = a.q.length / qDim;
+  const heads = wholeHeads(a);
+  const o = f32Of(a.o);
+  const qkv = [heads.q, heads.k, heads.v];
+  const all = batches(ns);
+  /** Batch b's q/k/v projections (float64, biases added) and its row count. */
+  const project = async (b: number) => {
+    const x = batchRows(hs, ns, all[b], H, true);
+    const rows = x.length / H;
+    const ys = await projectOnPool(runner, x, rows, H, qkv, parts);
+    const [q, k, v] = ys.map((y, i) => {
+      const out = Float64Array.from(y);
+      const bias = [heads.qBias, heads.kBias, heads.vBias][i];
+      if (bias) addBias(out, bias, rows);
+      return out;
+    });
+    return { q, k, v, rows };
+  };
+  // Promises awaited later are marked handled now: a failed job is thrown where it is awaited.
+  const early = <T>(p: Promise<T>): Promise<T> => (p.catch(() => {}), p);
+  const outputs: Promise<Float64Array[]>[] = [];
+  let next = all.length > 0 ? early(project(0)) : null;
+  for (let b = 0; b < all.length; b++) {
+    const { q, k, v, rows } = await next!;
+    next = b + 1 < all.length ? early(project(b + 1)) : null;
+    const att = new Float32Array(new SharedArrayBuffer(rows * qDim * 4));
+    attendBatch(heads, q, k, v, ns, all[b], att);
+    outputs.push(early(
+      projectOnPool(runner, att, rows, qDim, [o], parts).then(([y]) =>
+        batchOutputs(a, y, ns, all[b], H)
+      ),
+    ));
+  }
+  return (await Promise.all(outputs)).flat();
 }
 
 /** The whole block as {@link HeadsF32}. */

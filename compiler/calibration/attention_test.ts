@@ -4,7 +4,8 @@
  * a 2-worker pool, with RoPE, per-head q/k norms, clamps, biases, sinks and a sliding window; and
  * within 1e-5 of the largest output of the float64 reference block (all-float64 projections);
  * several windows at once (`attendWindows`, projections batched across windows) bit for bit each
- * window alone, with float64 or float32 weights.
+ * window alone, with float64 or float32 weights; and those batches' projections as row-block jobs
+ * (`attendWindowsPooled`) bit for bit the same, on this thread in 1–5 blocks and on a 2-worker pool.
  *
  * @module
  */
@@ -19,6 +20,7 @@ import {
   attendF32,
   attendGrouped,
   attendWindows,
+  attendWindowsPooled,
   type AttentionF32,
   type AttentionRunner,
   groupable,
@@ -191,5 +193,28 @@ Deno.test("attendWindows: each window's values alone, batched or not, f32 or f64
       got.forEach((g, i) => assert.deepEqual(g, want[i], `window ${i}`));
     }
     assert.deepEqual(attendF32(f32, hs[3], ns[3]), want[3]);
+  }
+});
+
+Deno.test("attendWindowsPooled: attendWindows' values, projections in row blocks on a pool", async () => {
+  const pool = new QuantizePool(2);
+  try {
+    for (const extras of [false, true]) {
+      const rng = mulberry32(19);
+      const a = block(rng, extras);
+      // Batches [5, 300], [250, 3], [600], [7]: each batch's projections while others run.
+      const ns = [5, 300, 250, 3, 600, 7];
+      const hs = ns.map((n) => random(n * H, rng));
+      const want = attendWindows(a, hs, ns);
+      for (const parts of [1, 2, 3, 5]) {
+        const got = await attendWindowsPooled(a, hs, ns, inline, parts);
+        got.forEach((g, i) => assert.deepEqual(g, want[i], `${parts} blocks, window ${i}`));
+      }
+      const pooled = await attendWindowsPooled(a, hs, ns, pool);
+      assert.equal(pooled.length, ns.length);
+      pooled.forEach((g, i) => assert.deepEqual(g, want[i], `pooled window ${i}`));
+    }
+  } finally {
+    pool.close();
   }
 });
