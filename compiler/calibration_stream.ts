@@ -52,6 +52,7 @@ import {
   attendF32,
   attendGrouped,
   attendWindows,
+  attendWindowsPooled,
   type AttentionF32,
   f32Of,
   groupable,
@@ -142,6 +143,13 @@ export interface StreamOptions {
    * CPU than they save (docs/STUDY.md §6), so the block then runs on this thread.
    */
   attentionJobs?: boolean;
+  /**
+   * When the attention blocks run on this thread (not `attentionJobs`): their q/k/v and o
+   * projections as row-block jobs on `runner` (the same values; `attendWindowsPooled` in
+   * compiler/calibration/attention.ts), this thread attending meanwhile. Default: as
+   * `attentionJobs`' default; they win only with a core to spare (docs/STUDY.md §6).
+   */
+  projectionJobs?: boolean;
 }
 
 /** Lanes from which the attention blocks run as pool jobs by default (4 workers). */
@@ -363,6 +371,8 @@ export async function calibrateStream(
   const runner = opts.runner ?? inlineCalibration;
   const attentionJobs = runner.lanes > 1 &&
     (opts.attentionJobs ?? runner.lanes >= ATTENTION_JOB_LANES);
+  const projectionJobs = !attentionJobs && runner.lanes > 1 &&
+    (opts.projectionJobs ?? runner.lanes >= ATTENTION_JOB_LANES);
   let m = 0;
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const weights = reader.layer("decoder", l);
@@ -384,6 +394,9 @@ export async function calibrateStream(
         attentionReads.delete(`${l}/${b}`);
         if (attentionJobs && !("kvB" in a) && groupable(a)) {
           const outs = await attendGrouped(a, hs, seqs.map((s) => s.n), runner);
+          seqs.forEach((s, i) => addInto(s.x, r, outs[i]));
+        } else if (projectionJobs && !("kvB" in a) && !a.relativeBias) {
+          const outs = await attendWindowsPooled(a, hs, seqs.map((s) => s.n), runner);
           seqs.forEach((s, i) => addInto(s.x, r, outs[i]));
         } else if (!("kvB" in a) && !a.relativeBias) {
           // On this thread, no await (with one here, and every window's output held, the pass's

@@ -89,6 +89,15 @@ Deno.test("calibrateStream: the same routed inputs as calibrate (gated shared ex
     });
     assert.deepEqual(split.counts, stream.counts);
     assert.deepEqual(split.samples, stream.samples);
+    // And only the attention projections as row-block jobs.
+    const projected = await calibrateStream(ir, ids, {
+      context: 16,
+      maxSamplesPerExpert: 1000,
+      runner: pool,
+      projectionJobs: true,
+    });
+    assert.deepEqual(projected.counts, stream.counts);
+    assert.deepEqual(projected.samples, stream.samples);
   } finally {
     pool.close();
   }

@@ -392,20 +392,6 @@ export function attendWindows(a: AttentionF32, hs: Float64Array[], ns: number[])
   });
 }
 
-/**
- * Rows [from, to) of each of `ws` ([·, cols] each), stacked into one new array: a job's share of
- * several projections (its rows of each).
- */
-function stackedRows(ws: [Float32Array, number, number][], cols: number): Float32Array {
-  const out = new Float32Array(ws.reduce((s, [, from, to]) => s + (to - from) * cols, 0));
-  let at = 0;
-  for (const [w, from, to] of ws) {
-    out.set(w.subarray(from * cols, to * cols), at);
-    at += (to - from) * cols;
-  }
-  return out;
-}
-
 /** [from, to) of `parts` near-equal blocks of `count` rows, in multiples of 4 where possible. */
 function rowBlocks(count: number, parts: number): [number, number][] {
   const step = Math.max(4, Math.ceil(count / parts / 4) * 4);
@@ -415,51 +401,65 @@ function rowBlocks(count: number, parts: number): [number, number][] {
 }
 
 /**
- * The products y = x · [w_1; w_2; …]ᵀ of the batch rows x [rows, cols] (in a shared buffer: the
- * jobs read it in place) with several weights ([outs_i, cols] each), as `parts` jobs on `runner`
- * (job p takes block p of every weight's rows); returns each weight's y_i [rows, outs_i].
+ * Several projections' weights ([outs_i, cols] each) cut into `parts` jobs' shares: share p
+ * stacks block p of every weight's rows, in a shared buffer (jobs read it in place, so one copy
+ * serves every batch of a block); `blocks[i][p]` is that block of weight i.
+ */
+interface SplitWeights {
+  cols: number;
+  outs: number[];
+  blocks: [number, number][][];
+  shares: { w: Float32Array; rows: number }[];
+}
+
+/** {@link SplitWeights} of `ws` in `parts` shares (empty shares left out). */
+function splitWeights(ws: Float32Array[], cols: number, parts: number): SplitWeights {
+  const outs = ws.map((w) => w.length / cols);
+  const blocks = outs.map((o) => rowBlocks(o, parts));
+  const shares: SplitWeights["shares"] = [];
+  for (let p = 0; p < parts; p++) {
+    const rows = blocks.reduce((s, b) => s + (b[p] ? b[p][1] - b[p][0] : 0), 0);
+    if (rows === 0) break;
+    const w = new Float32Array(new SharedArrayBuffer(rows * cols * 4));
+    let at = 0;
+    ws.forEach((m, i) => {
+      const b = blocks[i][p];
+      if (!b) return;
+      w.set(m.subarray(b[0] * cols, b[1] * cols), at);
+      at += (b[1] - b[0]) * cols;
+    });
+    shares.push({ w, rows });
+  }
+  return { cols, outs, blocks, shares };
+}
+
+/**
+ * The products y_i = x · w_iᵀ of the batch rows x [rows, cols] (in a shared buffer: the jobs
+ * read it in place) with split weights, one job a share on `runner`; returns each weight's y_i
+ * [rows, outs_i].
  */
 async function projectOnPool(
   runner: ProjectionRunner,
   x: Float32Array,
   rows: number,
-  cols: number,
-  ws: Float32Array[],
-  parts: number,
+  split: SplitWeights,
 ): Promise<Float32Array[]> {
-  const outs = ws.map((w) => w.length / cols);
+  const { cols, outs, blocks, shares } = split;
   const ys = outs.map((o) => new Float32Array(rows * o));
-  const blocks = outs.map((o) => rowBlocks(o, parts));
-  await Promise.all(
-    Array.from({ length: parts }, async (_, p) => {
-      const share = ws.flatMap((w, i) => {
-        const b = blocks[i][p];
-        return b ? [[w, b[0], b[1]] as [Float32Array, number, number]] : [];
-      });
-      const width = share.reduce((s, [, from, to]) => s + to - from, 0);
-      if (width === 0) return;
-      const job: LinearJob = {
-        kind: "linear",
-        xs: [x],
-        ns: [rows],
-        w: stackedRows(share, cols),
-        rows: width,
-        cols,
-      };
-      const y = (await runner.runCalibration(job)).ys[0];
-      // Columns [c, c + to − from) of y are rows [from, to) of weight i's outputs.
-      let c = 0;
-      ws.forEach((_, i) => {
-        const b = blocks[i][p];
-        if (!b) return;
-        const [from, to] = b;
-        for (let t = 0; t < rows; t++) {
-          ys[i].set(y.subarray(t * width + c, t * width + c + to - from), t * outs[i] + from);
-        }
-        c += to - from;
-      });
-    }),
-  );
+  await Promise.all(shares.map(async ({ w, rows: width }, p) => {
+    const job: LinearJob = { kind: "linear", xs: [x], ns: [rows], w, rows: width, cols };
+    const y = (await runner.runCalibration(job)).ys[0];
+    // Columns [c, c + to − from) of y are rows [from, to) of weight i's outputs.
+    let c = 0;
+    blocks.forEach((b, i) => {
+      if (!b[p]) return;
+      const [from, to] = b[p];
+      for (let t = 0; t < rows; t++) {
+        ys[i].set(y.subarray(t * width + c, t * width + c + to - from), t * outs[i] + from);
+      }
+      c += to - from;
+    });
+  }));
   return ys;
 }
 
@@ -488,14 +488,14 @@ export async function attendWindowsPooled(
   const qDim = nh * hd;
   const H = a.q.length / qDim;
   const heads = wholeHeads(a);
-  const o = f32Of(a.o);
-  const qkv = [heads.q, heads.k, heads.v];
+  const qkv = splitWeights([heads.q, heads.k, heads.v], H, parts);
+  const o = splitWeights([f32Of(a.o)], qDim, parts);
   const all = batches(ns);
   /** Batch b's q/k/v projections (float64, biases added) and its row count. */
   const project = async (b: number) => {
     const x = batchRows(hs, ns, all[b], H, true);
     const rows = x.length / H;
-    const ys = await projectOnPool(runner, x, rows, H, qkv, parts);
+    const ys = await projectOnPool(runner, x, rows, qkv);
     const [q, k, v] = ys.map((y, i) => {
       const out = Float64Array.from(y);
       const bias = [heads.qBias, heads.kBias, heads.vBias][i];
@@ -514,7 +514,7 @@ export async function attendWindowsPooled(
     const att = new Float32Array(new SharedArrayBuffer(rows * qDim * 4));
     attendBatch(heads, q, k, v, ns, all[b], att);
     outputs.push(early(
-      projectOnPool(runner, att, rows, qDim, [o], parts).then(([y]) =>
+      projectOnPool(runner, att, rows, o).then(([y]) =>
         batchOutputs(a, y, ns, all[b], H)
       ),
     ));
