@@ -302,6 +302,36 @@ export function attendF32(a: AttentionF32, h: Float64Array, n: number): Float64A
 /** Rows per batch of {@link attendWindows}' projections (at least one whole window). */
 const BATCH_ROWS = 512;
 
+/**
+ * Shared buffers kept for the next attention block: fresh buffers of tens of MB cost more in
+ * page faults than their copies (a 72 MB copy into fresh memory took 0.26 s here), and every
+ * block's projections have the same shapes.
+ */
+const spare: SharedArrayBuffer[] = [];
+
+/** Bytes of {@link spare} buffers kept at most. */
+const SPARE_BYTES = 160 << 20;
+
+/** A float32 array of `values` in a shared buffer, a spare one when one fits. */
+function sharedF32(values: number): Float32Array {
+  let best = -1;
+  for (let i = 0; i < spare.length; i++) {
+    const b = spare[i].byteLength;
+    if (b >= values * 4 && (best < 0 || b < spare[best].byteLength)) best = i;
+  }
+  const buf = best >= 0 ? spare.splice(best, 1)[0] : new SharedArrayBuffer(values * 4);
+  return new Float32Array(buf, 0, values);
+}
+
+/** Gives the buffers of {@link sharedF32} arrays back (kept while under {@link SPARE_BYTES}). */
+function releaseShared(arrays: Float32Array[]): void {
+  for (const a of arrays) {
+    const buf = a.buffer as SharedArrayBuffer;
+    const kept = spare.reduce((s, b) => s + b.byteLength, 0);
+    if (!spare.includes(buf) && kept + buf.byteLength <= SPARE_BYTES) spare.push(buf);
+  }
+}
+
 /** The batches of {@link attendWindows}: windows [i, j) of up to {@link BATCH_ROWS} rows. */
 function batches(ns: number[]): [number, number][] {
   const out: [number, number][] = [];
@@ -324,9 +354,7 @@ function batchRows(
 ): Float32Array {
   let rows = 0;
   for (let w = i; w < j; w++) rows += ns[w];
-  const x = shared
-    ? new Float32Array(new SharedArrayBuffer(rows * H * 4))
-    : new Float32Array(rows * H);
+  const x = shared ? sharedF32(rows * H) : new Float32Array(rows * H);
   for (let w = i, at = 0; w < j; at += ns[w++]) x.set(hs[w].subarray(0, ns[w] * H), at * H);
   return x;
 }
@@ -420,7 +448,7 @@ function splitWeights(ws: Float32Array[], cols: number, parts: number): SplitWei
   for (let p = 0; p < parts; p++) {
     const rows = blocks.reduce((s, b) => s + (b[p] ? b[p][1] - b[p][0] : 0), 0);
     if (rows === 0) break;
-    const w = new Float32Array(new SharedArrayBuffer(rows * cols * 4));
+    const w = sharedF32(rows * cols);
     let at = 0;
     ws.forEach((m, i) => {
       const b = blocks[i][p];
@@ -475,7 +503,9 @@ export interface ProjectionRunner {
  * each projection's rows a batch, default half the runner's lanes: one per pool worker), the
  * same values: a product's value at (t, r) depends only on row t of x and row r of the weight
  * (simd.ts). This thread attends each batch's windows as soon as their projections are back,
- * while the next batch's q/k/v and the previous batch's o projections run on the pool.
+ * while the next batch's q/k/v and the previous batch's o projections run on the pool. The
+ * operands the jobs read (the states, the weights' shares) are in shared buffers, reused by the
+ * next block.
  */
 export async function attendWindowsPooled(
   a: AttentionF32,
@@ -496,6 +526,7 @@ export async function attendWindowsPooled(
     const x = batchRows(hs, ns, all[b], H, true);
     const rows = x.length / H;
     const ys = await projectOnPool(runner, x, rows, qkv);
+    releaseShared([x]);
     const [q, k, v] = ys.map((y, i) => {
       const out = Float64Array.from(y);
       const bias = [heads.qBias, heads.kBias, heads.vBias][i];
@@ -511,15 +542,18 @@ export async function attendWindowsPooled(
   for (let b = 0; b < all.length; b++) {
     const { q, k, v, rows } = await next!;
     next = b + 1 < all.length ? early(project(b + 1)) : null;
-    const att = new Float32Array(new SharedArrayBuffer(rows * qDim * 4));
+    const att = sharedF32(rows * qDim);
     attendBatch(heads, q, k, v, ns, all[b], att);
     outputs.push(early(
-      projectOnPool(runner, att, rows, o).then(([y]) =>
-        batchOutputs(a, y, ns, all[b], H)
-      ),
+      projectOnPool(runner, att, rows, o).then(([y]) => {
+        releaseShared([att]);
+        return batchOutputs(a, y, ns, all[b], H);
+      }),
     ));
   }
-  return (await Promise.all(outputs)).flat();
+  const outs = (await Promise.all(outputs)).flat();
+  releaseShared([...qkv.shares, ...o.shares].map((share) => share.w));
+  return outs;
 }
 
 /** The whole block as {@link HeadsF32}. */
