@@ -24,8 +24,9 @@
  * (norms, RoPE, softmax, routing); the large products run in float32 on the SIMD kernels of
  * compiler/calibration/ (the attention projections, each head's scores and value sums, the dense,
  * shared and routed experts, the head), the experts and head blocks as jobs on the compiler's
- * worker pool when one is given (and the attention blocks' projections, in row blocks:
- * `projectionJobs`; or whole blocks per KV head: `attentionJobs`).
+ * worker pool when one is given (with a pool of 4 workers or more, the attention blocks'
+ * projections too, in row blocks: `projectionJobs`; or whole blocks per KV head on request:
+ * `attentionJobs`).
  * So the states equal `forward`'s to ≈ 1e-7 relative, not bit for bit (calibration_stream_test.ts
  * states the tolerances), and the result is the same whatever the number of workers: job outputs
  * are combined in expert and block order. Quantized experts for the costs are decoded without
@@ -138,17 +139,22 @@ export interface StreamOptions {
   runner?: CalibrationRunner;
   /**
    * Run the GQA attention blocks as jobs on `runner` too, one per KV head (the same values;
-   * compiler/calibration/attention.ts `attendGrouped`). Default: no; `projectionJobs` does the
+   * compiler/calibration/attention.ts `attendGrouped`). Default: no; `projectionJobs` splits the
    * same work for less CPU (docs/STUDY.md §6).
    */
   attentionJobs?: boolean;
   /**
    * Run the attention blocks' q/k/v and o projections as row-block jobs on `runner` while this
    * thread attends (the same values; `attendWindowsPooled` in compiler/calibration/attention.ts).
-   * Default: whenever `runner` runs jobs in parallel (not with `attentionJobs`).
+   * Default: when the runner keeps at least {@link ATTENTION_JOB_LANES} jobs in flight (and not
+   * `attentionJobs`). They win only with a core to spare: on a loaded 2-worker machine the
+   * block runs on this thread (docs/STUDY.md §6).
    */
   projectionJobs?: boolean;
 }
+
+/** Lanes from which the attention projections run as pool jobs by default (4 workers). */
+export const ATTENTION_JOB_LANES = 8;
 
 /** The memo key under which {@link calibrateStream} stores its {@link StreamCosts}. */
 export function streamCostsKey(req: StreamCostRequest): string {
@@ -365,7 +371,8 @@ export async function calibrateStream(
 
   const runner = opts.runner ?? inlineCalibration;
   const attentionJobs = runner.lanes > 1 && (opts.attentionJobs ?? false);
-  const projectionJobs = !attentionJobs && runner.lanes > 1 && (opts.projectionJobs ?? true);
+  const projectionJobs = !attentionJobs && runner.lanes > 1 &&
+    (opts.projectionJobs ?? runner.lanes >= ATTENTION_JOB_LANES);
   let m = 0;
   for (const [l, layer] of spec.decoder.layers.entries()) {
     const weights = reader.layer("decoder", l);
