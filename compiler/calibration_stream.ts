@@ -55,6 +55,7 @@ import {
   attendWindows,
   attendWindowsPooled,
   type AttentionF32,
+  dropSharedBuffers,
   f32Of,
   groupable,
   linearF32,
@@ -459,6 +460,7 @@ export async function calibrateStream(
       await progress();
     }
   }
+  if (projectionJobs) dropSharedBuffers();
 
   let deltas: number[] | null = null;
   const headStart = performance.now();

@@ -332,6 +332,11 @@ function releaseShared(arrays: Float32Array[]): void {
   }
 }
 
+/** Lets the shared buffers kept for the next block go (call when no block follows). */
+export function dropSharedBuffers(): void {
+  spare.length = 0;
+}
+
 /** The batches of {@link attendWindows}: windows [i, j) of up to {@link BATCH_ROWS} rows. */
 function batches(ns: number[]): [number, number][] {
   const out: [number, number][] = [];

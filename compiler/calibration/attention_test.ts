@@ -23,6 +23,7 @@ import {
   attendWindowsPooled,
   type AttentionF32,
   type AttentionRunner,
+  dropSharedBuffers,
   groupable,
   headsF32,
   linearF32,
@@ -210,10 +211,14 @@ Deno.test("attendWindowsPooled: attendWindows' values, projections in row blocks
         const got = await attendWindowsPooled(a, hs, ns, inline, parts);
         got.forEach((g, i) => assert.deepEqual(g, want[i], `${parts} blocks, window ${i}`));
       }
-      const pooled = await attendWindowsPooled(a, hs, ns, pool);
-      assert.equal(pooled.length, ns.length);
-      pooled.forEach((g, i) => assert.deepEqual(g, want[i], `pooled window ${i}`));
+      // Twice: the second time on the shared buffers the first one left.
+      for (const round of [0, 1]) {
+        const pooled = await attendWindowsPooled(a, hs, ns, pool);
+        assert.equal(pooled.length, ns.length);
+        pooled.forEach((g, i) => assert.deepEqual(g, want[i], `pooled ${round}, window ${i}`));
+      }
     }
+    dropSharedBuffers();
   } finally {
     pool.close();
   }
