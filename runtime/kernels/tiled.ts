@@ -23,16 +23,17 @@
  *   number of (token, slot) rows that chose expert e and routes[E + e·CAP + j] the j-th such row
  *   `t·K + k`. Tiles past the count exit at once, so an expert's matmul touches only the tokens
  *   routed to it. A tile with m live entries runs one pass over the weights for all TT of them
- *   when TT ≥ 4 and m > TT/2 (dead lanes load x row 0 and store nothing), else m single-token
- *   passes, each over its rows in groups of at most {@link LIST_ROW_GROUP} weight rows.
+ *   when TT ≥ 4 and m > TT/2 (dead lanes load x row 0 and store nothing), one 2-token pass when
+ *   TT ≥ 4 and m = 2, else m single-token passes, each over its rows in groups of at most
+ *   {@link LIST_ROW_GROUP} weight rows.
  *
  * Why single-token passes: on llvmpipe a pass over a block for TT tokens holds 32·TT activations
- * live across the per-lane load loops of every weight row, and that costs more than the loads it
- * saves. Measured on the 1.05 GB synthetic's expert shapes (4-bit group 64; [gate; up] 2·16384 ×
- * 4096 and down 4096 × 16384; lavapipe, 2 cores, min of 3): one token costs 69–78 ms (gate/up, 8
- * rows per pass) and 34 ms (down); a 2-token pass over 8–16 rows 113–130 ms and 64–82 ms (≥ two
- * single passes); a full 4-token tile of 16 rows 141 ms and 95 ms (≈ 2–2.8 single passes); 16
- * weight rows per single-token pass instead of 8: 1.4–1.7× slower.
+ * live across the per-lane load loops of every weight row, and that costs nearly as much as the
+ * loads it saves. Measured on the 1.05 GB synthetic's expert shapes (4-bit group 64; [gate; up]
+ * 2·16384 × 4096 and down 4096 × 16384; lavapipe, 2 cores, min of 3): one token costs 69–78 ms
+ * (gate/up, 8 rows per pass) and 34 ms (down); a 2-token pass over 16 rows 113–115 ms and 68–74
+ * ms (1.6 and 2.1 single passes); a full 4-token tile of 16 rows 141 ms and 95 ms (2.0 and 2.8);
+ * 16 weight rows per single-token pass instead of 8: 1.2–1.7× slower.
  *
  * `gateUp` fuses an MLP's gate and up projections and the SwiGLU activation: the weight matrix
  * is [gate; up] stacked (2·rows rows) and the kernel writes silu(gate·x) · (up·x).
@@ -117,8 +118,9 @@ export function tiledGroups(key: TiledKey, T: number, count = 1): [number, numbe
 }
 
 /**
- * Whether a list-mode kernel of this token tile has a whole-tile pass (used by tiles with more
- * than half their entries live); tiles of 1 or 2 run single-token passes only.
+ * Whether a list-mode kernel of this token tile has multi-token passes (a whole-tile pass for
+ * tiles more than half live, a 2-token pass for two live entries); tiles of 1 or 2 run
+ * single-token passes only.
  */
 export function listTilePass(tokenTile: number): boolean {
   return tokenTile >= 4;
@@ -284,9 +286,14 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
     let xop = ${key.xRows === "slot" ? "yRowp" : `(yRowp / ${u(K)})`} * COLS;
     ${single.join("\n    ")}
   }`;
+    const xo = (n: number) =>
+      Array.from({ length: n }, (_, t) => `let xo${t} = xRow${t} * COLS;`).join("\n  ");
     body = !listTilePass(TT) ? singles : `if (m * 2u > TT) {
-  ${Array.from({ length: TT }, (_, t) => `let xo${t} = xRow${t} * COLS;`).join("\n  ")}
+  ${xo(TT)}
   ${product(allRows, tileTokens)}
+  } else if (m == 2u) {
+  ${xo(2)}
+  ${product(allRows, ["0", "1"])}
   } else {
   ${singles}
   }`;
