@@ -21,7 +21,7 @@ export const spec: CommandSpec = {
     compare: { type: "string", help: "decode: a float artifact of the same model to compare" },
     shapes: {
       type: "string",
-      help: "kernels: 'model' (small) or 'large' (+ 4096x14336)",
+      help: "kernels: 'model' (small), 'large' (+ 4096x14336) or 'experts' (list-mode tiles)",
       default: "all",
     },
     iterations: { type: "string", help: "timed repetitions", default: "auto" },

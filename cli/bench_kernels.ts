@@ -1,11 +1,12 @@
 /**
- * `moeq bench kernels [--shapes model|large|all] [--iterations N] [--json]`: on the current
+ * `moeq bench kernels [--shapes model|large|all|experts] [--iterations N] [--json]`: on the current
  * adapter, the copy kernel's bandwidth (bytes read + written), then every matvec variant
  * (q2/q3/q4/q8 with group 64 and f16 scales, MXFP4 right after q4, f16, f32) in both kernel styles at the shared
  * model's shapes (256×128, 128×256) and at 4096×14336 (split by rows so no binding exceeds the
  * 128 MiB default), reporting the effective bandwidth over the *packed* weight bytes
  * (codes + scales + zeros) and its ratio to the copy kernel. Timed with GPU timestamp queries
  * when the adapter has `timestamp-query`, else wall clock over many dispatches in one submission.
+ * `--shapes experts` times the routed-expert list-mode kernels instead (cli/bench_list_kernels.ts).
  *
  * @module
  */
@@ -31,6 +32,7 @@ import {
   timerKind,
 } from "../runtime/bench/measure.ts";
 import type { QuantBits } from "../schemas/packing.ts";
+import { benchListKernels, listKernelTable } from "./bench_list_kernels.ts";
 
 /** One measured matvec. */
 export interface KernelRow {
@@ -63,13 +65,24 @@ const LIMIT = 128 * 1024 * 1024;
 /** Runs `bench kernels`. */
 export async function benchKernels(args: Args): Promise<void> {
   const which = args.string("shapes", "all")!;
-  if (!["model", "large", "all"].includes(which)) {
-    throw new UsageError(`--shapes: expected model, large or all, got "${which}"`);
+  if (!["model", "large", "all", "experts"].includes(which)) {
+    throw new UsageError(`--shapes: expected model, large, all or experts, got "${which}"`);
   }
   const itFlag = args.string("iterations", "auto");
   const fixedIters = itFlag === "auto" ? undefined : args.int("iterations", 10, 1, 100000);
   const ctx = await requestGpu({ optionalFeatures: ["timestamp-query"] });
   const device = ctx.device;
+  if (which === "experts") {
+    const list = await benchListKernels(device, 3, fixedIters ?? 2);
+    device.destroy();
+    if (args.flag("json")) {
+      console.log(JSON.stringify({ adapter: ctx.description, cpu: ctx.cpu, list }));
+      return;
+    }
+    console.log(`adapter: ${ctx.description}${ctx.cpu ? " (CPU)" : ""}; min of 3 rounds`);
+    for (const line of listKernelTable(list)) console.log(line);
+    return;
+  }
   const shapes: [number, number][] = [];
   if (which !== "large") shapes.push([256, 128], [128, 256]);
   if (which !== "model") shapes.push([4096, 14336]);

@@ -168,15 +168,20 @@ function hostMemoryBudget(): number {
 const BATCH_TILES = [4];
 /** Rows per invocation of the batch plans' packed-weight matmuls (float ones keep rowTile). */
 const BATCH_ROW_TILE = 32;
-/** Token tile of the batch plans' routed-expert matmuls (each expert sees few of the tokens). */
-const BATCH_EXPERT_TILE = 2;
 /**
- * Rows per invocation of the batch plans' packed routed-expert matmuls. Measured on lavapipe,
- * 4-bit [gate; up] 1024 × 2048, one expert with n tokens, min of 8 alternating rounds: 16 rows
- * cost 4–8% more than 32 (3.98/4.07/6.57 ms vs 3.83/3.77/6.18 ms at n = 1/2/3) and JIT-compile
- * 2.5× faster (1.6 s vs 4.0 s; 8 rows: 0.65 s but 20–33% slower).
+ * Token tile of the routed-expert matmuls of the prefill and batched decode plans (tiled style;
+ * one pipeline per expert shape serves both). A tile runs one pass for all its tokens only when
+ * more than half of them are live, else single-token passes (kernels/tiled.ts): on lavapipe a
+ * 2-token pass costs as much as two single ones, a full 4-token pass of 16 rows ≈ 2–2.8.
  */
-const BATCH_EXPERT_ROW_TILE = 16;
+const EXPERT_TILE = 4;
+/**
+ * Rows per invocation of the packed routed-expert matmuls of the prefill and batched decode
+ * plans. Measured on lavapipe on the 1.05 GB synthetic's experts (4-bit [gate; up] 2·16384 × 4096,
+ * down 4096 × 16384, min of 3–4): a full 4-token tile costs 141–157 / 91–95 ms at 16 rows vs
+ * 179–193 / 113–123 ms at 8; single-token passes 86–90 / 37 ms vs 69–70 / 34 ms.
+ */
+const EXPERT_ROW_TILE = 16;
 
 /** The batch plans' token tiles for `parallel` slots. */
 function batchTiles(parallel: number): number[] {
@@ -350,6 +355,8 @@ export async function createWebGpuEngine(
     step,
     tiled,
     rowTile: opts.rowTile ?? 8,
+    expertTokenTile: EXPERT_TILE,
+    expertRowTile: opts.rowTile ?? EXPERT_ROW_TILE,
     threadsPerRow: opts.threadsPerRow ?? (cpu ? 16 : 64),
     chunk,
   };
@@ -364,8 +371,6 @@ export async function createWebGpuEngine(
   const batchCtx: PlanContext = {
     ...ctx,
     packedRowTile: opts.rowTile ?? BATCH_ROW_TILE,
-    expertTokenTile: BATCH_EXPERT_TILE,
-    expertRowTile: opts.rowTile ?? BATCH_EXPERT_ROW_TILE,
     slots: { context: maxContext, source: "rows" },
   };
   const tiles = parallel > 1 ? batchTiles(parallel) : [];

@@ -60,14 +60,15 @@ export interface PlanContext {
    */
   packedRowTile?: number;
   /**
-   * Tiled style: output rows per invocation of the routed-expert matmuls over packed weights,
-   * when they differ from `packedRowTile` (the batched decode plans: fewer rows JIT-compile
-   * several times faster on lavapipe at a small cost in speed).
+   * Tiled style: output rows per invocation of the routed-expert matmuls over packed weights in
+   * plans of more than one token (prefill and batched decode; the one-token decode plan keeps
+   * `rowTile`). See kernels/tiled.ts for the measurements.
    */
   expertRowTile?: number;
   /**
-   * Tokens per workgroup of the routed-expert matmuls, when they differ from the plan's token
-   * tile (the batched decode plans: each expert gets about tokens · top-k / experts of them).
+   * Tiled style: tokens per workgroup of the routed-expert matmuls in plans of more than one
+   * token, when they differ from the plan's token tile (each expert gets about tokens · top-k /
+   * experts of them; tiles that are not more than half full run single-token passes).
    */
   expertTokenTile?: number;
   /** Classic style: most threads per matrix row. */
@@ -213,10 +214,10 @@ export class PlanBuilder {
           format: set.format,
           rows: gateUp ? set.rows / 2 : set.rows,
           cols: set.cols,
-          rowTile: set.format.kind === "q"
+          rowTile: set.format.kind === "q" && this.tokenTile > 1
             ? this.ctx.expertRowTile ?? this.rowTileOf(set)
             : this.rowTileOf(set),
-          tokenTile: this.ctx.expertTokenTile ?? this.tokenTile,
+          tokenTile: this.tokenTile > 1 ? this.ctx.expertTokenTile ?? this.tokenTile : 1,
           mode: "list",
           xRows,
           topK: routing.topK,

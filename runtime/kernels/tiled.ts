@@ -22,7 +22,18 @@
  *   expert's token list, built on the GPU by kernels/moe.ts `routeListsSource`: routes[e] is the
  *   number of (token, slot) rows that chose expert e and routes[E + e·CAP + j] the j-th such row
  *   `t·K + k`. Tiles past the count exit at once, so an expert's matmul touches only the tokens
- *   routed to it.
+ *   routed to it. A tile with m live entries runs one pass over the weights for all TT of them
+ *   when TT ≥ 4 and m > TT/2 (dead lanes load x row 0 and store nothing), one 2-token pass when
+ *   TT ≥ 4 and m = 2, else m single-token passes, each over its rows in groups of at most
+ *   {@link LIST_ROW_GROUP} weight rows.
+ *
+ * Why single-token passes: on llvmpipe a pass over a block for TT tokens holds 32·TT activations
+ * live across the per-lane load loops of every weight row, and that costs nearly as much as the
+ * loads it saves. Measured on the 1.05 GB synthetic's expert shapes (4-bit group 64; [gate; up]
+ * 2·16384 × 4096 and down 4096 × 16384; lavapipe, 2 cores, min of 3): one token costs 69–78 ms
+ * (gate/up, 8 rows per pass) and 34 ms (down); a 2-token pass over 16 rows 113–115 ms and 68–74
+ * ms (1.6 and 2.1 single passes); a full 4-token tile of 16 rows 141 ms and 95 ms (2.0 and 2.8);
+ * 16 weight rows per single-token pass instead of 8: 1.2–1.7× slower.
  *
  * `gateUp` fuses an MLP's gate and up projections and the SwiGLU activation: the weight matrix
  * is [gate; up] stacked (2·rows rows) and the kernel writes silu(gate·x) · (up·x).
@@ -106,6 +117,22 @@ export function tiledGroups(key: TiledKey, T: number, count = 1): [number, numbe
   ];
 }
 
+/**
+ * Whether a list-mode kernel of this token tile has multi-token passes (a whole-tile pass for
+ * tiles more than half live, a 2-token pass for two live entries); tiles of 1 or 2 run
+ * single-token passes only.
+ */
+export function listTilePass(tokenTile: number): boolean {
+  return tokenTile >= 4;
+}
+
+/**
+ * Most weight rows (gate and up rows both count) one single-token pass of a list-mode kernel
+ * accumulates per loop over the columns. Measured on lavapipe (syn4b shapes, one token): 8 rows
+ * per invocation pass 4-bit weights ~1.5× faster than 16 and ~1.25× faster than 4.
+ */
+export const LIST_ROW_GROUP = 8;
+
 /** Sum of eight-term groups of `term(j)` over the block's 32 columns (a fixed summation tree). */
 function blockSum(term: (j: number) => string): string {
   const groups = [];
@@ -139,23 +166,29 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   const blocks = Math.ceil(cols / BLOCK);
   const ragged = cols % BLOCK !== 0;
 
-  // Activations of one block: x{tt}_{j} is column c0 + j of token row xRow{tt}.
-  const xLoads: string[] = [];
-  const xSums: string[] = [];
-  for (let tt = 0; tt < TT; tt++) {
-    for (let j = 0; j < BLOCK; j++) {
-      const idx = `xb${tt} + ${u(j)}`;
-      xLoads.push(
-        ragged
-          ? `let x${tt}_${j} = select(0.0, x[min(${idx}, xLast)], c0 + ${u(j)} < COLS);`
-          : `let x${tt}_${j} = x[${idx}];`,
-      );
+  // Activations of one block for the tokens `ts` (suffixes): x{t}_{j} is column c0 + j of the
+  // x row starting at xo{t}.
+  const xLoads = (ts: string[]): string[] => {
+    const lines: string[] = [];
+    for (const t of ts) {
+      lines.push(`let xb${t} = xo${t} + c0;`);
+      for (let j = 0; j < BLOCK; j++) {
+        const idx = `xb${t} + ${u(j)}`;
+        lines.push(
+          ragged
+            ? `let x${t}_${j} = select(0.0, x[min(${idx}, xLast)], c0 + ${u(j)} < COLS);`
+            : `let x${t}_${j} = x[${idx}];`,
+        );
+      }
     }
-    if (format.kind === "q") xSums.push(`let xSum${tt} = ${blockSum((j) => `x${tt}_${j}`)};`);
-  }
+    if (format.kind === "q") {
+      for (const t of ts) lines.push(`let xSum${t} = ${blockSum((j) => `x${t}_${j}`)};`);
+    }
+    return lines;
+  };
 
-  // One weight row's block (row index expression `wr`) accumulated into `{acc}{tt}`.
-  const rowBlock = (wr: string, acc: string): string => {
+  // One weight row's block (row index expression `wr`) accumulated into `{acc}{t}` for t in ts.
+  const rowBlock = (wr: string, acc: string, ts: string[]): string => {
     const lines: string[] = [];
     const rowStart = `mbase + ${wr} * ROW_STRIDE`;
     if (format.kind === "q") {
@@ -167,9 +200,9 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
       for (let j = 0; j < BLOCK; j++) {
         lines.push(`let q${j} = ${codeValue(format, blockCode(j, bits))};`);
       }
-      for (let tt = 0; tt < TT; tt++) {
-        const dot = blockSum((j) => `q${j} * x${tt}_${j}`);
-        lines.push(`${acc}${tt} += s * ((${dot}) - z * xSum${tt});`);
+      for (const t of ts) {
+        const dot = blockSum((j) => `q${j} * x${t}_${j}`);
+        lines.push(`${acc}${t} += s * ((${dot}) - z * xSum${t});`);
       }
     } else {
       const perWord = format.kind === "f32" ? 1 : 2;
@@ -185,37 +218,85 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
         );
       }
       const weight = (j: number) => format.kind === "f32" ? `w${j}` : `p${j >> 1}.${"xy"[j & 1]}`;
-      for (let tt = 0; tt < TT; tt++) {
-        lines.push(`${acc}${tt} += ${blockSum((j) => `${weight(j)} * x${tt}_${j}`)};`);
+      for (const t of ts) {
+        lines.push(`${acc}${t} += ${blockSum((j) => `${weight(j)} * x${t}_${j}`)};`);
       }
     }
     return `{\n        ${lines.join("\n        ")}\n      }`;
   };
 
-  // Accumulators: acc{i}_{tt} (gate, or the plain product) and up{i}_{tt} (gateUp).
+  // The product of output rows r0 + i (i in `rowIdx`) for the tokens `ts`: accumulators
+  // acc{i}_{t} (gate, or the plain product) and up{i}_{t} (gateUp), one loop over the 32-column
+  // blocks, the stores (token t's are guarded by live{t} and write y row yRow{t}).
   const scale = key.scale === undefined || key.scale === 1 ? "" : `${f(key.scale)} * `;
-  const accDecl: string[] = [];
-  const rowCode: string[] = [];
-  const stores: string[] = [];
-  for (let i = 0; i < RT; i++) {
-    for (let tt = 0; tt < TT; tt++) {
-      accDecl.push(`var acc${i}_${tt} = 0.0;`);
-      if (key.gateUp) accDecl.push(`var up${i}_${tt} = 0.0;`);
-    }
-    const wr = `min(r0 + ${u(i)}, ROWS - 1u)`;
-    rowCode.push(rowBlock(wr, `acc${i}_`));
-    if (key.gateUp) rowCode.push(rowBlock(`(${wr} + ROWS)`, `up${i}_`));
-    for (let tt = 0; tt < TT; tt++) {
-      const a = `acc${i}_${tt}`;
-      const val = key.gateUp ? `${a} / (1.0 + exp(-${a})) * up${i}_${tt}` : a;
-      stores.push(`if (live${tt} && r0 + ${u(i)} < ROWS) {
-    let o = yRow${tt} * Y_COLS + ROW0 + r0 + ${u(i)};
+  const product = (rowIdx: number[], ts: string[]): string => {
+    const accDecl: string[] = [];
+    const rowCode: string[] = [];
+    const stores: string[] = [];
+    for (const i of rowIdx) {
+      for (const t of ts) {
+        accDecl.push(`var acc${i}_${t} = 0.0;`);
+        if (key.gateUp) accDecl.push(`var up${i}_${t} = 0.0;`);
+      }
+      const wr = `min(r0 + ${u(i)}, ROWS - 1u)`;
+      rowCode.push(rowBlock(wr, `acc${i}_`, ts));
+      if (key.gateUp) rowCode.push(rowBlock(`(${wr} + ROWS)`, `up${i}_`, ts));
+      for (const t of ts) {
+        const a = `acc${i}_${t}`;
+        const val = key.gateUp ? `${a} / (1.0 + exp(-${a})) * up${i}_${t}` : a;
+        stores.push(`if (live${t} && r0 + ${u(i)} < ROWS) {
+    let o = yRow${t} * Y_COLS + ROW0 + r0 + ${u(i)};
     var v = ${scale}${val};
     ${key.bias ? `v += bias[ROW0 + r0 + ${u(i)}];` : ""}
     ${key.accumulate ? "v += y[o];" : ""}
     y[o] = v;
   }`);
+      }
     }
+    return `{
+  ${accDecl.join("\n  ")}
+  for (var b = 0u; b < ${u(blocks)}; b++) {
+    let c0 = b * ${u(BLOCK)};
+    ${xLoads(ts).join("\n    ")}
+    ${rowCode.join("\n    ")}
+  }
+  ${stores.join("\n  ")}
+  }`;
+  };
+
+  const allRows = Array.from({ length: RT }, (_, i) => i);
+  const tileTokens = Array.from({ length: TT }, (_, t) => String(t));
+  let body: string;
+  if (!list) {
+    body = product(allRows, tileTokens);
+  } else {
+    // List mode: see the module doc. m (the tile's live entries) is the same for the whole
+    // workgroup; llvmpipe runs the branch not taken once with every lane masked off (one
+    // iteration of its column loop).
+    const perRow = key.gateUp ? 2 : 1;
+    const group = Math.max(1, Math.floor(LIST_ROW_GROUP / perRow));
+    const single: string[] = [];
+    for (let i0 = 0; i0 < RT; i0 += group) {
+      single.push(product(allRows.slice(i0, i0 + group), ["p"]));
+    }
+    const entry = `routes[NUM_EXPERTS + e * CAPACITY + min(j0 + p, CAPACITY - 1u)]`;
+    const singles = `for (var p = 0u; p < m; p++) {
+    let livep = true;
+    let yRowp = ${entry};
+    let xop = ${key.xRows === "slot" ? "yRowp" : `(yRowp / ${u(K)})`} * COLS;
+    ${single.join("\n    ")}
+  }`;
+    const xo = (n: number) =>
+      Array.from({ length: n }, (_, t) => `let xo${t} = xRow${t} * COLS;`).join("\n  ");
+    body = !listTilePass(TT) ? singles : `if (m * 2u > TT) {
+  ${xo(TT)}
+  ${product(allRows, tileTokens)}
+  } else if (m == 2u) {
+  ${xo(2)}
+  ${product(allRows, ["0", "1"])}
+  } else {
+  ${singles}
+  }`;
   }
 
   const tokenSetup: string[] = [];
@@ -225,6 +306,7 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
       `let n = routes[e];`,
       `let j0 = wg.y * TT;`,
       `if (j0 >= n) { return; }`,
+      `let m = min(TT, n - j0);`,
       `let mbase = wg.z * MATRIX_STRIDE;`,
       `let gbase = wg.z * GROUP_STRIDE;`,
     );
@@ -273,16 +355,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   if (r0 >= ROWS) { return; }
   ${tokenSetup.join("\n  ")}
   let xLast = arrayLength(&x) - 1u;
-  ${Array.from({ length: TT }, (_, tt) => `let xo${tt} = xRow${tt} * COLS;`).join("\n  ")}
-  ${accDecl.join("\n  ")}
-  for (var b = 0u; b < ${u(blocks)}; b++) {
-    let c0 = b * ${u(BLOCK)};
-    ${Array.from({ length: TT }, (_, tt) => `let xb${tt} = xo${tt} + c0;`).join("\n    ")}
-    ${xLoads.join("\n    ")}
-    ${xSums.join("\n    ")}
-    ${rowCode.join("\n    ")}
-  }
-  ${stores.join("\n  ")}
+  ${list ? "" : Array.from({ length: TT }, (_, t) => `let xo${t} = xRow${t} * COLS;`).join("\n  ")}
+  ${body}
 }
 `;
   return {
