@@ -179,6 +179,99 @@ Deno.test("route lists: top-k, weights and per-expert (token, slot) lists match 
   }
 });
 
+/** One list-mode case: its experts' matrices and routed rows. */
+interface ListCase {
+  format: WeightFormat;
+  xRows: "token" | "slot";
+  gateUp: boolean;
+  tokenTile: number;
+  rowTile: number;
+  K: number;
+  E: number;
+  cap: number;
+  T: number;
+  setExperts: number[];
+  mats: { g: ReturnType<typeof randomMatrix>; u: ReturnType<typeof randomMatrix> }[];
+}
+
+/**
+ * Runs a list-mode tiled matmul on random activations and checks it against float64: row `sr`
+ * of y (a (token, slot) row) is expert owner[sr]'s product when that expert is in the set, and
+ * untouched otherwise (rel ≤ 1e-4).
+ */
+async function checkListMatmul(
+  c: ListCase,
+  owner: number[],
+  route: Uint32Array,
+  rand: () => number,
+): Promise<void> {
+  const { format, xRows, gateUp, tokenTile, rowTile, K, T, setExperts, mats } = c;
+  const xn = xRows === "slot" ? T * K : T;
+  const x = Float32Array.from({ length: xn * COLS }, () => rand() * 2 - 1);
+  const set = uploadWeightSet(
+    device,
+    format,
+    gateUp ? 2 * ROWS : ROWS,
+    COLS,
+    mats.map((m) => gateUp ? stack(m.g.host, m.u.host) : m.g.host),
+  );
+  const key: TiledKey = {
+    format,
+    rows: ROWS,
+    cols: COLS,
+    rowTile,
+    tokenTile,
+    mode: "list",
+    xRows,
+    topK: K,
+    numExperts: c.E,
+    capacity: c.cap,
+    gateUp,
+  };
+  const SENT = 777;
+  const y0 = new Float32Array(T * K * ROWS).fill(SENT);
+  const bufs: Record<string, GPUBuffer> = {
+    x: storageBuffer(device, x.byteLength, "x", x),
+    y: storageBuffer(device, y0.byteLength, "y", y0),
+    routes: storageBuffer(device, route.byteLength, "routes", route),
+    setExperts: storageBuffer(
+      device,
+      4 * setExperts.length,
+      "setExperts",
+      new Uint32Array(setExperts),
+    ),
+    ...weightBuffers(set),
+  };
+  await run(tiledMatmulSource(key), bufs, tiledGroups(key, c.cap, setExperts.length));
+  const got = await readF32(device, bufs.y, T * K * ROWS);
+  const ref = new Float64Array(T * K * ROWS).fill(SENT);
+  owner.forEach((e, sr) => {
+    const m = setExperts.indexOf(e);
+    if (m < 0) return;
+    const xr = xRows === "slot" ? sr : Math.floor(sr / K);
+    for (let r = 0; r < ROWS; r++) {
+      let g = 0, u = 0;
+      for (let col = 0; col < COLS; col++) {
+        g += mats[m].g.values[r * COLS + col] * x[xr * COLS + col];
+        u += mats[m].u.values[r * COLS + col] * x[xr * COLS + col];
+      }
+      ref[sr * ROWS + r] = gateUp ? silu(g) * u : g;
+    }
+  });
+  const label = `${xRows} r${rowTile}t${tokenTile}`;
+  for (let i = 0; i < ref.length; i++) {
+    if (ref[i] === SENT) {
+      assert.equal(got[i], SENT, `${label}: row ${i} of an unrouted slot written`);
+    }
+  }
+  const err = relErr(
+    got.map((v, i) => ref[i] === SENT ? 0 : v),
+    ref.map((v) => v === SENT ? 0 : v),
+  );
+  assert.ok(err <= 1e-4, `${label}: rel err ${err}`);
+  Object.values(bufs).forEach((b) => b.destroy());
+}
+
 for (const format of [FORMATS[1], FORMATS[3], FORMATS[4], FORMATS.at(-1)!]) {
   Deno.test(`tiled list ${name(format)}: experts touch only their routed rows (gate/up and down)`, async () => {
     const rand = rng(21);
@@ -196,7 +289,6 @@ for (const format of [FORMATS[1], FORMATS[3], FORMATS[4], FORMATS.at(-1)!]) {
     }
     const route = new Uint32Array(E + E * cap);
     ids.forEach((e, r) => route[E + e * cap + route[e]++] = r);
-    const SENT = 777;
     // Row/token tiles of the one-sequence plans and, for packed weights, of the batched decode
     // plans (16 rows × 2 tokens).
     const tiles: ["token" | "slot", boolean, number, number][] = [
@@ -205,60 +297,12 @@ for (const format of [FORMATS[1], FORMATS[3], FORMATS[4], FORMATS.at(-1)!]) {
     ];
     if (format.kind === "q") tiles.push(["token", true, 2, 16], ["slot", false, 2, 16]);
     for (const [xRows, gateUp, tokenTile, rowTile] of tiles) {
-      const xn = xRows === "slot" ? T * K : T;
-      const x = Float32Array.from({ length: xn * COLS }, () => rand() * 2 - 1);
-      const set = uploadWeightSet(
-        device,
-        format,
-        gateUp ? 2 * ROWS : ROWS,
-        COLS,
-        mats.map((m) => gateUp ? stack(m.g.host, m.u.host) : m.g.host),
+      await checkListMatmul(
+        { format, xRows, gateUp, tokenTile, rowTile, K, E, cap, T, setExperts, mats },
+        ids,
+        route,
+        rand,
       );
-      const key: TiledKey = {
-        format,
-        rows: ROWS,
-        cols: COLS,
-        rowTile,
-        tokenTile,
-        mode: "list",
-        xRows,
-        topK: K,
-        numExperts: E,
-        capacity: cap,
-        gateUp,
-      };
-      const y0 = new Float32Array(T * K * ROWS).fill(SENT);
-      const bufs: Record<string, GPUBuffer> = {
-        x: storageBuffer(device, x.byteLength, "x", x),
-        y: storageBuffer(device, y0.byteLength, "y", y0),
-        routes: storageBuffer(device, route.byteLength, "routes", route),
-        setExperts: storageBuffer(device, 12, "setExperts", new Uint32Array(setExperts)),
-        ...weightBuffers(set),
-      };
-      await run(tiledMatmulSource(key), bufs, tiledGroups(key, T, setExperts.length));
-      const got = await readF32(device, bufs.y, T * K * ROWS);
-      const ref = new Float64Array(T * K * ROWS).fill(SENT);
-      ids.forEach((e, sr) => {
-        const m = setExperts.indexOf(e);
-        if (m < 0) return;
-        const xr = xRows === "slot" ? sr : Math.floor(sr / K);
-        for (let r = 0; r < ROWS; r++) {
-          let g = 0, u = 0;
-          for (let c = 0; c < COLS; c++) {
-            g += mats[m].g.values[r * COLS + c] * x[xr * COLS + c];
-            u += mats[m].u.values[r * COLS + c] * x[xr * COLS + c];
-          }
-          ref[sr * ROWS + r] = gateUp ? silu(g) * u : g;
-        }
-      });
-      for (let i = 0; i < ref.length; i++) {
-        if (ref[i] === SENT) assert.equal(got[i], SENT, `row ${i} of an unrouted slot written`);
-      }
-      const err = relErr(
-        got.map((v, i) => ref[i] === SENT ? 0 : v),
-        ref.map((v) => v === SENT ? 0 : v),
-      );
-      assert.ok(err <= 1e-4, `${xRows} r${rowTile}t${tokenTile}: rel err ${err}`);
     }
   });
 }
@@ -303,65 +347,12 @@ for (const format of [FORMATS[1], FORMATS[5], FORMATS.at(-1)!]) {
           owner[r] = e;
         }
       }
-      const xn = xRows === "slot" ? T * K : T;
-      const x = Float32Array.from({ length: xn * COLS }, () => rand() * 2 - 1);
-      const set = uploadWeightSet(
-        device,
-        format,
-        gateUp ? 2 * ROWS : ROWS,
-        COLS,
-        mats.map((m) => gateUp ? stack(m.g.host, m.u.host) : m.g.host),
+      await checkListMatmul(
+        { format, xRows, gateUp, tokenTile, rowTile, K, E, cap, T, setExperts, mats },
+        Array.from(owner),
+        route,
+        rand,
       );
-      const key: TiledKey = {
-        format,
-        rows: ROWS,
-        cols: COLS,
-        rowTile,
-        tokenTile,
-        mode: "list",
-        xRows,
-        topK: K,
-        numExperts: E,
-        capacity: cap,
-        gateUp,
-      };
-      const SENT = 777;
-      const y0 = new Float32Array(T * K * ROWS).fill(SENT);
-      const bufs: Record<string, GPUBuffer> = {
-        x: storageBuffer(device, x.byteLength, "x", x),
-        y: storageBuffer(device, y0.byteLength, "y", y0),
-        routes: storageBuffer(device, route.byteLength, "routes", route),
-        setExperts: storageBuffer(device, 4 * E, "setExperts", new Uint32Array(setExperts)),
-        ...weightBuffers(set),
-      };
-      await run(tiledMatmulSource(key), bufs, tiledGroups(key, cap, E));
-      const got = await readF32(device, bufs.y, T * K * ROWS);
-      const ref = new Float64Array(T * K * ROWS).fill(SENT);
-      owner.forEach((e, sr) => {
-        if (e < 0) return;
-        const m = setExperts.indexOf(e);
-        const xr = xRows === "slot" ? sr : Math.floor(sr / K);
-        for (let r = 0; r < ROWS; r++) {
-          let g = 0, u = 0;
-          for (let c = 0; c < COLS; c++) {
-            g += mats[m].g.values[r * COLS + c] * x[xr * COLS + c];
-            u += mats[m].u.values[r * COLS + c] * x[xr * COLS + c];
-          }
-          ref[sr * ROWS + r] = gateUp ? silu(g) * u : g;
-        }
-      });
-      const label = `${xRows} r${rowTile}t${tokenTile}`;
-      for (let i = 0; i < ref.length; i++) {
-        if (ref[i] === SENT) {
-          assert.equal(got[i], SENT, `${label}: row ${i} of an unrouted slot written`);
-        }
-      }
-      const err = relErr(
-        got.map((v, i) => ref[i] === SENT ? 0 : v),
-        ref.map((v) => v === SENT ? 0 : v),
-      );
-      assert.ok(err <= 1e-4, `${label}: rel err ${err}`);
-      Object.values(bufs).forEach((b) => b.destroy());
     }
   });
 }
