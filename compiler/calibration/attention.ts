@@ -23,7 +23,6 @@
 
 import type { GqaAttentionSpec } from "../../schemas/model.ts";
 import { prepareQkv, type ReferenceAttention } from "../reference/attention.ts";
-import type { ReferenceRope } from "../reference/rope.ts";
 import { addBias, softmax } from "../reference/math.ts";
 import { matmulF32 } from "./simd.ts";
 
@@ -74,8 +73,15 @@ export function groupable(a: AttentionF32): boolean {
   return a.spec.qkNorm !== "full" && a.relativeBias === null;
 }
 
-/** One KV head's share of an attention block over a list of windows (see the module doc). */
-export interface AttentionGroupJob {
+/**
+ * One KV head's share of an attention block over a list of windows (see the module doc): the
+ * group's rows of the q/k/v biases and norms, its sink logits, and the block's RoPE.
+ */
+export interface AttentionGroupJob extends
+  Pick<
+    ReferenceAttention,
+    "qBias" | "kBias" | "vBias" | "qNorm" | "kNorm" | "sinks" | "rope"
+  > {
   kind: "attention";
   /** The block's spec with `numHeads` the group's query heads and one KV head. */
   spec: GqaAttentionSpec;
@@ -86,14 +92,6 @@ export interface AttentionGroupJob {
   q: Float32Array;
   k: Float32Array;
   v: Float32Array;
-  qBias: Float64Array | null;
-  kBias: Float64Array | null;
-  vBias: Float64Array | null;
-  qNorm: Float64Array | null;
-  kNorm: Float64Array | null;
-  /** The group's sink logits. */
-  sinks: Float64Array | null;
-  rope: ReferenceRope | null;
 }
 
 /** The attention outputs of an {@link AttentionGroupJob}'s heads per window, [n_i, group · hd]. */
