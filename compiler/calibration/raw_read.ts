@@ -6,8 +6,7 @@
  * @module
  */
 
-import { InputError } from "../../schemas/errors.ts";
-import { osError } from "../checkpoint/safetensors.ts";
+import { readIntoSync } from "../checkpoint/safetensors.ts";
 import type { RawElements, RawLocation } from "../ir.ts";
 
 /** Reads the `loc.length` bytes of `loc` into `into[0, loc.length)`; InputError if the file ends early. */
@@ -15,32 +14,7 @@ export function readLocationInto(loc: RawLocation, into: Uint8Array): void {
   if (into.length < loc.length) {
     throw new RangeError(`${loc.length} bytes of "${loc.name}" into ${into.length}`);
   }
-  let file: Deno.FsFile;
-  try {
-    file = Deno.openSync(loc.path, { read: true });
-  } catch (err) {
-    throw osError(err, loc.path, "open");
-  }
-  try {
-    file.seekSync(loc.offset, Deno.SeekMode.Start);
-    let got = 0;
-    while (got < loc.length) {
-      const n = file.readSync(into.subarray(got, loc.length));
-      if (n === null || n === 0) {
-        throw new InputError(
-          `unexpected end of file at byte ${loc.offset + got} ` +
-            `(wanted ${loc.length} bytes at ${loc.offset})`,
-          loc.path,
-        );
-      }
-      got += n;
-    }
-  } catch (err) {
-    if (err instanceof InputError || err instanceof RangeError) throw err;
-    throw osError(err, loc.path, "read");
-  } finally {
-    file.close();
-  }
+  readIntoSync(loc.path, loc.offset, into.subarray(0, loc.length));
 }
 
 /** The raw elements `loc` points at, read into a buffer of their own. */

@@ -193,6 +193,40 @@ export async function readAt(path: string, offset: number, length: number): Prom
   return out;
 }
 
+/**
+ * Fills `into` with the bytes at absolute `offset`, synchronously (for worker jobs that read
+ * their own rows, calibration/raw_read.ts); InputError if the file ends early.
+ */
+export function readIntoSync(path: string, offset: number, into: Uint8Array): void {
+  let file: Deno.FsFile;
+  try {
+    file = Deno.openSync(path, { read: true });
+  } catch (err) {
+    throw osError(err, path, "open");
+  }
+  try {
+    file.seekSync(offset, Deno.SeekMode.Start);
+    let got = 0;
+    while (got < into.length) {
+      const n = file.readSync(into.subarray(got));
+      if (n === null || n === 0) {
+        throw new InputError(
+          `unexpected end of file at byte ${
+            offset + got
+          } (wanted ${into.length} bytes at ${offset})`,
+          path,
+        );
+      }
+      got += n;
+    }
+  } catch (err) {
+    if (err instanceof InputError) throw err;
+    throw osError(err, path, "read");
+  } finally {
+    file.close();
+  }
+}
+
 let f16Table: Float32Array | null = null;
 
 /** Decodes little-endian raw bytes of a float dtype into f32. */
