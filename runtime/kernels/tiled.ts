@@ -47,13 +47,16 @@ import { blockLabel } from "./matmul.ts";
 import {
   addWeightBindings,
   blockCode,
+  blockVectorWidth,
   codeValue,
   decodeFunctions,
   formatName,
   loadBlockWords,
   ROW_BLOCK_WGSL,
+  type VectorWidth,
   type WeightFormat,
   weightLayout,
+  wordsArrayType,
 } from "./weights.ts";
 
 /** Parameters that select one generated tiled matmul. */
@@ -153,18 +156,24 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
   const binds = new BindingList();
   if (useStep) binds.add("step", "Step", "uniform");
   if (key.rowBlock) binds.add("rowBlock", "RowBlock", "uniform");
-  binds.add("x", "array<f32>");
+  const layout = weightLayout(format, rows * (key.gateUp ? 2 : 1), cols);
+  const blocks = Math.ceil(cols / BLOCK);
+  const ragged = cols % BLOCK !== 0;
+  // Whole blocks are read with vector loads (every row and x row starts on a block).
+  const width: VectorWidth = ragged ? 1 : format.kind === "q" ? blockVectorWidth(format.bits) : 4;
+  binds.add("x", ragged ? "array<f32>" : "array<vec4<f32>>");
   binds.add("y", "array<f32>", "storage, read_write");
-  addWeightBindings(binds, format, "array<f32>");
+  addWeightBindings(
+    binds,
+    format,
+    ragged ? "array<f32>" : "array<vec4<f32>>",
+    wordsArrayType(width),
+  );
   if (key.bias) binds.add("bias", "array<f32>");
   if (list) {
     binds.add("routes", "array<u32>");
     binds.add("setExperts", "array<u32>");
   }
-
-  const layout = weightLayout(format, rows * (key.gateUp ? 2 : 1), cols);
-  const blocks = Math.ceil(cols / BLOCK);
-  const ragged = cols % BLOCK !== 0;
 
   // Activations of one block for the tokens `ts` (suffixes): x{t}_{j} is column c0 + j of the
   // x row starting at xo{t}.
@@ -172,6 +181,15 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
     const lines: string[] = [];
     for (const t of ts) {
       lines.push(`let xb${t} = xo${t} + c0;`);
+      if (!ragged) {
+        for (let v = 0; v < BLOCK / 4; v++) {
+          lines.push(`let xv${t}_${v} = x[xb${t} / 4u + ${u(v)}];`);
+          for (let i = 0; i < 4; i++) {
+            lines.push(`let x${t}_${4 * v + i} = xv${t}_${v}.${"xyzw"[i]};`);
+          }
+        }
+        continue;
+      }
       for (let j = 0; j < BLOCK; j++) {
         const idx = `xb${t} + ${u(j)}`;
         lines.push(
@@ -194,7 +212,7 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
     if (format.kind === "q") {
       // Σ_j (q_j − z)·s·x_j = s·(Σ_j q_j·x_j − z·Σ_j x_j).
       const bits = format.bits;
-      lines.push(...loadBlockWords(bits, `${rowStart} + b * ${u(bits)}`));
+      lines.push(...loadBlockWords(bits, `${rowStart} + b * ${u(bits)}`, width));
       lines.push(`let g = gbase + ${wr} * GROUPS_PER_ROW + (b * ${u(BLOCK)}) / GROUP_SIZE;`);
       lines.push(`let s = groupScale(g);`, `let z = groupZero(g);`);
       for (let j = 0; j < BLOCK; j++) {
@@ -210,7 +228,16 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
       const rowEnd = `(${rowStart} + ROW_STRIDE - 1u)`;
       for (let i = 0; i < words; i++) {
         const idx = `${rowStart} + b * ${u(words)} + ${u(i)}`;
-        const at = ragged ? `min(${idx}, ${rowEnd})` : idx;
+        if (!ragged) {
+          // Vector loads of 4 words (f32: 4 weights), element i of load i / 4.
+          if (i % 4 === 0) lines.push(`let wv${i / 4} = weights[(${idx}) / 4u];`);
+          const word = `wv${i >> 2}.${"xyzw"[i & 3]}`;
+          lines.push(
+            format.kind === "f32" ? `let w${i} = ${word};` : `let p${i} = decodePair(${word});`,
+          );
+          continue;
+        }
+        const at = `min(${idx}, ${rowEnd})`;
         lines.push(
           format.kind === "f32"
             ? `let w${i} = weights[${at}];`
@@ -354,7 +381,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let r0 = (wg.x * ${u(WG)} + li) * ${u(RT)};
   if (r0 >= ROWS) { return; }
   ${tokenSetup.join("\n  ")}
-  let xLast = arrayLength(&x) - 1u;
+  ${ragged ? "let xLast = arrayLength(&x) - 1u;" : ""}
   ${list ? "" : Array.from({ length: TT }, (_, t) => `let xo${t} = xRow${t} * COLS;`).join("\n  ")}
   ${body}
 }

@@ -278,11 +278,15 @@ export function weightBuffers(set: WeightSet): Record<string, GPUBuffer> {
 
 /**
  * A weight set's binding declarations: `weights` (f32 weights as `f32Type`, e.g. `array<f32>` or
- * `array<vec4<f32>>`; u32 words otherwise) and, for quantized weights, `scales` and `zeros`
+ * `array<vec4<f32>>`; u32 words otherwise, as `wordsType`, e.g. {@link wordsArrayType}) and, for quantized weights, `scales` and `zeros`
  * (u32-packed f16 pairs or f32).
  */
-export function weightDecls(format: WeightFormat, f32Type: string): BindingDecl[] {
-  const decls: BindingDecl[] = [["weights", format.kind === "f32" ? f32Type : "array<u32>"]];
+export function weightDecls(
+  format: WeightFormat,
+  f32Type: string,
+  wordsType = "array<u32>",
+): BindingDecl[] {
+  const decls: BindingDecl[] = [["weights", format.kind === "f32" ? f32Type : wordsType]];
   if (format.kind === "q" && isMxfp4(format)) decls.push(["scales", "array<u32>"]);
   else if (format.kind === "q") {
     const type = format.scaleType === "f16" ? "array<u32>" : "array<f32>";
@@ -292,8 +296,15 @@ export function weightDecls(format: WeightFormat, f32Type: string): BindingDecl[
 }
 
 /** Appends {@link weightDecls} to a binding list. */
-export function addWeightBindings(binds: BindingList, format: WeightFormat, f32Type: string): void {
-  for (const [name, type, space] of weightDecls(format, f32Type)) binds.add(name, type, space);
+export function addWeightBindings(
+  binds: BindingList,
+  format: WeightFormat,
+  f32Type: string,
+  wordsType?: string,
+): void {
+  for (const [name, type, space] of weightDecls(format, f32Type, wordsType)) {
+    binds.add(name, type, space);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,10 +364,36 @@ export function codeValue(format: WeightFormat, code: string): string {
 
 /**
  * WGSL statements loading the `bits` words of one 32-code block, starting at word index
- * `start`, into `w0 .. w{bits−1}` (what {@link blockCode} reads).
+ * `start`, into `w0 .. w{bits−1}` (what {@link blockCode} reads); with `width` > 1 the weights
+ * are bound as {@link wordsArrayType} and `start` must be a multiple of `width`.
  */
-export function loadBlockWords(bits: number, start: string): string[] {
-  return Array.from({ length: bits }, (_, i) => `let w${i} = weights[${start} + ${u(i)}];`);
+export function loadBlockWords(bits: number, start: string, width: VectorWidth = 1): string[] {
+  if (width === 1) {
+    return Array.from({ length: bits }, (_, i) => `let w${i} = weights[${start} + ${u(i)}];`);
+  }
+  const lines: string[] = [];
+  for (let v = 0; v < bits / width; v++) {
+    lines.push(`let wv${v} = weights[(${start}) / ${u(width)} + ${u(v)}];`);
+    for (let i = 0; i < width; i++) lines.push(`let w${v * width + i} = wv${v}.${"xyzw"[i]};`);
+  }
+  return lines;
+}
+
+/** Lanes of a vector load: 1 (scalar), 2 or 4. */
+export type VectorWidth = 1 | 2 | 4;
+
+/**
+ * Widest vector whose loads tile the `bits` words of a 32-code block (and so every row, whose
+ * stride is a whole number of blocks): 4 for 4- and 8-bit, 2 for 2- and 6-bit, else 1. Where a
+ * storage load is a per-lane loop (llvmpipe), one vec4 load costs far less than four scalar ones.
+ */
+export function blockVectorWidth(bits: number): VectorWidth {
+  return bits % 4 === 0 ? 4 : bits % 2 === 0 ? 2 : 1;
+}
+
+/** WGSL type of packed words bound as vectors of `width` (see {@link loadBlockWords}). */
+export function wordsArrayType(width: VectorWidth): string {
+  return width === 1 ? "array<u32>" : `array<vec${width}<u32>>`;
 }
 
 /** WGSL expression (u32) of code j of a 32-code block held in words w0 .. w{bits−1}. */
