@@ -6,7 +6,8 @@
  *
  * - for each stream count S: S `generate` calls started together (distinct 8-token prompts,
  *   greedy, N tokens each, no stop ids) on the multi-slot engine; aggregate tok/s = S·N / wall
- *   (start to the last stream's end, prefill included), and each stream's time to first token;
+ *   (start to the last stream's end, prefill included), each stream's time to first token, and
+ *   the aggregate decode rate by difference with a run of N/4 tokens (`decodeRate`);
  * - one stream alone on the one-slot engine and alone on the multi-slot engine (the cost of the
  *   slots for a single user).
  *
@@ -31,7 +32,10 @@ export interface BatchPoint {
   median: number;
   /** median ÷ the one-stream median (of the multi-slot engine). */
   ratio: number;
-  /** Aggregate decode tok/s per round (every stream past its first token; no prefill). */
+  /**
+   * Aggregate decode tok/s per round, by difference of an N- and a shorter run (prefill, TTFT and
+   * the last readback cancel).
+   */
   decodeTokPerSecond: number[];
   decodeMedian: number;
   /** decodeMedian ÷ the one-stream decode median. */
@@ -72,39 +76,54 @@ function finiteMedian(xs: number[]): number {
 }
 
 /**
- * S concurrent greedy streams of N tokens: aggregate tok/s (wall, prefill included), decode
- * tok/s (the tokens yielded while all S streams were decoding together — after the last
- * stream's first token and up to the first stream's last — ÷ that window; NaN when the streams
- * never overlapped: raise the token count) and each stream's TTFT (ms).
+ * S concurrent greedy streams of N tokens: aggregate tok/s (wall, prefill included), the wall
+ * time (ms), each stream's TTFT (ms) and ids.
  */
 async function runStreams(
   engine: WebGpuEngine,
   prompts: number[][],
   tokens: number,
-): Promise<{ tokPerSecond: number; decodeTokPerSecond: number; ttft: number[]; ids: number[][] }> {
+): Promise<{ tokPerSecond: number; wallMs: number; ttft: number[]; ids: number[][] }> {
   const t0 = performance.now();
   const ttft: number[] = [];
-  const times: number[] = [];
-  const ends: number[] = [];
   const ids = await Promise.all(prompts.map(async (p) => {
     const out: number[] = [];
     for await (const id of engine.generate(p, { maxTokens: tokens, stopIds: [] })) {
-      const now = performance.now() - t0;
-      if (out.length === 0) ttft.push(now);
-      times.push(now);
+      if (out.length === 0) ttft.push(performance.now() - t0);
       out.push(id);
     }
-    ends.push(times.at(-1)!);
     return out;
   }));
-  const end = performance.now() - t0;
-  const allStarted = Math.max(...ttft), firstEnd = Math.min(...ends);
-  const together = times.filter((t) => t > allStarted && t <= firstEnd).length;
+  const wallMs = performance.now() - t0;
+  return { tokPerSecond: (prompts.length * tokens) / (wallMs / 1000), wallMs, ttft, ids };
+}
+
+/**
+ * Tokens of the short run that {@link decodeRate} subtracts: a quarter of the long run's (at
+ * least 2, fewer than `tokens`).
+ */
+export function shortTokens(tokens: number): number {
+  return Math.min(tokens - 1, Math.max(2, Math.floor(tokens / 4)));
+}
+
+/**
+ * The S streams' N-token run and their aggregate decode rate, by difference: S·(N − n) tokens ÷
+ * (wall of N tokens − wall of n = {@link shortTokens}(N) tokens). Prefill, time to first token and
+ * the last readback are in both runs and cancel, and ids handed out in readback bursts do not
+ * skew it (a window between id arrivals does).
+ */
+async function decodeRate(
+  engine: WebGpuEngine,
+  prompts: number[][],
+  tokens: number,
+): Promise<Awaited<ReturnType<typeof runStreams>> & { decodeTokPerSecond: number }> {
+  const n = shortTokens(tokens);
+  const short = await runStreams(engine, prompts, n);
+  const long = await runStreams(engine, prompts, tokens);
+  const ms = long.wallMs - short.wallMs;
   return {
-    tokPerSecond: times.length / (end / 1000),
-    decodeTokPerSecond: firstEnd > allStarted ? together / ((firstEnd - allStarted) / 1000) : NaN,
-    ttft,
-    ids,
+    ...long,
+    decodeTokPerSecond: ms > 0 ? (prompts.length * (tokens - n)) / (ms / 1000) : NaN,
   };
 }
 
@@ -165,13 +184,13 @@ export async function benchBatch(args: Args): Promise<void> {
     await runStreams(one, prompts.slice(0, 1), 4);
     for (let r = 0; r < rounds; r++) {
       single.oneSlot.push(
-        (await runStreams(one, prompts.slice(0, 1), tokens)).decodeTokPerSecond,
+        (await decodeRate(one, prompts.slice(0, 1), tokens)).decodeTokPerSecond,
       );
       single.multiSlot.push(
-        (await runStreams(multi, prompts.slice(0, 1), tokens)).decodeTokPerSecond,
+        (await decodeRate(multi, prompts.slice(0, 1), tokens)).decodeTokPerSecond,
       );
       for (const S of streams) {
-        const { tokPerSecond, decodeTokPerSecond, ttft, ids } = await runStreams(
+        const { tokPerSecond, decodeTokPerSecond, ttft, ids } = await decodeRate(
           multi,
           prompts.slice(0, S),
           tokens,

@@ -88,6 +88,7 @@ class FakeEngine implements Engine {
     }
     this.active++;
     this.maxActive = Math.max(this.maxActive, this.active);
+    let finished = false;
     try {
       if (this.gate) {
         // Held until the gate opens or the request is cancelled (as the real engine would).
@@ -105,14 +106,18 @@ class FakeEngine implements Engine {
         if (this.delayMs && i % this.batch === 0) {
           await new Promise((r) => setTimeout(r, this.delayMs * this.batch));
         }
-        if (options.signal?.aborted) {
-          this.aborts++;
+        if (options.signal?.aborted) return;
+        yield id;
+        if (options.stopIds?.includes(id)) {
+          finished = true;
           return;
         }
-        yield id;
-        if (options.stopIds?.includes(id)) return;
       }
+      finished = true;
     } finally {
+      // An abort ends the call either here (the signal seen between ids) or through the caller
+      // closing the iterator after it saw the signal: both count.
+      if (!finished && options.signal?.aborted) this.aborts++;
       this.active--;
       this.#waiting.shift()?.();
     }

@@ -2,15 +2,21 @@
  * Register-tiled matmul for CPU adapters (lavapipe/llvmpipe), including the routed-token form of
  * the expert matmuls.
  *
- * Why a second matmul: on llvmpipe each invocation is one SIMD lane and every storage load is a
- * per-lane scalar load with a bounds check (~16 ns measured on the 2-core test machine, vec4
- * loads cost 4×, workgroup memory is no cheaper), while arithmetic is almost free. The cost of a
- * matmul is therefore the number of scalar loads per multiply-add. Here one invocation owns a
- * block of `rowTile` output rows × `tokenTile` tokens, loads each activation once per 32-column
- * block and reuses it for all its rows, and reads each packed weight word once for all its
- * tokens: loads per MAC = 1/rowTile + bits/(32·tokenTile) (quantized) or 1/rowTile + 1/tokenTile
- * (float), with no workgroup memory and no barriers. (The classic kernel in matmul.ts has one
- * load per MAC per token.) Weights are decoded by the snippets of kernels/weights.ts.
+ * Why a second matmul: on llvmpipe each invocation is one SIMD lane, and a storage load inside a
+ * loop is a loop over the lanes (Mesa 22's gallivm: per lane, an exec-mask test, a bounds test and
+ * a scalar load; ~16 ns for 8 lanes on the 2-core test machine), while arithmetic is almost free.
+ * A vector load is the same lane loop with its 2 or 4 words loaded in one iteration, so it costs
+ * far less than as many scalar loads; workgroup memory is no cheaper. The cost of a matmul is
+ * therefore the number of load operations per multiply-add. Here one invocation owns a block of
+ * `rowTile` output rows × `tokenTile` tokens, loads each token's 32 activations of a column
+ * block as 8 vec4 once and reuses them for all its rows, and reads each row's packed block once
+ * for all its tokens, as vectors where the block's words allow (4-bit and 8-bit: vec4; 2-bit and
+ * 6-bit: vec2; f16/bf16/f32: vec4; weights.ts `blockVectorWidth`). Columns not a multiple of 32
+ * fall back to bounds-checked scalar loads. No workgroup memory and no barriers. (The classic
+ * kernel in matmul.ts has one load per MAC per token.) Weights are decoded by the snippets of
+ * kernels/weights.ts. Measured (`bench kernels --shapes experts`, one expert of the 1.05 GB
+ * synthetic, one token, 8 rows per invocation): vector loads take gate/up from 59–81 ms to 40–42
+ * ms and down from 28 ms to 19–20 ms.
  *
  * Output: y = scale · (W x) + bias (+ y when accumulating); a row block of a split matrix
  * (`row0`, `yCols`) writes its slice of the full output row.
@@ -28,12 +34,12 @@
  *   {@link LIST_ROW_GROUP} weight rows.
  *
  * Why single-token passes: on llvmpipe a pass over a block for TT tokens holds 32·TT activations
- * live across the per-lane load loops of every weight row, and that costs nearly as much as the
- * loads it saves. Measured on the 1.05 GB synthetic's expert shapes (4-bit group 64; [gate; up]
- * 2·16384 × 4096 and down 4096 × 16384; lavapipe, 2 cores, min of 3): one token costs 69–78 ms
- * (gate/up, 8 rows per pass) and 34 ms (down); a 2-token pass over 16 rows 113–115 ms and 68–74
- * ms (1.6 and 2.1 single passes); a full 4-token tile of 16 rows 141 ms and 95 ms (2.0 and 2.8);
- * 16 weight rows per single-token pass instead of 8: 1.2–1.7× slower.
+ * live across the lane loops of every weight row, and that costs nearly as much as the loads it
+ * saves. Measured on the 1.05 GB synthetic's expert shapes (4-bit group 64; [gate; up] 2·16384 ×
+ * 4096 and down 4096 × 16384; lavapipe, 2 cores, min of 3, vector loads): one token costs 40 ms
+ * (gate/up, 8 rows per invocation) and 19 ms (down); in the 16 × 4 tile one token costs 60 and
+ * 19 ms, two (a 2-token pass) 82 and 42 ms, four (one pass) 99 and 55 ms; a 16 × 8 tile's pass
+ * over 8 tokens 149 and 88 ms (3.7 and 4.6 single tokens) but 10.7 s of JIT for gate/up.
  *
  * `gateUp` fuses an MLP's gate and up projections and the SwiGLU activation: the weight matrix
  * is [gate; up] stacked (2·rows rows) and the kernel writes silu(gate·x) · (up·x).
@@ -192,11 +198,7 @@ export function tiledMatmulSource(key: TiledKey): KernelSource {
       }
       for (let j = 0; j < BLOCK; j++) {
         const idx = `xb${t} + ${u(j)}`;
-        lines.push(
-          ragged
-            ? `let x${t}_${j} = select(0.0, x[min(${idx}, xLast)], c0 + ${u(j)} < COLS);`
-            : `let x${t}_${j} = x[${idx}];`,
-        );
+        lines.push(`let x${t}_${j} = select(0.0, x[min(${idx}, xLast)], c0 + ${u(j)} < COLS);`);
       }
     }
     if (format.kind === "q") {
