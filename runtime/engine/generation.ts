@@ -40,7 +40,7 @@ import { createBatchDecoder } from "./batch.ts";
 import type { LogitsMode } from "./plan.ts";
 import { SlotPool } from "./slots.ts";
 import { profileDispatches } from "./profile.ts";
-import { handIds, readFirstId, warmUpShape } from "./stream.ts";
+import { firstLaunches, handIds, readFirstId, warmUpShape } from "./stream.ts";
 
 /** The bound plans a generator runs: prefill plans per logits mode, and the decode plan. */
 export interface Plans {
@@ -280,12 +280,14 @@ export function createGeneration(ctx: GenerationContext): Generation {
   }
 
   async function warmUp(): Promise<void> {
-    // Every plan runs once with step values that stop lavapipe re-specialising it (stream.ts).
+    // Every pipeline runs once with step values that stop lavapipe re-specialising it
+    // (stream.ts): its first dispatch in the prefill plans, the decode plan, the batch plans.
     const warm = warmUpShape(chunk, maxContext);
+    const warmed = new Set<GPUComputePipeline>();
     for (const mode of ["all", "none", "last"] as LogitsMode[]) {
-      submitForward(warm.tokens, 0, plans.prefill[mode]);
+      submitForward(warm.tokens, 0, firstLaunches(warmed, plans.prefill[mode], warm.tokens));
     }
-    submitForward(1, warm.position, plans.decode, (enc) => {
+    submitForward(1, warm.position, firstLaunches(warmed, plans.decode, 1), (enc) => {
       device.queue.writeBuffer(samplerState, 0, new Uint32Array([0, 1]));
       sampler.encode(enc, acts.logits, acts.tokens, { buffer: samplerState, offset: 0 }, {
         temperature: 1,
@@ -294,7 +296,7 @@ export function createGeneration(ctx: GenerationContext): Generation {
         seed: 0,
       });
     });
-    for (const p of plans.batch ?? []) warmUpBatch(p.dispatches);
+    for (const p of plans.batch ?? []) warmUpBatch(firstLaunches(warmed, p.dispatches, 2));
     await device.queue.onSubmittedWorkDone();
   }
 

@@ -66,7 +66,7 @@ import {
   uploadSeq2SeqWeights,
 } from "./seq2seq_weights.ts";
 import { profileDispatches } from "./profile.ts";
-import { handIds, readFirstId, warmUpShape } from "./stream.ts";
+import { firstLaunches, handIds, readFirstId, warmUpShape } from "./stream.ts";
 import type { EngineArtifact } from "./weights.ts";
 
 /** The device the engine runs on, acquired by createWebGpuEngine. */
@@ -476,13 +476,14 @@ export async function createSeq2SeqEngine(
     }
   }
 
-  // Warm-up: every plan runs once with step values that stop lavapipe re-specialising it
-  // (stream.ts): the encoder and the decoder's prefill on warm.tokens, a decode step at
-  // warm.position.
+  // Warm-up: every pipeline runs once with step values that stop lavapipe re-specialising it
+  // (stream.ts): the encoder on warm.tokens, then the first launch of each pipeline of the
+  // decoder's prefill on warm.tokens and of a decode step at warm.position.
   const warm = warmUpShape(chunk, maxContext);
   encode(new Array(warm.tokens).fill(0));
-  submit(warm.tokens, 0, prefillDispatches);
-  submit(1, warm.position, decodeDispatches, (enc) => {
+  const warmed = new Set<GPUComputePipeline>();
+  submit(warm.tokens, 0, firstLaunches(warmed, prefillDispatches, warm.tokens));
+  submit(1, warm.position, firstLaunches(warmed, decodeDispatches, 1), (enc) => {
     device.queue.writeBuffer(samplerState, 0, new Uint32Array([0, 1]));
     sampler.encode(enc, acts.logits, acts.tokens, { buffer: samplerState, offset: 0 }, {
       temperature: 1,

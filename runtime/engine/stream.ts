@@ -5,7 +5,7 @@
  * @module
  */
 
-import { readIds } from "../kernels/kernel.ts";
+import { type Dispatch, readIds } from "../kernels/kernel.ts";
 
 /**
  * Tokens of the warm-up forwards. Software adapters do per-pipeline work at a pipeline's first
@@ -19,6 +19,24 @@ import { readIds } from "../kernels/kernel.ts";
  * larger values.
  */
 export const WARM_TOKENS = 32;
+
+/**
+ * The dispatches of `list` whose pipeline runs for the first time at `T` tokens (added to
+ * `warmed`): a warm-up needs one launch per pipeline (llvmpipe JIT-compiles at the first launch
+ * and gives up re-specialising at the first large step values), not one per layer and plan that
+ * shares it. A dispatch with no workgroups at `T` does not count.
+ */
+export function firstLaunches(
+  warmed: Set<GPUComputePipeline>,
+  list: Dispatch[],
+  T: number,
+): Dispatch[] {
+  return list.filter((d) => {
+    if (warmed.has(d.kernel.pipeline) || d.groups(T).some((g) => g === 0)) return false;
+    warmed.add(d.kernel.pipeline);
+    return true;
+  });
+}
 
 /** The warm-up's shape: prefill (and encoder) forwards of `tokens`, a decode step at `position`. */
 export function warmUpShape(
