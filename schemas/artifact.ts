@@ -474,7 +474,7 @@ class OpenedArtifact implements Artifact {
       codes: await this.read(t.quant.codes, `${what} codes`),
       scales: await this.read(t.quant.scales, `${what} scales`),
       zeros: await this.read(t.quant.zeros, `${what} zeros`),
-    });
+    }, true);
   }
 
   async verifyAll(): Promise<void> {
@@ -550,10 +550,14 @@ export function decodeTensor(t: TensorRecord, parts: Uint8Array[]): Float32Array
   return floatBytesToF32(parts[0], t.storage as FloatStorage);
 }
 
-/** Builds the QuantizedTensor of a "q" record from its three segments' bytes (copied). */
+/**
+ * Builds the QuantizedTensor of a "q" record from its three segments' bytes: copied, or with
+ * `owned` (fresh arrays the caller hands over) kept as they are when each spans its own buffer.
+ */
 export function toQuantizedTensor(
   t: TensorRecord,
   parts: { codes: Uint8Array; scales: Uint8Array; zeros: Uint8Array },
+  owned = false,
 ): QuantizedTensor {
   const q = t.quant;
   if (!q) throw new InputError(`tensor ${JSON.stringify(t.name)} is ${t.storage}, not quantized`);
@@ -568,9 +572,12 @@ export function toQuantizedTensor(
       );
     }
   }
-  const codes = parts.codes.slice();
+  // An array that is its whole buffer can be viewed as words; anything else is copied.
+  const whole = (b: Uint8Array) =>
+    owned && b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : b.slice();
+  const codes = whole(parts.codes);
   const param = (b: Uint8Array) => {
-    const c = b.slice();
+    const c = whole(b);
     if (q.scaleType === "e8m0") return c;
     return q.scaleType === "f16" ? new Uint16Array(c.buffer) : new Float32Array(c.buffer);
   };

@@ -165,20 +165,38 @@ export function storageBuffer(
   data?: ArrayBufferView,
   extraUsage = 0,
 ): GPUBuffer {
+  const fill = data && ((dst: Uint8Array) => dst.set(bytesOf(data)));
+  return filledStorageBuffer(device, bytes, label, fill, extraUsage);
+}
+
+/**
+ * Creates a storage buffer of at least 4 bytes (zeros) and, with `fill`, writes its contents in
+ * place: `fill` gets the mapped bytes, so data can be put where it goes without a staging copy.
+ */
+export function filledStorageBuffer(
+  device: GPUDevice,
+  bytes: number,
+  label: string,
+  fill?: (dst: Uint8Array) => void,
+  extraUsage = 0,
+): GPUBuffer {
   const size = Math.max(16, Math.ceil(bytes / 16) * 16);
   const buf = device.createBuffer({
     label,
     size,
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC | extraUsage,
-    mappedAtCreation: data !== undefined,
+    mappedAtCreation: fill !== undefined,
   });
-  if (data) {
-    new Uint8Array(buf.getMappedRange()).set(
-      new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
-    );
+  if (fill) {
+    fill(new Uint8Array(buf.getMappedRange()));
     buf.unmap();
   }
   return buf;
+}
+
+/** The bytes of a typed array (a view, no copy). */
+export function bytesOf(data: ArrayBufferView): Uint8Array {
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
 
 /** WGSL literal for an unsigned constant. */

@@ -22,7 +22,7 @@ import {
   type ScaleType,
   wordsPerRow,
 } from "../../schemas/packing.ts";
-import { type BindingDecl, type BindingList, storageBuffer, u } from "./kernel.ts";
+import { type BindingDecl, type BindingList, bytesOf, filledStorageBuffer, u } from "./kernel.ts";
 
 /** How a weight matrix is stored on the GPU. */
 export type WeightFormat =
@@ -192,57 +192,55 @@ export function uploadWeightSet(
 ): WeightSet {
   const l = weightLayout(format, rows, cols);
   const n = mats.length;
-  if (format.kind === "q" && isMxfp4(format)) {
-    const codes = new Uint32Array(n * l.matrixStride);
-    // e8m0 bytes are read as u32 quads: keep whole trailing words.
-    const scales = new Uint8Array(Math.ceil((n * l.groupStride) / 4) * 4 + 4);
-    mats.forEach((m, i) => {
-      if (!("codes" in m) || !isMxfp4(m)) throw new TypeError(`${label}: expected MXFP4`);
-      codes.set(m.codes, i * l.matrixStride);
-      scales.set(m.scales as Uint8Array, i * l.groupStride);
+  const bytes = n * matrixBytes(format, rows, cols);
+  /** A buffer of `size` bytes holding part(m) of matrix i at byte i · stride (no staging). */
+  const stacked = (
+    size: number,
+    stride: number,
+    what: string,
+    part: (m: HostMatrix) => ArrayBufferView,
+  ) =>
+    filledStorageBuffer(device, size, `${label}.${what}`, (dst) => {
+      mats.forEach((m, i) => dst.set(bytesOf(part(m)), i * stride));
     });
-    const buffers = [
-      storageBuffer(device, codes.byteLength, `${label}.codes`, codes),
-      storageBuffer(device, scales.byteLength, `${label}.scales`, scales),
-    ];
-    return { format, rows, cols, count: n, buffers, bytes: n * matrixBytes(format, rows, cols) };
-  }
   if (format.kind === "q") {
-    const codes = new Uint32Array(n * l.matrixStride);
-    const f16 = format.scaleType === "f16";
+    const mx = isMxfp4(format);
+    for (const m of mats) {
+      if (!("codes" in m) || isMxfp4(m) !== mx) {
+        throw new TypeError(`${label}: expected ${mx ? "MXFP4" : "a quantized matrix"}`);
+      }
+    }
+    const q = (m: HostMatrix) => m as QuantizedTensor;
+    const codes = stacked(n * l.matrixStride * 4, l.matrixStride * 4, "codes", (m) => q(m).codes);
+    if (mx) {
+      // e8m0 bytes are read as u32 quads: keep whole trailing words.
+      const size = Math.ceil((n * l.groupStride) / 4) * 4 + 4;
+      const scales = stacked(size, l.groupStride, "scales", (m) => q(m).scales);
+      return { format, rows, cols, count: n, buffers: [codes, scales], bytes };
+    }
     // f16 params are read as u32 pairs: keep a whole trailing word.
-    const scales = f16
-      ? new Uint16Array(n * l.groupStride + 2)
-      : new Float32Array(n * l.groupStride);
-    const zeros = f16
-      ? new Uint16Array(n * l.groupStride + 2)
-      : new Float32Array(n * l.groupStride);
-    mats.forEach((m, i) => {
-      if (!("codes" in m)) throw new TypeError(`${label}: expected a quantized matrix`);
-      codes.set(m.codes, i * l.matrixStride);
-      scales.set(m.scales, i * l.groupStride);
-      zeros.set(m.zeros, i * l.groupStride);
-    });
-    const buffers = [
-      storageBuffer(device, codes.byteLength, `${label}.codes`, codes),
-      storageBuffer(device, scales.byteLength, `${label}.scales`, scales),
-      storageBuffer(device, zeros.byteLength, `${label}.zeros`, zeros),
-    ];
-    return { format, rows, cols, count: n, buffers, bytes: n * matrixBytes(format, rows, cols) };
+    const param = format.scaleType === "f16" ? 2 : 4;
+    const size = (n * l.groupStride + (param === 2 ? 2 : 0)) * param;
+    const scales = stacked(size, l.groupStride * param, "scales", (m) => q(m).scales);
+    const zeros = stacked(size, l.groupStride * param, "zeros", (m) => q(m).zeros);
+    return { format, rows, cols, count: n, buffers: [codes, scales, zeros], bytes };
   }
   const elemBytes = format.kind === "f32" ? 4 : 2;
   const strideBytes = l.rowStride * 4;
-  const out = new Uint8Array(n * rows * strideBytes);
-  mats.forEach((m, i) => {
-    if (!("raw" in m)) throw new TypeError(`${label}: expected a float matrix`);
-    const rowBytes = cols * elemBytes;
-    for (let r = 0; r < rows; r++) {
-      const dst = (i * rows + r) * strideBytes;
-      out.set(m.raw.subarray(r * rowBytes, (r + 1) * rowBytes), dst);
-    }
+  const rowBytes = cols * elemBytes;
+  for (const m of mats) if (!("raw" in m)) throw new TypeError(`${label}: expected a float matrix`);
+  const data = filledStorageBuffer(device, n * rows * strideBytes, `${label}.data`, (dst) => {
+    mats.forEach((m, i) => {
+      const raw = (m as { raw: Uint8Array }).raw;
+      if (strideBytes === rowBytes) {
+        return dst.set(raw.subarray(0, rows * rowBytes), i * rows * rowBytes);
+      }
+      for (let r = 0; r < rows; r++) {
+        dst.set(raw.subarray(r * rowBytes, (r + 1) * rowBytes), (i * rows + r) * strideBytes);
+      }
+    });
   });
-  const buffers = [storageBuffer(device, out.byteLength, `${label}.data`, out)];
-  return { format, rows, cols, count: n, buffers, bytes: out.byteLength };
+  return { format, rows, cols, count: n, buffers: [data], bytes: n * rows * strideBytes };
 }
 
 /**
