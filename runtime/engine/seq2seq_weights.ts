@@ -36,7 +36,6 @@ import {
   EXPERT_SET_BYTES,
   type ExpertSet,
   formatOf,
-  stackRows,
 } from "./weights.ts";
 
 /** A relative bias: its description and the owner layer's table [buckets, numHeads]. */
@@ -246,7 +245,7 @@ class Loader extends ArtifactTensors {
     const hosts: HostMatrix[] = [];
     for (const t of ts) hosts.push(await this.host(t));
     const label = ts.map((t) => t.name).join("+");
-    const set = uploadWeightSet(this.device, format, rows, cols, [stackRows(hosts)], label);
+    const set = uploadWeightSet(this.device, format, rows, cols, [hosts], label);
     this.bytes += set.bytes;
     return set;
   }

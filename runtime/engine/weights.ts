@@ -46,6 +46,7 @@ import {
   rowBlockUniform,
   rowsPerBinding,
   sliceRows,
+  type StackedRows,
   uploadWeightSet,
   type WeightFormat,
   type WeightSet,
@@ -337,7 +338,7 @@ class WeightLoader extends ArtifactTensors {
     format: WeightFormat,
     rows: number,
     cols: number,
-    mats: HostMatrix[],
+    mats: readonly StackedRows[],
     label: string,
   ): Promise<WeightSet> {
     const set = uploadWeightSet(this.#device, format, rows, cols, mats, label);
@@ -403,16 +404,17 @@ class WeightLoader extends ArtifactTensors {
     const format = formatOf(ts[0]);
     const cols = ts[0].shape[1];
     const label = ts.map((t) => t.name).join("+");
-    const whole: HostMatrix = hosts.length === 1 ? hosts[0] : stackRows(hosts);
     const rows = gateUp ? ts[0].shape[0] : ts.reduce((a, t) => a + t.shape[0], 0);
     const blocks: MatrixBlock[] = [];
     const ranges = rowBlocks(format, rows, cols, gateUp ? 2 : 1, this.#limit, label);
+    // Row blocks of a row-wise stack cut across its parts: those are sliced from one copy.
+    const whole = ranges.length > 1 && !gateUp && hosts.length > 1 ? stackRows(hosts) : null;
     for (const [r0, r1] of ranges) {
-      const part = gateUp
-        ? stackRows(hosts.map((h) => sliceRows(h, format, cols, r0, r1)))
+      const part: StackedRows = gateUp
+        ? hosts.map((h) => sliceRows(h, format, cols, r0, r1))
         : r0 === 0 && r1 === rows
-        ? whole
-        : sliceRows(whole, format, cols, r0, r1);
+        ? hosts
+        : sliceRows(whole ?? hosts[0], format, cols, r0, r1);
       const setRows = (r1 - r0) * (gateUp ? 2 : 1);
       const name = r0 === 0 && r1 === rows ? label : `${label}[${r0}:${r1}]`;
       const set = await this.#upload(format, setRows, cols, [part], name);
@@ -661,11 +663,11 @@ class WeightLoader extends ArtifactTensors {
         while (perSet > 1 && !weightSetFits(format, setRows, cols, perSet, limit)) perSet--;
         for (let i = 0; i < members.length; i += perSet) {
           const part = members.slice(i, i + perSet);
-          const mats: HostMatrix[] = [];
+          const mats: StackedRows[] = [];
           for (const ts of part) {
             const hosts = [];
             for (const t of ts) hosts.push(sliceRows(await this.host(t), format, cols, r0, r1));
-            mats.push(hosts.length === 1 ? hosts[0] : stackRows(hosts));
+            mats.push(hosts);
           }
           const name = r1 - r0 === rows ? label : `${label}[${r0}:${r1}]`;
           const set = await this.#upload(format, setRows, cols, mats, name);

@@ -43,6 +43,9 @@ export function formatName(f: WeightFormat): string {
  */
 export type HostMatrix = { raw: Uint8Array } | QuantizedTensor;
 
+/** A matrix, or matrices of one format and width stacked row-wise ([gate; up], [q; k; v]). */
+export type StackedRows = HostMatrix | readonly HostMatrix[];
+
 /** Several matrices of one format and shape, resident on the GPU back to back. */
 export interface WeightSet {
   format: WeightFormat;
@@ -187,13 +190,17 @@ export function uploadWeightSet(
   format: WeightFormat,
   rows: number,
   cols: number,
-  mats: HostMatrix[],
+  mats: readonly StackedRows[],
   label = formatName(format),
 ): WeightSet {
   const l = weightLayout(format, rows, cols);
   const n = mats.length;
   const bytes = n * matrixBytes(format, rows, cols);
-  /** A buffer of `size` bytes holding part(m) of matrix i at byte i · stride (no staging). */
+  const parts = mats.map((m) => Array.isArray(m) ? m as readonly HostMatrix[] : [m as HostMatrix]);
+  /**
+   * A buffer of `size` bytes holding part(p) of matrix i's row parts, one after the other from
+   * byte i · stride (written in place: no staging array, no stacked copy).
+   */
   const stacked = (
     size: number,
     stride: number,
@@ -201,11 +208,18 @@ export function uploadWeightSet(
     part: (m: HostMatrix) => ArrayBufferView,
   ) =>
     filledStorageBuffer(device, size, `${label}.${what}`, (dst) => {
-      mats.forEach((m, i) => dst.set(bytesOf(part(m)), i * stride));
+      parts.forEach((ps, i) => {
+        let at = i * stride;
+        for (const p of ps) {
+          const b = bytesOf(part(p));
+          dst.set(b, at);
+          at += b.length;
+        }
+      });
     });
   if (format.kind === "q") {
     const mx = isMxfp4(format);
-    for (const m of mats) {
+    for (const m of parts.flat()) {
       if (!("codes" in m) || isMxfp4(m) !== mx) {
         throw new TypeError(`${label}: expected ${mx ? "MXFP4" : "a quantized matrix"}`);
       }
@@ -228,15 +242,22 @@ export function uploadWeightSet(
   const elemBytes = format.kind === "f32" ? 4 : 2;
   const strideBytes = l.rowStride * 4;
   const rowBytes = cols * elemBytes;
-  for (const m of mats) if (!("raw" in m)) throw new TypeError(`${label}: expected a float matrix`);
+  for (const m of parts.flat()) {
+    if (!("raw" in m)) throw new TypeError(`${label}: expected a float matrix`);
+  }
   const data = filledStorageBuffer(device, n * rows * strideBytes, `${label}.data`, (dst) => {
-    mats.forEach((m, i) => {
-      const raw = (m as { raw: Uint8Array }).raw;
-      if (strideBytes === rowBytes) {
-        return dst.set(raw.subarray(0, rows * rowBytes), i * rows * rowBytes);
-      }
-      for (let r = 0; r < rows; r++) {
-        dst.set(raw.subarray(r * rowBytes, (r + 1) * rowBytes), (i * rows + r) * strideBytes);
+    parts.forEach((ps, i) => {
+      let row = i * rows;
+      for (const p of ps) {
+        const raw = (p as { raw: Uint8Array }).raw;
+        const count = Math.min(raw.length / rowBytes, (i + 1) * rows - row);
+        if (strideBytes === rowBytes) dst.set(raw.subarray(0, count * rowBytes), row * rowBytes);
+        else {
+          for (let r = 0; r < count; r++) {
+            dst.set(raw.subarray(r * rowBytes, (r + 1) * rowBytes), (row + r) * strideBytes);
+          }
+        }
+        row += count;
       }
     });
   });
