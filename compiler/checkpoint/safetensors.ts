@@ -162,6 +162,19 @@ export function osError(err: unknown, path: string, action: string): Error {
   return new IoError(`${path}: ${action} failed: ${msg}`, { cause: err });
 }
 
+/** The error of a read of `length` bytes at `offset` that met the end of `path` after `got`. */
+function endOfFile(path: string, offset: number, got: number, length: number): InputError {
+  return new InputError(
+    `unexpected end of file at byte ${offset + got} (wanted ${length} bytes at ${offset})`,
+    path,
+  );
+}
+
+/** A failed read as its one-line error: an InputError as it is, anything else via osError. */
+function readFailure(err: unknown, path: string): Error {
+  return err instanceof InputError ? err : osError(err, path, "read");
+}
+
 /** Reads exactly `length` bytes at absolute `offset`; InputError if the file ends early. */
 export async function readAt(path: string, offset: number, length: number): Promise<Uint8Array> {
   const out = new Uint8Array(length);
@@ -176,17 +189,11 @@ export async function readAt(path: string, offset: number, length: number): Prom
     let got = 0;
     while (got < length) {
       const n = await file.read(out.subarray(got));
-      if (n === null) {
-        throw new InputError(
-          `unexpected end of file at byte ${offset + got} (wanted ${length} bytes at ${offset})`,
-          path,
-        );
-      }
+      if (n === null) throw endOfFile(path, offset, got, length);
       got += n;
     }
   } catch (err) {
-    if (err instanceof InputError) throw err;
-    throw osError(err, path, "read");
+    throw readFailure(err, path);
   } finally {
     file.close();
   }
@@ -209,19 +216,11 @@ export function readIntoSync(path: string, offset: number, into: Uint8Array): vo
     let got = 0;
     while (got < into.length) {
       const n = file.readSync(into.subarray(got));
-      if (n === null || n === 0) {
-        throw new InputError(
-          `unexpected end of file at byte ${
-            offset + got
-          } (wanted ${into.length} bytes at ${offset})`,
-          path,
-        );
-      }
+      if (n === null || n === 0) throw endOfFile(path, offset, got, into.length);
       got += n;
     }
   } catch (err) {
-    if (err instanceof InputError) throw err;
-    throw osError(err, path, "read");
+    throw readFailure(err, path);
   } finally {
     file.close();
   }

@@ -7,37 +7,11 @@ import { mulberry32 as rng } from "../../schemas/prng.ts";
 import assert from "node:assert/strict";
 import { requestGpu } from "../device.ts";
 import { type KernelSource, readBuffer, storageBuffer } from "./kernel.ts";
-import { type HostMatrix, uploadWeightSet, weightBuffers, type WeightFormat } from "./weights.ts";
-import type { QuantizedTensor } from "../../schemas/packing.ts";
+import { uploadWeightSet, weightBuffers, type WeightFormat } from "./weights.ts";
 import { tiledGroups, type TiledKey, tiledMatmulSource } from "./tiled.ts";
 import { routeListsSource } from "./moe.ts";
 
 const device = (await requestGpu()).device;
-
-/** Stacks two host matrices row-wise (what the engine does for [gate; up]). */
-function stack(a: HostMatrix, b: HostMatrix): HostMatrix {
-  if ("raw" in a && "raw" in b) {
-    const out = new Uint8Array(a.raw.length + b.raw.length);
-    out.set(a.raw);
-    out.set(b.raw, a.raw.length);
-    return { raw: out };
-  }
-  const qa = a as QuantizedTensor, qb = b as QuantizedTensor;
-  const cat = <T extends Uint32Array | Uint16Array | Float32Array | Uint8Array>(x: T, y: T): T => {
-    const C = x.constructor as { new (n: number): T };
-    const o = new C(x.length + y.length);
-    o.set(x as never);
-    o.set(y as never, x.length);
-    return o;
-  };
-  return {
-    ...qa,
-    rows: qa.rows + qb.rows,
-    codes: cat(qa.codes, qb.codes),
-    scales: cat(qa.scales as Uint16Array, qb.scales as Uint16Array),
-    zeros: cat(qa.zeros as Uint16Array, qb.zeros as Uint16Array),
-  };
-}
 
 async function run(
   src: KernelSource,
@@ -121,7 +95,7 @@ for (const format of FORMATS) {
       assert.ok(err <= tol, `plain r${rowTile}t${tokenTile}: rel err ${err}`);
 
       // Fused: y = silu(gate x) · (up x), weights stacked [gate; up].
-      const gu = uploadWeightSet(device, format, 2 * ROWS, COLS, [stack(a.host, b.host)]);
+      const gu = uploadWeightSet(device, format, 2 * ROWS, COLS, [[a.host, b.host]]);
       const gkey: TiledKey = { ...key, bias: false, accumulate: false, scale: 1, gateUp: true };
       const gbufs: Record<string, GPUBuffer> = {
         step: bufs.step,
@@ -213,7 +187,7 @@ async function checkListMatmul(
     format,
     gateUp ? 2 * ROWS : ROWS,
     COLS,
-    mats.map((m) => gateUp ? stack(m.g.host, m.u.host) : m.g.host),
+    mats.map((m) => gateUp ? [m.g.host, m.u.host] : m.g.host),
   );
   const key: TiledKey = {
     format,
